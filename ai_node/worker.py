@@ -1,0 +1,93 @@
+"""The job loop of ``radnode worker``: claim a study's job, process it, record the outcome.
+
+The processing itself is a callable handed in (the analysis pipeline, or a
+test's function), so the loop's guarantees are testable on their own: a job
+is processed by one worker at a time, a failure is retried with backoff and
+then marked failed with its error, never dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from collections.abc import Callable
+
+from radnode.jobs import Job, JobQueue
+from radnode.metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+Processor = Callable[[Job], None]
+
+
+class Worker:
+    def __init__(
+        self,
+        queue: JobQueue,
+        processor: Processor,
+        metrics: Metrics,
+        poll_s: float = 0.25,
+        worker_id: str | None = None,
+    ) -> None:
+        self.queue = queue
+        self.processor = processor
+        self.metrics = metrics
+        self.poll_s = poll_s
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def run_once(self) -> bool:
+        """Claim and process one job. Returns False when the queue had none."""
+        job = self.queue.claim(self.worker_id)
+        if job is None:
+            return False
+        log_extra = {"job_id": job.id, "study_uid": job.study_uid, "version": job.version}
+        try:
+            self.processor(job)
+        except Exception as exc:
+            state = self.queue.fail(job, self.worker_id, f"{type(exc).__name__}: {exc}")
+            self.metrics.jobs_finished.labels(outcome=state).inc()
+            logger.exception("job failed", extra={**log_extra, "next_state": state})
+            return True
+        if self.queue.complete(job, self.worker_id):
+            self.metrics.jobs_finished.labels(outcome="done").inc()
+            logger.info("job done", extra=log_extra)
+        else:
+            logger.warning("job lease lost before completion", extra=log_extra)
+        return True
+
+    def run(self) -> None:
+        """Process jobs until stopped; sleeps only when the queue is empty."""
+        while not self._stop.is_set():
+            try:
+                busy = self.run_once()
+            except Exception:  # database unavailable: keep trying
+                logger.exception("worker loop error")
+                busy = False
+            if not busy:
+                self._stop.wait(self.poll_s)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.run, name="radnode-worker", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+
+def default_processor(node: object) -> Processor | None:
+    """The analysis pipeline the worker runs, or None while none is installed.
+
+    The AI node's analysis (models, SR writer) plugs in here; until it exists,
+    completed studies stay queued rather than being marked done unanalysed.
+    """
+    try:
+        from ai_node import pipeline  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    return pipeline.processor(node)  # type: ignore[no-any-return]

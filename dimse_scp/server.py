@@ -1,0 +1,71 @@
+"""The Storage SCP's Application Entity: presentation contexts, limits and the server.
+
+Every storage SOP class pynetdicom knows is accepted with every transfer
+syntax it knows (uncompressed, deflated, big endian, JPEG, JPEG-LS,
+JPEG 2000, HTJ2K, RLE, MPEG...), and stored as received.
+"""
+
+from __future__ import annotations
+
+import logging
+from pynetdicom import AE, AllStoragePresentationContexts, _config
+from pynetdicom._globals import ALL_TRANSFER_SYNTAXES
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
+
+from dimse_scp.handlers import StorageHandlers
+from radnode.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+# Identifiers may carry patient names; pynetdicom must not log them.
+_config.LOG_REQUEST_IDENTIFIERS = False
+_config.LOG_RESPONSE_IDENTIFIERS = False
+
+
+def build_ae(settings: Settings) -> AE:
+    ae = AE(ae_title=settings.ae_title)
+    ae.maximum_pdu_size = settings.max_pdu_size
+    ae.maximum_associations = settings.max_associations
+    ae.network_timeout = settings.network_timeout_s
+    ae.dimse_timeout = settings.dimse_timeout_s
+    ae.acse_timeout = settings.acse_timeout_s
+    # The called-AE check is done by AccessPolicy (with a metric and a log line).
+    ae.require_called_aet = False
+    for context in AllStoragePresentationContexts:
+        ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+    ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES[:3])
+    return ae
+
+
+class DicomServer:
+    """The running Storage SCP (one thread per association)."""
+
+    def __init__(self, settings: Settings, handlers: StorageHandlers) -> None:
+        self.settings = settings
+        self.handlers = handlers
+        self.ae = build_ae(settings)
+        self._server: ThreadedAssociationServer | None = None
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("server not started")
+        return int(self._server.server_address[1])
+
+    def start(self) -> None:
+        self._server = self.ae.start_server(
+            (self.settings.host, self.settings.dicom_port),
+            block=False,
+            evt_handlers=self.handlers.evt_handlers(),
+        )
+        logger.info(
+            "DICOM SCP listening",
+            extra={"aet": self.settings.ae_title, "host": self.settings.host, "port": self.port},
+        )
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+

@@ -1,0 +1,383 @@
+"""The index: what is in the store, by patient/study/series/instance, and the job queue table.
+
+SQLAlchemy Core over SQLite (WAL, ``synchronous=FULL``: a committed row survives
+a crash, so a C-STORE success is only sent after the commit) or PostgreSQL.
+Patient-level attributes live here for the query services; they never go to
+ordinary logs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from pydicom import Dataset
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Engine,
+    Float,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    func,
+    select,
+    update,
+)
+from sqlalchemy import (
+    Index as SqlIndex,
+)
+from sqlalchemy.engine import Connection
+
+from radnode.uids import check_uid
+
+logger = logging.getLogger(__name__)
+
+metadata = MetaData()
+
+UID = String(64)
+
+studies = Table(
+    "studies",
+    metadata,
+    Column("study_uid", UID, primary_key=True),
+    Column("patient_id", String(64)),
+    Column("patient_name", String(324)),
+    Column("patient_birth_date", String(8)),
+    Column("patient_sex", String(16)),
+    Column("study_date", String(8)),
+    Column("study_time", String(16)),
+    Column("accession_number", String(16)),
+    Column("study_id", String(16)),
+    Column("study_description", String(64)),
+    Column("referring_physician_name", String(324)),
+    Column("num_instances", Integer, nullable=False, default=0),
+    # Every stored (non-duplicate) instance bumps received_seq; a job is due while
+    # received_seq > queued_seq (see radnode.jobs).
+    Column("received_seq", Integer, nullable=False, default=0),
+    Column("queued_seq", Integer, nullable=False, default=0),
+    Column("first_received_at", Float, nullable=False),
+    Column("last_received_at", Float, nullable=False),
+)
+SqlIndex("ix_studies_pending", studies.c.last_received_at)
+SqlIndex("ix_studies_patient_id", studies.c.patient_id)
+SqlIndex("ix_studies_study_date", studies.c.study_date)
+
+series = Table(
+    "series",
+    metadata,
+    Column("series_uid", UID, primary_key=True),
+    Column("study_uid", UID, ForeignKey("studies.study_uid"), nullable=False),
+    Column("modality", String(16)),
+    Column("series_number", Integer),
+    Column("series_description", String(64)),
+    Column("body_part_examined", String(16)),
+)
+SqlIndex("ix_series_study", series.c.study_uid)
+
+instances = Table(
+    "instances",
+    metadata,
+    Column("sop_instance_uid", UID, primary_key=True),
+    Column("series_uid", UID, ForeignKey("series.series_uid"), nullable=False),
+    Column("study_uid", UID, ForeignKey("studies.study_uid"), nullable=False),
+    Column("sop_class_uid", UID, nullable=False),
+    Column("transfer_syntax_uid", UID, nullable=False),
+    Column("instance_number", Integer),
+    Column("path", String(512), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("calling_aet", String(16)),
+    Column("received_at", Float, nullable=False),
+    Column("duplicates", Integer, nullable=False, default=0),
+)
+SqlIndex("ix_instances_series", instances.c.series_uid)
+SqlIndex("ix_instances_study", instances.c.study_uid)
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("study_uid", UID, ForeignKey("studies.study_uid"), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("state", String(16), nullable=False),  # queued | running | done | failed
+    Column("reason", String(32), nullable=False),  # released | quiet | recovered | manual
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("available_at", Float, nullable=False),
+    Column("lease_owner", String(128)),
+    Column("lease_expires_at", Float),
+    Column("finished_at", DateTime(timezone=True)),
+    Column("error", Text),
+    UniqueConstraint("study_uid", "version", name="uq_jobs_study_version"),
+)
+SqlIndex("ix_jobs_state_available", jobs.c.state, jobs.c.available_at)
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    """What the index keeps of one stored instance (from the validated dataset)."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    series_uid: str
+    study_uid: str
+    transfer_syntax_uid: str
+    path: str  # relative to the data dir
+    size: int
+    received_at: float
+    calling_aet: str | None = None
+    instance_number: int | None = None
+    study: dict[str, Any] | None = None  # patient/study-level columns of `studies`
+    series: dict[str, Any] | None = None  # series-level columns of `series`
+
+
+def _text(ds: Dataset, keyword: str, limit: int) -> str | None:
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return None
+    return str(value)[:limit]
+
+
+def _int(ds: Dataset, keyword: str) -> int | None:
+    try:
+        value = ds.get(keyword)
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def record_fields_from_dataset(
+    ds: Dataset, transfer_syntax_uid: str, calling_aet: str | None
+) -> dict[str, Any]:
+    """The index fields of an instance, from its dataset (UIDs validated, PS3.5 9.1).
+
+    Raises :class:`radnode.uids.InvalidUID` when a UID the store needs is missing
+    or malformed.
+    """
+    return {
+        "sop_instance_uid": check_uid(ds.get("SOPInstanceUID"), "SOP Instance UID"),
+        "sop_class_uid": check_uid(ds.get("SOPClassUID"), "SOP Class UID"),
+        "study_uid": check_uid(ds.get("StudyInstanceUID"), "Study Instance UID"),
+        "series_uid": check_uid(ds.get("SeriesInstanceUID"), "Series Instance UID"),
+        "transfer_syntax_uid": str(transfer_syntax_uid),
+        "calling_aet": calling_aet,
+        "instance_number": _int(ds, "InstanceNumber"),
+        "study": {
+            "patient_id": _text(ds, "PatientID", 64),
+            "patient_name": _text(ds, "PatientName", 324),
+            "patient_birth_date": _text(ds, "PatientBirthDate", 8),
+            "patient_sex": _text(ds, "PatientSex", 16),
+            "study_date": _text(ds, "StudyDate", 8),
+            "study_time": _text(ds, "StudyTime", 16),
+            "accession_number": _text(ds, "AccessionNumber", 16),
+            "study_id": _text(ds, "StudyID", 16),
+            "study_description": _text(ds, "StudyDescription", 64),
+            "referring_physician_name": _text(ds, "ReferringPhysicianName", 324),
+        },
+        "series": {
+            "modality": _text(ds, "Modality", 16),
+            "series_number": _int(ds, "SeriesNumber"),
+            "series_description": _text(ds, "SeriesDescription", 64),
+            "body_part_examined": _text(ds, "BodyPartExamined", 16),
+        },
+    }
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def _sqlite_begin_immediate(conn: Any) -> None:
+    # Take the write lock at BEGIN: two writers never deadlock upgrading read locks.
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def make_engine(url: str) -> Engine:
+    """Create the engine; SQLite gets WAL, full sync and immediate write transactions."""
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        # pysqlite's own transaction handling is disabled so BEGIN IMMEDIATE is ours.
+        event.listen(
+            engine,
+            "connect",
+            lambda dbapi_conn, _rec: setattr(dbapi_conn, "isolation_level", None),
+        )
+        event.listen(engine, "begin", _sqlite_begin_immediate)
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+
+
+class Index:
+    """Database access for the store, the completion tracker and the job queue."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+        self.is_sqlite = self.engine.dialect.name == "sqlite"
+        metadata.create_all(self.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        with self.engine.begin() as conn:
+            yield conn
+
+    def _upsert_ignore(self, table: Table, values: dict[str, Any], key: str) -> Any:
+        """An INSERT that does nothing when the primary key already exists."""
+        if self.is_sqlite:
+            from sqlalchemy.dialects.sqlite import insert as dialect_insert
+        else:
+            from sqlalchemy.dialects.postgresql import insert as dialect_insert
+        return dialect_insert(table).values(**values).on_conflict_do_nothing(index_elements=[key])
+
+    # -- instances -----------------------------------------------------------------
+
+    def find_instance(self, sop_instance_uid: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(instances).where(instances.c.sop_instance_uid == sop_instance_uid)
+            ).first()
+        return dict(row._mapping) if row else None
+
+    def add_instance(self, rec: InstanceRecord) -> bool:
+        """Index a stored instance in one transaction. Returns False if it was a duplicate.
+
+        A duplicate (same SOP Instance UID already indexed) only bumps its counter.
+        """
+        with self.transaction() as conn:
+            study_values = {
+                "study_uid": rec.study_uid,
+                "num_instances": 0,
+                "received_seq": 0,
+                "queued_seq": 0,
+                "first_received_at": rec.received_at,
+                "last_received_at": rec.received_at,
+                **(rec.study or {}),
+            }
+            conn.execute(self._upsert_ignore(studies, study_values, "study_uid"))
+            conn.execute(
+                self._upsert_ignore(
+                    series,
+                    {"series_uid": rec.series_uid, "study_uid": rec.study_uid, **(rec.series or {})},
+                    "series_uid",
+                )
+            )
+            result = conn.execute(
+                self._upsert_ignore(
+                    instances,
+                    {
+                        "sop_instance_uid": rec.sop_instance_uid,
+                        "series_uid": rec.series_uid,
+                        "study_uid": rec.study_uid,
+                        "sop_class_uid": rec.sop_class_uid,
+                        "transfer_syntax_uid": rec.transfer_syntax_uid,
+                        "instance_number": rec.instance_number,
+                        "path": rec.path,
+                        "size": rec.size,
+                        "calling_aet": rec.calling_aet,
+                        "received_at": rec.received_at,
+                        "duplicates": 0,
+                    },
+                    "sop_instance_uid",
+                )
+            )
+            if result.rowcount == 0:
+                conn.execute(
+                    update(instances)
+                    .where(instances.c.sop_instance_uid == rec.sop_instance_uid)
+                    .values(duplicates=instances.c.duplicates + 1)
+                )
+                return False
+            conn.execute(
+                update(studies)
+                .where(studies.c.study_uid == rec.study_uid)
+                .values(
+                    num_instances=studies.c.num_instances + 1,
+                    received_seq=studies.c.received_seq + 1,
+                    last_received_at=rec.received_at,
+                )
+            )
+            return True
+
+    def replace_instance(self, rec: InstanceRecord) -> None:
+        """Record that a stored instance's bytes were replaced (duplicate policy replace)."""
+        with self.transaction() as conn:
+            conn.execute(
+                update(instances)
+                .where(instances.c.sop_instance_uid == rec.sop_instance_uid)
+                .values(
+                    transfer_syntax_uid=rec.transfer_syntax_uid,
+                    size=rec.size,
+                    received_at=rec.received_at,
+                    calling_aet=rec.calling_aet,
+                    duplicates=instances.c.duplicates + 1,
+                )
+            )
+            conn.execute(
+                update(studies)
+                .where(studies.c.study_uid == rec.study_uid)
+                .values(
+                    received_seq=studies.c.received_seq + 1,
+                    last_received_at=rec.received_at,
+                )
+            )
+
+    def count_duplicates(self, sop_instance_uid: str) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                update(instances)
+                .where(instances.c.sop_instance_uid == sop_instance_uid)
+                .values(duplicates=instances.c.duplicates + 1)
+            )
+
+    def instance_paths(self) -> set[str]:
+        with self.engine.connect() as conn:
+            return set(conn.execute(select(instances.c.path)).scalars())
+
+    def instances_of_study(self, study_uid: str) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(instances)
+                .where(instances.c.study_uid == study_uid)
+                .order_by(instances.c.series_uid, instances.c.instance_number)
+            )
+            return [dict(r._mapping) for r in rows]
+
+    def get_study(self, study_uid: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(studies).where(studies.c.study_uid == study_uid)).first()
+        return dict(row._mapping) if row else None
+
+    def counts(self) -> dict[str, int]:
+        with self.engine.connect() as conn:
+            return {
+                "studies": conn.execute(select(func.count()).select_from(studies)).scalar_one(),
+                "series": conn.execute(select(func.count()).select_from(series)).scalar_one(),
+                "instances": conn.execute(
+                    select(func.count()).select_from(instances)
+                ).scalar_one(),
+            }
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+

@@ -1,0 +1,221 @@
+"""Ingest one encoded instance: validate, store durably, index, count. Shared by C-STORE and STOW-RS.
+
+The statuses are those of the Storage Service Class (PS3.4 B.2.3), which
+STOW-RS reuses as FailureReason (PS3.18 10.5.3):
+
+* 0x0000 success (also for a duplicate under the ``keep_first`` policy),
+* 0xA700 out of resources: the store cannot write (disk full, I/O error, index down),
+* 0xA900 data set does not match SOP class: the UIDs the store needs are
+  missing or malformed, or the dataset's SOP Class/Instance UID differ from
+  the ones the transfer announced,
+* 0xC000 cannot understand: the bytes do not decode as a complete dataset.
+
+The dataset bytes are stored exactly as received (no re-encoding), behind a
+new File Meta Information group with a zeroed preamble.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import zlib
+from dataclasses import dataclass
+from io import BytesIO
+from typing import Any
+
+from pydicom import Dataset
+from pydicom.dataelem import RawDataElement
+from pydicom.filereader import read_dataset
+from pydicom.uid import UID
+
+from radnode.index import record_fields_from_dataset
+from radnode.metrics import Metrics
+from radnode.store import InstanceStore, file_meta_bytes
+from radnode.uids import InvalidUID
+
+logger = logging.getLogger(__name__)
+
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700
+DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+CANNOT_UNDERSTAND = 0xC000
+
+_DEFLATED = "1.2.840.10008.1.2.1.99"
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+
+
+class IngestError(Exception):
+    """An instance that is refused, with its PS3.4 status and a short reason."""
+
+    def __init__(self, status: int, reason: str, comment: str) -> None:
+        super().__init__(comment)
+        self.status = status
+        self.reason = reason  # metric label
+        self.comment = comment[:64]  # Error Comment (0000,0902) is LO: 64 characters
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    status: int
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_uid: str
+    duplicate: bool
+    size: int
+
+
+def _value_end(elem: RawDataElement) -> int:
+    value_len = len(elem.value) if elem.value is not None else 0
+    # An undefined-length value is followed by its 8-byte delimitation item.
+    return elem.value_tell + value_len + (8 if elem.length == _UNDEFINED_LENGTH else 0)
+
+
+def decode_complete(raw: bytes, transfer_syntax_uid: str) -> Dataset:
+    """Decode a dataset and insist that every byte of it is there.
+
+    pydicom reads leniently: a truncated value comes back short and a cut
+    element header is dropped silently. A receiver must not acknowledge such a
+    dataset, so each top-level value is checked against its declared length
+    and the last one must end exactly at the end of the stream.
+    """
+    ts = UID(transfer_syntax_uid)
+    try:
+        if transfer_syntax_uid == _DEFLATED:
+            raw = zlib.decompress(raw, -zlib.MAX_WBITS)
+        if not ts.is_transfer_syntax:
+            raise IngestError(CANNOT_UNDERSTAND, "transfer_syntax", "unknown transfer syntax")
+        ds = read_dataset(
+            BytesIO(raw), is_implicit_VR=ts.is_implicit_VR, is_little_endian=ts.is_little_endian
+        )
+    except IngestError:
+        raise
+    except Exception as exc:
+        raise IngestError(CANNOT_UNDERSTAND, "undecodable", f"cannot decode dataset: {type(exc).__name__}") from exc
+    if not len(ds):
+        raise IngestError(CANNOT_UNDERSTAND, "empty", "empty dataset")
+    last_end = 0
+    for elem in ds._dict.values():
+        if not isinstance(elem, RawDataElement):
+            continue
+        if elem.length != _UNDEFINED_LENGTH and elem.value is not None and len(elem.value) != elem.length:
+            raise IngestError(CANNOT_UNDERSTAND, "truncated", f"truncated value of {elem.tag}")
+        last_end = max(last_end, _value_end(elem))
+    if last_end != len(raw):
+        raise IngestError(CANNOT_UNDERSTAND, "truncated", "dataset truncated or trailing bytes")
+    try:
+        for _ in ds.iterall():
+            pass  # converts every raw element, nested sequences included
+    except Exception as exc:
+        raise IngestError(CANNOT_UNDERSTAND, "undecodable", f"bad element: {type(exc).__name__}") from exc
+    return ds
+
+
+def _check_native_pixel_length(ds: Dataset, ts: UID) -> None:
+    """For an uncompressed transfer syntax the Pixel Data length follows from the image."""
+    if ts.is_compressed or "PixelData" not in ds:
+        return
+    try:
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        bits = int(ds.BitsAllocated) * int(ds.Rows) * int(ds.Columns) * int(ds.SamplesPerPixel)
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise IngestError(
+            DATASET_DOES_NOT_MATCH_SOP_CLASS, "image_pixel", "Image Pixel module incomplete"
+        ) from exc
+    expected = (bits * frames + 7) // 8
+    actual = len(ds.PixelData)
+    if actual < expected:
+        raise IngestError(CANNOT_UNDERSTAND, "truncated", "Pixel Data shorter than the image")
+
+
+class Ingestor:
+    """Validate and store instances for one node; used by the C-STORE and STOW-RS edges."""
+
+    def __init__(self, store: InstanceStore, metrics: Metrics) -> None:
+        self.store = store
+        self.metrics = metrics
+
+    def validate(
+        self,
+        raw: bytes,
+        transfer_syntax_uid: str,
+        *,
+        expected_sop_class_uid: str | None = None,
+        expected_sop_instance_uid: str | None = None,
+        calling_aet: str | None = None,
+    ) -> dict[str, Any]:
+        """Decode and check an instance; returns the index fields or raises IngestError."""
+        ds = decode_complete(raw, transfer_syntax_uid)
+        try:
+            fields = record_fields_from_dataset(ds, transfer_syntax_uid, calling_aet)
+        except InvalidUID as exc:
+            raise IngestError(DATASET_DOES_NOT_MATCH_SOP_CLASS, "bad_uid", str(exc)) from exc
+        if expected_sop_class_uid and fields["sop_class_uid"] != expected_sop_class_uid:
+            raise IngestError(
+                DATASET_DOES_NOT_MATCH_SOP_CLASS, "sop_class_mismatch", "SOP Class UID differs from the request"
+            )
+        if expected_sop_instance_uid and fields["sop_instance_uid"] != expected_sop_instance_uid:
+            raise IngestError(
+                DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                "sop_instance_mismatch",
+                "SOP Instance UID differs from the request",
+            )
+        _check_native_pixel_length(ds, UID(transfer_syntax_uid))
+        return fields
+
+    def ingest(
+        self,
+        raw: bytes,
+        transfer_syntax_uid: str,
+        *,
+        source: str,
+        expected_sop_class_uid: str | None = None,
+        expected_sop_instance_uid: str | None = None,
+        calling_aet: str | None = None,
+    ) -> IngestResult:
+        """Validate, write, fsync and index one instance. Raises IngestError when refused.
+
+        Returns only once the instance is durable and indexed: the caller may
+        then acknowledge it.
+        """
+        started = time.perf_counter()
+        try:
+            fields = self.validate(
+                raw,
+                transfer_syntax_uid,
+                expected_sop_class_uid=expected_sop_class_uid,
+                expected_sop_instance_uid=expected_sop_instance_uid,
+                calling_aet=calling_aet,
+            )
+            meta = file_meta_bytes(
+                fields["sop_class_uid"], fields["sop_instance_uid"], transfer_syntax_uid, calling_aet
+            )
+            try:
+                result = self.store.store(raw, meta, fields)
+            except OSError as exc:
+                logger.error("store cannot write", extra={"errno": exc.errno, "error": exc.strerror})
+                raise IngestError(OUT_OF_RESOURCES, "write_failed", f"out of resources: {exc.strerror or exc}") from exc
+            except Exception as exc:  # the index (database) failed
+                logger.exception("index cannot record the instance")
+                raise IngestError(OUT_OF_RESOURCES, "index_failed", "out of resources: index unavailable") from exc
+        except IngestError as exc:
+            self.metrics.instances_rejected.labels(source=source, reason=exc.reason).inc()
+            logger.warning(
+                "instance refused",
+                extra={"status": f"0x{exc.status:04X}", "reason": exc.reason, "detail": exc.comment,
+                       "calling_aet": calling_aet, "source": source},
+            )
+            raise
+        if result.duplicate:
+            self.metrics.instances_duplicate.labels(source=source).inc()
+        else:
+            self.metrics.instances_received.labels(source=source).inc()
+            self.metrics.bytes_received.labels(source=source).inc(result.record.size)
+        self.metrics.store_seconds.observe(time.perf_counter() - started)
+        return IngestResult(
+            status=SUCCESS,
+            sop_class_uid=fields["sop_class_uid"],
+            sop_instance_uid=fields["sop_instance_uid"],
+            study_uid=fields["study_uid"],
+            duplicate=result.duplicate,
+            size=result.record.size,
+        )

@@ -1,0 +1,186 @@
+"""The persistent job queue: one job per completed version of a study.
+
+A study is due for a job while its ``received_seq`` (bumped by every stored
+instance) is ahead of its ``queued_seq``. Enqueueing moves ``queued_seq`` up to
+``received_seq`` and inserts a job with that version in the same transaction,
+so a study is never queued twice for the same instances, and instances that
+arrive later make a new version, never a lost update.
+
+Workers claim jobs with a lease (``FOR UPDATE SKIP LOCKED`` on PostgreSQL; a
+single atomic UPDATE on SQLite, whose writers are serialised). A job whose
+lease expired (its worker died) is claimed again; after ``max_attempts`` it is
+marked failed, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+from sqlalchemy import and_, func, or_, select, update
+
+from radnode.index import Index, jobs, studies, utcnow
+
+logger = logging.getLogger(__name__)
+
+CompletionReason = Literal["released", "quiet", "recovered", "manual"]
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    study_uid: str
+    version: int
+    attempts: int
+    reason: str
+
+
+class JobQueue:
+    def __init__(self, index: Index, lease_s: float = 300.0, max_attempts: int = 3) -> None:
+        self.index = index
+        self.lease_s = lease_s
+        self.max_attempts = max_attempts
+
+    # -- producers ---------------------------------------------------------------
+
+    def enqueue_if_due(self, study_uid: str, reason: CompletionReason) -> int | None:
+        """Queue a job for the study if it has instances no job covers yet.
+
+        Returns the new job's id, or None when nothing was due.
+        """
+        with self.index.transaction() as conn:
+            row = conn.execute(
+                update(studies)
+                .where(studies.c.study_uid == study_uid, studies.c.received_seq > studies.c.queued_seq)
+                .values(queued_seq=studies.c.received_seq)
+                .returning(studies.c.received_seq)
+            ).first()
+            if row is None:
+                return None
+            version = row[0]
+            job_id = conn.execute(
+                jobs.insert()
+                .values(
+                    study_uid=study_uid,
+                    version=version,
+                    state="queued",
+                    reason=reason,
+                    attempts=0,
+                    created_at=utcnow(),
+                    available_at=time.time(),
+                )
+                .returning(jobs.c.id)
+            ).scalar_one()
+        logger.info(
+            "study complete, job queued",
+            extra={"study_uid": study_uid, "job_id": job_id, "version": version, "reason": reason},
+        )
+        return int(job_id)
+
+    def due_quiet_studies(self, quiet_s: float, now: float | None = None) -> list[str]:
+        """Studies with un-queued instances and no new instance for ``quiet_s`` seconds."""
+        cutoff = (now if now is not None else time.time()) - quiet_s
+        with self.index.engine.connect() as conn:
+            return list(
+                conn.execute(
+                    select(studies.c.study_uid).where(
+                        studies.c.received_seq > studies.c.queued_seq,
+                        studies.c.last_received_at <= cutoff,
+                    )
+                ).scalars()
+            )
+
+    # -- consumers ---------------------------------------------------------------
+
+    def claim(self, worker_id: str, now: float | None = None) -> Job | None:
+        """Claim the oldest available job (or one whose lease expired)."""
+        now = time.time() if now is None else now
+        claimable = or_(
+            and_(jobs.c.state == "queued", jobs.c.available_at <= now),
+            and_(jobs.c.state == "running", jobs.c.lease_expires_at < now),
+        )
+        candidate = (
+            select(jobs.c.id)
+            .where(claimable)
+            .order_by(jobs.c.available_at, jobs.c.id)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
+        with self.index.transaction() as conn:
+            row = conn.execute(
+                update(jobs)
+                .where(jobs.c.id == candidate, claimable)
+                .values(
+                    state="running",
+                    attempts=jobs.c.attempts + 1,
+                    lease_owner=worker_id,
+                    lease_expires_at=now + self.lease_s,
+                )
+                .returning(jobs.c.id, jobs.c.study_uid, jobs.c.version, jobs.c.attempts, jobs.c.reason)
+            ).first()
+            if row is None:
+                return None
+            job = Job(id=row[0], study_uid=row[1], version=row[2], attempts=row[3], reason=row[4])
+            if job.attempts > self.max_attempts:
+                conn.execute(
+                    update(jobs)
+                    .where(jobs.c.id == job.id)
+                    .values(
+                        state="failed",
+                        finished_at=utcnow(),
+                        error="lease expired too often (worker died while processing)",
+                    )
+                )
+                logger.error("job failed: gave up after expired leases", extra={"job_id": job.id})
+                return None
+        return job
+
+    def complete(self, job: Job, worker_id: str) -> bool:
+        """Mark a claimed job done. False if the lease was lost to another worker."""
+        with self.index.transaction() as conn:
+            result = conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job.id, jobs.c.state == "running", jobs.c.lease_owner == worker_id)
+                .values(state="done", finished_at=utcnow(), lease_expires_at=None, error=None)
+            )
+        return result.rowcount == 1
+
+    def fail(self, job: Job, worker_id: str, error: str, retry_delay_s: float = 5.0) -> str:
+        """Record a failed attempt: requeue with backoff, or fail for good after max attempts."""
+        final = job.attempts >= self.max_attempts
+        state = "failed" if final else "queued"
+        with self.index.transaction() as conn:
+            conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job.id, jobs.c.lease_owner == worker_id)
+                .values(
+                    state=state,
+                    error=error[:4000],
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    available_at=time.time() + retry_delay_s * 2 ** (job.attempts - 1),
+                    finished_at=utcnow() if final else None,
+                )
+            )
+        return state
+
+    # -- inspection --------------------------------------------------------------
+
+    def depth(self) -> int:
+        """Jobs waiting or running."""
+        with self.index.engine.connect() as conn:
+            return int(
+                conn.execute(
+                    select(func.count())
+                    .select_from(jobs)
+                    .where(jobs.c.state.in_(("queued", "running")))
+                ).scalar_one()
+            )
+
+    def jobs_for(self, study_uid: str) -> list[dict[str, object]]:
+        with self.index.engine.connect() as conn:
+            rows = conn.execute(select(jobs).where(jobs.c.study_uid == study_uid).order_by(jobs.c.id))
+            return [dict(r._mapping) for r in rows]

@@ -1,0 +1,143 @@
+"""One settings object for every radnode process.
+
+Values come, highest precedence first, from keyword arguments (the CLI's
+flags), ``RADNODE_*`` environment variables, an optional TOML config file
+(``--config`` or ``RADNODE_CONFIG``), then the defaults below.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+DuplicatePolicy = Literal["keep_first", "replace"]
+
+
+class Settings(BaseSettings):
+    """radnode configuration (env prefix ``RADNODE_``)."""
+
+    model_config = SettingsConfigDict(env_prefix="RADNODE_", extra="forbid")
+
+    # Where everything lives
+    data_dir: Path = Field(Path("radnode-data"), description="Instance store and SQLite index.")
+    database_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL of the index; default sqlite in the data dir. "
+        "postgresql+psycopg://user:pass@host/db for several processes on several hosts.",
+    )
+
+    # Network
+    host: str = Field("127.0.0.1", description="Address the DICOM and HTTP servers bind to.")
+    ae_title: str = Field("RADNODE", min_length=1, max_length=16)
+    dicom_port: int = Field(11112, ge=0, le=65535)
+    http_port: int = Field(8080, ge=0, le=65535)
+
+    # Who may send (PS3.8 A-ASSOCIATE-RJ on mismatch)
+    allowed_calling_aets: list[str] = Field(
+        default_factory=list,
+        description='Calling AE titles allowed to associate, each "AE" or "AE@host". '
+        "Empty: any calling AE (bind to localhost or a private network then).",
+    )
+    require_called_aet: bool = Field(
+        True, description="Reject associations whose called AE title is not ours."
+    )
+
+    # DIMSE tuning
+    max_pdu_size: int = Field(
+        0, ge=0, description="Maximum PDU we receive; 0 = unlimited (fastest)."
+    )
+    max_associations: int = Field(32, ge=1)
+    network_timeout_s: float = Field(60.0, gt=0)
+    dimse_timeout_s: float = Field(60.0, gt=0)
+    acse_timeout_s: float = Field(30.0, gt=0)
+
+    # Store
+    duplicate_policy: DuplicatePolicy = Field(
+        "keep_first",
+        description="A second copy of a stored SOP Instance UID: keep_first (answer "
+        "success, keep the stored bytes, count it) or replace (store the new bytes).",
+    )
+    min_free_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=0,
+        description="Refuse stores (0xA700) when the data dir's filesystem has less free space.",
+    )
+    fsync: bool = Field(True, description="fsync files and directories before acknowledging.")
+    reconcile_on_start: bool = Field(
+        True, description="After an unclean shutdown, index or remove files the index lacks."
+    )
+
+    # Study completion
+    quiet_period_s: float = Field(
+        2.0,
+        gt=0,
+        description="A study with no new instance for this long is complete "
+        "(association release completes it sooner).",
+    )
+
+    # Worker
+    worker_poll_s: float = Field(0.25, gt=0)
+    job_lease_s: float = Field(300.0, gt=0)
+    job_max_attempts: int = Field(3, ge=1)
+
+    # Logging
+    log_level: str = Field("INFO")
+    log_format: Literal["json", "text"] = Field("json")
+
+    @field_validator("ae_title")
+    @classmethod
+    def _ae_title_chars(cls, value: str) -> str:
+        value = value.strip()
+        if not value or "\\" in value or not value.isprintable():
+            raise ValueError("AE title must be 1-16 printable characters without backslash")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if settings_cls.model_config.get("toml_file"):
+            sources.append(TomlConfigSettingsSource(settings_cls))
+        return tuple(sources)
+
+    @classmethod
+    def load(cls, config_file: Path | str | None = None, **overrides: Any) -> Settings:
+        """Build settings from a config file, the environment and explicit overrides.
+
+        ``None`` overrides are ignored, so CLI flags that were not given fall
+        through to the environment and the file.
+        """
+        config_file = config_file or os.environ.get("RADNODE_CONFIG") or None
+        settings_cls = cls
+        if config_file is not None:
+            if not Path(config_file).is_file():
+                raise FileNotFoundError(f"config file not found: {config_file}")
+            settings_cls = type(
+                cls.__name__,
+                (cls,),
+                {"model_config": {**cls.model_config, "toml_file": Path(config_file)}},
+            )
+        return settings_cls(**{k: v for k, v in overrides.items() if v is not None})
+
+    @property
+    def index_url(self) -> str:
+        """The index database URL (SQLite in the data dir unless set)."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'index.sqlite3').resolve()}"
+

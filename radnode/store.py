@@ -1,0 +1,280 @@
+"""The instance store: DICOM Part 10 files under the data dir, written durably.
+
+Layout: ``<data_dir>/studies/<StudyUID>/<SeriesUID>/<SOPInstanceUID>.dcm``.
+Every write goes to ``<data_dir>/tmp/`` first, is fsynced, renamed into place
+and the directory fsynced; only then is it indexed, and only after the index
+commit does a caller acknowledge the sender. A crash therefore leaves at
+worst a temp file (removed at the next start) or a complete file the index
+lacks (indexed at the next start by :meth:`InstanceStore.reconcile`).
+
+UIDs come from the network and are untrusted: :func:`check_uid` admits only
+what PS3.5 9.1 allows (digits and dots, at most 64 characters), so no UID can
+name a path outside the data dir.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import shutil
+import socket
+import time
+import uuid
+from dataclasses import dataclass
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+from pydicom import Dataset, dcmread
+from pydicom.filewriter import write_file_meta_info
+
+from radnode import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from radnode.index import Index, InstanceRecord, record_fields_from_dataset
+from radnode.settings import DuplicatePolicy
+from radnode.uids import InvalidUID
+
+logger = logging.getLogger(__name__)
+
+CLEAN_SHUTDOWN_MARKER = ".clean-shutdown"
+
+
+class StoreFull(OSError):
+    """The store cannot take the instance (free space below the configured minimum)."""
+
+
+@dataclass(frozen=True)
+class StoreResult:
+    record: InstanceRecord
+    duplicate: bool
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def file_meta_bytes(
+    sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str, source_aet: str | None
+) -> bytes:
+    """Preamble (zeroed, PS3.10 7.1), 'DICM' and the File Meta Information group."""
+    meta = Dataset()
+    meta.MediaStorageSOPClassUID = sop_class_uid
+    meta.MediaStorageSOPInstanceUID = sop_instance_uid
+    meta.TransferSyntaxUID = transfer_syntax_uid
+    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+    if source_aet:
+        meta.SourceApplicationEntityTitle = source_aet
+    buf = BytesIO()
+    buf.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(buf, meta, enforce_standard=True)  # type: ignore[arg-type]
+    return buf.getvalue()
+
+
+class InstanceStore:
+    """Durable, indexed storage of received instances."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        index: Index,
+        *,
+        duplicate_policy: DuplicatePolicy = "keep_first",
+        fsync: bool = True,
+        min_free_bytes: int = 0,
+    ) -> None:
+        self.data_dir = Path(data_dir).resolve()
+        self.index = index
+        self.duplicate_policy = duplicate_policy
+        self.fsync = fsync
+        self.min_free_bytes = min_free_bytes
+        self.studies_dir = self.data_dir / "studies"
+        # Each process writes its temp files in its own folder, so one process's
+        # start-up clean-up never removes another's file in flight (shared data dir).
+        self.tmp_root = self.data_dir / "tmp"
+        self.tmp_dir = self.tmp_root / f"{socket.gethostname()}.{os.getpid()}"
+        self.studies_dir.mkdir(parents=True, exist_ok=True)
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        self._free_checked_at = 0.0
+
+    # -- paths -------------------------------------------------------------------
+
+    def relative_path(self, study_uid: str, series_uid: str, sop_instance_uid: str) -> str:
+        return f"studies/{study_uid}/{series_uid}/{sop_instance_uid}.dcm"
+
+    def path_of(self, relative: str) -> Path:
+        path = (self.data_dir / relative).resolve()
+        if not path.is_relative_to(self.data_dir):
+            raise InvalidUID("path escapes the data dir")
+        return path
+
+    # -- writing -----------------------------------------------------------------
+
+    def _check_free_space(self, size: int) -> None:
+        if not self.min_free_bytes:
+            return
+        usage = shutil.disk_usage(self.data_dir)
+        if usage.free - size < self.min_free_bytes:
+            raise StoreFull(errno.ENOSPC, "free space below the configured minimum")
+
+    def _write_atomic(self, final: Path, chunks: list[bytes]) -> int:
+        tmp = self.tmp_dir / f"{final.stem}.{uuid.uuid4().hex}.part"
+        size = 0
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+            try:
+                for chunk in chunks:
+                    view = memoryview(chunk)
+                    while view:
+                        written = os.write(fd, view)
+                        view = view[written:]
+                    size += len(chunk)
+                if self.fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, final)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        if self.fsync:
+            _fsync_dir(final.parent)
+        return size
+
+    def store(
+        self,
+        dataset_bytes: bytes,
+        meta: bytes,
+        record_fields: dict[str, Any],
+    ) -> StoreResult:
+        """Write one instance (file meta + the dataset exactly as received) and index it.
+
+        ``record_fields`` are the validated values for :class:`InstanceRecord`
+        (UIDs already checked with :func:`check_uid`), without path/size/time.
+        Raises OSError (incl. :class:`StoreFull`) when it cannot write; nothing
+        is then left behind.
+        """
+        study_uid = record_fields["study_uid"]
+        series_uid = record_fields["series_uid"]
+        sop_uid = record_fields["sop_instance_uid"]
+        relative = self.relative_path(study_uid, series_uid, sop_uid)
+
+        existing = self.index.find_instance(sop_uid)
+        if existing is not None and self.duplicate_policy == "keep_first":
+            self.index.count_duplicates(sop_uid)
+            rec = InstanceRecord(
+                path=existing["path"], size=existing["size"], received_at=time.time(), **record_fields
+            )
+            return StoreResult(rec, duplicate=True)
+        if existing is not None:
+            relative = existing["path"]  # replace in place, keep the indexed location
+
+        self._check_free_space(len(meta) + len(dataset_bytes))
+        final = self.path_of(relative)
+        size = self._write_atomic(final, [meta, dataset_bytes])
+        rec = InstanceRecord(path=relative, size=size, received_at=time.time(), **record_fields)
+        if existing is not None:
+            self.index.replace_instance(rec)
+            return StoreResult(rec, duplicate=True)
+        try:
+            added = self.index.add_instance(rec)
+        except BaseException:
+            # Not indexed, so never acknowledged: leave nothing behind.
+            final.unlink(missing_ok=True)
+            raise
+        return StoreResult(rec, duplicate=not added)
+
+    # -- reading -----------------------------------------------------------------
+
+    def open_dataset(self, relative: str, stop_before_pixels: bool = False) -> Dataset:
+        return dcmread(self.path_of(relative), stop_before_pixels=stop_before_pixels)
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    def was_clean_shutdown(self) -> bool:
+        return (self.data_dir / CLEAN_SHUTDOWN_MARKER).exists()
+
+    def mark_running(self) -> None:
+        (self.data_dir / CLEAN_SHUTDOWN_MARKER).unlink(missing_ok=True)
+        if self.fsync:
+            _fsync_dir(self.data_dir)
+
+    def mark_clean_shutdown(self) -> None:
+        (self.data_dir / CLEAN_SHUTDOWN_MARKER).touch()
+
+    def remove_temp_files(self, stale_after_s: float = 24 * 3600) -> int:
+        """Remove temp folders of dead processes: this host's by pid, others' by age."""
+        removed = 0
+        host = socket.gethostname()
+        for entry in os.scandir(self.tmp_root):
+            if not entry.is_dir() or entry.path == str(self.tmp_dir):
+                continue
+            owner_host, _, pid = entry.name.rpartition(".")
+            if owner_host == host:
+                if pid.isdigit() and _pid_alive(int(pid)):
+                    continue
+            elif time.time() - entry.stat().st_mtime < stale_after_s:
+                continue
+            removed += sum(1 for _ in Path(entry.path).iterdir())
+            shutil.rmtree(entry.path, ignore_errors=True)
+        return removed
+
+    def reconcile(self) -> tuple[int, int]:
+        """Index complete files the index lacks (a crash between rename and commit).
+
+        Such files were fully written and fsynced before the rename, but never
+        acknowledged; indexing them keeps the store and the index equal (the
+        sender's retry is then a duplicate). Files that do not parse are removed.
+        Returns (indexed, removed).
+        """
+        known = self.index.instance_paths()
+        indexed = removed = 0
+        for root, _dirs, files in os.walk(self.studies_dir):
+            for name in files:
+                path = Path(root) / name
+                relative = path.relative_to(self.data_dir).as_posix()
+                if relative in known:
+                    continue
+                try:
+                    ds = dcmread(path, stop_before_pixels=True)
+                    fields = record_fields_from_dataset(ds, ds.file_meta.TransferSyntaxUID, None)
+                    if self.relative_path(
+                        fields["study_uid"], fields["series_uid"], fields["sop_instance_uid"]
+                    ) != relative:
+                        raise InvalidUID("file is not where its UIDs say")
+                except Exception as exc:  # noqa: BLE001 - any unreadable orphan is removed
+                    logger.warning("removing unreadable orphan file", extra={"path": relative, "error": str(exc)})
+                    path.unlink(missing_ok=True)
+                    removed += 1
+                    continue
+                rec = InstanceRecord(
+                    path=relative, size=path.stat().st_size, received_at=time.time(), **fields
+                )
+                self.index.add_instance(rec)
+                indexed += 1
+        return indexed, removed
+
+    def recover(self, reconcile: bool = True) -> dict[str, int]:
+        """Start-up recovery: drop temp files; after an unclean stop, reconcile."""
+        stats = {"temp_removed": self.remove_temp_files(), "indexed": 0, "removed": 0}
+        if reconcile and not self.was_clean_shutdown():
+            stats["indexed"], stats["removed"] = self.reconcile()
+        self.mark_running()
+        if any(stats.values()):
+            logger.warning("store recovered after an unclean shutdown", extra=stats)
+        return stats

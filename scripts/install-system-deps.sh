@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Install the Debian packages radnode's tests run as real peers, if missing:
+#   dcmtk (storescu/echoscu/findscu: the modality), orthanc + orthanc-dicomweb (the PACS),
+#   dicom3tools (dciodvfy: validates the SRs radnode writes).
+set -euo pipefail
+packages=(dcmtk orthanc orthanc-dicomweb dicom3tools)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+echo "installing Debian packages: ${missing[*]}"
+$SUDO apt-get update -qq
+# Do not let the packages' init scripts start system-wide daemons (tests start their own).
+DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

@@ -69,6 +69,7 @@ class StorageHandlers:
                    "peer": assoc.requestor.address},
         )
         assoc.acse.send_reject(*rejection)
+        assoc.kill()  # waits until the DUL has sent the A-ASSOCIATE-RJ
 
     def on_c_echo(self, event: events.Event) -> int:
         return 0x0000

@@ -1,8 +1,11 @@
 """The Storage SCP's Application Entity: presentation contexts, limits and the server.
 
-Every storage SOP class pynetdicom knows is accepted with every transfer
-syntax it knows (uncompressed, deflated, big endian, JPEG, JPEG-LS,
-JPEG 2000, HTJ2K, RLE, MPEG...), and stored as received.
+Every storage SOP class is accepted: the ones pynetdicom knows with every
+transfer syntax it knows (uncompressed, deflated, big endian, JPEG, JPEG-LS,
+JPEG 2000, HTJ2K, RLE, MPEG...), and, through pynetdicom's unrestricted
+storage service, retired, private and newer SOP classes too (a CT's private
+raw-data class is still an instance the site wants kept). Datasets are stored
+as received.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ logger = logging.getLogger(__name__)
 # Identifiers may carry patient names; pynetdicom must not log them.
 _config.LOG_REQUEST_IDENTIFIERS = False
 _config.LOG_RESPONSE_IDENTIFIERS = False
+# Accept any storage SOP class proposed, not only those pynetdicom lists.
+_config.UNRESTRICTED_STORAGE_SERVICE = True
 
 
 def build_ae(settings: Settings) -> AE:

@@ -30,11 +30,13 @@ class Worker:
         metrics: Metrics,
         poll_s: float = 0.25,
         worker_id: str | None = None,
+        retry_delay_s: float = 5.0,
     ) -> None:
         self.queue = queue
         self.processor = processor
         self.metrics = metrics
         self.poll_s = poll_s
+        self.retry_delay_s = retry_delay_s
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -48,7 +50,9 @@ class Worker:
         try:
             self.processor(job)
         except Exception as exc:
-            state = self.queue.fail(job, self.worker_id, f"{type(exc).__name__}: {exc}")
+            state = self.queue.fail(
+                job, self.worker_id, f"{type(exc).__name__}: {exc}", self.retry_delay_s
+            )
             self.metrics.jobs_finished.labels(outcome=state).inc()
             logger.exception("job failed", extra={**log_extra, "next_state": state})
             return True

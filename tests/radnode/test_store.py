@@ -1,0 +1,127 @@
+"""The instance store: atomic writes, duplicate policies, recovery after a crash."""
+
+from __future__ import annotations
+
+import os
+from io import BytesIO
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pydicom.filereader import _read_file_meta_info
+
+from radnode.index import Index, record_fields_from_dataset
+from radnode.store import CLEAN_SHUTDOWN_MARKER, InstanceStore, file_meta_bytes
+from radnode.uids import InvalidUID, check_uid
+
+
+def _split(path: Path) -> tuple[bytes, str]:
+    raw = path.read_bytes()
+    f = BytesIO(raw)
+    f.seek(132)
+    meta = _read_file_meta_info(f)
+    return raw[f.tell():], str(meta.TransferSyntaxUID)
+
+
+@pytest.fixture
+def store(tmp_path):
+    index = Index(f"sqlite:///{tmp_path / 'index.sqlite3'}")
+    yield InstanceStore(tmp_path / "data", index)
+    index.close()
+
+
+def _store_file(store: InstanceStore, path: Path, **kw):
+    body, ts = _split(path)
+    ds = dcmread(path, stop_before_pixels=True)
+    fields = record_fields_from_dataset(ds, ts, "MOD")
+    meta = file_meta_bytes(fields["sop_class_uid"], fields["sop_instance_uid"], ts, "MOD")
+    return store.store(body, meta, fields), body
+
+
+@pytest.mark.parametrize("bad", ["", "../etc", "1.2/3", "1..2", ".1.2", "1.2.", "1" * 65, "1.2.3\\4", "1.2 .3", "é", None])
+def test_check_uid_refuses_what_is_not_a_uid(bad):
+    with pytest.raises(InvalidUID):
+        check_uid(bad, "UID")
+
+
+def test_check_uid_accepts_uids_and_strips_padding():
+    assert check_uid("1.2.840.10008.1.2\x00", "UID") == "1.2.840.10008.1.2"
+    assert check_uid("1.02.3", "UID") == "1.02.3"  # leading zeros seen in the wild
+
+
+def test_store_writes_meta_plus_bytes_as_received_and_indexes(store, chest_study):
+    _study, files = chest_study
+    result, body = _store_file(store, files[0])
+    assert not result.duplicate
+    path = store.path_of(result.record.path)
+    assert _split(path)[0] == body
+    assert path.read_bytes()[:132] == b"\0" * 128 + b"DICM"
+    assert store.index.counts()["instances"] == 1
+    assert not any(store.tmp_dir.iterdir())
+
+
+def test_duplicate_keep_first_keeps_bytes_and_counts(store, chest_study):
+    _study, files = chest_study
+    first, _ = _store_file(store, files[1])
+    path = store.path_of(first.record.path)
+    before = path.stat().st_mtime_ns
+    again, _ = _store_file(store, files[1])
+    assert again.duplicate and path.stat().st_mtime_ns == before
+    assert store.index.find_instance(first.record.sop_instance_uid)["duplicates"] == 1
+
+
+def test_path_of_refuses_escapes(store):
+    with pytest.raises(InvalidUID):
+        store.path_of("../outside.dcm")
+
+
+def test_write_failure_leaves_nothing(store, chest_study, monkeypatch):
+    _study, files = chest_study
+    real_replace = os.replace
+
+    def failing_replace(src, dst):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(OSError):
+        _store_file(store, files[2])
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert not any(store.tmp_dir.iterdir())
+    assert not list(store.studies_dir.rglob("*.dcm"))
+    assert store.index.counts()["instances"] == 0
+
+
+def test_recovery_after_unclean_stop_removes_temp_files_and_indexes_orphans(tmp_path, chest_study):
+    _study, files = chest_study
+    index = Index(f"sqlite:///{tmp_path / 'index.sqlite3'}")
+    store = InstanceStore(tmp_path / "data", index)
+    store.recover()
+    result, _ = _store_file(store, files[3])
+    # A crash between rename and index commit: a complete file the index lacks ...
+    ds = dcmread(files[4], stop_before_pixels=True)
+    orphan = store.path_of(store.relative_path(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID))
+    orphan.write_bytes(files[4].read_bytes())
+    # ... a garbage file where an instance would be, and a dead process's temp file.
+    junk = store.studies_dir / ds.StudyInstanceUID / ds.SeriesInstanceUID / "1.2.3.dcm"
+    junk.write_bytes(b"not dicom")
+    dead = store.tmp_root / "somehost.999999"
+    dead.mkdir()
+    (dead / "x.part").write_bytes(b"partial")
+    os.utime(dead, (0, 0))
+    index.close()
+
+    index = Index(f"sqlite:///{tmp_path / 'index.sqlite3'}")
+    store = InstanceStore(tmp_path / "data", index)
+    assert not store.was_clean_shutdown()
+    stats = store.recover()
+    assert stats == {"temp_removed": 1, "indexed": 1, "removed": 1}
+    assert not dead.exists() and not junk.exists()
+    assert index.counts()["instances"] == 2
+    assert index.find_instance(ds.SOPInstanceUID) is not None
+    assert index.find_instance(result.record.sop_instance_uid) is not None
+    store.mark_clean_shutdown()
+    assert (store.data_dir / CLEAN_SHUTDOWN_MARKER).exists()
+    # After a clean stop, no scan is needed.
+    store2 = InstanceStore(tmp_path / "data", index)
+    assert store2.recover() == {"temp_removed": 0, "indexed": 0, "removed": 0}
+    index.close()

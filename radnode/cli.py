@@ -111,6 +111,11 @@ def _run_http(node: Any) -> None:
     from dicomweb.app import create_app
 
     s = node.settings
+    # uvicorn shuts down gracefully on SIGINT/SIGTERM, then restores the previous handlers
+    # and re-raises the signal: with these handlers that re-raise is harmless and the
+    # caller's clean-up (stop the SCP, mark a clean shutdown) runs.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: None)
     uvicorn.run(create_app(node), host=s.host, port=s.http_port, log_config=None, access_log=False)
 
 

@@ -1,0 +1,90 @@
+"""The `radnode` command as a user runs it: serve, echo, send, synth, health and metrics."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import urllib.request
+
+from conftest import REPO, RADNODE, RadnodeProcess, dcmtk_env, require_tool
+from pydicom import dcmread
+
+
+def _run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*RADNODE, *args], capture_output=True, text=True, cwd=REPO, timeout=timeout)
+
+
+def _get(url: str) -> tuple[int, str, str]:
+    with urllib.request.urlopen(url, timeout=10) as rsp:
+        return rsp.status, rsp.headers.get("content-type", ""), rsp.read().decode()
+
+
+def test_help_lists_every_role():
+    out = _run("--help").stdout
+    for command in ("serve", "scp", "api", "worker", "synth", "echo", "send"):
+        assert command in out
+
+
+def test_synth_study_cli_writes_a_readable_series(tmp_path):
+    result = _run("synth", "study", "--out", str(tmp_path / "s"), "--region", "head", "--slices", "4",
+                  "--seed", "3", "--size", "64")
+    assert result.returncode == 0, result.stderr
+    files = sorted((tmp_path / "s").glob("*.dcm"))
+    assert len(files) == 4
+    assert dcmread(files[0]).BodyPartExamined == "HEAD"
+    assert _run("synth", "study", "--out", str(tmp_path / "x"), "--region", "head", "--nodules", "2").returncode != 0
+
+
+def test_serve_answers_echo_send_health_and_metrics(tmp_path, chest_study):
+    _study, files = chest_study
+    node = RadnodeProcess(tmp_path / "data", "serve").start()
+    try:
+        echo = _run("echo", "--port", str(node.dicom_port))
+        assert echo.returncode == 0 and "0x0000" in echo.stdout
+        dcmtk_echo = subprocess.run([require_tool("echoscu"), "-aec", "RADNODE", "127.0.0.1", str(node.dicom_port)],
+                                    capture_output=True, text=True, env=dcmtk_env(), timeout=30)
+        assert dcmtk_echo.returncode == 0
+
+        sent = _run("send", "--port", str(node.dicom_port), *map(str, files[:12]))
+        assert sent.returncode == 0, sent.stderr
+        assert "sent 12/12" in sent.stdout
+
+        status, _ctype, body = _get(f"http://127.0.0.1:{node.http_port}/healthz")
+        health = json.loads(body)
+        assert status == 200 and health["status"] == "ok"
+        assert health["index"]["instances"] == 12
+
+        status, ctype, text = _get(f"http://127.0.0.1:{node.http_port}/metrics")
+        assert status == 200 and ctype.startswith("text/plain")
+        assert 'radnode_instances_received_total{source="dimse"} 12.0' in text
+        assert 'radnode_index_objects{level="instances"} 12.0' in text
+        assert 'radnode_studies_completed_total{reason="released"} 1.0' in text
+        assert "radnode_queue_depth 1.0" in text
+        assert "radnode_bytes_received_total" in text
+    finally:
+        assert node.stop() == 0
+    # A clean stop is recorded, so the next start skips the orphan scan.
+    assert (node.data_dir / ".clean-shutdown").exists()
+    log = node.log()
+    assert "DICOM SCP listening" in log
+    patient_name = str(dcmread(files[0], stop_before_pixels=True).PatientName)
+    assert patient_name not in log
+
+
+def test_invalid_settings_are_a_clear_error(tmp_path):
+    result = _run("scp", "--data-dir", str(tmp_path), "--aet", "WAY_TOO_LONG_AE_TITLE_X")
+    assert result.returncode == 2
+    assert "invalid settings" in result.stderr and "ae_title" in result.stderr
+
+
+def test_worker_without_an_analysis_pipeline_says_so(tmp_path):
+    result = _run("worker", "--data-dir", str(tmp_path))
+    assert result.returncode == 2 and "no analysis pipeline" in result.stderr
+
+
+def test_module_entry_point_matches_console_script():
+    script = REPO / ".venv" / "bin" / "radnode"
+    exe = str(script) if script.exists() else sys.executable
+    assert subprocess.run([exe, "--version"] if script.exists() else [*RADNODE, "--version"],
+                          capture_output=True, text=True).stdout.startswith("radnode ")

@@ -90,7 +90,10 @@ def _start_scp(node: Any) -> tuple[Any, Any]:
     access = AccessPolicy.from_settings(s.ae_title, s.allowed_calling_aets, s.require_called_aet)
     if not access.allowed and s.host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning("no calling-AE allow-list while listening beyond localhost", extra={"host": s.host})
-    server = DicomServer(s, StorageHandlers(node.ingestor, tracker, access, node.metrics))
+    handlers = StorageHandlers(
+        node.ingestor, tracker, access, node.metrics, poll_interval_s=s.dimse_poll_interval_s
+    )
+    server = DicomServer(s, handlers)
     server.start()
     tracker.start()
     return server, tracker

@@ -29,6 +29,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    bindparam,
     create_engine,
     event,
     func,
@@ -122,6 +123,13 @@ jobs = Table(
     UniqueConstraint("study_uid", "version", name="uq_jobs_study_version"),
 )
 SqlIndex("ix_jobs_state_available", jobs.c.state, jobs.c.available_at)
+
+
+_STUDY_ATTRIBUTES = (
+    "patient_id", "patient_name", "patient_birth_date", "patient_sex", "study_date", "study_time",
+    "accession_number", "study_id", "study_description", "referring_physician_name",
+)
+_SERIES_ATTRIBUTES = ("modality", "series_number", "series_description", "body_part_examined")
 
 
 @dataclass(frozen=True)
@@ -232,6 +240,7 @@ class Index:
         self.engine = make_engine(url)
         self.is_sqlite = self.engine.dialect.name == "sqlite"
         metadata.create_all(self.engine)
+        self._prepare_statements()
 
     def close(self) -> None:
         self.engine.dispose()
@@ -241,21 +250,42 @@ class Index:
         with self.engine.begin() as conn:
             yield conn
 
-    def _upsert_ignore(self, table: Table, values: dict[str, Any], key: str) -> Any:
-        """An INSERT that does nothing when the primary key already exists."""
+    def _insert_ignore(self, table: Table, key: str) -> Any:
+        """INSERT ... ON CONFLICT (key) DO NOTHING, built once; values come at execute time."""
         if self.is_sqlite:
             from sqlalchemy.dialects.sqlite import insert as dialect_insert
         else:
             from sqlalchemy.dialects.postgresql import insert as dialect_insert
-        return dialect_insert(table).values(**values).on_conflict_do_nothing(index_elements=[key])
+        return dialect_insert(table).on_conflict_do_nothing(index_elements=[key])
+
+    def _prepare_statements(self) -> None:
+        # Built once so SQLAlchemy's compiled cache is hit on every C-STORE.
+        self._insert_study = self._insert_ignore(studies, "study_uid")
+        self._insert_series = self._insert_ignore(series, "series_uid")
+        self._insert_instance = self._insert_ignore(instances, "sop_instance_uid")
+        self._bump_study = (
+            update(studies)
+            .where(studies.c.study_uid == bindparam("b_study_uid"))
+            .values(
+                num_instances=studies.c.num_instances + 1,
+                received_seq=studies.c.received_seq + 1,
+                last_received_at=bindparam("b_received_at"),
+            )
+        )
+        self._count_duplicate = (
+            update(instances)
+            .where(instances.c.sop_instance_uid == bindparam("b_sop_instance_uid"))
+            .values(duplicates=instances.c.duplicates + 1)
+        )
+        self._find_instance = select(instances).where(
+            instances.c.sop_instance_uid == bindparam("b_sop_instance_uid")
+        )
 
     # -- instances -----------------------------------------------------------------
 
     def find_instance(self, sop_instance_uid: str) -> dict[str, Any] | None:
         with self.engine.connect() as conn:
-            row = conn.execute(
-                select(instances).where(instances.c.sop_instance_uid == sop_instance_uid)
-            ).first()
+            row = conn.execute(self._find_instance, {"b_sop_instance_uid": sop_instance_uid}).first()
         return dict(row._mapping) if row else None
 
     def add_instance(self, rec: InstanceRecord) -> bool:
@@ -263,58 +293,41 @@ class Index:
 
         A duplicate (same SOP Instance UID already indexed) only bumps its counter.
         """
+        study_row = {column: None for column in _STUDY_ATTRIBUTES}
+        study_row.update(rec.study or {})
+        study_row.update(
+            study_uid=rec.study_uid,
+            num_instances=0,
+            received_seq=0,
+            queued_seq=0,
+            first_received_at=rec.received_at,
+            last_received_at=rec.received_at,
+        )
+        series_row = {column: None for column in _SERIES_ATTRIBUTES}
+        series_row.update(rec.series or {})
+        series_row.update(series_uid=rec.series_uid, study_uid=rec.study_uid)
+        instance_row = {
+            "sop_instance_uid": rec.sop_instance_uid,
+            "series_uid": rec.series_uid,
+            "study_uid": rec.study_uid,
+            "sop_class_uid": rec.sop_class_uid,
+            "transfer_syntax_uid": rec.transfer_syntax_uid,
+            "instance_number": rec.instance_number,
+            "path": rec.path,
+            "size": rec.size,
+            "calling_aet": rec.calling_aet,
+            "received_at": rec.received_at,
+            "duplicates": 0,
+        }
         with self.transaction() as conn:
-            study_values = {
-                "study_uid": rec.study_uid,
-                "num_instances": 0,
-                "received_seq": 0,
-                "queued_seq": 0,
-                "first_received_at": rec.received_at,
-                "last_received_at": rec.received_at,
-                **(rec.study or {}),
-            }
-            conn.execute(self._upsert_ignore(studies, study_values, "study_uid"))
-            conn.execute(
-                self._upsert_ignore(
-                    series,
-                    {"series_uid": rec.series_uid, "study_uid": rec.study_uid, **(rec.series or {})},
-                    "series_uid",
-                )
-            )
-            result = conn.execute(
-                self._upsert_ignore(
-                    instances,
-                    {
-                        "sop_instance_uid": rec.sop_instance_uid,
-                        "series_uid": rec.series_uid,
-                        "study_uid": rec.study_uid,
-                        "sop_class_uid": rec.sop_class_uid,
-                        "transfer_syntax_uid": rec.transfer_syntax_uid,
-                        "instance_number": rec.instance_number,
-                        "path": rec.path,
-                        "size": rec.size,
-                        "calling_aet": rec.calling_aet,
-                        "received_at": rec.received_at,
-                        "duplicates": 0,
-                    },
-                    "sop_instance_uid",
-                )
-            )
-            if result.rowcount == 0:
-                conn.execute(
-                    update(instances)
-                    .where(instances.c.sop_instance_uid == rec.sop_instance_uid)
-                    .values(duplicates=instances.c.duplicates + 1)
-                )
+            conn.execute(self._insert_study, study_row)
+            conn.execute(self._insert_series, series_row)
+            if conn.execute(self._insert_instance, instance_row).rowcount == 0:
+                conn.execute(self._count_duplicate, {"b_sop_instance_uid": rec.sop_instance_uid})
                 return False
             conn.execute(
-                update(studies)
-                .where(studies.c.study_uid == rec.study_uid)
-                .values(
-                    num_instances=studies.c.num_instances + 1,
-                    received_seq=studies.c.received_seq + 1,
-                    last_received_at=rec.received_at,
-                )
+                self._bump_study,
+                {"b_study_uid": rec.study_uid, "b_received_at": rec.received_at},
             )
             return True
 
@@ -343,11 +356,7 @@ class Index:
 
     def count_duplicates(self, sop_instance_uid: str) -> None:
         with self.transaction() as conn:
-            conn.execute(
-                update(instances)
-                .where(instances.c.sop_instance_uid == sop_instance_uid)
-                .values(duplicates=instances.c.duplicates + 1)
-            )
+            conn.execute(self._count_duplicate, {"b_sop_instance_uid": sop_instance_uid})
 
     def instance_paths(self) -> set[str]:
         with self.engine.connect() as conn:

@@ -25,6 +25,7 @@ from typing import Any
 
 from pydicom import Dataset
 from pydicom.dataelem import RawDataElement
+from pydicom.datadict import dictionary_VR
 from pydicom.filereader import read_dataset
 from pydicom.uid import UID
 
@@ -70,7 +71,30 @@ def _value_end(elem: RawDataElement) -> int:
     return elem.value_tell + value_len + (8 if elem.length == _UNDEFINED_LENGTH else 0)
 
 
-def decode_complete(raw: bytes, transfer_syntax_uid: str) -> Dataset:
+def _parse_sequences(ds: Dataset) -> None:
+    """Parse every sequence, nested ones included, so a broken item structure is found now.
+
+    Other elements keep pydicom's lazy conversion: their bytes are already
+    checked for length, and a value that does not convert cannot break the structure.
+    """
+    for tag in list(ds._dict):
+        raw = ds._dict[tag]
+        vr = getattr(raw, "VR", None)
+        if vr is None and isinstance(raw, RawDataElement):
+            vr = dictionary_vr_or_none(tag)
+        if vr == "SQ":
+            for item in ds[tag].value:
+                _parse_sequences(item)
+
+
+def dictionary_vr_or_none(tag: int) -> str | None:
+    try:
+        return str(dictionary_VR(tag))
+    except KeyError:
+        return None
+
+
+def decode_complete(raw: bytes | memoryview, transfer_syntax_uid: str) -> Dataset:
     """Decode a dataset and insist that every byte of it is there.
 
     pydicom reads leniently: a truncated value comes back short and a cut
@@ -103,8 +127,7 @@ def decode_complete(raw: bytes, transfer_syntax_uid: str) -> Dataset:
     if last_end != len(raw):
         raise IngestError(CANNOT_UNDERSTAND, "truncated", "dataset truncated or trailing bytes")
     try:
-        for _ in ds.iterall():
-            pass  # converts every raw element, nested sequences included
+        _parse_sequences(ds)
     except Exception as exc:
         raise IngestError(CANNOT_UNDERSTAND, "undecodable", f"bad element: {type(exc).__name__}") from exc
     return ds
@@ -136,7 +159,7 @@ class Ingestor:
 
     def validate(
         self,
-        raw: bytes,
+        raw: bytes | memoryview,
         transfer_syntax_uid: str,
         *,
         expected_sop_class_uid: str | None = None,
@@ -164,7 +187,7 @@ class Ingestor:
 
     def ingest(
         self,
-        raw: bytes,
+        raw: bytes | memoryview,
         transfer_syntax_uid: str,
         *,
         source: str,

@@ -37,9 +37,11 @@ class Settings(BaseSettings):
 
     # Network
     host: str = Field("127.0.0.1", description="Address the DICOM and HTTP servers bind to.")
-    ae_title: str = Field("RADNODE", min_length=1, max_length=16)
-    dicom_port: int = Field(11112, ge=0, le=65535)
-    http_port: int = Field(8080, ge=0, le=65535)
+    ae_title: str = Field(
+        "RADNODE", min_length=1, max_length=16, description="Our AE title (called AE)."
+    )
+    dicom_port: int = Field(11112, ge=0, le=65535, description="DICOM (DIMSE) port.")
+    http_port: int = Field(8080, ge=0, le=65535, description="HTTP port (health, metrics, DICOMweb).")
 
     # Who may send (PS3.8 A-ASSOCIATE-RJ on mismatch)
     allowed_calling_aets: list[str] = Field(
@@ -55,10 +57,23 @@ class Settings(BaseSettings):
     max_pdu_size: int = Field(
         0, ge=0, description="Maximum PDU we receive; 0 = unlimited (fastest)."
     )
-    max_associations: int = Field(32, ge=1)
-    network_timeout_s: float = Field(60.0, gt=0)
-    dimse_timeout_s: float = Field(60.0, gt=0)
-    acse_timeout_s: float = Field(30.0, gt=0)
+    max_associations: int = Field(
+        32, ge=1, description="Associations served at once; more are rejected (transient)."
+    )
+    network_timeout_s: float = Field(
+        60.0, gt=0, description="Seconds an association may stay silent before it is aborted."
+    )
+    dimse_timeout_s: float = Field(60.0, gt=0, description="Seconds to wait for a DIMSE message.")
+    acse_timeout_s: float = Field(
+        30.0, gt=0, description="Seconds to wait for association negotiation messages."
+    )
+    dimse_poll_interval_s: float = Field(
+        0.0002,
+        gt=0,
+        le=0.01,
+        description="How often an association's network thread polls when idle; shorter "
+        "is lower latency per instance, longer is less CPU for idle associations.",
+    )
 
     # Store
     duplicate_policy: DuplicatePolicy = Field(
@@ -85,13 +100,21 @@ class Settings(BaseSettings):
     )
 
     # Worker
-    worker_poll_s: float = Field(0.25, gt=0)
-    job_lease_s: float = Field(300.0, gt=0)
-    job_max_attempts: int = Field(3, ge=1)
+    worker_poll_s: float = Field(
+        0.25, gt=0, description="Seconds an idle worker waits before looking for a job again."
+    )
+    job_lease_s: float = Field(
+        300.0, gt=0, description="Seconds a claimed job is a worker's; then another may take it."
+    )
+    job_max_attempts: int = Field(
+        3, ge=1, description="Attempts before a job is marked failed (with its error)."
+    )
 
     # Logging
-    log_level: str = Field("INFO")
-    log_format: Literal["json", "text"] = Field("json")
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR.")
+    log_format: Literal["json", "text"] = Field(
+        "json", description="json: one JSON object per line; text: for a terminal."
+    )
 
     @field_validator("ae_title")
     @classmethod

@@ -98,6 +98,7 @@ class InstanceStore:
         min_free_bytes: int = 0,
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
+        self._data_dir_str = str(self.data_dir)
         self.index = index
         self.duplicate_policy = duplicate_policy
         self.fsync = fsync
@@ -117,10 +118,14 @@ class InstanceStore:
         return f"studies/{study_uid}/{series_uid}/{sop_instance_uid}.dcm"
 
     def path_of(self, relative: str) -> Path:
-        path = (self.data_dir / relative).resolve()
-        if not path.is_relative_to(self.data_dir):
+        """The absolute path of a store-relative path; refuses anything that leaves the data dir.
+
+        Lexical (no symlink resolution, no syscalls): the store itself never makes links.
+        """
+        path = os.path.normpath(os.path.join(self._data_dir_str, relative))
+        if not path.startswith(self._data_dir_str + os.sep):
             raise InvalidUID("path escapes the data dir")
-        return path
+        return Path(path)
 
     # -- writing -----------------------------------------------------------------
 
@@ -131,23 +136,37 @@ class InstanceStore:
         if usage.free - size < self.min_free_bytes:
             raise StoreFull(errno.ENOSPC, "free space below the configured minimum")
 
-    def _write_atomic(self, final: Path, chunks: list[bytes]) -> int:
+    def _ensure_dir(self, directory: Path) -> None:
+        """Create a directory and its missing parents, each new entry made durable."""
+        if directory.is_dir():
+            return
+        self._ensure_dir(directory.parent)
+        try:
+            directory.mkdir()
+        except FileExistsError:
+            return  # another thread made it (and made it durable)
+        if self.fsync:
+            _fsync_dir(directory.parent)
+
+    def _write_atomic(self, final: Path, chunks: list[bytes | memoryview]) -> int:
         tmp = self.tmp_dir / f"{final.stem}.{uuid.uuid4().hex}.part"
-        size = 0
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
             try:
-                for chunk in chunks:
-                    view = memoryview(chunk)
-                    while view:
-                        written = os.write(fd, view)
-                        view = view[written:]
-                    size += len(chunk)
+                views = [memoryview(chunk) for chunk in chunks]
+                size = sum(len(v) for v in views)
+                while views:  # one writev for meta + dataset; loop on short writes
+                    written = os.writev(fd, views)
+                    while views and written >= len(views[0]):
+                        written -= len(views[0])
+                        views.pop(0)
+                    if views and written:
+                        views[0] = views[0][written:]
                 if self.fsync:
                     os.fsync(fd)
             finally:
                 os.close(fd)
-            final.parent.mkdir(parents=True, exist_ok=True)
+            self._ensure_dir(final.parent)
             os.replace(tmp, final)
         except BaseException:
             tmp.unlink(missing_ok=True)
@@ -158,7 +177,7 @@ class InstanceStore:
 
     def store(
         self,
-        dataset_bytes: bytes,
+        dataset_bytes: bytes | memoryview,
         meta: bytes,
         record_fields: dict[str, Any],
     ) -> StoreResult:
@@ -173,19 +192,21 @@ class InstanceStore:
         series_uid = record_fields["series_uid"]
         sop_uid = record_fields["sop_instance_uid"]
         relative = self.relative_path(study_uid, series_uid, sop_uid)
+        final = self.path_of(relative)
 
-        existing = self.index.find_instance(sop_uid)
+        # The common case, a new instance, costs no index lookup: its file cannot exist yet.
+        existing = self.index.find_instance(sop_uid) if final.exists() else None
         if existing is not None and self.duplicate_policy == "keep_first":
             self.index.count_duplicates(sop_uid)
             rec = InstanceRecord(
-                path=existing["path"], size=existing["size"], received_at=time.time(), **record_fields
+                path=existing["path"],
+                size=existing["size"],
+                received_at=time.time(),
+                **record_fields,
             )
             return StoreResult(rec, duplicate=True)
-        if existing is not None:
-            relative = existing["path"]  # replace in place, keep the indexed location
 
         self._check_free_space(len(meta) + len(dataset_bytes))
-        final = self.path_of(relative)
         size = self._write_atomic(final, [meta, dataset_bytes])
         rec = InstanceRecord(path=relative, size=size, received_at=time.time(), **record_fields)
         if existing is not None:
@@ -197,6 +218,12 @@ class InstanceStore:
             # Not indexed, so never acknowledged: leave nothing behind.
             final.unlink(missing_ok=True)
             raise
+        if not added:
+            indexed = self.index.find_instance(sop_uid)
+            if indexed is not None and indexed["path"] != relative:
+                # The SOP Instance UID is indexed under other study/series UIDs: the
+                # first copy stays the one the index points at; ours goes.
+                final.unlink(missing_ok=True)
         return StoreResult(rec, duplicate=not added)
 
     # -- reading -----------------------------------------------------------------

@@ -30,8 +30,10 @@ test-all: install system-deps  ## everything, slow tests included
 bench: install system-deps  ## ingest benchmark: radnode vs dcmtk storescp vs Orthanc
 	$(BIN)/python benchmarks/ingest.py
 
-lint: install
-	$(BIN)/python -m ruff check .
+lint: install  ## ruff and mypy on the packages
+	$(BIN)/pip install --quiet ruff mypy
+	$(BIN)/ruff check radnode dimse_scp dicomweb ai_node viewer_plugin
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) radnode-data .pytest_cache

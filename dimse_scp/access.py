@@ -15,7 +15,11 @@ from dataclasses import dataclass
 logger = logging.getLogger(__name__)
 
 # A-ASSOCIATE-RJ (result, source, diagnostic), PS3.8 9.3.4
-REJECT_CALLING_AET = (0x01, 0x01, 0x03)  # rejected-permanent, service-user, calling AE not recognized
+REJECT_CALLING_AET = (
+    0x01,
+    0x01,
+    0x03,
+)  # rejected-permanent, service-user, calling AE not recognized
 REJECT_CALLED_AET = (0x01, 0x01, 0x07)  # rejected-permanent, service-user, called AE not recognized
 
 

@@ -8,10 +8,11 @@ indexes and acknowledges; the completion tracker queues the study's job.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, cast
 
 from pydicom import Dataset
 from pynetdicom import events
+from pynetdicom.dimse_primitives import C_STORE
 
 from dimse_scp.access import REJECT_CALLED_AET, AccessPolicy
 from dimse_scp.completion import CompletionTracker
@@ -65,6 +66,7 @@ class StorageHandlers:
         """A-ASSOCIATE-RQ received: apply the AE allow-list before negotiation."""
         assoc = event.assoc
         primitive = assoc.requestor.primitive
+        assert primitive is not None  # EVT_REQUESTED fires once the A-ASSOCIATE-RQ is in
         calling = str(primitive.calling_ae_title).strip()
         called = str(primitive.called_ae_title).strip()
         rejection = self.access.check(calling, called, assoc.requestor.address)
@@ -74,8 +76,12 @@ class StorageHandlers:
         self.metrics.associations_rejected.labels(reason=reason).inc()
         logger.warning(
             "association rejected",
-            extra={"reason": reason, "calling_aet": calling, "called_aet": called,
-                   "peer": assoc.requestor.address},
+            extra={
+                "reason": reason,
+                "calling_aet": calling,
+                "called_aet": called,
+                "peer": assoc.requestor.address,
+            },
         )
         assoc.acse.send_reject(*rejection)
         assoc.kill()  # waits until the DUL has sent the A-ASSOCIATE-RJ
@@ -86,7 +92,7 @@ class StorageHandlers:
     def on_c_store(self, event: events.Event) -> int | Dataset:
         """PS3.4 B.2.2: store the instance, answer only once it is durable and indexed."""
         try:
-            request = event.request
+            request = cast(C_STORE, event.request)
             context = event.context
             raw = request.DataSet.getbuffer() if request.DataSet is not None else memoryview(b"")
             result = self.ingestor.ingest(

@@ -70,7 +70,9 @@ def send_files(
             ds = dcmread(path, stop_before_pixels=True)
             key = (str(ds.file_meta.MediaStorageSOPClassUID), str(ds.file_meta.TransferSyntaxUID))
         except (InvalidDicomError, AttributeError, OSError) as exc:
-            logger.warning("not a DICOM file, skipped", extra={"path": str(path), "error": str(exc)})
+            logger.warning(
+                "not a DICOM file, skipped", extra={"path": str(path), "error": str(exc)}
+            )
             results[path] = 0xFFFF
             continue
         contexts.setdefault(key, []).append(path)

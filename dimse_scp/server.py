@@ -11,6 +11,7 @@ as received.
 from __future__ import annotations
 
 import logging
+
 from pynetdicom import AE, AllStoragePresentationContexts, _config
 from pynetdicom._globals import ALL_TRANSFER_SYNTAXES
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
@@ -38,7 +39,7 @@ def build_ae(settings: Settings) -> AE:
     # The called-AE check is done by AccessPolicy (with a metric and a log line).
     ae.require_called_aet = False
     for context in AllStoragePresentationContexts:
-        ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        ae.add_supported_context(str(context.abstract_syntax), ALL_TRANSFER_SYNTAXES)
     ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES[:3])
     return ae
 
@@ -62,7 +63,7 @@ class DicomServer:
         self._server = self.ae.start_server(
             (self.settings.host, self.settings.dicom_port),
             block=False,
-            evt_handlers=self.handlers.evt_handlers(),
+            evt_handlers=self.handlers.evt_handlers(),  # type: ignore[arg-type]
         )
         logger.info(
             "DICOM SCP listening",
@@ -73,4 +74,3 @@ class DicomServer:
         if self._server is not None:
             self._server.shutdown()
             self._server = None
-

@@ -22,6 +22,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from radnode import __version__
 from radnode.logs import configure_logging
 from radnode.settings import Settings
@@ -36,24 +38,41 @@ def _node_options(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("node settings (override RADNODE_* and the config file)")
     g.add_argument("--config", type=Path, help="TOML config file (also RADNODE_CONFIG)")
     g.add_argument("--data-dir", type=Path, help="store and SQLite index (default ./radnode-data)")
-    g.add_argument("--database-url", help="SQLAlchemy URL of the index (default: SQLite in the data dir)")
+    g.add_argument(
+        "--database-url", help="SQLAlchemy URL of the index (default: SQLite in the data dir)"
+    )
     g.add_argument("--aet", dest="ae_title", help="our AE title (default RADNODE)")
     g.add_argument("--host", help="address to bind (default 127.0.0.1)")
     g.add_argument("--dicom-port", type=int, help="DICOM port (default 11112)")
     g.add_argument("--http-port", type=int, help="HTTP port (default 8080)")
     g.add_argument(
-        "--allow", dest="allowed_calling_aets", action="append", metavar="AE[@HOST]",
+        "--allow",
+        dest="allowed_calling_aets",
+        action="append",
+        metavar="AE[@HOST]",
         help="calling AE allowed to send (repeatable; default: any)",
     )
-    g.add_argument("--quiet-period", dest="quiet_period_s", type=float,
-                   help="seconds without a new instance after which a study is complete (default 2)")
+    g.add_argument(
+        "--quiet-period",
+        dest="quiet_period_s",
+        type=float,
+        help="seconds without a new instance after which a study is complete (default 2)",
+    )
     g.add_argument("--log-level", help="DEBUG, INFO, WARNING (default INFO)")
     g.add_argument("--log-format", choices=["json", "text"], help="log line format (default json)")
 
 
 _SETTING_ARGS = (
-    "data_dir", "database_url", "ae_title", "host", "dicom_port", "http_port",
-    "allowed_calling_aets", "quiet_period_s", "log_level", "log_format",
+    "data_dir",
+    "database_url",
+    "ae_title",
+    "host",
+    "dicom_port",
+    "http_port",
+    "allowed_calling_aets",
+    "quiet_period_s",
+    "log_level",
+    "log_format",
 )
 
 
@@ -89,7 +108,9 @@ def _start_scp(node: Any) -> tuple[Any, Any]:
     tracker = CompletionTracker(node.queue, s.quiet_period_s, node.metrics)
     access = AccessPolicy.from_settings(s.ae_title, s.allowed_calling_aets, s.require_called_aet)
     if not access.allowed and s.host not in ("127.0.0.1", "localhost", "::1"):
-        logger.warning("no calling-AE allow-list while listening beyond localhost", extra={"host": s.host})
+        logger.warning(
+            "no calling-AE allow-list while listening beyond localhost", extra={"host": s.host}
+        )
     handlers = StorageHandlers(
         node.ingestor, tracker, access, node.metrics, poll_interval_s=s.dimse_poll_interval_s
     )
@@ -195,8 +216,12 @@ def _progress(description: str, total: int) -> tuple[Any, Callable[[int, int], N
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     progress = Progress(
-        "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-        TimeRemainingColumn(), transient=False, disable=not sys.stderr.isatty(),
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        transient=False,
+        disable=not sys.stderr.isatty(),
         console=None,
     )
     task = progress.add_task(description, total=total)
@@ -207,14 +232,20 @@ def cmd_synth_study(args: argparse.Namespace) -> int:
     from ai_node.synth import StudySpec, write_study
 
     spec = StudySpec(
-        region=args.region, slices=args.slices, nodules=args.nodules, seed=args.seed,
-        rows=args.size, columns=args.size,
+        region=args.region,
+        slices=args.slices,
+        nodules=args.nodules,
+        seed=args.seed,
+        rows=args.size,
+        columns=args.size,
     )
     progress, update = _progress(f"synth {args.region} study", args.slices)
     with progress:
         study, paths = write_study(spec, args.out, progress=update)
-    print(f"wrote {len(paths)} slices of study {study.study_instance_uid} to {args.out}"
-          f" ({len(study.lesions)} lesions)")
+    print(
+        f"wrote {len(paths)} slices of study {study.study_instance_uid} to {args.out}"
+        f" ({len(study.lesions)} lesions)"
+    )
     return 0
 
 
@@ -235,7 +266,9 @@ def cmd_send(args: argparse.Namespace) -> int:
         return 1
     progress, update = _progress("C-STORE", len(files))
     with progress:
-        results = send_files(files, args.host, args.port, args.aet, args.called_aet, progress=update)
+        results = send_files(
+            files, args.host, args.port, args.aet, args.called_aet, progress=update
+        )
     failed = {p: s for p, s in results.items() if s != 0}
     print(f"sent {len(results) - len(failed)}/{len(files)} instances")
     for path, status in failed.items():
@@ -287,7 +320,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if hasattr(args, "config"):
         try:
             settings = load_settings(args)
-        except Exception as exc:  # a bad config is a user error, not a traceback
+        except (ValidationError, OSError, ValueError) as exc:  # a user error, not a traceback
             print(f"radnode: invalid settings: {exc}", file=sys.stderr)
             return 2
         level, fmt = settings.log_level, settings.log_format

@@ -39,6 +39,7 @@ from sqlalchemy import (
 from sqlalchemy import (
     Index as SqlIndex,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from radnode.uids import check_uid
@@ -126,8 +127,16 @@ SqlIndex("ix_jobs_state_available", jobs.c.state, jobs.c.available_at)
 
 
 _STUDY_ATTRIBUTES = (
-    "patient_id", "patient_name", "patient_birth_date", "patient_sex", "study_date", "study_time",
-    "accession_number", "study_id", "study_description", "referring_physician_name",
+    "patient_id",
+    "patient_name",
+    "patient_birth_date",
+    "patient_sex",
+    "study_date",
+    "study_time",
+    "accession_number",
+    "study_id",
+    "study_description",
+    "referring_physician_name",
 )
 _SERIES_ATTRIBUTES = ("modality", "series_number", "series_description", "body_part_examined")
 
@@ -252,11 +261,8 @@ class Index:
 
     def _insert_ignore(self, table: Table, key: str) -> Any:
         """INSERT ... ON CONFLICT (key) DO NOTHING, built once; values come at execute time."""
-        if self.is_sqlite:
-            from sqlalchemy.dialects.sqlite import insert as dialect_insert
-        else:
-            from sqlalchemy.dialects.postgresql import insert as dialect_insert
-        return dialect_insert(table).on_conflict_do_nothing(index_elements=[key])
+        dialect = sqlite if self.is_sqlite else postgresql
+        return dialect.insert(table).on_conflict_do_nothing(index_elements=[key])
 
     def _prepare_statements(self) -> None:
         # Built once so SQLAlchemy's compiled cache is hit on every C-STORE.
@@ -285,7 +291,9 @@ class Index:
 
     def find_instance(self, sop_instance_uid: str) -> dict[str, Any] | None:
         with self.engine.connect() as conn:
-            row = conn.execute(self._find_instance, {"b_sop_instance_uid": sop_instance_uid}).first()
+            row = conn.execute(
+                self._find_instance, {"b_sop_instance_uid": sop_instance_uid}
+            ).first()
         return dict(row._mapping) if row else None
 
     def add_instance(self, rec: InstanceRecord) -> bool:
@@ -293,7 +301,7 @@ class Index:
 
         A duplicate (same SOP Instance UID already indexed) only bumps its counter.
         """
-        study_row = {column: None for column in _STUDY_ATTRIBUTES}
+        study_row: dict[str, Any] = dict.fromkeys(_STUDY_ATTRIBUTES)
         study_row.update(rec.study or {})
         study_row.update(
             study_uid=rec.study_uid,
@@ -303,7 +311,7 @@ class Index:
             first_received_at=rec.received_at,
             last_received_at=rec.received_at,
         )
-        series_row = {column: None for column in _SERIES_ATTRIBUTES}
+        series_row: dict[str, Any] = dict.fromkeys(_SERIES_ATTRIBUTES)
         series_row.update(rec.series or {})
         series_row.update(series_uid=rec.series_uid, study_uid=rec.study_uid)
         instance_row = {
@@ -381,12 +389,9 @@ class Index:
             return {
                 "studies": conn.execute(select(func.count()).select_from(studies)).scalar_one(),
                 "series": conn.execute(select(func.count()).select_from(series)).scalar_one(),
-                "instances": conn.execute(
-                    select(func.count()).select_from(instances)
-                ).scalar_one(),
+                "instances": conn.execute(select(func.count()).select_from(instances)).scalar_one(),
             }
 
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
-

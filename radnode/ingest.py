@@ -24,8 +24,8 @@ from io import BytesIO
 from typing import Any
 
 from pydicom import Dataset
-from pydicom.dataelem import RawDataElement
 from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import RawDataElement
 from pydicom.filereader import read_dataset
 from pydicom.uid import UID
 
@@ -114,14 +114,20 @@ def decode_complete(raw: bytes | memoryview, transfer_syntax_uid: str) -> Datase
     except IngestError:
         raise
     except Exception as exc:
-        raise IngestError(CANNOT_UNDERSTAND, "undecodable", f"cannot decode dataset: {type(exc).__name__}") from exc
+        raise IngestError(
+            CANNOT_UNDERSTAND, "undecodable", f"cannot decode dataset: {type(exc).__name__}"
+        ) from exc
     if not len(ds):
         raise IngestError(CANNOT_UNDERSTAND, "empty", "empty dataset")
     last_end = 0
     for elem in ds._dict.values():
         if not isinstance(elem, RawDataElement):
             continue
-        if elem.length != _UNDEFINED_LENGTH and elem.value is not None and len(elem.value) != elem.length:
+        if (
+            elem.length != _UNDEFINED_LENGTH
+            and elem.value is not None
+            and len(elem.value) != elem.length
+        ):
             raise IngestError(CANNOT_UNDERSTAND, "truncated", f"truncated value of {elem.tag}")
         last_end = max(last_end, _value_end(elem))
     if last_end != len(raw):
@@ -129,7 +135,9 @@ def decode_complete(raw: bytes | memoryview, transfer_syntax_uid: str) -> Datase
     try:
         _parse_sequences(ds)
     except Exception as exc:
-        raise IngestError(CANNOT_UNDERSTAND, "undecodable", f"bad element: {type(exc).__name__}") from exc
+        raise IngestError(
+            CANNOT_UNDERSTAND, "undecodable", f"bad element: {type(exc).__name__}"
+        ) from exc
     return ds
 
 
@@ -174,7 +182,9 @@ class Ingestor:
             raise IngestError(DATASET_DOES_NOT_MATCH_SOP_CLASS, "bad_uid", str(exc)) from exc
         if expected_sop_class_uid and fields["sop_class_uid"] != expected_sop_class_uid:
             raise IngestError(
-                DATASET_DOES_NOT_MATCH_SOP_CLASS, "sop_class_mismatch", "SOP Class UID differs from the request"
+                DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                "sop_class_mismatch",
+                "SOP Class UID differs from the request",
             )
         if expected_sop_instance_uid and fields["sop_instance_uid"] != expected_sop_instance_uid:
             raise IngestError(
@@ -210,22 +220,36 @@ class Ingestor:
                 calling_aet=calling_aet,
             )
             meta = file_meta_bytes(
-                fields["sop_class_uid"], fields["sop_instance_uid"], transfer_syntax_uid, calling_aet
+                fields["sop_class_uid"],
+                fields["sop_instance_uid"],
+                transfer_syntax_uid,
+                calling_aet,
             )
             try:
                 result = self.store.store(raw, meta, fields)
             except OSError as exc:
-                logger.error("store cannot write", extra={"errno": exc.errno, "error": exc.strerror})
-                raise IngestError(OUT_OF_RESOURCES, "write_failed", f"out of resources: {exc.strerror or exc}") from exc
+                logger.error(
+                    "store cannot write", extra={"errno": exc.errno, "error": exc.strerror}
+                )
+                raise IngestError(
+                    OUT_OF_RESOURCES, "write_failed", f"out of resources: {exc.strerror or exc}"
+                ) from exc
             except Exception as exc:  # the index (database) failed
                 logger.exception("index cannot record the instance")
-                raise IngestError(OUT_OF_RESOURCES, "index_failed", "out of resources: index unavailable") from exc
+                raise IngestError(
+                    OUT_OF_RESOURCES, "index_failed", "out of resources: index unavailable"
+                ) from exc
         except IngestError as exc:
             self.metrics.instances_rejected.labels(source=source, reason=exc.reason).inc()
             logger.warning(
                 "instance refused",
-                extra={"status": f"0x{exc.status:04X}", "reason": exc.reason, "detail": exc.comment,
-                       "calling_aet": calling_aet, "source": source},
+                extra={
+                    "status": f"0x{exc.status:04X}",
+                    "reason": exc.reason,
+                    "detail": exc.comment,
+                    "calling_aet": calling_aet,
+                    "source": source,
+                },
             )
             raise
         if result.duplicate:

@@ -53,7 +53,9 @@ class JobQueue:
         with self.index.transaction() as conn:
             row = conn.execute(
                 update(studies)
-                .where(studies.c.study_uid == study_uid, studies.c.received_seq > studies.c.queued_seq)
+                .where(
+                    studies.c.study_uid == study_uid, studies.c.received_seq > studies.c.queued_seq
+                )
                 .values(queued_seq=studies.c.received_seq)
                 .returning(studies.c.received_seq)
             ).first()
@@ -119,7 +121,9 @@ class JobQueue:
                     lease_owner=worker_id,
                     lease_expires_at=now + self.lease_s,
                 )
-                .returning(jobs.c.id, jobs.c.study_uid, jobs.c.version, jobs.c.attempts, jobs.c.reason)
+                .returning(
+                    jobs.c.id, jobs.c.study_uid, jobs.c.version, jobs.c.attempts, jobs.c.reason
+                )
             ).first()
             if row is None:
                 return None
@@ -143,7 +147,9 @@ class JobQueue:
         with self.index.transaction() as conn:
             result = conn.execute(
                 update(jobs)
-                .where(jobs.c.id == job.id, jobs.c.state == "running", jobs.c.lease_owner == worker_id)
+                .where(
+                    jobs.c.id == job.id, jobs.c.state == "running", jobs.c.lease_owner == worker_id
+                )
                 .values(state="done", finished_at=utcnow(), lease_expires_at=None, error=None)
             )
         return result.rowcount == 1
@@ -182,5 +188,7 @@ class JobQueue:
 
     def jobs_for(self, study_uid: str) -> list[dict[str, object]]:
         with self.index.engine.connect() as conn:
-            rows = conn.execute(select(jobs).where(jobs.c.study_uid == study_uid).order_by(jobs.c.id))
+            rows = conn.execute(
+                select(jobs).where(jobs.c.study_uid == study_uid).order_by(jobs.c.id)
+            )
             return [dict(r._mapping) for r in rows]

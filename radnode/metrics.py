@@ -42,7 +42,10 @@ class Metrics:
             registry=self.registry,
         )
         self.bytes_received = Counter(
-            "radnode_bytes_received", "Bytes of stored instances.", ["source"], registry=self.registry
+            "radnode_bytes_received",
+            "Bytes of stored instances.",
+            ["source"],
+            registry=self.registry,
         )
         self.instances_duplicate = Counter(
             "radnode_instances_duplicate",
@@ -75,7 +78,10 @@ class Metrics:
             registry=self.registry,
         )
         self.jobs_finished = Counter(
-            "radnode_jobs_finished", "Jobs finished, by outcome.", ["outcome"], registry=self.registry
+            "radnode_jobs_finished",
+            "Jobs finished, by outcome.",
+            ["outcome"],
+            registry=self.registry,
         )
 
     def watch_index(

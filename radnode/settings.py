@@ -41,7 +41,9 @@ class Settings(BaseSettings):
         "RADNODE", min_length=1, max_length=16, description="Our AE title (called AE)."
     )
     dicom_port: int = Field(11112, ge=0, le=65535, description="DICOM (DIMSE) port.")
-    http_port: int = Field(8080, ge=0, le=65535, description="HTTP port (health, metrics, DICOMweb).")
+    http_port: int = Field(
+        8080, ge=0, le=65535, description="HTTP port (health, metrics, DICOMweb)."
+    )
 
     # Who may send (PS3.8 A-ASSOCIATE-RJ on mismatch)
     allowed_calling_aets: list[str] = Field(
@@ -163,4 +165,3 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'index.sqlite3').resolve()}"
-

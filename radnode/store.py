@@ -280,12 +280,18 @@ class InstanceStore:
                 try:
                     ds = dcmread(path, stop_before_pixels=True)
                     fields = record_fields_from_dataset(ds, ds.file_meta.TransferSyntaxUID, None)
-                    if self.relative_path(
-                        fields["study_uid"], fields["series_uid"], fields["sop_instance_uid"]
-                    ) != relative:
+                    if (
+                        self.relative_path(
+                            fields["study_uid"], fields["series_uid"], fields["sop_instance_uid"]
+                        )
+                        != relative
+                    ):
                         raise InvalidUID("file is not where its UIDs say")
                 except Exception as exc:  # noqa: BLE001 - any unreadable orphan is removed
-                    logger.warning("removing unreadable orphan file", extra={"path": relative, "error": str(exc)})
+                    logger.warning(
+                        "removing unreadable orphan file",
+                        extra={"path": relative, "error": str(exc)},
+                    )
                     path.unlink(missing_ok=True)
                     removed += 1
                     continue

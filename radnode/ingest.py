@@ -1,4 +1,4 @@
-"""Ingest one encoded instance: validate, store durably, index, count. Shared by C-STORE and STOW-RS.
+"""Ingest one encoded instance: validate, store, index, count (for C-STORE and STOW-RS).
 
 The statuses are those of the Storage Service Class (PS3.4 B.2.3), which
 STOW-RS reuses as FailureReason (PS3.18 10.5.3):

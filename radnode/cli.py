@@ -311,6 +311,14 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("paths", nargs="+", type=Path)
     send.set_defaults(func=cmd_send)
 
+    # The AI node and the HTTP edge add their own commands (model training, benchmarks).
+    bench = sub.add_parser("bench", help="benchmarks against the peers")
+    bench_sub = bench.add_subparsers(dest="bench_command", required=True, metavar="KIND")
+    from ai_node.cli import register as register_ai_node
+    from dicomweb.cli import register as register_dicomweb
+
+    register_ai_node(sub, bench_sub, _node_options)
+    register_dicomweb(sub, bench_sub, _node_options)
     return parser
 
 

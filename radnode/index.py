@@ -23,6 +23,7 @@ from sqlalchemy import (
     Engine,
     Float,
     ForeignKey,
+    JSON,
     Integer,
     MetaData,
     String,
@@ -125,6 +126,28 @@ jobs = Table(
 )
 SqlIndex("ix_jobs_state_available", jobs.c.state, jobs.c.available_at)
 
+# The AI result of one version of a study (written by ai_node; read by the HTTP API).
+results = Table(
+    "results",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("study_uid", UID, ForeignKey("studies.study_uid"), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("job_id", Integer, ForeignKey("jobs.id")),
+    # pending | running | done | out_of_scope | failed
+    Column("status", String(16), nullable=False),
+    Column("score", Float),
+    Column("label", String(64)),
+    Column("model_version", String(64)),
+    Column("sr_sop_instance_uid", UID),
+    Column("error", Text),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True)),
+    Column("details", JSON),  # timings, driving slice, region, per-model versions ...
+    UniqueConstraint("study_uid", "version", name="uq_results_study_version"),
+)
+SqlIndex("ix_results_score", results.c.score)
+
 
 _STUDY_ATTRIBUTES = (
     "patient_id",
@@ -157,6 +180,9 @@ class InstanceRecord:
     instance_number: int | None = None
     study: dict[str, Any] | None = None  # patient/study-level columns of `studies`
     series: dict[str, Any] | None = None  # series-level columns of `series`
+    # False for objects the node derives itself (its SRs): stored and indexed, but they
+    # do not make the study due for analysis again.
+    analyze: bool = True
 
 
 def _text(ds: Dataset, keyword: str, limit: int) -> str | None:
@@ -278,6 +304,11 @@ class Index:
                 last_received_at=bindparam("b_received_at"),
             )
         )
+        self._count_derived = (
+            update(studies)
+            .where(studies.c.study_uid == bindparam("b_study_uid"))
+            .values(num_instances=studies.c.num_instances + 1)
+        )
         self._count_duplicate = (
             update(instances)
             .where(instances.c.sop_instance_uid == bindparam("b_sop_instance_uid"))
@@ -334,7 +365,7 @@ class Index:
                 conn.execute(self._count_duplicate, {"b_sop_instance_uid": rec.sop_instance_uid})
                 return False
             conn.execute(
-                self._bump_study,
+                self._bump_study if rec.analyze else self._count_derived,
                 {"b_study_uid": rec.study_uid, "b_received_at": rec.received_at},
             )
             return True
@@ -353,14 +384,15 @@ class Index:
                     duplicates=instances.c.duplicates + 1,
                 )
             )
-            conn.execute(
-                update(studies)
-                .where(studies.c.study_uid == rec.study_uid)
-                .values(
-                    received_seq=studies.c.received_seq + 1,
-                    last_received_at=rec.received_at,
+            if rec.analyze:
+                conn.execute(
+                    update(studies)
+                    .where(studies.c.study_uid == rec.study_uid)
+                    .values(
+                        received_seq=studies.c.received_seq + 1,
+                        last_received_at=rec.received_at,
+                    )
                 )
-            )
 
     def count_duplicates(self, sop_instance_uid: str) -> None:
         with self.transaction() as conn:

@@ -204,11 +204,13 @@ class Ingestor:
         expected_sop_class_uid: str | None = None,
         expected_sop_instance_uid: str | None = None,
         calling_aet: str | None = None,
+        analyze: bool = True,
     ) -> IngestResult:
         """Validate, write, fsync and index one instance. Raises IngestError when refused.
 
         Returns only once the instance is durable and indexed: the caller may
-        then acknowledge it.
+        then acknowledge it. ``analyze=False`` is for objects the node derives itself
+        (its SRs): they are stored and indexed but do not make the study due again.
         """
         started = time.perf_counter()
         try:
@@ -219,6 +221,7 @@ class Ingestor:
                 expected_sop_instance_uid=expected_sop_instance_uid,
                 calling_aet=calling_aet,
             )
+            fields["analyze"] = analyze
             meta = file_meta_bytes(
                 fields["sop_class_uid"],
                 fields["sop_instance_uid"],

@@ -112,6 +112,39 @@ class Settings(BaseSettings):
         3, ge=1, description="Attempts before a job is marked failed (with its error)."
     )
 
+    # HTTP edge: DICOMweb, authentication, CORS (dicomweb/)
+    auth_enabled: bool = Field(
+        False,
+        description="Require a bearer token on every route but /healthz. Binding a "
+        "non-loopback address with auth off is refused unless allow_insecure is set.",
+    )
+    api_tokens: dict[str, str] = Field(
+        default_factory=dict,
+        description='Static bearer tokens: {"<token>": "<role>"}, role one of admin, '
+        "radiologist, modality, viewer. Put them in the environment or a config file "
+        "readable only by the service, never in the repository.",
+    )
+    allow_insecure: bool = Field(
+        False, description="Allow auth_enabled=false on a non-loopback address (not for production)."
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list, description="Origins allowed by CORS (a viewer's origin)."
+    )
+    max_stow_bytes: int = Field(
+        2 * 1024**3, ge=1, description="Largest STOW-RS request body accepted (413 beyond)."
+    )
+
+    # AI node (ai_node/)
+    models_dir: Path | None = Field(
+        None,
+        description="Model registry folder (versions and the active one per task); "
+        "default: the models shipped with radnode.",
+    )
+    finding_threshold: float = Field(
+        0.5, ge=0, le=1, description="Study score at or above which the finding is reported present."
+    )
+    inference_batch_size: int = Field(64, ge=1, description="Slices per inference batch.")
+
     # Logging
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR.")
     log_format: Literal["json", "text"] = Field(

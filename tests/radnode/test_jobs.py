@@ -124,3 +124,16 @@ def test_failure_is_retried_with_backoff_then_marked_failed(index):
     [row] = queue.jobs_for("6.6")
     assert (row["state"], row["error"]) == ("failed", "boom again")
     assert queue.depth() == 0
+
+
+def test_derived_objects_do_not_make_a_study_due_again(index):
+    queue = JobQueue(index)
+    _add(index, "7.7", 3)
+    assert queue.enqueue_if_due("7.7", "released") is not None
+    index.add_instance(InstanceRecord(
+        sop_instance_uid="7.7.sr", sop_class_uid="1.2.840.10008.5.1.4.1.1.88.34", series_uid="7.7.99",
+        study_uid="7.7", transfer_syntax_uid="1.2.840.10008.1.2.1", path="studies/7.7/sr.dcm", size=10,
+        received_at=time.time(), analyze=False,
+    ))
+    assert queue.enqueue_if_due("7.7", "released") is None
+    assert index.get_study("7.7")["num_instances"] == 4

@@ -1,0 +1,57 @@
+"""The ingest benchmark runs end to end on a tiny study (no timing is asserted)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PEERS = ("radnode", "storescp", "orthanc")
+SLICES = 5
+
+
+def test_ingest_benchmark_stores_every_instance_in_every_peer(tmp_path: Path) -> None:
+    for tool in ("storescu", "storescp", "Orthanc"):
+        if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
+            pytest.fail(f"{tool} is not installed: run `make system-deps` (make test does)")
+    out = tmp_path / "ingest.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "ingest.py"),
+            "--slices",
+            str(SLICES),
+            "--rounds",
+            "1",
+            "--peers",
+            ",".join(PEERS),
+            "--work-dir",
+            str(tmp_path / "work"),
+            "--json",
+            str(out),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    report = json.loads(out.read_text())
+    assert report["slices"] == SLICES
+    assert set(report["peers"]) == set(PEERS)
+    for peer, summary in report["peers"].items():
+        assert summary["median_s"] > 0, peer
+        assert len(summary["times_s"]) == 1, peer
+    assert sorted(run["peer"] for run in report["runs"]) == sorted(PEERS)
+    for run in report["runs"]:
+        # Files on disk and the receiver's own index both hold the whole study.
+        assert run["stored"], run
+        assert all(count == SLICES for count in run["stored"].values()), run
+    assert "| radnode " in result.stdout  # the Markdown table for docs/benchmarks.md

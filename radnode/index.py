@@ -1,7 +1,13 @@
-"""The index: what is in the store, by patient/study/series/instance, and the job queue table.
+"""The index: what is in the store, by patient/study/series/instance, the job queue and results.
 
-SQLAlchemy Core over SQLite (WAL, ``synchronous=FULL``: a committed row survives
-a crash, so a C-STORE success is only sent after the commit) or PostgreSQL.
+SQLAlchemy Core over SQLite (WAL) or PostgreSQL. The instance files are the
+system of record: a file is fsynced (with its directory) before its row is
+committed, and the C-STORE success goes out after the commit. SQLite runs
+with ``synchronous=NORMAL``: a commit survives a process crash (kill -9); after
+a power loss the last commits may be lost, and the start-up reconciliation
+(:meth:`radnode.store.InstanceStore.reconcile`, run after any unclean stop)
+indexes every durable file the index lacks, so no acknowledged instance is
+lost either way. PostgreSQL commits are durable on their own.
 Patient-level attributes live here for the query services; they never go to
 ordinary logs.
 """
@@ -240,7 +246,7 @@ def record_fields_from_dataset(
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()

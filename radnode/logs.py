@@ -28,7 +28,11 @@ PHI_KEYS = frozenset(
     }
 )
 
-_STANDARD_ATTRS = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
+_STANDARD_ATTRS = frozenset(vars(logging.makeLogRecord({})).keys()) | {
+    "message",
+    "asctime",
+    "color_message",  # uvicorn's ANSI-coloured copy of the message
+}
 
 
 def _extra_fields(record: logging.LogRecord) -> dict[str, Any]:

@@ -8,6 +8,7 @@ indexes and acknowledges; the completion tracker queues the study's job.
 from __future__ import annotations
 
 import logging
+import socket
 from typing import Any, cast
 
 from pydicom import Dataset
@@ -61,6 +62,10 @@ class StorageHandlers:
         # 1 ms); each C-STORE waits on it once, so a shorter poll is most of a 300-slice
         # study's protocol overhead. (A documented knob of the DUL, not a public setting.)
         event.assoc.dul._run_loop_delay = self.poll_interval_s
+        sock = event.assoc.dul.socket.socket if event.assoc.dul.socket else None
+        if sock is not None:
+            # Small PDUs (C-STORE-RSP) go out at once, not after a delayed ACK (Nagle).
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def on_requested(self, event: events.Event) -> None:
         """A-ASSOCIATE-RQ received: apply the AE allow-list before negotiation."""

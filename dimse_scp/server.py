@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 
+from pydicom.uid import UID
 from pynetdicom import AE, AllStoragePresentationContexts, _config
 from pynetdicom._globals import ALL_TRANSFER_SYNTAXES
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
@@ -29,6 +30,10 @@ _config.LOG_RESPONSE_IDENTIFIERS = False
 _config.UNRESTRICTED_STORAGE_SERVICE = True
 
 
+# The syntaxes pynetdicom can negotiate that pydicom can also decode (validation needs it).
+TRANSFER_SYNTAXES = [ts for ts in ALL_TRANSFER_SYNTAXES if UID(ts).is_transfer_syntax]
+
+
 def build_ae(settings: Settings) -> AE:
     ae = AE(ae_title=settings.ae_title)
     ae.maximum_pdu_size = settings.max_pdu_size
@@ -39,8 +44,8 @@ def build_ae(settings: Settings) -> AE:
     # The called-AE check is done by AccessPolicy (with a metric and a log line).
     ae.require_called_aet = False
     for context in AllStoragePresentationContexts:
-        ae.add_supported_context(str(context.abstract_syntax), ALL_TRANSFER_SYNTAXES)
-    ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES[:3])
+        ae.add_supported_context(str(context.abstract_syntax), TRANSFER_SYNTAXES)
+    ae.add_supported_context(Verification, TRANSFER_SYNTAXES[:3])
     return ae
 
 

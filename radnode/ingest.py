@@ -41,7 +41,8 @@ OUT_OF_RESOURCES = 0xA700
 DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
 CANNOT_UNDERSTAND = 0xC000
 
-_DEFLATED = "1.2.840.10008.1.2.1.99"
+# Syntaxes whose whole dataset is deflated: Deflated Explicit VR LE, JPIP Referenced Deflate.
+DEFLATED_DATASET_SYNTAXES = frozenset({"1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.4.95"})
 _UNDEFINED_LENGTH = 0xFFFFFFFF
 
 
@@ -104,10 +105,10 @@ def decode_complete(raw: bytes | memoryview, transfer_syntax_uid: str) -> Datase
     """
     ts = UID(transfer_syntax_uid)
     try:
-        if transfer_syntax_uid == _DEFLATED:
-            raw = zlib.decompress(raw, -zlib.MAX_WBITS)
         if not ts.is_transfer_syntax:
             raise IngestError(CANNOT_UNDERSTAND, "transfer_syntax", "unknown transfer syntax")
+        if transfer_syntax_uid in DEFLATED_DATASET_SYNTAXES:  # PS3.5 A.5, A.7
+            raw = zlib.decompress(raw, -zlib.MAX_WBITS)
         ds = read_dataset(
             BytesIO(raw), is_implicit_VR=ts.is_implicit_VR, is_little_endian=ts.is_little_endian
         )

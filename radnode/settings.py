@@ -125,13 +125,19 @@ class Settings(BaseSettings):
         "readable only by the service, never in the repository.",
     )
     allow_insecure: bool = Field(
-        False, description="Allow auth_enabled=false on a non-loopback address (not for production)."
+        False,
+        description="Allow auth_enabled=false on a non-loopback address (not for production).",
     )
     cors_origins: list[str] = Field(
         default_factory=list, description="Origins allowed by CORS (a viewer's origin)."
     )
     max_stow_bytes: int = Field(
         2 * 1024**3, ge=1, description="Largest STOW-RS request body accepted (413 beyond)."
+    )
+    public_url: str | None = Field(
+        None,
+        description="Base URL clients reach the HTTP edge at (e.g. https://pacs-ai.example.org), "
+        "used in RetrieveURL and BulkDataURI; default: from each request's Host header.",
     )
 
     # AI node (ai_node/)
@@ -141,7 +147,7 @@ class Settings(BaseSettings):
         "default: the models shipped with radnode.",
     )
     finding_threshold: float = Field(
-        0.5, ge=0, le=1, description="Study score at or above which the finding is reported present."
+        0.5, ge=0, le=1, description="Study score at or above which a finding is reported."
     )
     inference_batch_size: int = Field(64, ge=1, description="Slices per inference batch.")
 

@@ -3,15 +3,41 @@
 from __future__ import annotations
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
-from dicomweb.routes import health, results
+from dicomweb.accesslog import AccessLogMiddleware
+from dicomweb.deps import require_read
+from dicomweb.routes import health, qido, results, stow, wado
 from radnode import __version__
 from radnode.node import Node
 
 
 def create_app(node: Node) -> FastAPI:
-    app = FastAPI(title="radnode", version=__version__)
+    """The HTTP edge of ``node``: health, metrics, DICOMweb (PS3.18) and the AI results API.
+
+    Authentication is per router (see :mod:`dicomweb.auth`): ``/healthz`` is open,
+    ``/metrics`` is for admins, QIDO/WADO and results for readers, STOW for stores.
+    """
+    app = FastAPI(
+        title="radnode",
+        version=__version__,
+        description="DICOMweb (STOW-RS, QIDO-RS, WADO-RS) and AI results of a radnode.",
+    )
     app.state.node = node
     app.include_router(health.router)
-    app.include_router(results.router)
+    app.include_router(stow.router)
+    app.include_router(qido.router)
+    app.include_router(wado.router)
+    app.include_router(results.router, dependencies=[require_read])
+    s = node.settings
+    if s.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=s.cors_origins,
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["Authorization", "Accept", "Content-Type"],
+            expose_headers=["Content-Type", "Content-Length", "Warning"],
+            max_age=600,
+        )
+    app.add_middleware(AccessLogMiddleware)
     return app

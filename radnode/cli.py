@@ -129,6 +129,20 @@ def _make_worker(node: Any) -> Any | None:
     return Worker(node.queue, processor, node.metrics, poll_s=node.settings.worker_poll_s)
 
 
+def _check_http_exposure(settings: Settings) -> bool:
+    """False (after saying why) when the HTTP edge would serve data unauthenticated off-host."""
+    from dicomweb.auth import InsecureBinding, check_exposure
+
+    try:
+        check_exposure(settings)
+    except InsecureBinding as exc:
+        print(f"radnode: {exc}", file=sys.stderr)
+        return False
+    if not settings.auth_enabled:
+        logger.warning("HTTP authentication is disabled", extra={"host": settings.host})
+    return True
+
+
 def _run_http(node: Any) -> None:
     import uvicorn
 
@@ -146,6 +160,8 @@ def _run_http(node: Any) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     from radnode.node import Node
 
+    if not _check_http_exposure(args.settings):
+        return 2
     node = Node(args.settings)
     node.recover()
     server, tracker = _start_scp(node)
@@ -183,6 +199,8 @@ def cmd_scp(args: argparse.Namespace) -> int:
 def cmd_api(args: argparse.Namespace) -> int:
     from radnode.node import Node
 
+    if not _check_http_exposure(args.settings):
+        return 2
     node = Node(args.settings)
     try:
         _run_http(node)

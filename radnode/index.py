@@ -23,13 +23,13 @@ from typing import Any
 
 from pydicom import Dataset
 from sqlalchemy import (
+    JSON,
     BigInteger,
     Column,
     DateTime,
     Engine,
     Float,
     ForeignKey,
-    JSON,
     Integer,
     MetaData,
     String,
@@ -92,6 +92,10 @@ series = Table(
     Column("series_number", Integer),
     Column("series_description", String(64)),
     Column("body_part_examined", String(16)),
+    Column("series_date", String(8)),
+    Column("series_time", String(16)),
+    Column("performed_procedure_step_start_date", String(8)),
+    Column("performed_procedure_step_start_time", String(16)),
 )
 SqlIndex("ix_series_study", series.c.study_uid)
 
@@ -109,6 +113,11 @@ instances = Table(
     Column("calling_aet", String(16)),
     Column("received_at", Float, nullable=False),
     Column("duplicates", Integer, nullable=False, default=0),
+    # Returned by QIDO-RS at instance level (PS3.18 Table 10.6.3-5) without a file read.
+    Column("rows", Integer),
+    Column("columns", Integer),
+    Column("bits_allocated", Integer),
+    Column("number_of_frames", Integer),
 )
 SqlIndex("ix_instances_series", instances.c.series_uid)
 SqlIndex("ix_instances_study", instances.c.study_uid)
@@ -120,7 +129,7 @@ jobs = Table(
     Column("study_uid", UID, ForeignKey("studies.study_uid"), nullable=False),
     Column("version", Integer, nullable=False),
     Column("state", String(16), nullable=False),  # queued | running | done | failed
-    Column("reason", String(32), nullable=False),  # released | quiet | recovered | manual
+    Column("reason", String(32), nullable=False),  # released | quiet | recovered | manual | stow
     Column("attempts", Integer, nullable=False, default=0),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("available_at", Float, nullable=False),
@@ -167,7 +176,17 @@ _STUDY_ATTRIBUTES = (
     "study_description",
     "referring_physician_name",
 )
-_SERIES_ATTRIBUTES = ("modality", "series_number", "series_description", "body_part_examined")
+_SERIES_ATTRIBUTES = (
+    "modality",
+    "series_number",
+    "series_description",
+    "body_part_examined",
+    "series_date",
+    "series_time",
+    "performed_procedure_step_start_date",
+    "performed_procedure_step_start_time",
+)
+_IMAGE_ATTRIBUTES = ("rows", "columns", "bits_allocated", "number_of_frames")
 
 
 @dataclass(frozen=True)
@@ -186,6 +205,7 @@ class InstanceRecord:
     instance_number: int | None = None
     study: dict[str, Any] | None = None  # patient/study-level columns of `studies`
     series: dict[str, Any] | None = None  # series-level columns of `series`
+    image: dict[str, Any] | None = None  # rows, columns, bits_allocated, number_of_frames
     # False for objects the node derives itself (its SRs): stored and indexed, but they
     # do not make the study due for analysis again.
     analyze: bool = True
@@ -239,6 +259,20 @@ def record_fields_from_dataset(
             "series_number": _int(ds, "SeriesNumber"),
             "series_description": _text(ds, "SeriesDescription", 64),
             "body_part_examined": _text(ds, "BodyPartExamined", 16),
+            "series_date": _text(ds, "SeriesDate", 8),
+            "series_time": _text(ds, "SeriesTime", 16),
+            "performed_procedure_step_start_date": _text(
+                ds, "PerformedProcedureStepStartDate", 8
+            ),
+            "performed_procedure_step_start_time": _text(
+                ds, "PerformedProcedureStepStartTime", 16
+            ),
+        },
+        "image": {
+            "rows": _int(ds, "Rows"),
+            "columns": _int(ds, "Columns"),
+            "bits_allocated": _int(ds, "BitsAllocated"),
+            "number_of_frames": _int(ds, "NumberOfFrames"),
         },
     }
 
@@ -363,6 +397,8 @@ class Index:
             "calling_aet": rec.calling_aet,
             "received_at": rec.received_at,
             "duplicates": 0,
+            **dict.fromkeys(_IMAGE_ATTRIBUTES),
+            **(rec.image or {}),
         }
         with self.transaction() as conn:
             conn.execute(self._insert_study, study_row)

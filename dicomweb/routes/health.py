@@ -6,6 +6,8 @@ from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 
+from dicomweb.deps import require_admin
+
 router = APIRouter()
 
 
@@ -18,6 +20,6 @@ def healthz(request: Request) -> dict[str, object]:
     return {"status": "ok", "queue_depth": node.queue.depth(), "index": node.index.counts()}
 
 
-@router.get("/metrics")
+@router.get("/metrics", dependencies=[require_admin])
 def metrics(request: Request) -> Response:
     return Response(request.app.state.node.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)

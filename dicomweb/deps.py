@@ -1,0 +1,45 @@
+"""``Annotated`` dependency aliases for the routes (the node and its parts; the caller's role)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from dicomweb.auth import ADMIN_ROLES, READ_ROLES, STORE_ROLES, require_role
+from radnode.node import Node
+
+
+def get_node(request: Request) -> Node:
+    node: Node = request.app.state.node
+    return node
+
+
+NodeDep = Annotated[Node, Depends(get_node)]
+
+require_read = Depends(require_role(READ_ROLES))
+require_store = Depends(require_role(STORE_ROLES))
+require_admin = Depends(require_role(ADMIN_ROLES))
+
+
+def dicomweb_base(request: Request) -> str:
+    """The DICOMweb root URL for links in answers (RetrieveURL, BulkDataURI).
+
+    ``public_url`` when set (behind a reverse proxy, set it). Otherwise the
+    request's Host; a Host without a port (dicomweb-client sends one) gets the
+    port the request actually reached, unless a proxy forwarded it.
+    """
+    public = request.app.state.node.settings.public_url
+    if public:
+        return f"{public.rstrip('/')}/dicom-web"
+    url = request.base_url
+    server = request.scope.get("server")
+    if (
+        url.port is None
+        and server
+        and server[1] not in (80, 443)
+        and "x-forwarded-host" not in request.headers
+        and "x-forwarded-proto" not in request.headers
+    ):
+        url = url.replace(port=server[1])
+    return f"{str(url).rstrip('/')}/dicom-web"

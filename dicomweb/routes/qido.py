@@ -1,0 +1,254 @@
+"""QIDO-RS: search for studies, series and instances (PS3.18 10.6).
+
+An empty result is ``200`` with ``[]`` (never 204), so every client gets JSON.
+Matching keys the index cannot match (attributes it does not keep) are
+ignored for matching and named in a ``Warning: 299`` header (PS3.18 8.3.4.2);
+they and ``includefield`` attributes outside the index are returned from the
+header of the level's first instance.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request, status
+from fastapi.responses import JSONResponse
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from sqlalchemy import func, select
+
+from dicomweb.deps import NodeDep, dicomweb_base, require_read
+from dicomweb.dicomjson import DICOM_JSON, element, tag_hex
+from dicomweb.query import (
+    DEFAULT_RETURN,
+    INDEXED,
+    LEVELS,
+    Level,
+    Query,
+    QueryError,
+    build_select,
+    parse,
+)
+from radnode.index import instances, series, studies
+from radnode.node import Node
+from radnode.uids import InvalidUID, check_uid
+
+router = APIRouter(prefix="/dicom-web", tags=["QIDO-RS"], dependencies=[require_read])
+
+
+def checked_uid(value: str, what: str) -> str:
+    """A UID from a path; 400 when it is not one (it also names files)."""
+    try:
+        return check_uid(value, what)
+    except InvalidUID as exc:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from exc
+
+
+def _returned_keywords(query: Query, levels: tuple[Level, ...]) -> list[str]:
+    """Default attributes of ``levels``, then indexed matching keys and includefields."""
+    depth = LEVELS.index(query.level)
+    keywords: list[str] = []
+    for level in levels:
+        keywords.extend(DEFAULT_RETURN[level])
+    if query.include_all:
+        keywords.extend(
+            k for k, a in INDEXED.items() if LEVELS.index(a.level) <= depth and k not in keywords
+        )
+    keywords.extend(attr.keyword for attr, _ in query.filters if attr.keyword not in keywords)
+    keywords.extend(
+        k
+        for k in sorted(query.include)
+        if k in INDEXED and LEVELS.index(INDEXED[k].level) <= depth and k not in keywords
+    )
+    return keywords
+
+
+def _file_keywords(query: Query) -> list[str]:
+    depth = LEVELS.index(query.level)
+    return sorted(
+        k for k in query.include if k not in INDEXED or LEVELS.index(INDEXED[k].level) > depth
+    )
+
+
+def _search(
+    request: Request,
+    node: Node,
+    level: Level,
+    study_uid: str | None = None,
+    series_uid: str | None = None,
+) -> JSONResponse:
+    try:
+        query = parse(level, list(request.query_params.multi_items()))
+    except QueryError as exc:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from exc
+    stmt = build_select(query, node.index.is_sqlite, study_uid, series_uid)
+    with node.index.engine.connect() as conn:
+        rows = [row._mapping for row in conn.execute(stmt)]
+        extra = _aggregates(conn, level, rows)
+    base = dicomweb_base(request)
+    # PS3.18 10.6.3.3: a search not scoped by a parent also returns the parents' attributes.
+    if study_uid is None:
+        levels = LEVELS[: LEVELS.index(level) + 1]
+    elif series_uid is None and level == "instance":
+        levels = ("series", "instance")
+    else:
+        levels = (level,)
+    keywords = _returned_keywords(query, levels)
+    file_keywords = _file_keywords(query)
+    answer = []
+    for row in rows:
+        item: dict[str, Any] = {}
+        for keyword in keywords:
+            tag, entry = element(keyword, _value(keyword, row, extra))
+            item[tag] = entry
+        item.update(_retrieve_url(level, row, base))
+        if file_keywords:
+            item.update(_from_file(node, level, row, file_keywords))
+        answer.append(dict(sorted(item.items())))
+    headers = {}
+    if query.unsupported:
+        names = ", ".join(sorted(set(query.unsupported)))
+        headers["Warning"] = f'299 radnode "The following attributes are not matched: {names}"'
+    return JSONResponse(answer, media_type=DICOM_JSON, headers=headers)
+
+
+def _aggregates(conn: Any, level: Level, rows: list[Any]) -> dict[str, dict[str, Any]]:
+    """Computed attributes of the page's rows: ModalitiesInStudy and the counts."""
+    extra: dict[str, dict[str, Any]] = defaultdict(dict)
+    if not rows:
+        return extra
+    if level == "study":
+        uids = [r[studies.c.study_uid] for r in rows]
+        modalities: dict[str, set[str]] = defaultdict(set)
+        counts: dict[str, int] = defaultdict(int)
+        for i in range(0, len(uids), 500):
+            stmt = (
+                select(series.c.study_uid, series.c.modality, func.count())
+                .where(series.c.study_uid.in_(uids[i : i + 500]))
+                .group_by(series.c.study_uid, series.c.modality)
+            )
+            for study_uid, modality, count in conn.execute(stmt):
+                if modality:
+                    modalities[study_uid].add(modality)
+                counts[study_uid] += count
+        for uid in uids:
+            extra[uid]["ModalitiesInStudy"] = sorted(modalities[uid])
+            extra[uid]["NumberOfStudyRelatedSeries"] = counts[uid]
+    else:
+        uids = sorted({r[series.c.series_uid] for r in rows})
+        for i in range(0, len(uids), 500):
+            stmt = (
+                select(instances.c.series_uid, func.count())
+                .where(instances.c.series_uid.in_(uids[i : i + 500]))
+                .group_by(instances.c.series_uid)
+            )
+            for series_uid, count in conn.execute(stmt):
+                extra[series_uid]["NumberOfSeriesRelatedInstances"] = count
+        if level == "instance":
+            study_uids = sorted({r[studies.c.study_uid] for r in rows})
+            stmt = (
+                select(series.c.study_uid, series.c.modality, func.count())
+                .where(series.c.study_uid.in_(study_uids))
+                .group_by(series.c.study_uid, series.c.modality)
+            )
+            for study_uid, modality, count in conn.execute(stmt):
+                entry = extra[study_uid]
+                entry.setdefault("ModalitiesInStudy", [])
+                if modality:
+                    entry["ModalitiesInStudy"].append(modality)
+                entry["NumberOfStudyRelatedSeries"] = (
+                    entry.get("NumberOfStudyRelatedSeries", 0) + count
+                )
+    return extra
+
+
+def _value(keyword: str, row: Any, extra: dict[str, dict[str, Any]]) -> Any:
+    attr = INDEXED[keyword]
+    if attr.column is not None:
+        return row[attr.column]
+    key = row[series.c.series_uid] if attr.level == "series" else row[studies.c.study_uid]
+    return extra.get(key, {}).get(keyword)
+
+
+def _retrieve_url(level: Level, row: Any, base: str) -> dict[str, Any]:
+    url = f"{base}/studies/{row[studies.c.study_uid]}"
+    if level != "study":
+        url += f"/series/{row[series.c.series_uid]}"
+    if level == "instance":
+        url += f"/instances/{row[instances.c.sop_instance_uid]}"
+    return dict([element("RetrieveURL", url, "UR")])
+
+
+def _from_file(node: Node, level: Level, row: Any, keywords: list[str]) -> dict[str, Any]:
+    """Attributes outside the index, from the header of the level's (first) instance."""
+    from dicomweb.routes.wado import instance_header
+
+    if level == "instance":
+        path = row[instances.c.path]
+    else:
+        column = studies.c.study_uid if level == "study" else series.c.series_uid
+        key_column = instances.c.study_uid if level == "study" else instances.c.series_uid
+        with node.index.engine.connect() as conn:
+            path = conn.execute(
+                select(instances.c.path).where(key_column == row[column]).limit(1)
+            ).scalar()
+    if path is None:
+        return {}
+    ds = instance_header(node, path)
+    out: dict[str, Any] = {}
+    for keyword in keywords:
+        tag = tag_for_keyword(keyword)
+        if tag is None:
+            continue
+        if tag in ds:
+            out[tag_hex(keyword)] = _json(ds, tag)
+        else:
+            out[tag_hex(keyword)] = {"vr": str(dictionary_VR(tag))}
+    return out
+
+
+def _json(ds: Any, tag: int) -> dict[str, Any]:
+    result: dict[str, Any] = ds[tag].to_json_dict(
+        bulk_data_element_handler=None, bulk_data_threshold=1e9
+    )
+    return result
+
+
+@router.get("/studies", summary="Search for studies")
+def search_studies(request: Request, node: NodeDep) -> JSONResponse:
+    return _search(request, node, "study")
+
+
+@router.get("/series", summary="Search for series")
+def search_series(request: Request, node: NodeDep) -> JSONResponse:
+    return _search(request, node, "series")
+
+
+@router.get("/instances", summary="Search for instances")
+def search_instances(request: Request, node: NodeDep) -> JSONResponse:
+    return _search(request, node, "instance")
+
+
+@router.get("/studies/{study}/series", summary="Search for series of a study")
+def search_study_series(request: Request, node: NodeDep, study: str) -> JSONResponse:
+    return _search(request, node, "series", checked_uid(study, "Study Instance UID"))
+
+
+@router.get("/studies/{study}/instances", summary="Search for instances of a study")
+def search_study_instances(request: Request, node: NodeDep, study: str) -> JSONResponse:
+    return _search(request, node, "instance", checked_uid(study, "Study Instance UID"))
+
+
+@router.get(
+    "/studies/{study}/series/{series_uid}/instances", summary="Search for instances of a series"
+)
+def search_series_instances(
+    request: Request, node: NodeDep, study: str, series_uid: str
+) -> JSONResponse:
+    return _search(
+        request,
+        node,
+        "instance",
+        checked_uid(study, "Study Instance UID"),
+        checked_uid(series_uid, "Series Instance UID"),
+    )

@@ -1,0 +1,223 @@
+"""STOW-RS: store instances (PS3.18 10.5).
+
+The body is spooled to a temp file in the store's temp folder (never held in
+memory; ``max_stow_bytes`` is enforced while reading: 413), then each part, a
+Part 10 file, goes through :meth:`radnode.ingest.Ingestor.ingest` with its
+dataset bytes as received: the same validation, durability and PS3.4 statuses
+as C-STORE, reported as FailureReason (PS3.18 10.5.3.1). The request is one
+completed batch: each touched study is queued for analysis once, after the
+last part.
+
+HTTP status (PS3.18 10.5.3): 200 all stored, 202 some failed, 409 all failed,
+400 malformed multipart, 413 too large, 415 not ``multipart/related;
+type="application/dicom"``.
+"""
+
+from __future__ import annotations
+
+import logging
+import mmap
+import os
+import uuid
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request, status
+from fastapi.responses import JSONResponse
+from pydicom.filereader import _read_file_meta_info
+
+from dicomweb.deps import NodeDep, dicomweb_base, require_store
+from dicomweb.dicomjson import DICOM_JSON, element, parse_media_type
+from dicomweb.multipart import MultipartError, iter_parts
+from dicomweb.routes.qido import checked_uid
+from radnode.ingest import CANNOT_UNDERSTAND, DATASET_DOES_NOT_MATCH_SOP_CLASS, IngestError
+from radnode.node import Node
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/dicom-web", tags=["STOW-RS"], dependencies=[require_store])
+
+_PART10_MAGIC_AT = 128
+
+
+def split_part10(part: bytes) -> tuple[str, str | None, str | None, bytes]:
+    """(transfer syntax, SOP class, SOP instance, dataset bytes) of a Part 10 file (PS3.10 7.1).
+
+    The dataset bytes are returned exactly as they follow the File Meta Information.
+    """
+    if len(part) >= 144 and part[_PART10_MAGIC_AT:132] == b"DICM":
+        meta_at = 132
+    elif part[:2] == b"\x02\x00":  # some clients omit preamble and prefix: accept it
+        meta_at = 0
+    else:
+        raise IngestError(CANNOT_UNDERSTAND, "not_part10", "part is not a DICOM Part 10 file")
+    f = BytesIO(part)
+    f.seek(meta_at)
+    try:
+        meta = _read_file_meta_info(f)
+        syntax = str(meta.TransferSyntaxUID)
+    except Exception as exc:  # noqa: BLE001 - any broken meta group is "cannot understand"
+        raise IngestError(
+            CANNOT_UNDERSTAND, "bad_meta", "unreadable File Meta Information"
+        ) from exc
+    sop_class = meta.get("MediaStorageSOPClassUID")
+    sop_instance = meta.get("MediaStorageSOPInstanceUID")
+    return (
+        syntax,
+        str(sop_class) if sop_class else None,
+        str(sop_instance) if sop_instance else None,
+        part[f.tell() :],
+    )
+
+
+async def _spool(request: Request, node: Node, limit: int) -> Path:
+    """Write the request body to a temp file; 413 beyond ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise HTTPException(
+            status.HTTP_413_REQUEST_ENTITY_TOO_LARGE, f"request body over {limit} bytes"
+        )
+    path = node.store.tmp_dir / f"stow.{uuid.uuid4().hex}.body"
+    size = 0
+    try:
+        with path.open("wb") as f:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise HTTPException(
+                        status.HTTP_413_REQUEST_ENTITY_TOO_LARGE, f"request body over {limit} bytes"
+                    )
+                f.write(chunk)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _store_parts(
+    node: Node, body: Path, boundary: str, base: str, study_uid: str | None
+) -> tuple[int, dict[str, Any]]:
+    """Ingest every part; returns (HTTP status, response dataset as DICOM JSON)."""
+    stored: list[dict[str, Any]] = []
+    failed: list[dict[str, Any]] = []
+    touched: list[str] = []
+    with body.open("rb") as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            raise HTTPException(status.HTTP_400_BAD_REQUEST, "empty request body")
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            try:
+                parts = list(iter_parts(mm, boundary))
+            except MultipartError as exc:
+                raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from exc
+            if not parts:
+                raise HTTPException(status.HTTP_400_BAD_REQUEST, "no parts in the request")
+            for part in parts:
+                media, _ = parse_media_type(part.content_type or "application/dicom")
+                sop_class = sop_instance = None
+                try:
+                    if media != "application/dicom":
+                        raise IngestError(
+                            CANNOT_UNDERSTAND, "media_type", f"part type {media} not supported"
+                        )
+                    syntax, sop_class, sop_instance, dataset = split_part10(
+                        mm[part.start : part.end]
+                    )
+                    if study_uid is not None:
+                        # PS3.18 10.5.2: instances of another study are refused, unstored.
+                        fields = node.ingestor.validate(dataset, syntax)
+                        if fields["study_uid"] != study_uid:
+                            raise IngestError(
+                                DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                                "study_mismatch",
+                                "Study Instance UID differs from the request's",
+                            )
+                    result = node.ingestor.ingest(
+                        dataset,
+                        syntax,
+                        source="stow",
+                        expected_sop_class_uid=sop_class,
+                        expected_sop_instance_uid=sop_instance,
+                    )
+                except IngestError as exc:
+                    failed.append(_failed_item(sop_class, sop_instance, exc))
+                    continue
+                if result.study_uid not in touched:
+                    touched.append(result.study_uid)
+                stored.append(_stored_item(result, base))
+    for uid in touched:
+        if node.queue.enqueue_if_due(uid, "stow") is not None:
+            node.metrics.studies_completed.labels(reason="stow").inc()
+    answer: dict[str, Any] = {}
+    if study_uid is not None:
+        answer.update([element("RetrieveURL", f"{base}/studies/{study_uid}", "UR")])
+    if failed:
+        answer["00081198"] = {"vr": "SQ", "Value": failed}
+    if stored:
+        answer["00081199"] = {"vr": "SQ", "Value": stored}
+    code = (
+        status.HTTP_200_OK
+        if not failed
+        else (status.HTTP_202_ACCEPTED if stored else status.HTTP_409_CONFLICT)
+    )
+    return code, answer
+
+
+def _stored_item(result: Any, base: str) -> dict[str, Any]:
+    return dict(
+        [
+            element("ReferencedSOPClassUID", result.sop_class_uid, "UI"),
+            element("ReferencedSOPInstanceUID", result.sop_instance_uid, "UI"),
+            element("RetrieveURL", f"{base}/studies/{result.study_uid}", "UR"),
+        ]
+    )
+
+
+def _failed_item(
+    sop_class: str | None, sop_instance: str | None, exc: IngestError
+) -> dict[str, Any]:
+    item = dict(
+        [
+            element("ReferencedSOPClassUID", sop_class, "UI"),
+            element("ReferencedSOPInstanceUID", sop_instance, "UI"),
+            element("FailureReason", exc.status, "US"),
+        ]
+    )
+    # Why, for people: Error Comment text is not part of the item, so a private
+    # free-text note would be non-standard; the reason goes to the server log instead.
+    logger.info(
+        "STOW-RS part refused", extra={"status": f"0x{exc.status:04X}", "reason": exc.reason}
+    )
+    return item
+
+
+async def _stow(request: Request, node: Node, study_uid: str | None) -> JSONResponse:
+    media, params = parse_media_type(request.headers.get("content-type", ""))
+    part_type = params.get("type", "application/dicom").lower()
+    if media != "multipart/related" or part_type != "application/dicom":
+        raise HTTPException(
+            status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+            'STOW-RS takes multipart/related; type="application/dicom"',
+        )
+    boundary = params.get("boundary")
+    if not boundary:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, "multipart boundary missing")
+    body = await _spool(request, node, node.settings.max_stow_bytes)
+    base = dicomweb_base(request)
+    try:
+        from starlette.concurrency import run_in_threadpool
+
+        code, answer = await run_in_threadpool(_store_parts, node, body, boundary, base, study_uid)
+    finally:
+        body.unlink(missing_ok=True)
+    return JSONResponse(answer, status_code=code, media_type=DICOM_JSON)
+
+
+@router.post("/studies", summary="Store instances")
+async def store_instances(request: Request, node: NodeDep) -> JSONResponse:
+    return await _stow(request, node, None)
+
+
+@router.post("/studies/{study}", summary="Store instances of one study")
+async def store_study_instances(request: Request, node: NodeDep, study: str) -> JSONResponse:
+    return await _stow(request, node, checked_uid(study, "Study Instance UID"))

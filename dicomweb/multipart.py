@@ -77,14 +77,36 @@ def related_content_type(part_type: str, boundary: str, **params: str) -> str:
 
 
 def stream_parts(
-    parts: Iterable[tuple[dict[str, str], Iterable[bytes]]], boundary: str
+    parts: Iterable[tuple[dict[str, str], Iterable[bytes]]],
+    boundary: str,
+    batch_bytes: int = 0,
 ) -> Iterator[bytes]:
-    """Encode parts (headers, body chunks) as a multipart body, part by part."""
+    """Encode parts (headers, body chunks) as a multipart body, part by part.
+
+    With ``batch_bytes``, pieces are joined into blocks of about that size: fewer,
+    larger writes (and fewer thread hops for a synchronous iterator in Starlette).
+    """
     dash = b"--" + boundary.encode()
-    for headers, chunks in parts:
-        head = dash + b"\r\n"
-        head += b"".join(f"{k}: {v}\r\n".encode() for k, v in headers.items()) + b"\r\n"
-        yield head
-        yield from chunks
-        yield b"\r\n"
-    yield dash + b"--\r\n"
+
+    def pieces() -> Iterator[bytes]:
+        for headers, chunks in parts:
+            head = dash + b"\r\n"
+            head += b"".join(f"{k}: {v}\r\n".encode() for k, v in headers.items()) + b"\r\n"
+            yield head
+            yield from chunks
+            yield b"\r\n"
+        yield dash + b"--\r\n"
+
+    if not batch_bytes:
+        yield from pieces()
+        return
+    block: list[bytes] = []
+    size = 0
+    for piece in pieces():
+        block.append(piece)
+        size += len(piece)
+        if size >= batch_bytes:
+            yield b"".join(block)
+            block, size = [], 0
+    if block:
+        yield b"".join(block)

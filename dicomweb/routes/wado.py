@@ -39,6 +39,7 @@ EXPLICIT_LE = "1.2.840.10008.1.2.1"
 IMPLICIT_LE = "1.2.840.10008.1.2"
 _NATIVE = frozenset({EXPLICIT_LE, IMPLICIT_LE})
 _CHUNK = 1024 * 1024
+_BATCH = 4 * 1024 * 1024  # bytes per write of a streamed retrieve
 _BASE = "@@radnode-base@@"  # placeholder for the request's base URL in cached metadata
 
 # Media types of compressed frames (PS3.18 Table 8.7.3-2).
@@ -161,7 +162,7 @@ def _retrieve(request: Request, node: Node, rows: list[dict[str, Any]]) -> Strea
 
     params = {"transfer_syntax": syntax} if syntax else {}
     return StreamingResponse(
-        stream_parts(parts(), boundary),
+        stream_parts(parts(), boundary, batch_bytes=_BATCH),
         media_type=related_content_type("application/dicom", boundary, **params),
     )
 

@@ -7,6 +7,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from dicomweb.accesslog import AccessLogMiddleware
 from dicomweb.deps import require_read
+from dicomweb.headers import InstanceHeaders
 from dicomweb.routes import health, qido, results, stow, wado
 from radnode import __version__
 from radnode.node import Node
@@ -24,6 +25,7 @@ def create_app(node: Node) -> FastAPI:
         description="DICOMweb (STOW-RS, QIDO-RS, WADO-RS) and AI results of a radnode.",
     )
     app.state.node = node
+    app.state.headers = InstanceHeaders()
     app.include_router(health.router)
     app.include_router(stow.router)
     app.include_router(qido.router)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, HTTPException, Request, status
 
 from dicomweb.auth import ADMIN_ROLES, READ_ROLES, STORE_ROLES, require_role
+from dicomweb.headers import InstanceHeaders
 from radnode.node import Node
+from radnode.uids import InvalidUID, check_uid
 
 
 def get_node(request: Request) -> Node:
@@ -16,6 +18,23 @@ def get_node(request: Request) -> Node:
 
 
 NodeDep = Annotated[Node, Depends(get_node)]
+
+
+def get_headers(request: Request) -> InstanceHeaders:
+    headers: InstanceHeaders = request.app.state.headers
+    return headers
+
+
+HeadersDep = Annotated[InstanceHeaders, Depends(get_headers)]
+
+
+def checked_uid(value: str, what: str) -> str:
+    """A UID from a path; 400 when it is not one (UIDs also name files: PS3.5 9.1)."""
+    try:
+        return check_uid(value, what)
+    except InvalidUID as exc:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from exc
+
 
 require_read = Depends(require_role(READ_ROLES))
 require_store = Depends(require_role(STORE_ROLES))

@@ -39,3 +39,19 @@ class HeaderCache:
 def read_header(path: Path) -> Dataset:
     """The dataset without Pixel Data (and nothing after it)."""
     return dcmread(path, stop_before_pixels=True)
+
+
+class InstanceHeaders:
+    """The app's caches: instance headers (datasets) and per-instance metadata JSON text."""
+
+    def __init__(self, datasets: int = 4096, metadata: int = 20000) -> None:
+        self.datasets = HeaderCache(datasets)
+        self.metadata = HeaderCache(metadata)
+
+    def dataset(self, path: Path, size: int = 0) -> Dataset:
+        key = (str(path), size)
+        cached = self.datasets.get(key)
+        if cached is None:
+            cached = read_header(path)
+            self.datasets.put(key, cached)
+        return cached  # type: ignore[no-any-return]

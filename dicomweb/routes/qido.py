@@ -17,8 +17,9 @@ from fastapi.responses import JSONResponse
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from sqlalchemy import func, select
 
-from dicomweb.deps import NodeDep, dicomweb_base, require_read
+from dicomweb.deps import HeadersDep, NodeDep, checked_uid, dicomweb_base, require_read
 from dicomweb.dicomjson import DICOM_JSON, element, tag_hex
+from dicomweb.headers import InstanceHeaders
 from dicomweb.query import (
     DEFAULT_RETURN,
     INDEXED,
@@ -31,17 +32,8 @@ from dicomweb.query import (
 )
 from radnode.index import instances, series, studies
 from radnode.node import Node
-from radnode.uids import InvalidUID, check_uid
 
 router = APIRouter(prefix="/dicom-web", tags=["QIDO-RS"], dependencies=[require_read])
-
-
-def checked_uid(value: str, what: str) -> str:
-    """A UID from a path; 400 when it is not one (it also names files)."""
-    try:
-        return check_uid(value, what)
-    except InvalidUID as exc:
-        raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from exc
 
 
 def _returned_keywords(query: Query, levels: tuple[Level, ...]) -> list[str]:
@@ -73,6 +65,7 @@ def _file_keywords(query: Query) -> list[str]:
 def _search(
     request: Request,
     node: Node,
+    headers: InstanceHeaders,
     level: Level,
     study_uid: str | None = None,
     series_uid: str | None = None,
@@ -103,13 +96,13 @@ def _search(
             item[tag] = entry
         item.update(_retrieve_url(level, row, base))
         if file_keywords:
-            item.update(_from_file(node, level, row, file_keywords))
+            item.update(_from_file(node, headers, level, row, file_keywords))
         answer.append(dict(sorted(item.items())))
-    headers = {}
+    warning = {}
     if query.unsupported:
         names = ", ".join(sorted(set(query.unsupported)))
-        headers["Warning"] = f'299 radnode "The following attributes are not matched: {names}"'
-    return JSONResponse(answer, media_type=DICOM_JSON, headers=headers)
+        warning["Warning"] = f'299 radnode "The following attributes are not matched: {names}"'
+    return JSONResponse(answer, media_type=DICOM_JSON, headers=warning)
 
 
 def _aggregates(conn: Any, level: Level, rows: list[Any]) -> dict[str, dict[str, Any]]:
@@ -179,10 +172,10 @@ def _retrieve_url(level: Level, row: Any, base: str) -> dict[str, Any]:
     return dict([element("RetrieveURL", url, "UR")])
 
 
-def _from_file(node: Node, level: Level, row: Any, keywords: list[str]) -> dict[str, Any]:
+def _from_file(
+    node: Node, headers: InstanceHeaders, level: Level, row: Any, keywords: list[str]
+) -> dict[str, Any]:
     """Attributes outside the index, from the header of the level's (first) instance."""
-    from dicomweb.routes.wado import instance_header
-
     if level == "instance":
         path = row[instances.c.path]
     else:
@@ -194,7 +187,7 @@ def _from_file(node: Node, level: Level, row: Any, keywords: list[str]) -> dict[
             ).scalar()
     if path is None:
         return {}
-    ds = instance_header(node, path)
+    ds = headers.dataset(node.store.path_of(path))
     out: dict[str, Any] = {}
     for keyword in keywords:
         tag = tag_for_keyword(keyword)
@@ -215,39 +208,44 @@ def _json(ds: Any, tag: int) -> dict[str, Any]:
 
 
 @router.get("/studies", summary="Search for studies")
-def search_studies(request: Request, node: NodeDep) -> JSONResponse:
-    return _search(request, node, "study")
+def search_studies(request: Request, node: NodeDep, headers: HeadersDep) -> JSONResponse:
+    return _search(request, node, headers, "study")
 
 
 @router.get("/series", summary="Search for series")
-def search_series(request: Request, node: NodeDep) -> JSONResponse:
-    return _search(request, node, "series")
+def search_series(request: Request, node: NodeDep, headers: HeadersDep) -> JSONResponse:
+    return _search(request, node, headers, "series")
 
 
 @router.get("/instances", summary="Search for instances")
-def search_instances(request: Request, node: NodeDep) -> JSONResponse:
-    return _search(request, node, "instance")
+def search_instances(request: Request, node: NodeDep, headers: HeadersDep) -> JSONResponse:
+    return _search(request, node, headers, "instance")
 
 
 @router.get("/studies/{study}/series", summary="Search for series of a study")
-def search_study_series(request: Request, node: NodeDep, study: str) -> JSONResponse:
-    return _search(request, node, "series", checked_uid(study, "Study Instance UID"))
+def search_study_series(
+    request: Request, node: NodeDep, headers: HeadersDep, study: str
+) -> JSONResponse:
+    return _search(request, node, headers, "series", checked_uid(study, "Study Instance UID"))
 
 
 @router.get("/studies/{study}/instances", summary="Search for instances of a study")
-def search_study_instances(request: Request, node: NodeDep, study: str) -> JSONResponse:
-    return _search(request, node, "instance", checked_uid(study, "Study Instance UID"))
+def search_study_instances(
+    request: Request, node: NodeDep, headers: HeadersDep, study: str
+) -> JSONResponse:
+    return _search(request, node, headers, "instance", checked_uid(study, "Study Instance UID"))
 
 
 @router.get(
     "/studies/{study}/series/{series_uid}/instances", summary="Search for instances of a series"
 )
 def search_series_instances(
-    request: Request, node: NodeDep, study: str, series_uid: str
+    request: Request, node: NodeDep, headers: HeadersDep, study: str, series_uid: str
 ) -> JSONResponse:
     return _search(
         request,
         node,
+        headers,
         "instance",
         checked_uid(study, "Study Instance UID"),
         checked_uid(series_uid, "Series Instance UID"),

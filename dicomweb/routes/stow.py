@@ -27,10 +27,9 @@ from fastapi import APIRouter, HTTPException, Request, status
 from fastapi.responses import JSONResponse
 from pydicom.filereader import _read_file_meta_info
 
-from dicomweb.deps import NodeDep, dicomweb_base, require_store
+from dicomweb.deps import NodeDep, checked_uid, dicomweb_base, require_store
 from dicomweb.dicomjson import DICOM_JSON, element, parse_media_type
 from dicomweb.multipart import MultipartError, iter_parts
-from dicomweb.routes.qido import checked_uid
 from radnode.ingest import CANNOT_UNDERSTAND, DATASET_DOES_NOT_MATCH_SOP_CLASS, IngestError
 from radnode.node import Node
 

@@ -24,12 +24,11 @@ from pydicom.filewriter import dcmwrite
 from pydicom.uid import UID
 from sqlalchemy import select
 
-from dicomweb.deps import NodeDep, dicomweb_base, require_read
+from dicomweb.deps import HeadersDep, NodeDep, checked_uid, dicomweb_base, require_read
 from dicomweb.dicomjson import DICOM_JSON, parse_media_type
-from dicomweb.headers import HeaderCache, read_header
+from dicomweb.headers import InstanceHeaders, read_header
 from dicomweb.multipart import new_boundary, related_content_type, stream_parts
 from dicomweb.render import RenderError, parse_viewport, parse_window, render
-from dicomweb.routes.qido import checked_uid
 from radnode.index import instances
 from radnode.node import Node
 
@@ -54,24 +53,6 @@ _FRAME_MEDIA = {
     "1.2.840.10008.1.2.4.91": "image/jp2",
     "1.2.840.10008.1.2.5": "image/dicom-rle",
 }
-
-
-def _caches(node: Node) -> tuple[HeaderCache, HeaderCache]:
-    """Per-node caches (headers as datasets; metadata as JSON text), made on first use."""
-    caches = getattr(node, "_dicomweb_caches", None)
-    if caches is None:
-        caches = (HeaderCache(4096), HeaderCache(20000))
-        node._dicomweb_caches = caches  # type: ignore[attr-defined]
-    return caches  # type: ignore[no-any-return]
-
-
-def instance_header(node: Node, path: str) -> Dataset:
-    headers, _ = _caches(node)
-    cached = headers.get((path, 0))
-    if cached is None:
-        cached = read_header(node.store.path_of(path))
-        headers.put((path, 0), cached)
-    return cached  # type: ignore[no-any-return]
 
 
 # -- index look-ups ----------------------------------------------------------------------
@@ -194,9 +175,9 @@ def _instance_url(row: dict[str, Any]) -> str:
     )
 
 
-def _metadata_json(node: Node, row: dict[str, Any]) -> str:
+def _metadata_json(node: Node, headers: InstanceHeaders, row: dict[str, Any]) -> str:
     """One instance's metadata as DICOM JSON text, bulk data as BulkDataURI (cached)."""
-    _, cache = _caches(node)
+    cache = headers.metadata
     key = (row["path"], int(row["size"]))
     cached = cache.get(key)
     if cached is not None:
@@ -217,20 +198,24 @@ def _metadata_json(node: Node, row: dict[str, Any]) -> str:
     return text
 
 
-def _metadata(request: Request, node: Node, rows: list[dict[str, Any]]) -> Response:
+def _metadata(
+    request: Request, node: Node, headers: InstanceHeaders, rows: list[dict[str, Any]]
+) -> Response:
     base = dicomweb_base(request)
-    text = "[" + ",".join(_metadata_json(node, row) for row in rows) + "]"
+    text = "[" + ",".join(_metadata_json(node, headers, row) for row in rows) + "]"
     return Response(text.replace(_BASE, base), media_type=DICOM_JSON)
 
 
 @router.get("/studies/{study}/metadata", summary="Metadata of a study")
-def study_metadata(request: Request, node: NodeDep, study: str) -> Response:
-    return _metadata(request, node, _rows(node, study))
+def study_metadata(request: Request, node: NodeDep, headers: HeadersDep, study: str) -> Response:
+    return _metadata(request, node, headers, _rows(node, study))
 
 
 @router.get("/studies/{study}/series/{series}/metadata", summary="Metadata of a series")
-def series_metadata(request: Request, node: NodeDep, study: str, series: str) -> Response:
-    return _metadata(request, node, _rows(node, study, series))
+def series_metadata(
+    request: Request, node: NodeDep, headers: HeadersDep, study: str, series: str
+) -> Response:
+    return _metadata(request, node, headers, _rows(node, study, series))
 
 
 @router.get(
@@ -238,9 +223,9 @@ def series_metadata(request: Request, node: NodeDep, study: str, series: str) ->
     summary="Metadata of an instance",
 )
 def instance_metadata(
-    request: Request, node: NodeDep, study: str, series: str, instance: str
+    request: Request, node: NodeDep, headers: HeadersDep, study: str, series: str, instance: str
 ) -> Response:
-    return _metadata(request, node, _rows(node, study, series, instance))
+    return _metadata(request, node, headers, _rows(node, study, series, instance))
 
 
 # -- frames and bulk data ----------------------------------------------------------------
@@ -367,6 +352,42 @@ def _rendered(
 def _middle(rows: list[dict[str, Any]]) -> dict[str, Any]:
     images = [r for r in rows if r.get("rows")] or rows
     return images[len(images) // 2]
+
+
+def _rendered_many(request: Request, node: Node, rows: list[dict[str, Any]]) -> Response:
+    """Study / series rendered: each image instance's first frame, one part each."""
+    media = _render_media(request)
+    try:
+        window = parse_window(request.query_params.get("window"))
+        viewport = parse_viewport(request.query_params.get("viewport"), None)
+    except RenderError as exc:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from exc
+
+    def images() -> Iterator[tuple[dict[str, str], list[bytes]]]:
+        for row in rows:
+            if not row.get("rows"):
+                continue
+            ds = dcmread(node.store.path_of(row["path"]))
+            data = render(ds, 1, window=window, viewport=viewport, media_type=media)
+            yield {"Content-Type": media}, [data]
+
+    boundary = new_boundary()
+    return StreamingResponse(
+        stream_parts(images(), boundary), media_type=related_content_type(media, boundary)
+    )
+
+
+@router.get("/studies/{study}/rendered", summary="Rendered study (first frame of each image)")
+def rendered_study(request: Request, node: NodeDep, study: str) -> Response:
+    return _rendered_many(request, node, _rows(node, study))
+
+
+@router.get(
+    "/studies/{study}/series/{series}/rendered",
+    summary="Rendered series (first frame of each image)",
+)
+def rendered_series(request: Request, node: NodeDep, study: str, series: str) -> Response:
+    return _rendered_many(request, node, _rows(node, study, series))
 
 
 @router.get(

@@ -1,13 +1,210 @@
-"""``radnode`` subcommands of the AI node (model training and registry, inference benchmarks)."""
+"""``radnode`` subcommands of the AI node (model training and registry, inference benchmarks).
+
+    radnode model train --synthetic      train both models, evaluate, save a new version
+    radnode model list                   versions per task, the active one marked
+    radnode model activate TASK VERSION  switch the active version (workers reload)
+    radnode bench inference              slices/s: decode + preprocess + both models
+    radnode bench e2e                    storescu -> radnode serve -> SR queryable
+
+Nothing heavy is imported at parse time: TensorFlow loads inside the commands.
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 NodeOptions = Callable[[argparse.ArgumentParser], None]
 
 
+def _registry(args: argparse.Namespace) -> Any:
+    from ai_node.registry import ModelRegistry
+
+    root = args.models_dir or getattr(getattr(args, "settings", None), "models_dir", None)
+    return ModelRegistry(root)
+
+
+def _progress_bar() -> tuple[Any, Callable[[str, int, int], None]]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    progress = Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        disable=not sys.stderr.isatty(),
+    )
+    tasks: dict[str, Any] = {}
+
+    def update(name: str, done: int, total: int) -> None:
+        if name not in tasks:
+            tasks[name] = progress.add_task(name, total=total)
+        progress.update(tasks[name], completed=done)
+
+    return progress, update
+
+
+def cmd_model_train(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from ai_node.registry import check_version
+    from ai_node.train import default_version, train_and_save
+
+    if not args.synthetic and args.dicom_dir is None:
+        print("radnode model train: give --synthetic or --dicom-dir", file=sys.stderr)
+        return 2
+    registry = _registry(args)
+    version = check_version(args.version or default_version())
+    progress, update = _progress_bar()
+    with progress:
+        run = train_and_save(
+            registry,
+            version,
+            synthetic=args.synthetic,
+            dicom_dir=args.dicom_dir,
+            labels_csv=args.labels,
+            label_column=args.label_column,
+            region_epochs=args.region_epochs,
+            finding_epochs=args.finding_epochs,
+            seed=args.seed,
+            verbose=1 if sys.stdout.isatty() else 2,
+            progress=update,
+        )
+    table = Table(title=f"held-out metrics, version {version}")
+    table.add_column("model")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    if run.metrics is not None:
+        m = run.metrics
+        table.add_row(
+            "region", f"accuracy ({m.region_studies} studies)", f"{m.region_accuracy:.3f}"
+        )
+        table.add_row("finding", f"AUC ({m.finding_studies} chest studies)", f"{m.finding_auc:.3f}")
+        table.add_row("finding", f"sensitivity @ {m.threshold}", f"{m.finding_sensitivity:.3f}")
+        table.add_row("finding", f"specificity @ {m.threshold}", f"{m.finding_specificity:.3f}")
+    Console().print(table)
+    for task, path in run.paths.items():
+        print(f"saved {task} {version} to {path}")
+    if args.activate:
+        for task in run.paths:
+            registry.activate(task, version)
+        print(f"activated {version}")
+    return 0
+
+
+def cmd_model_list(args: argparse.Namespace) -> int:
+    from ai_node.models import TASKS
+    from ai_node.registry import RegistryError
+
+    registry = _registry(args)
+    print(f"registry: {registry.root}")
+    for task in TASKS:
+        try:
+            active = registry.active_version(task)
+        except RegistryError:
+            active = None
+        for version in registry.versions(task):
+            card = registry.card(task, version)
+            metrics = {k: v for k, v in card.get("metrics", {}).items() if isinstance(v, float)}
+            mark = "*" if version == active else " "
+            shown = " ".join(f"{k}={v:.3f}" for k, v in metrics.items())
+            print(f"{mark} {task:8} {version:24} {card.get('date', ''):10} {shown}")
+    return 0
+
+
+def cmd_model_activate(args: argparse.Namespace) -> int:
+    from ai_node.registry import RegistryError
+
+    registry = _registry(args)
+    try:
+        registry.activate(args.task, args.version)
+    except RegistryError as exc:
+        print(f"radnode model activate: {exc}", file=sys.stderr)
+        return 1
+    print(f"{args.task}: active version is now {args.version} (running workers reload it)")
+    return 0
+
+
+def cmd_bench_inference(args: argparse.Namespace) -> int:
+    from ai_node.bench import inference_benchmark
+
+    print(
+        inference_benchmark(
+            args.slices, args.size, args.predict_slices, args.work_dir, _registry(args)
+        )
+    )
+    return 0
+
+
+def cmd_bench_e2e(args: argparse.Namespace) -> int:
+    from ai_node.bench import e2e_benchmark
+
+    print(e2e_benchmark(args.slices, args.size, args.runs, args.work_dir))
+    return 0
+
+
 def register(sub: Any, bench_sub: Any, node_options: NodeOptions) -> None:
     """Add the AI node's commands to the ``radnode`` parser (``sub``) and ``radnode bench``."""
+    model = sub.add_parser("model", help="train, list and activate the AI models")
+    model_sub = model.add_subparsers(dest="model_command", required=True, metavar="ACTION")
+
+    def registry_option(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--models-dir",
+            type=Path,
+            help="model registry (default: settings models_dir, else the shipped models)",
+        )
+
+    train = model_sub.add_parser(
+        "train", help="train the region and finding models and save a new version"
+    )
+    registry_option(train)
+    train.add_argument(
+        "--synthetic", action="store_true", help="train on generated synthetic studies"
+    )
+    train.add_argument("--dicom-dir", type=Path, help="real data: a folder of labelled DICOM files")
+    train.add_argument(
+        "--labels", type=Path, help="CSV with file (or dicom_name) and a label column"
+    )
+    train.add_argument(
+        "--label-column", default="label", help="0/1 label column of the CSV (default label)"
+    )
+    train.add_argument("--version", help="version name (default: UTC date-time)")
+    train.add_argument("--region-epochs", type=int, default=4)
+    train.add_argument("--finding-epochs", type=int, default=15)
+    train.add_argument("--seed", type=int, default=1)
+    train.add_argument("--activate", action="store_true", help="make the new version active")
+    train.set_defaults(func=cmd_model_train)
+
+    lst = model_sub.add_parser("list", help="model versions per task (* = active)")
+    registry_option(lst)
+    node_options(lst)
+    lst.set_defaults(func=cmd_model_list)
+
+    act = model_sub.add_parser("activate", help="make a version the active one")
+    registry_option(act)
+    node_options(act)
+    act.add_argument("task", choices=["region", "finding"])
+    act.add_argument("version")
+    act.set_defaults(func=cmd_model_activate)
+
+    inf = bench_sub.add_parser("inference", help="slices/s: decode, preprocess, both models")
+    registry_option(inf)
+    inf.add_argument("--slices", type=int, default=300)
+    inf.add_argument("--size", type=int, default=512)
+    inf.add_argument(
+        "--predict-slices", type=int, default=30, help="slices timed through per-slice predict"
+    )
+    inf.add_argument("--work-dir", type=Path, default=Path("bench-work"))
+    inf.set_defaults(func=cmd_bench_inference)
+
+    e2e = bench_sub.add_parser("e2e", help="storescu -> radnode serve -> SR queryable")
+    e2e.add_argument("--slices", type=int, default=300)
+    e2e.add_argument("--size", type=int, default=512)
+    e2e.add_argument("--runs", type=int, default=3)
+    e2e.add_argument("--work-dir", type=Path, default=Path("bench-work"))
+    e2e.set_defaults(func=cmd_bench_e2e)

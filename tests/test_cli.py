@@ -78,11 +78,6 @@ def test_invalid_settings_are_a_clear_error(tmp_path):
     assert "invalid settings" in result.stderr and "ae_title" in result.stderr
 
 
-def test_worker_without_an_analysis_pipeline_says_so(tmp_path):
-    result = _run("worker", "--data-dir", str(tmp_path))
-    assert result.returncode == 2 and "no analysis pipeline" in result.stderr
-
-
 def test_module_entry_point_matches_console_script():
     script = REPO / ".venv" / "bin" / "radnode"
     exe = str(script) if script.exists() else sys.executable

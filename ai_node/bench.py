@@ -1,0 +1,234 @@
+"""``radnode bench inference`` and ``radnode bench e2e``: the AI node's speed, as Markdown tables.
+
+inference: one 300-slice 512x512 synthetic chest CT from disk through decode,
+preprocessing and both models, batched (the worker's path) against per-slice
+``model.predict`` in the same run.
+
+e2e: dcmtk ``storescu`` sends a study to a fresh ``radnode serve``; the clock runs
+from storescu's exit (the last C-STORE response and the release) until
+``GET /api/studies/{uid}/result`` answers ``done``. The first study of a server
+pays for loading TensorFlow and the models; later ones show the steady state.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ai_node.synth import StudySpec, write_study
+
+
+def _study(work_dir: Path, slices: int, size: int, seed: int) -> tuple[str, list[Path]]:
+    """A cached synthetic chest study (written once per spec)."""
+    spec = StudySpec(region="chest", slices=slices, nodules=2, seed=seed, rows=size, columns=size)
+    folder = work_dir / f"chest-{slices}x{size}-seed{seed}"
+    truth = folder / "truth.json"
+    if not truth.is_file():
+        shutil.rmtree(folder, ignore_errors=True)
+        write_study(spec, folder)
+    info = json.loads(truth.read_text())
+    return str(info["study_instance_uid"]), sorted(folder.glob("IM*.dcm"))
+
+
+def _warm_files(files: list[Path]) -> None:
+    for f in files:
+        f.read_bytes()
+
+
+def inference_benchmark(
+    slices: int, size: int, predict_slices: int, work_dir: Path, registry: Any
+) -> str:
+    """Slices/s of decode + preprocess + both models: batched vs per-slice ``predict``."""
+    from ai_node.analysis import analyse
+    from ai_node.preprocess import frames_of_dataset, load_series, model_input, stack_frames
+    from ai_node.registry import ModelSet
+
+    _, files = _study(work_dir, slices, size, seed=1)
+    _warm_files(files)
+    models = ModelSet(registry)
+    region, finding = models.get("region"), models.get("finding")
+    warm = load_series(files[:8])
+    analyse(warm, models)  # traces the tf.functions once
+
+    runs = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        stack = load_series(files)
+        t1 = time.perf_counter()
+        analysis = analyse(stack, models)
+        t2 = time.perf_counter()
+        runs.append((t1 - t0, t2 - t1, t2 - t0))
+    decode_s, infer_s, total_s = (statistics.median(r[i] for r in runs) for i in range(3))
+
+    t0 = time.perf_counter()
+    stack = load_series(files)
+    for task in ("region", "finding"):
+        m = models.get(task)
+        m.predict_batched(model_input(stack.hu, m.window), 64)
+    all_slices_s = time.perf_counter() - t0
+
+    import pydicom
+
+    k = min(predict_slices, len(files))
+    t0 = time.perf_counter()
+    for path in files[:k]:
+        one = stack_frames(frames_of_dataset(pydicom.dcmread(path)))
+        for m in (region, finding):
+            m.keras_model.predict(model_input(one.hu, m.window), verbose=0)
+    per_slice_s = (time.perf_counter() - t0) / k
+
+    n = len(stack)
+    cores = os.cpu_count()
+    rows = [
+        (
+            "batched: decode + preprocess (all slices), region model on 24 sampled slices, "
+            "finding model on all, tf.function batches of 64",
+            total_s,
+            n / total_s,
+        ),
+        ("  of which decode + preprocess", decode_s, n / decode_s),
+        ("  of which inference", infer_s, n / infer_s),
+        ("batched, both models on every slice", all_slices_s, n / all_slices_s),
+        (
+            f"per-slice `model.predict`, both models (timed on {k} slices, scaled)",
+            per_slice_s * n,
+            1 / per_slice_s,
+        ),
+    ]
+    lines = [
+        f"Study: {n} slices of {size}x{size} int16 (synthetic chest, uncompressed); "
+        f"{cores} CPU cores; models region {region.version}, finding {finding.version}; "
+        f"study score {analysis.score:.3f}.",
+        "",
+        "| path | seconds for the study | slices/s |",
+        "|---|---:|---:|",
+    ]
+    lines += [f"| {name} | {secs:.2f} | {rate:.0f} |" for name, secs, rate in rows]
+    return "\n".join(lines)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"radnode serve exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on {port}")
+
+
+def e2e_benchmark(slices: int, size: int, runs: int, work_dir: Path) -> str:
+    """Seconds from the last C-STORE response to the SR's result being queryable."""
+    import httpx
+
+    storescu = shutil.which("storescu")
+    if storescu is None:
+        raise RuntimeError("storescu (dcmtk) is not installed")
+    studies = [_study(work_dir, slices, size, seed=100 + i) for i in range(runs)]
+    data = Path(tempfile.mkdtemp(prefix="radnode-e2e-"))
+    dicom_port, http_port = _free_port(), _free_port()
+    log = (data.parent / f"{data.name}.log").open("wb")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "radnode.cli",
+            "serve",
+            "--data-dir",
+            str(data),
+            "--dicom-port",
+            str(dicom_port),
+            "--http-port",
+            str(http_port),
+            "--log-level",
+            "WARNING",
+            "--log-format",
+            "text",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    env = {**os.environ, "TCP_NODELAY": "1"}
+    results = []
+    try:
+        _wait_port(dicom_port, proc)
+        _wait_port(http_port, proc)
+        with httpx.Client(base_url=f"http://127.0.0.1:{http_port}", timeout=10) as client:
+            for i, (uid, files) in enumerate(studies):
+                _warm_files(files)
+                t0 = time.perf_counter()
+                sent = subprocess.run(
+                    [
+                        storescu,
+                        "-aet",
+                        "BENCH",
+                        "-aec",
+                        "RADNODE",
+                        "127.0.0.1",
+                        str(dicom_port),
+                        *map(str, files),
+                    ],
+                    capture_output=True,
+                    text=True,
+                    env=env,
+                )
+                if sent.returncode != 0:
+                    raise RuntimeError(f"storescu failed: {sent.stderr[-500:]}")
+                t1 = time.perf_counter()
+                body: dict[str, Any] = {}
+                while time.perf_counter() - t1 < 300:
+                    r = client.get(f"/api/studies/{uid}/result")
+                    if r.status_code == 200:
+                        body = r.json()
+                        if body["status"] in ("done", "out_of_scope", "failed"):
+                            break
+                    time.sleep(0.02)
+                t2 = time.perf_counter()
+                results.append((i, t1 - t0, t2 - t1, body))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+        shutil.rmtree(data, ignore_errors=True)
+    lines = [
+        f"{slices} slices of {size}x{size} per study, one storescu association each, "
+        f"`radnode serve` defaults (completion on association release, worker poll 0.25 s).",
+        "",
+        "| study | send (s) | last C-STORE response -> result `done` (s) | status "
+        "| decode / inference / SR (s) |",
+        "|---|---:|---:|---|---|",
+    ]
+    for i, send_s, wait_s, body in results:
+        t = body.get("timings", {})
+        note = "first (loads TensorFlow and models)" if i == 0 else "warm"
+        lines.append(
+            f"| {i + 1} {note} | {send_s:.2f} | {wait_s:.2f} | {body.get('status')} | "
+            f"{t.get('decode_s')} / {t.get('inference_s')} / {t.get('sr_s')} |"
+        )
+    warm = [r[2] for r in results[1:]] or [results[0][2]]
+    lines += ["", f"Median time to result, warm: {np.median(warm):.2f} s."]
+    return "\n".join(lines)

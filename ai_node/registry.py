@@ -1,0 +1,154 @@
+"""The model registry: a folder of versions per task, and the active version of each.
+
+Layout::
+
+    <root>/<task>/<version>/model.keras
+    <root>/<task>/<version>/model_card.json
+    <root>/<task>/ACTIVE            one line: the active version
+
+The default root is the models shipped inside the package (``ai_node/models``);
+``Settings.models_dir`` points elsewhere. :class:`ModelSet` hands the worker the
+active model of each task, loads it on first use and reloads it when ``ACTIVE``
+changes, so ``radnode model activate`` takes effect without a restart.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import threading
+from pathlib import Path
+from typing import Any
+
+from ai_node.models import TASKS, LoadedModel, load_model
+
+logger = logging.getLogger(__name__)
+
+SHIPPED_MODELS = Path(__file__).resolve().parent / "models"
+
+_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class RegistryError(ValueError):
+    """A task or version that does not exist, or a malformed registry entry."""
+
+
+def check_version(version: str) -> str:
+    if not _VERSION.match(version):
+        raise RegistryError(
+            f"version must be 1-64 characters of letters, digits, '.', '_' or '-': {version!r}"
+        )
+    return version
+
+
+def _check_task(task: str) -> str:
+    if task not in TASKS:
+        raise RegistryError(f"task must be one of {TASKS}, got {task!r}")
+    return task
+
+
+class ModelRegistry:
+    """Versions and active version per task under one folder."""
+
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = Path(root) if root is not None else SHIPPED_MODELS
+
+    def version_dir(self, task: str, version: str) -> Path:
+        return self.root / _check_task(task) / check_version(version)
+
+    def versions(self, task: str) -> list[str]:
+        folder = self.root / _check_task(task)
+        if not folder.is_dir():
+            return []
+        return sorted(
+            p.name for p in folder.iterdir() if p.is_dir() and (p / "model.keras").is_file()
+        )
+
+    def _active_file(self, task: str) -> Path:
+        return self.root / _check_task(task) / "ACTIVE"
+
+    def active_version(self, task: str) -> str:
+        """The version named in ``ACTIVE``, else the last version in sort order."""
+        path = self._active_file(task)
+        if path.is_file():
+            version = path.read_text().strip()
+            if version:
+                return check_version(version)
+        versions = self.versions(task)
+        if not versions:
+            raise RegistryError(f"no {task} model in {self.root}")
+        return versions[-1]
+
+    def active_marker(self, task: str) -> tuple[str, float]:
+        """What decides the active version (cheap to poll): the version and ACTIVE's mtime."""
+        path = self._active_file(task)
+        try:
+            mtime = path.stat().st_mtime
+        except OSError:
+            mtime = 0.0
+        return self.active_version(task), mtime
+
+    def activate(self, task: str, version: str) -> None:
+        """Make ``version`` the active one (atomically: write, fsync, rename)."""
+        if version not in self.versions(task):
+            raise RegistryError(f"no {task} model version {version!r} in {self.root}")
+        path = self._active_file(task)
+        tmp = path.with_suffix(".tmp")
+        with tmp.open("w") as f:
+            f.write(version + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        logger.info("model activated", extra={"task": task, "version": version})
+
+    def card(self, task: str, version: str) -> dict[str, Any]:
+        path = self.version_dir(task, version) / "model_card.json"
+        try:
+            card = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise RegistryError(f"unreadable model card {path}: {exc}") from exc
+        if not isinstance(card, dict):
+            raise RegistryError(f"model card {path} is not a JSON object")
+        return card
+
+    def save(self, task: str, version: str, keras_model: Any, card: dict[str, Any]) -> Path:
+        """Write a new version (refuses to overwrite one)."""
+        folder = self.version_dir(task, version)
+        if folder.exists():
+            raise RegistryError(f"{task} version {version!r} already exists in {self.root}")
+        folder.mkdir(parents=True)
+        keras_model.save(folder / "model.keras")
+        (folder / "model_card.json").write_text(json.dumps(card, indent=2) + "\n")
+        return folder
+
+
+class ModelSet:
+    """The worker's models: loaded lazily, reused across jobs, reloaded on activation."""
+
+    def __init__(self, registry: ModelRegistry) -> None:
+        self.registry = registry
+        self._lock = threading.Lock()
+        self._loaded: dict[str, tuple[tuple[str, float], LoadedModel]] = {}
+
+    def get(self, task: str) -> LoadedModel:
+        marker = self.registry.active_marker(task)
+        with self._lock:
+            cached = self._loaded.get(task)
+            if cached is not None and cached[0][0] == marker[0]:
+                return cached[1]
+            version = marker[0]
+            model = load_model(
+                task,
+                version,
+                self.registry.version_dir(task, version) / "model.keras",
+                self.registry.card(task, version),
+            )
+            if cached is not None:
+                logger.info(
+                    "active model changed, reloaded",
+                    extra={"task": task, "from": cached[1].version, "to": version},
+                )
+            self._loaded[task] = (marker, model)
+            return model

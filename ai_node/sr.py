@@ -1,0 +1,225 @@
+"""The AI result as a DICOM Comprehensive 3D SR: a TID 1500 Measurement Report.
+
+Built with highdicom's template classes only (no hand-built content sequences):
+
+* root: TID 1500 Measurement Report, title "Imaging Measurement Report", the
+  procedure reported, the observation context (TID 1001) with a device observer
+  (TID 1004: the node's name, radnode as manufacturer, the model name and version),
+  and the image library (TID 1600) of the evaluated series (the slices it references,
+  and the series' first and last slice);
+* one TID 1501 measurement group with a tracking identifier (TID 4108), the
+  finding type "Lesion", the finding site (lung), a coded qualitative evaluation
+  "Lesion: Present / Absent" (or "Not Evaluated" when out of scope), the target
+  region found by the region model, the study score as a numeric "Probability" in
+  UCUM unit "1", the algorithm identification (TID 4019: name, version,
+  parameters), and the evidence slices as source images.
+
+The report is COMPLETE and UNVERIFIED (PS3.3 C.17.2: no human has verified it) and
+PRELIMINARY. It joins the source study (patient and study modules copied from the
+evidence) in a new series. Its Series and SOP Instance UIDs are derived from (study,
+study version, model versions), so a retried job writes the same instance again and
+the store's duplicate policy answers success without a second copy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from highdicom.sr import (
+    AlgorithmIdentification,
+    Comprehensive3DSR,
+    DeviceObserverIdentifyingAttributes,
+    FindingSite,
+    Measurement,
+    MeasurementReport,
+    MeasurementsAndQualitativeEvaluations,
+    ObservationContext,
+    ObserverContext,
+    QualitativeEvaluation,
+    SourceImageForMeasurementGroup,
+    TrackingIdentifier,
+)
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
+from pydicom.uid import generate_uid
+
+from ai_node.analysis import StudyAnalysis
+from ai_node.preprocess import SliceRef
+
+SR_SERIES_NUMBER = 9901
+"""Series Number of the node's AI result series (high, so viewers list it last)."""
+
+PROBABILITY = Code("122157", "DCM", "Probability")
+NOT_EVALUATED = Code("373121007", "SCT", "Not Evaluated")
+REGION_CODES = {"chest": codes.SCT.Chest, "head": codes.SCT.Head, "abdomen": codes.SCT.Abdomen}
+
+# Type 2 attributes highdicom copies from the evidence into the SR (PS3.3 C.7.1.1, C.7.2.1);
+# a source image that lacks one gets it empty in our copy, never in the stored file.
+_TYPE2 = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "StudyID",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+)
+
+
+@dataclass(frozen=True)
+class ReportContext:
+    """Who produced the report: the node (device observer) and the models."""
+
+    node_name: str
+    device_uid: str
+    software_version: str
+    finding_model: str
+    finding_version: str
+    region_model: str
+    region_version: str
+    threshold: float
+    institution_name: str | None = None
+
+
+def model_version_key(analysis: StudyAnalysis) -> str:
+    """The models that made a result, as one string (results.model_version, UID entropy)."""
+    return ",".join(
+        f"{task}:{version}" for task, version in sorted(analysis.model_versions.items())
+    )
+
+
+def sr_uids(study_uid: str, version: int, model_version: str) -> tuple[str, str]:
+    """(SeriesInstanceUID, SOPInstanceUID): a pure function of the study version and models."""
+    key = ["radnode-ai-sr-v1", study_uid, str(version), model_version]
+    return (
+        generate_uid(entropy_srcs=[*key, "series"]),
+        generate_uid(entropy_srcs=[*key, "instance"]),
+    )
+
+
+def _evidence_copy(ds: Dataset) -> Dataset:
+    out = Dataset()
+    for elem in ds:
+        if elem.tag.group >= 0x0008 and elem.keyword != "PixelData":
+            out.add(elem)
+    for keyword in _TYPE2:
+        if keyword not in out:
+            setattr(out, keyword, "")
+    return out
+
+
+def build_sr(
+    evidence: Sequence[Dataset],
+    analysis: StudyAnalysis,
+    evidence_refs: Sequence[SliceRef],
+    ctx: ReportContext,
+    study_uid: str,
+    version: int,
+) -> Comprehensive3DSR:
+    """The SR for one analysed study version.
+
+    ``evidence`` are the headers of the evaluated series' images (they populate the
+    image library and the evidence sequence); ``evidence_refs`` the slices that drove
+    the score (source images of the measurement group).
+    """
+    if not evidence:
+        raise ValueError("evidence: at least one source image is required")
+    images = [_evidence_copy(ds) for ds in evidence]
+    model_version = model_version_key(analysis)
+    series_uid, sop_uid = sr_uids(study_uid, version, model_version)
+
+    observer = ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=DeviceObserverIdentifyingAttributes(
+            uid=ctx.device_uid,
+            name=ctx.node_name[:64],
+            manufacturer_name="radnode",
+            model_name=f"{ctx.finding_model} {ctx.finding_version}"[:64],
+        ),
+    )
+    parameters = [
+        f"threshold={ctx.threshold}",
+        "score=max over slices of the 3-slice moving average of slice probabilities",
+        f"region_model={ctx.region_model} {ctx.region_version}",
+        f"region={analysis.region}",
+    ]
+    algorithm = AlgorithmIdentification(
+        name=ctx.finding_model if analysis.in_scope else ctx.region_model,
+        version=ctx.finding_version if analysis.in_scope else ctx.region_version,
+        parameters=parameters,
+        manufacturer="radnode",
+    )
+    region_eval = QualitativeEvaluation(
+        codes.DCM.TargetRegion, REGION_CODES.get(analysis.region, codes.SCT.BodyPartStructure)
+    )
+    if analysis.in_scope and analysis.score is not None:
+        present = analysis.score >= ctx.threshold
+        qualitative = [
+            QualitativeEvaluation(
+                codes.SCT.Lesion, codes.SCT.Present if present else codes.SCT.Absent
+            ),
+            region_eval,
+        ]
+        measurements = [
+            Measurement(
+                name=PROBABILITY,
+                value=round(float(analysis.score), 6),
+                unit=codes.UCUM.NoUnits,
+                algorithm_id=algorithm,
+            )
+        ]
+    else:
+        qualitative = [QualitativeEvaluation(codes.SCT.Lesion, NOT_EVALUATED), region_eval]
+        measurements = []
+    group = MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=TrackingIdentifier(
+            uid=generate_uid(entropy_srcs=[sop_uid, "tracking"]),
+            identifier="AI lesion finding"
+            if analysis.in_scope
+            else "AI: not evaluated (out of scope)",
+        ),
+        finding_type=codes.SCT.Lesion,
+        algorithm_id=algorithm,
+        finding_sites=[FindingSite(codes.SCT.Lung)],
+        qualitative_evaluations=qualitative,
+        measurements=measurements or None,
+        source_images=[
+            SourceImageForMeasurementGroup(
+                referenced_sop_class_uid=ref.sop_class_uid,
+                referenced_sop_instance_uid=ref.sop_instance_uid,
+                referenced_frame_numbers=[ref.frame_number] if ref.frame_number else None,
+            )
+            for ref in evidence_refs
+        ],
+    )
+    report = MeasurementReport(
+        observation_context=ObservationContext(observer_device_context=observer),
+        procedure_reported=codes.LN.CTUnspecifiedBodyRegion,
+        imaging_measurements=[group],
+        title=codes.DCM.ImagingMeasurementReport,
+        referenced_images=images,
+    )
+    description = (
+        f"AI lesion score {analysis.score:.2f}"
+        if analysis.in_scope and analysis.score is not None
+        else f"AI not evaluated: out of scope ({analysis.region})"
+    )
+    return Comprehensive3DSR(
+        evidence=images,
+        content=report,
+        series_instance_uid=series_uid,
+        series_number=SR_SERIES_NUMBER,
+        sop_instance_uid=sop_uid,
+        instance_number=1,
+        manufacturer="radnode",
+        is_complete=True,
+        is_final=False,
+        is_verified=False,
+        institution_name=ctx.institution_name,
+        series_description=description[:64],
+        software_versions=ctx.software_version,
+    )

@@ -1,0 +1,74 @@
+"""Fixtures and helpers of the AI node tests; test modules import the fixtures they use
+(a second conftest.py would clash with tests/conftest.py, imported as `conftest`)."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import dataset_bytes, require_tool
+from pydicom.uid import ExplicitVRLittleEndian
+
+from ai_node.pipeline import AnalysisPipeline
+from ai_node.registry import ModelRegistry, ModelSet
+from ai_node.synth import StudySpec, SyntheticStudy, write_study
+from ai_node.worker import Worker
+from radnode.node import Node
+from radnode.settings import Settings
+
+
+@pytest.fixture(scope="session")
+def shipped_models() -> ModelSet:
+    """The shipped models, loaded once for the whole session."""
+    return ModelSet(ModelRegistry())
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[Node]:
+    n = Node(Settings(data_dir=tmp_path / "data", fsync=False))
+    yield n
+    n.close()
+
+
+@pytest.fixture
+def pipeline(node: Node, shipped_models: ModelSet) -> AnalysisPipeline:
+    return AnalysisPipeline(node, shipped_models)
+
+
+def ingest_files(
+    node: Node, files: list[Path], transfer_syntax: str = ExplicitVRLittleEndian
+) -> None:
+    for f in files:
+        node.ingestor.ingest(dataset_bytes(f), transfer_syntax, source="test")
+
+
+def add_study(node: Node, spec: StudySpec, out: Path) -> SyntheticStudy:
+    """Write a synthetic study, ingest it and queue its job."""
+    study, files = write_study(spec, out)
+    ingest_files(node, files)
+    node.queue.enqueue_if_due(study.study_instance_uid, "manual")
+    return study
+
+
+def run_all(node: Node, processor: AnalysisPipeline) -> Worker:
+    worker = Worker(node.queue, processor, node.metrics, poll_s=0.01, retry_delay_s=0.0)
+    while worker.run_once():
+        pass
+    return worker
+
+
+def sr_rows(node: Node, study_uid: str) -> list[dict]:
+    return [
+        r
+        for r in node.index.instances_of_study(study_uid)
+        if r["sop_class_uid"] == "1.2.840.10008.5.1.4.1.1.88.34"
+    ]
+
+
+def dciodvfy(path: Path) -> str:
+    """dicom3tools' validator output; the caller asserts there is no Error line."""
+    exe = require_tool("dciodvfy")
+    proc = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=60)
+    return proc.stdout + proc.stderr

@@ -1,0 +1,88 @@
+"""End to end: storescu -> radnode serve -> worker -> SR stored, result on the HTTP API."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+from conftest import RadnodeProcess, storescu
+
+from ai_node.synth import StudySpec, write_study
+
+
+def test_serve_analyses_a_sent_study_and_serves_the_result(tmp_path) -> None:
+    study, files = write_study(
+        StudySpec(
+            region="chest",
+            slices=20,
+            nodules=1,
+            seed=41,
+            rows=256,
+            columns=256,
+            pixel_spacing_mm=1.4,
+        ),
+        tmp_path / "in",
+    )
+    node = RadnodeProcess(tmp_path / "data", "serve").start()
+    try:
+        sent = storescu(node.dicom_port, files)
+        assert sent.returncode == 0, sent.stderr
+        url = f"http://127.0.0.1:{node.http_port}/api/studies/{study.study_instance_uid}/result"
+        body: dict = {}
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            body = httpx.get(url, timeout=10).json()
+            if body["status"] in ("done", "out_of_scope", "failed"):
+                break
+            time.sleep(0.2)
+        assert body["status"] == "done", (body, node.log()[-3000:])
+        assert 0 <= body["score"] <= 1 and body["sr_sop_instance_uid"]
+        worklist = httpx.get(f"http://127.0.0.1:{node.http_port}/api/results", timeout=10).json()
+        assert worklist["items"][0]["study_uid"] == study.study_instance_uid
+    finally:
+        assert node.stop() == 0
+    sr_files = list((tmp_path / "data").rglob(f"{body['sr_sop_instance_uid']}.dcm"))
+    assert len(sr_files) == 1
+
+
+def test_radnode_worker_processes_queued_studies_and_stops_cleanly(tmp_path) -> None:
+    """`radnode worker` alone (the analysis pipeline is installed; it replaced the
+    foundation's "no analysis pipeline" exit)."""
+    import signal
+    import subprocess
+    import sys
+
+    from ai_fixtures import add_study
+
+    from ai_node.results import ResultStore
+    from radnode.node import Node
+    from radnode.settings import Settings
+
+    data = tmp_path / "data"
+    node = Node(Settings(data_dir=data, fsync=False))
+    study = add_study(
+        node,
+        StudySpec(
+            region="abdomen", slices=12, seed=42, rows=128, columns=128, pixel_spacing_mm=2.8
+        ),
+        tmp_path / "in",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "radnode.cli", "worker", "--data-dir", str(data)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        result: dict = {}
+        while time.monotonic() < deadline and proc.poll() is None:
+            result = ResultStore(node.index).study_result(study.study_instance_uid) or {}
+            if result.get("status") in ("done", "out_of_scope", "failed"):
+                break
+            time.sleep(0.2)
+        assert result.get("status") == "out_of_scope", result
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out = proc.communicate(timeout=60)[0].decode(errors="replace")
+        node.close()
+    assert proc.returncode == 0, out[-2000:]

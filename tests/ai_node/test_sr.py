@@ -1,0 +1,97 @@
+"""The SR: TID 1500 built with highdicom, valid per dciodvfy, readable with srread."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import highdicom as hd
+import pydicom
+import pytest
+from ai_fixtures import dciodvfy
+from pydicom.sr.codedict import codes
+
+from ai_node.analysis import StudyAnalysis
+from ai_node.preprocess import SliceRef
+from ai_node.sr import PROBABILITY, ReportContext, build_sr, sr_uids
+from ai_node.synth import StudySpec, write_study
+
+CTX = ReportContext(
+    node_name="RADNODE",
+    device_uid="2.25.1234",
+    software_version="radnode test",
+    finding_model="radnode-finding",
+    finding_version="1.0.0",
+    region_model="radnode-region",
+    region_version="1.0.0",
+    threshold=0.5,
+)
+
+
+@pytest.fixture(scope="module")
+def headers(tmp_path_factory: pytest.TempPathFactory) -> list[pydicom.Dataset]:
+    out = tmp_path_factory.mktemp("sr_study")
+    _, files = write_study(
+        StudySpec(region="chest", slices=6, nodules=1, seed=5, rows=64, columns=64), out
+    )
+    return [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
+
+
+def _save(sr: pydicom.Dataset, tmp_path: Path) -> Path:
+    path = tmp_path / "sr.dcm"
+    sr.save_as(path, enforce_file_format=True)
+    return path
+
+
+def _errors(report: str) -> list[str]:
+    return [line for line in report.splitlines() if line.startswith("Error")]
+
+
+def test_finding_sr_passes_dciodvfy_and_reads_back(headers, tmp_path) -> None:
+    analysis = StudyAnalysis(
+        "chest", {"chest": 0.99}, True, 0.87, 2, [], [2], {"finding": "1.0.0", "region": "1.0.0"}
+    )
+    refs = [SliceRef(str(headers[2].SOPClassUID), str(headers[2].SOPInstanceUID))]
+    sr = build_sr(headers, analysis, refs, CTX, str(headers[0].StudyInstanceUID), 6)
+    path = _save(sr, tmp_path)
+    report = dciodvfy(path)
+    assert not _errors(report), report
+    assert "Warning" not in report, report
+
+    back = hd.sr.srread(path)
+    assert back.StudyInstanceUID == headers[0].StudyInstanceUID
+    assert back.PatientID == headers[0].PatientID
+    assert back.SeriesInstanceUID != headers[0].SeriesInstanceUID
+    assert (back.CompletionFlag, back.VerificationFlag) == ("COMPLETE", "UNVERIFIED")
+    [group] = hd.sr.MeasurementReport.from_sequence([back]).get_image_measurement_groups()
+    [measurement] = group.get_measurements(name=PROBABILITY)
+    assert measurement.value == pytest.approx(0.87)
+    assert measurement.unit.value == "1"
+    evaluations = {e.name.meaning: e.value.meaning for e in group.get_qualitative_evaluations()}
+    assert evaluations["Lesion"] == "Present"
+    assert "radnode-finding" in str(back.ContentSequence)
+    assert group.finding_sites[0].value == codes.SCT.Lung
+    assert [i.referenced_sop_instance_uid for i in group.source_images] == [
+        headers[2].SOPInstanceUID
+    ]
+
+
+def test_out_of_scope_sr_says_not_evaluated(headers, tmp_path) -> None:
+    analysis = StudyAnalysis("head", {"head": 0.98}, False, model_versions={"region": "1.0.0"})
+    refs = [SliceRef(str(headers[3].SOPClassUID), str(headers[3].SOPInstanceUID))]
+    sr = build_sr(headers[:4], analysis, refs, CTX, str(headers[0].StudyInstanceUID), 6)
+    path = _save(sr, tmp_path)
+    report = dciodvfy(path)
+    assert not _errors(report), report
+    back = hd.sr.srread(path)
+    group = hd.sr.MeasurementReport.from_sequence([back]).get_image_measurement_groups()[0]
+    evaluations = {e.name.meaning: e.value.meaning for e in group.get_qualitative_evaluations()}
+    assert evaluations == {"Lesion": "Not Evaluated", "Target Region": "Head"}
+    assert group.get_measurements() == []
+    assert "out of scope" in back.SeriesDescription
+
+
+def test_uids_are_deterministic_per_study_version_and_models() -> None:
+    a = sr_uids("1.2.3", 6, "finding:1,region:1")
+    assert a == sr_uids("1.2.3", 6, "finding:1,region:1")
+    assert a[1] != sr_uids("1.2.3", 7, "finding:1,region:1")[1]
+    assert a[1] != sr_uids("1.2.3", 6, "finding:2,region:1")[1]

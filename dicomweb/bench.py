@@ -271,8 +271,18 @@ def measure(base: str, data: BenchData, queries: int, rounds: int, seed: int) ->
             "median_ms": statistics.median(times) * 1000,
         }
 
-        accept = 'multipart/related; type="application/dicom"; transfer-syntax=*'
-        times, size = _timed(lambda: get(series_url, accept), rounds)
+        def retrieve() -> int:
+            # Streamed and counted, not kept: a client that buffers the whole body
+            # (httpx's .content) is slower than either server.
+            accept = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+            received = 0
+            with client.stream("GET", series_url, headers={"Accept": accept}) as response:
+                response.raise_for_status()
+                for block in response.iter_raw(1024 * 1024):
+                    received += len(block)
+            return received
+
+        times, size = _timed(retrieve, rounds)
         best, median = min(times), statistics.median(times)
         out["wado_series"] = {
             "bytes": size,

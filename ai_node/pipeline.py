@@ -24,7 +24,7 @@ from pydicom.filewriter import write_dataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from ai_node.analysis import StudyAnalysis, analyse
-from ai_node.preprocess import InputError, SliceStack, load_series, select_series
+from ai_node.preprocess import InputError, SliceStack, load_datasets, load_series, select_series
 from ai_node.registry import ModelRegistry, ModelSet
 from ai_node.results import ResultStore
 from ai_node.sr import ReportContext, build_sr, model_version_key
@@ -62,6 +62,29 @@ class AnalysisPipeline:
     def __call__(self, job: Job) -> None:
         self.process(job)
 
+    def warm_up(self) -> None:
+        """Load both models, trace their inference functions and build one throwaway SR,
+        so the first study does not pay for it (the worker calls this when it starts)."""
+        from ai_node.synth import StudySpec, generate_study
+
+        started = time.perf_counter()
+        _, datasets = generate_study(
+            StudySpec(region="chest", slices=2, seed=0, rows=32, columns=32)
+        )
+        headers = list(datasets)
+        stack = load_datasets(headers)
+        analysis = analyse(
+            stack, self.models, self.threshold, self.batch_size, ("chest", "head", "abdomen")
+        )
+        refs = stack.refs[:1]
+        build_sr(
+            headers, analysis, refs, self.context(analysis), str(headers[0].StudyInstanceUID), 0
+        )
+        logger.info(
+            "analysis pipeline warmed up",
+            extra={"seconds": round(time.perf_counter() - started, 2)},
+        )
+
     def _open_header(self, relative: str) -> Any:
         return self.node.store.open_dataset(str(relative), stop_before_pixels=True)
 
@@ -74,7 +97,7 @@ class AnalysisPipeline:
                 f"no axial CT series in the study (SOP classes: {', '.join(classes) or 'none'})"
             )
         paths = [self.node.store.path_of(str(p)) for p in choice.paths]
-        return choice.series_uid, load_series(paths)
+        return choice.series_uid, load_series(paths, compressed=choice.compressed)
 
     def context(self, analysis: StudyAnalysis) -> ReportContext:
         finding = self.models.get("finding")

@@ -45,6 +45,9 @@ CT_SOP_CLASSES = frozenset(
 MAX_SLICES = 2000
 """Most frames one study may contribute; beyond it the series is refused."""
 
+_NATIVE_LE = frozenset({str(ExplicitVRLittleEndian), str(ImplicitVRLittleEndian)})
+_NATIVE_SYNTAXES = _NATIVE_LE | {"1.2.840.10008.1.2.2"}  # + explicit VR big endian
+
 
 class InputError(ValueError):
     """The study cannot be analysed as it is (no CT series, no decodable slice ...).
@@ -109,6 +112,7 @@ class SeriesChoice:
     series_uid: str
     paths: list[Path]
     n_frames: int
+    compressed: bool = False  # any instance in an encapsulated (compressed) transfer syntax
 
 
 # --------------------------------------------------------------------------- series
@@ -172,7 +176,10 @@ def select_series(
             except (TypeError, ValueError):
                 frames = 1
         if best is None or frames > best.n_frames:
-            best = SeriesChoice(series_uid, [Path(r["path"]) for r in rows], frames)
+            compressed = any(
+                str(r.get("transfer_syntax_uid") or "") not in _NATIVE_SYNTAXES for r in rows
+            )
+            best = SeriesChoice(series_uid, [Path(r["path"]) for r in rows], frames, compressed)
     return best
 
 
@@ -262,7 +269,6 @@ class _Frame:
     ref: SliceRef
 
 
-_NATIVE_LE = frozenset({str(ExplicitVRLittleEndian), str(ImplicitVRLittleEndian)})
 
 
 def _pixels(ds: Dataset) -> np.ndarray:
@@ -368,15 +374,20 @@ def load_series(
     size: int = INPUT_SIZE,
     workers: int | None = None,
     max_bad_fraction: float = 0.5,
+    compressed: bool = True,
 ) -> SliceStack:
-    """Decode a series' files in parallel (all cores) onto the model grid, in HU.
+    """Decode a series' files onto the model grid, in HU.
 
-    Files that fail to decode are left out and named in ``skipped``; when more than
-    ``max_bad_fraction`` of them fail the series is refused with :class:`InputError`.
+    Compressed series are decoded by a thread per core (the codecs run outside the
+    GIL); uncompressed ones in the calling thread, where parsing is bound by the GIL
+    and threads measured slower (docs/benchmarks.md). Files that fail to decode are
+    left out and named in ``skipped``; when more than ``max_bad_fraction`` of them
+    fail the series is refused with :class:`InputError`.
     """
     if not paths:
         raise InputError("the series has no instances")
-    workers = workers or os.cpu_count() or 1
+    if workers is None:
+        workers = (os.cpu_count() or 1) if compressed else 1
     frames: list[_Frame] = []
     skipped: list[str] = []
     headers: dict[str, Dataset] = {}

@@ -64,7 +64,18 @@ class Worker:
         return True
 
     def run(self) -> None:
-        """Process jobs until stopped; sleeps only when the queue is empty."""
+        """Process jobs until stopped; sleeps only when the queue is empty.
+
+        A processor with a ``warm_up()`` (the analysis pipeline: models, traced
+        functions) gets it called first, in this thread, so the first study is as
+        fast as the next; a failed warm-up is logged and the jobs still run.
+        """
+        warm_up = getattr(self.processor, "warm_up", None)
+        if callable(warm_up):
+            try:
+                warm_up()
+            except Exception:
+                logger.exception("processor warm-up failed; continuing without it")
         while not self._stop.is_set():
             try:
                 busy = self.run_once()

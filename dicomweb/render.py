@@ -12,7 +12,7 @@ from io import BytesIO
 import numpy as np
 from PIL import Image
 from pydicom import Dataset
-from pydicom.pixels import apply_modality_lut
+from pydicom.pixels import apply_modality_lut, pixel_array
 
 
 class RenderError(ValueError):
@@ -55,6 +55,29 @@ def _first(value: object) -> float:
     return float(value)  # type: ignore[arg-type]
 
 
+MAX_FRAME_PIXELS = 64 * 1024 * 1024
+"""Largest frame (rows x columns x samples) decoded for rendering or raw frames: a
+decompression bomb's header claims a size it never had to send."""
+
+
+def check_frame_size(ds: Dataset) -> None:
+    try:
+        pixels = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1) or 1)
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise RenderError("Image Pixel module incomplete") from exc
+    if pixels > MAX_FRAME_PIXELS:
+        raise RenderError(f"frame of {pixels} pixels is over the {MAX_FRAME_PIXELS} limit")
+
+
+def decode_frame(ds: Dataset, frame: int) -> np.ndarray:
+    """Frame ``frame`` (1-based) decoded, and only that frame (PS3.5 8.2 via pydicom)."""
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if not 1 <= frame <= frames:
+        raise RenderError(f"frame {frame} does not exist")
+    check_frame_size(ds)
+    return pixel_array(ds, index=frame - 1 if frames > 1 else None)
+
+
 def render(
     ds: Dataset,
     frame: int,
@@ -64,12 +87,7 @@ def render(
     media_type: str,
 ) -> bytes:
     """Frame ``frame`` (1-based) of ``ds`` as JPEG or PNG bytes."""
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    if not 1 <= frame <= frames:
-        raise RenderError(f"frame {frame} does not exist")
-    pixels = ds.pixel_array
-    if frames > 1:
-        pixels = pixels[frame - 1]
+    pixels = decode_frame(ds, frame)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
     if pixels.ndim == 3 and photometric in ("RGB", "YBR_FULL", "YBR_FULL_422"):
         image = Image.fromarray(pixels.astype(np.uint8), "RGB")

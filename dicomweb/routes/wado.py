@@ -11,6 +11,7 @@ other request is 406 (no transcoding to or from compressed syntaxes).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from io import BytesIO
 from typing import Any
@@ -28,7 +29,7 @@ from dicomweb.deps import HeadersDep, NodeDep, checked_uid, dicomweb_base, requi
 from dicomweb.dicomjson import DICOM_JSON, parse_media_type
 from dicomweb.headers import InstanceHeaders, read_header
 from dicomweb.multipart import new_boundary, related_content_type, stream_parts
-from dicomweb.render import RenderError, parse_viewport, parse_window, render
+from dicomweb.render import RenderError, decode_frame, parse_viewport, parse_window, render
 from radnode.index import instances
 from radnode.node import Node
 
@@ -267,13 +268,11 @@ def _frames_payload(
             frames = list(generate_frames(ds.PixelData, number_of_frames=count))
             return [frames[n - 1] for n in numbers], media, stored
     if any(t == "application/octet-stream" for t, _ in accepted):
-        arr = ds.pixel_array
-        frames_arr = arr if count > 1 else arr[None]
-        return (
-            [frames_arr[n - 1].tobytes() for n in numbers],
-            "application/octet-stream",
-            (EXPLICIT_LE),
-        )
+        try:
+            decoded = [decode_frame(ds, n).tobytes() for n in numbers]
+        except RenderError as exc:
+            raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from exc
+        return decoded, "application/octet-stream", EXPLICIT_LE
     raise HTTPException(status.HTTP_406_NOT_ACCEPTABLE, f"frames are available as {media}")
 
 
@@ -305,10 +304,9 @@ def retrieve_frames(
     summary="Bulk data of an instance (a top-level element, e.g. 7FE00010)",
 )
 def retrieve_bulkdata(node: NodeDep, study: str, series: str, instance: str, tag: str) -> Response:
-    try:
-        number = int(tag, 16)
-    except ValueError as exc:
-        raise HTTPException(status.HTTP_400_BAD_REQUEST, "tag must be 8 hex digits") from exc
+    if not re.fullmatch(r"[0-9A-Fa-f]{8}", tag):
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, "tag must be 8 hex digits")
+    number = int(tag, 16)
     row = _rows(node, study, series, instance)[0]
     ds = dcmread(node.store.path_of(row["path"]))
     if number not in ds or not isinstance(ds[number].value, bytes):
@@ -368,7 +366,10 @@ def _rendered_many(request: Request, node: Node, rows: list[dict[str, Any]]) -> 
             if not row.get("rows"):
                 continue
             ds = dcmread(node.store.path_of(row["path"]))
-            data = render(ds, 1, window=window, viewport=viewport, media_type=media)
+            try:
+                data = render(ds, 1, window=window, viewport=viewport, media_type=media)
+            except RenderError:
+                continue  # headers are sent: an image that cannot be rendered is left out
             yield {"Content-Type": media}, [data]
 
     boundary = new_boundary()

@@ -123,3 +123,23 @@ def test_series_rendered_and_warning(
     item = everything.json()[0]
     assert item["00100020"]["Value"] == [ds.PatientID]  # study level, from the index
     assert item["00280010"]["Value"] == [ds.Rows]
+
+
+def test_decompression_bomb_refused(api: RadnodeProcess) -> None:  # noqa: F811
+    """A compressed image whose header claims a huge frame is not decoded (400), the server fine."""
+    from pydicom.uid import generate_uid
+
+    ds = dcmread(get_testdata_file(J2K_MULTIFRAME))
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.Rows = ds.Columns = 60000
+    client = DICOMwebClient(dicomweb_url(api))
+    answer = client.store_instances([ds])
+    assert "FailedSOPSequence" not in answer
+    url = url_of(api, ds)
+    raw = httpx.get(
+        f"{url}/frames/1", headers={"Accept": 'multipart/related; type="application/octet-stream"'}
+    )
+    assert raw.status_code == 400 and "limit" in raw.json()["detail"]
+    assert httpx.get(f"{url}/rendered").status_code == 400
+    assert httpx.get(f"{dicomweb_url(api)}/studies?limit=1").status_code == 200

@@ -6,12 +6,16 @@ Both servers get the same varied studies by STOW-RS; each query's set of matches
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from conftest import RadnodeProcess
+from conftest import RadnodeProcess, free_port, require_tool
 from dicomweb_client import DICOMwebClient
 from dwfixtures import CT_IMAGE, VariedStudies, api, dicomweb_url, varied_studies  # noqa: F401
 
@@ -123,4 +127,65 @@ def test_same_matches_as_orthanc(
     assert nonempty >= 20  # the queries do select something
 
 
-__all__ = ["Path"]
+def _as_postgres(command: list[str]) -> list[str]:
+    """PostgreSQL refuses to run as root: run its tools as the postgres user then."""
+    return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
+
+
+@pytest.fixture(scope="module")
+def postgres_url() -> Iterator[str]:
+    """A throw-away PostgreSQL cluster on a free loopback port; its URL for radnode."""
+    for tool in ("initdb", "pg_ctl"):
+        require_tool(tool)
+    # Its own folder under /tmp (pytest's base folder is private to root).
+    root = Path(tempfile.mkdtemp(prefix="radnode-pg-"))
+    data = root / "data"
+    if os.geteuid() == 0:
+        shutil.chown(root, "postgres")
+    port = free_port()
+    subprocess.run(
+        _as_postgres(["initdb", "-D", str(data), "-U", "radnode", "--auth=trust", "-E", "UTF8"]),
+        check=True, capture_output=True,
+    )
+    subprocess.run(
+        _as_postgres(["pg_ctl", "-D", str(data), "-l", str(root / "log"), "-w", "-o",
+                      f"-p {port} -k {root} -c listen_addresses=127.0.0.1", "start"]),
+        check=True, capture_output=True,
+    )
+    try:
+        import psycopg
+
+        with psycopg.connect(f"host=127.0.0.1 port={port} user=radnode dbname=postgres",
+                             autocommit=True) as conn:
+            conn.execute("CREATE DATABASE radnode")
+        yield f"postgresql+psycopg://radnode@127.0.0.1:{port}/radnode"
+    finally:
+        subprocess.run(_as_postgres(["pg_ctl", "-D", str(data), "-m", "fast", "stop"]),
+                       check=False, capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_same_matches_on_postgresql(
+    tmp_path_factory: pytest.TempPathFactory,
+    postgres_url: str,
+    orthanc: OrthancDicomWeb,
+    clients: tuple[DICOMwebClient, DICOMwebClient],
+    varied_studies: VariedStudies,  # noqa: F811
+) -> None:
+    """The LIKE (not GLOB) matching of a PostgreSQL index agrees with Orthanc too."""
+    root = tmp_path_factory.mktemp("dicomweb-pg")
+    node = RadnodeProcess(root / "data", "api", "--database-url", postgres_url).start()
+    try:
+        assert not (root / "data" / "index.sqlite3").exists()
+        ours = DICOMwebClient(dicomweb_url(node))
+        ours.store_instances(varied_studies.datasets)
+        differences = [
+            (level, filters)
+            for level, study, series, filters in _queries(varied_studies)
+            if _uids(ours.base_url, level, study, series, filters)
+            != _uids(orthanc.url, level, study, series, filters)
+        ]
+        assert not differences, differences
+    finally:
+        node.stop()

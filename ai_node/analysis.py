@@ -10,13 +10,16 @@ probabilities are averaged.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Protocol
+from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 
 from ai_node.models import REGION_LABELS, LoadedModel
-from ai_node.preprocess import SliceStack, model_input
+from ai_node.preprocess import SliceStack, load_series, model_input
 
 REGION_SAMPLE = 24
 """Slices the region model sees per study (evenly spaced)."""
@@ -72,12 +75,40 @@ def classify_region(
     return region, {str(label): round(float(p), 4) for label, p in zip(labels, probs, strict=True)}
 
 
-def score_finding(
-    stack: SliceStack, models: Models, batch_size: int = 64
-) -> tuple[float, int, np.ndarray]:
-    """(study score, driving slice index, per-slice smoothed scores)."""
+def finding_probabilities(hu: np.ndarray, models: Models, batch_size: int = 64) -> np.ndarray:
+    """Per-slice lesion probabilities of (N, S, S) HU slices."""
     model = models.get("finding")
-    raw = model.predict_batched(model_input(stack.hu, model.window), batch_size)[:, 0]
+    return np.asarray(model.predict_batched(model_input(hu, model.window), batch_size)[:, 0])
+
+
+def decode_and_score(
+    paths: Sequence[Path], models: Models, batch_size: int = 64, compressed: bool = True
+) -> tuple[SliceStack, np.ndarray]:
+    """Decode a series and compute the finding model's slice probabilities, overlapped:
+    each chunk of decoded slices is scored on another thread while the next files decode
+    (TensorFlow and most of numpy run outside the GIL, decoding mostly inside it).
+    Returns the stack and the probabilities in its (head-to-feet) order."""
+    futures: list[Future[np.ndarray]] = []
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="radnode-infer") as pool:
+
+        def on_chunk(frames: list[Any]) -> None:
+            hu = np.stack([f.grid for f in frames])
+            futures.append(pool.submit(finding_probabilities, hu, models, batch_size))
+
+        stack = load_series(paths, compressed=compressed, on_chunk=on_chunk, chunk=batch_size)
+        raw = np.concatenate([f.result() for f in futures])
+    if stack.order is not None:
+        raw = raw[stack.order]
+    return stack, raw
+
+
+def score_finding(
+    stack: SliceStack, models: Models, batch_size: int = 64, raw: np.ndarray | None = None
+) -> tuple[float, int, np.ndarray]:
+    """(study score, driving slice index, per-slice smoothed scores); ``raw``: the slice
+    probabilities when already computed (in the stack's order)."""
+    if raw is None:
+        raw = finding_probabilities(stack.hu, models, batch_size)
     smoothed = smooth(raw)
     driving = int(np.argmax(smoothed))
     return float(smoothed[driving]), driving, smoothed
@@ -89,13 +120,15 @@ def analyse(
     threshold: float = 0.5,
     batch_size: int = 64,
     in_scope_regions: tuple[str, ...] = ("chest",),
+    finding_raw: np.ndarray | None = None,
 ) -> StudyAnalysis:
-    """Region first; the finding model only for studies in scope."""
+    """Region first; the finding model only for studies in scope (``finding_raw``: its
+    slice probabilities when they were computed during decoding)."""
     region, region_probs = classify_region(stack, models, batch_size)
     versions = {"region": models.get("region").version}
     if region not in in_scope_regions:
         return StudyAnalysis(region, region_probs, in_scope=False, model_versions=versions)
-    score, driving, smoothed = score_finding(stack, models, batch_size)
+    score, driving, smoothed = score_finding(stack, models, batch_size, finding_raw)
     versions["finding"] = models.get("finding").version
     order = np.argsort(-smoothed, kind="stable")
     evidence = [int(i) for i in order[:MAX_EVIDENCE] if smoothed[i] >= threshold] or [driving]

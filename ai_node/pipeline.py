@@ -19,12 +19,13 @@ import logging
 import time
 from typing import Any
 
+import numpy as np
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from ai_node.analysis import StudyAnalysis, analyse
-from ai_node.preprocess import InputError, SliceStack, load_datasets, load_series, select_series
+from ai_node.analysis import StudyAnalysis, analyse, decode_and_score
+from ai_node.preprocess import InputError, SliceStack, load_datasets, select_series
 from ai_node.registry import ModelRegistry, ModelSet
 from ai_node.results import ResultStore
 from ai_node.sr import ReportContext, build_sr, model_version_key
@@ -88,7 +89,8 @@ class AnalysisPipeline:
     def _open_header(self, relative: str) -> Any:
         return self.node.store.open_dataset(str(relative), stop_before_pixels=True)
 
-    def load(self, study_uid: str) -> tuple[str, SliceStack]:
+    def load(self, study_uid: str) -> tuple[str, SliceStack, np.ndarray]:
+        """The series UID, its slices and their finding probabilities (in stack order)."""
         instances = self.node.index.instances_of_study(study_uid)
         choice = select_series(instances, self._open_header)
         if choice is None:
@@ -97,7 +99,8 @@ class AnalysisPipeline:
                 f"no axial CT series in the study (SOP classes: {', '.join(classes) or 'none'})"
             )
         paths = [self.node.store.path_of(str(p)) for p in choice.paths]
-        return choice.series_uid, load_series(paths, compressed=choice.compressed)
+        stack, raw = decode_and_score(paths, self.models, self.batch_size, choice.compressed)
+        return choice.series_uid, stack, raw
 
     def context(self, analysis: StudyAnalysis) -> ReportContext:
         finding = self.models.get("finding")
@@ -149,9 +152,9 @@ class AnalysisPipeline:
             raise
 
     def _process(self, job: Job, started: float) -> dict[str, Any]:
-        series_uid, stack = self.load(job.study_uid)
+        series_uid, stack, raw = self.load(job.study_uid)
         decoded = time.perf_counter()
-        analysis = analyse(stack, self.models, self.threshold, self.batch_size)
+        analysis = analyse(stack, self.models, self.threshold, self.batch_size, finding_raw=raw)
         inferred = time.perf_counter()
         if analysis.in_scope and analysis.driving_slice is not None:
             refs = [stack.refs[i] for i in analysis.evidence_slices]

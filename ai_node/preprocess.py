@@ -100,6 +100,7 @@ class SliceStack:
     refs: list[SliceRef]
     skipped: list[str] = field(default_factory=list)  # why frames were left out
     headers: dict[str, Dataset] = field(default_factory=dict)  # SOP Instance UID -> header
+    order: np.ndarray | None = None  # slice i came i-th from order[i] in decoding order
 
     def __len__(self) -> int:
         return int(self.hu.shape[0])
@@ -269,8 +270,6 @@ class _Frame:
     ref: SliceRef
 
 
-
-
 def _pixels(ds: Dataset) -> np.ndarray:
     """The stored pixel values; a zero-copy view for the common native 16-bit case."""
     meta = getattr(ds, "file_meta", None)
@@ -356,8 +355,10 @@ def stack_frames(frames: Iterable[_Frame], skipped: list[str] | None = None) -> 
     if not items:
         reason = skipped[0] if skipped else "no frames"
         raise InputError(f"no decodable CT slice ({reason})")
+    order = list(range(len(items)))
     if all(f.key is not None for f in items):
-        items.sort(key=lambda f: -(f.key or 0.0))
+        order.sort(key=lambda i: -(items[i].key or 0.0))
+        items = [items[i] for i in order]
     positions = np.asarray(
         [f.key if f.key is not None else float(-i) for i, f in enumerate(items)], dtype=np.float64
     )
@@ -366,6 +367,7 @@ def stack_frames(frames: Iterable[_Frame], skipped: list[str] | None = None) -> 
         positions=positions,
         refs=[f.ref for f in items],
         skipped=list(skipped or []),
+        order=np.asarray(order, dtype=np.intp),
     )
 
 
@@ -375,6 +377,8 @@ def load_series(
     workers: int | None = None,
     max_bad_fraction: float = 0.5,
     compressed: bool = True,
+    on_chunk: Callable[[list[_Frame]], None] | None = None,
+    chunk: int = 64,
 ) -> SliceStack:
     """Decode a series' files onto the model grid, in HU.
 
@@ -383,6 +387,10 @@ def load_series(
     and threads measured slower (docs/benchmarks.md). Files that fail to decode are
     left out and named in ``skipped``; when more than ``max_bad_fraction`` of them
     fail the series is refused with :class:`InputError`.
+
+    ``on_chunk(frames)`` is called with every ``chunk`` newly decoded frames, in
+    decoding order (``SliceStack.order`` maps them to the final head-to-feet order):
+    the pipeline runs inference on them while the next files decode.
     """
     if not paths:
         raise InputError("the series has no instances")
@@ -398,17 +406,27 @@ def load_series(
         except Exception as exc:  # noqa: BLE001 - a corrupt file is reported, not fatal
             return f"{path.name}: {type(exc).__name__}: {exc}"[:300]
 
-    if workers == 1 or len(paths) == 1:
-        results = [decode(p) for p in paths]
-    else:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            results = list(pool.map(decode, paths, chunksize=max(1, len(paths) // (4 * workers))))
-    for result in results:
+    pending: list[_Frame] = []
+
+    def collect(result: tuple[list[_Frame], Dataset] | str, last: bool) -> None:
         if isinstance(result, str):
             skipped.append(result)
         else:
             frames.extend(result[0])
+            pending.extend(result[0])
             headers[str(result[1].get("SOPInstanceUID", ""))] = result[1]
+        if on_chunk is not None and pending and (last or len(pending) >= chunk):
+            on_chunk(list(pending))
+            pending.clear()
+
+    if workers == 1 or len(paths) == 1:
+        for i, path in enumerate(paths):
+            collect(decode(path), i == len(paths) - 1)
+    else:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            chunksize = max(1, len(paths) // (4 * workers))
+            for i, result in enumerate(pool.map(decode, paths, chunksize=chunksize)):
+                collect(result, i == len(paths) - 1)
     if len(frames) > MAX_SLICES:
         raise InputError(f"series has {len(frames)} frames, more than {MAX_SLICES}")
     if skipped and len(skipped) > max_bad_fraction * len(paths):

@@ -102,3 +102,22 @@ def test_model_train_synthetic_reproduces_the_shipped_models(tmp_path) -> None:
         for name, value in reference["metrics"].items():
             if isinstance(value, float) and name in ("accuracy", "auc"):
                 assert card["metrics"][name] >= value - 0.03, (task, name)
+
+
+def test_train_on_a_labelled_dicom_folder_saves_a_finding_version(tmp_path) -> None:
+    from ai_node.train import train_and_save
+
+    src = tmp_path / "src"
+    _, files = write_study(StudySpec(region="chest", slices=4, seed=6, rows=64, columns=64), src)
+    (tmp_path / "labels.csv").write_text(
+        "file,label\n" + "".join(f"{f.name},{i % 2}\n" for i, f in enumerate(files))
+    )
+    registry = ModelRegistry(tmp_path / "models")
+    run = train_and_save(
+        registry, "real-1", synthetic=False, dicom_dir=src, labels_csv=tmp_path / "labels.csv",
+        finding_epochs=1, verbose=0,
+    )
+    assert set(run.paths) == {"finding"} and run.metrics is None
+    card = registry.card("finding", "real-1")
+    assert "labelled DICOM" in card["training_data"] and "metrics" not in card
+    assert registry.versions("finding") == ["real-1"]

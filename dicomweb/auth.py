@@ -1,6 +1,7 @@
 """Bearer-token authentication and roles of the HTTP edge.
 
-Static API keys from the settings (``api_tokens``: token -> role). Roles:
+Static API keys from the settings (``api_tokens``: token -> role), and JWTs of
+an OIDC provider verified with its public key (:mod:`dicomweb.tokens`). Roles:
 
 * ``admin``: everything,
 * ``radiologist``: read everything, store (STOW-RS),
@@ -14,20 +15,25 @@ Tokens are compared in constant time; a token never reaches a log.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import ipaddress
+import logging
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Final
 
 from fastapi import HTTPException, Request, status
 
+from dicomweb.tokens import InvalidToken, TokenVerifier
 from radnode.settings import Settings
+
+logger = logging.getLogger(__name__)
 
 ROLES: Final = frozenset({"admin", "radiologist", "modality", "viewer"})
 READ_ROLES: Final = ("admin", "radiologist", "viewer")
 STORE_ROLES: Final = ("admin", "radiologist", "modality")
 ADMIN_ROLES: Final = ("admin",)
-
 
 
 def is_loopback(host: str) -> bool:
@@ -50,8 +56,15 @@ def check_exposure(settings: Settings) -> None:
     would lock everyone out or grant nothing meaningful.
     """
     if settings.auth_enabled:
-        if not settings.api_tokens:
-            raise InsecureBinding("auth_enabled is set but api_tokens is empty")
+        if not settings.api_tokens and settings.jwt_public_key_file is None:
+            raise InsecureBinding(
+                "auth_enabled is set but neither api_tokens nor jwt_public_key_file is"
+            )
+        if settings.jwt_public_key_file is not None:
+            try:
+                verifier_for(settings)
+            except (OSError, ValueError) as exc:
+                raise InsecureBinding(f"jwt_public_key_file unusable: {exc}") from exc
         unknown = sorted({r for r in settings.api_tokens.values() if r not in ROLES})
         if unknown:
             raise InsecureBinding(f"api_tokens name unknown roles: {', '.join(unknown)}")
@@ -64,18 +77,45 @@ def check_exposure(settings: Settings) -> None:
         )
 
 
-def role_of(settings: Settings, authorization: str | None) -> str | None:
-    """The role of a ``Bearer`` token, or None when absent or unknown."""
+@functools.cache
+def _verifier(path: str, issuer: str | None, audience: str | None, claim: str) -> TokenVerifier:
+    return TokenVerifier.from_file(Path(path), issuer=issuer, audience=audience, roles_claim=claim)
+
+
+def verifier_for(settings: Settings) -> TokenVerifier | None:
+    """The JWT verifier of these settings (the key file is read once), or None."""
+    if settings.jwt_public_key_file is None:
+        return None
+    return _verifier(
+        str(settings.jwt_public_key_file),
+        settings.jwt_issuer,
+        settings.jwt_audience,
+        settings.jwt_roles_claim,
+    )
+
+
+def roles_of(settings: Settings, authorization: str | None) -> set[str]:
+    """The roles of a ``Bearer`` credential: a static API key's, or a verified JWT's."""
     if not authorization:
-        return None
+        return set()
     scheme, _, token = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        return None
     token = token.strip()
-    found = None
+    if scheme.lower() != "bearer" or not token:
+        return set()
+    found: set[str] = set()
     for known, role in settings.api_tokens.items():
         if hmac.compare_digest(known.encode(), token.encode()):
-            found = role
+            found = {role}
+    if not found and token.count(".") == 2:
+        verifier = verifier_for(settings)
+        if verifier is not None:
+            try:
+                found = verifier.roles(token) & ROLES
+            except InvalidToken as exc:
+                logger.info("bearer JWT refused", extra={"reason": str(exc)})
+                return set()
+            if not found:
+                found = {"none"}  # authenticated, but no role of ours: 403, not 401
     return found
 
 
@@ -87,15 +127,16 @@ def require_role(roles: Iterable[str]) -> Callable[[Request], str | None]:
         settings: Settings = request.app.state.node.settings
         if not settings.auth_enabled:
             return None
-        role = role_of(settings, request.headers.get("authorization"))
-        if role is None:
+        roles = roles_of(settings, request.headers.get("authorization"))
+        if not roles:
             raise HTTPException(
                 status.HTTP_401_UNAUTHORIZED,
                 "a valid bearer token is required",
                 headers={"WWW-Authenticate": 'Bearer realm="radnode"'},
             )
-        if role not in allowed:
-            raise HTTPException(status.HTTP_403_FORBIDDEN, f"role {role!r} may not do this")
-        return role
+        granted = roles & allowed
+        if not granted:
+            raise HTTPException(status.HTTP_403_FORBIDDEN, "this role may not do this")
+        return sorted(granted)[0]
 
     return dependency

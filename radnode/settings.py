@@ -139,6 +139,18 @@ class Settings(BaseSettings):
         description="Base URL clients reach the HTTP edge at (e.g. https://pacs-ai.example.org), "
         "used in RetrieveURL and BulkDataURI; default: from each request's Host header.",
     )
+    jwt_public_key_file: Path | None = Field(
+        None,
+        description="PEM public key (RSA or EC) of an OIDC provider: bearer tokens that are "
+        "JWTs signed with it (RS/PS/ES 256-512) are accepted besides api_tokens.",
+    )
+    jwt_issuer: str | None = Field(None, description="Required iss claim of JWTs, if set.")
+    jwt_audience: str | None = Field(None, description="Required aud claim of JWTs, if set.")
+    jwt_roles_claim: str = Field(
+        "roles",
+        description="Claim holding a JWT's roles (a list or a string); dotted for nested "
+        "claims, e.g. realm_access.roles (Keycloak).",
+    )
 
     # AI node (ai_node/)
     models_dir: Path | None = Field(

@@ -213,11 +213,11 @@ def parse(level: Level, params: list[tuple[str, str]]) -> Query:
             query.unsupported.append(keyword)
             query.include.add(keyword)
             continue
-        if attr.column is None and keyword != "ModalitiesInStudy":
-            query.unsupported.append(keyword)
-            continue
         if value == "":
             query.include.add(keyword)
+            continue
+        if attr.column is None and keyword != "ModalitiesInStudy":
+            query.unsupported.append(keyword)  # a computed count: returned, not matched
             continue
         _check_value(attr, value)
         query.filters.append((attr, value))

@@ -6,7 +6,8 @@ Built with highdicom's template classes only (no hand-built content sequences):
   procedure reported, the observation context (TID 1001) with a device observer
   (TID 1004: the node's name, radnode as manufacturer, the model name and version),
   and the image library (TID 1600) of the evaluated series (the slices it references,
-  and the series' first and last slice);
+  and the series' first and last slice; images without the geometry its entry
+  descriptors need, such as multi-frame objects, are left out of it);
 * one TID 1501 measurement group with a tracking identifier (TID 4108), the
   finding type "Lesion", the finding site (lung), a coded qualitative evaluation
   "Lesion: Present / Absent" (or "Not Evaluated" when out of scope), the target
@@ -99,6 +100,21 @@ def sr_uids(study_uid: str, version: int, model_version: str) -> tuple[str, str]
         generate_uid(entropy_srcs=[*key, "series"]),
         generate_uid(entropy_srcs=[*key, "instance"]),
     )
+
+
+_LIBRARY_DESCRIPTORS = (
+    "PixelSpacing",
+    "ImageOrientationPatient",
+    "ImagePositionPatient",
+    "SliceThickness",
+)
+"""What highdicom's TID 1604 entry descriptors read from a cross-sectional image."""
+
+
+def _library_ready(ds: Dataset) -> bool:
+    """Whether an image can be an image library entry (a multi-frame image keeps these in
+    functional groups, and a single-frame one may lack them: such images stay evidence)."""
+    return all(ds.get(keyword) not in (None, "") for keyword in _LIBRARY_DESCRIPTORS)
 
 
 def _evidence_copy(ds: Dataset) -> Dataset:
@@ -201,7 +217,7 @@ def build_sr(
         procedure_reported=codes.LN.CTUnspecifiedBodyRegion,
         imaging_measurements=[group],
         title=codes.DCM.ImagingMeasurementReport,
-        referenced_images=images,
+        referenced_images=[image for image in images if _library_ready(image)] or None,
     )
     description = (
         f"AI lesion score {analysis.score:.2f}"

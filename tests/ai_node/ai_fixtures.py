@@ -72,3 +72,57 @@ def dciodvfy(path: Path) -> str:
     exe = require_tool("dciodvfy")
     proc = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=60)
     return proc.stdout + proc.stderr
+
+
+def enhanced_ct(spec) -> tuple[str, bytes]:
+    """A multi-frame Enhanced CT instance (explicit VR LE dataset bytes) of a synthetic
+    study: per-frame positions, shared rescale/orientation/spacing. Returns its study UID."""
+    import copy
+
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+    from pydicom.uid import EnhancedCTImageStorage, generate_uid
+
+    from ai_node.pipeline import encode
+    from ai_node.synth import generate_study
+
+    study, datasets = generate_study(spec)
+    slices = list(datasets)
+    mf = copy.deepcopy(slices[0])
+    for kw in (
+        "ImagePositionPatient",
+        "ImageOrientationPatient",
+        "RescaleSlope",
+        "RescaleIntercept",
+        "RescaleType",
+        "PixelSpacing",
+        "SliceThickness",
+        "SliceLocation",
+        "WindowCenter",
+        "WindowWidth",
+        "WindowCenterWidthExplanation",
+    ):
+        if kw in mf:
+            delattr(mf, kw)
+    mf.SOPClassUID = EnhancedCTImageStorage
+    mf.SOPInstanceUID = generate_uid()
+    mf.NumberOfFrames = len(slices)
+    mf.InstanceNumber = 1
+    shared, pvt, orientation, measures = Dataset(), Dataset(), Dataset(), Dataset()
+    pvt.RescaleSlope, pvt.RescaleIntercept, pvt.RescaleType = 1, -1024, "HU"
+    orientation.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    measures.PixelSpacing = slices[0].PixelSpacing
+    measures.SliceThickness = slices[0].SliceThickness
+    shared.PixelValueTransformationSequence = Sequence([pvt])
+    shared.PlaneOrientationSequence = Sequence([orientation])
+    shared.PixelMeasuresSequence = Sequence([measures])
+    mf.SharedFunctionalGroupsSequence = Sequence([shared])
+    per_frame = []
+    for ds in slices:
+        item, position = Dataset(), Dataset()
+        position.ImagePositionPatient = ds.ImagePositionPatient
+        item.PlanePositionSequence = Sequence([position])
+        per_frame.append(item)
+    mf.PerFrameFunctionalGroupsSequence = Sequence(per_frame)
+    mf.PixelData = b"".join(ds.PixelData for ds in slices)
+    return study.study_instance_uid, encode(mf)

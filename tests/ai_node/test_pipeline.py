@@ -109,7 +109,9 @@ def test_killed_worker_job_completes_once_on_another(node, pipeline, tmp_path) -
     b = Worker(node.queue, pipeline, node.metrics, poll_s=0.01, worker_id="worker-b")
     assert b.run_once() is False  # lease still held by A
     with node.index.transaction() as conn:  # A's lease runs out (the clock, not a sleep)
-        conn.execute(update(jobs).where(jobs.c.id == dead.id).values(lease_expires_at=time.time() - 1))
+        conn.execute(
+            update(jobs).where(jobs.c.id == dead.id).values(lease_expires_at=time.time() - 1)
+        )
     assert b.run_once() is True
     [job] = node.queue.jobs_for(uid)
     assert job["state"] == "done" and job["attempts"] == 2 and job["lease_owner"] == "worker-b"
@@ -232,3 +234,62 @@ def test_pipeline_is_the_default_processor(node) -> None:
     from ai_node.worker import default_processor
 
     assert isinstance(default_processor(node), AnalysisPipeline)
+
+
+def test_multi_frame_enhanced_ct_study(node, pipeline) -> None:  # noqa: F811
+    from ai_fixtures import enhanced_ct
+
+    uid, raw = enhanced_ct(
+        StudySpec(
+            region="chest",
+            slices=12,
+            nodules=1,
+            seed=51,
+            rows=128,
+            columns=128,
+            pixel_spacing_mm=2.8,
+        )
+    )
+    node.ingestor.ingest(raw, ExplicitVRLittleEndian, source="test")
+    node.queue.enqueue_if_due(uid, "manual")
+    run_all(node, pipeline)
+    result = ResultStore(node.index).study_result(uid)
+    assert result["status"] == "done" and result["details"]["slices"] == 12, result
+    [sr_row] = sr_rows(node, uid)
+    sr_path = node.store.path_of(sr_row["path"])
+    report = dciodvfy(sr_path)
+    assert not [line for line in report.splitlines() if line.startswith("Error")], report
+    sr = hd.sr.srread(sr_path)
+    [group] = hd.sr.MeasurementReport.from_sequence([sr]).get_image_measurement_groups()
+    frames = [
+        item.ReferencedSOPSequence[0].get("ReferencedFrameNumber") for item in group.source_images
+    ]
+    assert frames and all(f is not None for f in frames)
+
+
+def test_study_missing_optional_tags(node, pipeline, tmp_path) -> None:  # noqa: F811
+    def strip(ds):
+        for kw in (
+            "PixelSpacing",
+            "SliceThickness",
+            "ImagePositionPatient",
+            "RescaleSlope",
+            "PatientBirthDate",
+            "AccessionNumber",
+            "StudyID",
+            "BodyPartExamined",
+        ):
+            if kw in ds:
+                delattr(ds, kw)
+
+    spec = StudySpec(region="chest", slices=8, seed=52, rows=128, columns=128, pixel_spacing_mm=2.8)
+    files = _write_variant(spec, tmp_path / "bare", strip)
+    ingest_files(node, files)
+    uid = pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID
+    node.queue.enqueue_if_due(uid, "manual")
+    run_all(node, pipeline)
+    result = ResultStore(node.index).study_result(uid)
+    assert result["status"] == "done", result
+    [sr_row] = sr_rows(node, uid)
+    report = dciodvfy(node.store.path_of(sr_row["path"]))
+    assert not [line for line in report.splitlines() if line.startswith("Error")], report

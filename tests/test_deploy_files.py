@@ -353,6 +353,7 @@ def test_dockerfile_copies_every_installed_package() -> None:
 COMPOSE_TEST_ENV = {
     "POSTGRES_PASSWORD": "pg-secret-for-tests",
     "ORTHANC_PASSWORD": "orthanc-secret",
+    "RADNODE_API_TOKENS": '{"api-token-for-tests": "admin"}',
 }
 
 

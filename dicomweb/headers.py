@@ -53,5 +53,7 @@ class InstanceHeaders:
         cached = self.datasets.get(key)
         if cached is None:
             cached = read_header(path)
+            for _ in cached:  # convert every raw element now: reads never mutate it later
+                pass
             self.datasets.put(key, cached)
         return cached  # type: ignore[no-any-return]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -102,6 +103,10 @@ def test_cors_preflight(secured: RadnodeProcess) -> None:
 def test_no_patient_names_in_access_log(secured: RadnodeProcess) -> None:
     url = f"http://127.0.0.1:{secured.http_port}/dicom-web/studies?PatientName=Secret^Person"
     assert httpx.get(url, headers={"Authorization": "Bearer t-view"}).status_code == 200
+    # The line is written once the response is out: wait for it (bounded), then look.
+    deadline = time.monotonic() + 20
+    while "PatientName" not in secured.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
     log = secured.log()
     assert "PatientName" in log  # the parameter's name is logged
     assert "Secret" not in log

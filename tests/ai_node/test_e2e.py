@@ -86,3 +86,57 @@ def test_radnode_worker_processes_queued_studies_and_stops_cleanly(tmp_path) -> 
         out = proc.communicate(timeout=60)[0].decode(errors="replace")
         node.close()
     assert proc.returncode == 0, out[-2000:]
+
+
+def test_worker_killed_mid_job_the_job_completes_once_after_restart(tmp_path) -> None:
+    """A `radnode worker` process is killed (SIGKILL) while it analyses a study; a
+    restarted worker takes the job over when the lease runs out and finishes it: one
+    job done after two attempts, one SR, one result."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from ai_fixtures import add_study, sr_rows
+
+    from ai_node.results import ResultStore
+    from radnode.node import Node
+    from radnode.settings import Settings
+
+    data = tmp_path / "data"
+    node = Node(Settings(data_dir=data, fsync=False))
+    study = add_study(
+        node, StudySpec(region="chest", slices=200, nodules=1, seed=43), tmp_path / "in"
+    )
+    uid = study.study_instance_uid
+    env = {**os.environ, "RADNODE_JOB_LEASE_S": "3"}
+    cmd = [sys.executable, "-m", "radnode.cli", "worker", "--data-dir", str(data)]
+    store = ResultStore(node.index)
+
+    def wait_for(statuses: tuple[str, ...], proc: subprocess.Popen, poll: float) -> dict:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            result = store.study_result(uid) or {}
+            if result.get("status") in statuses:
+                return result
+            time.sleep(poll)
+        raise AssertionError(f"no {statuses} result; worker exit {proc.poll()}")
+
+    first = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(("running",), first, 0.005)
+    finally:
+        first.kill()  # SIGKILL mid-job
+        first.wait()
+    assert node.queue.jobs_for(uid)[0]["state"] == "running"
+    second = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        result = wait_for(("done", "failed"), second, 0.1)
+    finally:
+        second.send_signal(signal.SIGTERM)
+        second.wait(timeout=60)
+    assert result["status"] == "done", result
+    [job] = node.queue.jobs_for(uid)
+    assert job["state"] == "done" and job["attempts"] == 2
+    assert len(sr_rows(node, uid)) == 1
+    node.close()

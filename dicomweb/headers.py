@@ -1,8 +1,8 @@
 """Headers of stored instances for QIDO-RS ``includefield`` and WADO-RS metadata.
 
 Read with ``stop_before_pixels`` and kept in a small LRU cache keyed by the
-file's path and size (a replaced instance gets a new size or is re-read after
-eviction; files are written once, by rename).
+file's path and the time the index recorded it (``received_at``): a replaced
+instance (duplicate policy ``replace``) gets a new time, so a new entry.
 """
 
 from __future__ import annotations
@@ -14,21 +14,24 @@ from typing import Any
 
 from pydicom import Dataset, dcmread
 
+Key = tuple[str, float]
+"""(store-relative or absolute path, the index's received_at of that file's version)"""
+
 
 class HeaderCache:
     def __init__(self, max_entries: int = 4096) -> None:
         self.max_entries = max_entries
-        self._items: OrderedDict[tuple[str, int], Any] = OrderedDict()
+        self._items: OrderedDict[Key, Any] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: tuple[str, int]) -> Any | None:
+    def get(self, key: Key) -> Any | None:
         with self._lock:
             value = self._items.get(key)
             if value is not None:
                 self._items.move_to_end(key)
             return value
 
-    def put(self, key: tuple[str, int], value: Any) -> None:
+    def put(self, key: Key, value: Any) -> None:
         with self._lock:
             self._items[key] = value
             self._items.move_to_end(key)
@@ -48,8 +51,10 @@ class InstanceHeaders:
         self.datasets = HeaderCache(datasets)
         self.metadata = HeaderCache(metadata)
 
-    def dataset(self, path: Path, size: int = 0) -> Dataset:
-        key = (str(path), size)
+    def dataset(self, path: Path, version: float) -> Dataset:
+        """The header of the file at ``path``; ``version`` (its received_at) keys the cache,
+        so a replaced instance (duplicate policy ``replace``) is read again."""
+        key = (str(path), float(version))
         cached = self.datasets.get(key)
         if cached is None:
             cached = read_header(path)

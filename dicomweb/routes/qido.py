@@ -177,17 +177,20 @@ def _from_file(
 ) -> dict[str, Any]:
     """Attributes outside the index, from the header of the level's (first) instance."""
     if level == "instance":
-        path = row[instances.c.path]
+        path, version = row[instances.c.path], row[instances.c.received_at]
     else:
         column = studies.c.study_uid if level == "study" else series.c.series_uid
         key_column = instances.c.study_uid if level == "study" else instances.c.series_uid
         with node.index.engine.connect() as conn:
-            path = conn.execute(
-                select(instances.c.path).where(key_column == row[column]).limit(1)
-            ).scalar()
-    if path is None:
-        return {}
-    ds = headers.dataset(node.store.path_of(path))
+            first = conn.execute(
+                select(instances.c.path, instances.c.received_at)
+                .where(key_column == row[column])
+                .limit(1)
+            ).first()
+        if first is None:
+            return {}
+        path, version = first
+    ds = headers.dataset(node.store.path_of(path), version)
     out: dict[str, Any] = {}
     for keyword in keywords:
         tag = tag_for_keyword(keyword)

@@ -179,7 +179,7 @@ def _instance_url(row: dict[str, Any]) -> str:
 def _metadata_json(node: Node, headers: InstanceHeaders, row: dict[str, Any]) -> str:
     """One instance's metadata as DICOM JSON text, bulk data as BulkDataURI (cached)."""
     cache = headers.metadata
-    key = (row["path"], int(row["size"]))
+    key = (row["path"], float(row["received_at"]))
     cached = cache.get(key)
     if cached is not None:
         return cached  # type: ignore[no-any-return]

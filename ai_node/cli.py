@@ -163,6 +163,7 @@ def register(sub: Any, bench_sub: Any, node_options: NodeOptions) -> None:
         "train", help="train the region and finding models and save a new version"
     )
     registry_option(train)
+    node_options(train)
     train.add_argument(
         "--synthetic", action="store_true", help="train on generated synthetic studies"
     )

@@ -45,6 +45,7 @@ DAYS = 300
 class BenchData:
     small: list[bytes]  # Part 10 files, one per study
     series: list[bytes]  # the big series
+    stow_series: list[bytes]  # a copy with new UIDs, sent by STOW-RS while measuring
     patient_ids: list[str]
     series_study_uid: str
     series_uid: str
@@ -129,8 +130,28 @@ def make_data(studies: int, slices: int, seed: int = 1) -> BenchData:
         )
         for n in range(1, slices + 1)
     ]
+    stow_study, stow_series_uid = generate_uid(), generate_uid()
+    stow_series = [
+        _instance(
+            patient=patients + 1,
+            study_uid=stow_study,
+            series_uid=stow_series_uid,
+            number=n,
+            day=DAYS // 2,
+            size=512,
+        )
+        for n in range(1, slices + 1)
+    ]
     ids = [f"BP{p:05d}" for p in range(patients)]
-    return BenchData(small, series, ids, study_uid, series_uid)
+    return BenchData(small, series, stow_series, ids, study_uid, series_uid)
+
+
+def _stow_body(parts: list[bytes], boundary: str) -> Iterator[bytes]:
+    for part in parts:
+        yield f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+        yield part
+        yield b"\r\n"
+    yield f"--{boundary}--\r\n".encode()
 
 
 # -- servers ---------------------------------------------------------------------------
@@ -289,6 +310,22 @@ def measure(base: str, data: BenchData, queries: int, rounds: int, seed: int) ->
             "median_mb_s": size / median / 1e6,
             "best_mb_s": size / best / 1e6,
         }
+
+        # STOW-RS of a new series in one request (once: a second time would be duplicates).
+        boundary = "radnode-bench-boundary"
+        started = time.perf_counter()
+        response = client.post(
+            f"{base}/studies",
+            content=_stow_body(data.stow_series, boundary),
+            headers={
+                "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+                "Accept": "application/dicom+json",
+            },
+        )
+        elapsed = time.perf_counter() - started
+        response.raise_for_status()
+        sent = sum(len(p) for p in data.stow_series)
+        out["stow_series"] = {"seconds": elapsed, "mb_s": sent / elapsed / 1e6}
     return out
 
 
@@ -357,6 +394,8 @@ def report(result: dict[str, Any]) -> str:
         ("series metadata, median ms", "series_metadata", "median_ms"),
         ("WADO-RS series retrieve, median MB/s", "wado_series", "median_mb_s"),
         ("WADO-RS series retrieve, best MB/s", "wado_series", "best_mb_s"),
+        ("STOW-RS of a series in one request, s", "stow_series", "seconds"),
+        ("STOW-RS of a series in one request, MB/s", "stow_series", "mb_s"),
     ]
     lines = [
         f"{result['date']}, radnode {result['radnode_commit']}, Orthanc "

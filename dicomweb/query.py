@@ -47,6 +47,10 @@ class Attribute:
     vr: str
 
 
+REQUEST_STEP = "RequestAttributesSequence.ScheduledProcedureStepID"
+REQUEST_PROCEDURE = "RequestAttributesSequence.RequestedProcedureID"
+
+
 def _attr(keyword: str, level: Level, column: Any) -> tuple[str, Attribute]:
     return keyword, Attribute(keyword, level, column, str(dictionary_VR(keyword)))
 
@@ -85,6 +89,14 @@ INDEXED: dict[str, Attribute] = dict(
             series.c.performed_procedure_step_start_time,
         ),
         _attr("NumberOfSeriesRelatedInstances", "series", None),
+        (
+            REQUEST_STEP,
+            Attribute(REQUEST_STEP, "series", series.c.scheduled_procedure_step_id, "SH"),
+        ),
+        (
+            REQUEST_PROCEDURE,
+            Attribute(REQUEST_PROCEDURE, "series", series.c.requested_procedure_id, "SH"),
+        ),
         _attr("SOPInstanceUID", "instance", instances.c.sop_instance_uid),
         _attr("SOPClassUID", "instance", instances.c.sop_class_uid),
         _attr("InstanceNumber", "instance", instances.c.instance_number),
@@ -123,6 +135,8 @@ DEFAULT_RETURN: dict[Level, tuple[str, ...]] = {
         "NumberOfSeriesRelatedInstances",
         "PerformedProcedureStepStartDate",
         "PerformedProcedureStepStartTime",
+        REQUEST_STEP,
+        REQUEST_PROCEDURE,
     ),
     "instance": (
         "SOPClassUID",
@@ -155,19 +169,29 @@ class Query:
     fuzzy: bool = False
 
 
-def resolve_keyword(name: str) -> str:
-    """A keyword or an 8-hex-digit tag (PS3.18 8.3.4.1) -> the keyword; QueryError otherwise."""
-    name = name.strip()
+def _one_keyword(name: str) -> str:
     if re.fullmatch(r"[0-9A-Fa-f]{8}", name):
         keyword = keyword_for_tag(int(name, 16))
         if not keyword:
             raise QueryError(f"unknown attribute tag {name}")
-        return keyword
-    if "." in name:
-        raise QueryError(f"sequence matching ({name}) is not supported")
+        return str(keyword)
     if tag_for_keyword(name) is None:
         raise QueryError(f"unknown attribute {name!r}")
     return name
+
+
+def resolve_keyword(name: str) -> str:
+    """A keyword or an 8-hex-digit tag (PS3.18 8.3.4.1) -> the keyword; QueryError otherwise.
+
+    Of sequence paths (``A.B``) only the two PS3.18 Table 10.6.1-5 requires are known.
+    """
+    name = name.strip()
+    if "." in name:
+        path = ".".join(_one_keyword(part) for part in name.split("."))
+        if path not in INDEXED:
+            raise QueryError(f"sequence matching ({name}) is not supported")
+        return path
+    return _one_keyword(name)
 
 
 def _int_param(name: str, value: str) -> int:

@@ -96,6 +96,10 @@ series = Table(
     Column("series_time", String(16)),
     Column("performed_procedure_step_start_date", String(8)),
     Column("performed_procedure_step_start_time", String(16)),
+    # RequestAttributeSequence > ScheduledProcedureStepID / RequestedProcedureID of the
+    # first item (PS3.18 Table 10.6.1-5 requires matching them at series level).
+    Column("scheduled_procedure_step_id", String(16)),
+    Column("requested_procedure_id", String(16)),
 )
 SqlIndex("ix_series_study", series.c.study_uid)
 
@@ -185,6 +189,8 @@ _SERIES_ATTRIBUTES = (
     "series_time",
     "performed_procedure_step_start_date",
     "performed_procedure_step_start_time",
+    "scheduled_procedure_step_id",
+    "requested_procedure_id",
 )
 _IMAGE_ATTRIBUTES = ("rows", "columns", "bits_allocated", "number_of_frames")
 
@@ -224,6 +230,20 @@ def _int(ds: Dataset, keyword: str) -> int | None:
         return int(value) if value not in (None, "") else None
     except (TypeError, ValueError):
         return None
+
+
+def _request_attributes(ds: Dataset) -> dict[str, str | None]:
+    """The first Request Attributes Sequence item's step and procedure IDs (or None)."""
+    if "RequestAttributesSequence" not in ds:
+        return {"scheduled_procedure_step_id": None, "requested_procedure_id": None}
+    try:
+        item = ds.RequestAttributesSequence[0]
+    except (IndexError, TypeError):
+        return {"scheduled_procedure_step_id": None, "requested_procedure_id": None}
+    return {
+        "scheduled_procedure_step_id": _text(item, "ScheduledProcedureStepID", 16),
+        "requested_procedure_id": _text(item, "RequestedProcedureID", 16),
+    }
 
 
 def record_fields_from_dataset(
@@ -267,6 +287,7 @@ def record_fields_from_dataset(
             "performed_procedure_step_start_time": _text(
                 ds, "PerformedProcedureStepStartTime", 16
             ),
+            **_request_attributes(ds),
         },
         "image": {
             "rows": _int(ds, "Rows"),

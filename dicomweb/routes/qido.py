@@ -92,7 +92,11 @@ def _search(
     for row in rows:
         item: dict[str, Any] = {}
         for keyword in keywords:
-            tag, entry = element(keyword, _value(keyword, row, extra))
+            value = _value(keyword, row, extra)
+            if "." in keyword:
+                _nest(item, keyword, value)
+                continue
+            tag, entry = element(keyword, value)
             item[tag] = entry
         item.update(_retrieve_url(level, row, base))
         if file_keywords:
@@ -103,6 +107,16 @@ def _search(
         names = ", ".join(sorted(set(query.unsupported)))
         warning["Warning"] = f'299 radnode "The following attributes are not matched: {names}"'
     return JSONResponse(answer, media_type=DICOM_JSON, headers=warning)
+
+
+def _nest(item: dict[str, Any], path: str, value: Any) -> None:
+    """``Sequence.Keyword`` values go into the sequence's single item (when there is a value)."""
+    if value is None or value == "":
+        return
+    parent, child = path.split(".")
+    tag, entry = element(child, value)
+    sequence = item.setdefault(tag_hex(parent), {"vr": "SQ", "Value": [{}]})
+    sequence["Value"][0][tag] = entry
 
 
 def _aggregates(conn: Any, level: Level, rows: list[Any]) -> dict[str, dict[str, Any]]:

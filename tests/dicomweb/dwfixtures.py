@@ -81,6 +81,11 @@ def make_instance(spec: StudySpec, study_uid: str, series_uid: str, modality: st
     ds.SeriesNumber = number
     ds.SeriesDescription = description
     ds.InstanceNumber = instance_number
+    if modality == "CT":  # for the sequence matching keys of PS3.18 Table 10.6.1-5
+        request = Dataset()
+        request.ScheduledProcedureStepID = f"SPS-{spec.study_id}"
+        request.RequestedProcedureID = f"RP-{spec.accession}"
+        ds.RequestAttributesSequence = [request]
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.Rows = ds.Columns = 16

@@ -64,3 +64,19 @@ def test_ranges_and_lists() -> None:
     assert text.count("series.series_uid =") == 3
     text = sql("study", [("ModalitiesInStudy", "CT\\MR")])
     assert "EXISTS" in text and "series.modality = 'MR'" in text
+
+
+def test_request_attributes_sequence() -> None:
+    for name in (
+        "RequestAttributesSequence.ScheduledProcedureStepID",
+        "00400275.00400009",
+    ):
+        query = parse("series", [(name, "SPS1")])
+        assert [a.keyword for a, _ in query.filters] == [
+            "RequestAttributesSequence.ScheduledProcedureStepID"
+        ]
+    assert "series.requested_procedure_id" in sql(
+        "instance", [("RequestAttributesSequence.RequestedProcedureID", "RP*")]
+    )
+    with pytest.raises(QueryError):
+        parse("series", [("RequestAttributesSequence.AccessionNumber", "1")])

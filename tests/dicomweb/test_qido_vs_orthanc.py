@@ -127,6 +127,27 @@ def test_same_matches_as_orthanc(
     assert nonempty >= 20  # the queries do select something
 
 
+def test_request_attributes_sequence_matching(
+    clients: tuple[DICOMwebClient, DICOMwebClient],
+    varied_studies: VariedStudies,  # noqa: F811
+) -> None:
+    """Sequence matching keys (not compared: Orthanc does not match on sequences)."""
+    ours, _ = clients
+    ct_series = {d.SeriesInstanceUID for d in varied_studies.datasets if d.Modality == "CT"}
+    found = ours.search_for_series(
+        search_filters={"RequestAttributesSequence.ScheduledProcedureStepID": "SPS-S?"}
+    )
+    assert {s["0020000E"]["Value"][0] for s in found} == ct_series
+    found = ours.search_for_series(
+        search_filters={"RequestAttributesSequence.ScheduledProcedureStepID": "SPS-S7"}
+    )
+    assert len(found) == 1
+    found = ours.search_for_series(search_filters={"00400275.00401001": "RP-ACC001"})
+    assert len(found) == 1
+    item = found[0]["00400275"]["Value"][0]
+    assert item["00400009"]["Value"] == ["SPS-S1"] and item["00401001"]["Value"] == ["RP-ACC001"]
+
+
 def _as_postgres(command: list[str]) -> list[str]:
     """PostgreSQL refuses to run as root: run its tools as the postgres user then."""
     return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command

@@ -143,7 +143,7 @@ def _store_parts(
                     continue
                 if result.study_uid not in touched:
                     touched.append(result.study_uid)
-                stored.append(_stored_item(result, base))
+                stored.append(_stored_item(node, result, base))
     for uid in touched:
         if node.queue.enqueue_if_due(uid, "stow") is not None:
             node.metrics.studies_completed.labels(reason="stow").inc()
@@ -162,12 +162,20 @@ def _store_parts(
     return code, answer
 
 
-def _stored_item(result: Any, base: str) -> dict[str, Any]:
+def _stored_item(node: Node, result: Any, base: str) -> dict[str, Any]:
+    """A ReferencedSOPSequence item; its RetrieveURL names the instance as indexed."""
+    row = node.index.find_instance(result.sop_instance_uid)
+    url = f"{base}/studies/{result.study_uid}"
+    if row is not None:
+        url = (
+            f"{base}/studies/{row['study_uid']}/series/{row['series_uid']}"
+            f"/instances/{row['sop_instance_uid']}"
+        )
     return dict(
         [
             element("ReferencedSOPClassUID", result.sop_class_uid, "UI"),
             element("ReferencedSOPInstanceUID", result.sop_instance_uid, "UI"),
-            element("RetrieveURL", f"{base}/studies/{result.study_uid}", "UR"),
+            element("RetrieveURL", url, "UR"),
         ]
     )
 

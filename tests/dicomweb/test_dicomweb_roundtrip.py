@@ -26,6 +26,8 @@ def stored(
     answer = client.store_instances([dcmread(p) for p in files])
     referenced = answer.get("ReferencedSOPSequence", [])
     assert len(referenced) == SLICES
+    url = referenced[0].RetrieveURL
+    assert url.startswith(client.base_url) and "/series/" in url and "/instances/" in url
     assert "FailedSOPSequence" not in answer
     return client, files
 

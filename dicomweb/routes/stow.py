@@ -217,7 +217,10 @@ async def _stow(request: Request, node: Node, study_uid: str | None) -> JSONResp
         code, answer = await run_in_threadpool(_store_parts, node, body, boundary, base, study_uid)
     finally:
         body.unlink(missing_ok=True)
-    return JSONResponse(answer, status_code=code, media_type=DICOM_JSON)
+    headers = {}
+    if code == status.HTTP_202_ACCEPTED:  # PS3.18 10.5.3.1
+        headers["Warning"] = '299 radnode "some instances were not stored: see FailedSOPSequence"'
+    return JSONResponse(answer, status_code=code, media_type=DICOM_JSON, headers=headers)
 
 
 @router.post("/studies", summary="Store instances")

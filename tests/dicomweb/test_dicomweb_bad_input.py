@@ -74,6 +74,7 @@ def test_stow_refusals(api: RadnodeProcess, varied_studies: VariedStudies) -> No
     # One good, one bad: 202 with both sequences; only the good one is stored.
     response = httpx.post(url, headers={"Content-Type": RELATED}, content=body(good, b"junk"))
     assert response.status_code == 202
+    assert response.headers["warning"].startswith("299 ")
     answer = response.json()
     assert len(answer["00081199"]["Value"]) == 1 and len(answer["00081198"]["Value"]) == 1
     assert instance_count(api) == before + 1

@@ -80,5 +80,5 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     root.setLevel(level.upper())
     # pynetdicom logs every PDU at INFO/DEBUG and can echo identifiers: keep it quiet.
     logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, root.level))
-    for noisy in ("uvicorn.access", "tensorflow", "absl", "h5py", "PIL"):
+    for noisy in ("uvicorn.access", "tensorflow", "absl", "h5py", "PIL", "highdicom"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

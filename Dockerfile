@@ -27,6 +27,7 @@ COPY radnode ./radnode
 COPY dimse_scp ./dimse_scp
 COPY dicomweb ./dicomweb
 COPY ai_node ./ai_node
+COPY pacs_link ./pacs_link
 COPY viewer_plugin ./viewer_plugin
 RUN pip install --no-deps . && radnode --version
 

@@ -5,6 +5,7 @@
     radnode model activate TASK VERSION  switch the active version (workers reload)
     radnode bench inference              slices/s: decode + preprocess + both models
     radnode bench e2e                    storescu -> radnode serve -> SR queryable
+    radnode bench e2e --via orthanc      storescu -> Orthanc -> radnode -> SR in Orthanc
 
 Nothing heavy is imported at parse time: TensorFlow loads inside the commands.
 """
@@ -141,6 +142,11 @@ def cmd_bench_inference(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_e2e(args: argparse.Namespace) -> int:
+    if args.via == "orthanc":
+        from pacs_link.bench import orthanc_e2e_benchmark
+
+        print(orthanc_e2e_benchmark(args.slices, args.size, args.runs, args.work_dir))
+        return 0
     from ai_node.bench import e2e_benchmark
 
     print(e2e_benchmark(args.slices, args.size, args.runs, args.work_dir))
@@ -208,4 +214,11 @@ def register(sub: Any, bench_sub: Any, node_options: NodeOptions) -> None:
     e2e.add_argument("--size", type=int, default=512)
     e2e.add_argument("--runs", type=int, default=3)
     e2e.add_argument("--work-dir", type=Path, default=Path("bench-work"))
+    e2e.add_argument(
+        "--via",
+        choices=["radnode", "orthanc"],
+        default="radnode",
+        help="orthanc: storescu -> Orthanc -> radnode -> SR in Orthanc, beside storescu -> "
+        "radnode -> SR in Orthanc (pacs_link.bench)",
+    )
     e2e.set_defaults(func=cmd_bench_e2e)

@@ -116,6 +116,14 @@ class AnalysisPipeline:
             threshold=self.threshold,
         )
 
+    def queue_for_pacs(self, study_uid: str, sr_uid: str | None) -> None:
+        """Hand the study's originals and its SR to the PACS outbox (pacs_link), in the
+        same step that stored the SR, so a result is never produced without being queued."""
+        if self.node.settings.pacs_peers:
+            from pacs_link.outbox import queue_study_results
+
+            queue_study_results(self.node, study_uid, sr_uid)
+
     def process(self, job: Job) -> dict[str, Any]:
         started = time.perf_counter()
         self.results.upsert(job.study_uid, job.version, job.id, status="running", error=None)
@@ -139,6 +147,7 @@ class AnalysisPipeline:
                     "attempts": job.attempts,
                 },
             )
+            self.queue_for_pacs(job.study_uid, None)
             return {"status": "failed", "error": str(exc)}
         except Exception as exc:
             self.results.upsert(
@@ -170,6 +179,7 @@ class AnalysisPipeline:
         stored = self.node.ingestor.ingest(
             encode(sr), ExplicitVRLittleEndian, source="ai", analyze=False
         )
+        self.queue_for_pacs(job.study_uid, str(sr.SOPInstanceUID))
         done = time.perf_counter()
         if analysis.in_scope:
             status = "done"

@@ -8,7 +8,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from dicomweb.accesslog import AccessLogMiddleware
 from dicomweb.deps import require_read
 from dicomweb.headers import InstanceHeaders
-from dicomweb.routes import health, qido, results, stow, wado
+from dicomweb.routes import health, pacs, qido, results, stow, wado
 from radnode import __version__
 from radnode.node import Node
 
@@ -16,7 +16,7 @@ from radnode.node import Node
 def create_app(node: Node) -> FastAPI:
     """The HTTP edge of ``node``: health, metrics, DICOMweb (PS3.18) and the AI results API.
 
-    Authentication is per router (see :mod:`dicomweb.auth`): ``/healthz`` is open,
+    Authentication is per router (see :mod:`dicomweb.auth`): ``/healthz`` and ``/readyz`` are open,
     ``/metrics`` is for admins, QIDO/WADO and results for readers, STOW for stores.
     """
     app = FastAPI(
@@ -31,6 +31,8 @@ def create_app(node: Node) -> FastAPI:
     app.include_router(qido.router)
     app.include_router(wado.router)
     app.include_router(results.router, dependencies=[require_read])
+    app.include_router(pacs.router, dependencies=[require_read])
+    app.include_router(pacs.notify_router)
     s = node.settings
     if s.cors_origins:
         app.add_middleware(

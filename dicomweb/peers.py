@@ -6,6 +6,7 @@ free loopback ports, SQLite index, and stopped by whoever started it.
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import signal
@@ -41,6 +42,13 @@ class OrthancDicomWeb:
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = f"http://127.0.0.1:{self.http_port}/dicom-web"
         self.rest = f"http://127.0.0.1:{self.http_port}"
+        self.auth: tuple[str, str] | None = None  # HTTP basic credentials, when it wants them
+
+    def headers(self) -> dict[str, str]:
+        if self.auth is None:
+            return {}
+        token = base64.b64encode(f"{self.auth[0]}:{self.auth[1]}".encode()).decode()
+        return {"Authorization": f"Basic {token}"}
 
     def config(self) -> dict[str, object]:
         return {
@@ -74,7 +82,10 @@ class OrthancDicomWeb:
             if self.proc.poll() is not None:
                 raise PeerError(f"Orthanc exited with {self.proc.returncode} while starting")
             try:
-                with urllib.request.urlopen(f"{self.rest}/plugins/dicom-web", timeout=1):
+                probe = urllib.request.Request(
+                    f"{self.rest}/plugins/dicom-web", headers=self.headers()
+                )
+                with urllib.request.urlopen(probe, timeout=1):
                     return self
             except (OSError, urllib.error.URLError):
                 time.sleep(0.1)
@@ -99,7 +110,7 @@ class OrthancDicomWeb:
             f"{self.rest}/instances",
             data=part10,
             method="POST",
-            headers={"Content-Type": "application/dicom"},
+            headers={"Content-Type": "application/dicom", **self.headers()},
         )
         with urllib.request.urlopen(request, timeout=60) as response:
             response.read()

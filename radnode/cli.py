@@ -1,9 +1,9 @@
 """The ``radnode`` command: one subcommand per process role, plus tools.
 
-    radnode serve     DICOM SCP + HTTP app + AI worker in one process (embedded mode)
+    radnode serve     DICOM SCP + HTTP app + AI worker (+ PACS link) in one process
     radnode scp       the DICOM Storage SCP alone
     radnode api       the HTTP app alone (health, metrics, DICOMweb)
-    radnode worker    the AI worker alone
+    radnode worker    the AI worker, with the PACS outbox sender and changes follower
     radnode synth     write synthetic CT studies
     radnode echo      C-ECHO a DICOM peer
     radnode send      C-STORE files or folders to a DICOM peer
@@ -129,6 +129,13 @@ def _make_worker(node: Any) -> Any | None:
     return Worker(node.queue, processor, node.metrics, poll_s=node.settings.worker_poll_s)
 
 
+def _start_pacs(node: Any) -> list[Any]:
+    """The PACS outbox sender and changes followers (pacs_link), in ``serve`` and ``worker``."""
+    import pacs_link
+
+    return pacs_link.start(node)
+
+
 def _check_http_exposure(settings: Settings) -> bool:
     """False (after saying why) when the HTTP edge would serve data unauthenticated off-host."""
     from dicomweb.auth import InsecureBinding, check_exposure
@@ -170,9 +177,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         worker.start()
     else:
         logger.warning("no analysis pipeline installed: completed studies stay queued")
+    pacs = _start_pacs(node)
     try:
         _run_http(node)  # blocks; uvicorn handles SIGINT/SIGTERM
     finally:
+        for service in pacs:
+            service.stop()
         if worker is not None:
             worker.stop()
         tracker.stop()
@@ -219,9 +229,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
         node.close(clean=False)
         return 2
     worker.start()
+    pacs = _start_pacs(node)
     try:
         _wait_for_signal()
     finally:
+        for service in pacs:
+            service.stop()
         worker.stop()
         node.close(clean=False)
     return 0

@@ -25,7 +25,7 @@ from radnode.index import Index, jobs, studies, utcnow
 
 logger = logging.getLogger(__name__)
 
-CompletionReason = Literal["released", "quiet", "recovered", "manual", "stow"]
+CompletionReason = Literal["released", "quiet", "recovered", "manual", "stow", "pacs"]
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,21 @@ class _IndexCollector(Collector):
         yield family
 
 
+class _OutboxCollector(Collector):
+    def __init__(self, counts: Callable[[], dict[tuple[str, str], int]]):
+        self._counts = counts
+
+    def collect(self) -> Iterable[Metric]:
+        family = GaugeMetricFamily(
+            "radnode_outbox_items",
+            "Outbox rows per PACS peer and state (pending, delivered, failed).",
+            labels=["peer", "state"],
+        )
+        for (peer, state), count in self._counts().items():
+            family.add_metric([peer, state], count)
+        yield family
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -83,6 +98,21 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.outbox_attempts = Counter(
+            "radnode_outbox_deliveries",
+            "Instances handed to a PACS peer, by outcome (delivered, refused, retry).",
+            ["peer", "outcome"],
+            registry=self.registry,
+        )
+        self.pacs_studies_fetched = Counter(
+            "radnode_pacs_studies_fetched",
+            "Stable studies learnt from a PACS's changes feed and fetched by WADO-RS.",
+            ["peer"],
+            registry=self.registry,
+        )
+
+    def watch_outbox(self, counts: Callable[[], dict[tuple[str, str], int]]) -> None:
+        self.registry.register(_OutboxCollector(counts))
 
     def watch_index(
         self, queue_depth: Callable[[], int], counts: Callable[[], dict[str, int]]

@@ -29,6 +29,10 @@ class Node:
             self.index, lease_s=settings.job_lease_s, max_attempts=settings.job_max_attempts
         )
         self.metrics.watch_index(self.queue.depth, self.index.counts)
+        if settings.pacs_peers:
+            from pacs_link.outbox import Outbox
+
+            self.metrics.watch_outbox(Outbox(self.index).counts)
 
     @cached_property
     def store(self) -> InstanceStore:

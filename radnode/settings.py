@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -20,6 +20,52 @@ from pydantic_settings import (
 )
 
 DuplicatePolicy = Literal["keep_first", "replace"]
+
+
+class PacsPeer(BaseModel):
+    """One PACS radnode sends results to and/or learns new studies from (Orthanc here).
+
+    DICOMweb (``dicomweb_url``: STOW-RS out, QIDO/WADO-RS in) and/or DIMSE
+    (``ae_title``/``host``/``port``: C-STORE out). ``rest_url`` is Orthanc's REST root,
+    whose ``/changes`` feed tells radnode of stable studies.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,32}$", description="Short name (logs, API).")
+    dicomweb_url: str | None = Field(
+        None, description="DICOMweb root, e.g. http://orthanc:8042/dicom-web."
+    )
+    rest_url: str | None = Field(
+        None, description="Orthanc REST root (default: dicomweb_url without /dicom-web)."
+    )
+    username: str | None = Field(None, description="HTTP basic auth user.")
+    password: SecretStr | None = Field(None, description="HTTP basic auth password.")
+    ae_title: str = Field("ORTHANC", min_length=1, max_length=16, description="PACS AE title.")
+    host: str | None = Field(None, description="PACS DICOM host (C-STORE delivery).")
+    port: int | None = Field(None, ge=1, le=65535, description="PACS DICOM port.")
+    delivery: Literal["stow", "cstore"] = Field(
+        "stow", description="How results (and forwarded originals) go out."
+    )
+    forward_originals: bool = Field(
+        True, description="Also send the instances radnode received (not those from this PACS)."
+    )
+    follow_changes: bool = Field(
+        False, description="Follow the PACS's /changes feed and analyse its stable studies."
+    )
+    tls_verify: bool = Field(True, description="Verify the HTTPS server certificate.")
+    tls_ca_file: Path | None = Field(None, description="CA bundle for HTTPS and DICOM TLS.")
+    tls_cert_file: Path | None = Field(None, description="Client certificate (mutual TLS).")
+    tls_key_file: Path | None = Field(None, description="Client certificate's private key.")
+    dicom_tls: bool = Field(False, description="C-STORE over TLS (PS3.15 B.1).")
+
+    @property
+    def orthanc_url(self) -> str | None:
+        if self.rest_url:
+            return self.rest_url.rstrip("/")
+        if self.dicomweb_url:
+            return self.dicomweb_url.rstrip("/").removesuffix("/dicom-web")
+        return None
 
 
 class Settings(BaseSettings):
@@ -162,6 +208,25 @@ class Settings(BaseSettings):
         0.5, ge=0, le=1, description="Study score at or above which a finding is reported."
     )
     inference_batch_size: int = Field(64, ge=1, description="Slices per inference batch.")
+
+    # PACS peers (pacs_link/)
+    pacs_peers: list[PacsPeer] = Field(
+        default_factory=list,
+        description="PACS to send results to and follow (JSON list in RADNODE_PACS_PEERS, "
+        "[[pacs_peers]] tables in the config file); see docs/pacs.md.",
+    )
+    outbox_poll_s: float = Field(
+        0.25, gt=0, description="Seconds an idle outbox sender waits before looking again."
+    )
+    outbox_backoff_s: float = Field(
+        2.0, gt=0, description="First retry delay of a failed delivery; doubles per attempt."
+    )
+    outbox_backoff_max_s: float = Field(
+        300.0, gt=0, description="Longest retry delay; deliveries are retried until they succeed."
+    )
+    changes_poll_s: float = Field(
+        0.5, gt=0, description="Seconds between reads of a followed PACS's /changes feed."
+    )
 
     # Logging
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR.")

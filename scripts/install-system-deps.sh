@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Install the Debian packages radnode's tests run as real peers, if missing:
 #   dcmtk (storescu/echoscu/findscu: the modality), orthanc + orthanc-dicomweb (the PACS),
-#   dicom3tools (dciodvfy: validates the SRs radnode writes).
+#   orthanc-python (runs viewer_plugin/ inside Orthanc), dicom3tools (dciodvfy: validates the
+#   SRs radnode writes), docker-compose (parses docker-compose.yml without an engine).
 set -euo pipefail
-packages=(dcmtk orthanc orthanc-dicomweb dicom3tools)
+packages=(dcmtk orthanc orthanc-dicomweb orthanc-python dicom3tools docker-compose)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -495,13 +495,58 @@ def test_compose_orthanc_has_dicomweb_and_knows_radnode(
     settings = settings_from_env(
         interpolate_tree(env_mapping(scp["environment"]), COMPOSE_TEST_ENV), monkeypatch
     )
-    assert config["DicomModalities"]["radnode"] == [
-        settings.ae_title,
-        scp_name,
-        settings.dicom_port,
-    ]
+    radnode = config["DicomModalities"]["radnode"]
+    if isinstance(radnode, dict):  # the object form, with per-modality permissions
+        radnode = [radnode["AET"], radnode["Host"], radnode["Port"]]
+    assert radnode == [settings.ae_title, scp_name, settings.dicom_port]
     allowed = {entry.partition("@")[0] for entry in settings.allowed_calling_aets}
     assert not allowed or config["DicomAet"] in allowed, "radnode-scp would refuse Orthanc"
+
+
+def test_orthanc_config_is_the_pacs_radnode_expects(
+    compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """deploy/orthanc/orthanc.json (compose and the integration tests both use it):
+    authentication on, DICOMweb on, a short StableAge, stores only from registered
+    modalities, radnode allowed to store; every radnode role knows this Orthanc as its
+    PACS peer by service name and ports, with the password compose gives Orthanc."""
+    config = json.loads((REPO / "deploy" / "orthanc" / "orthanc.json").read_text())
+    assert config["AuthenticationEnabled"] is True and config["DicomWeb"]["Enable"] is True
+    assert 0 < config["StableAge"] <= 5
+    assert config["DicomAlwaysAllowStore"] is False
+    assert config["DicomModalities"]["radnode"]["AllowStore"] is True
+    orthanc = compose["services"]["orthanc"]
+    assert orthanc["healthcheck"]["test"], "orthanc needs a healthcheck"
+    orthanc_env = interpolate_tree(env_mapping(orthanc["environment"]), COMPOSE_TEST_ENV)
+    users = json.loads(orthanc_env["ORTHANC__REGISTERED_USERS"])
+    assert orthanc_env["ORTHANC__POSTGRESQL__HOST"] == "postgres"
+    for name, svc in radnode_services(compose).items():
+        env = interpolate_tree(env_mapping(svc["environment"]), COMPOSE_TEST_ENV)
+        [peer] = settings_from_env(env, monkeypatch).pacs_peers
+        assert peer.dicomweb_url == f"http://orthanc:{config['HttpPort']}/dicom-web", name
+        assert (peer.host, peer.port, peer.ae_title) == (
+            "orthanc",
+            config["DicomPort"],
+            config["DicomAet"],
+        )
+        assert peer.password is not None and peer.username is not None
+        assert users[peer.username] == peer.password.get_secret_value()
+
+
+def test_compose_config_with_debian_docker_compose() -> None:
+    """`docker-compose config` (Debian's docker-compose parses without an engine)."""
+    exe = shutil.which("docker-compose")
+    if exe is None:
+        pytest.fail("docker-compose is not installed: run `make system-deps` (make test does)")
+    result = subprocess.run(
+        [exe, "-f", str(COMPOSE), "config", "--quiet"],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**COMPOSE_TEST_ENV, "PATH": "/usr/bin:/bin"},
+        cwd=REPO,
+    )
+    assert result.returncode == 0, result.stderr
 
 
 def test_compose_config_when_docker_compose_is_installed() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 
@@ -18,6 +19,26 @@ def healthz(request: Request) -> dict[str, object]:
     with node.index.engine.connect() as conn:
         conn.execute(text("SELECT 1"))
     return {"status": "ok", "queue_depth": node.queue.depth(), "index": node.index.counts()}
+
+
+@router.get("/readyz")
+def readyz(request: Request) -> JSONResponse:
+    """Ready to do its whole job: the index answers and every PACS peer was reachable with
+    the configured credentials at its last check (503 with each problem in words if not)."""
+    from pacs_link.client import readiness
+
+    node = request.app.state.node
+    problems: list[str] = []
+    try:
+        with node.index.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        peers = readiness(node.index, node.settings.pacs_peers)
+    except Exception as exc:  # noqa: BLE001 - readiness reports, never raises
+        problems.append(f"index unavailable: {type(exc).__name__}")
+        peers = {}
+    problems += [f"{name}: {p['error']}" for name, p in peers.items() if not p.get("ok")]
+    body = {"status": "ready" if not problems else "not ready", "problems": problems}
+    return JSONResponse({**body, "pacs_peers": peers}, status_code=200 if not problems else 503)
 
 
 @router.get("/metrics", dependencies=[require_admin])

@@ -35,11 +35,13 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RadnodeProcess
 
 def allowed_roles(method: str, path: str) -> set[str] | None:
     """Roles that may call the route; None: open to all. (/api writes: the AI node decides.)"""
-    if path == "/healthz":
+    if path in ("/healthz", "/readyz"):  # probes (orchestrators send no token)
         return None
     if path == "/metrics":
         return {"admin"}
     if path.startswith("/dicom-web") and method == "POST":
+        return STORE
+    if path.startswith("/api/pacs/") and method == "POST":  # a PACS's plugin notifies
         return STORE
     return READ
 

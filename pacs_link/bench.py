@@ -1,0 +1,160 @@
+"""``radnode bench e2e --via orthanc``: modality -> Orthanc -> radnode -> SR in Orthanc.
+
+For each round a synthetic study goes by dcmtk ``storescu`` to Orthanc (path 2:
+Orthanc's StableAge, radnode's changes follower, WADO-RS fetch, analysis,
+STOW-RS of the SR) and another one to radnode (path 1: analysis, then the
+originals and the SR forwarded by STOW-RS). The clock runs from storescu's exit
+(the last C-STORE response) until Orthanc's QIDO-RS finds the SR series. Orthanc
+runs from ``deploy/orthanc/orthanc.json`` (StableAge as configured there).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import requests
+
+from ai_node.bench import _free_port, _study, _wait_port, _warm_files
+from pacs_link import client
+from pacs_link.orthanc_peer import STACK_CONFIG, OrthancPacs
+
+
+def _sr_found(orthanc: OrthancPacs, session: requests.Session, study_uid: str) -> bool:
+    response = session.get(
+        f"{orthanc.url}/studies/{study_uid}/series",
+        params={"Modality": "SR"},
+        headers={"Accept": "application/dicom+json"},
+        timeout=10,
+    )
+    return response.status_code == 200 and bool(response.content) and bool(response.json())
+
+
+def _send(storescu: str, port: int, called: str, files: list[Path]) -> float:
+    env = {**os.environ, "TCP_NODELAY": "1"}
+    t0 = time.perf_counter()
+    sent = subprocess.run(
+        [storescu, "-aet", "MODALITY", "-aec", called, "127.0.0.1", str(port), *map(str, files)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    if sent.returncode != 0:
+        raise RuntimeError(f"storescu to {called} failed: {sent.stderr[-500:]}")
+    return time.perf_counter() - t0
+
+
+def orthanc_e2e_benchmark(slices: int, size: int, runs: int, work_dir: Path) -> str:
+    storescu = shutil.which("storescu")
+    if storescu is None:
+        raise RuntimeError("storescu (dcmtk) is not installed")
+    path1 = [_study(work_dir, slices, size, seed=200 + i) for i in range(runs)]
+    path2 = [_study(work_dir, slices, size, seed=300 + i) for i in range(runs)]
+    tmp = Path(tempfile.mkdtemp(prefix="radnode-e2e-orthanc-"))
+    dicom_port, http_port = _free_port(), _free_port()
+    orthanc = OrthancPacs(tmp / "orthanc", radnode_port=dicom_port)
+    orthanc.start()
+    env = {
+        **os.environ,
+        "TCP_NODELAY": "1",
+        "RADNODE_PACS_PEERS": orthanc.peer_json(follow_changes=True),
+    }
+    log = (tmp / "radnode.log").open("wb")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "radnode.cli",
+            "serve",
+            "--data-dir",
+            str(tmp / "data"),
+            "--dicom-port",
+            str(dicom_port),
+            "--http-port",
+            str(http_port),
+            "--log-level",
+            "WARNING",
+            "--log-format",
+            "text",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    session = client.session(orthanc.peer())
+    rows: list[tuple[str, int, float, float]] = []
+    try:
+        _wait_port(dicom_port, proc)
+        _wait_port(http_port, proc)
+        # radnode has read the feed's start (it follows from its end at first start)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            ready = session.get(f"http://127.0.0.1:{http_port}/readyz", timeout=5)
+            if ready.status_code == 200:
+                break
+            time.sleep(0.2)
+        for i in range(runs):
+            for path, port, called, (uid, files) in (
+                (
+                    "2: storescu -> Orthanc -> radnode -> SR",
+                    orthanc.dicom_port,
+                    "ORTHANC",
+                    path2[i],
+                ),
+                ("1: storescu -> radnode -> originals + SR", dicom_port, "RADNODE", path1[i]),
+            ):
+                _warm_files(files)
+                send_s = _send(storescu, port, called, files)
+                t1 = time.perf_counter()
+                while not _sr_found(orthanc, session, uid):
+                    if time.perf_counter() - t1 > 600 or proc.poll() is not None:
+                        raise RuntimeError(f"no SR in Orthanc for {uid}; see {tmp}/radnode.log")
+                    time.sleep(0.05)
+                rows.append((path, i + 1, send_s, time.perf_counter() - t1))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+        orthanc.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    stable_age = json.loads(STACK_CONFIG.read_text())["StableAge"]
+    lines = [
+        f"{slices} slices of {size}x{size} per study, one storescu association each "
+        f"(TCP_NODELAY=1); Orthanc {orthanc_version()} from deploy/orthanc/orthanc.json "
+        f"(StableAge {stable_age} s, SQLite index, authentication on); `radnode serve` "
+        "defaults with the PACS peer (changes feed polled every 0.5 s, STOW-RS delivery).",
+        "",
+        "| path | round | send (s) | last C-STORE response -> SR found by QIDO in Orthanc (s) |",
+        "|---|---:|---:|---:|",
+    ]
+    lines += [f"| {p} | {r} | {s:.2f} | {w:.2f} |" for p, r, s, w in rows]
+    lines.append("")
+    for name in sorted({r[0] for r in rows}, reverse=True):
+        waits = [r[3] for r in rows if r[0] == name]
+        warm = waits[1:] or waits
+        lines.append(
+            f"Median, path {name.split(':')[0]} (rounds 2-{len(waits)}, warm): "
+            f"{statistics.median(warm):.2f} s (all rounds: {statistics.median(waits):.2f} s)."
+        )
+    return "\n".join(lines)
+
+
+def orthanc_version() -> str:
+    try:
+        out = subprocess.run(
+            ["dpkg-query", "-W", "-f=${Version}", "orthanc"], capture_output=True, text=True
+        ).stdout
+    except OSError:
+        return "?"
+    return out.split("+")[0] or "?"

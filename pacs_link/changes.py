@@ -1,0 +1,208 @@
+"""Follow an Orthanc's ``/changes`` feed: each StableStudy is fetched by WADO-RS,
+stored through the node's durable ingest path and queued once for analysis.
+
+The last sequence number processed is kept in the index (``pacs_state``) and
+advanced only after a change is handled, so a restarted follower resumes where
+it stopped: no study is missed, and none is fetched twice (instances the node
+already holds are skipped, and a study is queued only when it has instances no
+job covered). A first start begins at the end of the feed: the PACS's history
+is not analysed wholesale.
+
+Feedback loops: instances the node already holds (its own SR and the originals
+it forwarded) are never fetched back; SRs from the PACS are stored with
+``analyze=False`` so they never make a study due again; instances fetched from
+a peer carry its AE title as calling AE, so they are not forwarded back to it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict
+from typing import Any
+
+from orthanc_api_client import exceptions as orthanc_errors
+from pydicom import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
+from pydicom.uid import UID, ExplicitVRLittleEndian
+
+from pacs_link import client
+from pacs_link.outbox import get_state, set_state
+from radnode.ingest import IngestError
+from radnode.settings import PacsPeer
+
+logger = logging.getLogger(__name__)
+
+STABLE_STUDY = "StableStudy"
+SR_CLASS_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
+SEQ_KEY = "changes_seq"
+
+
+def encoded(ds: Dataset) -> tuple[bytes, str]:
+    """A retrieved dataset as the bytes a C-STORE would carry, in its transfer syntax."""
+    meta = getattr(ds, "file_meta", None)
+    ts = UID(str(meta.TransferSyntaxUID)) if meta and "TransferSyntaxUID" in meta else None
+    if ts is None or ts == "1.2.840.10008.1.2.1.99":  # unknown or deflated: re-encode
+        ts = ExplicitVRLittleEndian
+    buf = DicomBytesIO()
+    buf.is_little_endian = ts.is_little_endian
+    buf.is_implicit_VR = ts.is_implicit_VR
+    write_dataset(buf, ds)
+    return buf.getvalue(), str(ts)
+
+
+def _tag(item: dict[str, Any], tag: str) -> str | None:
+    values = item.get(tag, {}).get("Value") or []
+    return str(values[0]) if values else None
+
+
+class ChangesFollower:
+    def __init__(self, node: Any, peer: PacsPeer) -> None:
+        self.node = node
+        self.peer = peer
+        self.poll_s = float(node.settings.changes_poll_s)
+        self.backoff_max_s = float(node.settings.outbox_backoff_max_s)
+        self.status = client.PeerStatus(node.index)
+        self._orthanc: Any = None
+        self._web: Any = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def orthanc(self) -> Any:
+        if self._orthanc is None:
+            self._orthanc = client.orthanc(self.peer)
+        return self._orthanc
+
+    @property
+    def web(self) -> Any:
+        if self._web is None:
+            self._web = client.dicomweb(self.peer)
+        return self._web
+
+    def last_seq(self) -> int:
+        seq = get_state(self.node.index, self.peer.name, SEQ_KEY)
+        if seq is None:
+            seq = int(self.orthanc.get_json("changes?last")["Last"])
+            set_state(self.node.index, self.peer.name, SEQ_KEY, seq)
+            logger.info(
+                "following the PACS changes feed from its current end",
+                extra={"peer": self.peer.name, "seq": seq},
+            )
+        return int(seq)
+
+    def run_once(self) -> int:
+        """Handle the changes after the persisted sequence number; returns how many."""
+        since = self.last_seq()
+        changes, last, _done = self.orthanc.get_changes(since=since, limit=100)
+        seq = since
+        for change in changes:
+            if str(change.change_type) == STABLE_STUDY:
+                self.handle_stable_study(change.resource_id)
+                set_state(self.node.index, self.peer.name, SEQ_KEY, int(change.sequence_id))
+            seq = int(change.sequence_id)
+        seq = max(seq, int(last or 0))
+        if seq > since:
+            set_state(self.node.index, self.peer.name, SEQ_KEY, seq)
+        self.status.record(self.peer, None)
+        return len(changes)
+
+    def handle_stable_study(self, orthanc_id: str) -> int | None:
+        """Fetch what the node lacks of the study and queue it; returns the job id or None."""
+        try:
+            study = self.orthanc.get_json(f"studies/{orthanc_id}")
+        except orthanc_errors.ResourceNotFound:
+            logger.info("stable study deleted before it was fetched", extra={"id": orthanc_id})
+            return None
+        study_uid = study["MainDicomTags"]["StudyInstanceUID"]
+        started = time.perf_counter()
+        fetched = self.fetch_study(study_uid)
+        if not fetched:
+            return None
+        job_id = self.node.queue.enqueue_if_due(study_uid, "pacs")
+        self.node.metrics.pacs_studies_fetched.labels(peer=self.peer.name).inc()
+        logger.info(
+            "study fetched from PACS",
+            extra={
+                "peer": self.peer.name,
+                "study_uid": study_uid,
+                "instances": fetched,
+                "job_id": job_id,
+                "seconds": round(time.perf_counter() - started, 3),
+            },
+        )
+        return job_id
+
+    def fetch_study(self, study_uid: str) -> int:
+        """WADO-RS what the node does not hold yet (whole series when none of it is here)."""
+        listing = self.web.search_for_instances(
+            study_instance_uid=study_uid,
+            fields=["SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"],
+        )
+        missing: dict[str, list[str]] = defaultdict(list)
+        known: dict[str, int] = defaultdict(int)
+        for item in listing:
+            series_uid, sop_uid = _tag(item, "0020000E"), _tag(item, "00080018")
+            if not series_uid or not sop_uid:
+                continue
+            if self.node.index.find_instance(sop_uid) is None:
+                missing[series_uid].append(sop_uid)
+            else:
+                known[series_uid] += 1
+        count = 0
+        for series_uid, sop_uids in missing.items():
+            if known[series_uid]:
+                datasets = [
+                    self.web.retrieve_instance(study_uid, series_uid, uid) for uid in sop_uids
+                ]
+            else:
+                datasets = self.web.retrieve_series(study_uid, series_uid)
+            for ds in datasets:
+                count += self._store(ds)
+        return count
+
+    def _store(self, ds: Dataset) -> int:
+        raw, ts = encoded(ds)
+        is_sr = str(ds.get("SOPClassUID", "")).startswith(SR_CLASS_PREFIX)
+        try:
+            result = self.node.ingestor.ingest(
+                raw, ts, source="pacs", calling_aet=self.peer.ae_title, analyze=not is_sr
+            )
+        except IngestError as exc:  # logged by the ingestor; the rest of the study goes on
+            logger.warning(
+                "instance from PACS refused", extra={"peer": self.peer.name, "error": exc.comment}
+            )
+            return 0
+        return 0 if result.duplicate else 1
+
+    # -- loop ------------------------------------------------------------------------
+
+    def run(self) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                busy = self.run_once()
+                failures = 0
+            except Exception as exc:  # noqa: BLE001 - reported, retried with backoff
+                failures += 1
+                self.status.record(self.peer, client.describe(self.peer, exc))
+                if not isinstance(exc, orthanc_errors.OrthancApiException):
+                    logger.exception("changes follower error", extra={"peer": self.peer.name})
+                self._orthanc = self._web = None
+                self._stop.wait(min(self.backoff_max_s, self.poll_s * 2**failures))
+                continue
+            if not busy:
+                self._stop.wait(self.poll_s)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(
+            target=self.run, name=f"radnode-changes-{self.peer.name}", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)

@@ -46,8 +46,10 @@ def test_sr_produced_while_orthanc_is_down_is_delivered_once_when_it_is_back(tmp
         orthanc.start()  # same ports, same storage
         wait_for(lambda: sr_instances(orthanc, uid), what="SR in Orthanc after its restart")
         counts = wait_for(
-            lambda: httpx.get(f"{base}/api/outbox", timeout=10).json()["counts"]["orthanc"]
-            == {"delivered": len(files) + 1},
+            lambda: (
+                httpx.get(f"{base}/api/outbox", timeout=10).json()["counts"]["orthanc"]
+                == {"delivered": len(files) + 1}
+            ),
             what="all delivered",
         )
         assert counts

@@ -8,7 +8,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from dicomweb.accesslog import AccessLogMiddleware
 from dicomweb.deps import require_read
 from dicomweb.headers import InstanceHeaders
-from dicomweb.routes import health, pacs, qido, results, stow, wado
+from dicomweb.routes import feedback, health, pacs, qido, results, stow, wado
 from radnode import __version__
 from radnode.node import Node
 
@@ -33,6 +33,7 @@ def create_app(node: Node) -> FastAPI:
     app.include_router(results.router, dependencies=[require_read])
     app.include_router(pacs.router, dependencies=[require_read])
     app.include_router(pacs.notify_router)
+    app.include_router(feedback.router)  # roles per route: feedback is for radiologists
     s = node.settings
     if s.cors_origins:
         app.add_middleware(

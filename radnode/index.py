@@ -167,6 +167,29 @@ results = Table(
 )
 SqlIndex("ix_results_score", results.c.score)
 
+# A radiologist's judgement of one AI result (viewer_plugin.feedback): confirm or relabel,
+# who and when, the model version judged, and the verified / amended SR it produced. The
+# labels retraining reads; a study's newest row per result is the current label.
+feedback = Table(
+    "feedback",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("study_uid", UID, ForeignKey("studies.study_uid"), nullable=False),
+    Column("result_version", Integer, nullable=False),
+    Column("ai_sr_sop_instance_uid", UID, nullable=False),
+    Column("decision", String(16), nullable=False),  # confirm | relabel
+    Column("label", String(64), nullable=False),  # the label the radiologist stands by
+    Column("ai_label", String(64)),
+    Column("comment", Text),
+    Column("model_version", String(64)),
+    Column("user", String(128), nullable=False),
+    Column("observer_name", String(324), nullable=False),
+    Column("sr_sop_instance_uid", UID, nullable=False),
+    Column("predecessor_sop_instance_uid", UID, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+SqlIndex("ix_feedback_study", feedback.c.study_uid, feedback.c.result_version)
+
 # Instances waiting for (or done with) delivery to a PACS peer (pacs_link.outbox): the
 # node's SRs and, if configured, the originals it received. One row per peer and
 # instance, so an instance is never queued twice; rows are never deleted by the sender.

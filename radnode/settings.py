@@ -53,6 +53,11 @@ class PacsPeer(BaseModel):
     follow_changes: bool = Field(
         False, description="Follow the PACS's /changes feed and analyse its stable studies."
     )
+    prefetch: bool = Field(
+        True,
+        description="While following the feed, fetch each new instance as it arrives, so a "
+        "study is already here when the PACS declares it stable.",
+    )
     tls_verify: bool = Field(True, description="Verify the HTTPS server certificate.")
     tls_ca_file: Path | None = Field(None, description="CA bundle for HTTPS and DICOM TLS.")
     tls_cert_file: Path | None = Field(None, description="Client certificate (mutual TLS).")
@@ -232,6 +237,33 @@ class Settings(BaseSettings):
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR.")
     log_format: Literal["json", "text"] = Field(
         "json", description="json: one JSON object per line; text: for a terminal."
+    )
+
+    # Viewer and radiologist feedback (viewer_plugin/)
+    radiologist_names: dict[str, str] = Field(
+        default_factory=dict,
+        description='Person name (DICOM PN, "Family^Given") of each static API token\'s '
+        'holder, {"<token>": "Doe^Jane"}: the Verifying Observer of the SRs their '
+        "feedback produces. JWTs name theirs in the name (or preferred_username) claim.",
+    )
+    demo_observer_name: str = Field(
+        "Demo^Radiologist",
+        max_length=64,
+        description="Verifying Observer Name of feedback while auth_enabled is false (demo).",
+    )
+    verifying_organization: str = Field(
+        "radnode",
+        min_length=1,
+        max_length=64,
+        description="Verifying Organization of feedback SRs (the hospital's name).",
+    )
+    ohif_dir: Path | None = Field(
+        None,
+        description="The prebuilt OHIF viewer (npm @ohif/app's dist/); default: "
+        "build/ohif/package/dist as `make ohif` unpacks it.",
+    )
+    ohif_port: int = Field(
+        3000, ge=0, le=65535, description="HTTP port of the OHIF viewer (radnode viewer)."
     )
 
     @field_validator("ae_title")

@@ -1,0 +1,345 @@
+"""Radiologist feedback on AI results: recorded in the index, as DICOM and in the audit log.
+
+One call of :meth:`FeedbackService.record` judges the newest AI result of a study:
+
+* ``confirm``: the radiologist stands by the AI's label;
+* ``relabel``: the radiologist gives the correct label (``lesion`` / ``no lesion``),
+  with an optional comment.
+
+Either way a verified SR superseding the judged one is built (:mod:`ai_node.feedback_sr`),
+stored in the study (source ``feedback``, not analysed again), queued for the PACS peers
+like the AI SR, recorded in the ``feedback`` table (who, when, decision, label, comment,
+model version judged) and written to the audit log (logger ``radnode.audit``).
+
+Documented behaviour at the edges (docs/viewer.md):
+
+* a study the node has never seen: :class:`UnknownStudy` (404);
+* a study without a finished AI result (pending, running, failed): :class:`NoResult`
+  (409) and nothing is recorded;
+* the client judged an older result than the newest (``sr_sop_instance_uid`` given and
+  different): :class:`StaleResult` (409);
+* twice on the same result: the same reviewer repeating the current decision, label and
+  comment gets the existing record back (``created`` false, nothing new: a double click);
+  anything else is a new judgement that supersedes the previous one, its SR naming the
+  previous feedback SR as predecessor; the newest judgement of a result is its label.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian
+from sqlalchemy import and_, func, select
+
+from ai_node.feedback_sr import LABEL_CODES, build_feedback_sr
+from ai_node.pipeline import encode
+from ai_node.results import ResultStore
+from radnode.index import feedback, results, studies, utcnow
+
+logger = logging.getLogger(__name__)
+audit = logging.getLogger("radnode.audit")
+
+Decision = Literal["confirm", "relabel"]
+LABELS = tuple(LABEL_CODES)
+
+
+class FeedbackError(Exception):
+    """Feedback that cannot be recorded; the HTTP route maps each kind to a status."""
+
+
+class UnknownStudy(FeedbackError):
+    pass
+
+
+class NoResult(FeedbackError):
+    pass
+
+
+class StaleResult(FeedbackError):
+    pass
+
+
+class BadLabel(FeedbackError):
+    pass
+
+
+@dataclass(frozen=True)
+class Reviewer:
+    """Who judges: an identifier for the index and the audit log, and a DICOM person name."""
+
+    user: str
+    observer_name: str
+    role: str | None = None
+
+
+def _iso(value: Any) -> str | None:
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=dt.UTC)
+        return value.isoformat()
+    return None if value is None else str(value)
+
+
+def public(row: dict[str, Any]) -> dict[str, Any]:
+    """A feedback row as the API shows it."""
+    out = {k: v for k, v in row.items() if k != "created_at"}
+    out["created_at"] = _iso(row.get("created_at"))
+    return out
+
+
+class FeedbackService:
+    """Records and lists feedback for one node (its index, store, ingestor and settings)."""
+
+    def __init__(self, node: Any) -> None:
+        self.node = node
+        self.results = ResultStore(node.index)
+
+    # -- queries -------------------------------------------------------------------
+
+    def for_study(self, study_uid: str) -> list[dict[str, Any]]:
+        with self.node.index.engine.connect() as conn:
+            rows = conn.execute(
+                select(feedback)
+                .where(feedback.c.study_uid == study_uid)
+                .order_by(feedback.c.id.desc())
+            )
+            return [public(dict(r._mapping)) for r in rows]
+
+    def _latest(self, study_uid: str, version: int) -> dict[str, Any] | None:
+        with self.node.index.engine.connect() as conn:
+            row = conn.execute(
+                select(feedback)
+                .where(feedback.c.study_uid == study_uid, feedback.c.result_version == version)
+                .order_by(feedback.c.id.desc())
+                .limit(1)
+            ).first()
+        return dict(row._mapping) if row else None
+
+    def worklist(
+        self,
+        *,
+        reviewed: bool | None = None,
+        label: str | None = None,
+        status: str | None = None,
+        date_from: str | None = None,
+        date_to: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> tuple[int, list[dict[str, Any]]]:
+        """Each study's newest result with its study attributes and newest judgement,
+        highest score first (triage), unscored last."""
+        newest = (
+            select(results.c.study_uid, func.max(results.c.version).label("version"))
+            .group_by(results.c.study_uid)
+            .subquery()
+        )
+        last_fb = (
+            select(feedback.c.study_uid, func.max(feedback.c.id).label("fid"))
+            .group_by(feedback.c.study_uid, feedback.c.result_version)
+            .where(
+                feedback.c.result_version
+                == select(func.max(results.c.version))
+                .where(results.c.study_uid == feedback.c.study_uid)
+                .scalar_subquery()
+            )
+            .subquery()
+        )
+        query = (
+            select(
+                results,
+                studies.c.patient_id,
+                studies.c.patient_name,
+                studies.c.study_date,
+                studies.c.study_description,
+                studies.c.accession_number,
+                feedback.c.decision.label("fb_decision"),
+                feedback.c.label.label("fb_label"),
+                feedback.c.user.label("fb_user"),
+                feedback.c.created_at.label("fb_at"),
+            )
+            .join(
+                newest,
+                and_(
+                    results.c.study_uid == newest.c.study_uid,
+                    results.c.version == newest.c.version,
+                ),
+            )
+            .join(studies, studies.c.study_uid == results.c.study_uid)
+            .outerjoin(last_fb, last_fb.c.study_uid == results.c.study_uid)
+            .outerjoin(feedback, feedback.c.id == last_fb.c.fid)
+        )
+        if reviewed is True:
+            query = query.where(feedback.c.id.is_not(None))
+        elif reviewed is False:
+            query = query.where(feedback.c.id.is_(None))
+        if label is not None:
+            query = query.where(results.c.label == label)
+        if status is not None:
+            query = query.where(results.c.status == status)
+        if date_from:
+            query = query.where(studies.c.study_date >= date_from)
+        if date_to:
+            query = query.where(studies.c.study_date <= date_to)
+        with self.node.index.engine.connect() as conn:
+            total = conn.execute(select(func.count()).select_from(query.subquery())).scalar_one()
+            rows = conn.execute(
+                query.order_by(
+                    results.c.score.desc().nulls_last(), results.c.finished_at.desc(), results.c.id
+                )
+                .limit(limit)
+                .offset(offset)
+            )
+            items = []
+            for r in rows:
+                m = dict(r._mapping)
+                items.append(
+                    {
+                        "study_uid": m["study_uid"],
+                        "version": m["version"],
+                        "status": m["status"],
+                        "score": m["score"],
+                        "label": m["label"],
+                        "model_version": m["model_version"],
+                        "patient_id": m["patient_id"],
+                        "patient_name": m["patient_name"],
+                        "study_date": m["study_date"],
+                        "study_description": m["study_description"],
+                        "accession_number": m["accession_number"],
+                        "finished_at": _iso(m["finished_at"]),
+                        "review": None
+                        if m["fb_decision"] is None
+                        else {
+                            "decision": m["fb_decision"],
+                            "label": m["fb_label"],
+                            "user": m["fb_user"],
+                            "created_at": _iso(m["fb_at"]),
+                        },
+                    }
+                )
+        return int(total), items
+
+    # -- recording -----------------------------------------------------------------
+
+    def _open(self, sop_instance_uid: str, *, pixels: bool) -> Dataset | None:
+        row = self.node.index.find_instance(sop_instance_uid)
+        if row is None:
+            return None
+        ds: Dataset = self.node.store.open_dataset(str(row["path"]), stop_before_pixels=not pixels)
+        return ds
+
+    def _evidence(self, predecessor: Dataset) -> list[Dataset]:
+        uids = [
+            str(sop.ReferencedSOPInstanceUID)
+            for study in predecessor.get("CurrentRequestedProcedureEvidenceSequence", [])
+            for series in study.get("ReferencedSeriesSequence", [])
+            for sop in series.get("ReferencedSOPSequence", [])
+        ]
+        headers = [self._open(uid, pixels=False) for uid in dict.fromkeys(uids)]
+        return [ds for ds in headers if ds is not None]
+
+    def record(
+        self,
+        study_uid: str,
+        decision: Decision,
+        reviewer: Reviewer,
+        *,
+        label: str | None = None,
+        comment: str | None = None,
+        sr_sop_instance_uid: str | None = None,
+    ) -> tuple[dict[str, Any], bool]:
+        """Record one judgement of the study's newest result; returns (record, created)."""
+        result = self.results.study_result(study_uid)
+        if result is None:
+            raise UnknownStudy("unknown study")
+        ai_sr_uid = result.get("sr_sop_instance_uid")
+        if result["status"] not in ("done", "out_of_scope") or not ai_sr_uid:
+            raise NoResult(f"no AI result to judge yet (status {result['status']})")
+        if sr_sop_instance_uid is not None and sr_sop_instance_uid != ai_sr_uid:
+            raise StaleResult("the AI result judged is not the study's newest one")
+        ai_label = result.get("label")
+        if decision == "confirm":
+            if label is not None and label != ai_label:
+                raise BadLabel("confirm takes the AI's label; relabel to change it")
+            label = ai_label
+        else:
+            if label not in LABEL_CODES:
+                raise BadLabel(f"label must be one of: {', '.join(LABELS)}")
+            if label == ai_label:
+                raise BadLabel("that is the AI's label: confirm it instead")
+        assert label is not None
+        comment = (comment or "").strip() or None
+        version = int(result["version"])
+        previous = self._latest(study_uid, version)
+        if (
+            previous is not None
+            and previous["user"] == reviewer.user
+            and previous["decision"] == decision
+            and previous["label"] == label
+            and previous["comment"] == comment
+        ):
+            return public(previous), False
+
+        predecessor_uid = previous["sr_sop_instance_uid"] if previous else str(ai_sr_uid)
+        predecessor = self._open(predecessor_uid, pixels=True)
+        if predecessor is None:
+            raise NoResult("the SR being judged is no longer in the store")
+        evidence = self._evidence(predecessor)
+        count = 0 if previous is None else int(previous["id"])
+        sr = build_feedback_sr(
+            predecessor,
+            evidence,
+            observer_name=reviewer.observer_name,
+            organization=self.node.settings.verifying_organization,
+            label=label if label in LABEL_CODES else None,
+            decision=decision,
+            feedback_key=f"{count}|{reviewer.user}|{decision}|{label}|{comment or ''}",
+        )
+        self.node.ingestor.ingest(
+            encode(sr), ExplicitVRLittleEndian, source="feedback", analyze=False
+        )
+        row = {
+            "study_uid": study_uid,
+            "result_version": version,
+            "ai_sr_sop_instance_uid": str(ai_sr_uid),
+            "decision": decision,
+            "label": label,
+            "ai_label": ai_label,
+            "comment": comment,
+            "model_version": result.get("model_version"),
+            "user": reviewer.user,
+            "observer_name": reviewer.observer_name,
+            "sr_sop_instance_uid": str(sr.SOPInstanceUID),
+            "predecessor_sop_instance_uid": predecessor_uid,
+            "created_at": utcnow(),
+        }
+        with self.node.index.transaction() as conn:
+            row["id"] = conn.execute(feedback.insert().values(**row)).inserted_primary_key[0]
+        self._queue_for_pacs(study_uid, str(sr.SOPInstanceUID))
+        audit.info(
+            "AI result judged",
+            extra={
+                "event": "feedback",
+                "user": reviewer.user,
+                "role": reviewer.role,
+                "study_uid": study_uid,
+                "result_version": version,
+                "decision": decision,
+                "label": label,
+                "ai_label": ai_label,
+                "model_version": result.get("model_version"),
+                "sr_sop_instance_uid": row["sr_sop_instance_uid"],
+                "predecessor_sop_instance_uid": predecessor_uid,
+            },
+        )
+        return public(row), True
+
+    def _queue_for_pacs(self, study_uid: str, sr_uid: str) -> None:
+        """Send the feedback SR to the PACS peers the way the AI SR goes (pacs_link's outbox)."""
+        if self.node.settings.pacs_peers:
+            from pacs_link.outbox import queue_study_results
+
+            queue_study_results(self.node, study_uid, sr_uid)

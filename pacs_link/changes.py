@@ -1,6 +1,11 @@
 """Follow an Orthanc's ``/changes`` feed: each StableStudy is fetched by WADO-RS,
 stored through the node's durable ingest path and queued once for analysis.
 
+With ``prefetch`` (the default) each NewInstance is fetched as it arrives (its
+Part 10 file from Orthanc's REST API, stored as received), so when the study
+becomes stable it is already here and only what was missed goes by WADO-RS: the
+fetch is off the path from the last instance to the result.
+
 The last sequence number processed is kept in the index (``pacs_state``) and
 advanced only after a change is handled, so a restarted follower resumes where
 it stopped: no study is missed, and none is fetched twice (instances the node
@@ -20,11 +25,13 @@ import logging
 import threading
 import time
 from collections import defaultdict
+from io import BytesIO
 from typing import Any
 
 from orthanc_api_client import exceptions as orthanc_errors
 from pydicom import Dataset
 from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
@@ -36,6 +43,7 @@ from radnode.settings import PacsPeer
 logger = logging.getLogger(__name__)
 
 STABLE_STUDY = "StableStudy"
+NEW_INSTANCE = "NewInstance"
 SR_CLASS_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
 SEQ_KEY = "changes_seq"
 
@@ -51,6 +59,22 @@ def encoded(ds: Dataset) -> tuple[bytes, str]:
     buf.is_implicit_VR = ts.is_implicit_VR
     write_dataset(buf, ds)
     return buf.getvalue(), str(ts)
+
+
+def split_part10(part10: bytes) -> tuple[bytes, str, str]:
+    """(dataset bytes, transfer syntax UID, SOP Class UID) of a Part 10 file (PS3.10 7.1):
+    the bytes after the File Meta Information, exactly as a C-STORE would carry them."""
+    if len(part10) < 144 or part10[128:132] != b"DICM":
+        raise ValueError("not a DICOM Part 10 file")
+    # (0002,0000) File Meta Information Group Length, explicit VR little endian UL
+    if part10[132:138] != b"\x02\x00\x00\x00UL":
+        raise ValueError("File Meta Information does not start with its group length")
+    end = 144 + int.from_bytes(part10[140:144], "little")
+    meta = read_dataset(BytesIO(part10[132:end]), is_implicit_VR=False, is_little_endian=True)
+    ts = str(meta.get("TransferSyntaxUID", ""))
+    if not ts:
+        raise ValueError("File Meta Information without Transfer Syntax UID")
+    return part10[end:], ts, str(meta.get("MediaStorageSOPClassUID", ""))
 
 
 def _tag(item: dict[str, Any], tag: str) -> str | None:
@@ -99,7 +123,9 @@ class ChangesFollower:
         changes, last, _done = self.orthanc.get_changes(since=since, limit=100)
         seq = since
         for change in changes:
-            if str(change.change_type) == STABLE_STUDY:
+            if str(change.change_type) == NEW_INSTANCE and self.peer.prefetch:
+                self.prefetch_instance(change.resource_id)
+            elif str(change.change_type) == STABLE_STUDY:
                 self.handle_stable_study(change.resource_id)
                 set_state(self.node.index, self.peer.name, SEQ_KEY, int(change.sequence_id))
             seq = int(change.sequence_id)
@@ -119,9 +145,11 @@ class ChangesFollower:
         study_uid = study["MainDicomTags"]["StudyInstanceUID"]
         started = time.perf_counter()
         fetched = self.fetch_study(study_uid)
-        if not fetched:
-            return None
+        # Prefetched instances are already here: queue whatever no job covers yet (nothing
+        # when the change is only the arrival of the node's own SR).
         job_id = self.node.queue.enqueue_if_due(study_uid, "pacs")
+        if job_id is None and not fetched:
+            return None
         self.node.metrics.pacs_studies_fetched.labels(peer=self.peer.name).inc()
         logger.info(
             "study fetched from PACS",
@@ -134,6 +162,30 @@ class ChangesFollower:
             },
         )
         return job_id
+
+    def prefetch_instance(self, orthanc_id: str) -> bool:
+        """Store one instance as soon as the PACS has it (its Part 10 file, as stored), so
+        the StableStudy finds the study here and analysis starts at once. Instances the
+        node holds (its SR, forwarded originals) are not fetched. Returns True if stored."""
+        try:
+            tags = self.orthanc.get_json(f"instances/{orthanc_id}")
+        except orthanc_errors.ResourceNotFound:
+            return False
+        sop_uid = tags.get("MainDicomTags", {}).get("SOPInstanceUID")
+        if not sop_uid or self.node.index.find_instance(str(sop_uid)) is not None:
+            return False
+        try:
+            part10 = self.orthanc.get_binary(f"instances/{orthanc_id}/file")
+        except orthanc_errors.ResourceNotFound:
+            return False
+        try:
+            raw, ts, sop_class = split_part10(part10)
+        except ValueError as exc:
+            logger.warning(
+                "instance from PACS unreadable", extra={"peer": self.peer.name, "error": str(exc)}
+            )
+            return False
+        return bool(self._ingest(raw, ts, sop_class))
 
     def fetch_study(self, study_uid: str) -> int:
         """WADO-RS what the node does not hold yet (whole series when none of it is here)."""
@@ -165,7 +217,10 @@ class ChangesFollower:
 
     def _store(self, ds: Dataset) -> int:
         raw, ts = encoded(ds)
-        is_sr = str(ds.get("SOPClassUID", "")).startswith(SR_CLASS_PREFIX)
+        return self._ingest(raw, ts, str(ds.get("SOPClassUID", "")))
+
+    def _ingest(self, raw: bytes, ts: str, sop_class: str) -> int:
+        is_sr = sop_class.startswith(SR_CLASS_PREFIX)
         try:
             result = self.node.ingestor.ingest(
                 raw, ts, source="pacs", calling_aet=self.peer.ae_title, analyze=not is_sr

@@ -263,7 +263,15 @@ class Settings(BaseSettings):
         "build/ohif/package/dist as `make ohif` unpacks it.",
     )
     ohif_port: int = Field(
-        3000, ge=0, le=65535, description="HTTP port of the OHIF viewer (radnode viewer)."
+        3000,
+        ge=0,
+        le=65535,
+        description="HTTP port of the OHIF viewer (python -m viewer_plugin.ohif).",
+    )
+    ohif_url: str | None = Field(
+        None,
+        description="Where browsers reach that OHIF viewer (e.g. http://127.0.0.1:3000); the "
+        "review page embeds it. Unset: the review page shows the driving slice only.",
     )
 
     @field_validator("ae_title")

@@ -11,6 +11,7 @@ from dicomweb.headers import InstanceHeaders
 from dicomweb.routes import feedback, health, pacs, qido, results, stow, wado
 from radnode import __version__
 from radnode.node import Node
+from viewer_plugin.review import mount_ui
 
 
 def create_app(node: Node) -> FastAPI:
@@ -34,6 +35,7 @@ def create_app(node: Node) -> FastAPI:
     app.include_router(pacs.router, dependencies=[require_read])
     app.include_router(pacs.notify_router)
     app.include_router(feedback.router)  # roles per route: feedback is for radiologists
+    mount_ui(app)  # /ui/: static pages; their data comes from the API with the user's token
     s = node.settings
     if s.cors_origins:
         app.add_middleware(

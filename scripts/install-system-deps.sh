@@ -2,9 +2,10 @@
 # Install the Debian packages radnode's tests run as real peers, if missing:
 #   dcmtk (storescu/echoscu/findscu: the modality), orthanc + orthanc-dicomweb (the PACS),
 #   orthanc-python (runs viewer_plugin/ inside Orthanc), dicom3tools (dciodvfy: validates the
-#   SRs radnode writes), docker-compose (parses docker-compose.yml without an engine).
+#   SRs radnode writes), docker-compose (parses docker-compose.yml without an engine),
+#   chromium + chromium-driver (the viewer's browser tests, driven by Selenium).
 set -euo pipefail
-packages=(dcmtk orthanc orthanc-dicomweb orthanc-python dicom3tools docker-compose)
+packages=(dcmtk orthanc orthanc-dicomweb orthanc-python dicom3tools docker-compose chromium chromium-driver)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -102,6 +102,7 @@ def whoami(request: Request) -> dict[str, Any]:
         "observer_name": reviewer.observer_name,
         "role": reviewer.role,
         "may_give_feedback": may,
+        "ohif_url": settings.ohif_url.rstrip("/") if settings.ohif_url else None,
     }
 
 

@@ -1,0 +1,131 @@
+"""The worklist and review pages in a real headless Chromium: sign in, triage order, the AI
+panel, Relabel; then the amended SR is found by QIDO-RS / WADO-RS on radnode's DICOMweb."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+from browser import chromium, serve, wait
+from vpfixtures import RADIOLOGIST, analyse_studies, make_node, shipped_models  # noqa: F401
+
+from ai_node.synth import StudySpec
+from dicomweb.app import create_app
+
+VERIFICATION_FLAG = "0040A493"
+PREDECESSOR_DOCUMENTS = "0040A360"
+
+
+@pytest.fixture
+def edge(tmp_path: Path, shipped_models):  # noqa: F811
+    node = make_node(tmp_path / "data", auth=True)
+    uids = analyse_studies(
+        node,
+        shipped_models,
+        tmp_path / "in",
+        [
+            StudySpec(region="chest", slices=16, nodules=0, seed=21, rows=128, columns=128),
+            StudySpec(region="chest", slices=16, nodules=2, seed=3, rows=128, columns=128),
+        ],
+    )
+    with serve(create_app(node)) as base:
+        yield node, uids, base
+    node.close()
+
+
+def test_worklist_review_relabel_then_amended_sr_by_qido(edge, tmp_path) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    node, uids, base = edge
+    auth = {"Authorization": f"Bearer {RADIOLOGIST}"}
+    with chromium(tmp_path / "profile") as driver:
+        driver.get(f"{base}/ui/")
+        token_box = wait(
+            driver,
+            lambda d: (
+                d.find_element(By.ID, "token").is_displayed() and d.find_element(By.ID, "token")
+            ),
+        )
+        token_box.send_keys(RADIOLOGIST)
+        driver.find_element(By.ID, "signin-go").click()
+        wait(
+            driver,
+            lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-loaded") == "true",
+        )
+        assert "Doe^Jane" in driver.find_element(By.ID, "who").text
+        rows = driver.find_elements(By.CSS_SELECTOR, "#worklist tbody tr.study")
+        assert {r.get_attribute("data-study-uid") for r in rows} == set(uids)
+        scores = [float(r.find_element(By.CSS_SELECTOR, "td.score").text) for r in rows]
+        assert scores == sorted(scores, reverse=True)  # triage: highest score first
+
+        top = rows[0]
+        study_uid = top.get_attribute("data-study-uid")
+        ai_label = top.find_element(By.CSS_SELECTOR, "td.label").text
+        top.find_element(By.CSS_SELECTOR, "a.open").click()
+
+        wait(
+            driver,
+            lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-loaded") == "true",
+        )
+        assert driver.find_element(By.ID, "ai-score").text == f"{scores[0]:.3f}"
+        assert driver.find_element(By.ID, "ai-label").text == ai_label
+        assert driver.find_element(By.ID, "ai-model").text.startswith("finding:")
+        wait(
+            driver,
+            lambda d: d.execute_script(
+                "const i = document.getElementById('ai-slice'); return i.complete && i.naturalWidth > 0;"
+            ),
+        )
+        driver.find_element(By.ID, "relabel").click()
+        new_label = "no lesion" if ai_label == "lesion" else "lesion"
+        Select(wait(driver, lambda d: d.find_element(By.ID, "relabel-label"))).select_by_value(
+            new_label
+        )
+        driver.find_element(By.ID, "relabel-comment").send_keys("second reader disagrees")
+        driver.find_element(By.ID, "relabel-save").click()
+        message = wait(
+            driver, lambda d: d.find_element(By.CSS_SELECTOR, "#message[data-done='true']")
+        )
+        sr_uid = message.get_attribute("data-sr-uid")
+        assert sr_uid and "Recorded: relabel" in message.text
+        driver.save_screenshot(str(tmp_path / "review.png"))
+
+    # the amended SR, found through radnode's own DICOMweb like any DICOMweb client would
+    with httpx.Client(base_url=f"{base}/dicom-web", headers=auth, timeout=30) as dw:
+        found = dw.get(f"/studies/{study_uid}/instances", params={"SOPInstanceUID": sr_uid})
+        assert found.status_code == 200, found.text
+        [hit] = found.json()
+        series_uid = hit["0020000E"]["Value"][0]
+        meta = dw.get(
+            f"/studies/{study_uid}/series/{series_uid}/instances/{sr_uid}/metadata",
+            headers={"Accept": "application/dicom+json"},
+        )
+        assert meta.status_code == 200, meta.text
+        [ds] = meta.json()
+    ai_sr = node.index.find_instance(sr_uid)
+    assert ai_sr is not None
+    assert ds[VERIFICATION_FLAG]["Value"] == ["VERIFIED"]
+    [pre_study] = ds[PREDECESSOR_DOCUMENTS]["Value"]
+    pre_sop = pre_study["00081115"]["Value"][0]["00081199"]["Value"][0]["00081155"]["Value"][0]
+    result = httpx.get(f"{base}/api/studies/{study_uid}/result", headers=auth).json()
+    assert pre_sop == result["sr_sop_instance_uid"]
+
+
+def test_review_page_without_radiologist_role_has_no_buttons(edge, tmp_path) -> None:
+    from selenium.webdriver.common.by import By
+
+    from vpfixtures import VIEWER
+
+    _, uids, base = edge
+    with chromium(tmp_path / "profile") as driver:
+        driver.get(f"{base}/ui/review.html?study={uids[0]}")
+        driver.execute_script("sessionStorage.setItem('radnode.token', arguments[0]);", VIEWER)
+        driver.refresh()
+        wait(
+            driver,
+            lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-loaded") == "true",
+        )
+        assert "(viewer)" in driver.find_element(By.ID, "who").text
+        assert not driver.find_element(By.ID, "confirm").is_displayed()

@@ -21,8 +21,22 @@ logger = logging.getLogger(__name__)
 HTTP_TIMEOUT_S = 30.0
 
 
+class PeerSession(requests.Session):
+    """A requests session whose TLS verification is the peer's, whatever the environment.
+
+    requests lets ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE`` override ``Session.verify``
+    (the environment is merged per request, psf/requests#3829): a peer's own
+    ``tls_ca_file`` would be ignored wherever those are set, as on many servers.
+    """
+
+    def merge_environment_settings(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        merged: dict[str, Any] = super().merge_environment_settings(*args, **kwargs)
+        merged["verify"] = self.verify
+        return merged
+
+
 def session(peer: PacsPeer) -> requests.Session:
-    s = requests.Session()
+    s = PeerSession()
     if peer.username and peer.password is not None:
         s.auth = (peer.username, peer.password.get_secret_value())
     s.verify = str(peer.tls_ca_file) if peer.tls_ca_file and peer.tls_verify else peer.tls_verify
@@ -47,10 +61,9 @@ def orthanc(peer: PacsPeer) -> OrthancApiClient:
         raise ValueError(f"PACS peer {peer.name} has neither rest_url nor dicomweb_url")
     password = peer.password.get_secret_value() if peer.password is not None else None
     client = OrthancApiClient(url, user=peer.username, pwd=password)
-    # orthanc-api-client has no TLS options; its requests session takes ours.
-    http: requests.Session = client._http_session
-    own = session(peer)
-    http.verify, http.cert = own.verify, own.cert
+    # orthanc-api-client has no TLS options: it gets our session (credentials, CA, client
+    # certificate); its own retries are not needed, the follower retries with backoff.
+    client._http_session = session(peer)
     return client
 
 

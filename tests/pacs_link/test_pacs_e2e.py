@@ -50,6 +50,9 @@ def test_path1_radnode_forwards_originals_and_sr_to_orthanc(tmp_path) -> None:
             assert outbox["counts"]["orthanc"] == {"delivered": len(files) + 1}, outbox
             ready = httpx.get(f"http://127.0.0.1:{node.http_port}/readyz", timeout=10)
             assert ready.status_code == 200, ready.text
+            metrics = httpx.get(f"http://127.0.0.1:{node.http_port}/metrics", timeout=10).text
+            delivered = f'radnode_outbox_items{{peer="orthanc",state="delivered"}} {len(files) + 1}'
+            assert delivered in metrics
         finally:
             assert node.stop() == 0
         web = client.dicomweb(orthanc.peer())

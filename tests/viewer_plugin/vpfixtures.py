@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ai_node"))
+for _helpers in ("ai_node", "pacs_link"):  # their fixture modules (not conftest.py files)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / _helpers))
 from ai_fixtures import add_study, run_all, shipped_models  # noqa: E402,F401
 
 from ai_node.pipeline import AnalysisPipeline  # noqa: E402

@@ -52,7 +52,13 @@ def session(peer: PacsPeer) -> requests.Session:
 def dicomweb(peer: PacsPeer) -> DICOMwebClient:
     if not peer.dicomweb_url:
         raise ValueError(f"PACS peer {peer.name} has no dicomweb_url")
-    return DICOMwebClient(url=peer.dicomweb_url.rstrip("/"), session=session(peer))
+    web = DICOMwebClient(
+        url=peer.dicomweb_url.rstrip("/"), session=session(peer), timeout=(10, 300)
+    )
+    # Its own retries (5 attempts, exponential, ~30 s) would hold the sender on one peer;
+    # the outbox retries with its backoff and records each failure.
+    web.set_http_retry_params(retry=False)
+    return web
 
 
 def orthanc(peer: PacsPeer) -> OrthancApiClient:

@@ -70,6 +70,7 @@ def test_feedback_sr_is_verified_successor_and_valid(ai_sr, tmp_path, label) -> 
     sr.save_as(path, enforce_file_format=True)
     report = dciodvfy(path)
     assert not [line for line in report.splitlines() if line.startswith("Error")], report
+    assert "Warning" not in report, report
     ds = pydicom.dcmread(path)
     assert ds.VerificationFlag == "VERIFIED" and ds.CompletionFlag == "COMPLETE"
     [observer] = ds.VerifyingObserverSequence

@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -149,25 +149,22 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 60.0) 
     raise TimeoutError(f"nothing listening on {port}")
 
 
-def e2e_benchmark(slices: int, size: int, runs: int, work_dir: Path) -> str:
-    """Seconds from the last C-STORE response to the SR's result being queryable."""
-    import httpx
-
-    storescu = shutil.which("storescu")
-    if storescu is None:
-        raise RuntimeError("storescu (dcmtk) is not installed")
-    studies = [_study(work_dir, slices, size, seed=100 + i) for i in range(runs)]
-    data = Path(tempfile.mkdtemp(prefix="radnode-e2e-"))
-    dicom_port, http_port = _free_port(), _free_port()
-    log = (data.parent / f"{data.name}.log").open("wb")
-    proc = subprocess.Popen(
+def start_serve(
+    data_dir: Path,
+    dicom_port: int,
+    http_port: int,
+    log: IO[bytes],
+    env: dict[str, str] | None = None,
+) -> subprocess.Popen[bytes]:
+    """`radnode serve` on the given loopback ports, quiet logs into ``log`` (for benchmarks)."""
+    return subprocess.Popen(
         [
             sys.executable,
             "-m",
             "radnode.cli",
             "serve",
             "--data-dir",
-            str(data),
+            str(data_dir),
             "--dicom-port",
             str(dicom_port),
             "--http-port",
@@ -179,7 +176,22 @@ def e2e_benchmark(slices: int, size: int, runs: int, work_dir: Path) -> str:
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
+        env=env,
     )
+
+
+def e2e_benchmark(slices: int, size: int, runs: int, work_dir: Path) -> str:
+    """Seconds from the last C-STORE response to the SR's result being queryable."""
+    import httpx
+
+    storescu = shutil.which("storescu")
+    if storescu is None:
+        raise RuntimeError("storescu (dcmtk) is not installed")
+    studies = [_study(work_dir, slices, size, seed=100 + i) for i in range(runs)]
+    data = Path(tempfile.mkdtemp(prefix="radnode-e2e-"))
+    dicom_port, http_port = _free_port(), _free_port()
+    log = (data.parent / f"{data.name}.log").open("wb")
+    proc = start_serve(data, dicom_port, http_port, log)
     env = {**os.environ, "TCP_NODELAY": "1"}
     results = []
     try:

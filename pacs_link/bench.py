@@ -16,14 +16,13 @@ import shutil
 import signal
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import requests
 
-from ai_node.bench import _free_port, _study, _wait_port, _warm_files
+from ai_node.bench import _free_port, _study, _wait_port, _warm_files, start_serve
 from pacs_link import client
 from pacs_link.orthanc_peer import STACK_CONFIG, OrthancPacs
 
@@ -68,27 +67,7 @@ def orthanc_e2e_benchmark(slices: int, size: int, runs: int, work_dir: Path) -> 
         "RADNODE_PACS_PEERS": orthanc.peer_json(follow_changes=True),
     }
     log = (tmp / "radnode.log").open("wb")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "radnode.cli",
-            "serve",
-            "--data-dir",
-            str(tmp / "data"),
-            "--dicom-port",
-            str(dicom_port),
-            "--http-port",
-            str(http_port),
-            "--log-level",
-            "WARNING",
-            "--log-format",
-            "text",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-    )
+    proc = start_serve(tmp / "data", dicom_port, http_port, log, env)
     session = client.session(orthanc.peer())
     rows: list[tuple[str, int, float, float]] = []
     try:

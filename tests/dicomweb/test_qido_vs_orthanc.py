@@ -6,18 +6,14 @@ Both servers get the same varied studies by STOW-RS; each query's set of matches
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
-from conftest import RadnodeProcess, free_port, require_tool
+from conftest import RadnodeProcess
 from dicomweb_client import DICOMwebClient
 from dwfixtures import CT_IMAGE, VariedStudies, api, dicomweb_url, varied_studies  # noqa: F401
+from pgserver import PostgresServer
 
 from dicomweb.peers import OrthancDicomWeb
 
@@ -148,42 +144,11 @@ def test_request_attributes_sequence_matching(
     assert item["00400009"]["Value"] == ["SPS-S1"] and item["00401001"]["Value"] == ["RP-ACC001"]
 
 
-def _as_postgres(command: list[str]) -> list[str]:
-    """PostgreSQL refuses to run as root: run its tools as the postgres user then."""
-    return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
-
-
 @pytest.fixture(scope="module")
 def postgres_url() -> Iterator[str]:
-    """A throw-away PostgreSQL cluster on a free loopback port; its URL for radnode."""
-    for tool in ("initdb", "pg_ctl"):
-        require_tool(tool)
-    # Its own folder under /tmp (pytest's base folder is private to root).
-    root = Path(tempfile.mkdtemp(prefix="radnode-pg-"))
-    data = root / "data"
-    if os.geteuid() == 0:
-        shutil.chown(root, "postgres")
-    port = free_port()
-    subprocess.run(
-        _as_postgres(["initdb", "-D", str(data), "-U", "radnode", "--auth=trust", "-E", "UTF8"]),
-        check=True, capture_output=True,
-    )
-    subprocess.run(
-        _as_postgres(["pg_ctl", "-D", str(data), "-l", str(root / "log"), "-w", "-o",
-                      f"-p {port} -k {root} -c listen_addresses=127.0.0.1", "start"]),
-        check=True, capture_output=True,
-    )
-    try:
-        import psycopg
-
-        with psycopg.connect(f"host=127.0.0.1 port={port} user=radnode dbname=postgres",
-                             autocommit=True) as conn:
-            conn.execute("CREATE DATABASE radnode")
-        yield f"postgresql+psycopg://radnode@127.0.0.1:{port}/radnode"
-    finally:
-        subprocess.run(_as_postgres(["pg_ctl", "-D", str(data), "-m", "fast", "stop"]),
-                       check=False, capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
+    """A throw-away PostgreSQL server on a free loopback port; its URL for radnode."""
+    with PostgresServer() as pg:
+        yield pg.url
 
 
 @pytest.mark.slow

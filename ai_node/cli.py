@@ -3,6 +3,10 @@
     radnode model train --synthetic      train both models, evaluate, save a new version
     radnode model list                   versions per task, the active one marked
     radnode model activate TASK VERSION  switch the active version (workers reload)
+    radnode retrain                      run the retraining pipeline here (kfp.local)
+    radnode retrain --kfp-host URL       submit it to Kubeflow Pipelines
+    radnode pipeline compile --output P  write the pipeline's KFP v2 YAML
+    radnode pipeline upload --kfp-host URL [--schedule CRON]   register it (+ recurring run)
     radnode bench inference              slices/s: decode + preprocess + both models
     radnode bench e2e                    storescu -> radnode serve -> SR queryable
     radnode bench e2e --via orthanc      storescu -> Orthanc -> radnode -> SR in Orthanc
@@ -130,6 +134,92 @@ def cmd_model_activate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _settings_with(args: argparse.Namespace) -> Any:
+    settings = args.settings
+    updates = {}
+    if getattr(args, "models_dir", None) is not None:
+        updates["models_dir"] = args.models_dir
+    if getattr(args, "from_scratch", False):
+        updates["retraining_from_scratch"] = True
+    return settings.model_copy(update=updates) if updates else settings
+
+
+def cmd_retrain(args: argparse.Namespace) -> int:
+    """Run the retraining pipeline here (kfp.local), or submit it to a KFP host."""
+    from ai_node.retrain.local import RetrainError, run_local, submit
+    from radnode.index import Index
+
+    settings = _settings_with(args)
+    index = Index(settings.index_url)
+    try:
+        if args.kfp_host:
+            run_id = submit(settings, index, args.kfp_host, trigger=args.trigger)
+            print(f"submitted to {args.kfp_host}: KFP run {run_id}")
+            return 0
+        if args.trigger == "labels":
+            from ai_node.retrain.runs import RunStore
+
+            if RunStore(index).running():
+                print("radnode retrain: a run is already going on", file=sys.stderr)
+                return 1
+        order = {"export": 1, "preprocess": 2, "train": 3, "evaluate": 4, "promote": 5}
+
+        def on_step(step: str, state: str) -> None:
+            print(f"[{order[step]}/5] {step}: {state}", file=sys.stderr, flush=True)
+
+        outcome = run_local(
+            settings,
+            index,
+            trigger=args.trigger,
+            version=args.version or "",
+            epochs=args.epochs,
+            on_step=on_step,
+        )
+    except RetrainError as exc:
+        print(f"radnode retrain: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        index.close()
+    if outcome.decision is None:
+        print(f"run {outcome.run_id} failed: {outcome.error}", file=sys.stderr)
+        return 1
+    d = outcome.decision
+    for who in ("candidate", "active"):
+        m = d["metrics"][who]
+        print(
+            f"{who:9} AUC={m['auc']} sensitivity={m['sensitivity']} "
+            f"specificity={m['specificity']} brier={m['brier']}"
+        )
+    print(f"run {outcome.run_id}: finding {d['version']} {d['decision']}: {d['reason']}")
+    return 0
+
+
+def cmd_pipeline_compile(args: argparse.Namespace) -> int:
+    from ai_node.retrain.pipeline import compile_pipeline
+
+    print(f"wrote {compile_pipeline(args.output)}")
+    return 0
+
+
+def cmd_pipeline_upload(args: argparse.Namespace) -> int:
+    """Register the pipeline in KFP and, with --schedule, a recurring run of it."""
+    import tempfile
+
+    from ai_node.retrain.local import upload
+    from ai_node.retrain.pipeline import compile_pipeline
+
+    with tempfile.TemporaryDirectory() as tmp:
+        package = args.package or compile_pipeline(Path(tmp) / "retrain-pipeline.yaml")
+        try:
+            ids = upload(_settings_with(args), args.kfp_host, package, args.schedule)
+        except ValueError as exc:
+            print(f"radnode pipeline upload: {exc}", file=sys.stderr)
+            return 2
+    for key, value in ids.items():
+        print(f"{key}: {value}")
+    return 0
+
+
 def cmd_bench_inference(args: argparse.Namespace) -> int:
     from ai_node.bench import inference_benchmark
 
@@ -198,6 +288,34 @@ def register(sub: Any, bench_sub: Any, node_options: NodeOptions) -> None:
     act.add_argument("task", choices=["region", "finding"])
     act.add_argument("version")
     act.set_defaults(func=cmd_model_activate)
+
+    retrain = sub.add_parser(
+        "retrain",
+        help="retraining pipeline: labels -> de-identified data -> train -> evaluate -> promote",
+    )
+    registry_option(retrain)
+    node_options(retrain)
+    retrain.add_argument("--kfp-host", help="submit to this Kubeflow Pipelines host instead")
+    retrain.add_argument("--epochs", type=int, help="override retraining_epochs")
+    retrain.add_argument("--from-scratch", action="store_true", help="do not fine-tune")
+    retrain.add_argument("--version", help="name of the new version (default retrain-<UTC>)")
+    retrain.add_argument(
+        "--trigger", choices=["manual", "labels"], default="manual", help=argparse.SUPPRESS
+    )
+    retrain.set_defaults(func=cmd_retrain)
+
+    pipeline = sub.add_parser("pipeline", help="the retraining pipeline in Kubeflow Pipelines")
+    pipeline_sub = pipeline.add_subparsers(dest="pipeline_command", required=True, metavar="ACTION")
+    comp = pipeline_sub.add_parser("compile", help="write the pipeline's KFP v2 YAML")
+    comp.add_argument("--output", type=Path, required=True)
+    comp.set_defaults(func=cmd_pipeline_compile)
+    up = pipeline_sub.add_parser("upload", help="register the pipeline (and a recurring run)")
+    registry_option(up)
+    node_options(up)
+    up.add_argument("--kfp-host", required=True, help="e.g. http://ml-pipeline.kubeflow:8888")
+    up.add_argument("--schedule", help='cron, e.g. "0 2 * * 0" (5 fields, or KFP\'s 6)')
+    up.add_argument("--package", type=Path, help="a compiled YAML (default: compile now)")
+    up.set_defaults(func=cmd_pipeline_upload, from_scratch=False)
 
     inf = bench_sub.add_parser("inference", help="slices/s: decode, preprocess, both models")
     registry_option(inf)

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import threading
 from pathlib import Path
 from typing import Any
@@ -122,6 +123,52 @@ class ModelRegistry:
         keras_model.save(folder / "model.keras")
         (folder / "model_card.json").write_text(json.dumps(card, indent=2) + "\n")
         return folder
+
+    def register(
+        self, task: str, version: str, model_file: Path, card: dict[str, Any], activate: bool
+    ) -> Path:
+        """Add a trained model file as a new version (the retraining pipeline's promote
+        step); activate it only if asked. ``ACTIVE`` is written first when missing, so an
+        inactive newcomer never becomes active by sorting last."""
+        folder = self.version_dir(task, version)
+        if folder.exists():
+            raise RegistryError(f"{task} version {version!r} already exists in {self.root}")
+        if not self._active_file(task).is_file() and self.versions(task):
+            self.activate(task, self.active_version(task))
+        tmp = folder.with_name(f".{version}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        shutil.copyfile(model_file, tmp / "model.keras")
+        (tmp / "model_card.json").write_text(json.dumps(card, indent=2) + "\n")
+        os.replace(tmp, folder)
+        if activate:
+            self.activate(task, version)
+        return folder
+
+    def describe(self) -> list[dict[str, Any]]:
+        """Every version of every task with its card's metrics and promotion record."""
+        out: list[dict[str, Any]] = []
+        for task in TASKS:
+            try:
+                active = self.active_version(task)
+            except RegistryError:
+                active = None
+            for version in self.versions(task):
+                try:
+                    card = self.card(task, version)
+                except RegistryError:
+                    card = {}
+                out.append(
+                    {
+                        "task": task,
+                        "version": version,
+                        "active": version == active,
+                        "date": card.get("date"),
+                        "metrics": card.get("metrics", {}),
+                        "promotion": card.get("promotion"),
+                    }
+                )
+        return out
 
 
 class ModelSet:

@@ -235,12 +235,16 @@ def fit(
     epochs: int,
     seed: int,
     verbose: int = 1,
+    model: Any | None = None,
 ) -> Any:
-    """Train a fresh model; keras prints its progress bar per epoch when ``verbose``."""
+    """Train a fresh model, or go on training ``model`` (fine-tuning: the retraining
+    pipeline hands in the active version); keras prints its progress per epoch when
+    ``verbose``."""
     import keras
 
     keras.utils.set_random_seed(seed)
-    model = build_model(task)
+    if model is None:
+        model = build_model(task)
     weights = np.ones(len(y), np.float32) if w is None else w.astype(np.float32, copy=True)
     if task == "finding":
         pos = float((y * weights).sum())

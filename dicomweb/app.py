@@ -8,7 +8,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from dicomweb.accesslog import AccessLogMiddleware
 from dicomweb.deps import require_read
 from dicomweb.headers import InstanceHeaders
-from dicomweb.routes import feedback, health, pacs, qido, results, stow, wado
+from dicomweb.routes import feedback, health, pacs, qido, results, retraining, stow, wado
 from radnode import __version__
 from radnode.node import Node
 from viewer_plugin.review import mount_ui
@@ -35,6 +35,7 @@ def create_app(node: Node) -> FastAPI:
     app.include_router(pacs.router, dependencies=[require_read])
     app.include_router(pacs.notify_router)
     app.include_router(feedback.router)  # roles per route: feedback is for radiologists
+    app.include_router(retraining.router)  # roles per route: runs and models for staff
     mount_ui(app)  # /ui/: static pages; their data comes from the API with the user's token
     s = node.settings
     if s.cors_origins:

@@ -136,6 +136,13 @@ def _start_pacs(node: Any) -> list[Any]:
     return pacs_link.start(node)
 
 
+def _start_retrain_trigger(node: Any) -> Any | None:
+    """The label-count retraining trigger (ai_node.retrain.trigger), when enabled."""
+    from ai_node.retrain.trigger import start
+
+    return start(node)
+
+
 def _check_http_exposure(settings: Settings) -> bool:
     """False (after saying why) when the HTTP edge would serve data unauthenticated off-host."""
     from dicomweb.auth import InsecureBinding, check_exposure
@@ -178,9 +185,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     else:
         logger.warning("no analysis pipeline installed: completed studies stay queued")
     pacs = _start_pacs(node)
+    trigger = _start_retrain_trigger(node)
     try:
         _run_http(node)  # blocks; uvicorn handles SIGINT/SIGTERM
     finally:
+        if trigger is not None:
+            trigger.stop()
         for service in pacs:
             service.stop()
         if worker is not None:
@@ -230,9 +240,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
         return 2
     worker.start()
     pacs = _start_pacs(node)
+    trigger = _start_retrain_trigger(node)
     try:
         _wait_for_signal()
     finally:
+        if trigger is not None:
+            trigger.stop()
         for service in pacs:
             service.stop()
         worker.stop()

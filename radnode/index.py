@@ -223,6 +223,30 @@ pacs_state = Table(
     Column("updated_at", Float, nullable=False),
 )
 
+# -- retraining (ai_node.retrain) ------------------------------------------------------
+# One row per retraining run: how it started, each step's state, the candidate's and the
+# active model's test-split metrics, the promotion decision and its reason. labels_upto:
+# the newest feedback id the run saw (the label-count trigger counts from there).
+retrain_runs = Table(
+    "retrain_runs",
+    metadata,
+    Column("run_id", String(40), primary_key=True),
+    Column("trigger", String(16), nullable=False),  # manual | labels | kfp
+    Column("status", String(16), nullable=False),  # running | succeeded | failed | submitted
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True)),
+    Column("steps", JSON, nullable=False),  # {step: pending | running | succeeded | failed}
+    Column("labels_upto", Integer, nullable=False, default=0),
+    Column("candidate_version", String(64)),
+    Column("decision", String(16)),  # promoted | refused
+    Column("reason", Text),
+    Column("metrics", JSON),
+    Column("artifacts", JSON),
+    Column("kfp_run_id", String(64)),
+    Column("error", Text),
+)
+SqlIndex("ix_retrain_runs_started", retrain_runs.c.started_at)
+# -- end of retraining -----------------------------------------------------------------
 
 _STUDY_ATTRIBUTES = (
     "patient_id",

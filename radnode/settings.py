@@ -274,6 +274,70 @@ class Settings(BaseSettings):
         "review page embeds it. Unset: the review page shows the driving slice only.",
     )
 
+    # Retraining (ai_node/retrain/, docs/retraining.md)
+    retraining_api_url: str | None = Field(
+        None,
+        description="Where the pipeline's export step reads labels and studies (the node's "
+        "HTTP edge); default http://<host>:<http_port> (127.0.0.1 when host is 0.0.0.0).",
+    )
+    retraining_dicomweb_url: str | None = Field(
+        None,
+        description="DICOMweb root the export fetches studies from (a PACS's); default the "
+        "node's own <retraining_api_url>/dicom-web.",
+    )
+    retraining_api_token: SecretStr | None = Field(
+        None,
+        description="Bearer token (role admin) the export step uses when auth_enabled; passed "
+        "to the steps in the environment, never as a pipeline parameter.",
+    )
+    retraining_salt: SecretStr | None = Field(
+        None,
+        description="Secret salt of the de-identification (pseudonyms, UIDs, date shifts) and "
+        "of the patient split; default: a random one kept in <data_dir>/retraining/salt. "
+        "Changing it re-draws every patient's split.",
+    )
+    retraining_trigger_labels: int = Field(
+        0,
+        ge=0,
+        description="Start a retraining run when this many new labels (feedback) have arrived "
+        "since the last run; checked by serve and worker; 0 = off.",
+    )
+    retraining_check_s: float = Field(
+        60.0, gt=0, description="Seconds between checks of the label-count trigger."
+    )
+    retraining_min_labels: int = Field(
+        8, ge=2, description="Fewest labelled studies a run needs (else it fails early)."
+    )
+    retraining_val_fraction: float = Field(
+        0.15, ge=0, lt=1, description="Share of patients in the validation split."
+    )
+    retraining_test_fraction: float = Field(
+        0.3, gt=0, lt=1, description="Share of patients in the test split (evaluation)."
+    )
+    retraining_epochs: int = Field(3, ge=1, description="Training epochs of a retraining run.")
+    retraining_from_scratch: bool = Field(
+        False, description="Train from a fresh network instead of the active model's weights."
+    )
+    retraining_auc_margin: float = Field(
+        0.02,
+        ge=-1,
+        le=1,
+        description="Promotion: the candidate's test AUC may be at most this much below the "
+        "active model's.",
+    )
+    retraining_sensitivity_margin: float = Field(
+        0.0,
+        ge=-1,
+        le=1,
+        description="Promotion: the candidate's sensitivity may be at most this much below "
+        "the active model's (0: not lower).",
+    )
+    retraining_work_dir: Path | None = Field(
+        None,
+        description="Local runs' artifacts (kfp.local pipeline root); default "
+        "<data_dir>/retraining.",
+    )
+
     @field_validator("ae_title")
     @classmethod
     def _ae_title_chars(cls, value: str) -> str:

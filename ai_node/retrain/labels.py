@@ -1,0 +1,70 @@
+"""The labels retraining learns from: radiologists' final judgement per study.
+
+The ``feedback`` table (:mod:`viewer_plugin.feedback`) holds every confirm / relabel; a
+study's newest row is its final label. ``labels_upto`` (the highest feedback id a run
+saw) lets the trigger count the labels that arrived since the last run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, select
+
+from radnode.index import feedback
+
+LABEL_VALUES = {"lesion": 1, "no lesion": 0}
+"""Feedback labels (ai_node.feedback_sr.LABEL_CODES) as the finding model's targets."""
+
+
+@dataclass(frozen=True)
+class FinalLabel:
+    study_uid: str
+    label: str
+    decision: str
+    feedback_id: int
+
+    @property
+    def target(self) -> int:
+        return LABEL_VALUES[self.label]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "study_uid": self.study_uid,
+            "label": self.label,
+            "decision": self.decision,
+            "feedback_id": self.feedback_id,
+        }
+
+
+def final_labels(index: Any) -> list[FinalLabel]:
+    """The newest judgement of each judged study (confirmed or relabelled), by study."""
+    newest = select(func.max(feedback.c.id).label("fid")).group_by(feedback.c.study_uid).subquery()
+    query = (
+        select(feedback.c.study_uid, feedback.c.label, feedback.c.decision, feedback.c.id)
+        .where(feedback.c.id.in_(select(newest.c.fid)))
+        .order_by(feedback.c.study_uid)
+    )
+    with index.engine.connect() as conn:
+        rows = conn.execute(query).all()
+    return [
+        FinalLabel(str(r.study_uid), str(r.label), str(r.decision), int(r.id))
+        for r in rows
+        if str(r.label) in LABEL_VALUES
+    ]
+
+
+def label_count_since(index: Any, feedback_id: int) -> int:
+    """Feedback rows recorded after ``feedback_id`` (new labels since a run)."""
+    with index.engine.connect() as conn:
+        count = conn.execute(
+            select(func.count()).select_from(feedback).where(feedback.c.id > feedback_id)
+        ).scalar_one()
+    return int(count)
+
+
+def newest_feedback_id(index: Any) -> int:
+    with index.engine.connect() as conn:
+        value = conn.execute(select(func.max(feedback.c.id))).scalar()
+    return int(value or 0)

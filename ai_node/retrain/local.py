@@ -1,0 +1,296 @@
+"""Running the retraining pipeline: on this machine with ``kfp.local``, or submitted to a
+Kubeflow Pipelines installation.
+
+Locally the pipeline runs with :class:`kfp.local.SubprocessRunner` (``use_venv=False``:
+each step is a subprocess of this Python, so this checkout's code runs). kfp.local has no
+progress callback; it logs ``Executing task '<name>'`` and ``Task '<name>' finished with
+status ...`` on the root logger, which :class:`StepWatcher` (a logging filter) turns into
+step states in the run record and in the caller's ``on_step``.
+
+Secrets reach the steps in the environment (``RADNODE_RETRAINING_API_TOKEN``,
+``RADNODE_RETRAINING_SALT``), never as pipeline parameters.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import secrets
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ai_node.retrain.export import SALT_ENV, TOKEN_ENV
+from ai_node.retrain.labels import newest_feedback_id
+from ai_node.retrain.pipeline import STEPS
+from ai_node.retrain.runs import RunStore
+from radnode.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+OnStep = Callable[[str, str], None]
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_STARTED = re.compile(r"Executing task '?([\w-]+)'?")
+_FINISHED = re.compile(r"Task '?([\w-]+)'? finished with status (\w+)")
+
+
+class RetrainError(RuntimeError):
+    """A run that cannot start (no writable registry) or that failed."""
+
+
+def step_of(task_name: str) -> str | None:
+    """Our step name of a kfp task name (``export-op`` -> ``export``)."""
+    name = task_name.removesuffix("-op")
+    return name if name in STEPS else None
+
+
+class StepWatcher(logging.Filter):
+    """Root-logger filter that reports kfp.local's task start / finish lines."""
+
+    def __init__(self, on_step: OnStep) -> None:
+        super().__init__()
+        self.on_step = on_step
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = _ANSI.sub("", record.getMessage())
+        except Exception:  # noqa: BLE001 - a log line that cannot format is not ours
+            return True
+        if (m := _FINISHED.search(message)) and (step := step_of(m.group(1))):
+            self.on_step(step, "succeeded" if m.group(2).upper() == "SUCCESS" else "failed")
+        elif (m := _STARTED.search(message)) and (step := step_of(m.group(1))):
+            self.on_step(step, "running")
+        return True
+
+
+def api_url(settings: Settings) -> str:
+    if settings.retraining_api_url:
+        return settings.retraining_api_url.rstrip("/")
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    return f"http://{host}:{settings.http_port}"
+
+
+def work_dir(settings: Settings) -> Path:
+    return settings.retraining_work_dir or settings.data_dir / "retraining"
+
+
+def salt(settings: Settings) -> str:
+    """The configured salt, else the node's own (created once, readable by the owner only)."""
+    if settings.retraining_salt is not None:
+        return settings.retraining_salt.get_secret_value()
+    path = work_dir(settings) / "salt"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32) + "\n")
+    return path.read_text().strip()
+
+
+def models_dir(settings: Settings) -> Path:
+    if settings.models_dir is None:
+        raise RetrainError(
+            "retraining writes new model versions: set models_dir (RADNODE_MODELS_DIR) to a "
+            "writable registry, e.g. a copy of ai_node/models (the shipped models stay "
+            "read-only)"
+        )
+    return settings.models_dir.resolve()
+
+
+def pipeline_arguments(
+    settings: Settings,
+    run_id: str,
+    version: str = "",
+    epochs: int | None = None,
+    in_cluster: bool = False,
+) -> dict[str, Any]:
+    """The pipeline's parameters from the node's settings. ``in_cluster`` (a KFP run):
+    the API URL and the registry folder only when set, else the pipeline's in-cluster
+    defaults (the radnode-api Service, /data/models)."""
+    arguments: dict[str, Any] = {
+        "dicomweb_url": settings.retraining_dicomweb_url or "",
+        "epochs": epochs or settings.retraining_epochs,
+        "from_scratch": settings.retraining_from_scratch,
+        "seed": 1,
+        "val_fraction": settings.retraining_val_fraction,
+        "test_fraction": settings.retraining_test_fraction,
+        "min_labels": settings.retraining_min_labels,
+        "threshold": settings.finding_threshold,
+        "auc_margin": settings.retraining_auc_margin,
+        "sensitivity_margin": settings.retraining_sensitivity_margin,
+        "version": version,
+        "run_id": run_id,
+    }
+    if not in_cluster:
+        arguments["api_url"] = api_url(settings)
+        arguments["models_dir"] = str(models_dir(settings))
+    else:
+        if settings.retraining_api_url:
+            arguments["api_url"] = settings.retraining_api_url
+        if settings.models_dir is not None:
+            arguments["models_dir"] = str(settings.models_dir)
+    return arguments
+
+
+def step_environment(settings: Settings) -> dict[str, str]:
+    env = {SALT_ENV: salt(settings)}
+    if settings.retraining_api_token is not None:
+        env[TOKEN_ENV] = settings.retraining_api_token.get_secret_value()
+    return env
+
+
+@dataclass
+class RunOutcome:
+    run_id: str
+    status: str
+    decision: dict[str, Any] | None
+    error: str | None
+
+
+def run_local(
+    settings: Settings,
+    index: Any,
+    trigger: str = "manual",
+    version: str = "",
+    epochs: int | None = None,
+    on_step: OnStep | None = None,
+) -> RunOutcome:
+    """Run the whole pipeline here with kfp.local; the run is recorded from start to end."""
+    from kfp import local
+
+    from ai_node.retrain.pipeline import retrain_pipeline
+
+    runs = RunStore(index)
+    arguments_models = models_dir(settings)  # refuse before recording anything
+    run_id = runs.create(trigger, labels_upto=newest_feedback_id(index))
+    arguments = pipeline_arguments(settings, run_id, version, epochs)
+    root = work_dir(settings) / "kfp-local"
+    root.mkdir(parents=True, exist_ok=True)
+    os.environ.update(step_environment(settings))
+    # the steps import this checkout's packages: put its root on their path
+    source_root = str(Path(__file__).resolve().parents[2])
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (source_root, os.environ.get("PYTHONPATH", "")) if p
+    )
+
+    def step(name: str, state: str) -> None:
+        runs.set_step(run_id, name, state)
+        if on_step is not None:
+            on_step(name, state)
+
+    watcher = StepWatcher(step)
+    root_logger = logging.getLogger()
+    root_logger.addFilter(watcher)
+    logger.info("retraining run started", extra={"run_id": run_id, "trigger": trigger})
+    try:
+        local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
+        task = retrain_pipeline(**arguments)
+        decision = json.loads(task.output)
+    except Exception as exc:  # noqa: BLE001 - recorded with the run, then reported
+        error = f"{type(exc).__name__}: {exc}"[:4000]
+        runs.update(run_id, status="failed", error=error)
+        logger.error("retraining run failed", extra={"run_id": run_id, "error": error})
+        return RunOutcome(run_id, "failed", None, error)
+    finally:
+        root_logger.removeFilter(watcher)
+    runs.update(
+        run_id,
+        status="succeeded",
+        candidate_version=decision["version"],
+        decision=decision["decision"],
+        reason=decision["reason"],
+        metrics={**decision["metrics"], "test_studies": decision["test_studies"]},
+        artifacts={"pipeline_root": str(root), "models_dir": str(arguments_models)},
+    )
+    logger.info(
+        "retraining run finished",
+        extra={"run_id": run_id, "decision": decision["decision"], "version": decision["version"]},
+    )
+    return RunOutcome(run_id, "succeeded", decision, None)
+
+
+def submit(settings: Settings, index: Any, host: str, trigger: str = "manual") -> str:
+    """Submit the same pipeline to KFP at ``host``; returns the KFP run id."""
+    import kfp
+
+    from ai_node.retrain.pipeline import PIPELINE_NAME, retrain_pipeline
+
+    runs = RunStore(index)
+    run_id = runs.create(trigger, labels_upto=newest_feedback_id(index), status="submitted")
+    client = kfp.Client(host=host)
+    result = client.create_run_from_pipeline_func(
+        retrain_pipeline,
+        arguments=pipeline_arguments(settings, run_id, in_cluster=True),
+        run_name=run_id,
+        experiment_name=PIPELINE_NAME,
+        enable_caching=False,
+    )
+    runs.update(run_id, kfp_run_id=str(result.run_id))
+    return str(result.run_id)
+
+
+def kfp_cron(schedule: str) -> str:
+    """KFP's cron has a seconds field first (6 fields); a 5-field cron gets ``0`` prepended."""
+    fields = schedule.split()
+    if len(fields) == 5:
+        return "0 " + schedule.strip()
+    if len(fields) == 6:
+        return schedule.strip()
+    raise ValueError(f"a cron expression has 5 (or KFP's 6) fields: {schedule!r}")
+
+
+def upload(
+    settings: Settings, host: str, package: Path, schedule: str | None = None
+) -> dict[str, str]:
+    """Register the compiled pipeline in KFP (a new version when it exists) and, with
+    ``schedule``, create a recurring run of it with the node's settings as parameters."""
+    import kfp
+
+    from ai_node.retrain.pipeline import PIPELINE_NAME
+
+    client = kfp.Client(host=host)
+    stamp = os.environ.get("RADNODE_PIPELINE_VERSION") or _stamp()
+    pipeline_id = client.get_pipeline_id(PIPELINE_NAME)
+    if pipeline_id is None:
+        pipeline = client.upload_pipeline(str(package), pipeline_name=PIPELINE_NAME)
+        pipeline_id = pipeline.pipeline_id
+        versions = client.list_pipeline_versions(pipeline_id).pipeline_versions or []
+        version_id = versions[0].pipeline_version_id
+    else:
+        version = client.upload_pipeline_version(
+            str(package), pipeline_version_name=f"{PIPELINE_NAME}-{stamp}", pipeline_id=pipeline_id
+        )
+        version_id = version.pipeline_version_id
+    out = {"pipeline_id": str(pipeline_id), "version_id": str(version_id)}
+    if schedule:
+        experiment = client.create_experiment(PIPELINE_NAME)
+        arguments = pipeline_arguments(settings, run_id="", in_cluster=True)
+        job = client.create_recurring_run(
+            experiment_id=experiment.experiment_id,
+            job_name=f"{PIPELINE_NAME}-schedule",
+            cron_expression=kfp_cron(schedule),
+            pipeline_id=pipeline_id,
+            version_id=version_id,
+            params=arguments,
+            max_concurrency=1,
+            no_catchup=True,
+            enable_caching=False,
+        )
+        out["recurring_run_id"] = str(job.recurring_run_id)
+    return out
+
+
+def _stamp() -> str:
+    import datetime as dt
+
+    return dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
+
+
+def retrain_command(trigger: str) -> list[str]:
+    """The command line the label-count trigger starts (this Python, this checkout)."""
+    return [sys.executable, "-m", "radnode.cli", "retrain", "--trigger", trigger]

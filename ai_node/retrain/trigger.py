@@ -1,0 +1,98 @@
+"""The label-count trigger: start a retraining run when enough new labels have arrived.
+
+``radnode serve`` and ``radnode worker`` start one :class:`LabelTrigger` when
+``retraining_trigger_labels`` is above 0. Every ``retraining_check_s`` it counts the
+feedback recorded since the newest run (``labels_upto``) and, at the threshold, starts
+``radnode retrain --trigger labels`` as a child process (training never runs in the
+serving process). It starts nothing while its child or any other recorded run is still
+running; with several worker replicas, enable it on one of them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import threading
+from typing import Any
+
+from ai_node.retrain.labels import label_count_since
+from ai_node.retrain.local import retrain_command
+from ai_node.retrain.runs import RunStore
+
+logger = logging.getLogger(__name__)
+
+
+def child_environment(settings: Any) -> dict[str, str]:
+    """This process's environment plus the settings a CLI flag may have set, so the child
+    opens the same data dir, index and registry."""
+    env = dict(os.environ)
+    env["RADNODE_DATA_DIR"] = str(settings.data_dir)
+    if settings.database_url:
+        env["RADNODE_DATABASE_URL"] = settings.database_url
+    if settings.models_dir is not None:
+        env["RADNODE_MODELS_DIR"] = str(settings.models_dir)
+    env["RADNODE_HTTP_PORT"] = str(settings.http_port)
+    env["RADNODE_HOST"] = settings.host
+    return env
+
+
+class LabelTrigger:
+    def __init__(self, node: Any) -> None:
+        self.node = node
+        self.runs = RunStore(node.index)
+        self.threshold = int(node.settings.retraining_trigger_labels)
+        self.interval_s = float(node.settings.retraining_check_s)
+        self.child: subprocess.Popen[bytes] | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def due(self) -> bool:
+        """True when the threshold is reached and no run is going on."""
+        if self.threshold <= 0:
+            return False
+        if self.child is not None and self.child.poll() is None:
+            return False
+        if self.runs.running():
+            return False
+        return label_count_since(self.node.index, self.runs.labels_upto()) >= self.threshold
+
+    def check(self) -> bool:
+        """Start a run if one is due; True when one was started."""
+        if not self.due():
+            return False
+        self.child = subprocess.Popen(
+            retrain_command("labels"),
+            env=child_environment(self.node.settings),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        logger.info("retraining started by the label count", extra={"pid": self.child.pid})
+        return True
+
+    def run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.check()
+            except Exception:  # database unavailable: try again next time
+                logger.exception("retraining trigger check failed")
+
+    def start(self) -> None:
+        self._thread = threading.Thread(
+            target=self.run, name="radnode-retrain-trigger", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
+def start(node: Any) -> LabelTrigger | None:
+    """The trigger of ``node`` when its settings enable one (serve and worker call this)."""
+    if node.settings.retraining_trigger_labels <= 0:
+        return None
+    trigger = LabelTrigger(node)
+    trigger.start()
+    return trigger

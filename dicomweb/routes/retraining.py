@@ -1,0 +1,60 @@
+"""Retraining (``/api/retraining/...``) and the model registry (``/api/models``).
+
+* ``GET /api/retraining/labels``: each judged study's final label, what the pipeline's
+  export step reads (admin only: it lists study UIDs with labels for export);
+* ``GET /api/retraining/runs`` and ``/runs/{run_id}``: runs with their status, each step's
+  state, the test-split metrics, the promotion decision and its reason;
+* ``GET /api/models``: every model version with its metrics, the active one marked.
+
+Runs and models are for admins and radiologists (docs/retraining.md).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query, status
+from fastapi import Path as PathParam
+
+from ai_node.registry import ModelRegistry
+from ai_node.retrain.labels import final_labels
+from ai_node.retrain.runs import RunStore
+from dicomweb.auth import require_role
+from dicomweb.deps import NodeDep
+
+router = APIRouter(prefix="/api", tags=["retraining"])
+
+_admin = require_role(("admin",))
+_staff = require_role(("admin", "radiologist"))
+
+
+@router.get("/retraining/labels", dependencies=[Depends(_admin)])
+def labels(node: NodeDep) -> dict[str, Any]:
+    """The newest judgement (confirm / relabel) of each judged study: its final label."""
+    items = [label.as_dict() for label in final_labels(node.index)]
+    return {"total": len(items), "items": items}
+
+
+@router.get("/retraining/runs", dependencies=[Depends(_staff)])
+def runs(
+    node: NodeDep,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> dict[str, Any]:
+    """Retraining runs, newest first."""
+    return {"items": RunStore(node.index).list(limit, offset), "limit": limit, "offset": offset}
+
+
+@router.get("/retraining/runs/{run_id}", dependencies=[Depends(_staff)])
+def run(run_id: Annotated[str, PathParam(max_length=40)], node: NodeDep) -> dict[str, Any]:
+    record = RunStore(node.index).get(run_id)
+    if record is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "unknown retraining run")
+    return record
+
+
+@router.get("/models", dependencies=[Depends(_staff)])
+def models(node: NodeDep) -> dict[str, Any]:
+    """Model versions per task with their metrics and promotion record; ``active`` marked."""
+    registry = ModelRegistry(node.settings.models_dir)
+    return {"registry": str(registry.root), "items": registry.describe()}

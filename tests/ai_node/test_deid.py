@@ -63,6 +63,7 @@ def _seeded_study(seed: int, patient: str) -> list[Dataset]:
         ds.RequestAttributesSequence = [request]
         block = ds.private_block(0x0011, CANARIES["private_creator"], create=True)
         block.add_new(0x01, "LO", CANARIES["private"])
+        block.add_new(0x02, "OB", CANARIES["private"].encode() + b"\x00")  # not text: by tag
         out.append(ds)
     # a reference between instances inside a nested sequence: must follow the remapping
     ref = Dataset()

@@ -1,0 +1,211 @@
+"""The whole retraining loop on synthetic data, with real processes:
+
+storescu -> ``radnode serve`` (analyses, writes SRs) -> radiologists' feedback through the
+API (confirm or relabel) -> ``radnode retrain`` (kfp.local: export, de-identify, split,
+preprocess, train, evaluate, promote) -> the still-running worker's next SR carries the
+promoted version. A second run whose rule cannot hold is refused and registered inactive.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pydicom
+import pytest
+from conftest import RadnodeProcess, storescu
+
+from ai_node.models import load_model
+from ai_node.registry import SHIPPED_MODELS, ModelRegistry
+from ai_node.retrain.deid import patient_key
+from ai_node.retrain.evaluate import study_metrics, study_score
+from ai_node.retrain.split import split_of
+from ai_node.synth import StudySpec, write_study
+
+ADMIN, RADIOLOGIST = "admin-token-retrain", "radiologist-token-retrain"
+REPO = Path(__file__).resolve().parents[2]
+N_STUDIES = 14
+TEST_FRACTION = 0.4
+
+
+def _auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def _pick_salt(patients: dict[str, int]) -> str:
+    """A salt whose patient split gives the test and train splits both classes (the split
+    is a hash: any salt is valid, this one makes the metrics defined on 14 studies)."""
+    for i in range(1000):
+        salt = f"retrain-loop-salt-{i}"
+        by_split: dict[str, list[int]] = {"train": [], "val": [], "test": []}
+        for pid, label in patients.items():
+            by_split[split_of(salt, patient_key(salt, pid), 0.0, TEST_FRACTION)].append(label)
+        if all(sum(by_split[s]) >= 2 and by_split[s].count(0) >= 2 for s in ("train", "test")):
+            return salt
+    raise AssertionError("no salt splits both classes")
+
+
+def _wait_results(url: str, uids: list[str], timeout: float = 180) -> dict[str, dict]:
+    deadline = time.monotonic() + timeout
+    results: dict[str, dict] = {}
+    while time.monotonic() < deadline:
+        results = {
+            uid: httpx.get(f"{url}/api/studies/{uid}/result", headers=_auth(ADMIN), timeout=10).json()
+            for uid in uids
+        }
+        if all(r.get("status") in ("done", "out_of_scope", "failed") for r in results.values()):
+            break
+        time.sleep(0.5)
+    return results
+
+
+def _algorithm_versions(sr: pydicom.Dataset) -> list[str]:
+    """TextValue of every Algorithm Version (DCM 111003) content item, at any depth."""
+    found: list[str] = []
+
+    def visit(ds: pydicom.Dataset) -> None:
+        for item in ds.get("ContentSequence", []):
+            code = item.get("ConceptNameCodeSequence")
+            if code and code[0].CodeValue == "111003":
+                found.append(str(item.TextValue))
+            visit(item)
+
+    visit(sr)
+    return found
+
+
+def _retrain(data: Path, env: dict[str, str], version: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "radnode.cli", "retrain", "--data-dir", str(data), "--http-port",
+         env["RADNODE_HTTP_PORT"], "--epochs", "1", "--version", version],
+        capture_output=True, text=True, env=env, cwd=REPO, timeout=600,
+    )
+
+
+def test_labels_to_promoted_model_to_next_sr(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    shutil.copytree(SHIPPED_MODELS, models, ignore=shutil.ignore_patterns("__pycache__"))
+    studies = {}
+    for i in range(N_STUDIES):
+        spec = StudySpec(region="chest", slices=24, nodules=(i % 2) * 2, seed=7000 + i,
+                         rows=256, columns=256, pixel_spacing_mm=1.4)
+        study, files = write_study(spec, tmp_path / "in" / str(i))
+        studies[study.study_instance_uid] = (spec, files, int(spec.nodules > 0))
+    salt = _pick_salt({s.resolved_patient_id(): label for s, _, label in studies.values()})
+    data = tmp_path / "data"
+    env = {
+        "RADNODE_MODELS_DIR": str(models),
+        "RADNODE_AUTH_ENABLED": "true",
+        "RADNODE_API_TOKENS": json.dumps({ADMIN: "admin", RADIOLOGIST: "radiologist"}),
+        "RADNODE_FSYNC": "false",
+        "RADNODE_RETRAINING_API_TOKEN": ADMIN,
+        "RADNODE_RETRAINING_SALT": salt,
+        "RADNODE_RETRAINING_VAL_FRACTION": "0",
+        "RADNODE_RETRAINING_TEST_FRACTION": str(TEST_FRACTION),
+        "RADNODE_RETRAINING_AUC_MARGIN": "1",
+        "RADNODE_RETRAINING_SENSITIVITY_MARGIN": "1",
+    }
+    node = RadnodeProcess(data, "serve", env=env).start()
+    url = f"http://127.0.0.1:{node.http_port}"
+    try:
+        sent = storescu(node.dicom_port, [f for _, files, _ in studies.values() for f in files])
+        assert sent.returncode == 0, sent.stderr
+        results = _wait_results(url, list(studies))
+        assert all(r["status"] == "done" for r in results.values()), (results, node.log()[-3000:])
+        assert {r["model_version"] for r in results.values()} == {"finding:1.0.0,region:1.0.0"}
+
+        # radiologists: confirm the AI where it is right, relabel where it is not
+        relabelled = 0
+        for uid, (_, _, truth) in studies.items():
+            label = "lesion" if truth else "no lesion"
+            body = {"decision": "confirm"} if results[uid]["label"] == label else {
+                "decision": "relabel", "label": label}
+            relabelled += body["decision"] == "relabel"
+            r = httpx.post(f"{url}/api/studies/{uid}/feedback", json=body,
+                           headers=_auth(RADIOLOGIST), timeout=30)
+            assert r.status_code == 201, r.text
+        assert httpx.get(f"{url}/api/retraining/labels", headers=_auth(RADIOLOGIST),
+                         timeout=10).status_code == 403
+        labels = httpx.get(f"{url}/api/retraining/labels", headers=_auth(ADMIN), timeout=10).json()
+        assert labels["total"] == N_STUDIES
+
+        # run 1: the rule holds (margins 1): promoted
+        run_env = {**os.environ, **env, "RADNODE_HTTP_PORT": str(node.http_port)}
+        started = time.monotonic()
+        first = _retrain(data, run_env, "retrain-a")
+        elapsed = time.monotonic() - started
+        assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
+        for i, step in enumerate(("export", "preprocess", "train", "evaluate", "promote"), 1):
+            assert f"[{i}/5] {step}: succeeded" in first.stderr
+        assert "finding retrain-a promoted" in first.stdout
+        print(f"radnode retrain (run 1): {elapsed:.1f} s; {relabelled} relabels")
+
+        runs = httpx.get(f"{url}/api/retraining/runs", headers=_auth(RADIOLOGIST), timeout=10).json()
+        [run] = runs["items"]
+        assert run["status"] == "succeeded" and run["decision"] == "promoted"
+        assert set(run["steps"].values()) == {"succeeded"}
+        assert run["candidate_version"] == "retrain-a"
+
+        # the metrics are the test split's: recompute them here, independently
+        test_pids = {s.resolved_patient_id() for s, _, _ in studies.values()
+                     if split_of(salt, patient_key(salt, s.resolved_patient_id()), 0.0,
+                                 TEST_FRACTION) == "test"}
+        assert run["metrics"]["test_studies"] == len(test_pids)
+        prepared = next(Path(run["artifacts"]["pipeline_root"]).rglob("preprocess-op/prepared"))
+        manifest = json.loads((prepared / "manifest.json").read_text())
+        test_keys = {patient_key(salt, pid) for pid in test_pids}
+        assert {s["patient"] for s in manifest["studies"] if s["split"] == "test"} == test_keys
+        registry = ModelRegistry(models)
+        new = load_model("finding", "retrain-a", registry.version_dir("finding", "retrain-a")
+                         / "model.keras", registry.card("finding", "retrain-a"))
+        old = load_model("finding", "1.0.0", registry.version_dir("finding", "1.0.0")
+                         / "model.keras", registry.card("finding", "1.0.0"))
+        labels_t, new_s, old_s = [], [], []
+        for s in manifest["studies"]:
+            if s["split"] == "test":
+                hu = np.load(prepared / s["file"])["hu"]
+                labels_t.append(s["label"])
+                new_s.append(study_score(hu, new))
+                old_s.append(study_score(hu, old))
+        mine = study_metrics(np.asarray(labels_t), np.asarray(new_s), 0.5)
+        theirs = run["metrics"]["candidate"]
+        assert mine["auc"] == pytest.approx(theirs["auc"], abs=1e-3)
+        assert mine["sensitivity"] == pytest.approx(theirs["sensitivity"], abs=1e-3)
+        assert mine["brier"] == pytest.approx(theirs["brier"], abs=1e-3)
+        active_mine = study_metrics(np.asarray(labels_t), np.asarray(old_s), 0.5)
+        assert active_mine["auc"] == pytest.approx(run["metrics"]["active"]["auc"], abs=1e-3)
+
+        # the running worker picks the promoted version up: the next SR carries it
+        spec = StudySpec(region="chest", slices=24, nodules=1, seed=7999, rows=256,
+                         columns=256, pixel_spacing_mm=1.4)
+        study, files = write_study(spec, tmp_path / "in" / "after")
+        assert storescu(node.dicom_port, files).returncode == 0
+        after = _wait_results(url, [study.study_instance_uid])[study.study_instance_uid]
+        assert after["status"] == "done", after
+        assert "finding:retrain-a" in after["model_version"]
+        [sr_path] = list(data.rglob(f"{after['sr_sop_instance_uid']}.dcm"))
+        assert "retrain-a" in _algorithm_versions(pydicom.dcmread(sr_path))
+
+        # run 2: the candidate's AUC would have to beat the active one's by 1: refused
+        refused_env = {**run_env, "RADNODE_RETRAINING_AUC_MARGIN": "-1"}
+        second = _retrain(data, refused_env, "retrain-b")
+        assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-4000:]
+        assert "finding retrain-b refused" in second.stdout
+        models_api = httpx.get(f"{url}/api/models", headers=_auth(ADMIN), timeout=10).json()
+        finding = {m["version"]: m for m in models_api["items"] if m["task"] == "finding"}
+        assert finding["retrain-a"]["active"] and not finding["retrain-b"]["active"]
+        assert finding["retrain-b"]["promotion"]["decision"] == "refused"
+        assert "worse than the active model" in finding["retrain-b"]["promotion"]["reason"]
+        assert finding["retrain-a"]["metrics"]["auc"] == theirs["auc"]
+        newest = httpx.get(f"{url}/api/retraining/runs", headers=_auth(ADMIN), timeout=10).json()
+        assert [r["decision"] for r in newest["items"]] == ["refused", "promoted"]
+        assert registry.active_version("finding") == "retrain-a"
+    finally:
+        assert node.stop() == 0

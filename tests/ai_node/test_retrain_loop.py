@@ -57,7 +57,9 @@ def _wait_results(url: str, uids: list[str], timeout: float = 180) -> dict[str, 
     results: dict[str, dict] = {}
     while time.monotonic() < deadline:
         results = {
-            uid: httpx.get(f"{url}/api/studies/{uid}/result", headers=_auth(ADMIN), timeout=10).json()
+            uid: httpx.get(
+                f"{url}/api/studies/{uid}/result", headers=_auth(ADMIN), timeout=10
+            ).json()
             for uid in uids
         }
         if all(r.get("status") in ("done", "out_of_scope", "failed") for r in results.values()):
@@ -83,9 +85,25 @@ def _algorithm_versions(sr: pydicom.Dataset) -> list[str]:
 
 def _retrain(data: Path, env: dict[str, str], version: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "radnode.cli", "retrain", "--data-dir", str(data), "--http-port",
-         env["RADNODE_HTTP_PORT"], "--epochs", "1", "--version", version],
-        capture_output=True, text=True, env=env, cwd=REPO, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "radnode.cli",
+            "retrain",
+            "--data-dir",
+            str(data),
+            "--http-port",
+            env["RADNODE_HTTP_PORT"],
+            "--epochs",
+            "1",
+            "--version",
+            version,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=600,
     )
 
 
@@ -94,8 +112,15 @@ def test_labels_to_promoted_model_to_next_sr(tmp_path: Path) -> None:
     shutil.copytree(SHIPPED_MODELS, models, ignore=shutil.ignore_patterns("__pycache__"))
     studies = {}
     for i in range(N_STUDIES):
-        spec = StudySpec(region="chest", slices=24, nodules=(i % 2) * 2, seed=7000 + i,
-                         rows=256, columns=256, pixel_spacing_mm=1.4)
+        spec = StudySpec(
+            region="chest",
+            slices=24,
+            nodules=(i % 2) * 2,
+            seed=7000 + i,
+            rows=256,
+            columns=256,
+            pixel_spacing_mm=1.4,
+        )
         study, files = write_study(spec, tmp_path / "in" / str(i))
         studies[study.study_instance_uid] = (spec, files, int(spec.nodules > 0))
     salt = _pick_salt({s.resolved_patient_id(): label for s, _, label in studies.values()})
@@ -125,14 +150,25 @@ def test_labels_to_promoted_model_to_next_sr(tmp_path: Path) -> None:
         relabelled = 0
         for uid, (_, _, truth) in studies.items():
             label = "lesion" if truth else "no lesion"
-            body = {"decision": "confirm"} if results[uid]["label"] == label else {
-                "decision": "relabel", "label": label}
+            body = (
+                {"decision": "confirm"}
+                if results[uid]["label"] == label
+                else {"decision": "relabel", "label": label}
+            )
             relabelled += body["decision"] == "relabel"
-            r = httpx.post(f"{url}/api/studies/{uid}/feedback", json=body,
-                           headers=_auth(RADIOLOGIST), timeout=30)
+            r = httpx.post(
+                f"{url}/api/studies/{uid}/feedback",
+                json=body,
+                headers=_auth(RADIOLOGIST),
+                timeout=30,
+            )
             assert r.status_code == 201, r.text
-        assert httpx.get(f"{url}/api/retraining/labels", headers=_auth(RADIOLOGIST),
-                         timeout=10).status_code == 403
+        assert (
+            httpx.get(
+                f"{url}/api/retraining/labels", headers=_auth(RADIOLOGIST), timeout=10
+            ).status_code
+            == 403
+        )
         labels = httpx.get(f"{url}/api/retraining/labels", headers=_auth(ADMIN), timeout=10).json()
         assert labels["total"] == N_STUDIES
 
@@ -147,26 +183,39 @@ def test_labels_to_promoted_model_to_next_sr(tmp_path: Path) -> None:
         assert "finding retrain-a promoted" in first.stdout
         print(f"radnode retrain (run 1): {elapsed:.1f} s; {relabelled} relabels")
 
-        runs = httpx.get(f"{url}/api/retraining/runs", headers=_auth(RADIOLOGIST), timeout=10).json()
+        runs = httpx.get(
+            f"{url}/api/retraining/runs", headers=_auth(RADIOLOGIST), timeout=10
+        ).json()
         [run] = runs["items"]
         assert run["status"] == "succeeded" and run["decision"] == "promoted"
         assert set(run["steps"].values()) == {"succeeded"}
         assert run["candidate_version"] == "retrain-a"
 
         # the metrics are the test split's: recompute them here, independently
-        test_pids = {s.resolved_patient_id() for s, _, _ in studies.values()
-                     if split_of(salt, patient_key(salt, s.resolved_patient_id()), 0.0,
-                                 TEST_FRACTION) == "test"}
+        test_pids = {
+            s.resolved_patient_id()
+            for s, _, _ in studies.values()
+            if split_of(salt, patient_key(salt, s.resolved_patient_id()), 0.0, TEST_FRACTION)
+            == "test"
+        }
         assert run["metrics"]["test_studies"] == len(test_pids)
         prepared = next(Path(run["artifacts"]["pipeline_root"]).rglob("preprocess-op/prepared"))
         manifest = json.loads((prepared / "manifest.json").read_text())
         test_keys = {patient_key(salt, pid) for pid in test_pids}
         assert {s["patient"] for s in manifest["studies"] if s["split"] == "test"} == test_keys
         registry = ModelRegistry(models)
-        new = load_model("finding", "retrain-a", registry.version_dir("finding", "retrain-a")
-                         / "model.keras", registry.card("finding", "retrain-a"))
-        old = load_model("finding", "1.0.0", registry.version_dir("finding", "1.0.0")
-                         / "model.keras", registry.card("finding", "1.0.0"))
+        new = load_model(
+            "finding",
+            "retrain-a",
+            registry.version_dir("finding", "retrain-a") / "model.keras",
+            registry.card("finding", "retrain-a"),
+        )
+        old = load_model(
+            "finding",
+            "1.0.0",
+            registry.version_dir("finding", "1.0.0") / "model.keras",
+            registry.card("finding", "1.0.0"),
+        )
         labels_t, new_s, old_s = [], [], []
         for s in manifest["studies"]:
             if s["split"] == "test":
@@ -183,8 +232,15 @@ def test_labels_to_promoted_model_to_next_sr(tmp_path: Path) -> None:
         assert active_mine["auc"] == pytest.approx(run["metrics"]["active"]["auc"], abs=1e-3)
 
         # the running worker picks the promoted version up: the next SR carries it
-        spec = StudySpec(region="chest", slices=24, nodules=1, seed=7999, rows=256,
-                         columns=256, pixel_spacing_mm=1.4)
+        spec = StudySpec(
+            region="chest",
+            slices=24,
+            nodules=1,
+            seed=7999,
+            rows=256,
+            columns=256,
+            pixel_spacing_mm=1.4,
+        )
         study, files = write_study(spec, tmp_path / "in" / "after")
         assert storescu(node.dicom_port, files).returncode == 0
         after = _wait_results(url, [study.study_instance_uid])[study.study_instance_uid]

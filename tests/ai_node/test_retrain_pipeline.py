@@ -1,0 +1,173 @@
+"""The retraining pipeline's parts without a whole run: the compiled KFP v2 YAML, the
+promotion rule, the registry's new versions, the label-count trigger, the step watcher."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from kfp import components
+
+from ai_node.registry import SHIPPED_MODELS, ModelRegistry
+from ai_node.retrain.components import IMAGE
+from ai_node.retrain.local import StepWatcher, kfp_cron, retrain_command
+from ai_node.retrain.pipeline import STEPS, compile_pipeline
+from ai_node.retrain.promote import PromotionRule
+from ai_node.retrain.runs import RunStore
+from ai_node.retrain.trigger import LabelTrigger
+from radnode.index import feedback, studies
+from radnode.node import Node
+from radnode.settings import Settings
+
+REPO = Path(__file__).resolve().parents[2]
+CHECKED_IN = REPO / "k8s" / "pipelines" / "retrain-pipeline.yaml"
+
+
+def test_checked_in_pipeline_yaml_is_current(tmp_path: Path) -> None:
+    fresh = compile_pipeline(tmp_path / "retrain-pipeline.yaml")
+    assert fresh.read_text() == CHECKED_IN.read_text(), (
+        "k8s/pipelines/retrain-pipeline.yaml is stale: run "
+        "`radnode pipeline compile --output k8s/pipelines/retrain-pipeline.yaml`"
+    )
+
+
+def test_pipeline_yaml_loads_with_kfp_and_runs_the_pinned_image() -> None:
+    component = components.load_component_from_file(str(CHECKED_IN))
+    assert component.name == "radnode-retrain"
+    assert {"api_url", "models_dir", "auc_margin", "sensitivity_margin", "epochs"} <= set(
+        component.component_spec.inputs
+    )
+    spec = yaml.safe_load(CHECKED_IN.read_text())
+    tasks = spec["root"]["dag"]["tasks"]
+    assert sorted(tasks) == sorted(f"{s}-op" for s in STEPS)
+    assert tasks["promote-op"]["dependentTasks"] == ["evaluate-op", "train-op"]
+    executors = spec["deploymentSpec"]["executors"].values()
+    assert {e["container"]["image"] for e in executors} == {IMAGE}
+    assert not any("pip install" in " ".join(e["container"]["command"]) for e in executors)
+    assert all(t["cachingOptions"] == {} for t in tasks.values())  # caching off
+    kustomization = yaml.safe_load((REPO / "k8s/base/kustomization.yaml").read_text())
+    [image] = [i for i in kustomization["images"] if i["name"] == IMAGE.split(":")[0]]
+    assert IMAGE == f"{image['name']}:{image['newTag']}"
+
+
+def test_pipeline_cli_compiles_to_the_given_path(tmp_path: Path) -> None:
+    import subprocess
+
+    out = tmp_path / "p.yaml"
+    proc = subprocess.run(
+        [sys.executable, "-m", "radnode.cli", "pipeline", "compile", "--output", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_text() == CHECKED_IN.read_text()
+
+
+@pytest.mark.parametrize(
+    ("candidate", "active", "promoted", "why"),
+    [
+        ({"auc": 0.90, "sensitivity": 0.8}, {"auc": 0.91, "sensitivity": 0.8}, True, "AUC"),
+        ({"auc": 0.85, "sensitivity": 0.9}, {"auc": 0.91, "sensitivity": 0.8}, False, "worse"),
+        ({"auc": 0.95, "sensitivity": 0.7}, {"auc": 0.91, "sensitivity": 0.8}, False, "lower"),
+        ({"auc": None, "sensitivity": 1.0}, {"auc": None, "sensitivity": 1.0}, False, "one class"),
+    ],
+)
+def test_promotion_rule(candidate, active, promoted, why) -> None:
+    decision, reason = PromotionRule(auc_margin=0.02).decide(candidate, active)
+    assert decision is promoted and why in reason
+
+
+def test_register_inactive_never_becomes_active_by_sort_order(tmp_path: Path) -> None:
+    root = tmp_path / "models"
+    shutil.copytree(SHIPPED_MODELS, root, ignore=shutil.ignore_patterns("__pycache__"))
+    (root / "finding" / "ACTIVE").unlink()
+    registry = ModelRegistry(root)
+    model_file = root / "finding" / "1.0.0" / "model.keras"
+    registry.register("finding", "zz-candidate", model_file, {"version": "zz"}, activate=False)
+    assert registry.active_version("finding") == "1.0.0"
+    assert (root / "finding" / "ACTIVE").read_text().strip() == "1.0.0"
+    registry.register("finding", "zz-next", model_file, {"version": "zz2"}, activate=True)
+    assert registry.active_version("finding") == "zz-next"
+    listed = {(m["task"], m["version"]): m["active"] for m in registry.describe()}
+    assert listed[("finding", "zz-next")] and not listed[("finding", "zz-candidate")]
+
+
+def test_kfp_cron_takes_five_or_six_fields() -> None:
+    assert kfp_cron("0 2 * * 0") == "0 0 2 * * 0"
+    assert kfp_cron("0 0 2 * * 0") == "0 0 2 * * 0"
+    with pytest.raises(ValueError):
+        kfp_cron("daily")
+
+
+def test_step_watcher_reads_kfp_local_task_lines() -> None:
+    seen: list[tuple[str, str]] = []
+    root = logging.getLogger()
+    watcher = StepWatcher(lambda step, state: seen.append((step, state)))
+    root.addFilter(watcher)
+    level = root.level
+    root.setLevel(logging.INFO)  # as kfp.local sets it while a task runs
+    try:
+        logging.info("Executing task \x1b[96m'train-op'\x1b[0m")
+        logging.info("Task \x1b[96m'train-op'\x1b[0m finished with status \x1b[92mSUCCESS\x1b[0m")
+        logging.error("Task 'promote-op' finished with status FAILURE")
+        logging.info("Executing task 'something-else'")
+    finally:
+        root.setLevel(level)
+        root.removeFilter(watcher)
+    assert seen == [("train", "running"), ("train", "succeeded"), ("promote", "failed")]
+
+
+def _add_feedback(node: Node, n: int) -> None:
+    now = dt.datetime.now(dt.UTC)
+    with node.index.transaction() as conn:
+        conn.execute(
+            studies.insert().prefix_with("OR IGNORE"),
+            {"study_uid": "1.2.3", "first_received_at": 0.0, "last_received_at": 0.0},
+        )
+        for _ in range(n):
+            conn.execute(
+                feedback.insert().values(
+                    study_uid="1.2.3",
+                    result_version=1,
+                    ai_sr_sop_instance_uid="1.2.3.4",
+                    decision="confirm",
+                    label="lesion",
+                    user="u",
+                    observer_name="Doe^J",
+                    sr_sop_instance_uid="1.2.3.5",
+                    predecessor_sop_instance_uid="1.2.3.4",
+                    created_at=now,
+                )
+            )
+
+
+def test_label_trigger_starts_a_run_at_the_threshold(tmp_path: Path) -> None:
+    node = Node(Settings(data_dir=tmp_path / "data", fsync=False, retraining_trigger_labels=3))
+    try:
+        trigger = LabelTrigger(node)
+        _add_feedback(node, 2)
+        assert not trigger.due()
+        _add_feedback(node, 1)
+        assert trigger.due()
+        runs = RunStore(node.index)
+        run_id = runs.create("manual", labels_upto=3)
+        assert not trigger.due()  # a run is going on
+        runs.update(run_id, status="succeeded")
+        assert not trigger.due()  # it saw those labels
+        _add_feedback(node, 3)
+        assert trigger.due()
+        # the child it starts is `radnode retrain --trigger labels`; without a writable
+        # registry (models_dir unset) that refuses with exit status 2 before recording a run
+        assert retrain_command("labels")[-3:] == ["retrain", "--trigger", "labels"]
+        assert trigger.check()
+        assert trigger.child is not None and trigger.child.wait(timeout=120) == 2
+        assert [r["run_id"] for r in runs.list()] == [run_id]
+    finally:
+        node.close()

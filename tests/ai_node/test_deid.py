@@ -125,9 +125,7 @@ def test_profile_attributes_preamble_and_no_private_tags(studies, tmp_path: Path
         assert ds.LongitudinalTemporalInformationModified == "MODIFIED"
         assert ds.PatientBirthDate == "" and ds.AccessionNumber == ""
         assert "ImageComments" not in ds and "InstitutionName" not in ds
-        privates = []
-        ds.walk(lambda _d, e: privates.append(e.tag) if e.tag.is_private else None)
-        assert privates == []
+        assert not any(e.tag.is_private for e in ds.iterall())
         assert ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
 
 

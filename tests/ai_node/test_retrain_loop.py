@@ -251,7 +251,10 @@ def test_labels_to_promoted_model_to_next_sr(tmp_path: Path) -> None:
 
         # run 2: the candidate's AUC would have to beat the active one's by 1: refused
         refused_env = {**run_env, "RADNODE_RETRAINING_AUC_MARGIN": "-1"}
+        started = time.monotonic()
         second = _retrain(data, refused_env, "retrain-b")
+        print(f"radnode retrain (run 2): {time.monotonic() - started:.1f} s")
+        print(first.stdout + first.stderr[-600:])
         assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-4000:]
         assert "finding retrain-b refused" in second.stdout
         models_api = httpx.get(f"{url}/api/models", headers=_auth(ADMIN), timeout=10).json()

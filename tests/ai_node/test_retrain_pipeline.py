@@ -171,3 +171,40 @@ def test_label_trigger_starts_a_run_at_the_threshold(tmp_path: Path) -> None:
         assert [r["run_id"] for r in runs.list()] == [run_id]
     finally:
         node.close()
+
+
+def test_a_failing_run_is_recorded_with_the_failed_step(tmp_path: Path) -> None:
+    """`radnode retrain` against a node that does not answer: the export step fails, the
+    command says so (exit 1) and the run record keeps the failed step and the error."""
+    import os
+    import subprocess
+
+    from conftest import free_port
+
+    models = tmp_path / "models"
+    shutil.copytree(SHIPPED_MODELS, models, ignore=shutil.ignore_patterns("__pycache__"))
+    data = tmp_path / "data"
+    env = {
+        **os.environ,
+        "RADNODE_MODELS_DIR": str(models),
+        "RADNODE_RETRAINING_API_URL": f"http://127.0.0.1:{free_port()}",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "radnode.cli", "retrain", "--data-dir", str(data)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=300,
+    )
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "[1/5] export: failed" in proc.stderr
+    node = Node(Settings(data_dir=data, fsync=False))
+    try:
+        [run] = RunStore(node.index).list()
+    finally:
+        node.close()
+    assert run["status"] == "failed" and run["steps"]["export"] == "failed"
+    assert run["steps"]["train"] == "pending" and run["decision"] is None
+    assert (data / "retraining" / "salt").stat().st_mode & 0o077 == 0
+    assert ModelRegistry(models).versions("finding") == ["1.0.0"]

@@ -150,6 +150,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     from radnode.index import Index
 
     settings = _settings_with(args)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
     index = Index(settings.index_url)
     try:
         if args.kfp_host:

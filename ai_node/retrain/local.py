@@ -248,7 +248,8 @@ def upload(
     settings: Settings, host: str, package: Path, schedule: str | None = None
 ) -> dict[str, str]:
     """Register the compiled pipeline in KFP (a new version when it exists) and, with
-    ``schedule``, create a recurring run of it with the node's settings as parameters."""
+    ``schedule``, create a recurring run of it with the node's settings as parameters
+    (replacing the one an earlier upload made)."""
     import kfp
 
     from ai_node.retrain.pipeline import PIPELINE_NAME
@@ -269,10 +270,21 @@ def upload(
     out = {"pipeline_id": str(pipeline_id), "version_id": str(version_id)}
     if schedule:
         experiment = client.create_experiment(PIPELINE_NAME)
+        job_name = f"{PIPELINE_NAME}-schedule"
+        # idempotent: a re-run of the upload Job replaces the schedule instead of adding one
+        existing = (
+            client.list_recurring_runs(
+                experiment_id=experiment.experiment_id, page_size=100
+            ).recurring_runs
+            or []
+        )
+        for old in existing:
+            if old.display_name == job_name:
+                client.delete_recurring_run(old.recurring_run_id)
         arguments = pipeline_arguments(settings, run_id="", in_cluster=True)
         job = client.create_recurring_run(
             experiment_id=experiment.experiment_id,
-            job_name=f"{PIPELINE_NAME}-schedule",
+            job_name=job_name,
             cron_expression=kfp_cron(schedule),
             pipeline_id=pipeline_id,
             version_id=version_id,

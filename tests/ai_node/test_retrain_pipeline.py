@@ -208,3 +208,23 @@ def test_a_failing_run_is_recorded_with_the_failed_step(tmp_path: Path) -> None:
     assert run["steps"]["train"] == "pending" and run["decision"] is None
     assert (data / "retraining" / "salt").stat().st_mode & 0o077 == 0
     assert ModelRegistry(models).versions("finding") == ["1.0.0"]
+
+
+def test_the_upload_job_command_line_parses() -> None:
+    """The Kubernetes Job runs exactly this command line (k8s: pipeline upload Job)."""
+    from ai_node.cli import cmd_pipeline_upload
+    from radnode.cli import build_parser
+
+    args = build_parser().parse_args(
+        [
+            "pipeline",
+            "upload",
+            "--kfp-host",
+            "http://ml-pipeline.kubeflow.svc.cluster.local:8888",
+            "--schedule",
+            "0 2 * * 0",
+        ]
+    )
+    assert args.func is cmd_pipeline_upload
+    assert args.kfp_host == "http://ml-pipeline.kubeflow.svc.cluster.local:8888"
+    assert kfp_cron(args.schedule) == "0 0 2 * * 0"

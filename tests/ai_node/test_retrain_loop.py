@@ -83,7 +83,9 @@ def _algorithm_versions(sr: pydicom.Dataset) -> list[str]:
     return found
 
 
-def _retrain(data: Path, env: dict[str, str], version: str) -> subprocess.CompletedProcess[str]:
+def _retrain(
+    data: Path, env: dict[str, str], version: str, epochs: int
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [
             sys.executable,
@@ -95,7 +97,7 @@ def _retrain(data: Path, env: dict[str, str], version: str) -> subprocess.Comple
             "--http-port",
             env["RADNODE_HTTP_PORT"],
             "--epochs",
-            "1",
+            str(epochs),
             "--version",
             version,
         ],
@@ -107,22 +109,31 @@ def _retrain(data: Path, env: dict[str, str], version: str) -> subprocess.Comple
     )
 
 
-def test_labels_to_promoted_model_to_next_sr(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("size", "slices", "epochs"),
+    [(256, 24, 1), pytest.param(512, 32, 3, marks=pytest.mark.slow, id="512x512-3-epochs")],
+)
+def test_labels_to_promoted_model_to_next_sr(
+    tmp_path: Path, size: int, slices: int, epochs: int
+) -> None:
     models = tmp_path / "models"
     shutil.copytree(SHIPPED_MODELS, models, ignore=shutil.ignore_patterns("__pycache__"))
     studies = {}
     for i in range(N_STUDIES):
         spec = StudySpec(
             region="chest",
-            slices=24,
+            slices=slices,
             nodules=(i % 2) * 2,
             seed=7000 + i,
-            rows=256,
-            columns=256,
-            pixel_spacing_mm=1.4,
+            rows=size,
+            columns=size,
+            pixel_spacing_mm=358.0 / size,
         )
         study, files = write_study(spec, tmp_path / "in" / str(i))
-        studies[study.study_instance_uid] = (spec, files, int(spec.nodules > 0))
+        # the radiologists' label: the generator's truth, except on two studies where
+        # they disagree with it (so relabels happen whatever the AI answered)
+        truth = int(spec.nodules > 0)
+        studies[study.study_instance_uid] = (spec, files, 1 - truth if i < 2 else truth)
     salt = _pick_salt({s.resolved_patient_id(): label for s, _, label in studies.values()})
     data = tmp_path / "data"
     env = {
@@ -148,8 +159,8 @@ def test_labels_to_promoted_model_to_next_sr(tmp_path: Path) -> None:
 
         # radiologists: confirm the AI where it is right, relabel where it is not
         relabelled = 0
-        for uid, (_, _, truth) in studies.items():
-            label = "lesion" if truth else "no lesion"
+        for uid, (_, _, final) in studies.items():
+            label = "lesion" if final else "no lesion"
             body = (
                 {"decision": "confirm"}
                 if results[uid]["label"] == label
@@ -170,18 +181,24 @@ def test_labels_to_promoted_model_to_next_sr(tmp_path: Path) -> None:
             == 403
         )
         labels = httpx.get(f"{url}/api/retraining/labels", headers=_auth(ADMIN), timeout=10).json()
-        assert labels["total"] == N_STUDIES
+        assert labels["total"] == N_STUDIES and relabelled >= 1
+        assert {i["study_uid"]: i["label"] == "lesion" for i in labels["items"]} == {
+            uid: bool(final) for uid, (_, _, final) in studies.items()
+        }
 
         # run 1: the rule holds (margins 1): promoted
         run_env = {**os.environ, **env, "RADNODE_HTTP_PORT": str(node.http_port)}
         started = time.monotonic()
-        first = _retrain(data, run_env, "retrain-a")
+        first = _retrain(data, run_env, "retrain-a", epochs)
         elapsed = time.monotonic() - started
         assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
         for i, step in enumerate(("export", "preprocess", "train", "evaluate", "promote"), 1):
             assert f"[{i}/5] {step}: succeeded" in first.stderr
         assert "finding retrain-a promoted" in first.stdout
-        print(f"radnode retrain (run 1): {elapsed:.1f} s; {relabelled} relabels")
+        print(
+            f"radnode retrain (run 1, {size}x{size}x{slices}, {epochs} epochs): "
+            f"{elapsed:.1f} s; {relabelled} relabels"
+        )
 
         runs = httpx.get(
             f"{url}/api/retraining/runs", headers=_auth(RADIOLOGIST), timeout=10
@@ -201,6 +218,8 @@ def test_labels_to_promoted_model_to_next_sr(tmp_path: Path) -> None:
         assert run["metrics"]["test_studies"] == len(test_pids)
         prepared = next(Path(run["artifacts"]["pipeline_root"]).rglob("preprocess-op/prepared"))
         manifest = json.loads((prepared / "manifest.json").read_text())
+        page = next(Path(run["artifacts"]["pipeline_root"]).rglob("evaluate-op/report_html"))
+        assert "<svg" in page.read_text() and page.read_text().count("<polyline") == 2
         test_keys = {patient_key(salt, pid) for pid in test_pids}
         assert {s["patient"] for s in manifest["studies"] if s["split"] == "test"} == test_keys
         registry = ModelRegistry(models)
@@ -234,12 +253,12 @@ def test_labels_to_promoted_model_to_next_sr(tmp_path: Path) -> None:
         # the running worker picks the promoted version up: the next SR carries it
         spec = StudySpec(
             region="chest",
-            slices=24,
+            slices=slices,
             nodules=1,
             seed=7999,
-            rows=256,
-            columns=256,
-            pixel_spacing_mm=1.4,
+            rows=size,
+            columns=size,
+            pixel_spacing_mm=358.0 / size,
         )
         study, files = write_study(spec, tmp_path / "in" / "after")
         assert storescu(node.dicom_port, files).returncode == 0
@@ -252,7 +271,7 @@ def test_labels_to_promoted_model_to_next_sr(tmp_path: Path) -> None:
         # run 2: the candidate's AUC would have to beat the active one's by 1: refused
         refused_env = {**run_env, "RADNODE_RETRAINING_AUC_MARGIN": "-1"}
         started = time.monotonic()
-        second = _retrain(data, refused_env, "retrain-b")
+        second = _retrain(data, refused_env, "retrain-b", epochs)
         print(f"radnode retrain (run 2): {time.monotonic() - started:.1f} s")
         print(first.stdout + first.stderr[-600:])
         assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-4000:]

@@ -27,6 +27,9 @@ def child_environment(settings: Any) -> dict[str, str]:
     """This process's environment plus the settings a CLI flag may have set, so the child
     opens the same data dir, index and registry."""
     env = dict(os.environ)
+    config_file = settings.model_config.get("toml_file")
+    if config_file:  # given as --config: the child reads the same file
+        env["RADNODE_CONFIG"] = str(config_file)
     env["RADNODE_DATA_DIR"] = str(settings.data_dir)
     if settings.database_url:
         env["RADNODE_DATABASE_URL"] = settings.database_url

@@ -228,3 +228,55 @@ def test_the_upload_job_command_line_parses() -> None:
     assert args.func is cmd_pipeline_upload
     assert args.kfp_host == "http://ml-pipeline.kubeflow.svc.cluster.local:8888"
     assert kfp_cron(args.schedule) == "0 0 2 * * 0"
+
+
+def test_the_steps_run_as_plain_functions_without_kfp(tmp_path: Path) -> None:
+    """export -> preprocess -> train (from scratch) -> evaluate -> promote, called directly."""
+    from ai_node.retrain.evaluate import evaluate_candidate, write_report
+    from ai_node.retrain.export import LabelledStudy, export_studies
+    from ai_node.retrain.finetune import train_candidate
+    from ai_node.retrain.prepare import preprocess_dataset
+    from ai_node.retrain.promote import promote_candidate
+    from ai_node.synth import StudySpec, generate_study
+
+    models = tmp_path / "models"
+    shutil.copytree(SHIPPED_MODELS, models, ignore=shutil.ignore_patterns("__pycache__"))
+    fetched, labels = {}, []
+    for i in range(10):
+        spec = StudySpec(
+            region="chest",
+            slices=8,
+            nodules=i % 2,
+            seed=8100 + i,
+            rows=128,
+            columns=128,
+            pixel_spacing_mm=2.8,
+        )
+        study, datasets = generate_study(spec)
+        fetched[study.study_instance_uid] = list(datasets)
+        labels.append(LabelledStudy(study.study_instance_uid, ["no lesion", "lesion"][i % 2], i))
+    # split salt chosen so that both the train and the test split hold both classes
+    manifest = export_studies(
+        tmp_path / "export", labels, fetched.__getitem__, "plain-steps-salt-3", 0.0, 0.5
+    )
+    by_split = {
+        s: {x["label"] for x in manifest["studies"] if x["split"] == s} for s in ("train", "test")
+    }
+    assert by_split == {"train": {0, 1}, "test": {0, 1}}, manifest["counts"]
+    prepared = preprocess_dataset(tmp_path / "export", tmp_path / "prepared")
+    assert all(s["slices"] == 8 for s in prepared["studies"])
+    info = train_candidate(tmp_path / "prepared", models, tmp_path / "model", 1, True, verbose=0)
+    assert info["from_scratch"] and info["base_version"] is None
+    assert info["train_studies"] == manifest["counts"]["train"]
+    report = evaluate_candidate(tmp_path / "prepared", tmp_path / "model", models, 0.5)
+    assert report["studies"] == manifest["counts"]["test"] and report["active_version"] == "1.0.0"
+    write_report(report, tmp_path / "r" / "report.json", tmp_path / "r" / "report.html")
+    assert "<svg" in (tmp_path / "r" / "report.html").read_text()
+    decision = promote_candidate(
+        models, tmp_path / "model", report, PromotionRule(auc_margin=-1.0), "scratch-1", "run-x"
+    )
+    assert decision["decision"] == "refused"
+    registry = ModelRegistry(models)
+    assert "scratch-1" in registry.versions("finding")
+    assert registry.active_version("finding") == "1.0.0"
+    assert registry.card("finding", "scratch-1")["promotion"]["reason"] == decision["reason"]

@@ -5,6 +5,7 @@ STOW-RS reuses as FailureReason (PS3.18 10.5.3):
 
 * 0x0000 success (also for a duplicate under the ``keep_first`` policy),
 * 0xA700 out of resources: the store cannot write (disk full, I/O error, index down),
+  or the dataset is larger than ``max_instance_bytes``,
 * 0xA900 data set does not match SOP class: the UIDs the store needs are
   missing or malformed, or the dataset's SOP Class/Instance UID differ from
   the ones the transfer announced,
@@ -162,9 +163,12 @@ def _check_native_pixel_length(ds: Dataset, ts: UID) -> None:
 class Ingestor:
     """Validate and store instances for one node; used by the C-STORE and STOW-RS edges."""
 
-    def __init__(self, store: InstanceStore, metrics: Metrics) -> None:
+    def __init__(
+        self, store: InstanceStore, metrics: Metrics, max_instance_bytes: int | None = None
+    ) -> None:
         self.store = store
         self.metrics = metrics
+        self.max_instance_bytes = max_instance_bytes
 
     def validate(
         self,
@@ -176,6 +180,12 @@ class Ingestor:
         calling_aet: str | None = None,
     ) -> dict[str, Any]:
         """Decode and check an instance; returns the index fields or raises IngestError."""
+        if self.max_instance_bytes is not None and len(raw) > self.max_instance_bytes:
+            raise IngestError(
+                OUT_OF_RESOURCES,
+                "too_large",
+                f"dataset over the {self.max_instance_bytes}-byte limit (max_instance_bytes)",
+            )
         ds = decode_complete(raw, transfer_syntax_uid)
         try:
             fields = record_fields_from_dataset(ds, transfer_syntax_uid, calling_aet)

@@ -34,7 +34,6 @@ from pacs_link.sender import OutboxSender
 from radnode.node import Node
 from radnode.settings import Settings
 
-
 # The TLS 1.0/1.1 client of the refusal test uses deprecated protocol versions on purpose.
 pytestmark = pytest.mark.filterwarnings("ignore:ssl.TLSVersion:DeprecationWarning")
 

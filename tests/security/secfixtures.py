@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,3 +162,95 @@ def study_uids(message: ET.Element) -> list[str]:
         for po in message.findall("ParticipantObjectIdentification")
         if po.find("ParticipantObjectIDTypeCode[@csd-code='110180']") is not None
     ]
+
+
+# -- PS3.15 A.5.1: the DICOM audit message schema, checked element by element ------------
+# (No XSD/RelaxNG ships on this machine; these are the schema's required elements,
+# attributes, cardinalities, order and value sets.)
+
+_ACTION = {"C", "R", "U", "D", "E"}
+_OUTCOME = {"0", "4", "8", "12"}
+_DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$")
+
+
+def _coded(element: ET.Element | None, what: str) -> None:
+    """CodedValueType: csd-code, codeSystemName (or an OID), originalText (the meaning)."""
+    assert element is not None, f"{what} missing"
+    for attr in ("csd-code", "codeSystemName", "originalText"):
+        assert element.attrib.get(attr), f"{what} lacks {attr}"
+
+
+def check_audit_schema(message: ET.Element) -> None:
+    """Raise AssertionError where ``message`` breaks PS3.15 A.5.1."""
+    assert message.tag == "AuditMessage"
+    tags = [child.tag for child in message]
+    # EventIdentification, ActiveParticipant+, AuditSourceIdentification,
+    # ParticipantObjectIdentification*  (in this order)
+    assert tags[0] == "EventIdentification", tags
+    n_ap = 0
+    while 1 + n_ap < len(tags) and tags[1 + n_ap] == "ActiveParticipant":
+        n_ap += 1
+    assert n_ap >= 1, "at least one ActiveParticipant"
+    assert tags[1 + n_ap] == "AuditSourceIdentification", tags
+    assert all(t == "ParticipantObjectIdentification" for t in tags[2 + n_ap :]), tags
+
+    ev = message[0]
+    assert ev.attrib.get("EventActionCode") in _ACTION
+    assert _DATETIME.match(ev.attrib.get("EventDateTime", "")), ev.attrib
+    assert ev.attrib.get("EventOutcomeIndicator") in _OUTCOME
+    assert ev[0].tag == "EventID"
+    _coded(ev[0], "EventID")
+    for child in ev[1:]:
+        assert child.tag in ("EventTypeCode", "EventOutcomeDescription", "PurposeOfUse"), child.tag
+        if child.tag == "EventTypeCode":
+            _coded(child, "EventTypeCode")
+
+    for ap in message.findall("ActiveParticipant"):
+        assert ap.attrib.get("UserID"), "ActiveParticipant UserID"
+        assert ap.attrib.get("UserIsRequestor") in ("true", "false")
+        if "NetworkAccessPointID" in ap.attrib:
+            assert ap.attrib.get("NetworkAccessPointTypeCode") in {"1", "2", "3", "4", "5"}
+        for role in ap.findall("RoleIDCode"):
+            _coded(role, "RoleIDCode")
+        assert all(c.tag in ("RoleIDCode", "MediaIdentifier") for c in ap)
+    assert (
+        sum(ap.attrib["UserIsRequestor"] == "true" for ap in message.findall("ActiveParticipant"))
+        >= 1
+    )
+
+    src = message.find("AuditSourceIdentification")
+    assert src is not None and src.attrib.get("AuditSourceID")
+    for code in src.findall("AuditSourceTypeCode"):
+        _coded(code, "AuditSourceTypeCode")
+
+    order = [
+        "ParticipantObjectIDTypeCode",
+        "ParticipantObjectName|ParticipantObjectQuery",
+        "ParticipantObjectDetail",
+        "ParticipantObjectDescription",
+        "SOPClass",
+    ]
+    for po in message.findall("ParticipantObjectIdentification"):
+        assert po.attrib.get("ParticipantObjectID")
+        assert po.attrib.get("ParticipantObjectTypeCode", "1") in {"1", "2", "3", "4"}
+        assert 1 <= int(po.attrib.get("ParticipantObjectTypeCodeRole", "1")) <= 24
+        children = [c.tag for c in po]
+        assert children and children[0] == "ParticipantObjectIDTypeCode", children
+        _coded(po[0], "ParticipantObjectIDTypeCode")
+        ranks = [next(i for i, o in enumerate(order) if c in o.split("|")) for c in children]
+        assert ranks == sorted(ranks), f"ParticipantObjectIdentification order: {children}"
+        assert sum(c in ("ParticipantObjectName", "ParticipantObjectQuery") for c in children) <= 1
+        for sop in po.findall("SOPClass"):
+            assert sop.attrib.get("UID") and sop.attrib.get("NumberOfInstances", "0").isdigit()
+
+
+BOUNDARY = "radnode-security-boundary"
+RELATED = f'multipart/related; type="application/dicom"; boundary={BOUNDARY}'
+
+
+def stow_body(*parts: bytes) -> bytes:
+    """A STOW-RS request body of Part 10 files (PS3.18 10.5)."""
+    out = b""
+    for part in parts:
+        out += f"--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode() + part + b"\r\n"
+    return out + f"--{BOUNDARY}--\r\n".encode()

@@ -20,6 +20,7 @@ from pydicom import Dataset, dcmread
 from pacs_link import client
 from pacs_link.outbox import Item, Outbox
 from radnode.settings import PacsPeer
+from radnode.store import ZERO_PREAMBLE
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +71,9 @@ class OutboxSender:
             if row is None:
                 missing.append(item)
                 continue
-            datasets.append((item, dcmread(self.node.store.path_of(str(row["path"])))))
+            ds = dcmread(self.node.store.path_of(str(row["path"])))
+            ds.preamble = ZERO_PREAMBLE  # what STOW-RS sends out starts with zeros (PS3.10 7.1)
+            datasets.append((item, ds))
         self.outbox.reject(missing, "instance is no longer in the store")
         if not datasets:
             return

@@ -33,6 +33,7 @@ from dicomweb.multipart import new_boundary, related_content_type, stream_parts
 from dicomweb.render import RenderError, decode_frame, parse_viewport, parse_window, render
 from radnode.index import instances
 from radnode.node import Node
+from radnode.store import ZERO_PREAMBLE
 
 router = APIRouter(prefix="/dicom-web", tags=["WADO-RS"], dependencies=[require_read])
 
@@ -125,6 +126,7 @@ def _transcoded(node: Node, path: str, syntax: str) -> Iterator[bytes]:
     ds = dcmread(node.store.path_of(path))
     if ds.file_meta.TransferSyntaxUID != syntax:
         ds.file_meta.TransferSyntaxUID = UID(syntax)
+    ds.preamble = ZERO_PREAMBLE  # PS3.10 7.1; never a polyglot header (PE/ELF) going out
     buf = BytesIO()
     dcmwrite(buf, ds, enforce_file_format=True)
     yield buf.getvalue()

@@ -138,6 +138,11 @@ def test_whole_run_is_audited_and_no_patient_name_reaches_the_ordinary_log(tmp_p
     finally:
         assert node.stop() == 0
 
+    # Every file of the run (received, the AI SR, the feedback SR) has a zero preamble.
+    files = list((node.data_dir / "studies").rglob("*.dcm"))
+    assert len(files) >= len(files_a) + len(files_b) + 2
+    assert all(f.read_bytes()[:132] == b"\0" * 128 + b"DICM" for f in files)
+
     messages = audit_messages(node.data_dir / "audit")
     for m in messages:
         check_audit_schema(m)

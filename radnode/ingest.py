@@ -96,7 +96,23 @@ def dictionary_vr_or_none(tag: int) -> str | None:
         return None
 
 
-def decode_complete(raw: bytes | memoryview, transfer_syntax_uid: str) -> Dataset:
+def _inflate(raw: bytes | memoryview, max_bytes: int | None) -> bytes:
+    """A deflated dataset (PS3.5 A.5), refused when it inflates beyond ``max_bytes``."""
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    out = inflater.decompress(raw, max_bytes + 1 if max_bytes else 0)
+    if max_bytes and len(out) > max_bytes:
+        raise IngestError(
+            OUT_OF_RESOURCES, "too_large", f"inflated dataset over the {max_bytes}-byte limit"
+        )
+    out += inflater.flush()
+    if not inflater.eof:
+        raise zlib.error("incomplete deflate stream")
+    return out
+
+
+def decode_complete(
+    raw: bytes | memoryview, transfer_syntax_uid: str, max_bytes: int | None = None
+) -> Dataset:
     """Decode a dataset and insist that every byte of it is there.
 
     pydicom reads leniently: a truncated value comes back short and a cut
@@ -109,7 +125,7 @@ def decode_complete(raw: bytes | memoryview, transfer_syntax_uid: str) -> Datase
         if not ts.is_transfer_syntax:
             raise IngestError(CANNOT_UNDERSTAND, "transfer_syntax", "unknown transfer syntax")
         if transfer_syntax_uid in DEFLATED_DATASET_SYNTAXES:  # PS3.5 A.5, A.7
-            raw = zlib.decompress(raw, -zlib.MAX_WBITS)
+            raw = _inflate(raw, max_bytes)
         ds = read_dataset(
             BytesIO(raw), is_implicit_VR=ts.is_implicit_VR, is_little_endian=ts.is_little_endian
         )
@@ -186,7 +202,7 @@ class Ingestor:
                 "too_large",
                 f"dataset over the {self.max_instance_bytes}-byte limit (max_instance_bytes)",
             )
-        ds = decode_complete(raw, transfer_syntax_uid)
+        ds = decode_complete(raw, transfer_syntax_uid, self.max_instance_bytes)
         try:
             fields = record_fields_from_dataset(ds, transfer_syntax_uid, calling_aet)
         except InvalidUID as exc:

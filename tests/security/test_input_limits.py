@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import socket
 import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,12 +14,17 @@ import httpx
 import pytest
 from conftest import RadnodeProcess, storescu
 from pydicom import dcmread
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from secfixtures import RELATED, stow_body
 
 from ai_node.synth import StudySpec, write_study
 from dimse_scp.scu import send_files
+from radnode.ingest import IngestError
+from radnode.node import Node
+from radnode.settings import Settings
 
 LIMIT = 20_000  # bytes: a 64x64 slice (8 KiB of pixels) fits, a 128x128 one (32 KiB) does not
 
@@ -164,3 +170,25 @@ def test_stalled_stow_body_gets_408_and_leaves_no_spool(api: RadnodeProcess) -> 
     time.sleep(0.2)
     spools = list((api.data_dir / "tmp").rglob("stow.*.body"))
     assert spools == []
+
+
+def test_a_deflate_bomb_is_refused_before_it_is_inflated_whole(tmp_path: Path) -> None:
+    """Deflated Explicit VR Little Endian (PS3.5 A.5): 50 MB of zeros deflate to ~50 KB;
+    inflating stops at the instance limit."""
+    ds = dcmread(_study(tmp_path, 16, 25)[0])
+    ds.PixelData = b"\0" * 50_000_000
+    ds.Rows = ds.Columns = 5000
+    buf = DicomBytesIO()
+    buf.is_little_endian, buf.is_implicit_VR = True, False
+    write_dataset(buf, ds)
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    bomb = deflater.compress(buf.getvalue()) + deflater.flush()
+    assert len(bomb) < LIMIT * 5
+    node = Node(Settings(data_dir=tmp_path / "data", fsync=False, max_instance_bytes=LIMIT))
+    try:
+        with pytest.raises(IngestError) as refused:
+            node.ingestor.ingest(bomb, "1.2.840.10008.1.2.1.99", source="test")
+    finally:
+        node.close()
+    assert refused.value.status == 0xA700
+    assert list((tmp_path / "data" / "studies").rglob("*.dcm")) == []

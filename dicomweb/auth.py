@@ -119,6 +119,14 @@ def roles_of(settings: Settings, authorization: str | None) -> set[str]:
     return found
 
 
+def _audit_login_failure(request: Request) -> None:
+    """110114 User Authentication, outcome 4 (PS3.15 A.5.3.8): no or a bad bearer token."""
+    header = request.headers.get("authorization")
+    reason = "bearer token missing" if not header else "bearer token refused"
+    client = request.client.host if request.client else None
+    request.app.state.node.audit.login_failed(user="unknown", address=client, reason=reason)
+
+
 def require_role(roles: Iterable[str]) -> Callable[[Request], str | None]:
     """A dependency admitting requests whose token has one of ``roles``: 401 / 403 otherwise."""
     allowed = frozenset(roles)
@@ -129,6 +137,7 @@ def require_role(roles: Iterable[str]) -> Callable[[Request], str | None]:
             return None
         roles = roles_of(settings, request.headers.get("authorization"))
         if not roles:
+            _audit_login_failure(request)
             raise HTTPException(
                 status.HTTP_401_UNAUTHORIZED,
                 "a valid bearer token is required",

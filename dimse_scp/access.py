@@ -21,6 +21,8 @@ REJECT_CALLING_AET = (
     0x03,
 )  # rejected-permanent, service-user, calling AE not recognized
 REJECT_CALLED_AET = (0x01, 0x01, 0x07)  # rejected-permanent, service-user, called AE not recognized
+# rejected-transient, service-provider (presentation related), local-limit-exceeded
+REJECT_LOCAL_LIMIT = (0x02, 0x03, 0x02)
 
 
 def _resolve(host: str) -> frozenset[str]:

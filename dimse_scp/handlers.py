@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 from pydicom import Dataset
 from pynetdicom import events
 from pynetdicom.dimse_primitives import C_STORE
 
-from dimse_scp.access import REJECT_CALLED_AET, AccessPolicy
+from dimse_scp.access import REJECT_CALLED_AET, REJECT_LOCAL_LIMIT, AccessPolicy
 from dimse_scp.completion import CompletionTracker
+from radnode.audit import AuditTrail, StudyRef
 from radnode.ingest import OUT_OF_RESOURCES, IngestError, Ingestor
 from radnode.metrics import Metrics
 
@@ -31,6 +35,16 @@ def _status(status: int, comment: str | None = None) -> Dataset:
     return ds
 
 
+@dataclass
+class _Transfer:
+    """What one association stored, for its audit messages (one per study, at its end)."""
+
+    calling_aet: str
+    address: str
+    studies: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
+    refused: int = 0
+
+
 class StorageHandlers:
     def __init__(
         self,
@@ -39,12 +53,18 @@ class StorageHandlers:
         access: AccessPolicy,
         metrics: Metrics,
         poll_interval_s: float = 0.001,
+        audit: AuditTrail | None = None,
+        max_associations_per_aet: int | None = None,
     ) -> None:
         self.poll_interval_s = poll_interval_s
         self.ingestor = ingestor
         self.completion = completion
         self.access = access
         self.metrics = metrics
+        self.audit = audit
+        self.max_associations_per_aet = max_associations_per_aet
+        self._lock = threading.Lock()
+        self._transfers: dict[int, _Transfer] = {}  # id(association) -> what it stored
 
     def evt_handlers(self) -> list[tuple[Any, Any]]:
         return [
@@ -68,28 +88,48 @@ class StorageHandlers:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def on_requested(self, event: events.Event) -> None:
-        """A-ASSOCIATE-RQ received: apply the AE allow-list before negotiation."""
+        """A-ASSOCIATE-RQ received: apply the AE allow-list and the per-AE limit."""
         assoc = event.assoc
         primitive = assoc.requestor.primitive
         assert primitive is not None  # EVT_REQUESTED fires once the A-ASSOCIATE-RQ is in
         calling = str(primitive.calling_ae_title).strip()
         called = str(primitive.called_ae_title).strip()
-        rejection = self.access.check(calling, called, assoc.requestor.address)
+        peer = assoc.requestor.address
+        rejection = self.access.check(calling, called, peer)
         if rejection is None:
-            return
-        reason = "called_aet" if rejection == REJECT_CALLED_AET else "calling_aet"
+            rejection = self._admit(id(assoc), calling, peer)
+            if rejection is None:
+                return
+            reason = "per_aet_limit"
+        else:
+            reason = "called_aet" if rejection == REJECT_CALLED_AET else "calling_aet"
+            if self.audit is not None:
+                self.audit.login_failed(
+                    user=calling, address=peer, reason=f"association rejected: {reason}"
+                )
         self.metrics.associations_rejected.labels(reason=reason).inc()
         logger.warning(
             "association rejected",
-            extra={
-                "reason": reason,
-                "calling_aet": calling,
-                "called_aet": called,
-                "peer": assoc.requestor.address,
-            },
+            extra={"reason": reason, "calling_aet": calling, "called_aet": called, "peer": peer},
         )
         assoc.acse.send_reject(*rejection)
         assoc.kill()  # waits until the DUL has sent the A-ASSOCIATE-RJ
+
+    def _admit(self, association_id: int, calling: str, peer: str) -> tuple[int, ...] | None:
+        """Count the association against its calling AE; the limit's A-ASSOCIATE-RJ if over."""
+        with self._lock:
+            if self.max_associations_per_aet is not None:
+                active = sum(1 for t in self._transfers.values() if t.calling_aet == calling)
+                if active >= self.max_associations_per_aet:
+                    return REJECT_LOCAL_LIMIT
+            self._transfers[association_id] = _Transfer(calling, peer)
+        return None
+
+    def tls_refused(self, peer: str, reason: str) -> None:
+        """A TLS handshake failed (no or untrusted client certificate, TLS < 1.2, ...)."""
+        self.metrics.associations_rejected.labels(reason="tls").inc()
+        if self.audit is not None:
+            self.audit.login_failed(user="unknown", address=peer, reason=f"TLS: {reason}")
 
     def on_c_echo(self, event: events.Event) -> int:
         return 0x0000
@@ -109,12 +149,42 @@ class StorageHandlers:
                 calling_aet=str(event.assoc.requestor.ae_title).strip(),
             )
         except IngestError as exc:
+            self._count_refused(id(event.assoc))
             return _status(exc.status, exc.comment)
         except Exception:  # never let the association die on our bug
             logger.exception("unexpected error in C-STORE handler")
+            self._count_refused(id(event.assoc))
             return _status(OUT_OF_RESOURCES, "internal error")
         self.completion.instance_stored(id(event.assoc), result.study_uid)
+        transfer = self._transfers.get(id(event.assoc))
+        if transfer is not None:
+            transfer.studies[result.study_uid][result.sop_class_uid] += 1
         return result.status
+
+    def _count_refused(self, association_id: int) -> None:
+        transfer = self._transfers.get(association_id)
+        if transfer is not None:
+            transfer.refused += 1
+
+    def _finish(self, association_id: int) -> None:
+        """The association is over: forget it and audit what it stored (PS3.15 A.5.3.4)."""
+        with self._lock:
+            transfer = self._transfers.pop(association_id, None)
+        if transfer is None or self.audit is None:
+            return
+        if transfer.refused and not transfer.studies:
+            self.audit.instances_failed(
+                source_user=transfer.calling_aet,
+                source_address=transfer.address,
+                refused=transfer.refused,
+            )
+        for study_uid, classes in transfer.studies.items():
+            self.audit.instances_stored(
+                StudyRef(study_uid, dict(classes)),
+                source_user=transfer.calling_aet,
+                source_address=transfer.address,
+                refused=transfer.refused,
+            )
 
     def on_released(self, event: events.Event) -> None:
         try:
@@ -122,6 +192,7 @@ class StorageHandlers:
         except Exception:
             # The studies stay due; the quiet-period sweeper queues them.
             logger.exception("could not queue completed studies at release")
+        self._finish(id(event.assoc))
 
     def on_ended(self, event: events.Event) -> None:
         # The connection may close (DUL thread) before EVT_RELEASED runs (reactor thread).
@@ -129,3 +200,4 @@ class StorageHandlers:
             self.on_released(event)
         else:
             self.completion.association_ended(id(event.assoc))
+            self._finish(id(event.assoc))

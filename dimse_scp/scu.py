@@ -2,12 +2,14 @@
 
 ``send`` transmits each file's dataset exactly as encoded on disk (pynetdicom
 reads it from the path), proposing one presentation context per SOP class and
-transfer syntax found in the files.
+transfer syntax found in the files. Both can run over DICOM TLS (PS3.15 B.9):
+pass a client context from :func:`dimse_scp.tls.client_context`.
 """
 
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -25,11 +27,22 @@ class AssociationFailed(ConnectionError):
     pass
 
 
-def echo(host: str, port: int, calling_aet: str, called_aet: str, timeout: float = 30) -> int:
+def _tls_args(tls: ssl.SSLContext | None, host: str) -> tuple[ssl.SSLContext, str] | None:
+    return (tls, host) if tls is not None else None
+
+
+def echo(
+    host: str,
+    port: int,
+    calling_aet: str,
+    called_aet: str,
+    timeout: float = 30,
+    tls: ssl.SSLContext | None = None,
+) -> int:
     ae = AE(ae_title=calling_aet)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     ae.add_requested_context(Verification)
-    assoc = ae.associate(host, port, ae_title=called_aet)
+    assoc = ae.associate(host, port, ae_title=called_aet, tls_args=_tls_args(tls, host))
     if not assoc.is_established:
         raise AssociationFailed(f"association with {called_aet}@{host}:{port} failed")
     try:
@@ -58,6 +71,7 @@ def send_files(
     called_aet: str,
     progress: Callable[[int, int], None] | None = None,
     timeout: float = 60,
+    tls: ssl.SSLContext | None = None,
 ) -> dict[Path, int]:
     """C-STORE each file over one association; returns the status per file.
 
@@ -85,7 +99,7 @@ def send_files(
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     for sop_class, transfer_syntax in contexts:
         ae.add_requested_context(sop_class, transfer_syntax)
-    assoc = ae.associate(host, port, ae_title=called_aet)
+    assoc = ae.associate(host, port, ae_title=called_aet, tls_args=_tls_args(tls, host))
     if not assoc.is_established:
         raise AssociationFailed(f"association with {called_aet}@{host}:{port} failed")
     done = 0

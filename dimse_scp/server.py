@@ -11,6 +11,7 @@ as received.
 from __future__ import annotations
 
 import logging
+import threading
 
 from pydicom.uid import UID
 from pynetdicom import AE, AllStoragePresentationContexts, _config
@@ -19,6 +20,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dimse_scp.handlers import StorageHandlers
+from dimse_scp.tls import TlsAssociationServer, server_context
 from radnode.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -50,32 +52,74 @@ def build_ae(settings: Settings) -> AE:
 
 
 class DicomServer:
-    """The running Storage SCP (one thread per association)."""
+    """The running Storage SCP (one thread per association): a plain DICOM port, a DICOM
+    TLS port (PS3.15 B.9), or both, serving the same AE and handlers."""
 
     def __init__(self, settings: Settings, handlers: StorageHandlers) -> None:
         self.settings = settings
         self.handlers = handlers
         self.ae = build_ae(settings)
         self._server: ThreadedAssociationServer | None = None
+        self._tls_server: TlsAssociationServer | None = None
 
     @property
     def port(self) -> int:
+        """The plain DICOM port."""
         if self._server is None:
-            raise RuntimeError("server not started")
+            raise RuntimeError("plain DICOM port not started")
         return int(self._server.server_address[1])
 
+    @property
+    def tls_port(self) -> int:
+        if self._tls_server is None:
+            raise RuntimeError("DICOM TLS port not started")
+        return int(self._tls_server.server_address[1])
+
     def start(self) -> None:
-        self._server = self.ae.start_server(
-            (self.settings.host, self.settings.dicom_port),
-            block=False,
-            evt_handlers=self.handlers.evt_handlers(),  # type: ignore[arg-type]
+        s = self.settings
+        handlers = self.handlers.evt_handlers()
+        if s.dicom_plain:
+            self._server = self.ae.start_server(
+                (s.host, s.dicom_port),
+                block=False,
+                evt_handlers=handlers,  # type: ignore[arg-type]
+            )
+            logger.info(
+                "DICOM SCP listening", extra={"aet": s.ae_title, "host": s.host, "port": self.port}
+            )
+        if s.dicom_tls_port is not None:
+            self._start_tls(handlers)
+
+    def _start_tls(self, handlers: list[tuple[object, object]]) -> None:
+        s = self.settings
+        assert s.dicom_tls_port is not None and s.tls_cert_file and s.tls_key_file
+        context = server_context(
+            s.tls_cert_file, s.tls_key_file, s.tls_ca_file, s.tls_require_client_cert
         )
+        server = self.ae.make_server(
+            (s.host, s.dicom_tls_port),
+            ssl_context=context,
+            evt_handlers=handlers,  # type: ignore[arg-type]
+            server_class=TlsAssociationServer,
+        )
+        assert isinstance(server, TlsAssociationServer)
+        server.handshake_timeout_s = s.tls_handshake_timeout_s
+        server.on_handshake_failed = self.handlers.tls_refused
+        threading.Thread(target=server.serve_forever, name="radnode-dicom-tls", daemon=True).start()
+        self.ae._servers.append(server)
+        self._tls_server = server
         logger.info(
-            "DICOM SCP listening",
-            extra={"aet": self.settings.ae_title, "host": self.settings.host, "port": self.port},
+            "DICOM TLS SCP listening",
+            extra={
+                "aet": s.ae_title,
+                "host": s.host,
+                "port": self.tls_port,
+                "client_cert": "required" if s.tls_require_client_cert else "optional",
+            },
         )
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server = None
+        for server in (self._server, self._tls_server):
+            if server is not None:
+                server.shutdown()
+        self._server = self._tls_server = None

@@ -107,8 +107,14 @@ def check(peer: PacsPeer) -> str | None:
             response.raise_for_status()
         elif peer.host and peer.port:
             from dimse_scp.scu import echo
+            from dimse_scp.tls import client_context
 
-            status = echo(peer.host, peer.port, "RADNODE", peer.ae_title, timeout=10)
+            tls = None
+            if peer.dicom_tls:
+                tls = client_context(
+                    peer.tls_ca_file, peer.tls_cert_file, peer.tls_key_file, peer.tls_verify
+                )
+            status = echo(peer.host, peer.port, "RADNODE", peer.ae_title, timeout=10, tls=tls)
             if status != 0:
                 return f"PACS peer {peer.name}: C-ECHO status 0x{status:04X}"
         return None

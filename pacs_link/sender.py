@@ -11,7 +11,6 @@ log and in ``/readyz``.
 from __future__ import annotations
 
 import logging
-import ssl
 import threading
 from collections import defaultdict
 from typing import Any
@@ -21,6 +20,7 @@ from pydicom import Dataset, dcmread
 from pacs_link import client
 from pacs_link.outbox import Item, Outbox
 from radnode.settings import PacsPeer
+from radnode.store import ZERO_PREAMBLE
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +71,9 @@ class OutboxSender:
             if row is None:
                 missing.append(item)
                 continue
-            datasets.append((item, dcmread(self.node.store.path_of(str(row["path"])))))
+            ds = dcmread(self.node.store.path_of(str(row["path"])))
+            ds.preamble = ZERO_PREAMBLE  # what STOW-RS sends out starts with zeros (PS3.10 7.1)
+            datasets.append((item, ds))
         self.outbox.reject(missing, "instance is no longer in the store")
         if not datasets:
             return
@@ -139,17 +141,12 @@ class OutboxSender:
         for ds in datasets:
             ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
         tls_args = None
-        if peer.dicom_tls:
-            context = ssl.create_default_context(
-                cafile=str(peer.tls_ca_file) if peer.tls_ca_file else None
+        if peer.dicom_tls:  # PS3.15 B.9: TLS 1.2+, the PACS verified against tls_ca_file
+            from dimse_scp.tls import client_context
+
+            context = client_context(
+                peer.tls_ca_file, peer.tls_cert_file, peer.tls_key_file, verify=peer.tls_verify
             )
-            context.check_hostname = peer.tls_verify
-            if not peer.tls_verify:
-                context.verify_mode = ssl.CERT_NONE
-            if peer.tls_cert_file:
-                context.load_cert_chain(
-                    str(peer.tls_cert_file), str(peer.tls_key_file) if peer.tls_key_file else None
-                )
             tls_args = (context, peer.host)
         assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, tls_args=tls_args)
         if not assoc.is_established:

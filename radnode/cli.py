@@ -86,6 +86,20 @@ def _peer_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=11112, help="peer DICOM port (default 11112)")
     parser.add_argument("--aet", default="RADNODE_SCU", help="our (calling) AE title")
     parser.add_argument("--called-aet", default="RADNODE", help="the peer's AE title")
+    tls = parser.add_argument_group("DICOM TLS (PS3.15 B.9, TLS 1.2+)")
+    tls.add_argument("--tls", action="store_true", help="connect over TLS")
+    tls.add_argument("--tls-ca", type=Path, help="CA that signed the peer's certificate")
+    tls.add_argument("--tls-cert", type=Path, help="our client certificate (mutual TLS)")
+    tls.add_argument("--tls-key", type=Path, help="its private key")
+
+
+def _scu_tls(args: argparse.Namespace) -> Any:
+    """The SCU's TLS context from --tls* flags, or None for plain DICOM."""
+    if not args.tls:
+        return None
+    from dimse_scp.tls import client_context
+
+    return client_context(args.tls_ca, args.tls_cert, args.tls_key)
 
 
 # -- process roles -----------------------------------------------------------------
@@ -112,7 +126,13 @@ def _start_scp(node: Any) -> tuple[Any, Any]:
             "no calling-AE allow-list while listening beyond localhost", extra={"host": s.host}
         )
     handlers = StorageHandlers(
-        node.ingestor, tracker, access, node.metrics, poll_interval_s=s.dimse_poll_interval_s
+        node.ingestor,
+        tracker,
+        access,
+        node.metrics,
+        poll_interval_s=s.dimse_poll_interval_s,
+        audit=node.audit,
+        max_associations_per_aet=s.max_associations_per_aet,
     )
     server = DicomServer(s, handlers)
     server.start()
@@ -161,6 +181,7 @@ def _run_http(node: Any) -> None:
     import uvicorn
 
     from dicomweb.app import create_app
+    from dicomweb.timeouts import protocol_class
 
     s = node.settings
     # uvicorn shuts down gracefully on SIGINT/SIGTERM, then restores the previous handlers
@@ -168,7 +189,16 @@ def _run_http(node: Any) -> None:
     # caller's clean-up (stop the SCP, mark a clean shutdown) runs.
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: None)
-    uvicorn.run(create_app(node), host=s.host, port=s.http_port, log_config=None, access_log=False)
+    uvicorn.run(
+        create_app(node),
+        host=s.host,
+        port=s.http_port,
+        log_config=None,
+        access_log=False,
+        http=protocol_class(s.http_request_timeout_s),
+        timeout_keep_alive=max(1, round(s.http_keep_alive_s)),
+        h11_max_incomplete_event_size=64 * 1024,  # request line + headers
+    )
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -296,7 +326,7 @@ def cmd_synth_study(args: argparse.Namespace) -> int:
 def cmd_echo(args: argparse.Namespace) -> int:
     from dimse_scp.scu import echo
 
-    status = echo(args.host, args.port, args.aet, args.called_aet)
+    status = echo(args.host, args.port, args.aet, args.called_aet, tls=_scu_tls(args))
     print(f"C-ECHO {args.called_aet}@{args.host}:{args.port}: status 0x{status:04X}")
     return 0 if status == 0 else 1
 
@@ -311,7 +341,13 @@ def cmd_send(args: argparse.Namespace) -> int:
     progress, update = _progress("C-STORE", len(files))
     with progress:
         results = send_files(
-            files, args.host, args.port, args.aet, args.called_aet, progress=update
+            files,
+            args.host,
+            args.port,
+            args.aet,
+            args.called_aet,
+            progress=update,
+            tls=_scu_tls(args),
         )
     failed = {p: s for p, s in results.items() if s != 0}
     print(f"sent {len(results) - len(failed)}/{len(files)} instances")

@@ -5,6 +5,7 @@ STOW-RS reuses as FailureReason (PS3.18 10.5.3):
 
 * 0x0000 success (also for a duplicate under the ``keep_first`` policy),
 * 0xA700 out of resources: the store cannot write (disk full, I/O error, index down),
+  or the dataset is larger than ``max_instance_bytes``,
 * 0xA900 data set does not match SOP class: the UIDs the store needs are
   missing or malformed, or the dataset's SOP Class/Instance UID differ from
   the ones the transfer announced,
@@ -95,7 +96,23 @@ def dictionary_vr_or_none(tag: int) -> str | None:
         return None
 
 
-def decode_complete(raw: bytes | memoryview, transfer_syntax_uid: str) -> Dataset:
+def _inflate(raw: bytes | memoryview, max_bytes: int | None) -> bytes:
+    """A deflated dataset (PS3.5 A.5), refused when it inflates beyond ``max_bytes``."""
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    out = inflater.decompress(raw, max_bytes + 1 if max_bytes else 0)
+    if max_bytes and len(out) > max_bytes:
+        raise IngestError(
+            OUT_OF_RESOURCES, "too_large", f"inflated dataset over the {max_bytes}-byte limit"
+        )
+    out += inflater.flush()
+    if not inflater.eof:
+        raise zlib.error("incomplete deflate stream")
+    return out
+
+
+def decode_complete(
+    raw: bytes | memoryview, transfer_syntax_uid: str, max_bytes: int | None = None
+) -> Dataset:
     """Decode a dataset and insist that every byte of it is there.
 
     pydicom reads leniently: a truncated value comes back short and a cut
@@ -108,7 +125,7 @@ def decode_complete(raw: bytes | memoryview, transfer_syntax_uid: str) -> Datase
         if not ts.is_transfer_syntax:
             raise IngestError(CANNOT_UNDERSTAND, "transfer_syntax", "unknown transfer syntax")
         if transfer_syntax_uid in DEFLATED_DATASET_SYNTAXES:  # PS3.5 A.5, A.7
-            raw = zlib.decompress(raw, -zlib.MAX_WBITS)
+            raw = _inflate(raw, max_bytes)
         ds = read_dataset(
             BytesIO(raw), is_implicit_VR=ts.is_implicit_VR, is_little_endian=ts.is_little_endian
         )
@@ -162,9 +179,12 @@ def _check_native_pixel_length(ds: Dataset, ts: UID) -> None:
 class Ingestor:
     """Validate and store instances for one node; used by the C-STORE and STOW-RS edges."""
 
-    def __init__(self, store: InstanceStore, metrics: Metrics) -> None:
+    def __init__(
+        self, store: InstanceStore, metrics: Metrics, max_instance_bytes: int | None = None
+    ) -> None:
         self.store = store
         self.metrics = metrics
+        self.max_instance_bytes = max_instance_bytes
 
     def validate(
         self,
@@ -176,7 +196,13 @@ class Ingestor:
         calling_aet: str | None = None,
     ) -> dict[str, Any]:
         """Decode and check an instance; returns the index fields or raises IngestError."""
-        ds = decode_complete(raw, transfer_syntax_uid)
+        if self.max_instance_bytes is not None and len(raw) > self.max_instance_bytes:
+            raise IngestError(
+                OUT_OF_RESOURCES,
+                "too_large",
+                f"dataset over the {self.max_instance_bytes}-byte limit (max_instance_bytes)",
+            )
+        ds = decode_complete(raw, transfer_syntax_uid, self.max_instance_bytes)
         try:
             fields = record_fields_from_dataset(ds, transfer_syntax_uid, calling_aet)
         except InvalidUID as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from functools import cached_property
 
+from radnode.audit import AuditTrail
 from radnode.index import Index
 from radnode.ingest import Ingestor
 from radnode.jobs import JobQueue
@@ -46,7 +47,14 @@ class Node:
 
     @cached_property
     def ingestor(self) -> Ingestor:
-        return Ingestor(self.store, self.metrics)
+        return Ingestor(
+            self.store, self.metrics, max_instance_bytes=self.settings.max_instance_bytes
+        )
+
+    @cached_property
+    def audit(self) -> AuditTrail:
+        """The audit trail (PS3.15 A.5) of this process: local log, optional syslog."""
+        return AuditTrail.from_settings(self.settings, self.index)
 
     def recover(self) -> dict[str, int]:
         """Start-up recovery of a process that writes instances (SCP, STOW)."""
@@ -55,4 +63,6 @@ class Node:
     def close(self, clean: bool = True) -> None:
         if clean and "store" in self.__dict__:
             self.store.mark_clean_shutdown()
+        if "audit" in self.__dict__:
+            self.audit.close()
         self.index.close()

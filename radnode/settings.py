@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -233,6 +233,76 @@ class Settings(BaseSettings):
         0.5, gt=0, description="Seconds between reads of a followed PACS's /changes feed."
     )
 
+    # -- Security (issue 9): DICOM TLS, input limits, audit trail (docs/security.md) ---------
+    dicom_plain: bool = Field(
+        True,
+        description="Listen for plain (unencrypted) DICOM on dicom_port; false: TLS only.",
+    )
+    dicom_tls_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="DICOM TLS port (PS3.15 B.9, BCP 195: TLS 1.2 or later); unset: no TLS "
+        "listener. Needs tls_cert_file and tls_key_file.",
+    )
+    tls_cert_file: Path | None = Field(
+        None, description="PEM certificate (chain) of the DICOM TLS port and radnode's SCUs."
+    )
+    tls_key_file: Path | None = Field(None, description="PEM private key of tls_cert_file.")
+    tls_ca_file: Path | None = Field(
+        None,
+        description="PEM CA certificate(s) trusted for peers' certificates: clients of the "
+        "TLS port (mutual TLS) and the servers radnode's SCUs connect to.",
+    )
+    tls_require_client_cert: bool = Field(
+        False,
+        description="Mutual TLS: refuse TLS clients without a certificate signed by tls_ca_file.",
+    )
+    tls_handshake_timeout_s: float = Field(
+        10.0, gt=0, description="Seconds a client has to complete the TLS handshake."
+    )
+    max_instance_bytes: int = Field(
+        2 * 1024**3,
+        ge=1,
+        description="Largest dataset stored (C-STORE: 0xA700, STOW-RS: FailureReason 0xA700).",
+    )
+    max_associations_per_aet: int = Field(
+        16,
+        ge=1,
+        description="Associations served at once per calling AE title; more are rejected "
+        "(A-ASSOCIATE-RJ transient, local limit exceeded) while others keep working.",
+    )
+    http_keep_alive_s: float = Field(
+        5.0, gt=0, description="Seconds an idle HTTP keep-alive connection is kept open."
+    )
+    http_request_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds a client may take to send a request's headers, or between two "
+        "chunks of its body; then 408 / the connection is closed.",
+    )
+    audit_enabled: bool = Field(
+        True, description="Write the DICOM audit trail (PS3.15 A.5) of stores, queries, ..."
+    )
+    audit_dir: Path | None = Field(
+        None,
+        description="Folder of the append-only audit log (one file per UTC day); default "
+        "<data_dir>/audit. Readable only by the service and the auditors.",
+    )
+    audit_site_id: str = Field(
+        "radnode", max_length=64, description="AuditEnterpriseSiteID (the hospital's name)."
+    )
+    audit_syslog_host: str | None = Field(
+        None, description="Audit record repository to send each message to (syslog over TLS)."
+    )
+    audit_syslog_port: int = Field(6514, ge=1, le=65535, description="Its port (RFC 5425: 6514).")
+    audit_syslog_ca_file: Path | None = Field(
+        None, description="CA that signed the repository's certificate (default: tls_ca_file)."
+    )
+    audit_syslog_tls: bool = Field(
+        True, description="Syslog over TLS (RFC 5425); false: plain TCP (RFC 6587), tests only."
+    )
+
     # Logging
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR.")
     log_format: Literal["json", "text"] = Field(
@@ -345,6 +415,17 @@ class Settings(BaseSettings):
         if not value or "\\" in value or not value.isprintable():
             raise ValueError("AE title must be 1-16 printable characters without backslash")
         return value
+
+    @model_validator(mode="after")
+    def _dicom_listeners(self) -> Settings:
+        """Security block: a TLS port needs its certificate and key; something must listen."""
+        if self.dicom_tls_port is not None and not (self.tls_cert_file and self.tls_key_file):
+            raise ValueError("dicom_tls_port needs tls_cert_file and tls_key_file")
+        if not self.dicom_plain and self.dicom_tls_port is None:
+            raise ValueError("dicom_plain is false and no dicom_tls_port is set")
+        if self.tls_require_client_cert and self.tls_ca_file is None:
+            raise ValueError("tls_require_client_cert needs tls_ca_file (the trusted CA)")
+        return self
 
     @classmethod
     def settings_customise_sources(

@@ -37,6 +37,9 @@ from radnode.uids import InvalidUID
 logger = logging.getLogger(__name__)
 
 CLEAN_SHUTDOWN_MARKER = ".clean-shutdown"
+ZERO_PREAMBLE = b"\x00" * 128
+"""Every Part 10 file radnode writes or sends starts with this (PS3.10 7.1): a preamble
+from the wire is never kept, so no file can double as a PE or ELF executable."""
 
 
 class StoreFull(OSError):
@@ -80,7 +83,7 @@ def file_meta_bytes(
     if source_aet:
         meta.SourceApplicationEntityTitle = source_aet
     buf = BytesIO()
-    buf.write(b"\x00" * 128 + b"DICM")
+    buf.write(ZERO_PREAMBLE + b"DICM")
     write_file_meta_info(buf, meta, enforce_standard=True)  # type: ignore[arg-type]
     return buf.getvalue()
 

@@ -5,7 +5,7 @@
 #   SRs radnode writes), docker-compose (parses docker-compose.yml without an engine),
 #   chromium + chromium-driver (the viewer's browser tests, driven by Selenium).
 set -euo pipefail
-packages=(dcmtk orthanc orthanc-dicomweb orthanc-python dicom3tools docker-compose chromium chromium-driver)
+packages=(dcmtk orthanc orthanc-dicomweb orthanc-python dicom3tools docker-compose chromium chromium-driver rsyslog rsyslog-gnutls)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -319,6 +319,9 @@ class FeedbackService:
         with self.node.index.transaction() as conn:
             row["id"] = conn.execute(feedback.insert().values(**row)).inserted_primary_key[0]
         self._queue_for_pacs(study_uid, str(sr.SOPInstanceUID))
+        self.node.audit.feedback(
+            study_uid, user=reviewer.user, decision=decision, sr_sop_class_uid=str(sr.SOPClassUID)
+        )
         audit.info(
             "AI result judged",
             extra={

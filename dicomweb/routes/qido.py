@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from sqlalchemy import func, select
 
+from dicomweb.auditing import requester
 from dicomweb.deps import HeadersDep, NodeDep, checked_uid, dicomweb_base, require_read
 from dicomweb.dicomjson import DICOM_JSON, element, tag_hex
 from dicomweb.headers import InstanceHeaders
@@ -102,6 +103,8 @@ def _search(
         if file_keywords:
             item.update(_from_file(node, headers, level, row, file_keywords))
         answer.append(dict(sorted(item.items())))
+    user, address = requester(request)
+    node.audit.query(user=user, address=address, path=request.url.path, query=request.url.query)
     warning = {}
     if query.unsupported:
         names = ", ".join(sorted(set(query.unsupported)))

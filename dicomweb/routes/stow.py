@@ -15,10 +15,13 @@ type="application/dicom"``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import mmap
 import os
 import uuid
+from collections import Counter, defaultdict
+from collections.abc import AsyncIterator
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -27,9 +30,11 @@ from fastapi import APIRouter, HTTPException, Request, status
 from fastapi.responses import JSONResponse
 from pydicom.filereader import _read_file_meta_info
 
+from dicomweb.auditing import requester
 from dicomweb.deps import NodeDep, checked_uid, dicomweb_base, require_store
 from dicomweb.dicomjson import DICOM_JSON, element, parse_media_type
 from dicomweb.multipart import MultipartError, iter_parts
+from radnode.audit import SERIOUS_FAILURE, StudyRef
 from radnode.ingest import CANNOT_UNDERSTAND, DATASET_DOES_NOT_MATCH_SOP_CLASS, IngestError
 from radnode.node import Node
 
@@ -70,8 +75,24 @@ def split_part10(part: bytes) -> tuple[str, str | None, str | None, bytes]:
     )
 
 
+async def _chunks(request: Request, idle_timeout_s: float) -> AsyncIterator[bytes]:
+    """The request body's chunks; 408 when the client sends nothing for ``idle_timeout_s``."""
+    stream = request.stream().__aiter__()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(stream.__anext__(), idle_timeout_s)
+        except StopAsyncIteration:
+            return
+        except TimeoutError as exc:
+            raise HTTPException(
+                status.HTTP_408_REQUEST_TIMEOUT,
+                f"no request body data for {idle_timeout_s:g} s (http_request_timeout_s)",
+            ) from exc
+        yield chunk
+
+
 async def _spool(request: Request, node: Node, limit: int) -> Path:
-    """Write the request body to a temp file; 413 beyond ``limit`` bytes."""
+    """Write the request body to a temp file; 413 beyond ``limit`` bytes, 408 when stalled."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise HTTPException(
@@ -81,7 +102,7 @@ async def _spool(request: Request, node: Node, limit: int) -> Path:
     size = 0
     try:
         with path.open("wb") as f:
-            async for chunk in request.stream():
+            async for chunk in _chunks(request, node.settings.http_request_timeout_s):
                 size += len(chunk)
                 if size > limit:
                     raise HTTPException(
@@ -95,9 +116,56 @@ async def _spool(request: Request, node: Node, limit: int) -> Path:
 
 
 def _store_parts(
-    node: Node, body: Path, boundary: str, base: str, study_uid: str | None
+    node: Node,
+    body: Path,
+    boundary: str,
+    base: str,
+    study_uid: str | None,
+    who: tuple[str, str | None] = ("unknown", None),
 ) -> tuple[int, dict[str, Any]]:
     """Ingest every part; returns (HTTP status, response dataset as DICOM JSON)."""
+    stored_classes: dict[str, Counter[str]] = defaultdict(Counter)
+    try:
+        code, answer = _ingest_parts(node, body, boundary, base, study_uid, stored_classes)
+    except HTTPException:
+        _audit(node, who, stored_classes, refused=1)
+        raise
+    refused = len(answer.get("00081198", {}).get("Value", []))
+    _audit(node, who, stored_classes, refused)
+    return code, answer
+
+
+def _audit(
+    node: Node, who: tuple[str, str | None], stored: dict[str, Counter[str]], refused: int
+) -> None:
+    """110104 DICOM Instances Transferred (create): one message per request and study."""
+    user, address = who
+    for uid, classes in stored.items():
+        node.audit.instances_stored(
+            StudyRef(uid, dict(classes)),
+            source_user=user,
+            source_address=address,
+            refused=refused,
+            via="STOW-RS",
+        )
+    if not stored:  # nothing stored: the failed request is audited without a study
+        node.audit.instances_failed(
+            source_user=user,
+            source_address=address,
+            outcome=SERIOUS_FAILURE,
+            via="STOW-RS",
+            refused=refused,
+        )
+
+
+def _ingest_parts(
+    node: Node,
+    body: Path,
+    boundary: str,
+    base: str,
+    study_uid: str | None,
+    stored_classes: dict[str, Counter[str]],
+) -> tuple[int, dict[str, Any]]:
     stored: list[dict[str, Any]] = []
     failed: list[dict[str, Any]] = []
     touched: list[str] = []
@@ -141,6 +209,7 @@ def _store_parts(
                 except IngestError as exc:
                     failed.append(_failed_item(sop_class, sop_instance, exc))
                     continue
+                stored_classes[result.study_uid][result.sop_class_uid] += 1
                 if result.study_uid not in touched:
                     touched.append(result.study_uid)
                 stored.append(_stored_item(node, result, base))
@@ -211,10 +280,13 @@ async def _stow(request: Request, node: Node, study_uid: str | None) -> JSONResp
         raise HTTPException(status.HTTP_400_BAD_REQUEST, "multipart boundary missing")
     body = await _spool(request, node, node.settings.max_stow_bytes)
     base = dicomweb_base(request)
+    who = requester(request)
     try:
         from starlette.concurrency import run_in_threadpool
 
-        code, answer = await run_in_threadpool(_store_parts, node, body, boundary, base, study_uid)
+        code, answer = await run_in_threadpool(
+            _store_parts, node, body, boundary, base, study_uid, who
+        )
     finally:
         body.unlink(missing_ok=True)
     headers = {}

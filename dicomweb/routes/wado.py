@@ -25,6 +25,7 @@ from pydicom.filewriter import dcmwrite
 from pydicom.uid import UID
 from sqlalchemy import select
 
+from dicomweb.auditing import requester, study_refs
 from dicomweb.deps import HeadersDep, NodeDep, checked_uid, dicomweb_base, require_read
 from dicomweb.dicomjson import DICOM_JSON, parse_media_type
 from dicomweb.headers import InstanceHeaders, read_header
@@ -32,6 +33,7 @@ from dicomweb.multipart import new_boundary, related_content_type, stream_parts
 from dicomweb.render import RenderError, decode_frame, parse_viewport, parse_window, render
 from radnode.index import instances
 from radnode.node import Node
+from radnode.store import ZERO_PREAMBLE
 
 router = APIRouter(prefix="/dicom-web", tags=["WADO-RS"], dependencies=[require_read])
 
@@ -124,13 +126,21 @@ def _transcoded(node: Node, path: str, syntax: str) -> Iterator[bytes]:
     ds = dcmread(node.store.path_of(path))
     if ds.file_meta.TransferSyntaxUID != syntax:
         ds.file_meta.TransferSyntaxUID = UID(syntax)
+    ds.preamble = ZERO_PREAMBLE  # PS3.10 7.1; never a polyglot header (PE/ELF) going out
     buf = BytesIO()
     dcmwrite(buf, ds, enforce_file_format=True)
     yield buf.getvalue()
 
 
+def _audit(request: Request, node: Node, rows: list[dict[str, Any]]) -> None:
+    """110104 DICOM Instances Transferred (read), one message per request (PS3.15 A.5.3)."""
+    user, address = requester(request)
+    node.audit.instances_retrieved(study_refs(rows), user=user, address=address)
+
+
 def _retrieve(request: Request, node: Node, rows: list[dict[str, Any]]) -> StreamingResponse:
     syntax = _instance_syntax(request, rows)
+    _audit(request, node, rows)
     boundary = new_boundary()
 
     def parts() -> Iterator[tuple[dict[str, str], Iterator[bytes]]]:
@@ -204,6 +214,7 @@ def _metadata(
 ) -> Response:
     base = dicomweb_base(request)
     text = "[" + ",".join(_metadata_json(node, headers, row) for row in rows) + "]"
+    _audit(request, node, rows)
     return Response(text.replace(_BASE, base), media_type=DICOM_JSON)
 
 

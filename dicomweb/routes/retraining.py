@@ -13,12 +13,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, status
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from fastapi import Path as PathParam
 
 from ai_node.registry import ModelRegistry
 from ai_node.retrain.labels import final_labels
 from ai_node.retrain.runs import RunStore
+from dicomweb.auditing import requester
 from dicomweb.auth import require_role
 from dicomweb.deps import NodeDep
 
@@ -29,9 +30,18 @@ _staff = require_role(("admin", "radiologist"))
 
 
 @router.get("/retraining/labels", dependencies=[Depends(_admin)])
-def labels(node: NodeDep) -> dict[str, Any]:
-    """The newest judgement (confirm / relabel) of each judged study: its final label."""
+def labels(request: Request, node: NodeDep) -> dict[str, Any]:
+    """The newest judgement (confirm / relabel) of each judged study: its final label.
+
+    This is where studies are released for a training data set (the export step reads
+    this list, then fetches each study by WADO-RS), so it is audited as an Export
+    (PS3.15 A.5.3.6, 110106) naming every listed study.
+    """
     items = [label.as_dict() for label in final_labels(node.index)]
+    user, _ = requester(request)
+    node.audit.export(
+        [item["study_uid"] for item in items], destination="retraining-export", user=user
+    )
     return {"total": len(items), "items": items}
 
 

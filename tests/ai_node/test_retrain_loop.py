@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import time
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import httpx
@@ -81,6 +82,15 @@ def _algorithm_versions(sr: pydicom.Dataset) -> list[str]:
 
     visit(sr)
     return found
+
+
+def _audit_messages(audit_dir: Path) -> list[ET.Element]:
+    return [
+        ET.fromstring(line)
+        for path in sorted(audit_dir.glob("audit-*.log"))
+        for line in path.read_bytes().splitlines()
+        if line.strip()
+    ]
 
 
 def _retrain(
@@ -195,6 +205,17 @@ def test_labels_to_promoted_model_to_next_sr(
         for i, step in enumerate(("export", "preprocess", "train", "evaluate", "promote"), 1):
             assert f"[{i}/5] {step}: succeeded" in first.stderr
         assert "finding retrain-a promoted" in first.stdout
+        # the studies released for training are in the audit trail as an Export (110106)
+        exports = [
+            m for m in _audit_messages(data / "audit")
+            if m.find("EventIdentification/EventID[@csd-code='110106']") is not None
+        ]
+        assert exports, "no Export audit message for the retraining export"
+        assert {
+            po.attrib["ParticipantObjectID"]
+            for po in exports[-1].findall("ParticipantObjectIdentification")
+            if po.find("ParticipantObjectIDTypeCode[@csd-code='110180']") is not None
+        } == set(studies)
         print(
             f"radnode retrain (run 1, {size}x{size}x{slices}, {epochs} epochs): "
             f"{elapsed:.1f} s; {relabelled} relabels"

@@ -138,3 +138,23 @@ def test_a_dead_workers_lease_expires_and_only_the_new_owner_completes(pg):
     [row] = queue.jobs_for("8.1")
     assert (row["state"], row["lease_owner"], row["attempts"]) == ("done", "alive", 2)
     index.close()
+
+
+def test_a_live_worker_keeps_its_lease_however_long_the_study_takes(pg):
+    url = _fresh_database(pg, "keep_alive")
+    index = Index(url)
+    queue = JobQueue(index, lease_s=0.6)
+    _add(index, "8.2", 2)
+    queue.enqueue_if_due("8.2", "released")
+    job = queue.claim("slow")
+    assert job is not None
+    stolen = []
+    with queue.keep_alive(job, "slow"):
+        for _ in range(8):  # 2 s: more than three leases
+            time.sleep(0.25)
+            stolen.append(queue.claim("thief"))
+    assert stolen == [None] * 8
+    assert queue.complete(job, "slow")
+    [row] = queue.jobs_for("8.2")
+    assert (row["state"], row["attempts"]) == ("done", 1)
+    index.close()

@@ -3,9 +3,10 @@
 #   dcmtk (storescu/echoscu/findscu: the modality), orthanc + orthanc-dicomweb (the PACS),
 #   orthanc-python (runs viewer_plugin/ inside Orthanc), dicom3tools (dciodvfy: validates the
 #   SRs radnode writes), docker-compose (parses docker-compose.yml without an engine),
-#   chromium + chromium-driver (the viewer's browser tests, driven by Selenium).
+#   chromium + chromium-driver (the viewer's browser tests, driven by Selenium), postgresql
+#   (initdb/pg_ctl: tests/pgserver.py starts a throw-away server for the scale-out tests).
 set -euo pipefail
-packages=(dcmtk orthanc orthanc-dicomweb orthanc-python dicom3tools docker-compose chromium chromium-driver)
+packages=(dcmtk orthanc orthanc-dicomweb orthanc-python dicom3tools docker-compose chromium chromium-driver postgresql)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,17 +1,19 @@
 """``radnode bench scale``: studies per minute with 1, 2, 3... worker processes on PostgreSQL.
 
 For each worker count, in one run: a fresh database on the given PostgreSQL server
-and a fresh data dir, one ``radnode scp`` and N ``radnode worker`` processes (the
-Kubernetes Deployments, as processes), each worker warmed up (TensorFlow and the
-models loaded) before anything is sent. Then dcmtk ``storescu`` sends every study,
-two associations at a time, and the clock runs from the first job queued to the last
-result written: studies/min = studies / that time. The same synthetic studies go to
-every round.
+and a fresh data dir, one ``radnode scp`` (the Kubernetes Deployments, as processes)
+to which dcmtk ``storescu`` sends every study, two associations at a time. The queued
+jobs are then held (``available_at`` pushed ahead) while N ``radnode worker``
+processes start and warm up (TensorFlow, the models), and released at once: the
+clock runs from the release to the last result written, so studies/min =
+studies / that time measures the workers draining a full queue, not the ingest nor
+the model loading. The same synthetic studies go to every round.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import logging
 import os
 import shutil
@@ -27,6 +29,7 @@ from typing import IO, Any
 logger = logging.getLogger(__name__)
 
 WARM_LINE = "analysis pipeline warmed up"
+HOLD_S = 24 * 3600.0  # queued jobs are held this far ahead while the workers warm up
 
 
 def _radnode(
@@ -80,6 +83,19 @@ def _wait_warm(logs: list[Path], procs: list[subprocess.Popen[bytes]], timeout: 
         time.sleep(0.5)
 
 
+def _wait_for(engine: Any, count_query: Any, expected: int, timeout_s: float) -> None:
+    """Poll ``count_query`` until it reaches ``expected`` rows."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with engine.connect() as conn:
+            got = int(conn.execute(count_query).scalar_one())
+        if got >= expected:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{got}/{expected} after {timeout_s:.0f} s")
+        time.sleep(0.2)
+
+
 def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
     for proc in procs:
         if proc.poll() is None:
@@ -101,7 +117,7 @@ def run_round(
     timeout_s: float,
 ) -> dict[str, Any]:
     """One worker count: the measured window and the per-study analysis times."""
-    from sqlalchemy import create_engine, func, select
+    from sqlalchemy import create_engine, func, select, update
 
     from ai_node.bench import _free_port, _wait_port
     from radnode.index import jobs, results
@@ -128,61 +144,55 @@ def run_round(
             )
             procs.append(scp)
             _wait_port(port, scp)
-            logs = [data.parent / f"{data.name}-worker{i}.log" for i in range(workers)]
-            for log in logs:
-                with log.open("wb") as handle:
-                    procs.append(_radnode("worker", data, url, handle))
-            _wait_warm(logs, procs[1:], timeout=600)
-
             env = {**os.environ, "TCP_NODELAY": "1"}
 
             def send(files: list[Path]) -> None:
                 subprocess.run(
-                    [
-                        storescu,
-                        "-aet",
-                        "MODALITY",
-                        "-aec",
-                        "RADNODE",
-                        "127.0.0.1",
-                        str(port),
-                        *map(str, files),
-                    ],
+                    [storescu, "-aet", "MODALITY", "-aec", "RADNODE", "127.0.0.1", str(port)]
+                    + [str(f) for f in files],
                     check=True,
                     capture_output=True,
                     env=env,
                     timeout=600,
                 )
 
+            sent = time.perf_counter()
             with ThreadPoolExecutor(max_workers=2) as pool:
                 list(pool.map(send, [files for _uid, files in studies]))
-
-            deadline = time.monotonic() + timeout_s
-            while True:
-                with engine.connect() as conn:
-                    finished = conn.execute(
-                        select(func.count())
-                        .select_from(results)
-                        .where(results.c.finished_at.is_not(None))
-                    ).scalar_one()
-                if finished >= len(studies):
-                    break
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{finished}/{len(studies)} studies after {timeout_s} s")
-                time.sleep(0.5)
+            send_s = time.perf_counter() - sent
+            _wait_for(engine, select(func.count()).select_from(jobs), len(studies), timeout_s)
+            # Hold the queue while the workers start: they claim nothing until all are warm.
+            with engine.begin() as conn:
+                conn.execute(update(jobs).values(available_at=time.time() + HOLD_S))
+            logs = [data.parent / f"{data.name}-worker{i}.log" for i in range(workers)]
+            for log in logs:
+                with log.open("wb") as handle:
+                    procs.append(_radnode("worker", data, url, handle))
+            _wait_warm(logs, procs[1:], timeout=600)
+            load = os.getloadavg()[0]
+            released = dt.datetime.now(dt.UTC)
+            with engine.begin() as conn:
+                conn.execute(update(jobs).values(available_at=released.timestamp()))
+            done = (
+                select(func.count()).select_from(results).where(results.c.finished_at.is_not(None))
+            )
+            _wait_for(engine, done, len(studies), timeout_s)
             with engine.connect() as conn:
-                first = conn.execute(select(func.min(jobs.c.created_at))).scalar_one()
                 last = conn.execute(select(func.max(results.c.finished_at))).scalar_one()
                 rows = conn.execute(select(results.c.status, results.c.details)).all()
+        for log in [data.parent / f"{data.name}-scp.log", *logs]:
+            log.unlink(missing_ok=True)  # kept when the round fails, for its errors
     finally:
         _stop(procs)
         engine.dispose()
         _database(server_url, name, create=False)
         shutil.rmtree(data, ignore_errors=True)
-    wall = (last - first).total_seconds()
+    wall = (last - released).total_seconds()
     per_study = [float(r[1]["timings"]["total_s"]) for r in rows if r[1] and "timings" in r[1]]
     return {
         "workers": workers,
+        "send_s": send_s,
+        "load": load,
         "wall_s": wall,
         "per_min": len(studies) / wall * 60,
         "mean_study_s": sum(per_study) / len(per_study),
@@ -213,14 +223,15 @@ def scale_benchmark(
         f"{studies} studies of {slices} slices {size}x{size}, 1 `radnode scp`, "
         f"{os.cpu_count()} CPUs, PostgreSQL {_server_version(server_url)}",
         "",
-        "| workers | first job -> last result (s) | studies/min | speed-up | "
-        "mean analysis per study (s) | results |",
-        "|---|---|---|---|---|---|",
+        "| workers | queue released -> last result (s) | studies/min | speed-up | "
+        "mean analysis per study (s) | results | send (s) | load avg at release |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rounds:
         lines.append(
             f"| {r['workers']} | {r['wall_s']:.1f} | {r['per_min']:.1f} | "
-            f"{r['per_min'] / base:.2f}x | {r['mean_study_s']:.2f} | {', '.join(r['statuses'])} |"
+            f"{r['per_min'] / base:.2f}x | {r['mean_study_s']:.2f} | {', '.join(r['statuses'])} "
+            f"| {r['send_s']:.1f} | {r['load']:.1f} |"
         )
     return "\n".join(lines)
 
@@ -269,8 +280,8 @@ def register(bench_sub: Any) -> None:
         default=[1, 2, 3],
         help="worker counts, one round each (default 1 2 3)",
     )
-    scale.add_argument("--studies", type=int, default=12, help="studies per round (default 12)")
-    scale.add_argument("--slices", type=int, default=48, help="slices per study (default 48)")
-    scale.add_argument("--size", type=int, default=256, help="rows = columns (default 256)")
+    scale.add_argument("--studies", type=int, default=20, help="studies per round (default 20)")
+    scale.add_argument("--slices", type=int, default=100, help="slices per study (default 100)")
+    scale.add_argument("--size", type=int, default=512, help="rows = columns (default 512)")
     scale.add_argument("--work-dir", type=Path, help="where the synthetic studies are cached")
     scale.set_defaults(func=cmd_bench_scale)

@@ -197,14 +197,24 @@ def test_the_queue_depth_the_hpa_scales_on_is_a_gauge_radnode_exports(tmp_path) 
     assert "# TYPE radnode_queue_depth gauge" in text and "radnode_queue_depth 0.0" in text
 
 
-def test_the_ingress_sends_the_api_paths_to_the_api_and_the_rest_to_ohif(built) -> None:
-    from dicomweb.app import create_app  # noqa: F401 - the routes below are the app's
+def test_the_ingress_sends_the_api_paths_to_the_api_and_the_rest_to_ohif(built, tmp_path) -> None:
+    from dicomweb.app import create_app
+    from radnode.node import Node
 
+    node = Node(Settings(data_dir=tmp_path / "data"))
+    try:
+        app = create_app(node)
+        served = [*app.openapi()["paths"], *(getattr(r, "path", "") for r in app.routes)]
+    finally:
+        node.close(clean=False)
     for name, objects in built.items():
         (rule,) = named(objects, "Ingress")["radnode"]["spec"]["rules"]
         backends = {p["path"]: p["backend"]["service"]["name"] for p in rule["http"]["paths"]}
         assert backends == {"/dicom-web": "radnode-api", "/api": "radnode-api",
                             "/ui": "radnode-api", "/": "radnode-ohif"}, name
+        for path, service in backends.items():
+            if service == "radnode-api":  # the app really serves something under it
+                assert any(p == path or p.startswith(path + "/") for p in served), path
 
 
 # -- policy ---------------------------------------------------------------------------

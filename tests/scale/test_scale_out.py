@@ -30,7 +30,7 @@ from radnode.jobs import JobQueue
 
 STUDIES = 20
 SENDERS = 4
-LEASE_S = 8.0
+LEASE_S = 10.0
 SR_CLASS_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
 
 

@@ -7,6 +7,7 @@ each ``radnode scp`` / ``radnode worker`` process does, so the database's row lo
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -158,3 +159,23 @@ def test_a_live_worker_keeps_its_lease_however_long_the_study_takes(pg):
     [row] = queue.jobs_for("8.2")
     assert (row["state"], row["attempts"]) == ("done", 1)
     index.close()
+
+
+def test_the_worker_probe_passes_on_a_live_index_and_says_why_it_fails(pg, tmp_path):
+    import os
+    import subprocess
+
+    from conftest import REPO
+
+    def probe(**env: str) -> subprocess.CompletedProcess[str]:
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("RADNODE_")}
+        return subprocess.run([sys.executable, "-m", "radnode.probe"], cwd=REPO, text=True,
+                              capture_output=True, env={**clean, **env}, timeout=60)
+
+    data = tmp_path / "data"
+    assert probe(RADNODE_DATABASE_URL=pg.url, RADNODE_DATA_DIR=str(data)).returncode == 0
+    down = probe(RADNODE_DATABASE_URL=pg.url.replace(str(pg.port), "1"))
+    assert down.returncode == 1 and "index unavailable" in down.stderr
+    bad = probe(RADNODE_DATABASE_URL=pg.url, RADNODE_DICOM_PORT="not-a-port")
+    assert bad.returncode == 2 and "invalid settings" in bad.stderr
+    assert not data.exists()  # a probe creates nothing

@@ -11,10 +11,26 @@ missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-[ ${#missing[@]} -eq 0 ] && exit 0
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+
+# Debian keeps PostgreSQL's server tools out of PATH (/usr/lib/postgresql/<major>/bin);
+# tests/pgserver.py runs initdb and pg_ctl: link the newest major's into /usr/local/bin.
+link_postgres_tools() {
+  local bin
+  bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+  [ -n "$bin" ] || return 0
+  for tool in initdb pg_ctl; do
+    command -v "$tool" >/dev/null || $SUDO ln -s "$bin/$tool" "/usr/local/bin/$tool"
+  done
+}
+
+if [ ${#missing[@]} -eq 0 ]; then
+  link_postgres_tools
+  exit 0
+fi
 echo "installing Debian packages: ${missing[*]}"
 $SUDO apt-get update -qq
 # Do not let the packages' init scripts start system-wide daemons (tests start their own).
 DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+link_postgres_tools

@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from conftest import RADNODE, REPO, RadnodeProcess, storescu
 from pgserver import PostgresServer
@@ -89,6 +90,7 @@ def test_two_receivers_three_workers_one_killed_every_study_once(tmp_path, pg):
     env = {"RADNODE_JOB_LEASE_S": str(LEASE_S), "RADNODE_WORKER_POLL_S": "0.1"}
     receivers = [RadnodeProcess(data, "scp", *common, env=env) for _ in range(2)]
     workers = [WorkerProcess(data, "worker", *common, env=env) for _ in range(3)]
+    api = RadnodeProcess(data, "api", *common, env=env)  # /metrics: what the HPA reads
     index = Index(pg.url)
     try:
         for w in workers:  # they import TensorFlow: start them first, in parallel
@@ -98,6 +100,7 @@ def test_two_receivers_three_workers_one_killed_every_study_once(tmp_path, pg):
             t.start()
         for t in starters:
             t.join()
+        api.start()
         for w in workers:
             w.wait_warm()
 
@@ -182,8 +185,13 @@ def test_two_receivers_three_workers_one_killed_every_study_once(tmp_path, pg):
         assert len(on_disk) == len(instance_rows) == sum(map(len, sent.values())) + STUDIES
         indexed_paths = {r["path"] for r in instance_rows}
         assert {p.relative_to(data).as_posix() for p in on_disk} == indexed_paths
+
+        # The API process reads the shared queue and index for Prometheus.
+        metrics = httpx.get(f"http://127.0.0.1:{api.http_port}/metrics", timeout=30).text
+        assert "radnode_queue_depth 0.0" in metrics
+        assert f'radnode_index_objects{{level="instances"}} {len(instance_rows)}.0' in metrics
     finally:
-        for proc in (*workers, *receivers):
+        for proc in (*workers, *receivers, api):
             if proc.proc is not None:
                 proc.stop()
         index.close()

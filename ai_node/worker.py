@@ -48,7 +48,8 @@ class Worker:
             return False
         log_extra = {"job_id": job.id, "study_uid": job.study_uid, "version": job.version}
         try:
-            self.processor(job)
+            with self.queue.keep_alive(job, self.worker_id):
+                self.processor(job)
         except Exception as exc:
             state = self.queue.fail(
                 job, self.worker_id, f"{type(exc).__name__}: {exc}", self.retry_delay_s

@@ -396,9 +396,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench_sub = bench.add_subparsers(dest="bench_command", required=True, metavar="KIND")
     from ai_node.cli import register as register_ai_node
     from dicomweb.cli import register as register_dicomweb
+    from radnode.bench_scale import register as register_bench_scale
 
     register_ai_node(sub, bench_sub, _node_options)
     register_dicomweb(sub, bench_sub, _node_options)
+    register_bench_scale(bench_sub)
     return parser
 
 

@@ -7,15 +7,20 @@ so a study is never queued twice for the same instances, and instances that
 arrive later make a new version, never a lost update.
 
 Workers claim jobs with a lease (``FOR UPDATE SKIP LOCKED`` on PostgreSQL; a
-single atomic UPDATE on SQLite, whose writers are serialised). A job whose
-lease expired (its worker died) is claimed again; after ``max_attempts`` it is
-marked failed, never silently dropped.
+single atomic UPDATE on SQLite, whose writers are serialised). While a worker
+processes a job it renews the lease (:meth:`JobQueue.keep_alive`), so a lease
+only expires when its worker died or hangs, however long a study takes; such a
+job is claimed again; after ``max_attempts`` it is marked failed, never silently
+dropped.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
 
@@ -141,6 +146,47 @@ class JobQueue:
                 logger.error("job failed: gave up after expired leases", extra={"job_id": job.id})
                 return None
         return job
+
+    def renew(self, job: Job, worker_id: str, now: float | None = None) -> bool:
+        """Extend a held lease by ``lease_s``. False if the job is no longer this worker's."""
+        now = time.time() if now is None else now
+        with self.index.transaction() as conn:
+            result = conn.execute(
+                update(jobs)
+                .where(
+                    jobs.c.id == job.id, jobs.c.state == "running", jobs.c.lease_owner == worker_id
+                )
+                .values(lease_expires_at=now + self.lease_s)
+            )
+        return result.rowcount == 1
+
+    @contextmanager
+    def keep_alive(self, job: Job, worker_id: str) -> Iterator[None]:
+        """Renew the job's lease every third of ``lease_s`` while the block runs.
+
+        A renewal that fails (database briefly away) is retried at the next tick; the
+        lease then still has two thirds of its time left.
+        """
+        stop = threading.Event()
+
+        def renew_until_stopped() -> None:
+            while not stop.wait(self.lease_s / 3):
+                try:
+                    if not self.renew(job, worker_id):
+                        logger.warning("job lease lost while processing", extra={"job_id": job.id})
+                        return
+                except Exception:  # noqa: BLE001 - retried at the next tick
+                    logger.warning("job lease renewal failed", extra={"job_id": job.id})
+
+        thread = threading.Thread(
+            target=renew_until_stopped, name=f"radnode-lease-{job.id}", daemon=True
+        )
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
 
     def complete(self, job: Job, worker_id: str) -> bool:
         """Mark a claimed job done. False if the lease was lost to another worker."""

@@ -154,7 +154,14 @@ class InstanceStore:
     def _write_atomic(self, final: Path, chunks: list[bytes | memoryview]) -> int:
         tmp = self.tmp_dir / f"{final.stem}.{uuid.uuid4().hex}.part"
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+            except FileNotFoundError:
+                # On a shared data dir another host's start-up clean-up removes temp
+                # folders idle for a day (remove_temp_files): a quiet receiver makes
+                # its own again.
+                self.tmp_dir.mkdir(parents=True, exist_ok=True)
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
             try:
                 views = [memoryview(chunk) for chunk in chunks]
                 size = sum(len(v) for v in views)

@@ -1,10 +1,11 @@
 """Static checks of the deployment files against the code they deploy.
 
 No Docker engine or cluster is needed: the Dockerfile, docker-compose.yml and the
-Kustomize base are parsed and compared with ``radnode.cli.build_parser()`` (every
+the compose file are parsed and compared with ``radnode.cli.build_parser()`` (every
 command is a real subcommand) and ``radnode.settings.Settings`` (every
 ``RADNODE_*`` variable is a field and every value validates; ports equal the
-defaults). ``kubectl kustomize`` / ``docker compose config`` run when installed.
+defaults). ``docker compose config`` runs when installed. The Kubernetes manifests
+have their own tests in tests/k8s/.
 
 docs/configuration.md carries a table generated from ``Settings.model_fields``;
 regenerate it after changing the settings with::
@@ -41,7 +42,6 @@ REPO = Path(__file__).resolve().parents[1]
 DOCKERFILE = REPO / "Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"
 COMPOSE = REPO / "docker-compose.yml"
-K8S_BASE = REPO / "k8s" / "base"
 CONFIG_DOC = REPO / "docs" / "configuration.md"
 DEPLOY_DOC = REPO / "docs" / "deployment.md"
 
@@ -568,171 +568,7 @@ def test_compose_config_when_docker_compose_is_installed() -> None:
     assert result.returncode == 0, result.stderr
 
 
-# -- Kubernetes -------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def kustomization() -> dict[str, Any]:
-    return yaml.safe_load((K8S_BASE / "kustomization.yaml").read_text())
-
-
-@pytest.fixture(scope="module")
-def k8s_objects(kustomization: dict[str, Any]) -> list[dict[str, Any]]:
-    objects = []
-    for resource in kustomization["resources"]:
-        objects += [doc for doc in yaml.safe_load_all((K8S_BASE / resource).read_text()) if doc]
-    return objects
-
-
-def configmap_env(kustomization: dict[str, Any]) -> dict[str, str]:
-    (generator,) = kustomization["configMapGenerator"]
-    return dict(literal.split("=", 1) for literal in generator["literals"])
-
-
-def by_kind(objects: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
-    return {o["metadata"]["name"]: o for o in objects if o["kind"] == kind}
-
-
-def test_kustomization_lists_every_manifest(kustomization: dict[str, Any]) -> None:
-    assert kustomization["namespace"] == "radnode"
-    listed = set(kustomization["resources"])
-    for resource in listed:
-        assert (K8S_BASE / resource).is_file(), f"{resource} is listed but missing"
-    on_disk = {p.name for p in K8S_BASE.glob("*.y*ml")} - {"kustomization.yaml"}
-    assert on_disk == listed, f"not listed: {sorted(on_disk - listed)}"
-
-
-def test_k8s_manifests_parse(k8s_objects: list[dict[str, Any]]) -> None:
-    assert k8s_objects
-    for obj in k8s_objects:
-        assert obj.get("apiVersion") and obj.get("kind") and obj["metadata"].get("name"), obj
-    assert not by_kind(k8s_objects, "Secret"), "secrets are created by the admin, not committed"
-
-
-def test_k8s_configmap_holds_valid_settings(
-    kustomization: dict[str, Any], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    env = configmap_env(kustomization)
-    assert env and unknown_radnode_vars(env) == []
-    assert not any(SECRET_KEY.search(k) or "DATABASE_URL" in k for k in env), (
-        "secrets go in a Secret"
-    )
-    settings = settings_from_env(env, monkeypatch)
-    assert str(settings.data_dir) == "/data" and settings.host == "0.0.0.0"
-
-
-def test_k8s_deployments(
-    kustomization: dict[str, Any],
-    k8s_objects: list[dict[str, Any]],
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    settings = settings_from_env(configmap_env(kustomization), monkeypatch)
-    (generator,) = kustomization["configMapGenerator"]
-    claims = by_kind(k8s_objects, "PersistentVolumeClaim")
-    deployments = by_kind(k8s_objects, "Deployment")
-    roles = {}
-    for name, deployment in deployments.items():
-        template = deployment["spec"]["template"]
-        labels = template["metadata"]["labels"]
-        assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items(), name
-        pod = template["spec"]
-        pod_security = pod.get("securityContext", {})
-        (container,) = pod["containers"]
-        security = {**pod_security, **container.get("securityContext", {})}
-        assert security.get("runAsNonRoot") is True and security.get("runAsUser", 1) != 0, name
-        assert security.get("allowPrivilegeEscalation") is False, name
-
-        command = container["command"]
-        assert command[0] == "radnode" and command_problems(command) == [], name
-        roles[command[1]] = (deployment, container)
-
-        assert {"configMapRef": {"name": generator["name"]}} in container["envFrom"], name
-        env = {e["name"]: e for e in container.get("env", [])}
-        assert unknown_radnode_vars(env) == [], name
-        secret_ref = env["RADNODE_DATABASE_URL"]["valueFrom"]["secretKeyRef"]
-        assert secret_ref["name"] == "radnode-db", name
-        assert all("value" not in e for e in env.values() if SECRET_KEY.search(e["name"]))
-
-        for kind in ("requests", "limits"):
-            assert {"cpu", "memory"} <= set(container["resources"][kind]), f"{name} {kind}"
-
-        volumes = {v["name"]: v for v in pod["volumes"]}
-        data = [m for m in container["volumeMounts"] if m["mountPath"] == str(settings.data_dir)]
-        assert len(data) == 1, name
-        claim = volumes[data[0]["name"]]["persistentVolumeClaim"]["claimName"]
-        assert claims[claim]["spec"]["accessModes"] == ["ReadWriteMany"], claim
-
-    assert set(roles) == ROLES
-
-    def port_number(container: dict[str, Any], port: int | str) -> int:
-        if isinstance(port, int):
-            return port
-        return next(p["containerPort"] for p in container["ports"] if p["name"] == port)
-
-    _, api = roles["api"]
-    for probe in ("readinessProbe", "livenessProbe"):
-        get = api[probe]["httpGet"]
-        assert get["path"] == "/healthz" and port_number(api, get["port"]) == settings.http_port
-    _, scp = roles["scp"]
-    for probe in ("readinessProbe", "livenessProbe"):
-        assert port_number(scp, scp[probe]["tcpSocket"]["port"]) == settings.dicom_port
-    _, worker = roles["worker"]
-    assert not worker.get("ports"), "the worker serves nothing"
-
-
-def test_k8s_services(
-    k8s_objects: list[dict[str, Any]],
-    kustomization: dict[str, Any],
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    settings = settings_from_env(configmap_env(kustomization), monkeypatch)
-    deployments = by_kind(k8s_objects, "Deployment")
-    services = by_kind(k8s_objects, "Service")
-    expected = {
-        "radnode-scp": ({"LoadBalancer", "NodePort"}, settings.dicom_port),
-        "radnode-api": ({"ClusterIP"}, settings.http_port),
-    }
-    assert set(services) == set(expected)
-    for name, (types_, port) in expected.items():
-        spec = services[name]["spec"]
-        assert spec.get("type", "ClusterIP") in types_, name
-        pod = deployments[name]["spec"]["template"]
-        assert spec["selector"].items() <= pod["metadata"]["labels"].items(), name
-        (container,) = pod["spec"]["containers"]
-        (service_port,) = spec["ports"]
-        target = service_port["targetPort"]
-        numbers = {
-            p["containerPort"]
-            for p in container["ports"]
-            if target in (p["name"], p["containerPort"])
-        }
-        assert numbers == {port} and service_port["port"] == port, name
-
-
-def _kustomize_command() -> list[str] | None:
-    if shutil.which("kustomize"):
-        return ["kustomize", "build", str(K8S_BASE)]
-    if shutil.which("kubectl"):
-        return ["kubectl", "kustomize", str(K8S_BASE)]
-    return None
-
-
-def test_kustomize_build_when_installed() -> None:
-    command = _kustomize_command()
-    if command is None:
-        pytest.skip("neither kustomize nor kubectl is installed")
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
-    assert result.returncode == 0, result.stderr
-    objects = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
-    (configmap,) = [o for o in objects if o["kind"] == "ConfigMap"]
-    for obj in objects:
-        if obj["kind"] != "Namespace":
-            assert obj["metadata"].get("namespace") == "radnode", obj["metadata"]["name"]
-    for obj in objects:
-        if obj["kind"] == "Deployment":
-            (container,) = obj["spec"]["template"]["spec"]["containers"]
-            refs = [e["configMapRef"]["name"] for e in container["envFrom"]]
-            assert refs == [configmap["metadata"]["name"]], "generated ConfigMap name not wired"
+# The Kubernetes manifests (k8s/) are checked in tests/k8s/test_k8s_manifests.py.
 
 
 # -- the checkers can fail ----------------------------------------------------------
@@ -899,7 +735,8 @@ def test_configuration_doc_toml_example_loads(
 
 def test_deployment_doc_covers_each_mode() -> None:
     text = DEPLOY_DOC.read_text()
-    for needle in ("make run", "docker compose up", "kubectl apply -k k8s/base", "radnode-db"):
+    needles = ("make run", "docker compose up", "kubectl apply -k k8s/overlays/", "k8s/README.md")
+    for needle in needles:
         assert needle in text, needle
     for role in sorted(SERVER_COMMANDS):
         assert f"radnode {role}" in text, role

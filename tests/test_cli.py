@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import urllib.request
@@ -53,14 +54,16 @@ def test_serve_answers_echo_send_health_and_metrics(tmp_path, chest_study):
         status, _ctype, body = _get(f"http://127.0.0.1:{node.http_port}/healthz")
         health = json.loads(body)
         assert status == 200 and health["status"] == "ok"
-        assert health["index"]["instances"] == 12
+        # the 12 CT slices, plus the node's own SR once its worker has analysed the study
+        assert health["index"]["instances"] in (12, 13)
 
         status, ctype, text = _get(f"http://127.0.0.1:{node.http_port}/metrics")
         assert status == 200 and ctype.startswith("text/plain")
         assert 'radnode_instances_received_total{source="dimse"} 12.0' in text
-        assert 'radnode_index_objects{level="instances"} 12.0' in text
+        assert re.search(r'^radnode_index_objects\{level="instances"\} 1[23]\.0$', text, re.M)
         assert 'radnode_studies_completed_total{reason="released"} 1.0' in text
-        assert "radnode_queue_depth 1.0" in text
+        # queued, or already claimed by serve's worker
+        assert re.search(r"^radnode_queue_depth [01]\.0$", text, re.M)
         assert "radnode_bytes_received_total" in text
     finally:
         assert node.stop() == 0

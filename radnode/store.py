@@ -305,8 +305,15 @@ class InstanceStore:
                     path.unlink(missing_ok=True)
                     removed += 1
                     continue
+                # An SR is never analysed (the node's own results and the PACS's reports are
+                # stored with analyze=False): an orphaned one must not make its study due
+                # again, or a crash between an SR's rename and its commit yields a second SR.
                 rec = InstanceRecord(
-                    path=relative, size=path.stat().st_size, received_at=time.time(), **fields
+                    path=relative,
+                    size=path.stat().st_size,
+                    received_at=time.time(),
+                    analyze=fields["series"].get("modality") != "SR",
+                    **fields,
                 )
                 self.index.add_instance(rec)
                 indexed += 1

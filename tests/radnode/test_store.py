@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 from pydicom import dcmread
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filereader import _read_file_meta_info
+from pydicom.uid import Comprehensive3DSRStorage, ExplicitVRLittleEndian, generate_uid
 
 from radnode.index import Index, record_fields_from_dataset
 from radnode.store import CLEAN_SHUTDOWN_MARKER, InstanceStore, file_meta_bytes
@@ -124,4 +126,36 @@ def test_recovery_after_unclean_stop_removes_temp_files_and_indexes_orphans(tmp_
     # After a clean stop, no scan is needed.
     store2 = InstanceStore(tmp_path / "data", index)
     assert store2.recover() == {"temp_removed": 0, "indexed": 0, "removed": 0}
+    index.close()
+
+
+def test_an_orphaned_sr_does_not_make_its_study_due_again(tmp_path, chest_study):
+    """A crash between an SR's rename and its index commit: reconcile indexes the SR
+    without bumping the study (else the study is analysed again and gets a second SR)."""
+    _study, files = chest_study
+    index = Index(f"sqlite:///{tmp_path / 'index.sqlite3'}")
+    store = InstanceStore(tmp_path / "data", index)
+    result, _ = _store_file(store, files[0])
+    study_uid = result.record.study_uid
+    seq = index.get_study(study_uid)["received_seq"]
+
+    sr = Dataset()
+    sr.SOPClassUID = Comprehensive3DSRStorage
+    sr.SOPInstanceUID = generate_uid()
+    sr.StudyInstanceUID = study_uid
+    sr.SeriesInstanceUID = generate_uid()
+    sr.Modality = "SR"
+    sr.file_meta = FileMetaDataset()
+    sr.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    sr.file_meta.MediaStorageSOPClassUID = sr.SOPClassUID
+    sr.file_meta.MediaStorageSOPInstanceUID = sr.SOPInstanceUID
+    orphan = store.path_of(
+        store.relative_path(study_uid, sr.SeriesInstanceUID, sr.SOPInstanceUID)
+    )
+    orphan.parent.mkdir(parents=True, exist_ok=True)
+    sr.save_as(orphan, enforce_file_format=True)
+
+    assert store.reconcile() == (1, 0)
+    assert index.find_instance(sr.SOPInstanceUID) is not None
+    assert index.get_study(study_uid)["received_seq"] == seq
     index.close()

@@ -37,8 +37,10 @@ def allowed_roles(method: str, path: str) -> set[str] | None:
     """Roles that may call the route; None: open to all. (/api writes: the AI node decides.)"""
     if path in ("/healthz", "/readyz"):  # probes (orchestrators send no token)
         return None
-    if path == "/metrics":
+    if path in ("/metrics", "/api/retraining/labels"):  # labels: studies released for training
         return {"admin"}
+    if path.startswith(("/api/retraining/", "/api/models")):  # runs and model versions
+        return {"admin", "radiologist"}
     if path.startswith("/dicom-web") and method == "POST":
         return STORE
     if path.startswith("/api/pacs/") and method == "POST":  # a PACS's plugin notifies

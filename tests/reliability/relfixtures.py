@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import sys
 import time
@@ -72,6 +73,22 @@ def wait_for(check: Callable[[], T], timeout: float = 60, what: str = "condition
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+# -- dcmtk ---------------------------------------------------------------------------------
+
+
+def acknowledged(storescu_output: str) -> list[Path]:
+    """Files for which storescu received a Success response, from its -v log."""
+    acked: list[Path] = []
+    current: Path | None = None
+    for line in storescu_output.splitlines():
+        if m := re.match(r"I: Sending file: (.+)$", line):
+            current = Path(m.group(1))
+        elif "Received Store Response (Success)" in line and current is not None:
+            acked.append(current)
+            current = None
+    return acked
 
 
 # -- the store ---------------------------------------------------------------------------

@@ -9,7 +9,6 @@ exactly the files on disk; the study's job is queued (and, under `serve`, run) o
 from __future__ import annotations
 
 import random
-import re
 import sqlite3
 import subprocess
 import time
@@ -18,25 +17,12 @@ from pathlib import Path
 import pytest
 from conftest import RadnodeProcess, dataset_bytes, dcmtk_env, require_tool, storescu
 from pydicom import dcmread
-from relfixtures import FULL, assert_store_consistent, record, scale, wait_for
+from relfixtures import FULL, acknowledged, assert_store_consistent, record, scale, wait_for
 
 from ai_node.synth import StudySpec, SyntheticStudy, write_study
 
 ROUNDS = scale(3, 20)
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
-
-
-def acknowledged(storescu_output: str) -> list[Path]:
-    """Files for which storescu received a Success response, from its -v log."""
-    acked: list[Path] = []
-    current: Path | None = None
-    for line in storescu_output.splitlines():
-        if m := re.match(r"I: Sending file: (.+)$", line):
-            current = Path(m.group(1))
-        elif "Received Store Response (Success)" in line and current is not None:
-            acked.append(current)
-            current = None
-    return acked
 
 
 @pytest.fixture(scope="module")

@@ -18,10 +18,11 @@ from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
 
+import relfixtures  # noqa: F401  (puts tests/dimse_scp on sys.path)
 from pydicom import dcmread
 from pydicom.datadict import dictionary_VR
 from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_dataset, write_file_meta_info
+from pydicom.filewriter import write_dataset
 from pydicom.uid import (
     UID,
     DeflatedExplicitVRLittleEndian,
@@ -31,6 +32,8 @@ from pydicom.uid import (
 )
 
 from ai_node.synth import StudySpec, generate_study
+
+from scu_raw import part10  # noqa: E402  # isort: skip
 
 PYDICOM_DATA_SEEDS = (
     "CT_small.dcm",
@@ -82,20 +85,6 @@ class Mutant:
 
     def part10(self) -> bytes:
         return part10(self.dataset, self.sop_class_uid, self.sop_instance_uid, self.transfer_syntax)
-
-
-def part10(body: bytes, sop_class: str, sop_instance: str, ts: str) -> bytes:
-    from pydicom import Dataset
-
-    meta = Dataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = sop_instance
-    meta.TransferSyntaxUID = ts
-    meta.ImplementationClassUID = "1.2.826.0.1.3680043.10.1.9"
-    buf = BytesIO()
-    buf.write(b"\0" * 128 + b"DICM")
-    write_file_meta_info(buf, meta, enforce_standard=False)  # type: ignore[arg-type]
-    return buf.getvalue() + body
 
 
 def encode(ds, ts: str) -> bytes:

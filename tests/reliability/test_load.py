@@ -10,6 +10,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,15 @@ def template() -> Dataset:
     return next(iter(datasets))
 
 
+@pytest.fixture
+def node(tmp_path) -> Iterator[RadnodeProcess]:
+    """`radnode scp` with room for 50 concurrent associations and a 3 s ACSE timeout."""
+    scp = RadnodeProcess(tmp_path / "data", "scp", env=ENV).start()
+    assert scp.proc is not None
+    yield scp
+    scp.stop()
+
+
 def _ae() -> AE:
     ae = AE(ae_title="LOADGEN")
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
@@ -59,9 +69,7 @@ def _threads(pid: int) -> int:
     return -1
 
 
-def test_concurrent_associations_send_without_a_failure(tmp_path, template):
-    node = RadnodeProcess(tmp_path / "data", "scp", env=ENV).start()
-    assert node.proc is not None
+def test_concurrent_associations_send_without_a_failure(node: RadnodeProcess, template):
     latencies: list[float] = []
     failures: list[str] = []
     lock = threading.Lock()
@@ -97,33 +105,29 @@ def test_concurrent_associations_send_without_a_failure(tmp_path, template):
             with lock:
                 failures.append(f"sender {n}: {type(exc).__name__}: {exc}")
 
-    try:
-        began = time.monotonic()
-        threads = [threading.Thread(target=sender, args=(n,)) for n in range(CONCURRENT)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=DURATION_S + 180)
-        elapsed = time.monotonic() - began
-        assert failures == [], failures[:20]
-        assert node.proc.poll() is None
-        stored = assert_store_consistent(node.data_dir)
-        assert stored == len(latencies) > 0
-        figures = {
-            "associations": CONCURRENT, "seconds": round(elapsed, 1), "stores": len(latencies),
-            "failures": len(failures), "per_second": round(len(latencies) / elapsed, 1),
-            "p50_ms": round(percentile(latencies, 50) * 1000, 1),
-            "p99_ms": round(percentile(latencies, 99) * 1000, 1),
-            "max_ms": round(max(latencies) * 1000, 1),
-        }
-        record("load_concurrent", **figures)
-        print(figures)
-    finally:
-        node.stop()
+    began = time.monotonic()
+    threads = [threading.Thread(target=sender, args=(n,)) for n in range(CONCURRENT)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=DURATION_S + 180)
+    elapsed = time.monotonic() - began
+    assert failures == [], failures[:20]
+    assert node.proc is not None and node.proc.poll() is None
+    stored = assert_store_consistent(node.data_dir)
+    assert stored == len(latencies) > 0
+    figures = {
+        "associations": CONCURRENT, "seconds": round(elapsed, 1), "stores": len(latencies),
+        "failures": len(failures), "per_second": round(len(latencies) / elapsed, 1),
+        "p50_ms": round(percentile(latencies, 50) * 1000, 1),
+        "p99_ms": round(percentile(latencies, 99) * 1000, 1),
+        "max_ms": round(max(latencies) * 1000, 1),
+    }
+    record("load_concurrent", **figures)
+    print(figures)
 
 
-def test_memory_and_fds_steady_over_many_associations(tmp_path, template):
-    node = RadnodeProcess(tmp_path / "data", "scp", env=ENV).start()
+def test_memory_and_fds_steady_over_many_associations(node: RadnodeProcess, template):
     assert node.proc is not None
     pid = node.proc.pid
     failures: list[str] = []
@@ -153,74 +157,67 @@ def test_memory_and_fds_steady_over_many_associations(tmp_path, template):
         for t in threads:
             t.join(timeout=900)
 
-    try:
-        run(ASSOCIATIONS // 10)  # warm-up
-        time.sleep(1.0)
-        rss_before, fds_before, threads_before = rss_kib(pid), fd_count(pid), _threads(pid)
-        began = time.monotonic()
-        run(ASSOCIATIONS)
-        elapsed = time.monotonic() - began
-        wait_for(lambda: _threads(pid) <= threads_before, timeout=30, what="threads to end")
-        rss_after, fds_after = rss_kib(pid), fd_count(pid)
-        assert failures == [], failures[:20]
-        growth = (rss_after - rss_before) / rss_before
-        record("load_many_associations", associations=ASSOCIATIONS,
-               warm_up=ASSOCIATIONS // 10, seconds=round(elapsed, 1),
-               rss_before_kib=rss_before, rss_after_kib=rss_after, rss_growth=round(growth, 4),
-               fds_before=fds_before, fds_after=fds_after)
-        assert fds_after <= fds_before + 2, (fds_before, fds_after)
-        assert growth < 0.10, (rss_before, rss_after)
-        assert assert_store_consistent(node.data_dir) == ASSOCIATIONS // 10 // 4 * 4 + \
-            ASSOCIATIONS // 4 * 4
-    finally:
-        node.stop()
+    run(ASSOCIATIONS // 10)  # warm-up
+    time.sleep(1.0)
+    rss_before, fds_before, threads_before = rss_kib(pid), fd_count(pid), _threads(pid)
+    began = time.monotonic()
+    run(ASSOCIATIONS)
+    elapsed = time.monotonic() - began
+    wait_for(lambda: _threads(pid) <= threads_before, timeout=30, what="threads to end")
+    rss_after, fds_after = rss_kib(pid), fd_count(pid)
+    assert failures == [], failures[:20]
+    growth = (rss_after - rss_before) / rss_before
+    record("load_many_associations", associations=ASSOCIATIONS,
+           warm_up=ASSOCIATIONS // 10, seconds=round(elapsed, 1),
+           rss_before_kib=rss_before, rss_after_kib=rss_after, rss_growth=round(growth, 4),
+           fds_before=fds_before, fds_after=fds_after)
+    assert fds_after <= fds_before + 2, (fds_before, fds_after)
+    assert growth < 0.10, (rss_before, rss_after)
+    assert assert_store_consistent(node.data_dir) == ASSOCIATIONS // 10 // 4 * 4 + \
+        ASSOCIATIONS // 4 * 4
 
 
-def test_bare_tcp_connects_that_send_nothing_do_not_leak(tmp_path, template):
-    node = RadnodeProcess(tmp_path / "data", "scp", env=ENV).start()
+def test_bare_tcp_connects_that_send_nothing_do_not_leak(node: RadnodeProcess, template):
     assert node.proc is not None
     pid = node.proc.pid
-    try:
-        assoc = _ae().associate("127.0.0.1", node.dicom_port, ae_title="RADNODE")
-        assert assoc.send_c_echo().Status == 0
-        assoc.release()
-        time.sleep(1.0)
-        fds_before, threads_before = fd_count(pid), _threads(pid)
-        held: list[socket.socket] = []
-        began = time.monotonic()
-        peak_fds = fds_before
-        for n in range(BARE_CONNECTS):
-            s = socket.create_connection(("127.0.0.1", node.dicom_port), timeout=10)
-            if n % 2:
-                s.close()  # connect and hang up at once
-            else:
-                held.append(s)  # connect and stay silent until the server gives up
-            if len(held) >= 50:  # the server times these out (ARTIM = ACSE timeout, 3 s)
-                peak_fds = max(peak_fds, fd_count(pid))
-                for s in held:
-                    s.settimeout(30)
-                    assert s.recv(1) == b"", "the server sent something to a silent peer"
-                    s.close()
-                held.clear()
-        for s in held:
-            s.settimeout(30)
-            assert s.recv(1) == b""
-            s.close()
-        wait_for(lambda: _threads(pid) <= threads_before and fd_count(pid) <= fds_before + 2,
-                 timeout=60, what="connections to be closed")
-        fds_after = fd_count(pid)
-        elapsed = time.monotonic() - began
-        # ... and the server still answers.
-        assoc = _ae().associate("127.0.0.1", node.dicom_port, ae_title="RADNODE")
-        assert assoc.is_established
-        assert assoc.send_c_echo().Status == 0
-        ds = copy.deepcopy(template)
-        ds.SOPInstanceUID = f"2.25.{uuid.uuid4().int}"
-        assert assoc.send_c_store(ds).Status == 0
-        assoc.release()
-        record("load_bare_connects", connects=BARE_CONNECTS, seconds=round(elapsed, 1),
-               fds_before=fds_before, fds_peak=peak_fds, fds_after=fds_after)
-        assert fds_after <= fds_before + 2
-        assert node.proc.poll() is None
-    finally:
-        node.stop()
+    assoc = _ae().associate("127.0.0.1", node.dicom_port, ae_title="RADNODE")
+    assert assoc.send_c_echo().Status == 0
+    assoc.release()
+    time.sleep(1.0)
+    fds_before, threads_before = fd_count(pid), _threads(pid)
+    held: list[socket.socket] = []
+    began = time.monotonic()
+    peak_fds = fds_before
+    for n in range(BARE_CONNECTS):
+        s = socket.create_connection(("127.0.0.1", node.dicom_port), timeout=10)
+        if n % 2:
+            s.close()  # connect and hang up at once
+        else:
+            held.append(s)  # connect and stay silent until the server gives up
+        if len(held) >= 50:  # the server times these out (ARTIM = ACSE timeout, 3 s)
+            peak_fds = max(peak_fds, fd_count(pid))
+            for s in held:
+                s.settimeout(30)
+                assert s.recv(1) == b"", "the server sent something to a silent peer"
+                s.close()
+            held.clear()
+    for s in held:
+        s.settimeout(30)
+        assert s.recv(1) == b""
+        s.close()
+    wait_for(lambda: _threads(pid) <= threads_before and fd_count(pid) <= fds_before + 2,
+             timeout=60, what="connections to be closed")
+    fds_after = fd_count(pid)
+    elapsed = time.monotonic() - began
+    # ... and the server still answers.
+    assoc = _ae().associate("127.0.0.1", node.dicom_port, ae_title="RADNODE")
+    assert assoc.is_established
+    assert assoc.send_c_echo().Status == 0
+    ds = copy.deepcopy(template)
+    ds.SOPInstanceUID = f"2.25.{uuid.uuid4().int}"
+    assert assoc.send_c_store(ds).Status == 0
+    assoc.release()
+    record("load_bare_connects", connects=BARE_CONNECTS, seconds=round(elapsed, 1),
+           fds_before=fds_before, fds_peak=peak_fds, fds_after=fds_after)
+    assert fds_after <= fds_before + 2
+    assert node.proc is not None and node.proc.poll() is None

@@ -57,12 +57,12 @@ def split_part10(part: bytes) -> tuple[str, str | None, str | None, bytes]:
     try:
         meta = _read_file_meta_info(f)
         syntax = str(meta.TransferSyntaxUID)
+        sop_class = meta.get("MediaStorageSOPClassUID")
+        sop_instance = meta.get("MediaStorageSOPInstanceUID")
     except Exception as exc:  # noqa: BLE001 - any broken meta group is "cannot understand"
         raise IngestError(
             CANNOT_UNDERSTAND, "bad_meta", "unreadable File Meta Information"
         ) from exc
-    sop_class = meta.get("MediaStorageSOPClassUID")
-    sop_instance = meta.get("MediaStorageSOPInstanceUID")
     return (
         syntax,
         str(sop_class) if sop_class else None,

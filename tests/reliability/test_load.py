@@ -6,6 +6,8 @@ Times are recorded (docs/reliability.md), never asserted: the machine is shared.
 from __future__ import annotations
 
 import copy
+import os
+import resource
 import socket
 import threading
 import time
@@ -62,6 +64,12 @@ def _ae() -> AE:
     return ae
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process, all its threads (/proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _threads(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("Threads:"):
@@ -105,6 +113,9 @@ def test_concurrent_associations_send_without_a_failure(node: RadnodeProcess, te
             with lock:
                 failures.append(f"sender {n}: {type(exc).__name__}: {exc}")
 
+    assert node.proc is not None
+    server_cpu = _cpu_s(node.proc.pid)
+    client_cpu = resource.getrusage(resource.RUSAGE_SELF)
     began = time.monotonic()
     threads = [threading.Thread(target=sender, args=(n,)) for n in range(CONCURRENT)]
     for t in threads:
@@ -112,8 +123,11 @@ def test_concurrent_associations_send_without_a_failure(node: RadnodeProcess, te
     for t in threads:
         t.join(timeout=DURATION_S + 180)
     elapsed = time.monotonic() - began
+    server_cpu = _cpu_s(node.proc.pid) - server_cpu
+    used = resource.getrusage(resource.RUSAGE_SELF)
+    client_cpu = used.ru_utime + used.ru_stime - client_cpu.ru_utime - client_cpu.ru_stime
     assert failures == [], failures[:20]
-    assert node.proc is not None and node.proc.poll() is None
+    assert node.proc.poll() is None
     stored = assert_store_consistent(node.data_dir)
     assert stored == len(latencies) > 0
     figures = {
@@ -122,6 +136,7 @@ def test_concurrent_associations_send_without_a_failure(node: RadnodeProcess, te
         "p50_ms": round(percentile(latencies, 50) * 1000, 1),
         "p99_ms": round(percentile(latencies, 99) * 1000, 1),
         "max_ms": round(max(latencies) * 1000, 1),
+        "server_cpu_s": round(server_cpu, 1), "client_cpu_s": round(client_cpu, 1),
     }
     record("load_concurrent", **figures)
     print(figures)

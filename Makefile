@@ -40,7 +40,7 @@ test: install system-deps  ## the default suite (about 10 minutes on 2 cores)
 # `make test` runs the reliability suite's short version (RADNODE_RELIABILITY unset).
 RELIABILITY_FIGURES ?= build/reliability/figures.jsonl
 
-test-reliability: install system-deps  ## the reliability suite at full size (30-60 min; docs/reliability.md)
+test-reliability: install system-deps  ## the reliability suite at full size (about 20 min; docs/reliability.md)
 	RADNODE_RELIABILITY=full RADNODE_RELIABILITY_FIGURES=$(RELIABILITY_FIGURES) \
 		$(BIN)/python -m pytest tests/reliability $(PYTEST_ARGS)
 

@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install system-deps ohif viewer run test test-all bench lint clean
+.PHONY: install system-deps ohif viewer run test test-all test-reliability bench lint clean
 
 install: $(STAMP)  ## create .venv and install radnode into it (quick when up to date)
 
@@ -36,6 +36,13 @@ run: install  ## start the embedded node: SCP :11112 + HTTP :8080 + worker, SQLi
 
 test: install system-deps  ## the default suite (about 10 minutes on 2 cores)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# `make test` runs the reliability suite's short version (RADNODE_RELIABILITY unset).
+RELIABILITY_FIGURES ?= build/reliability/figures.jsonl
+
+test-reliability: install system-deps  ## the reliability suite at full size (about 20 min; docs/reliability.md)
+	RADNODE_RELIABILITY=full RADNODE_RELIABILITY_FIGURES=$(RELIABILITY_FIGURES) \
+		$(BIN)/python -m pytest tests/reliability $(PYTEST_ARGS)
 
 test-all: install system-deps ohif  ## everything, slow tests included
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

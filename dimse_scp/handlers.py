@@ -70,6 +70,7 @@ class StorageHandlers:
         return [
             (events.EVT_CONN_OPEN, self.on_conn_open),
             (events.EVT_REQUESTED, self.on_requested),
+            (events.EVT_ACCEPTED, self.on_accepted),
             (events.EVT_C_ECHO, self.on_c_echo),
             (events.EVT_C_STORE, self.on_c_store),
             (events.EVT_RELEASED, self.on_released),
@@ -77,11 +78,15 @@ class StorageHandlers:
             (events.EVT_CONN_CLOSE, self.on_ended),
         ]
 
-    def on_conn_open(self, event: events.Event) -> None:
+    def on_accepted(self, event: events.Event) -> None:
         # pynetdicom's DUL thread sleeps this long whenever a loop found no PDU (default
         # 1 ms); each C-STORE waits on it once, so a shorter poll is most of a 300-slice
         # study's protocol overhead. (A documented knob of the DUL, not a public setting.)
+        # Only once the association is accepted: a connection that sends nothing would
+        # otherwise spin at this rate until the ARTIM timer ends it.
         event.assoc.dul._run_loop_delay = self.poll_interval_s
+
+    def on_conn_open(self, event: events.Event) -> None:
         sock = event.assoc.dul.socket.socket if event.assoc.dul.socket else None
         if sock is not None:
             # Small PDUs (C-STORE-RSP) go out at once, not after a delayed ACK (Nagle).

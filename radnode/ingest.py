@@ -18,6 +18,7 @@ new File Meta Information group with a zeroed preamble.
 from __future__ import annotations
 
 import logging
+import struct
 import time
 import zlib
 from dataclasses import dataclass
@@ -45,6 +46,16 @@ CANNOT_UNDERSTAND = 0xC000
 # Syntaxes whose whole dataset is deflated: Deflated Explicit VR LE, JPIP Referenced Deflate.
 DEFLATED_DATASET_SYNTAXES = frozenset({"1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.4.95"})
 _UNDEFINED_LENGTH = 0xFFFFFFFF
+# PS3.5 7.1.2: VRs with a 2-byte reserved field and a 4-byte length; the others have 2.
+_LONG_VRS = frozenset(
+    b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split()
+)
+_SHORT_VRS = frozenset(
+    b"AE AS AT CS DA DS DT FD FL IS LO LT PN SH SL SS ST TM UI UL US".split()
+)
+_ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+_PIXEL_DATA = 0x7FE00010
+_DATASET, _ITEMS, _FRAGMENTS = 0, 1, 2
 
 
 class IngestError(Exception):
@@ -96,8 +107,109 @@ def dictionary_vr_or_none(tag: int) -> str | None:
         return None
 
 
+def _malformed(detail: str) -> IngestError:
+    return IngestError(CANNOT_UNDERSTAND, "malformed", f"malformed dataset: {detail}")
+
+
+def _implicit_is_sequence(tag: int, length: int) -> bool:
+    """Implicit VR: a sequence by the dictionary, or any undefined-length value (PS3.5 7.5)."""
+    vr = dictionary_vr_or_none(tag)
+    return vr == "SQ" or (length == _UNDEFINED_LENGTH and vr in (None, "UN"))
+
+
+def check_structure(raw: bytes | memoryview, ts: UID) -> None:
+    """Walk the encoded dataset and refuse anything that is not well formed (PS3.5 7.1-7.5).
+
+    pydicom reads leniently (it even switches explicit/implicit VR when a dataset
+    looks like the other); a receiver must not store bytes that a strict reader cannot
+    parse under the negotiated syntax. Checked, at every nesting level: tags ascending
+    and unique, known VRs, every value, item and sequence inside its parent, delimiters
+    only where they belong, undefined lengths only on sequences and encapsulated Pixel
+    Data, no trailing bytes. Iterative: any nesting depth costs no stack.
+    """
+    order = "<" if ts.is_little_endian else ">"
+    header = struct.Struct(order + "HHI")  # tag and a 4-byte length (implicit VR, items)
+    short_length = struct.Struct(order + "H")
+    long_length = struct.Struct(order + "I")
+    size = len(raw)
+    # One frame per open level: [end (None: undefined length), last tag, kind, implicit VR]
+    stack: list[list[Any]] = [[size, -1, _DATASET, ts.is_implicit_VR]]
+    pos = 0
+    while stack:
+        frame = stack[-1]
+        end, kind, implicit = frame[0], frame[2], frame[3]
+        if end is not None and pos >= end:
+            if pos > end:
+                raise _malformed("element overruns its item or sequence")
+            stack.pop()
+            continue
+        limit = end if end is not None else size
+        if pos + 8 > limit:
+            raise _malformed("element header cut")
+        group, element, length = header.unpack_from(raw, pos)
+        tag = group << 16 | element
+        if kind != _DATASET:  # inside a sequence or encapsulated Pixel Data: items only
+            pos += 8
+            if tag == _SEQUENCE_END and end is None and length == 0:
+                stack.pop()
+            elif tag != _ITEM or (kind == _FRAGMENTS and length == _UNDEFINED_LENGTH):
+                raise _malformed("expected an item")
+            elif length == _UNDEFINED_LENGTH:
+                stack.append([None, -1, _DATASET, implicit])
+            elif pos + length > limit:
+                raise _malformed("item overruns its sequence")
+            elif kind == _FRAGMENTS:
+                pos += length
+            else:
+                stack.append([pos + length, -1, _DATASET, implicit])
+            continue
+        if group == 0xFFFE:
+            if tag == _ITEM_END and end is None and length == 0:
+                pos += 8
+                stack.pop()
+                continue
+            raise _malformed("delimiter out of place")
+        if tag <= frame[1]:
+            raise _malformed("elements not in ascending tag order")
+        frame[1] = tag
+        if implicit:
+            sequence = _implicit_is_sequence(tag, length)
+            pos += 8
+        else:
+            vr = bytes(raw[pos + 4 : pos + 6])
+            if vr in _LONG_VRS:
+                if pos + 12 > limit:
+                    raise _malformed("element header cut")
+                (length,) = long_length.unpack_from(raw, pos + 8)
+                pos += 12
+            elif vr in _SHORT_VRS:
+                (length,) = short_length.unpack_from(raw, pos + 6)
+                pos += 8
+            else:
+                raise _malformed("unknown VR")
+            sequence = vr == b"SQ" or (vr == b"UN" and length == _UNDEFINED_LENGTH)
+            # PS3.5 6.2.2: an undefined-length UN holds implicit VR little endian items.
+            implicit = implicit or vr == b"UN"
+        if length == _UNDEFINED_LENGTH:
+            if sequence:
+                stack.append([None, -1, _ITEMS, implicit])
+            elif tag == _PIXEL_DATA and ts.is_compressed and len(stack) == 1:
+                stack.append([None, -1, _FRAGMENTS, implicit])
+            else:
+                raise _malformed("undefined length on a value that is not a sequence")
+        elif pos + length > limit:
+            raise _malformed("value overruns its item or the dataset")
+        elif sequence:
+            stack.append([pos + length, -1, _ITEMS, implicit])
+        else:
+            pos += length
+    if pos != size:
+        raise _malformed("trailing bytes after the dataset")
+
+
 def _inflate(raw: bytes | memoryview, max_bytes: int | None) -> bytes:
-    """A deflated dataset (PS3.5 A.5), refused when it inflates beyond ``max_bytes``."""
+    """A raw deflate stream (PS3.5 A.5) that must end exactly where the bytes end; refused
+    when it inflates beyond ``max_bytes`` (a deflate bomb is not inflated further)."""
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
     out = inflater.decompress(raw, max_bytes + 1 if max_bytes else 0)
     if max_bytes and len(out) > max_bytes:
@@ -105,8 +217,8 @@ def _inflate(raw: bytes | memoryview, max_bytes: int | None) -> bytes:
             OUT_OF_RESOURCES, "too_large", f"inflated dataset over the {max_bytes}-byte limit"
         )
     out += inflater.flush()
-    if not inflater.eof:
-        raise zlib.error("incomplete deflate stream")
+    if not inflater.eof or inflater.unused_data:
+        raise _malformed("deflated stream cut or followed by other bytes")
     return out
 
 
@@ -118,7 +230,8 @@ def decode_complete(
     pydicom reads leniently: a truncated value comes back short and a cut
     element header is dropped silently. A receiver must not acknowledge such a
     dataset, so each top-level value is checked against its declared length
-    and the last one must end exactly at the end of the stream.
+    and the last one must end exactly at the end of the stream; then
+    :func:`check_structure` walks the whole stream, nested items included.
     """
     ts = UID(transfer_syntax_uid)
     try:
@@ -150,6 +263,7 @@ def decode_complete(
         last_end = max(last_end, _value_end(elem))
     if last_end != len(raw):
         raise IngestError(CANNOT_UNDERSTAND, "truncated", "dataset truncated or trailing bytes")
+    check_structure(raw, ts)
     try:
         _parse_sequences(ds)
     except Exception as exc:
@@ -207,6 +321,10 @@ class Ingestor:
             fields = record_fields_from_dataset(ds, transfer_syntax_uid, calling_aet)
         except InvalidUID as exc:
             raise IngestError(DATASET_DOES_NOT_MATCH_SOP_CLASS, "bad_uid", str(exc)) from exc
+        except Exception as exc:  # a value that does not convert (pydicom raises many types)
+            raise IngestError(
+                CANNOT_UNDERSTAND, "undecodable", f"bad element value: {type(exc).__name__}"
+            ) from exc
         if expected_sop_class_uid and fields["sop_class_uid"] != expected_sop_class_uid:
             raise IngestError(
                 DATASET_DOES_NOT_MATCH_SOP_CLASS,

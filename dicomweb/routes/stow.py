@@ -10,7 +10,8 @@ last part.
 
 HTTP status (PS3.18 10.5.3): 200 all stored, 202 some failed, 409 all failed,
 400 malformed multipart, 413 too large, 415 not ``multipart/related;
-type="application/dicom"``.
+type="application/dicom"``, 503 (with Retry-After) when the body cannot even be spooled
+(disk full).
 """
 
 from __future__ import annotations
@@ -61,12 +62,12 @@ def split_part10(part: bytes) -> tuple[str, str | None, str | None, bytes]:
     try:
         meta = _read_file_meta_info(f)
         syntax = str(meta.TransferSyntaxUID)
+        sop_class = meta.get("MediaStorageSOPClassUID")
+        sop_instance = meta.get("MediaStorageSOPInstanceUID")
     except Exception as exc:  # noqa: BLE001 - any broken meta group is "cannot understand"
         raise IngestError(
             CANNOT_UNDERSTAND, "bad_meta", "unreadable File Meta Information"
         ) from exc
-    sop_class = meta.get("MediaStorageSOPClassUID")
-    sop_instance = meta.get("MediaStorageSOPInstanceUID")
     return (
         syntax,
         str(sop_class) if sop_class else None,
@@ -109,6 +110,14 @@ async def _spool(request: Request, node: Node, limit: int) -> Path:
                         status.HTTP_413_REQUEST_ENTITY_TOO_LARGE, f"request body over {limit} bytes"
                     )
                 f.write(chunk)
+    except OSError as exc:  # disk full: no part can be stored, so none is examined
+        path.unlink(missing_ok=True)
+        logger.error("cannot spool STOW-RS request", extra={"errno": exc.errno})
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            f"out of resources: cannot spool the request ({exc.strerror or exc})",
+            headers={"Retry-After": "60"},
+        ) from exc
     except BaseException:
         path.unlink(missing_ok=True)
         raise

@@ -40,8 +40,11 @@ class Outbox:
 
     def _insert_ignore(self) -> Any:
         dialect = sqlite if self.index.is_sqlite else postgresql
-        return dialect.insert(outbox).on_conflict_do_nothing(
-            index_elements=["peer", "sop_instance_uid"]
+        # RETURNING tells a new row from a conflict (psycopg reports rowcount -1 here).
+        return (
+            dialect.insert(outbox)
+            .on_conflict_do_nothing(index_elements=["peer", "sop_instance_uid"])
+            .returning(outbox.c.id)
         )
 
     def enqueue(self, peer: str, study_uid: str, items: list[tuple[str, Kind]]) -> int:
@@ -65,7 +68,7 @@ class Outbox:
         added = 0
         with self.index.transaction() as conn:
             for row in rows:  # executemany cannot report per-row conflicts on every dialect
-                added += conn.execute(self._insert_ignore(), row).rowcount
+                added += conn.execute(self._insert_ignore(), row).first() is not None
         return added
 
     def claim(self, peer: str, limit: int = 100, now: float | None = None) -> list[Item]:

@@ -455,7 +455,11 @@ class Index:
         # Built once so SQLAlchemy's compiled cache is hit on every C-STORE.
         self._insert_study = self._insert_ignore(studies, "study_uid")
         self._insert_series = self._insert_ignore(series, "series_uid")
-        self._insert_instance = self._insert_ignore(instances, "sop_instance_uid")
+        # RETURNING tells a new row from a conflict on every dialect: with psycopg the
+        # cursor's rowcount of a Core INSERT is -1, which made a resend look new.
+        self._insert_instance = self._insert_ignore(instances, "sop_instance_uid").returning(
+            instances.c.sop_instance_uid
+        )
         self._bump_study = (
             update(studies)
             .where(studies.c.study_uid == bindparam("b_study_uid"))
@@ -524,7 +528,7 @@ class Index:
         with self.transaction() as conn:
             conn.execute(self._insert_study, study_row)
             conn.execute(self._insert_series, series_row)
-            if conn.execute(self._insert_instance, instance_row).rowcount == 0:
+            if conn.execute(self._insert_instance, instance_row).first() is None:
                 conn.execute(self._count_duplicate, {"b_sop_instance_uid": rec.sop_instance_uid})
                 return False
             conn.execute(

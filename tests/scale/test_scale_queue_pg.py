@@ -179,3 +179,29 @@ def test_the_worker_probe_passes_on_a_live_index_and_says_why_it_fails(pg, tmp_p
     bad = probe(RADNODE_DATABASE_URL=pg.url, RADNODE_DICOM_PORT="not-a-port")
     assert bad.returncode == 2 and "invalid settings" in bad.stderr
     assert not data.exists()  # a probe creates nothing
+
+
+def test_a_resend_is_a_duplicate_on_postgresql(pg: PostgresServer) -> None:
+    """A second C-STORE of an instance is a duplicate, not new data: it must not make the
+    study due again (psycopg reports rowcount -1 for a Core INSERT, which once made every
+    resend look new on PostgreSQL: a new job version, a second analysis and SR)."""
+    from pacs_link.outbox import Outbox
+
+    index = Index(_fresh_database(pg, "resend"))
+    try:
+        record = InstanceRecord(
+            sop_instance_uid="1.2.3.1", sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+            series_uid="1.2.3.0", study_uid="1.2.3", transfer_syntax_uid="1.2.840.10008.1.2.1",
+            path="studies/1.2.3/1.2.3.0/1.2.3.1.dcm", size=10, received_at=time.time(),
+        )
+        assert index.add_instance(record) is True
+        assert index.add_instance(record) is False
+        study = index.get_study("1.2.3")
+        assert study is not None and study["received_seq"] == 1
+        assert index.find_instance("1.2.3.1")["duplicates"] == 1
+        # the outbox counts what it really queued
+        box = Outbox(index)
+        assert box.enqueue("pacs", "1.2.3", [("1.2.3.1", "original")]) == 1
+        assert box.enqueue("pacs", "1.2.3", [("1.2.3.1", "original")]) == 0
+    finally:
+        index.close()

@@ -17,6 +17,10 @@ Feedback loops: instances the node already holds (its own SR and the originals
 it forwarded) are never fetched back; SRs from the PACS are stored with
 ``analyze=False`` so they never make a study due again; instances fetched from
 a peer carry its AE title as calling AE, so they are not forwarded back to it.
+
+Several workers on one index: only the holder of the peer's follower lease
+(:mod:`pacs_link.lease`) follows the feed, so a study is fetched once; another
+worker takes over when the holder dies (after the lease's time) or stops.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from pydicom.filewriter import write_dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from pacs_link import client
+from pacs_link.lease import Lease
 from pacs_link.outbox import get_state, set_state
 from radnode.ingest import IngestError
 from radnode.settings import PacsPeer
@@ -46,6 +51,9 @@ STABLE_STUDY = "StableStudy"
 NEW_INSTANCE = "NewInstance"
 SR_CLASS_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
 SEQ_KEY = "changes_seq"
+LEASE_KEY = "changes_lease"
+LEASE_MIN_S = 30.0
+"""Shortest follower lease: a holder that stops renewing is replaced after this long."""
 
 
 def encoded(ds: Dataset) -> tuple[bytes, str]:
@@ -77,6 +85,10 @@ def split_part10(part10: bytes) -> tuple[bytes, str, str]:
     return part10[end:], ts, str(meta.get("MediaStorageSOPClassUID", ""))
 
 
+class LeaseLost(RuntimeError):
+    """Another process took the follower lease over during a batch: stop following."""
+
+
 def _tag(item: dict[str, Any], tag: str) -> str | None:
     values = item.get(tag, {}).get("Value") or []
     return str(values[0]) if values else None
@@ -93,6 +105,9 @@ class ChangesFollower:
         self._web: Any = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.lease = Lease(node.index, peer.name, LEASE_KEY, max(LEASE_MIN_S, 10 * self.poll_s))
+        self.leading = False
+        self._renewed_at = 0.0
 
     @property
     def orthanc(self) -> Any:
@@ -123,6 +138,7 @@ class ChangesFollower:
         changes, last, _done = self.orthanc.get_changes(since=since, limit=100)
         seq = since
         for change in changes:
+            self._keep_lead()
             if str(change.change_type) == NEW_INSTANCE and self.peer.prefetch:
                 self.prefetch_instance(change.resource_id)
             elif str(change.change_type) == STABLE_STUDY:
@@ -234,12 +250,39 @@ class ChangesFollower:
 
     # -- loop ------------------------------------------------------------------------
 
+    def lead(self) -> bool:
+        """Hold (take or renew) the follower lease; False while another process holds it."""
+        leading = self.lease.acquire()
+        self._renewed_at = time.monotonic()
+        if leading != self.leading:
+            logger.info(
+                "following the PACS changes feed" if leading
+                else "another process follows the PACS changes feed",
+                extra={"peer": self.peer.name, "holder": self.lease.holder},
+            )
+        self.leading = leading
+        return leading
+
+    def _keep_lead(self) -> None:
+        """Renew the lease during a long batch (a third of its time after the last)."""
+        if time.monotonic() - self._renewed_at > self.lease.ttl_s / 3 and not self.lead():
+            raise LeaseLost(self.peer.name)
+
     def run(self) -> None:
         failures = 0
         while not self._stop.is_set():
             try:
+                if not self.lead():
+                    self._stop.wait(self.poll_s)
+                    continue
                 busy = self.run_once()
                 failures = 0
+            except LeaseLost:
+                self.leading = False
+                logger.info(
+                    "the PACS changes feed lease was taken over", extra={"peer": self.peer.name}
+                )
+                continue
             except Exception as exc:  # noqa: BLE001 - reported, retried with backoff
                 failures += 1
                 self.status.record(self.peer, client.describe(self.peer, exc))
@@ -261,3 +304,10 @@ class ChangesFollower:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
+        if self.leading:
+            try:
+                self.lease.release()
+            except Exception:  # noqa: BLE001 - the lease then expires on its own
+                logger.warning(
+                    "could not release the follower lease", extra={"peer": self.peer.name}
+                )

@@ -118,6 +118,26 @@ class RadnodeProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
+class WorkerProcess(RadnodeProcess):
+    """``radnode worker``: it listens on no port, so it is ready once it has warmed up."""
+
+    def start(self) -> WorkerProcess:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.data_dir.parent / f"worker-{id(self):x}.log"
+        self.proc = subprocess.Popen(
+            [*RADNODE, "worker", "--data-dir", str(self.data_dir), *self.extra],
+            stdout=self.log_path.open("ab"), stderr=subprocess.STDOUT, env=self.env, cwd=REPO,
+        )
+        return self
+
+    def wait_warm(self, timeout: float = 240) -> None:
+        deadline = time.monotonic() + timeout
+        while "analysis pipeline warmed up" not in self.log():
+            assert self.proc is not None and self.proc.poll() is None, self.log()[-3000:]
+            assert time.monotonic() < deadline, f"worker not warm after {timeout}s"
+            time.sleep(0.2)
+
+
 @pytest.fixture
 def radnode_scp(tmp_path: Path) -> Iterator[RadnodeProcess]:
     node = RadnodeProcess(tmp_path / "data", "scp").start()

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import RADNODE, REPO, RadnodeProcess, storescu
+from conftest import RadnodeProcess, WorkerProcess, storescu
 from pgserver import PostgresServer
 from pydicom import dcmread
 from sqlalchemy import func, select
@@ -33,26 +33,6 @@ STUDIES = 20
 SENDERS = 4
 LEASE_S = 10.0
 SR_CLASS_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
-
-
-class WorkerProcess(RadnodeProcess):
-    """``radnode worker``: it listens on no port, so it is ready once it has warmed up."""
-
-    def start(self) -> WorkerProcess:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.log_path = self.data_dir.parent / f"worker-{id(self):x}.log"
-        self.proc = subprocess.Popen(
-            [*RADNODE, "worker", "--data-dir", str(self.data_dir), *self.extra],
-            stdout=self.log_path.open("ab"), stderr=subprocess.STDOUT, env=self.env, cwd=REPO,
-        )
-        return self
-
-    def wait_warm(self, timeout: float = 240) -> None:
-        deadline = time.monotonic() + timeout
-        while "analysis pipeline warmed up" not in self.log():
-            assert self.proc is not None and self.proc.poll() is None, self.log()[-3000:]
-            assert time.monotonic() < deadline, f"worker not warm after {timeout}s"
-            time.sleep(0.2)
 
 
 @pytest.fixture

@@ -256,8 +256,8 @@ class ChangesFollower:
         self._renewed_at = time.monotonic()
         if leading != self.leading:
             logger.info(
-                "following the PACS changes feed" if leading
-                else "another process follows the PACS changes feed",
+                "took the PACS changes follower lease" if leading
+                else "another process holds the PACS changes follower lease",
                 extra={"peer": self.peer.name, "holder": self.lease.holder},
             )
         self.leading = leading

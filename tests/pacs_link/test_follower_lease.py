@@ -24,7 +24,7 @@ from pacs_link.orthanc_peer import OrthancPacs
 from radnode.index import Index, instances, jobs, results
 
 SPEC = {"region": "chest", "slices": 12, "rows": 128, "columns": 128, "pixel_spacing_mm": 2.8}
-FOLLOWING = "following the PACS changes feed"
+FOLLOWING = "took the PACS changes follower lease"
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

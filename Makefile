@@ -52,7 +52,7 @@ bench: install system-deps  ## ingest benchmark: radnode vs dcmtk storescp vs Or
 
 lint: install  ## ruff and mypy on the packages
 	$(BIN)/pip install --quiet ruff mypy
-	$(BIN)/ruff check radnode dimse_scp dicomweb ai_node viewer_plugin
+	$(BIN)/ruff check radnode dimse_scp dicomweb ai_node viewer_plugin pacs_link
 	$(BIN)/mypy
 
 clean:

@@ -26,7 +26,7 @@ from typing import Literal
 
 from sqlalchemy import and_, func, or_, select, update
 
-from radnode.index import Index, jobs, studies, utcnow
+from radnode.index import Index, jobs, results, studies, utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -134,14 +134,23 @@ class JobQueue:
                 return None
             job = Job(id=row[0], study_uid=row[1], version=row[2], attempts=row[3], reason=row[4])
             if job.attempts > self.max_attempts:
+                error = "lease expired too often (worker died while processing)"
+                finished = utcnow()
                 conn.execute(
                     update(jobs)
                     .where(jobs.c.id == job.id)
-                    .values(
-                        state="failed",
-                        finished_at=utcnow(),
-                        error="lease expired too often (worker died while processing)",
+                    .values(state="failed", finished_at=finished, error=error)
+                )
+                # The dead worker left the study's result "running": say it failed, or
+                # the worklist shows it in progress forever (a result silently dropped).
+                conn.execute(
+                    update(results)
+                    .where(
+                        results.c.study_uid == job.study_uid,
+                        results.c.version == job.version,
+                        results.c.status == "running",
                     )
+                    .values(status="failed", error=error, finished_at=finished)
                 )
                 logger.error("job failed: gave up after expired leases", extra={"job_id": job.id})
                 return None

@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from ai_node.results import ResultStore
 from radnode.index import Index, InstanceRecord
 from radnode.jobs import JobQueue
 
@@ -101,6 +102,9 @@ def test_expired_lease_is_reclaimed_and_gives_up_after_max_attempts(index):
     now = time.time()
     job = queue.claim("dead-worker", now=now)
     assert job is not None and job.attempts == 1
+    # the worker marks the study's result running, then dies (as ai_node.pipeline does)
+    results = ResultStore(index)
+    results.upsert("5.5", job.version, job.id, status="running", error=None)
     assert queue.claim("other", now=now + 5) is None  # lease still held
     again = queue.claim("other", now=now + 11)  # dead-worker's lease expired
     assert again is not None and again.id == job.id and again.attempts == 2
@@ -108,6 +112,10 @@ def test_expired_lease_is_reclaimed_and_gives_up_after_max_attempts(index):
     assert queue.claim("third", now=now + 30) is None  # third expiry: failed for good, not dropped
     [row] = queue.jobs_for("5.5")
     assert row["state"] == "failed" and "lease expired" in row["error"]
+    # ... and the result says so: not "running" forever
+    result = results.get("5.5", job.version)
+    assert result is not None and result["status"] == "failed"
+    assert "lease expired" in result["error"] and result["finished_at"] is not None
 
 
 def test_failure_is_retried_with_backoff_then_marked_failed(index):

@@ -107,7 +107,6 @@ class ChangesFollower:
         self._thread: threading.Thread | None = None
         self.lease = Lease(node.index, peer.name, LEASE_KEY, max(LEASE_MIN_S, 10 * self.poll_s))
         self.leading = False
-        self._renewed_at = 0.0
 
     @property
     def orthanc(self) -> Any:
@@ -138,7 +137,8 @@ class ChangesFollower:
         changes, last, _done = self.orthanc.get_changes(since=since, limit=100)
         seq = since
         for change in changes:
-            self._keep_lead()
+            if not self.leading:
+                raise LeaseLost(self.peer.name)
             if str(change.change_type) == NEW_INSTANCE and self.peer.prefetch:
                 self.prefetch_instance(change.resource_id)
             elif str(change.change_type) == STABLE_STUDY:
@@ -253,7 +253,6 @@ class ChangesFollower:
     def lead(self) -> bool:
         """Hold (take or renew) the follower lease; False while another process holds it."""
         leading = self.lease.acquire()
-        self._renewed_at = time.monotonic()
         if leading != self.leading:
             logger.info(
                 "took the PACS changes follower lease" if leading
@@ -263,16 +262,22 @@ class ChangesFollower:
         self.leading = leading
         return leading
 
-    def _keep_lead(self) -> None:
-        """Renew the lease during a long batch (a third of its time after the last)."""
-        if time.monotonic() - self._renewed_at > self.lease.ttl_s / 3 and not self.lead():
-            raise LeaseLost(self.peer.name)
+    def _renew_while_leading(self) -> None:
+        """Renew the held lease every third of its time, also while a long fetch (a whole
+        series by WADO-RS) holds the follower's own thread."""
+        while not self._stop.wait(self.lease.ttl_s / 3):
+            if not self.leading:
+                continue
+            try:
+                self.lead()
+            except Exception:  # noqa: BLE001 - the database is away: retried next tick
+                logger.warning("follower lease renewal failed", extra={"peer": self.peer.name})
 
     def run(self) -> None:
         failures = 0
         while not self._stop.is_set():
             try:
-                if not self.lead():
+                if not self.leading and not self.lead():  # held: renewed by its own thread
                     self._stop.wait(self.poll_s)
                     continue
                 busy = self.run_once()
@@ -299,6 +304,9 @@ class ChangesFollower:
             target=self.run, name=f"radnode-changes-{self.peer.name}", daemon=True
         )
         self._thread.start()
+        threading.Thread(
+            target=self._renew_while_leading, name=f"radnode-lease-{self.peer.name}", daemon=True
+        ).start()
 
     def stop(self) -> None:
         self._stop.set()

@@ -78,12 +78,6 @@ class IngestResult:
     size: int
 
 
-def _value_end(elem: RawDataElement) -> int:
-    value_len = len(elem.value) if elem.value is not None else 0
-    # An undefined-length value is followed by its 8-byte delimitation item.
-    return elem.value_tell + value_len + (8 if elem.length == _UNDEFINED_LENGTH else 0)
-
-
 def _parse_sequences(ds: Dataset) -> None:
     """Parse every sequence, nested ones included, so a broken item structure is found now.
 
@@ -193,7 +187,7 @@ def check_structure(raw: bytes | memoryview, ts: UID) -> None:
         if length == _UNDEFINED_LENGTH:
             if sequence:
                 stack.append([None, -1, _ITEMS, implicit])
-            elif tag == _PIXEL_DATA and ts.is_compressed and len(stack) == 1:
+            elif tag == _PIXEL_DATA and ts.is_compressed:  # also an icon's (PS3.5 A.4)
                 stack.append([None, -1, _FRAGMENTS, implicit])
             else:
                 raise _malformed("undefined length on a value that is not a sequence")
@@ -217,7 +211,8 @@ def _inflate(raw: bytes | memoryview, max_bytes: int | None) -> bytes:
             OUT_OF_RESOURCES, "too_large", f"inflated dataset over the {max_bytes}-byte limit"
         )
     out += inflater.flush()
-    if not inflater.eof or inflater.unused_data:
+    # One 0x00 after the stream pads it to even length (pydicom and others write it).
+    if not inflater.eof or inflater.unused_data not in (b"", b"\x00"):
         raise _malformed("deflated stream cut or followed by other bytes")
     return out
 
@@ -250,7 +245,6 @@ def decode_complete(
         ) from exc
     if not len(ds):
         raise IngestError(CANNOT_UNDERSTAND, "empty", "empty dataset")
-    last_end = 0
     for elem in ds._dict.values():
         if not isinstance(elem, RawDataElement):
             continue
@@ -260,9 +254,8 @@ def decode_complete(
             and len(elem.value) != elem.length
         ):
             raise IngestError(CANNOT_UNDERSTAND, "truncated", f"truncated value of {elem.tag}")
-        last_end = max(last_end, _value_end(elem))
-    if last_end != len(raw):
-        raise IngestError(CANNOT_UNDERSTAND, "truncated", "dataset truncated or trailing bytes")
+    # Where the dataset ends is check_structure's to say: pydicom hands an undefined-length
+    # sequence back parsed, without the offsets a check here would need.
     check_structure(raw, ts)
     try:
         _parse_sequences(ds)

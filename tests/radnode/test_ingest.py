@@ -9,6 +9,7 @@ from pydicom import Dataset, dcmread
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 from pydicom.sequence import Sequence
+from pydicom.uid import UID
 
 from radnode.index import Index, make_engine
 from radnode.ingest import (
@@ -17,6 +18,7 @@ from radnode.ingest import (
     OUT_OF_RESOURCES,
     IngestError,
     Ingestor,
+    check_structure,
     decode_complete,
 )
 from radnode.metrics import Metrics
@@ -124,3 +126,61 @@ def test_metrics_count_received_duplicates_and_rejects(ingestor, ct):
     assert 'radnode_instances_received_total{source="dimse"} 1.0' in text
     assert 'radnode_instances_duplicate_total{source="dimse"} 1.0' in text
     assert 'radnode_instances_rejected_total{reason="truncated",source="dimse"} 1.0' in text
+
+
+def _dataset_part(path: str) -> tuple[bytes, str]:
+    """The dataset bytes after a Part 10 file's meta, and its transfer syntax."""
+    from io import BytesIO
+
+    from pydicom.filereader import _read_file_meta_info, read_preamble
+
+    data = open(path, "rb").read()
+    fp = BytesIO(data)
+    read_preamble(fp, False)
+    meta = _read_file_meta_info(fp)
+    return data[fp.tell():], str(meta.TransferSyntaxUID)
+
+
+@pytest.mark.parametrize("name", ["reportsi.dcm", "UN_sequence.dcm"])
+def test_an_undefined_length_sequence_last_is_complete(name):
+    """An SR whose undefined-length Content Sequence ends the dataset (a common vendor
+    encoding), and an undefined-length UN sequence: well formed, accepted."""
+    from pydicom.data import get_testdata_file
+
+    raw, ts = _dataset_part(get_testdata_file(name))
+    assert len(decode_complete(raw, ts))
+
+
+def test_a_deflated_stream_padded_to_even_length_is_accepted(ct):
+    """pydicom (like other toolkits) pads an odd-length deflated stream with one 0x00."""
+    ct = Dataset(ct)
+    ct.PixelData = b"\0" * 64
+    ct.Rows = ct.Columns = 4
+    padded = 0
+    for n in range(1, 9):
+        ct.PatientName = "X" * n
+        body = zlib.compress(encode(ct), 9)[2:-4]  # raw deflate, as PS3.5 A.5
+        if len(body) % 2:
+            body += b"\0"
+            padded += 1
+        assert len(decode_complete(body, "1.2.840.10008.1.2.1.99"))
+    assert padded  # at least one stream needed the pad
+    with pytest.raises(IngestError):  # anything else after the stream is still refused
+        decode_complete(body + b"\0\0", "1.2.840.10008.1.2.1.99")
+
+
+def test_encapsulated_pixel_data_of_an_icon_is_accepted():
+    """Encapsulated Pixel Data inside an Icon Image Sequence item (PS3.5 A.4)."""
+    import struct
+
+    def item(length: int, value: bytes = b"") -> bytes:
+        return struct.pack("<HHI", 0xFFFE, 0xE000, length) + value
+
+    end_seq = struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+    fragments = item(0) + item(4, b"\xff\xd8\xff\xd9") + end_seq
+    pixels = struct.pack("<HH", 0x7FE0, 0x0010) + b"OB\0\0" + struct.pack("<I", 0xFFFFFFFF)
+    pixels += fragments
+    rows = struct.pack("<HH", 0x0028, 0x0010) + b"US" + struct.pack("<HH", 2, 64)
+    icon = struct.pack("<HH", 0x0088, 0x0200) + b"SQ\0\0" + struct.pack("<I", 0xFFFFFFFF)
+    icon += item(0xFFFFFFFF, rows + pixels) + struct.pack("<HHI", 0xFFFE, 0xE00D, 0) + end_seq
+    check_structure(icon + pixels, UID("1.2.840.10008.1.2.4.50"))

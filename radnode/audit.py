@@ -24,6 +24,7 @@ import base64
 import datetime as dt
 import logging
 import os
+import re
 import socket
 import threading
 import xml.etree.ElementTree as ET
@@ -186,7 +187,22 @@ def build_message(
             ET.SubElement(po, "ParticipantObjectDescription").text = o.description
         for uid, count in sorted(o.sop_classes.items()):
             ET.SubElement(po, "SOPClass", {"UID": uid, "NumberOfInstances": str(count)})
+    for element in root.iter():  # values come from datasets and peers: keep the XML valid
+        if element.text:
+            element.text = _xml_safe(element.text)
+        for key, value in element.attrib.items():
+            element.attrib[key] = _xml_safe(value)
     return ET.tostring(root, encoding="utf-8", xml_declaration=False)
+
+
+_NOT_XML_CHAR = re.compile("[^\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def _xml_safe(value: str) -> str:
+    """A value as XML 1.0 character data on one line: control characters (an ESC of an
+    ISO 2022 patient name, CR, LF) become U+FFFD, which ElementTree would otherwise
+    write as is, leaving a message no XML parser reads or splitting the log line."""
+    return _NOT_XML_CHAR.sub("\ufffd", value)
 
 
 class AuditLog:

@@ -302,3 +302,35 @@ def test_audit_messages_reach_rsyslog_over_tls(tmp_path: Path) -> None:
         assert study_uids(message) == [f"1.2.3.{i}"]
     # The same messages are in the local log.
     assert len(audit_messages(tmp_path / "data" / "audit")) == 3
+
+
+def test_control_characters_in_names_keep_each_message_valid_xml_on_one_line() -> None:
+    """A patient name in ISO 2022 (ESC sequences) or with CR/LF, an AE title with a control
+    character: the message still parses and stays one line of the log."""
+    import xml.etree.ElementTree as ET
+
+    from radnode.audit import (
+        INSTANCES_TRANSFERRED,
+        PATIENT_NUMBER,
+        Participant,
+        ParticipantObject,
+        build_message,
+    )
+
+    name = "\x1b$B;3ED\x1b(B^\x1b$BB@O:\x1b(B\r\nX\x01"
+    message = build_message(
+        INSTANCES_TRANSFERRED,
+        "C",
+        "0",
+        [Participant("CT\x07ROOM", True, None, "127.0.0.1")],
+        "radnode",
+        "site",
+        [ParticipantObject("ID\x00\n1", PATIENT_NUMBER, "1", "1", name=name)],
+    )
+    assert b"\n" not in message and b"\r" not in message
+    root = ET.fromstring(message)
+    obj = root.find("ParticipantObjectIdentification")
+    assert obj is not None and obj.attrib["ParticipantObjectID"] == "ID\ufffd\ufffd1"
+    assert obj.findtext("ParticipantObjectName") == name.replace("\x1b", "\ufffd").replace(
+        "\r", "\ufffd").replace("\n", "\ufffd").replace("\x01", "\ufffd")
+    assert root.find("ActiveParticipant").attrib["UserID"] == "CT\ufffdROOM"

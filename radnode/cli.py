@@ -87,15 +87,20 @@ def _peer_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--aet", default="RADNODE_SCU", help="our (calling) AE title")
     parser.add_argument("--called-aet", default="RADNODE", help="the peer's AE title")
     tls = parser.add_argument_group("DICOM TLS (PS3.15 B.9, TLS 1.2+)")
-    tls.add_argument("--tls", action="store_true", help="connect over TLS")
+    tls.add_argument(
+        "--tls", action="store_true", help="connect over TLS (implied by any --tls-* flag)"
+    )
     tls.add_argument("--tls-ca", type=Path, help="CA that signed the peer's certificate")
     tls.add_argument("--tls-cert", type=Path, help="our client certificate (mutual TLS)")
     tls.add_argument("--tls-key", type=Path, help="its private key")
 
 
 def _scu_tls(args: argparse.Namespace) -> Any:
-    """The SCU's TLS context from --tls* flags, or None for plain DICOM."""
-    if not args.tls:
+    """The SCU's TLS context from --tls* flags, or None for plain DICOM.
+
+    A CA, certificate or key given without ``--tls`` still means TLS: silently sending
+    patient data in the clear because one flag was forgotten is the worse failure."""
+    if not (args.tls or args.tls_ca or args.tls_cert or args.tls_key):
         return None
     from dimse_scp.tls import client_context
 

@@ -134,7 +134,7 @@ class StorageHandlers:
         """A TLS handshake failed (no or untrusted client certificate, TLS < 1.2, ...)."""
         self.metrics.associations_rejected.labels(reason="tls").inc()
         if self.audit is not None:
-            self.audit.login_failed(user="unknown", address=peer, reason=f"TLS: {reason}")
+            self.audit.node_authentication_failed(address=peer, reason=f"TLS: {reason}")
 
     def on_c_echo(self, event: events.Event) -> int:
         return 0x0000

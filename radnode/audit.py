@@ -554,6 +554,23 @@ class AuditTrail:
         )
 
 
+    def node_authentication_failed(self, *, address: str | None, reason: str) -> None:
+        """110113 Security Alert, event type 110126 Node Authentication, outcome 4: a DICOM
+        TLS handshake refused (no or untrusted certificate, TLS < 1.2); the IHE ATNA
+        Node-Authentication-Failure event, not a user login."""
+        if not self.enabled:
+            return
+        self._event(
+            SECURITY_ALERT,
+            "E",
+            MINOR_FAILURE,
+            [Participant(address or "unknown", True, None, address), self._me(APPLICATION)],
+            [],
+            event_type=NODE_AUTHENTICATION,
+            outcome_description=reason,
+        )
+
+
 class _Sender(Protocol):
     """What :class:`AuditTrail` needs of a remote sender (:class:`radnode.syslog.SyslogSender`)."""
 

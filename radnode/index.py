@@ -583,7 +583,23 @@ class Index:
             row = conn.execute(select(studies).where(studies.c.study_uid == study_uid)).first()
         return dict(row._mapping) if row else None
 
-    def counts(self) -> dict[str, int]:
+    def counts(self, approximate: bool = False) -> dict[str, int]:
+        """Studies, series and instances in the index. ``approximate`` on PostgreSQL: the
+        planner's row estimates (``pg_class.reltuples``, kept by autovacuum) instead of
+        counting every row, for probes that must answer in milliseconds at any size."""
+        if approximate and not self.is_sqlite:
+            with self.engine.connect() as conn:
+                estimates: dict[str, int] = dict(
+                    conn.execute(
+                        text(
+                            "SELECT relname, reltuples::bigint FROM pg_class "
+                            "WHERE relname IN ('studies', 'series', 'instances') "
+                            "AND relkind = 'r' AND relnamespace = 'public'::regnamespace"
+                        )
+                    ).all()
+                )
+            if all(estimates.get(name, -1) >= 0 for name in ("studies", "series", "instances")):
+                return {name: int(estimates[name]) for name in ("studies", "series", "instances")}
         with self.engine.connect() as conn:
             return {
                 "studies": conn.execute(select(func.count()).select_from(studies)).scalar_one(),

@@ -12,13 +12,22 @@ from dicomweb.deps import require_admin
 router = APIRouter()
 
 
+@router.get("/livez")
+def livez() -> dict[str, str]:
+    """Alive: the process answers HTTP. No database call, so a database restart does not
+    make an orchestrator kill every API pod (Kubernetes liveness probe)."""
+    return {"status": "ok"}
+
+
 @router.get("/healthz")
 def healthz(request: Request) -> dict[str, object]:
-    """Ready when the index answers; reports queue depth and index counts."""
+    """Ready when the index answers; reports queue depth and index counts (PostgreSQL's
+    row estimates there, so the probe stays fast at any index size)."""
     node = request.app.state.node
     with node.index.engine.connect() as conn:
         conn.execute(text("SELECT 1"))
-    return {"status": "ok", "queue_depth": node.queue.depth(), "index": node.index.counts()}
+    counts = node.index.counts(approximate=True)
+    return {"status": "ok", "queue_depth": node.queue.depth(), "index": counts}
 
 
 @router.get("/readyz")

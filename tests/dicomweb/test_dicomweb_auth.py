@@ -35,7 +35,7 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RadnodeProcess
 
 def allowed_roles(method: str, path: str) -> set[str] | None:
     """Roles that may call the route; None: open to all. (/api writes: the AI node decides.)"""
-    if path in ("/healthz", "/readyz"):  # probes (orchestrators send no token)
+    if path in ("/livez", "/healthz", "/readyz"):  # probes (orchestrators send no token)
         return None
     if path in ("/metrics", "/api/retraining/labels"):  # labels: studies released for training
         return {"admin"}

@@ -205,3 +205,21 @@ def test_a_resend_is_a_duplicate_on_postgresql(pg: PostgresServer) -> None:
         assert box.enqueue("pacs", "1.2.3", [("1.2.3.1", "original")]) == 0
     finally:
         index.close()
+
+
+def test_health_counts_are_the_planner_estimates_on_postgresql(pg: PostgresServer) -> None:
+    """/healthz (the readiness probe) must not count every row of a large index: on
+    PostgreSQL it reads pg_class's estimates, exact after ANALYZE; before any, it counts."""
+    index = Index(_fresh_database(pg, "estimates"))
+    try:
+        _add(index, "7.7", 25)
+        exact = index.counts()
+        assert exact == {"studies": 1, "series": 1, "instances": 25}
+        assert index.counts(approximate=True) == exact  # never analysed: counted
+        with index.engine.begin() as conn:
+            conn.exec_driver_sql("ANALYZE")
+        _add(index, "7.8", 5)  # not in the estimates until the next ANALYZE
+        assert index.counts(approximate=True) == exact
+        assert index.counts()["instances"] == 30
+    finally:
+        index.close()

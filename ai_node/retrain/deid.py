@@ -21,8 +21,9 @@ applies the profile with a stricter, clean-by-default rule that covers every nes
   Acquisition and Content Time are Z or X/D in the Basic profile and C, modified
   consistently, under the Modified Dates option: a whole-day shift leaves the time of day
   as it was); person names (PN), free text and identifiers (LO, SH, LT, ST, UT, UC, UR,
-  AE, AS) and unknown VRs (UN) are removed unless they are on :data:`KEEP` (technical text: manufacturer, kernel, code
-  values and meanings); coded strings (CS) and numbers stay;
+  AE, AS) and unknown VRs (UN) are removed unless they are on :data:`KEEP` (technical
+  text: manufacturer, kernel, code values and meanings); coded strings (CS) and numbers
+  stay;
 * private elements (odd groups) are removed (E.3.10 not applied), and so are overlays
   (60xx) and curves (50xx);
 * the result carries Patient Identity Removed YES (0012,0062), De-identification Method

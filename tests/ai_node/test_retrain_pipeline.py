@@ -44,7 +44,7 @@ def test_pipeline_yaml_loads_with_kfp_and_runs_the_pinned_image() -> None:
     assert {"api_url", "models_dir", "auc_margin", "sensitivity_margin", "epochs"} <= set(
         component.component_spec.inputs
     )
-    spec = yaml.safe_load(CHECKED_IN.read_text())
+    spec, _platform = yaml.safe_load_all(CHECKED_IN.read_text())  # + kubernetes config
     tasks = spec["root"]["dag"]["tasks"]
     assert sorted(tasks) == sorted(f"{s}-op" for s in STEPS)
     assert tasks["promote-op"]["dependentTasks"] == ["evaluate-op", "train-op"]
@@ -168,7 +168,10 @@ def test_seed_copies_the_shipped_models_once(tmp_path: Path) -> None:
     root = tmp_path / "shared" / "models"
     proc = subprocess.run(
         [sys.executable, "-m", "ai_node.registry", "seed", "--models-dir", str(root)],
-        capture_output=True, text=True, cwd=REPO, timeout=120,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     assert "seeded region, finding" in proc.stdout or "seeded finding, region" in proc.stdout
@@ -184,7 +187,10 @@ def test_seed_copies_the_shipped_models_once(tmp_path: Path) -> None:
     assert not list(root.glob(".*seed*"))
     unset = subprocess.run(
         [sys.executable, "-m", "ai_node.registry", "seed"],
-        capture_output=True, text=True, cwd=REPO, timeout=120,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
         env={k: v for k, v in os.environ.items() if k != "RADNODE_MODELS_DIR"},
     )
     assert unset.returncode == 2 and "RADNODE_MODELS_DIR" in unset.stderr

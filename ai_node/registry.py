@@ -302,7 +302,7 @@ def main(args: list[str] | None = None) -> int:
     if root is None:
         from radnode.settings import Settings
 
-        root = Settings().models_dir
+        root = Settings.load().models_dir
     if root is None:
         print("models_dir (RADNODE_MODELS_DIR) is not set: nothing to seed", file=sys.stderr)
         return 2

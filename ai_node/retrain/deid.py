@@ -11,14 +11,19 @@ default recipe is the CTP one, not Table E.1-1. Rather than patch one of them, t
 applies the profile with a stricter, clean-by-default rule that covers every nesting level:
 
 * the attributes of Table E.1-1 that a CT study carries get their action (D: a pseudonym
-  for Patient's Name and ID; Z: empty Type 2 attributes; X: removed);
+  for Patient's Name and ID; Z: empty Type 2 attributes; X: removed, among them the times
+  that are X in the Basic profile: Patient's Birth Time, Contrast/Bolus Start and Stop
+  Time, Performed Procedure Step Start and End Time);
 * every other element is handled by its VR, at every depth of every sequence:
   UI: replaced (U) by ``2.25.<hash of salt and UID>``, the same for every file and every
   export (standard UIDs under ``1.2.840.10008.`` stay); DA / DT: shifted by a constant
-  number of days per patient (the Modified Dates option, E.3.6; times stay); person names
-  (PN), free text and identifiers (LO, SH, LT, ST, UT, UC, UR, AE, AS) and unknown VRs (UN)
-  are removed unless they are on :data:`KEEP` (technical text: manufacturer, kernel, code
-  values and meanings); coded strings (CS) and numbers stay;
+  number of days per patient (the Modified Dates option, E.3.6); TM: kept (Study, Series,
+  Acquisition and Content Time are Z or X/D in the Basic profile and C, modified
+  consistently, under the Modified Dates option: a whole-day shift leaves the time of day
+  as it was); person names (PN), free text and identifiers (LO, SH, LT, ST, UT, UC, UR,
+  AE, AS) and unknown VRs (UN) are removed unless they are on :data:`KEEP` (technical
+  text: manufacturer, kernel, code values and meanings); coded strings (CS) and numbers
+  stay;
 * private elements (odd groups) are removed (E.3.10 not applied), and so are overlays
   (60xx) and curves (50xx);
 * the result carries Patient Identity Removed YES (0012,0062), De-identification Method
@@ -99,6 +104,7 @@ REMOVE = frozenset(
     {
         # Table E.1-1 action X on elements the VR rule would otherwise keep
         "PatientAge",
+        "PatientBirthTime",  # (0010,0032) TM
         "PatientSize",
         "PatientWeight",
         "OtherPatientIDsSequence",
@@ -107,6 +113,10 @@ REMOVE = frozenset(
         "ReferencedPatientPhotoSequence",
         "RequestAttributesSequence",
         "PerformedProcedureStepID",
+        "PerformedProcedureStepStartTime",  # (0040,0245) TM
+        "PerformedProcedureStepEndTime",  # (0040,0251) TM
+        "ContrastBolusStartTime",  # (0018,1042) TM
+        "ContrastBolusStopTime",  # (0018,1043) TM
         "AdmissionID",
         "IssuerOfPatientID",
         "PatientInsurancePlanCodeSequence",

@@ -228,10 +228,20 @@ def submit(settings: Settings, index: Any, host: str, trigger: str = "manual") -
         arguments=pipeline_arguments(settings, run_id, in_cluster=True),
         run_name=run_id,
         experiment_name=PIPELINE_NAME,
+        namespace=kfp_namespace(),
         enable_caching=False,
     )
     runs.update(run_id, kfp_run_id=str(result.run_id))
     return str(result.run_id)
+
+
+KFP_NAMESPACE_ENV = "KFP_NAMESPACE"
+"""Multi-user Kubeflow: the profile namespace the runs go to (k8s: ``radnode``, where the
+Secret and the shared volume are); unset for a standalone (single-user) KFP."""
+
+
+def kfp_namespace() -> str | None:
+    return os.environ.get(KFP_NAMESPACE_ENV) or None
 
 
 def kfp_cron(schedule: str) -> str:
@@ -269,7 +279,7 @@ def upload(
         version_id = version.pipeline_version_id
     out = {"pipeline_id": str(pipeline_id), "version_id": str(version_id)}
     if schedule:
-        experiment = client.create_experiment(PIPELINE_NAME)
+        experiment = client.create_experiment(PIPELINE_NAME, namespace=kfp_namespace())
         job_name = f"{PIPELINE_NAME}-schedule"
         # idempotent: a re-run of the upload Job replaces the schedule instead of adding one
         existing = (

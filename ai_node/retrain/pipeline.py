@@ -6,11 +6,25 @@ The defaults are the in-cluster ones (k8s/base: the radnode-api Service, the sha
 volume mounted at /data); ``radnode retrain`` passes the node's settings instead.
 Caching is off: every run must read the labels and the registry as they are now.
 ``compile_pipeline`` writes the YAML checked in as k8s/pipelines/retrain-pipeline.yaml.
+
+In a Kubeflow cluster (the KFP profile namespace must be ``radnode``, where the Secret
+and the volume are; docs/retraining.md) the Kubernetes platform config (kfp-kubernetes)
+gives each step what it needs, and nothing more:
+
+* export: the Secret :data:`RETRAINING_SECRET` as ``RADNODE_RETRAINING_SALT`` and
+  ``RADNODE_RETRAINING_API_TOKEN`` (never pipeline parameters, which KFP shows), and the
+  pod label :data:`EXPORT_POD_LABEL` that the NetworkPolicy ``radnode-api-http`` lets
+  into the API;
+* train, evaluate, promote: the shared volume :data:`DATA_PVC` at :data:`DATA_MOUNT`,
+  where ``models_dir`` (the registry, ``/data/models``) is.
+
+``kfp.local`` ignores the platform config: ``radnode retrain`` passes the secrets in its
+environment and the registry path of this machine.
 """
 
 from pathlib import Path
 
-from kfp import compiler, dsl
+from kfp import compiler, dsl, kubernetes
 
 from ai_node.retrain.components import (
     evaluate_op,
@@ -19,10 +33,22 @@ from ai_node.retrain.components import (
     promote_op,
     train_op,
 )
+from ai_node.retrain.export import SALT_ENV, TOKEN_ENV
 
 PIPELINE_NAME = "radnode-retrain"
 STEPS = ("export", "preprocess", "train", "evaluate", "promote")
 """Step names as kfp names the tasks (``<name>-op``), in order."""
+
+RETRAINING_SECRET = "radnode-retraining"
+"""The Secret (namespace radnode) the admin creates; k8s/README.md."""
+SECRET_ENV = {"salt": SALT_ENV, "api-token": TOKEN_ENV}
+"""Its keys, and the environment variables the export step reads them from."""
+DATA_PVC = "radnode-data"
+"""The shared volume of every radnode pod (k8s/base/pvc.yaml)."""
+DATA_MOUNT = "/data"
+"""Where it is mounted (``RADNODE_DATA_DIR``; the registry is ``/data/models``)."""
+EXPORT_POD_LABEL = ("app.kubernetes.io/component", "retrain-export")
+"""The export pod's label, allowed into the API by k8s/base/networkpolicies.yaml."""
 
 
 @dsl.pipeline(
@@ -78,6 +104,10 @@ def retrain_pipeline(
     )
     for task in (export, prepared, train, evaluate, promote):
         task.set_caching_options(False)
+    kubernetes.use_secret_as_env(export, RETRAINING_SECRET, SECRET_ENV)
+    kubernetes.add_pod_label(export, *EXPORT_POD_LABEL)
+    for task in (train, evaluate, promote):
+        kubernetes.mount_pvc(task, DATA_PVC, DATA_MOUNT)
     return promote.output
 
 

@@ -8,6 +8,12 @@ model's by more than the sensitivity margin (default 0: not lower). An undefined
 test split with one class) refuses. A refused candidate is still registered, inactive,
 with the reason in its model card; running workers pick up a promoted one at their next
 study (:class:`ai_node.registry.ModelSet` reloads when ``ACTIVE`` changes).
+
+The candidate was compared with the version active when the run evaluated it; it is
+activated only if that version is still the active one, checked under the registry's
+switch lock (:meth:`ai_node.registry.ModelRegistry.activate` with ``expected``). A model
+activated meanwhile (by hand, or by another run) is never overwritten: the candidate is
+then refused with that reason.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ai_node.registry import ModelRegistry
+from ai_node.registry import ActiveChanged, ModelRegistry
 from ai_node.retrain.evaluate import CANDIDATE
 from ai_node.retrain.finetune import MODEL_FILE, TRAINING_INFO
 
@@ -101,10 +107,25 @@ def promote_candidate(
         },
         "promotion": decision,
     }
-    registry.register("finding", version, candidate_dir / MODEL_FILE, card, activate=promote)
+    try:
+        registry.register(
+            "finding",
+            version,
+            candidate_dir / MODEL_FILE,
+            card,
+            activate=promote,
+            expected_active=report["active_version"],
+        )
+    except ActiveChanged as exc:  # registered, inactive: record why in its card
+        decision.update(decision="refused", reason=str(exc))
+        registry.set_card("finding", version, card)
     logger.info(
         "candidate registered",
-        extra={"version": version, "decision": decision["decision"], "reason": reason},
+        extra={
+            "version": version,
+            "decision": decision["decision"],
+            "reason": decision["reason"],
+        },
     )
     return decision
 

@@ -22,6 +22,9 @@ CANARIES = {
     "name": "CANARYNAME",
     "patient_id": "CANARYPID",
     "birth_date": "19230417",
+    "birth_time": "031742.918273",  # Patient's Birth Time: X in Table E.1-1
+    "contrast_time": "041953.817264",  # Contrast/Bolus Start Time: X
+    "pps_time": "052143.716355",  # Performed Procedure Step Start Time: X
     "institution": "CANARYINSTITUTION",
     "referrer": "CANARYREFERRER",
     "image_comments": "CANARYIMAGECOMMENT",
@@ -44,6 +47,9 @@ def _seeded_study(seed: int, patient: str) -> list[Dataset]:
         ds.PatientName = f"{CANARIES['name']}^{patient}"
         ds.PatientID = f"{CANARIES['patient_id']}{patient}"
         ds.PatientBirthDate = CANARIES["birth_date"]
+        ds.PatientBirthTime = CANARIES["birth_time"]
+        ds.ContrastBolusStartTime = CANARIES["contrast_time"]
+        ds.PerformedProcedureStepStartTime = CANARIES["pps_time"]
         ds.InstitutionName = CANARIES["institution"]
         ds.ReferringPhysicianName = f"{CANARIES['referrer']}^Doc"
         ds.ImageComments = CANARIES["image_comments"]
@@ -125,6 +131,9 @@ def test_profile_attributes_preamble_and_no_private_tags(studies, tmp_path: Path
         assert ds.LongitudinalTemporalInformationModified == "MODIFIED"
         assert ds.PatientBirthDate == "" and ds.AccessionNumber == ""
         assert "ImageComments" not in ds and "InstitutionName" not in ds
+        assert "PatientBirthTime" not in ds and "ContrastBolusStartTime" not in ds
+        assert "PerformedProcedureStepStartTime" not in ds
+        assert ds.StudyTime  # Modified Dates option: times kept, dates shifted
         assert not any(e.tag.is_private for e in ds.iterall())
         assert ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
 

@@ -4,7 +4,9 @@ promotion rule, the registry's new versions, the label-count trigger, the step w
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -42,7 +44,7 @@ def test_pipeline_yaml_loads_with_kfp_and_runs_the_pinned_image() -> None:
     assert {"api_url", "models_dir", "auc_margin", "sensitivity_margin", "epochs"} <= set(
         component.component_spec.inputs
     )
-    spec = yaml.safe_load(CHECKED_IN.read_text())
+    spec, _platform = yaml.safe_load_all(CHECKED_IN.read_text())  # + kubernetes config
     tasks = spec["root"]["dag"]["tasks"]
     assert sorted(tasks) == sorted(f"{s}-op" for s in STEPS)
     assert tasks["promote-op"]["dependentTasks"] == ["evaluate-op", "train-op"]
@@ -97,6 +99,101 @@ def test_register_inactive_never_becomes_active_by_sort_order(tmp_path: Path) ->
     assert registry.active_version("finding") == "zz-next"
     listed = {(m["task"], m["version"]): m["active"] for m in registry.describe()}
     assert listed[("finding", "zz-next")] and not listed[("finding", "zz-candidate")]
+
+
+def _candidate(tmp_path: Path, root: Path) -> Path:
+    """A candidate folder as the train step leaves it (a copy of the shipped model)."""
+    from ai_node.retrain.finetune import MODEL_FILE, TRAINING_INFO
+
+    candidate = tmp_path / "candidate"
+    candidate.mkdir()
+    shutil.copyfile(root / "finding" / "1.0.0" / "model.keras", candidate / MODEL_FILE)
+    (candidate / TRAINING_INFO).write_text(json.dumps({"train_studies": 6}))
+    return candidate
+
+
+def _report(active_version: str) -> dict:
+    metrics = {"auc": 0.9, "sensitivity": 0.8, "specificity": 0.7, "brier": 0.1}
+    return {
+        "candidate": metrics,
+        "active": metrics,
+        "active_version": active_version,
+        "studies": 4,
+        "threshold": 0.5,
+    }
+
+
+def test_promotion_never_overwrites_a_model_activated_during_the_run(tmp_path: Path) -> None:
+    """The candidate beat 1.0.0; meanwhile someone activated 2.0.0: the candidate is
+    registered but refused, and 2.0.0 stays active."""
+    from ai_node.retrain.promote import promote_candidate
+
+    root = tmp_path / "models"
+    shutil.copytree(SHIPPED_MODELS, root, ignore=shutil.ignore_patterns("__pycache__"))
+    registry = ModelRegistry(root)
+    model_file = root / "finding" / "1.0.0" / "model.keras"
+    registry.register("finding", "2.0.0", model_file, {"version": "2.0.0"}, activate=True)
+    candidate = _candidate(tmp_path, root)
+    decision = promote_candidate(root, candidate, _report("1.0.0"), PromotionRule(), "cand-1")
+    assert decision["decision"] == "refused"
+    assert "'2.0.0', no longer '1.0.0'" in decision["reason"]
+    assert registry.active_version("finding") == "2.0.0"
+    assert "cand-1" in registry.versions("finding")
+    assert registry.card("finding", "cand-1")["promotion"]["decision"] == "refused"
+    # compared against the version still active: promoted
+    decision = promote_candidate(root, candidate, _report("2.0.0"), PromotionRule(), "cand-2")
+    assert decision["decision"] == "promoted" and registry.active_version("finding") == "cand-2"
+
+
+def test_activate_with_expected_is_a_compare_and_switch(tmp_path: Path) -> None:
+    from ai_node.registry import ActiveChanged
+
+    root = tmp_path / "models"
+    shutil.copytree(SHIPPED_MODELS, root, ignore=shutil.ignore_patterns("__pycache__"))
+    registry = ModelRegistry(root)
+    model_file = root / "finding" / "1.0.0" / "model.keras"
+    registry.register("finding", "2.0.0", model_file, {}, activate=False)
+    with pytest.raises(ActiveChanged):
+        registry.activate("finding", "2.0.0", expected="9.9.9")
+    assert registry.active_version("finding") == "1.0.0"
+    registry.activate("finding", "2.0.0", expected="1.0.0")
+    assert registry.active_version("finding") == "2.0.0"
+
+
+def test_seed_copies_the_shipped_models_once(tmp_path: Path) -> None:
+    """The init container's `python -m ai_node.registry seed` (k8s: RADNODE_MODELS_DIR on
+    the shared volume): copies each missing task, leaves a seeded one alone."""
+    import subprocess
+
+    root = tmp_path / "shared" / "models"
+    proc = subprocess.run(
+        [sys.executable, "-m", "ai_node.registry", "seed", "--models-dir", str(root)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "seeded region, finding" in proc.stdout or "seeded finding, region" in proc.stdout
+    registry = ModelRegistry(root)
+    shipped = ModelRegistry()
+    for task in ("finding", "region"):
+        assert registry.versions(task) == shipped.versions(task)
+        assert registry.active_version(task) == shipped.active_version(task)
+    model_file = root / "finding" / "1.0.0" / "model.keras"
+    registry.register("finding", "retrained", model_file, {}, activate=True)
+    assert registry.seed() == []  # already seeded: nothing copied, nothing reset
+    assert registry.active_version("finding") == "retrained"
+    assert not list(root.glob(".*seed*"))
+    unset = subprocess.run(
+        [sys.executable, "-m", "ai_node.registry", "seed"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+        env={k: v for k, v in os.environ.items() if k != "RADNODE_MODELS_DIR"},
+    )
+    assert unset.returncode == 2 and "RADNODE_MODELS_DIR" in unset.stderr
 
 
 def test_kfp_cron_takes_five_or_six_fields() -> None:

@@ -91,8 +91,16 @@ def containers(objects: list[dict[str, Any]]) -> Iterator[Container]:
 
 
 def container_of(objects: list[dict[str, Any]], workload: str) -> dict[str, Any]:
-    (found,) = [c for where, c, _pod in containers(objects) if where.split("/")[0] == workload]
+    """The workload's one (main) container."""
+    (found,) = [c for obj, pod in pod_specs(objects) if obj["metadata"]["name"] == workload
+                for c in pod["containers"]]
     return found
+
+
+def pipeline_platform() -> dict[str, Any]:
+    """The Kubernetes config of each step of the checked-in pipeline (its second document)."""
+    _spec, platform = yaml.safe_load_all((K8S / "pipelines" / "retrain-pipeline.yaml").read_text())
+    return dict(platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"])
 
 
 def configmap(objects: list[dict[str, Any]], prefix: str) -> dict[str, str]:
@@ -345,9 +353,11 @@ def test_secrets_the_admin_creates_are_documented(built) -> None:
                            for e in c.get("env", []) if "secretKeyRef" in e.get("valueFrom", {})}
         for ingress in named(objects, "Ingress").values():
             referenced |= {t["secretName"] for t in ingress["spec"]["tls"]}
+    executors = pipeline_platform()
+    referenced |= {e["secretName"] for x in executors.values() for e in x.get("secretAsEnv", [])}
     readme = (K8S / "README.md").read_text()
     assert referenced == {"radnode-postgres", "radnode-orthanc", "radnode-api-tokens",
-                          "radnode-tls"}
+                          "radnode-tls", "radnode-retraining"}
     for secret in referenced:
         assert re.search(rf"create secret (generic|tls) {secret}\b", readme), secret
 
@@ -537,3 +547,82 @@ def test_the_api_probes_are_routes_the_app_serves(built) -> None:
         scp = container_of(objects, "radnode-scp")
         for probe in ("livenessProbe", "readinessProbe"):
             assert scp[probe]["tcpSocket"]["port"] == "dicom"
+
+
+# -- the retraining pipeline in the cluster ---------------------------------------------
+
+
+def _matches(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    return selector.get("matchLabels", {}).items() <= labels.items()
+
+
+def test_the_pipeline_runs_with_the_clusters_secret_volume_and_network(built) -> None:
+    """The compiled pipeline's Kubernetes config (kfp-kubernetes) against the manifests:
+    the export step gets the Secret the workers read, under the same keys, and a pod
+    label the API's NetworkPolicy admits; train/evaluate/promote mount the shared PVC
+    where RADNODE_MODELS_DIR is."""
+    from ai_node.retrain.pipeline import DATA_MOUNT, EXPORT_POD_LABEL, retrain_pipeline
+
+    executors = pipeline_platform()
+    assert set(executors) == {f"exec-{s}-op" for s in ("export", "train", "evaluate", "promote")}
+    export = executors["exec-export-op"]
+    assert "pvcMount" not in export  # the export talks HTTP only
+    (secret,) = export["secretAsEnv"]
+    from_secret = {e["envVar"]: e["secretKey"] for e in secret["keyToEnv"]}
+    assert set(from_secret) == {"RADNODE_RETRAINING_SALT", "RADNODE_RETRAINING_API_TOKEN"}
+    assert secret["optional"] is False
+    pod_labels = {"pipelines.kubeflow.org/v2_component": "true",  # KFP v2 on every pod
+                  **export["podMetadata"]["labels"]}
+    assert dict([EXPORT_POD_LABEL]).items() <= pod_labels.items()
+    default_models = retrain_pipeline.component_spec.inputs["models_dir"].default
+    for step in ("train", "evaluate", "promote"):
+        (mount,) = executors[f"exec-{step}-op"]["pvcMount"]
+        assert mount["mountPath"] == DATA_MOUNT and "secretAsEnv" not in executors[
+            f"exec-{step}-op"]
+        assert Path(default_models).is_relative_to(mount["mountPath"])
+    for name, objects in built.items():
+        claims = named(objects, "PersistentVolumeClaim")
+        for step in ("train", "evaluate", "promote"):
+            assert executors[f"exec-{step}-op"]["pvcMount"][0]["constant"] in claims, name
+        config = configmap(objects, "radnode-config")
+        assert config["RADNODE_MODELS_DIR"] == default_models
+        assert Path(config["RADNODE_DATA_DIR"]) == Path(DATA_MOUNT)
+        worker = container_of(objects, "radnode-worker")
+        refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in worker["env"]
+                if "secretKeyRef" in e.get("valueFrom", {})}
+        for env, key in from_secret.items():
+            assert refs[env] == {"name": secret["secretName"], "key": key, "optional": True}
+        api_rule = named(objects, "NetworkPolicy")["radnode-api-http"]["spec"]["ingress"]
+        sources = [src["podSelector"] for rule in api_rule for src in rule["from"]
+                   if "podSelector" in src and "namespaceSelector" not in src]
+        assert any(_matches(sel, pod_labels) for sel in sources), name
+        other_step = {"pipelines.kubeflow.org/v2_component": "true"}
+        assert not any(_matches(sel, other_step) for sel in sources), name
+        job = container_of(objects, "radnode-pipeline-upload")
+        assert container_env(objects, job)["KFP_NAMESPACE"] == NAMESPACE
+
+
+def test_the_model_seed_init_containers_seed_the_configured_registry(
+    built, tmp_path, monkeypatch
+) -> None:
+    """API and worker pods run `python -m ai_node.registry seed` with the ConfigMap's
+    settings before they start: the registry on the volume then holds every task."""
+    from ai_node.registry import SHIPPED_MODELS, ModelRegistry
+    from ai_node.registry import main as registry_main
+
+    for name, objects in built.items():
+        for workload in ("radnode-api", "radnode-worker"):
+            pod = named(objects, "Deployment")[workload]["spec"]["template"]["spec"]
+            (init,) = pod["initContainers"]
+            command = init["command"]
+            assert command[:3] == ["python", "-m", "ai_node.registry"], (name, workload)
+            env = container_env(objects, init)
+            mounts = {m["mountPath"] for m in init["volumeMounts"]}
+            assert any(Path(env["RADNODE_MODELS_DIR"]).is_relative_to(m) for m in mounts)
+            root = tmp_path / name / workload / "models"
+            env["RADNODE_MODELS_DIR"] = str(root)
+            settings_from_env(env, monkeypatch)
+            assert registry_main(command[3:]) == 0
+            registry, shipped = ModelRegistry(root), ModelRegistry(SHIPPED_MODELS)
+            for task in ("finding", "region"):
+                assert registry.active_version(task) == shipped.active_version(task)

@@ -187,7 +187,10 @@ def test_memory_and_fds_steady_over_many_associations(node: RadnodeProcess, temp
            warm_up=ASSOCIATIONS_WARM_UP, seconds=round(elapsed, 1),
            rss_before_kib=rss_before, rss_after_kib=rss_after, rss_growth=round(growth, 4),
            fds_before=fds_before, fds_after=fds_after)
-    assert fds_after <= fds_before + 2, (fds_before, fds_after)
+    # Bounded, not per association: the index's connection pool may open one more SQLite
+    # connection under load (3 fds each: database, WAL, shared memory) and keeps it; a
+    # leak of even one fd per 20 associations would exceed this.
+    assert fds_after <= fds_before + 9, (fds_before, fds_after)
     assert growth < 0.10, (rss_before, rss_after)
     assert assert_store_consistent(node.data_dir) == ASSOCIATIONS_WARM_UP // 4 * 4 + \
         ASSOCIATIONS // 4 * 4

@@ -7,3 +7,7 @@ Each step is a plain function in its own module, testable without kfp: :mod:`.ex
 :mod:`.pipeline` wires them; :mod:`.local` runs the pipeline (kfp.local or a KFP host),
 :mod:`.runs` records runs, :mod:`.trigger` starts runs when labels accumulate.
 """
+
+STEPS = ("export", "preprocess", "train", "evaluate", "promote")
+"""Step names, in order, as kfp names the tasks (``<name>-op``); here, not in
+:mod:`.pipeline`, so the run records and the API need not import kfp."""

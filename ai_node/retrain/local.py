@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ai_node.retrain import STEPS
 from ai_node.retrain.export import SALT_ENV, TOKEN_ENV
 from ai_node.retrain.labels import newest_feedback_id
-from ai_node.retrain.pipeline import STEPS
 from ai_node.retrain.runs import RunStore
 from radnode.settings import Settings
 

@@ -36,8 +36,6 @@ from ai_node.retrain.components import (
 from ai_node.retrain.export import SALT_ENV, TOKEN_ENV
 
 PIPELINE_NAME = "radnode-retrain"
-STEPS = ("export", "preprocess", "train", "evaluate", "promote")
-"""Step names as kfp names the tasks (``<name>-op``), in order."""
 
 RETRAINING_SECRET = "radnode-retraining"
 """The Secret (namespace radnode) the admin creates; k8s/README.md."""

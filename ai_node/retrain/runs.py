@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import select, update
 
-from ai_node.retrain.pipeline import STEPS
+from ai_node.retrain import STEPS
 from radnode.index import retrain_runs, utcnow
 
 STALE_AFTER = dt.timedelta(hours=12)

@@ -16,9 +16,10 @@ import yaml
 from kfp import components
 
 from ai_node.registry import SHIPPED_MODELS, ModelRegistry
+from ai_node.retrain import STEPS
 from ai_node.retrain.components import IMAGE
 from ai_node.retrain.local import StepWatcher, kfp_cron, retrain_command
-from ai_node.retrain.pipeline import STEPS, compile_pipeline
+from ai_node.retrain.pipeline import compile_pipeline
 from ai_node.retrain.promote import PromotionRule
 from ai_node.retrain.runs import RunStore
 from ai_node.retrain.trigger import LabelTrigger

@@ -15,8 +15,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -28,6 +26,7 @@ from typing import IO, Any
 import numpy as np
 
 from ai_node.synth import StudySpec, write_study
+from radnode.processes import free_port, stop_process, wait_port
 
 
 def _study(work_dir: Path, slices: int, size: int, seed: int) -> tuple[str, list[Path]]:
@@ -130,25 +129,6 @@ def inference_benchmark(
     return "\n".join(lines)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"radnode serve exited with {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listening on {port}")
-
-
 def start_serve(
     data_dir: Path,
     dicom_port: int,
@@ -189,14 +169,14 @@ def e2e_benchmark(slices: int, size: int, runs: int, work_dir: Path) -> str:
         raise RuntimeError("storescu (dcmtk) is not installed")
     studies = [_study(work_dir, slices, size, seed=100 + i) for i in range(runs)]
     data = Path(tempfile.mkdtemp(prefix="radnode-e2e-"))
-    dicom_port, http_port = _free_port(), _free_port()
+    dicom_port, http_port = free_port(), free_port()
     log = (data.parent / f"{data.name}.log").open("wb")
     proc = start_serve(data, dicom_port, http_port, log)
     env = {**os.environ, "TCP_NODELAY": "1"}
     results = []
     try:
-        _wait_port(dicom_port, proc)
-        _wait_port(http_port, proc)
+        wait_port(dicom_port, proc)
+        wait_port(http_port, proc)
         with httpx.Client(base_url=f"http://127.0.0.1:{http_port}", timeout=10) as client:
             for i, (uid, files) in enumerate(studies):
                 _warm_files(files)
@@ -230,11 +210,7 @@ def e2e_benchmark(slices: int, size: int, runs: int, work_dir: Path) -> str:
                 t2 = time.perf_counter()
                 results.append((i, t1 - t0, t2 - t1, body))
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
         log.close()
         shutil.rmtree(data, ignore_errors=True)
     lines = [

@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import random
-import signal
 import statistics
 import subprocess
 import sys
@@ -34,7 +33,8 @@ from pydicom import Dataset, FileMetaDataset
 from pydicom.filewriter import dcmwrite
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from dicomweb.peers import OrthancDicomWeb, free_port
+from dicomweb.peers import OrthancDicomWeb
+from radnode.processes import free_port, stop_process
 
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
 FIRST_DAY = dt.date(2024, 1, 1)
@@ -212,12 +212,7 @@ def radnode_api(data_dir: Path) -> Iterator[str]:
                 time.sleep(0.1)
         yield f"{url}/dicom-web"
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, grace_s=20)
 
 
 def load_orthanc(peer: OrthancDicomWeb, data: BenchData) -> None:

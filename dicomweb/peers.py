@@ -9,8 +9,6 @@ from __future__ import annotations
 import base64
 import json
 import shutil
-import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -18,18 +16,14 @@ import urllib.request
 from pathlib import Path
 from types import TracebackType
 
+from radnode.processes import free_port, stop_process
+
 ORTHANC = "/usr/sbin/Orthanc"
 DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
 
 
 class PeerError(RuntimeError):
     """The peer is missing or did not start."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class OrthancDicomWeb:
@@ -95,13 +89,7 @@ class OrthancDicomWeb:
     def stop(self) -> None:
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.proc = None
 
     def upload(self, part10: bytes) -> None:

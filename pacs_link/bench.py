@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import tempfile
@@ -22,9 +21,10 @@ from pathlib import Path
 
 import requests
 
-from ai_node.bench import _free_port, _study, _wait_port, _warm_files, start_serve
+from ai_node.bench import _study, _warm_files, start_serve
 from pacs_link import client
 from pacs_link.orthanc_peer import STACK_CONFIG, OrthancPacs
+from radnode.processes import free_port, stop_process, wait_port
 
 
 def _sr_found(orthanc: OrthancPacs, session: requests.Session, study_uid: str) -> bool:
@@ -58,7 +58,7 @@ def orthanc_e2e_benchmark(slices: int, size: int, runs: int, work_dir: Path) -> 
     path1 = [_study(work_dir, slices, size, seed=200 + i) for i in range(runs)]
     path2 = [_study(work_dir, slices, size, seed=300 + i) for i in range(runs)]
     tmp = Path(tempfile.mkdtemp(prefix="radnode-e2e-orthanc-"))
-    dicom_port, http_port = _free_port(), _free_port()
+    dicom_port, http_port = free_port(), free_port()
     orthanc = OrthancPacs(tmp / "orthanc", radnode_port=dicom_port)
     orthanc.start()
     env = {
@@ -71,8 +71,8 @@ def orthanc_e2e_benchmark(slices: int, size: int, runs: int, work_dir: Path) -> 
     session = client.session(orthanc.peer())
     rows: list[tuple[str, int, float, float]] = []
     try:
-        _wait_port(dicom_port, proc)
-        _wait_port(http_port, proc)
+        wait_port(dicom_port, proc)
+        wait_port(http_port, proc)
         # radnode has read the feed's start (it follows from its end at first start)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -99,11 +99,7 @@ def orthanc_e2e_benchmark(slices: int, size: int, runs: int, work_dir: Path) -> 
                     time.sleep(0.05)
                 rows.append((path, i + 1, send_s, time.perf_counter() - t1))
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
         log.close()
         orthanc.stop()
         shutil.rmtree(tmp, ignore_errors=True)

@@ -119,8 +119,8 @@ def run_round(
     """One worker count: the measured window and the per-study analysis times."""
     from sqlalchemy import create_engine, func, select, update
 
-    from ai_node.bench import _free_port, _wait_port
     from radnode.index import jobs, results
+    from radnode.processes import free_port, wait_port
 
     name = f"radnode_bench_scale_{workers}_{uuid.uuid4().hex[:8]}"
     url = _database(server_url, name, create=True)
@@ -129,7 +129,7 @@ def run_round(
     engine = create_engine(url)
     try:
         with (data.parent / f"{data.name}-scp.log").open("wb") as scp_log:
-            port = _free_port()
+            port = free_port()
             scp = _radnode(
                 "scp",
                 data,
@@ -143,7 +143,7 @@ def run_round(
                 "WARNING",
             )
             procs.append(scp)
-            _wait_port(port, scp)
+            wait_port(port, scp)
             env = {**os.environ, "TCP_NODELAY": "1"}
 
             def send(files: list[Path]) -> None:

@@ -14,23 +14,20 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from io import BytesIO
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from pydicom.filereader import _read_file_meta_info
 
 from ai_node.synth import StudySpec, SyntheticStudy, write_study
+from radnode.processes import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 RADNODE = [sys.executable, "-m", "radnode.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+T = TypeVar("T")
 
 
 def wait_for_port(port: int, proc: subprocess.Popen[bytes] | None = None, timeout: float = 60) -> None:
@@ -44,6 +41,20 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes] | None = None, timeou
         except OSError:
             time.sleep(0.05)
     raise TimeoutError(f"nothing listening on port {port} after {timeout}s")
+
+
+def wait_for(check: Callable[[], T], timeout: float = 120, what: str = "condition",
+             interval: float = 0.1) -> T:
+    """Poll ``check`` until it returns something truthy (returned); AssertionError naming
+    ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
 
 
 def require_tool(name: str) -> str:

@@ -20,6 +20,7 @@ from conftest import RADNODE, REPO, RadnodeProcess, dataset_bytes, dcmtk_env, re
 from relfixtures import acknowledged, files_on_disk, record, scale, temp_files, wait_for
 
 from ai_node.synth import StudySpec, SyntheticStudy, write_study
+from radnode.processes import stop_process
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pacs_link"))
 from pacs_fixtures import instance_count, sr_instances  # noqa: E402
@@ -213,10 +214,6 @@ def test_worker_killed_mid_job_is_rerun_once(tmp_path):
                rerun_done_after_s=round(rerun_after, 1))
     finally:
         for proc in (first, second):
-            if proc is not None and proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+            if proc is not None:
+                stop_process(proc)
         scp.stop()

@@ -2,28 +2,13 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-from typing import Any
-
 import highdicom as hd
+from conftest import wait_for  # noqa: F401 - the PACS tests import it from here
 from pydicom import Dataset
 
 from ai_node.sr import PROBABILITY
 from pacs_link import client
 from pacs_link.orthanc_peer import OrthancPacs
-
-
-def wait_for(
-    check: Callable[[], Any], timeout: float = 120, poll: float = 0.2, what: str = ""
-) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(poll)
-    raise AssertionError(f"timed out waiting for {what or check}")
 
 
 def qido(orthanc: OrthancPacs, path: str) -> list[dict]:

@@ -15,11 +15,10 @@ import re
 import sqlite3
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from conftest import dataset_bytes
+from conftest import dataset_bytes, wait_for  # noqa: F401 - re-exported for the suite
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dimse_scp"))  # scu_raw, disk-full
 from scu_raw import association  # noqa: E402,F401
@@ -61,18 +60,6 @@ def rss_kib(pid: int) -> int:
 
 def fd_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def wait_for(check: Callable[[], T], timeout: float = 60, what: str = "condition",
-             interval: float = 0.1) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 # -- dcmtk ---------------------------------------------------------------------------------

@@ -13,10 +13,33 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from ai_node.pipeline import AnalysisPipeline
 from ai_node.registry import ModelRegistry, ModelSet
+from ai_node.sr import ReportContext
 from ai_node.synth import StudySpec, SyntheticStudy, write_study
 from ai_node.worker import Worker
 from radnode.node import Node
 from radnode.settings import Settings
+
+REPORT_CONTEXT = ReportContext(
+    node_name="RADNODE",
+    device_uid="2.25.1234",
+    software_version="radnode test",
+    finding_model="radnode-finding",
+    finding_version="1.0.0",
+    region_model="radnode-region",
+    region_version="1.0.0",
+    threshold=0.5,
+)
+"""The report context of the SR tests (a fixed device and model versions)."""
+
+
+def small_study_headers(out: Path) -> list:
+    """The headers of a 6-slice 64x64 synthetic chest study with a nodule, written to ``out``."""
+    import pydicom
+
+    _, files = write_study(
+        StudySpec(region="chest", slices=6, nodules=1, seed=5, rows=64, columns=64), out
+    )
+    return [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
 
 
 @pytest.fixture(scope="session")

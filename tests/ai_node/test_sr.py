@@ -7,33 +7,18 @@ from pathlib import Path
 import highdicom as hd
 import pydicom
 import pytest
-from ai_fixtures import dciodvfy
+from ai_fixtures import REPORT_CONTEXT as CTX
+from ai_fixtures import dciodvfy, small_study_headers
 from pydicom.sr.codedict import codes
 
 from ai_node.analysis import StudyAnalysis
 from ai_node.preprocess import SliceRef
-from ai_node.sr import PROBABILITY, ReportContext, build_sr, sr_uids
-from ai_node.synth import StudySpec, write_study
-
-CTX = ReportContext(
-    node_name="RADNODE",
-    device_uid="2.25.1234",
-    software_version="radnode test",
-    finding_model="radnode-finding",
-    finding_version="1.0.0",
-    region_model="radnode-region",
-    region_version="1.0.0",
-    threshold=0.5,
-)
+from ai_node.sr import PROBABILITY, build_sr, sr_uids
 
 
 @pytest.fixture(scope="module")
 def headers(tmp_path_factory: pytest.TempPathFactory) -> list[pydicom.Dataset]:
-    out = tmp_path_factory.mktemp("sr_study")
-    _, files = write_study(
-        StudySpec(region="chest", slices=6, nodules=1, seed=5, rows=64, columns=64), out
-    )
-    return [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
+    return small_study_headers(tmp_path_factory.mktemp("sr_study"))
 
 
 def _save(sr: pydicom.Dataset, tmp_path: Path) -> Path:

@@ -10,23 +10,11 @@ import pytest
 import vpfixtures  # noqa: F401  (puts tests/ai_node on sys.path)
 from pydicom.sr.codedict import codes
 
-from ai_fixtures import dciodvfy  # isort: skip
+from ai_fixtures import REPORT_CONTEXT as CTX, dciodvfy, small_study_headers  # isort: skip
 from ai_node.analysis import StudyAnalysis
 from ai_node.feedback_sr import build_feedback_sr
 from ai_node.preprocess import SliceRef
-from ai_node.sr import ReportContext, build_sr
-from ai_node.synth import StudySpec, write_study
-
-CTX = ReportContext(
-    node_name="RADNODE",
-    device_uid="2.25.1234",
-    software_version="radnode test",
-    finding_model="radnode-finding",
-    finding_version="1.0.0",
-    region_model="radnode-region",
-    region_version="1.0.0",
-    threshold=0.5,
-)
+from ai_node.sr import build_sr
 
 
 @pytest.fixture(scope="module")
@@ -34,10 +22,7 @@ def ai_sr(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> tuple[pydicom.Dataset, list[pydicom.Dataset]]:
     out = tmp_path_factory.mktemp("fb_study")
-    _, files = write_study(
-        StudySpec(region="chest", slices=6, nodules=1, seed=5, rows=64, columns=64), out
-    )
-    headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
+    headers = small_study_headers(out)
     analysis = StudyAnalysis(
         "chest", {"chest": 0.99}, True, 0.87, 2, [], [2], {"finding": "1.0.0", "region": "1.0.0"}
     )

@@ -37,6 +37,7 @@ TASK_WINDOWS = {"region": "wide", "finding": "lung"}
 
 def build_model(task: str) -> Any:
     """A fresh, compiled Keras model for ``task`` ("region" or "finding")."""
+    # TensorFlow takes seconds to import: only what builds, trains or runs a model pays for it.
     import keras
     from keras import layers
 
@@ -100,6 +101,7 @@ class LoadedModel:
 
 def load_model(task: str, version: str, path: Path, card: dict[str, Any]) -> LoadedModel:
     """Load a ``.keras`` file and wrap it in a compiled inference function."""
+    # TensorFlow takes seconds to import: only what builds, trains or runs a model pays for it.
     import keras
     import tensorflow as tf
 

@@ -29,9 +29,11 @@ from ai_node.preprocess import InputError, SliceStack, load_datasets, select_ser
 from ai_node.registry import ModelRegistry, ModelSet
 from ai_node.results import ResultStore
 from ai_node.sr import ReportContext, build_sr, model_version_key
-from radnode import __version__
-from radnode.index import utcnow
-from radnode.jobs import Job
+from ai_node.synth import StudySpec, generate_study
+from radnode_core import __version__
+from radnode_core.index import utcnow
+from radnode_core.jobs import Job
+from radnode_core.node import Node
 
 logger = logging.getLogger(__name__)
 
@@ -51,11 +53,12 @@ def encode(dataset: Any) -> bytes:
 class AnalysisPipeline:
     """The worker's processor: ``pipeline(job)`` analyses one study version."""
 
-    def __init__(self, node: Any, models: ModelSet | None = None) -> None:
+    def __init__(self, node: Node, models: ModelSet | None = None) -> None:
         self.node = node
         s = node.settings
         self.models = models or ModelSet(ModelRegistry(s.models_dir))
         self.results = ResultStore(node.index)
+        node.queue.on_give_up(ResultStore.fail_abandoned)
         self.threshold = float(s.finding_threshold)
         self.batch_size = int(s.inference_batch_size)
         self.device_uid = generate_uid(entropy_srcs=["radnode-device", s.ae_title])
@@ -66,7 +69,6 @@ class AnalysisPipeline:
     def warm_up(self) -> None:
         """Load both models, trace their inference functions and build one throwaway SR,
         so the first study does not pay for it (the worker calls this when it starts)."""
-        from ai_node.synth import StudySpec, generate_study
 
         started = time.perf_counter()
         _, datasets = generate_study(
@@ -117,12 +119,10 @@ class AnalysisPipeline:
         )
 
     def queue_for_pacs(self, study_uid: str, sr_uid: str | None) -> None:
-        """Hand the study's originals and its SR to the PACS outbox (pacs_link), in the
-        same step that stored the SR, so a result is never produced without being queued."""
-        if self.node.settings.pacs_peers:
-            from pacs_link.outbox import queue_study_results
-
-            queue_study_results(self.node, study_uid, sr_uid)
+        """Hand the study's SR (and originals) to the node's PACS delivery, in the same step
+        that stored the SR, so a result is never produced without being queued."""
+        if self.node.deliver is not None:
+            self.node.deliver(study_uid, sr_uid)
 
     def process(self, job: Job) -> dict[str, Any]:
         started = time.perf_counter()
@@ -235,8 +235,3 @@ class AnalysisPipeline:
             },
         )
         return {"status": status, "score": analysis.score, "sr": str(sr.SOPInstanceUID)}
-
-
-def processor(node: Any) -> AnalysisPipeline:
-    """What ``ai_node.worker.default_processor`` hands the worker (models load on first job)."""
-    return AnalysisPipeline(node)

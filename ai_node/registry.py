@@ -23,6 +23,7 @@ Switching the active version holds an exclusive POSIX lock on ``<task>/.lock``
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import fcntl
 import json
@@ -37,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from ai_node.models import TASKS, LoadedModel, load_model
+from radnode_core.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -292,7 +294,6 @@ def main(args: list[str] | None = None) -> int:
     """``python -m ai_node.registry seed [--models-dir PATH]``: seed the registry folder
     (default: the settings' models_dir) from the shipped models. Exit 0 when every task
     has a model afterwards, 2 when models_dir is unset, 1 when a task is still missing."""
-    import argparse
 
     parser = argparse.ArgumentParser(prog="python -m ai_node.registry")
     parser.add_argument("command", choices=["seed"])
@@ -300,8 +301,6 @@ def main(args: list[str] | None = None) -> int:
     ns = parser.parse_args(args)
     root = ns.models_dir
     if root is None:
-        from radnode.settings import Settings
-
         root = Settings.load().models_dir
     if root is None:
         print("models_dir (RADNODE_MODELS_DIR) is not set: nothing to seed", file=sys.stderr)

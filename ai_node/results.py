@@ -11,10 +11,13 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import and_, func, select
+from sqlalchemy import and_, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
 
-from radnode.index import Index, jobs, results, studies, utcnow
+from ai_node.tables import results
+from radnode_core.index import Index, jobs, studies, utcnow
+from radnode_core.jobs import Job
 
 STATUSES = ("pending", "running", "done", "out_of_scope", "failed")
 
@@ -53,6 +56,19 @@ class ResultStore:
         stmt = stmt.on_conflict_do_update(index_elements=["study_uid", "version"], set_=update)
         with self.index.transaction() as conn:
             conn.execute(stmt)
+
+    @staticmethod
+    def fail_abandoned(conn: Connection, job: Job, error: str, finished_at: dt.datetime) -> None:
+        """Mark the result a dead worker left "running" failed (a :data:`GiveUpHook`)."""
+        conn.execute(
+            update(results)
+            .where(
+                results.c.study_uid == job.study_uid,
+                results.c.version == job.version,
+                results.c.status == "running",
+            )
+            .values(status="failed", error=error, finished_at=finished_at)
+        )
 
     def get(self, study_uid: str, version: int) -> dict[str, Any] | None:
         with self.index.engine.connect() as conn:

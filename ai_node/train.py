@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pydicom
 
 from ai_node.analysis import classify_region, score_finding
 from ai_node.models import FINDING_LABELS, REGION_LABELS, TASK_WINDOWS, LoadedModel, build_model
@@ -190,7 +191,6 @@ def labelled_dicom_data(
     a 0/1 ``label_column``. Without a CSV, Kaggle-style names
     (``ID_0000_AGE_0060_CONTRAST_1_CT.dcm``) carry the label.
     """
-    import pydicom
 
     labels: dict[str, int] = {}
     if labels_csv is not None:
@@ -240,6 +240,7 @@ def fit(
     """Train a fresh model, or go on training ``model`` (fine-tuning: the retraining
     pipeline hands in the active version); keras prints its progress per epoch when
     ``verbose``."""
+    # TensorFlow takes seconds to import: only what builds, trains or runs a model pays for it.
     import keras
 
     keras.utils.set_random_seed(seed)
@@ -259,10 +260,12 @@ def fit(
 
 def in_memory(task: str, version: str, keras_model: Any) -> LoadedModel:
     """A trained model wrapped like a registry model (for evaluation before saving)."""
+    # TensorFlow takes seconds to import: only what builds, trains or runs a model pays for it.
     import tensorflow as tf
 
     labels = list(REGION_LABELS if task == "region" else FINDING_LABELS)
     card = {"labels": labels, "input": {"window": TASK_WINDOWS[task]}}
+
     @tf.function(input_signature=[tf.TensorSpec([None, INPUT_SIZE, INPUT_SIZE, 1], tf.float32)])
     def fn(x: Any) -> Any:
         return keras_model(x, training=False)
@@ -353,6 +356,7 @@ def model_card(
     epochs: int,
     synthetic: bool,
 ) -> dict[str, Any]:
+    # TensorFlow takes seconds to import: only what builds, trains or runs a model pays for it.
     import keras
     import tensorflow as tf
 

@@ -14,8 +14,8 @@ import socket
 import threading
 from collections.abc import Callable
 
-from radnode.jobs import Job, JobQueue
-from radnode.metrics import Metrics
+from radnode_core.jobs import Job, JobQueue
+from radnode_core.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
@@ -94,16 +94,3 @@ class Worker:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
-
-
-def default_processor(node: object) -> Processor | None:
-    """The analysis pipeline the worker runs, or None while none is installed.
-
-    The AI node's analysis (models, SR writer) plugs in here; until it exists,
-    completed studies stay queued rather than being marked done unanalysed.
-    """
-    try:
-        from ai_node import pipeline  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    return pipeline.processor(node)  # type: ignore[no-any-return]

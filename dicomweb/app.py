@@ -9,8 +9,8 @@ from dicomweb.accesslog import AccessLogMiddleware
 from dicomweb.deps import require_read
 from dicomweb.headers import InstanceHeaders
 from dicomweb.routes import feedback, health, pacs, qido, results, retraining, stow, wado
-from radnode import __version__
-from radnode.node import Node
+from radnode_core import __version__
+from radnode_core.node import Node
 from viewer_plugin.review import mount_ui
 
 

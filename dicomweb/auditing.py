@@ -1,4 +1,4 @@
-"""Who made an HTTP request, for the audit trail (:mod:`radnode.audit`).
+"""Who made an HTTP request, for the audit trail (:mod:`radnode_core.audit`).
 
 The user is named as the feedback routes name a reviewer (a static token's
 configured name or fingerprint, a JWT's username), never by the token itself;
@@ -13,12 +13,12 @@ from typing import Any
 
 from fastapi import Request
 
-from radnode.audit import StudyRef
+from dicomweb.identity import reviewer_of
+from radnode_core.audit import StudyRef
 
 
 def requester(request: Request) -> tuple[str, str | None]:
     """(user id, client address) of a request."""
-    from dicomweb.routes.feedback import reviewer_of
 
     client = request.client.host if request.client else None
     return reviewer_of(request).user, client

@@ -26,7 +26,7 @@ from typing import Final
 from fastapi import HTTPException, Request, status
 
 from dicomweb.tokens import InvalidToken, TokenVerifier
-from radnode.settings import Settings
+from radnode_core.settings import Settings
 
 logger = logging.getLogger(__name__)
 

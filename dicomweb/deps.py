@@ -8,8 +8,8 @@ from fastapi import Depends, HTTPException, Request, status
 
 from dicomweb.auth import ADMIN_ROLES, READ_ROLES, STORE_ROLES, require_role
 from dicomweb.headers import InstanceHeaders
-from radnode.node import Node
-from radnode.uids import InvalidUID, check_uid
+from radnode_core.node import Node
+from radnode_core.uids import InvalidUID, check_uid
 
 
 def get_node(request: Request) -> Node:

@@ -27,7 +27,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.sql.elements import ColumnElement as _ColumnElement
 
-from radnode.index import instances, series, studies
+from radnode_core.index import instances, series, studies
 
 Level = Literal["study", "series", "instance"]
 LEVELS: tuple[Level, ...] = ("study", "series", "instance")

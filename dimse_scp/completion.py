@@ -3,7 +3,7 @@
 A study is complete when the association that carried it is released, or when
 no new instance arrived for it for the quiet period, whichever comes first.
 Then exactly one job for it goes into the persistent queue
-(:meth:`radnode.jobs.JobQueue.enqueue_if_due` is atomic, so the release and the
+(:meth:`radnode_core.jobs.JobQueue.enqueue_if_due` is atomic, so the release and the
 quiet-period sweeper can race harmlessly). An aborted association leaves its
 studies to the sweeper: what was acknowledged is stored and will be analysed.
 """
@@ -14,8 +14,8 @@ import logging
 import threading
 from collections import defaultdict
 
-from radnode.jobs import CompletionReason, JobQueue
-from radnode.metrics import Metrics
+from radnode_core.jobs import CompletionReason, JobQueue
+from radnode_core.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 

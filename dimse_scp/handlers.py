@@ -20,9 +20,9 @@ from pynetdicom.dimse_primitives import C_STORE
 
 from dimse_scp.access import REJECT_CALLED_AET, REJECT_LOCAL_LIMIT, AccessPolicy
 from dimse_scp.completion import CompletionTracker
-from radnode.audit import AuditTrail, StudyRef
-from radnode.ingest import OUT_OF_RESOURCES, IngestError, Ingestor
-from radnode.metrics import Metrics
+from radnode_core.audit import AuditTrail, StudyRef
+from radnode_core.ingest import OUT_OF_RESOURCES, IngestError, Ingestor
+from radnode_core.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 

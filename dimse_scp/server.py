@@ -20,8 +20,9 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dimse_scp.handlers import StorageHandlers
-from dimse_scp.tls import TlsAssociationServer, server_context
-from radnode.settings import Settings
+from dimse_scp.tls import TlsAssociationServer
+from radnode_core.settings import Settings
+from radnode_core.tls import server_context
 
 logger = logging.getLogger(__name__)
 

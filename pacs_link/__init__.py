@@ -3,20 +3,26 @@ the PACS's changes feed to fetch and analyse the studies it receives."""
 
 from __future__ import annotations
 
-from typing import Any
+from pacs_link.changes import ChangesFollower
+from pacs_link.sender import OutboxSender
+from radnode_core.node import Node
 
 
-def start(node: Any) -> list[Any]:
-    """Start the outbox sender and one changes follower per followed peer (``serve``,
-    ``worker``); returns them for the caller to stop."""
-    from pacs_link.changes import ChangesFollower
-    from pacs_link.sender import OutboxSender
+class PacsServices:
+    """The outbox sender and one changes follower per followed peer (``serve``, ``worker``);
+    nothing when the node has no PACS peer."""
 
-    peers = node.settings.pacs_peers
-    if not peers:
-        return []
-    services: list[Any] = [OutboxSender(node)]
-    services += [ChangesFollower(node, p) for p in peers if p.follow_changes]
-    for service in services:
-        service.start()
-    return services
+    def __init__(self, node: Node) -> None:
+        peers = node.settings.pacs_peers
+        self.services: list[OutboxSender | ChangesFollower] = []
+        if peers:
+            self.services.append(OutboxSender(node))
+            self.services += [ChangesFollower(node, p) for p in peers if p.follow_changes]
+
+    def start(self) -> None:
+        for service in self.services:
+            service.start()
+
+    def stop(self) -> None:
+        for service in self.services:
+            service.stop()

@@ -42,8 +42,8 @@ from pydicom.uid import UID, ExplicitVRLittleEndian
 from pacs_link import client
 from pacs_link.lease import Lease
 from pacs_link.outbox import get_state, set_state
-from radnode.ingest import IngestError
-from radnode.settings import PacsPeer
+from radnode_core.ingest import IngestError
+from radnode_core.settings import PacsPeer
 
 logger = logging.getLogger(__name__)
 
@@ -255,7 +255,8 @@ class ChangesFollower:
         leading = self.lease.acquire()
         if leading != self.leading:
             logger.info(
-                "took the PACS changes follower lease" if leading
+                "took the PACS changes follower lease"
+                if leading
                 else "another process holds the PACS changes follower lease",
                 extra={"peer": self.peer.name, "holder": self.lease.holder},
             )

@@ -13,8 +13,11 @@ from dicomweb_client.api import DICOMwebClient
 from orthanc_api_client import OrthancApiClient
 from orthanc_api_client import exceptions as orthanc_errors
 
-from radnode.index import Index
-from radnode.settings import PacsPeer
+from pacs_link.outbox import all_states, set_state
+from pacs_link.scu import echo
+from radnode_core.index import Index
+from radnode_core.settings import PacsPeer
+from radnode_core.tls import client_context
 
 logger = logging.getLogger(__name__)
 
@@ -106,9 +109,6 @@ def check(peer: PacsPeer) -> str | None:
             )
             response.raise_for_status()
         elif peer.host and peer.port:
-            from dimse_scp.scu import echo
-            from dimse_scp.tls import client_context
-
             tls = None
             if peer.dicom_tls:
                 tls = client_context(
@@ -131,8 +131,6 @@ class PeerStatus:
         self._last: dict[str, str | None] = {}
 
     def record(self, peer: PacsPeer, error: str | None) -> None:
-        from pacs_link.outbox import set_state
-
         if self._last.get(peer.name, "unset") == error:
             return
         if error is None:
@@ -145,7 +143,6 @@ class PeerStatus:
 
 def readiness(index: Index, peers: list[PacsPeer]) -> dict[str, Any]:
     """Per configured peer: ok, error (None when fine), when last checked."""
-    from pacs_link.outbox import all_states
 
     states = all_states(index, "status")
     out: dict[str, Any] = {}

@@ -20,7 +20,8 @@ import uuid
 from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from radnode.index import Index, pacs_state
+from pacs_link.tables import pacs_state
+from radnode_core.index import Index
 
 
 def holder_id() -> str:

@@ -18,7 +18,8 @@ from typing import Any, Literal
 from sqlalchemy import and_, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from radnode.index import Index, instances, outbox, pacs_state, utcnow
+from pacs_link.tables import outbox, pacs_state
+from radnode_core.index import Index, instances, utcnow
 
 Kind = Literal["original", "sr"]
 CLAIM_LEASE_S = 120.0

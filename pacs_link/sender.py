@@ -16,11 +16,13 @@ from collections import defaultdict
 from typing import Any
 
 from pydicom import Dataset, dcmread
+from pynetdicom import AE
 
 from pacs_link import client
 from pacs_link.outbox import Item, Outbox
-from radnode.settings import PacsPeer
-from radnode.store import ZERO_PREAMBLE
+from radnode_core.settings import PacsPeer
+from radnode_core.store import ZERO_PREAMBLE
+from radnode_core.tls import client_context
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +134,6 @@ class OutboxSender:
 
     def _cstore(self, peer: PacsPeer, datasets: list[Dataset]) -> dict[str, str]:
         """C-STORE over one association; returns the instances refused with a failure status."""
-        from pynetdicom import AE
 
         if not (peer.host and peer.port):
             raise DeliveryError(f"PACS peer {peer.name} has no host/port for C-STORE")
@@ -142,8 +143,6 @@ class OutboxSender:
             ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
         tls_args = None
         if peer.dicom_tls:  # PS3.15 B.9: TLS 1.2+, the PACS verified against tls_ca_file
-            from dimse_scp.tls import client_context
-
             context = client_context(
                 peer.tls_ca_file, peer.tls_cert_file, peer.tls_key_file, verify=peer.tls_verify
             )

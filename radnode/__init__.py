@@ -1,12 +1,10 @@
-"""radnode: settings, instance store, index and job queue shared by every part of the node.
+"""radnode, the application: the ``radnode`` command and the assembly of its processes.
 
-The network edges (``dimse_scp``, ``dicomweb``), the AI (``ai_node``) and the
-viewer integration (``viewer_plugin``) all build on this package.
+The layers below it, from the bottom: ``radnode_core`` (settings, store, index, ingest,
+job queue, audit, TLS), the features (``dimse_scp``, ``ai_node``, ``pacs_link``) and the
+edges (``viewer_plugin``, ``dicomweb``). docs/architecture.md draws the map.
 """
 
-__version__ = "0.1.0"
+from radnode_core import __version__
 
-# PS3.7 D.3.3.2: identifies the software that wrote a file's meta information.
-# 1.2.826.0.1.3680043.10.543 is the pydicom-registered root; radnode's branch ends .1.
-IMPLEMENTATION_CLASS_UID = "1.2.826.0.1.3680043.10.543.1.1"
-IMPLEMENTATION_VERSION_NAME = f"RADNODE_{__version__.replace('.', '')}"
+__all__ = ["__version__"]

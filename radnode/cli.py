@@ -23,10 +23,17 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-from radnode import __version__
-from radnode.logs import configure_logging
-from radnode.settings import Settings
+from ai_node.synth import StudySpec, write_study
+from dicomweb.auth import InsecureBinding, check_exposure
+from pacs_link.scu import collect_files, echo, send_files
+from radnode.ai_commands import register as register_ai_commands
+from radnode.assembly import Background, Scp, build_node, run_http
+from radnode_core import __version__
+from radnode_core.logs import configure_logging
+from radnode_core.settings import Settings
+from radnode_core.tls import client_context
 
 logger = logging.getLogger("radnode.cli")
 
@@ -102,8 +109,6 @@ def _scu_tls(args: argparse.Namespace) -> Any:
     patient data in the clear because one flag was forgotten is the worse failure."""
     if not (args.tls or args.tls_ca or args.tls_cert or args.tls_key):
         return None
-    from dimse_scp.tls import client_context
-
     return client_context(args.tls_ca, args.tls_cert, args.tls_key)
 
 
@@ -117,61 +122,8 @@ def _wait_for_signal() -> None:
     stop.wait()
 
 
-def _start_scp(node: Any) -> tuple[Any, Any]:
-    from dimse_scp.access import AccessPolicy
-    from dimse_scp.completion import CompletionTracker
-    from dimse_scp.handlers import StorageHandlers
-    from dimse_scp.server import DicomServer
-
-    s = node.settings
-    tracker = CompletionTracker(node.queue, s.quiet_period_s, node.metrics)
-    access = AccessPolicy.from_settings(s.ae_title, s.allowed_calling_aets, s.require_called_aet)
-    if not access.allowed and s.host not in ("127.0.0.1", "localhost", "::1"):
-        logger.warning(
-            "no calling-AE allow-list while listening beyond localhost", extra={"host": s.host}
-        )
-    handlers = StorageHandlers(
-        node.ingestor,
-        tracker,
-        access,
-        node.metrics,
-        poll_interval_s=s.dimse_poll_interval_s,
-        audit=node.audit,
-        max_associations_per_aet=s.max_associations_per_aet,
-    )
-    server = DicomServer(s, handlers)
-    server.start()
-    tracker.start()
-    return server, tracker
-
-
-def _make_worker(node: Any) -> Any | None:
-    from ai_node.worker import Worker, default_processor
-
-    processor = default_processor(node)
-    if processor is None:
-        return None
-    return Worker(node.queue, processor, node.metrics, poll_s=node.settings.worker_poll_s)
-
-
-def _start_pacs(node: Any) -> list[Any]:
-    """The PACS outbox sender and changes followers (pacs_link), in ``serve`` and ``worker``."""
-    import pacs_link
-
-    return pacs_link.start(node)
-
-
-def _start_retrain_trigger(node: Any) -> Any | None:
-    """The label-count retraining trigger (ai_node.retrain.trigger), when enabled."""
-    from ai_node.retrain.trigger import start
-
-    return start(node)
-
-
 def _check_http_exposure(settings: Settings) -> bool:
     """False (after saying why) when the HTTP edge would serve data unauthenticated off-host."""
-    from dicomweb.auth import InsecureBinding, check_exposure
-
     try:
         check_exposure(settings)
     except InsecureBinding as exc:
@@ -182,108 +134,56 @@ def _check_http_exposure(settings: Settings) -> bool:
     return True
 
 
-def _run_http(node: Any) -> None:
-    import uvicorn
-
-    from dicomweb.app import create_app
-    from dicomweb.timeouts import protocol_class
-
-    s = node.settings
-    # uvicorn shuts down gracefully on SIGINT/SIGTERM, then restores the previous handlers
-    # and re-raises the signal: with these handlers that re-raise is harmless and the
-    # caller's clean-up (stop the SCP, mark a clean shutdown) runs.
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: None)
-    uvicorn.run(
-        create_app(node),
-        host=s.host,
-        port=s.http_port,
-        log_config=None,
-        access_log=False,
-        http=protocol_class(s.http_request_timeout_s),
-        timeout_keep_alive=max(1, round(s.http_keep_alive_s)),
-        h11_max_incomplete_event_size=64 * 1024,  # request line + headers
-    )
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
-    from radnode.node import Node
-
     if not _check_http_exposure(args.settings):
         return 2
-    node = Node(args.settings)
+    node = build_node(args.settings)
     node.recover()
-    server, tracker = _start_scp(node)
-    worker = _make_worker(node)
-    if worker is not None:
-        worker.start()
-    else:
-        logger.warning("no analysis pipeline installed: completed studies stay queued")
-    pacs = _start_pacs(node)
-    trigger = _start_retrain_trigger(node)
+    scp = Scp(node)
+    scp.start()
+    background = Background(node)
+    background.start()
     try:
-        _run_http(node)  # blocks; uvicorn handles SIGINT/SIGTERM
+        run_http(node)  # blocks; uvicorn handles SIGINT/SIGTERM
     finally:
-        if trigger is not None:
-            trigger.stop()
-        for service in pacs:
-            service.stop()
-        if worker is not None:
-            worker.stop()
-        tracker.stop()
-        server.stop()
+        background.stop()
+        scp.stop()
         node.close()
     return 0
 
 
 def cmd_scp(args: argparse.Namespace) -> int:
-    from radnode.node import Node
-
-    node = Node(args.settings)
+    node = build_node(args.settings)
     node.recover()
-    server, tracker = _start_scp(node)
+    scp = Scp(node)
+    scp.start()
     try:
         _wait_for_signal()
     finally:
-        tracker.stop()
-        server.stop()
+        scp.stop()
         node.close()
     return 0
 
 
 def cmd_api(args: argparse.Namespace) -> int:
-    from radnode.node import Node
-
     if not _check_http_exposure(args.settings):
         return 2
-    node = Node(args.settings)
+    node = build_node(args.settings)
     try:
-        _run_http(node)
+        run_http(node)
     finally:
         node.close(clean=False)
     return 0
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from radnode.node import Node
-
-    node = Node(args.settings)
-    worker = _make_worker(node)
-    if worker is None:
-        print("radnode worker: no analysis pipeline is installed; nothing to run", file=sys.stderr)
-        node.close(clean=False)
-        return 2
-    worker.start()
-    pacs = _start_pacs(node)
-    trigger = _start_retrain_trigger(node)
+    node = build_node(args.settings)
+    background = Background(node)
+    background.start()
     try:
         _wait_for_signal()
     finally:
-        if trigger is not None:
-            trigger.stop()
-        for service in pacs:
-            service.stop()
-        worker.stop()
+        background.stop()
         node.close(clean=False)
     return 0
 
@@ -292,8 +192,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def _progress(description: str, total: int) -> tuple[Any, Callable[[int, int], None]]:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
     progress = Progress(
         "[progress.description]{task.description}",
         BarColumn(),
@@ -308,8 +206,6 @@ def _progress(description: str, total: int) -> tuple[Any, Callable[[int, int], N
 
 
 def cmd_synth_study(args: argparse.Namespace) -> int:
-    from ai_node.synth import StudySpec, write_study
-
     spec = StudySpec(
         region=args.region,
         slices=args.slices,
@@ -329,16 +225,12 @@ def cmd_synth_study(args: argparse.Namespace) -> int:
 
 
 def cmd_echo(args: argparse.Namespace) -> int:
-    from dimse_scp.scu import echo
-
     status = echo(args.host, args.port, args.aet, args.called_aet, tls=_scu_tls(args))
     print(f"C-ECHO {args.called_aet}@{args.host}:{args.port}: status 0x{status:04X}")
     return 0 if status == 0 else 1
 
 
 def cmd_send(args: argparse.Namespace) -> int:
-    from dimse_scp.scu import collect_files, send_files
-
     files = collect_files(args.paths)
     if not files:
         print("radnode send: no files found", file=sys.stderr)
@@ -396,16 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("paths", nargs="+", type=Path)
     send.set_defaults(func=cmd_send)
 
-    # The AI node and the HTTP edge add their own commands (model training, benchmarks).
-    bench = sub.add_parser("bench", help="benchmarks against the peers")
-    bench_sub = bench.add_subparsers(dest="bench_command", required=True, metavar="KIND")
-    from ai_node.cli import register as register_ai_node
-    from dicomweb.cli import register as register_dicomweb
-    from radnode.bench_scale import register as register_bench_scale
-
-    register_ai_node(sub, bench_sub, _node_options)
-    register_dicomweb(sub, bench_sub, _node_options)
-    register_bench_scale(bench_sub)
+    register_ai_commands(sub, _node_options)
     return parser
 
 

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from radnode.settings import Settings
+from radnode_core.settings import Settings
 
 
 def check_index(url: str, timeout_s: int = 5) -> str | None:

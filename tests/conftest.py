@@ -23,7 +23,7 @@ import pytest
 from pydicom.filereader import _read_file_meta_info
 
 from ai_node.synth import StudySpec, SyntheticStudy, write_study
-from radnode.processes import free_port
+from tests.support.processes import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 RADNODE = [sys.executable, "-m", "radnode.cli"]

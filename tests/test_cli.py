@@ -8,7 +8,7 @@ import subprocess
 import sys
 import urllib.request
 
-from conftest import REPO, RADNODE, RadnodeProcess, dcmtk_env, require_tool
+from conftest import RADNODE, REPO, RadnodeProcess, dcmtk_env, require_tool
 from pydicom import dcmread
 
 

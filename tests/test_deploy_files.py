@@ -2,7 +2,7 @@
 
 No Docker engine or cluster is needed: the Dockerfile, docker-compose.yml and the
 the compose file are parsed and compared with ``radnode.cli.build_parser()`` (every
-command is a real subcommand) and ``radnode.settings.Settings`` (every
+command is a real subcommand) and ``radnode_core.settings.Settings`` (every
 ``RADNODE_*`` variable is a field and every value validates; ports equal the
 defaults). ``docker compose config`` runs when installed. The Kubernetes manifests
 have their own tests in tests/k8s/.
@@ -36,7 +36,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from radnode.cli import build_parser
-from radnode.settings import Settings
+from radnode_core.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKERFILE = REPO / "Dockerfile"

@@ -9,7 +9,7 @@ One call of :meth:`FeedbackService.record` judges the newest AI result of a stud
 Either way a verified SR superseding the judged one is built (:mod:`ai_node.feedback_sr`),
 stored in the study (source ``feedback``, not analysed again), queued for the PACS peers
 like the AI SR, recorded in the ``feedback`` table (who, when, decision, label, comment,
-model version judged) and written to the audit log (logger ``radnode.audit``).
+model version judged) and written to the audit log (logger ``radnode_core.audit``).
 
 Documented behaviour at the edges (docs/viewer.md):
 
@@ -38,10 +38,12 @@ from sqlalchemy import and_, func, select
 from ai_node.feedback_sr import LABEL_CODES, build_feedback_sr
 from ai_node.pipeline import encode
 from ai_node.results import ResultStore
-from radnode.index import feedback, results, studies, utcnow
+from ai_node.tables import feedback, results
+from radnode_core.index import studies, utcnow
+from radnode_core.node import Node
 
 logger = logging.getLogger(__name__)
-audit = logging.getLogger("radnode.audit")
+audit = logging.getLogger("radnode_core.audit")
 
 Decision = Literal["confirm", "relabel"]
 LABELS = tuple(LABEL_CODES)
@@ -94,7 +96,7 @@ def public(row: dict[str, Any]) -> dict[str, Any]:
 class FeedbackService:
     """Records and lists feedback for one node (its index, store, ingestor and settings)."""
 
-    def __init__(self, node: Any) -> None:
+    def __init__(self, node: Node) -> None:
         self.node = node
         self.results = ResultStore(node.index)
 
@@ -341,8 +343,6 @@ class FeedbackService:
         return public(row), True
 
     def _queue_for_pacs(self, study_uid: str, sr_uid: str) -> None:
-        """Send the feedback SR to the PACS peers the way the AI SR goes (pacs_link's outbox)."""
-        if self.node.settings.pacs_peers:
-            from pacs_link.outbox import queue_study_results
-
-            queue_study_results(self.node, study_uid, sr_uid)
+        """Send the feedback SR to the PACS peers the way the AI SR goes (the node's delivery)."""
+        if self.node.deliver is not None:
+            self.node.deliver(study_uid, sr_uid)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from dicomweb_client.api import DICOMwebClient
 from pydicom.dataset import Dataset
 
 from ai_node.preprocess import CT_SOP_CLASSES
@@ -80,7 +81,6 @@ def fetch_labels(api_url: str, token: str | None, timeout_s: float = 60.0) -> li
 
 def dicomweb_fetcher(dicomweb_url: str, token: str | None) -> Fetch:
     """WADO-RS retrieve of a whole study (PS3.18 10.4.1.1.1), as pydicom datasets."""
-    from dicomweb_client.api import DICOMwebClient
 
     client = DICOMwebClient(url=dicomweb_url.rstrip("/"), headers=_headers(token))
 

@@ -57,6 +57,7 @@ def train_candidate(
     verbose: int = 2,
 ) -> dict[str, Any]:
     """Train and save ``out_dir/model.keras`` and ``out_dir/training.json``."""
+    # TensorFlow takes seconds to import: only what builds, trains or runs a model pays for it.
     import keras
 
     registry = ModelRegistry(models_dir)

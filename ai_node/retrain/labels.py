@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from radnode.index import feedback
+from ai_node.tables import feedback
 
 LABEL_VALUES = {"lesion": 1, "no lesion": 0}
 """Feedback labels (ai_node.feedback_sr.LABEL_CODES) as the finding model's targets."""

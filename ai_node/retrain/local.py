@@ -13,6 +13,7 @@ Secrets reach the steps in the environment (``RADNODE_RETRAINING_API_TOKEN``,
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import os
@@ -28,7 +29,7 @@ from ai_node.retrain import STEPS
 from ai_node.retrain.export import SALT_ENV, TOKEN_ENV
 from ai_node.retrain.labels import newest_feedback_id
 from ai_node.retrain.runs import RunStore
-from radnode.settings import Settings
+from radnode_core.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -161,6 +162,7 @@ def run_local(
     on_step: OnStep | None = None,
 ) -> RunOutcome:
     """Run the whole pipeline here with kfp.local; the run is recorded from start to end."""
+    # kfp takes half a second to import: only the pipeline commands pay for it.
     from kfp import local
 
     from ai_node.retrain.pipeline import retrain_pipeline
@@ -172,7 +174,8 @@ def run_local(
     root = work_dir(settings) / "kfp-local"
     root.mkdir(parents=True, exist_ok=True)
     os.environ.update(step_environment(settings))
-    # the steps import this checkout's packages: put its root on their path
+    # the steps run in child processes: give them radnode's packages from where this one
+    # was loaded (a checkout or site-packages)
     source_root = str(Path(__file__).resolve().parents[2])
     os.environ["PYTHONPATH"] = os.pathsep.join(
         p for p in (source_root, os.environ.get("PYTHONPATH", "")) if p
@@ -216,6 +219,7 @@ def run_local(
 
 def submit(settings: Settings, index: Any, host: str, trigger: str = "manual") -> str:
     """Submit the same pipeline to KFP at ``host``; returns the KFP run id."""
+    # kfp takes half a second to import: only the pipeline commands pay for it.
     import kfp
 
     from ai_node.retrain.pipeline import PIPELINE_NAME, retrain_pipeline
@@ -260,6 +264,7 @@ def upload(
     """Register the compiled pipeline in KFP (a new version when it exists) and, with
     ``schedule``, create a recurring run of it with the node's settings as parameters
     (replacing the one an earlier upload made)."""
+    # kfp takes half a second to import: only the pipeline commands pay for it.
     import kfp
 
     from ai_node.retrain.pipeline import PIPELINE_NAME
@@ -308,8 +313,6 @@ def upload(
 
 
 def _stamp() -> str:
-    import datetime as dt
-
     return dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
 
 

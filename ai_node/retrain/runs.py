@@ -14,7 +14,8 @@ from typing import Any
 from sqlalchemy import select, update
 
 from ai_node.retrain import STEPS
-from radnode.index import retrain_runs, utcnow
+from ai_node.tables import retrain_runs
+from radnode_core.index import utcnow
 
 STALE_AFTER = dt.timedelta(hours=12)
 """A run still ``running`` after this long is taken for dead (its process was killed)."""

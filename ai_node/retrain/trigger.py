@@ -19,6 +19,7 @@ from typing import Any
 from ai_node.retrain.labels import label_count_since
 from ai_node.retrain.local import retrain_command
 from ai_node.retrain.runs import RunStore
+from radnode_core.node import Node
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +42,14 @@ def child_environment(settings: Any) -> dict[str, str]:
 
 
 class LabelTrigger:
-    def __init__(self, node: Any) -> None:
+    @classmethod
+    def for_node(cls, node: Node) -> LabelTrigger | None:
+        """The trigger of ``node`` when its settings enable one (serve and worker run it)."""
+        if node.settings.retraining_trigger_labels <= 0:
+            return None
+        return cls(node)
+
+    def __init__(self, node: Node) -> None:
         self.node = node
         self.runs = RunStore(node.index)
         self.threshold = int(node.settings.retraining_trigger_labels)
@@ -90,12 +98,3 @@ class LabelTrigger:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
-
-
-def start(node: Any) -> LabelTrigger | None:
-    """The trigger of ``node`` when its settings enable one (serve and worker call this)."""
-    if node.settings.retraining_trigger_labels <= 0:
-        return None
-    trigger = LabelTrigger(node)
-    trigger.start()
-    return trigger

@@ -8,22 +8,19 @@ cases answer is :mod:`viewer_plugin.feedback`'s docstring and docs/viewer.md.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 
-from dicomweb.auth import READ_ROLES, require_role, roles_of, verifier_for
+from dicomweb.auth import READ_ROLES, require_role
 from dicomweb.deps import checked_uid
-from dicomweb.tokens import InvalidToken
-from radnode.settings import Settings
+from dicomweb.identity import reviewer_of
+from radnode_core.settings import Settings
 from viewer_plugin.feedback import (
     BadLabel,
     FeedbackService,
     NoResult,
-    Reviewer,
     StaleResult,
     UnknownStudy,
 )
@@ -44,43 +41,6 @@ class FeedbackIn(BaseModel):
     sr_sop_instance_uid: str | None = Field(
         None, max_length=64, description="The AI SR the radiologist saw (refused if stale)."
     )
-
-
-def _person_name(name: str) -> str:
-    """A display name as a DICOM PN (``Family^Given``); a PN is kept as it is."""
-    name = " ".join(name.replace("\\", " ").split())
-    if "^" in name or " " not in name:
-        return name[:64]
-    given, family = name.rsplit(" ", 1)
-    return f"{family[:64]}^{given[:64]}"
-
-
-def reviewer_of(request: Request) -> Reviewer:
-    """Who is calling: the demo observer with auth off; else the static token's configured
-    name (``radiologist_names``) or the JWT's name claims. Never the token itself."""
-    settings: Settings = request.app.state.node.settings
-    if not settings.auth_enabled:
-        return Reviewer(user="demo", observer_name=settings.demo_observer_name, role=None)
-    authorization = request.headers.get("authorization") or ""
-    roles = roles_of(settings, authorization)
-    role = sorted(roles)[0] if roles else None
-    token = authorization.partition(" ")[2].strip()
-    for known, name in settings.radiologist_names.items():
-        if hmac.compare_digest(known.encode(), token.encode()):
-            return Reviewer(user=name, observer_name=_person_name(name), role=role)
-    if token in settings.api_tokens:
-        fingerprint = hashlib.sha256(token.encode()).hexdigest()[:10]
-        return Reviewer(user=f"token-{fingerprint}", observer_name="Unnamed^Radiologist", role=role)
-    verifier = verifier_for(settings)
-    if verifier is not None:
-        try:
-            claims = verifier.claims(token)
-        except InvalidToken:
-            claims = {}
-        user = str(claims.get("preferred_username") or claims.get("sub") or "jwt-user")[:128]
-        name = str(claims.get("name") or user)
-        return Reviewer(user=user, observer_name=_person_name(name), role=role)
-    return Reviewer(user="unknown", observer_name="Unnamed^Radiologist", role=role)
 
 
 def feedback_service(request: Request) -> FeedbackService:

@@ -8,6 +8,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 
 from dicomweb.deps import require_admin
+from pacs_link.client import readiness
 
 router = APIRouter()
 
@@ -34,7 +35,6 @@ def healthz(request: Request) -> dict[str, object]:
 def readyz(request: Request) -> JSONResponse:
     """Ready to do its whole job: the index answers and every PACS peer was reachable with
     the configured credentials at its last check (503 with each problem in words if not)."""
-    from pacs_link.client import readiness
 
     node = request.app.state.node
     problems: list[str] = []

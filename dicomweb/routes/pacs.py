@@ -8,9 +8,10 @@ from fastapi import APIRouter, BackgroundTasks, HTTPException, Query, Request
 from pydantic import BaseModel, Field
 
 from dicomweb.deps import require_store
+from pacs_link.changes import ChangesFollower
 from pacs_link.client import readiness
 from pacs_link.outbox import Outbox
-from radnode.uids import InvalidUID, check_uid
+from radnode_core.uids import InvalidUID, check_uid
 
 router = APIRouter(prefix="/api", tags=["pacs"])
 notify_router = APIRouter(prefix="/api", tags=["pacs"], dependencies=[require_store])
@@ -55,7 +56,6 @@ def stable_study(
     """A PACS's plugin (viewer_plugin/orthanc_notify.py) says a study is stable: fetch it by
     WADO-RS and queue it, after the response. A peer whose /changes feed radnode follows
     is left to the follower (one path per peer, so a study is never fetched twice at once)."""
-    from pacs_link.changes import ChangesFollower
 
     node = request.app.state.node
     found = [p for p in node.settings.pacs_peers if p.name == peer]

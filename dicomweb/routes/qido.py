@@ -31,8 +31,8 @@ from dicomweb.query import (
     build_select,
     parse,
 )
-from radnode.index import instances, series, studies
-from radnode.node import Node
+from radnode_core.index import instances, series, studies
+from radnode_core.node import Node
 
 router = APIRouter(prefix="/dicom-web", tags=["QIDO-RS"], dependencies=[require_read])
 

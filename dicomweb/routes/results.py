@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 
 from ai_node.results import ResultStore
-from radnode.uids import InvalidUID, check_uid
+from radnode_core.uids import InvalidUID, check_uid
 
 router = APIRouter(prefix="/api", tags=["results"])
 

@@ -2,7 +2,7 @@
 
 The body is spooled to a temp file in the store's temp folder (never held in
 memory; ``max_stow_bytes`` is enforced while reading: 413), then each part, a
-Part 10 file, goes through :meth:`radnode.ingest.Ingestor.ingest` with its
+Part 10 file, goes through :meth:`radnode_core.ingest.Ingestor.ingest` with its
 dataset bytes as received: the same validation, durability and PS3.4 statuses
 as C-STORE, reported as FailureReason (PS3.18 10.5.3.1). The request is one
 completed batch: each touched study is queued for analysis once, after the
@@ -30,14 +30,15 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Request, status
 from fastapi.responses import JSONResponse
 from pydicom.filereader import _read_file_meta_info
+from starlette.concurrency import run_in_threadpool
 
 from dicomweb.auditing import requester
 from dicomweb.deps import NodeDep, checked_uid, dicomweb_base, require_store
 from dicomweb.dicomjson import DICOM_JSON, element, parse_media_type
 from dicomweb.multipart import MultipartError, iter_parts
-from radnode.audit import SERIOUS_FAILURE, StudyRef
-from radnode.ingest import CANNOT_UNDERSTAND, DATASET_DOES_NOT_MATCH_SOP_CLASS, IngestError
-from radnode.node import Node
+from radnode_core.audit import SERIOUS_FAILURE, StudyRef
+from radnode_core.ingest import CANNOT_UNDERSTAND, DATASET_DOES_NOT_MATCH_SOP_CLASS, IngestError
+from radnode_core.node import Node
 
 logger = logging.getLogger(__name__)
 
@@ -291,8 +292,6 @@ async def _stow(request: Request, node: Node, study_uid: str | None) -> JSONResp
     base = dicomweb_base(request)
     who = requester(request)
     try:
-        from starlette.concurrency import run_in_threadpool
-
         code, answer = await run_in_threadpool(
             _store_parts, node, body, boundary, base, study_uid, who
         )

@@ -31,9 +31,9 @@ from dicomweb.dicomjson import DICOM_JSON, parse_media_type
 from dicomweb.headers import InstanceHeaders, read_header
 from dicomweb.multipart import new_boundary, related_content_type, stream_parts
 from dicomweb.render import RenderError, decode_frame, parse_viewport, parse_window, render
-from radnode.index import instances
-from radnode.node import Node
-from radnode.store import ZERO_PREAMBLE
+from radnode_core.index import instances
+from radnode_core.node import Node
+from radnode_core.store import ZERO_PREAMBLE
 
 router = APIRouter(prefix="/dicom-web", tags=["WADO-RS"], dependencies=[require_read])
 

@@ -16,8 +16,9 @@ from ai_node.registry import ModelRegistry, ModelSet
 from ai_node.sr import ReportContext
 from ai_node.synth import StudySpec, SyntheticStudy, write_study
 from ai_node.worker import Worker
-from radnode.node import Node
-from radnode.settings import Settings
+from radnode.assembly import build_node
+from radnode_core.node import Node
+from radnode_core.settings import Settings
 
 REPORT_CONTEXT = ReportContext(
     node_name="RADNODE",
@@ -50,7 +51,7 @@ def shipped_models() -> ModelSet:
 
 @pytest.fixture
 def node(tmp_path: Path) -> Iterator[Node]:
-    n = Node(Settings(data_dir=tmp_path / "data", fsync=False))
+    n = build_node(Settings(data_dir=tmp_path / "data", fsync=False))
     yield n
     n.close()
 

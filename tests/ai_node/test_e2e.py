@@ -55,11 +55,11 @@ def test_radnode_worker_processes_queued_studies_and_stops_cleanly(tmp_path) -> 
     from ai_fixtures import add_study
 
     from ai_node.results import ResultStore
-    from radnode.node import Node
-    from radnode.settings import Settings
+    from radnode.assembly import build_node
+    from radnode_core.settings import Settings
 
     data = tmp_path / "data"
-    node = Node(Settings(data_dir=data, fsync=False))
+    node = build_node(Settings(data_dir=data, fsync=False))
     study = add_study(
         node,
         StudySpec(
@@ -100,11 +100,11 @@ def test_worker_killed_mid_job_the_job_completes_once_after_restart(tmp_path) ->
     from ai_fixtures import add_study, sr_rows
 
     from ai_node.results import ResultStore
-    from radnode.node import Node
-    from radnode.settings import Settings
+    from radnode.assembly import build_node
+    from radnode_core.settings import Settings
 
     data = tmp_path / "data"
-    node = Node(Settings(data_dir=data, fsync=False))
+    node = build_node(Settings(data_dir=data, fsync=False))
     study = add_study(
         node, StudySpec(region="chest", slices=200, nodules=1, seed=43), tmp_path / "in"
     )

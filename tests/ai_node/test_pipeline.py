@@ -29,7 +29,7 @@ from ai_node.sr import PROBABILITY
 from ai_node.synth import StudySpec, write_study
 from ai_node.worker import Worker
 from dicomweb.app import create_app
-from radnode.index import jobs
+from radnode_core.index import jobs
 
 
 def sr_probability(path: Path) -> float | None:
@@ -230,10 +230,10 @@ def test_unexpected_errors_are_retried_then_parked_with_the_error(
     )
 
 
-def test_pipeline_is_the_default_processor(node) -> None:
-    from ai_node.worker import default_processor
+def test_the_assembled_worker_runs_the_analysis_pipeline(node) -> None:
+    from radnode.assembly import make_worker
 
-    assert isinstance(default_processor(node), AnalysisPipeline)
+    assert isinstance(make_worker(node).processor, AnalysisPipeline)
 
 
 def test_multi_frame_enhanced_ct_study(node, pipeline) -> None:  # noqa: F811

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from ai_node.cli import cmd_model_activate, cmd_model_list
 from ai_node.registry import SHIPPED_MODELS, ModelRegistry, ModelSet, RegistryError
+from radnode.ai_commands import cmd_model_activate, cmd_model_list
 from radnode.cli import build_parser
 
 
@@ -64,7 +64,7 @@ def test_model_cli_list_and_activate(registry: ModelRegistry, capsys) -> None:
 
 def test_importing_the_ai_node_and_parsing_the_cli_loads_no_tensorflow() -> None:
     code = (
-        "import sys; import ai_node.pipeline, ai_node.worker, ai_node.cli, radnode.cli;"
+        "import sys; import ai_node.pipeline, ai_node.worker, radnode.ai_commands, radnode.cli;"
         "radnode.cli.build_parser().parse_args(['model', 'list']);"
         "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'TF imported'"
     )

@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 
 from ai_node.results import ResultStore
 from dicomweb.app import create_app
-from radnode.index import InstanceRecord, utcnow
+from radnode_core.index import InstanceRecord, utcnow
 
 
 def _study(node, uid: str) -> None:

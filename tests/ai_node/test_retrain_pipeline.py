@@ -23,9 +23,11 @@ from ai_node.retrain.pipeline import compile_pipeline
 from ai_node.retrain.promote import PromotionRule
 from ai_node.retrain.runs import RunStore
 from ai_node.retrain.trigger import LabelTrigger
-from radnode.index import feedback, studies
-from radnode.node import Node
-from radnode.settings import Settings
+from ai_node.tables import feedback
+from radnode.assembly import build_node
+from radnode_core.index import studies
+from radnode_core.node import Node
+from radnode_core.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 CHECKED_IN = REPO / "k8s" / "pipelines" / "retrain-pipeline.yaml"
@@ -247,7 +249,7 @@ def _add_feedback(node: Node, n: int) -> None:
 
 
 def test_label_trigger_starts_a_run_at_the_threshold(tmp_path: Path) -> None:
-    node = Node(Settings(data_dir=tmp_path / "data", fsync=False, retraining_trigger_labels=3))
+    node = build_node(Settings(data_dir=tmp_path / "data", fsync=False, retraining_trigger_labels=3))
     try:
         trigger = LabelTrigger(node)
         _add_feedback(node, 2)
@@ -297,7 +299,7 @@ def test_a_failing_run_is_recorded_with_the_failed_step(tmp_path: Path) -> None:
     )
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "[1/5] export: failed" in proc.stderr
-    node = Node(Settings(data_dir=data, fsync=False))
+    node = build_node(Settings(data_dir=data, fsync=False))
     try:
         [run] = RunStore(node.index).list()
     finally:
@@ -310,7 +312,7 @@ def test_a_failing_run_is_recorded_with_the_failed_step(tmp_path: Path) -> None:
 
 def test_the_upload_job_command_line_parses() -> None:
     """The Kubernetes Job runs exactly this command line (k8s: pipeline upload Job)."""
-    from ai_node.cli import cmd_pipeline_upload
+    from radnode.ai_commands import cmd_pipeline_upload
     from radnode.cli import build_parser
 
     args = build_parser().parse_args(

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from ai_node.registry import ModelRegistry
-from ai_node.synth import StudySpec, generate_study
+from ai_node.synth import StudySpec, generate_study, write_study
 from ai_node.train import (
     HELDOUT_PLAN,
     HELDOUT_SEED_BASE,
@@ -23,7 +23,6 @@ from ai_node.train import (
     slice_labels,
     synthetic_specs,
 )
-from ai_node.synth import write_study
 
 REPO = Path(__file__).resolve().parents[2]
 

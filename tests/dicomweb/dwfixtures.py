@@ -14,11 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import RadnodeProcess
 from pydicom import Dataset
 from pydicom.filewriter import dcmwrite
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-from conftest import RadnodeProcess
 
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"

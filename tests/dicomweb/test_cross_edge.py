@@ -11,8 +11,8 @@ from dicomweb_client import DICOMwebClient
 from dwfixtures import VariedStudies, dicomweb_url, varied_studies  # noqa: F401
 from pydicom import dcmread
 
-from radnode.index import Index
-from radnode.jobs import JobQueue
+from radnode_core.index import Index
+from radnode_core.jobs import JobQueue
 
 
 @pytest.fixture

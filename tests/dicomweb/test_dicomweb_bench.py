@@ -1,18 +1,19 @@
-"""`radnode bench dicomweb` runs end to end on tiny data (no timing is asserted)."""
+"""`python -m benchmarks.dicomweb` runs end to end on tiny data (no timing is asserted)."""
 
 from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
-from conftest import RADNODE, REPO
+from conftest import REPO
 
 
 def test_bench_dicomweb_small(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     result = subprocess.run(
-        [*RADNODE, "bench", "dicomweb", "--studies", "30", "--slices", "3", "--queries", "3",
+        [sys.executable, "-m", "benchmarks.dicomweb", "--studies", "30", "--slices", "3", "--queries", "3",
          "--rounds", "1", "--work-dir", str(tmp_path / "work"), "--json", str(out)],
         cwd=REPO, capture_output=True, text=True, timeout=300, check=False,
     )

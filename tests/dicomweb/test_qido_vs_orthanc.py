@@ -15,7 +15,7 @@ from dicomweb_client import DICOMwebClient
 from dwfixtures import CT_IMAGE, VariedStudies, api, dicomweb_url, varied_studies  # noqa: F401
 from pgserver import PostgresServer
 
-from dicomweb.peers import OrthancDicomWeb
+from tests.support.dicomweb_peer import OrthancDicomWeb
 
 
 @pytest.fixture(scope="module")

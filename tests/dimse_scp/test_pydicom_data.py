@@ -12,7 +12,15 @@ from pathlib import Path
 
 import data_store
 import pytest
-from conftest import RadnodeProcess, dataset_bytes, dcmtk_env, free_port, require_tool, storescu, wait_for_port
+from conftest import (
+    RadnodeProcess,
+    dataset_bytes,
+    dcmtk_env,
+    free_port,
+    require_tool,
+    storescu,
+    wait_for_port,
+)
 from pydicom import dcmread
 
 # storescu proposes uncompressed syntaxes unless told which compressed one to offer.

@@ -25,7 +25,7 @@ import yaml
 from kubernetes_validate.utils import ValidationError
 
 from radnode.cli import build_parser
-from radnode.settings import Settings
+from radnode_core.settings import Settings
 from tests.test_deploy_files import (
     COMPOSE,
     DOCKERFILE,
@@ -195,9 +195,9 @@ def test_production_runs_replicas_on_longhorn_behind_tls(built) -> None:
 
 
 def test_the_queue_depth_the_hpa_scales_on_is_a_gauge_radnode_exports(tmp_path) -> None:
-    from radnode.node import Node
+    from radnode.assembly import build_node
 
-    node = Node(Settings(data_dir=tmp_path / "data"))
+    node = build_node(Settings(data_dir=tmp_path / "data"))
     try:
         text = node.metrics.exposition().decode()
     finally:
@@ -207,9 +207,9 @@ def test_the_queue_depth_the_hpa_scales_on_is_a_gauge_radnode_exports(tmp_path) 
 
 def test_the_ingress_sends_the_api_paths_to_the_api_and_the_rest_to_ohif(built, tmp_path) -> None:
     from dicomweb.app import create_app
-    from radnode.node import Node
+    from radnode.assembly import build_node
 
-    node = Node(Settings(data_dir=tmp_path / "data"))
+    node = build_node(Settings(data_dir=tmp_path / "data"))
     try:
         app = create_app(node)
         served = [*app.openapi()["paths"], *(getattr(r, "path", "") for r in app.routes)]

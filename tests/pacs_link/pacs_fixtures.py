@@ -8,7 +8,7 @@ from pydicom import Dataset
 
 from ai_node.sr import PROBABILITY
 from pacs_link import client
-from pacs_link.orthanc_peer import OrthancPacs
+from tests.support.orthanc_peer import OrthancPacs
 
 
 def qido(orthanc: OrthancPacs, path: str) -> list[dict]:

@@ -18,10 +18,11 @@ from pgserver import PostgresServer
 from sqlalchemy import func, select
 
 from ai_node.synth import StudySpec, write_study
+from ai_node.tables import results
 from pacs_link.changes import LEASE_KEY
 from pacs_link.lease import Lease
-from pacs_link.orthanc_peer import OrthancPacs
-from radnode.index import Index, instances, jobs, results
+from radnode_core.index import Index, instances, jobs
+from tests.support.orthanc_peer import OrthancPacs
 
 SPEC = {"region": "chest", "slices": 12, "rows": 128, "columns": 128, "pixel_spacing_mm": 2.8}
 FOLLOWING = "took the PACS changes follower lease"

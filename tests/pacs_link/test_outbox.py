@@ -12,15 +12,15 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from ai_node.synth import StudySpec, write_study
 from pacs_link.outbox import CLAIM_LEASE_S, Outbox, originals_to_forward, queue_study_results
-from radnode.index import instances
-from radnode.node import Node
-from radnode.settings import PacsPeer, Settings
+from radnode.assembly import build_node
+from radnode_core.index import instances
+from radnode_core.settings import PacsPeer, Settings
 
 
 @pytest.fixture
 def node(tmp_path):
     peer = PacsPeer(name="pacs", dicomweb_url="http://127.0.0.1:9/dicom-web")
-    n = Node(Settings(data_dir=tmp_path / "data", fsync=False, pacs_peers=[peer]))
+    n = build_node(Settings(data_dir=tmp_path / "data", fsync=False, pacs_peers=[peer]))
     yield n
     n.close()
 

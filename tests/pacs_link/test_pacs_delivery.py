@@ -9,11 +9,11 @@ from pacs_fixtures import instance_count, sr_instances, wait_for
 from pydicom.uid import ExplicitVRLittleEndian
 
 from ai_node.synth import StudySpec, write_study
-from pacs_link.orthanc_peer import OrthancPacs
 from pacs_link.outbox import Outbox, queue_study_results
 from pacs_link.sender import OutboxSender
-from radnode.node import Node
-from radnode.settings import Settings
+from radnode.assembly import build_node
+from radnode_core.settings import Settings
+from tests.support.orthanc_peer import OrthancPacs
 
 
 def test_cstore_delivery_through_the_outbox(tmp_path) -> None:
@@ -23,7 +23,7 @@ def test_cstore_delivery_through_the_outbox(tmp_path) -> None:
     uid = study.study_instance_uid
     with OrthancPacs(tmp_path / "orthanc") as orthanc:
         peer = orthanc.peer(delivery="cstore")
-        node = Node(Settings(data_dir=tmp_path / "data", fsync=False, pacs_peers=[peer]))
+        node = build_node(Settings(data_dir=tmp_path / "data", fsync=False, pacs_peers=[peer]))
         try:
             for f in files:
                 node.ingestor.ingest(dataset_bytes(f), ExplicitVRLittleEndian, source="test")

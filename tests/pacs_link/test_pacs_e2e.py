@@ -10,10 +10,10 @@ from pacs_fixtures import instance_count, qido, sr_instances, sr_probability, wa
 
 from ai_node.synth import StudySpec, write_study
 from pacs_link import client
-from pacs_link.orthanc_peer import OrthancPacs
 from pacs_link.outbox import Outbox
-from radnode.node import Node
-from radnode.settings import Settings
+from radnode.assembly import build_node
+from radnode_core.settings import Settings
+from tests.support.orthanc_peer import OrthancPacs
 
 SPEC = {"region": "chest", "slices": 20, "rows": 256, "columns": 256, "pixel_spacing_mm": 1.4}
 
@@ -100,7 +100,7 @@ def test_path2_orthanc_study_is_fetched_analysed_and_sr_stored_back_across_a_res
             assert node.stop() == 0
     # each study analysed once, one SR each, originals not sent back to the PACS
     assert jobs["total"] == 2, jobs
-    local = Node(Settings(data_dir=tmp_path / "data"))
+    local = build_node(Settings(data_dir=tmp_path / "data"))
     try:
         for study in (first, second):
             assert len(local.queue.jobs_for(study.study_instance_uid)) == 1

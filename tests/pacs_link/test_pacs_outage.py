@@ -10,7 +10,7 @@ from conftest import RadnodeProcess, free_port, storescu
 from pacs_fixtures import instance_count, sr_instances, wait_for
 
 from ai_node.synth import StudySpec, write_study
-from pacs_link.orthanc_peer import OrthancPacs
+from tests.support.orthanc_peer import OrthancPacs
 
 FAST_RETRY = {"RADNODE_OUTBOX_BACKOFF_S": "0.2", "RADNODE_OUTBOX_BACKOFF_MAX_S": "1"}
 

@@ -26,11 +26,11 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from ai_node.synth import StudySpec, write_study
 from pacs_link import client
-from pacs_link.orthanc_peer import OrthancPacs
 from pacs_link.outbox import queue_study_results
 from pacs_link.sender import OutboxSender
-from radnode.node import Node
-from radnode.settings import Settings
+from radnode.assembly import build_node
+from radnode_core.settings import Settings
+from tests.support.orthanc_peer import OrthancPacs
 
 
 def self_signed(tmp_path):
@@ -121,7 +121,7 @@ def test_stow_and_changes_over_https_with_the_ca_and_a_clear_error_without(tmp_p
         peer = orthanc.peer(dicomweb_url=url, tls_ca_file=ca)
         assert client.check(peer) is None
         assert client.orthanc(peer).get_json("changes?last")["Last"] >= 0
-        node = Node(Settings(data_dir=tmp_path / "data", fsync=False, pacs_peers=[peer]))
+        node = build_node(Settings(data_dir=tmp_path / "data", fsync=False, pacs_peers=[peer]))
         try:
             for f in files:
                 node.ingestor.ingest(dataset_bytes(f), ExplicitVRLittleEndian, source="test")

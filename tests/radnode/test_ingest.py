@@ -11,8 +11,8 @@ from pydicom.filewriter import write_dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import UID
 
-from radnode.index import Index, make_engine
-from radnode.ingest import (
+from radnode_core.index import Index, make_engine
+from radnode_core.ingest import (
     CANNOT_UNDERSTAND,
     DATASET_DOES_NOT_MATCH_SOP_CLASS,
     OUT_OF_RESOURCES,
@@ -21,8 +21,8 @@ from radnode.ingest import (
     check_structure,
     decode_complete,
 )
-from radnode.metrics import Metrics
-from radnode.store import InstanceStore
+from radnode_core.metrics import Metrics
+from radnode_core.store import InstanceStore
 
 EXPLICIT, IMPLICIT, BIG, DEFLATED = "1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"
 

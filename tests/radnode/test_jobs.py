@@ -8,8 +8,8 @@ import time
 import pytest
 
 from ai_node.results import ResultStore
-from radnode.index import Index, InstanceRecord
-from radnode.jobs import JobQueue
+from radnode_core.index import Index, InstanceRecord
+from radnode_core.jobs import JobQueue
 
 
 @pytest.fixture
@@ -97,6 +97,7 @@ def test_concurrent_enqueue_and_claim_give_each_job_to_exactly_one_worker(index)
 
 def test_expired_lease_is_reclaimed_and_gives_up_after_max_attempts(index):
     queue = JobQueue(index, lease_s=10, max_attempts=2)
+    queue.on_give_up(ResultStore.fail_abandoned)  # as the AI pipeline registers it
     _add(index, "5.5", 1)
     queue.enqueue_if_due("5.5", "released")
     now = time.time()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from radnode.settings import Settings
+from radnode_core.settings import Settings
 
 
 def test_defaults():

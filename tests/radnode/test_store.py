@@ -12,9 +12,9 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filereader import _read_file_meta_info
 from pydicom.uid import Comprehensive3DSRStorage, ExplicitVRLittleEndian, generate_uid
 
-from radnode.index import Index, record_fields_from_dataset
-from radnode.store import CLEAN_SHUTDOWN_MARKER, InstanceStore, file_meta_bytes
-from radnode.uids import InvalidUID, check_uid
+from radnode_core.index import Index, record_fields_from_dataset
+from radnode_core.store import CLEAN_SHUTDOWN_MARKER, InstanceStore, file_meta_bytes
+from radnode_core.uids import InvalidUID, check_uid
 
 
 def _split(path: Path) -> tuple[bytes, str]:

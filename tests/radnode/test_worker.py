@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 
 from ai_node.worker import Worker
-from radnode.index import Index, InstanceRecord
-from radnode.jobs import Job, JobQueue
-from radnode.metrics import Metrics
+from radnode_core.index import Index, InstanceRecord
+from radnode_core.jobs import Job, JobQueue
+from radnode_core.metrics import Metrics
 
 
 def test_worker_processes_each_job_once_and_retries_failures(tmp_path):

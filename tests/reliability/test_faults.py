@@ -20,12 +20,12 @@ from conftest import RADNODE, REPO, RadnodeProcess, dataset_bytes, dcmtk_env, re
 from relfixtures import acknowledged, files_on_disk, record, scale, temp_files, wait_for
 
 from ai_node.synth import StudySpec, SyntheticStudy, write_study
-from radnode.processes import stop_process
+from tests.support.processes import stop_process
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pacs_link"))
 from pacs_fixtures import instance_count, sr_instances  # noqa: E402
 
-from pacs_link.orthanc_peer import OrthancPacs  # noqa: E402
+from tests.support.orthanc_peer import OrthancPacs  # noqa: E402
 
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
 FAST_RETRY = {"RADNODE_OUTBOX_BACKOFF_S": "0.2", "RADNODE_OUTBOX_BACKOFF_MAX_S": "1"}
@@ -86,7 +86,7 @@ def test_pacs_down_while_results_are_produced_then_back(tmp_path):
 def test_database_restart_while_storing_and_analysing(tmp_path):
     from pgserver import PostgresServer
 
-    from radnode.index import Index
+    from radnode_core.index import Index
 
     studies = [_small_study(400 + i, tmp_path / f"in{i}", slices=scale(80, 150))
                for i in range(scale(2, 4))]
@@ -158,7 +158,7 @@ def _sop_uid(path: Path) -> str:
 def _sr_paths(index) -> set[str]:
     from sqlalchemy import select
 
-    from radnode.index import instances
+    from radnode_core.index import instances
 
     with index.engine.connect() as conn:
         return set(conn.execute(select(instances.c.path).where(

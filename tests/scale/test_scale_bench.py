@@ -1,11 +1,12 @@
-"""``radnode bench scale`` runs end to end on tiny studies (no timing is asserted)."""
+"""``python -m benchmarks.scale`` runs end to end on tiny studies (no timing is asserted)."""
 
 from __future__ import annotations
 
 import subprocess
+import sys
 
 import pytest
-from conftest import RADNODE, REPO
+from conftest import REPO
 from pgserver import PostgresServer
 from sqlalchemy import create_engine, text
 
@@ -14,7 +15,7 @@ from sqlalchemy import create_engine, text
 def test_bench_scale_reports_every_round_and_leaves_no_database(tmp_path) -> None:
     with PostgresServer() as pg:
         result = subprocess.run(
-            [*RADNODE, "bench", "scale", "--database-url", pg.url, "--workers", "1", "2",
+            [sys.executable, "-m", "benchmarks.scale", "--database-url", pg.url, "--workers", "1", "2",
              "--studies", "2", "--slices", "8", "--size", "64", "--work-dir", str(tmp_path)],
             capture_output=True, text=True, timeout=600, cwd=REPO, check=False,
         )
@@ -33,7 +34,7 @@ def test_bench_scale_reports_every_round_and_leaves_no_database(tmp_path) -> Non
 
 def test_bench_scale_refuses_a_database_that_is_not_postgresql(tmp_path) -> None:
     result = subprocess.run(
-        [*RADNODE, "bench", "scale", "--database-url", f"sqlite:///{tmp_path / 'x.db'}"],
+        [sys.executable, "-m", "benchmarks.scale", "--database-url", f"sqlite:///{tmp_path / 'x.db'}"],
         capture_output=True, text=True, timeout=120, cwd=REPO, check=False,
     )
     assert result.returncode == 2 and "PostgreSQL" in result.stderr

@@ -26,8 +26,9 @@ from pydicom import dcmread
 from sqlalchemy import func, select
 
 from ai_node.synth import StudySpec, write_study
-from radnode.index import Index, instances, jobs, results
-from radnode.jobs import JobQueue
+from ai_node.tables import results
+from radnode_core.index import Index, instances, jobs
+from radnode_core.jobs import JobQueue
 
 STUDIES = 20
 SENDERS = 4

@@ -16,8 +16,8 @@ import pytest
 from pgserver import PostgresServer
 from sqlalchemy import select
 
-from radnode.index import Index, InstanceRecord, jobs
-from radnode.jobs import JobQueue
+from radnode_core.index import Index, InstanceRecord, jobs
+from radnode_core.jobs import JobQueue
 
 
 @pytest.fixture(scope="module")

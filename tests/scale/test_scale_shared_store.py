@@ -10,8 +10,8 @@ from conftest import dataset_bytes
 from pydicom import dcmread
 
 from ai_node.synth import StudySpec, write_study
-from radnode.index import Index, record_fields_from_dataset
-from radnode.store import InstanceStore, file_meta_bytes
+from radnode_core.index import Index, record_fields_from_dataset
+from radnode_core.store import InstanceStore, file_meta_bytes
 
 
 def test_a_quiet_receiver_still_stores_after_another_pod_cleaned_up_old_temp_folders(

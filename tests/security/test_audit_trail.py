@@ -26,9 +26,9 @@ from secfixtures import (
 )
 
 from ai_node.synth import StudySpec, write_study
-from radnode.audit import AuditTrail, StudyRef
-from radnode.node import Node
-from radnode.settings import Settings
+from radnode.assembly import build_node
+from radnode_core.audit import AuditTrail, StudyRef
+from radnode_core.settings import Settings
 
 RADIOLOGIST = "rad-token-audit-0123456789"
 MODALITY = "modality-token-audit-0123456789"
@@ -199,7 +199,7 @@ def test_whole_run_is_audited_and_no_patient_name_reaches_the_ordinary_log(tmp_p
 
 def test_export_and_failed_store_messages(tmp_path: Path) -> None:
     """audit.export (for the training code) and a transfer of which nothing was stored."""
-    node = Node(Settings(data_dir=tmp_path / "data", fsync=False))
+    node = build_node(Settings(data_dir=tmp_path / "data", fsync=False))
     try:
         node.audit.export(
             [StudyRef("1.2.3.4", {"1.2.840.10008.5.1.4.1.1.2": 12}), "1.2.3.5"],
@@ -309,7 +309,7 @@ def test_control_characters_in_names_keep_each_message_valid_xml_on_one_line() -
     character: the message still parses and stays one line of the log."""
     import xml.etree.ElementTree as ET
 
-    from radnode.audit import (
+    from radnode_core.audit import (
         INSTANCES_TRANSFERRED,
         PATIENT_NUMBER,
         Participant,

@@ -26,13 +26,14 @@ from pydicom.uid import ExplicitVRLittleEndian
 from secfixtures import Pki, audit_messages, event_id, make_pki
 
 from ai_node.synth import StudySpec, write_study
-from dimse_scp.scu import AssociationFailed, echo
-from dimse_scp.tls import client_context
-from pacs_link.orthanc_peer import OrthancPacs
 from pacs_link.outbox import queue_study_results
+from pacs_link.scu import AssociationFailed, echo
 from pacs_link.sender import OutboxSender
-from radnode.node import Node
-from radnode.settings import Settings
+from radnode.assembly import build_node
+from radnode_core.node import Node
+from radnode_core.settings import Settings
+from radnode_core.tls import client_context
+from tests.support.orthanc_peer import OrthancPacs
 
 # The TLS 1.0/1.1 client of the refusal test uses deprecated protocol versions on purpose.
 pytestmark = pytest.mark.filterwarnings("ignore:ssl.TLSVersion:DeprecationWarning")
@@ -293,7 +294,7 @@ def test_cstore_delivery_to_orthanc_over_dicom_tls(tmp_path: Path, pki: Pki, sma
             tls_cert_file=pki.client_cert,
             tls_key_file=pki.client_key,
         )
-        node = Node(Settings(data_dir=tmp_path / "data", fsync=False, pacs_peers=[peer]))
+        node = build_node(Settings(data_dir=tmp_path / "data", fsync=False, pacs_peers=[peer]))
         try:
             for f in files:
                 node.ingestor.ingest(dataset_bytes(f), ExplicitVRLittleEndian, source="test")

@@ -21,10 +21,10 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from secfixtures import RELATED, stow_body
 
 from ai_node.synth import StudySpec, write_study
-from dimse_scp.scu import send_files
-from radnode.ingest import IngestError
-from radnode.node import Node
-from radnode.settings import Settings
+from pacs_link.scu import send_files
+from radnode.assembly import build_node
+from radnode_core.ingest import IngestError
+from radnode_core.settings import Settings
 
 LIMIT = 20_000  # bytes: a 64x64 slice (8 KiB of pixels) fits, a 128x128 one (32 KiB) does not
 
@@ -184,7 +184,7 @@ def test_a_deflate_bomb_is_refused_before_it_is_inflated_whole(tmp_path: Path) -
     deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
     bomb = deflater.compress(buf.getvalue()) + deflater.flush()
     assert len(bomb) < LIMIT * 5
-    node = Node(Settings(data_dir=tmp_path / "data", fsync=False, max_instance_bytes=LIMIT))
+    node = build_node(Settings(data_dir=tmp_path / "data", fsync=False, max_instance_bytes=LIMIT))
     try:
         with pytest.raises(IngestError) as refused:
             node.ingestor.ingest(bomb, "1.2.840.10008.1.2.1.99", source="test")

@@ -22,8 +22,8 @@ from dicomweb.app import create_app
 from dicomweb.multipart import iter_parts
 from pacs_link.outbox import queue_study_results
 from pacs_link.sender import OutboxSender
-from radnode.node import Node
-from radnode.settings import PacsPeer, Settings
+from radnode.assembly import build_node
+from radnode_core.settings import PacsPeer, Settings
 
 ELF = b"\x7fELF\x02\x01\x01" + b"\x00" * 9 + b"\x02\x00\x3e\x00"
 PE = b"MZ\x90\x00\x03" + b"\x00" * 55 + b"\x80\x00\x00\x00"
@@ -102,7 +102,7 @@ def test_stow_stores_serves_and_forwards_a_zero_preamble(
     study_uid, files = polyglots
     port, bodies = capture
     peer = PacsPeer(name="capture", dicomweb_url=f"http://127.0.0.1:{port}/dicom-web")
-    node = Node(Settings(data_dir=tmp_path / "data", fsync=False, pacs_peers=[peer]))
+    node = build_node(Settings(data_dir=tmp_path / "data", fsync=False, pacs_peers=[peer]))
     try:
         web = TestClient(create_app(node))
         r = web.post(

@@ -16,10 +16,10 @@ from vpfixtures import RADIOLOGIST, VIEWER, analysed, make_node, shipped_models 
 from ai_fixtures import add_study, run_all  # isort: skip
 from ai_node.pipeline import AnalysisPipeline
 from ai_node.synth import StudySpec
+from ai_node.tables import feedback
 from dicomweb.app import create_app
-from pacs_link.orthanc_peer import OrthancPacs
 from pacs_link.sender import OutboxSender
-from radnode.index import feedback
+from tests.support.orthanc_peer import OrthancPacs
 from viewer_plugin.explorer import FEEDBACK_ROUTE, RESULT_ROUTE, register
 
 ARTIFACTS = REPO / "build" / "test-artifacts"

@@ -11,8 +11,8 @@ from vpfixtures import ADMIN, RADIOLOGIST, VIEWER, analysed, shipped_models  # n
 
 from ai_fixtures import dciodvfy, sr_rows  # isort: skip  (on sys.path once vpfixtures is)
 from ai_node.results import ResultStore
+from ai_node.tables import feedback
 from dicomweb.app import create_app
-from radnode.index import feedback
 
 
 def _auth(token: str) -> dict[str, str]:
@@ -45,7 +45,7 @@ def test_relabel_records_row_audit_and_amended_sr(analysed, caplog, tmp_path) ->
     with TestClient(create_app(node)) as client:
         me = client.get("/api/whoami", headers=_auth(RADIOLOGIST)).json()
         assert me["observer_name"] == "Doe^Jane" and me["may_give_feedback"] is True
-        with caplog.at_level(logging.INFO, logger="radnode.audit"):
+        with caplog.at_level(logging.INFO, logger="radnode_core.audit"):
             r = client.post(
                 f"/api/studies/{uid}/feedback",
                 json={
@@ -77,7 +77,7 @@ def test_relabel_records_row_audit_and_amended_sr(analysed, caplog, tmp_path) ->
             client.get("/api/worklist?reviewed=false", headers=_auth(VIEWER)).json()["total"] == 0
         )
 
-    [audit] = [rec for rec in caplog.records if rec.name == "radnode.audit"]
+    [audit] = [rec for rec in caplog.records if rec.name == "radnode_core.audit"]
     assert audit.user == "Doe^Jane" and audit.decision == "relabel" and audit.study_uid == uid
     [row] = _feedback_rows(node)
     assert row.comment == "calcified granuloma" and row.created_at is not None
@@ -136,7 +136,7 @@ def test_no_result_yet_is_a_conflict_and_records_nothing(analysed, state) -> Non
     node = analysed.node
     uid = "1.2.826.0.1.3680043.8.498.1"
     if state == "pending":
-        from radnode.index import InstanceRecord
+        from radnode_core.index import InstanceRecord
 
         node.index.add_instance(
             InstanceRecord(

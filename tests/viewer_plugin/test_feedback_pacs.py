@@ -14,15 +14,15 @@ from pacs_fixtures import qido, sr_instances, wait_for  # isort: skip
 from ai_node.pipeline import AnalysisPipeline
 from ai_node.synth import StudySpec
 from dicomweb.app import create_app
-from pacs_link.orthanc_peer import OrthancPacs
 from pacs_link.sender import OutboxSender
-from radnode.node import Node
-from radnode.settings import Settings
+from radnode.assembly import build_node
+from radnode_core.settings import Settings
+from tests.support.orthanc_peer import OrthancPacs
 
 
 def test_relabel_sr_is_delivered_to_orthanc(tmp_path: Path, shipped_models) -> None:  # noqa: F811
     with OrthancPacs(tmp_path / "orthanc") as orthanc:
-        node = Node(
+        node = build_node(
             Settings(
                 data_dir=tmp_path / "data",
                 fsync=False,

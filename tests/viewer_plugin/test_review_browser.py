@@ -115,7 +115,6 @@ def test_worklist_review_relabel_then_amended_sr_by_qido(edge, tmp_path) -> None
 
 def test_review_page_without_radiologist_role_has_no_buttons(edge, tmp_path) -> None:
     from selenium.webdriver.common.by import By
-
     from vpfixtures import VIEWER
 
     _, uids, base = edge

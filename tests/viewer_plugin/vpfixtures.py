@@ -16,8 +16,9 @@ from ai_fixtures import add_study, run_all, shipped_models  # noqa: E402,F401
 from ai_node.pipeline import AnalysisPipeline  # noqa: E402
 from ai_node.registry import ModelSet  # noqa: E402
 from ai_node.synth import StudySpec  # noqa: E402
-from radnode.node import Node  # noqa: E402
-from radnode.settings import Settings  # noqa: E402
+from radnode.assembly import build_node
+from radnode_core.node import Node  # noqa: E402
+from radnode_core.settings import Settings  # noqa: E402
 
 RADIOLOGIST = "rad-token-0123456789"
 VIEWER = "viewer-token-0123456789"
@@ -40,7 +41,7 @@ def make_node(data_dir: Path, auth: bool) -> Node:
             "radiologist_names": {RADIOLOGIST: "Doe^Jane"},
             "verifying_organization": "General Hospital",
         }
-    return Node(Settings(data_dir=data_dir, fsync=False, **extra))
+    return build_node(Settings(data_dir=data_dir, fsync=False, **extra))
 
 
 def analyse_studies(node: Node, models: ModelSet, out: Path, specs: list[StudySpec]) -> list[str]:

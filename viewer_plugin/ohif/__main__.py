@@ -7,7 +7,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from radnode.settings import Settings
+import uvicorn
+
+from radnode_core.settings import Settings
+from viewer_plugin.ohif.server import create_ohif_app, default_dist
 
 
 def main(args: Sequence[str] | None = None) -> int:
@@ -19,10 +22,6 @@ def main(args: Sequence[str] | None = None) -> int:
         "--upstream", help="radnode's HTTP root (default: http://<host>:<http_port>)"
     )
     ns = parser.parse_args(args)
-
-    import uvicorn
-
-    from viewer_plugin.ohif.server import create_ohif_app, default_dist
 
     settings = Settings.load(ns.config)
     dist = ns.dist or settings.ohif_dir or default_dist()

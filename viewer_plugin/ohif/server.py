@@ -27,8 +27,9 @@ FORWARDED_RESPONSE_HEADERS = ("content-type", "content-length", "warning", "www-
 
 
 def default_dist() -> Path:
-    """Where ``make ohif`` unpacks ``@ohif/app``'s prebuilt viewer."""
-    return Path(__file__).resolve().parents[2] / "build" / "ohif" / "package" / "dist"
+    """Where ``make ohif`` unpacks ``@ohif/app``'s prebuilt viewer, from the directory
+    ``make viewer`` runs in; elsewhere, set ``ohif_dir``."""
+    return Path("build") / "ohif" / "package" / "dist"
 
 
 class SinglePageApp(StaticFiles):

@@ -3,7 +3,7 @@
 ``send`` transmits each file's dataset exactly as encoded on disk (pynetdicom
 reads it from the path), proposing one presentation context per SOP class and
 transfer syntax found in the files. Both can run over DICOM TLS (PS3.15 B.9):
-pass a client context from :func:`dimse_scp.tls.client_context`.
+pass a client context from :func:`radnode_core.tls.client_context`.
 """
 
 from __future__ import annotations

@@ -29,10 +29,10 @@ from typing import Any
 from pydicom import Dataset, dcmread
 from pydicom.filewriter import write_file_meta_info
 
-from radnode import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
-from radnode.index import Index, InstanceRecord, record_fields_from_dataset
-from radnode.settings import DuplicatePolicy
-from radnode.uids import InvalidUID
+from radnode_core import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from radnode_core.index import Index, InstanceRecord, record_fields_from_dataset
+from radnode_core.settings import DuplicatePolicy
+from radnode_core.uids import InvalidUID
 
 logger = logging.getLogger(__name__)
 

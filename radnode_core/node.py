@@ -1,28 +1,44 @@
-"""Assembly of one node's shared parts from its settings (no globals).
+"""One node's shared parts, built from its settings (no globals).
 
-The CLI builds a :class:`Node` and starts the parts a subcommand asks for;
-tests build one in-process the same way.
+The features (``dimse_scp``, ``ai_node``, ``pacs_link``) and the edges take a
+:class:`Node`; the application package (``radnode.assembly``) builds it, wires in
+what one feature offers another (:class:`ResultDelivery`) and starts the processes.
 """
 
 from __future__ import annotations
 
 import logging
 from functools import cached_property
+from typing import Protocol
 
-from radnode.audit import AuditTrail
-from radnode.index import Index
-from radnode.ingest import Ingestor
-from radnode.jobs import JobQueue
-from radnode.metrics import Metrics
-from radnode.settings import Settings
-from radnode.store import InstanceStore
+from radnode_core.audit import AuditTrail
+from radnode_core.index import Index
+from radnode_core.ingest import Ingestor
+from radnode_core.jobs import JobQueue
+from radnode_core.metrics import Metrics
+from radnode_core.settings import Settings
+from radnode_core.store import InstanceStore
 
 logger = logging.getLogger(__name__)
 
 
+class ResultDelivery(Protocol):
+    """Queues a study's report for the PACS peers: ``(study UID, SR SOP Instance UID or
+    None)``; returns how many instances were queued. Called in the step that stored the SR,
+    so a result is never produced without being queued."""
+
+    def __call__(self, study_uid: str, sr_uid: str | None) -> int: ...
+
+
 class Node:
+    """The parts every role shares: settings, index, job queue, store, ingest, audit, metrics.
+
+    ``deliver`` is None on a node with no PACS peer; the assembly sets it otherwise.
+    """
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.deliver: ResultDelivery | None = None
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.index = Index(settings.index_url)
         self.metrics = Metrics()
@@ -30,10 +46,6 @@ class Node:
             self.index, lease_s=settings.job_lease_s, max_attempts=settings.job_max_attempts
         )
         self.metrics.watch_index(self.queue.depth, self.index.counts)
-        if settings.pacs_peers:
-            from pacs_link.outbox import Outbox
-
-            self.metrics.watch_outbox(Outbox(self.index).counts)
 
     @cached_property
     def store(self) -> InstanceStore:

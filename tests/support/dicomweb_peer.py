@@ -1,4 +1,4 @@
-"""Orthanc with its DICOMweb plugin as a reference peer (tests and ``radnode bench dicomweb``).
+"""Orthanc with its DICOMweb plugin as a reference peer (tests and ``python -m benchmarks.dicomweb``).
 
 Debian's ``orthanc`` + ``orthanc-dicomweb``, started with a generated config on
 free loopback ports, SQLite index, and stopped by whoever started it.
@@ -16,7 +16,7 @@ import urllib.request
 from pathlib import Path
 from types import TracebackType
 
-from radnode.processes import free_port, stop_process
+from tests.support.processes import free_port, stop_process
 
 ORTHANC = "/usr/sbin/Orthanc"
 DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"

@@ -1,4 +1,5 @@
-"""``radnode bench e2e --via orthanc``: modality -> Orthanc -> radnode -> SR in Orthanc.
+"""``python -m benchmarks.ai_node e2e --via orthanc``: modality -> Orthanc -> radnode -> SR
+in Orthanc.
 
 For each round a synthetic study goes by dcmtk ``storescu`` to Orthanc (path 2:
 Orthanc's StableAge, radnode's changes follower, WADO-RS fetch, analysis,
@@ -21,10 +22,10 @@ from pathlib import Path
 
 import requests
 
-from ai_node.bench import _study, _warm_files, start_serve
+from benchmarks.ai_node import _study, _warm_files, start_serve
 from pacs_link import client
-from pacs_link.orthanc_peer import STACK_CONFIG, OrthancPacs
-from radnode.processes import free_port, stop_process, wait_port
+from tests.support.orthanc_peer import STACK_CONFIG, OrthancPacs
+from tests.support.processes import free_port, stop_process, wait_port
 
 
 def _sr_found(orthanc: OrthancPacs, session: requests.Session, study_uid: str) -> bool:

@@ -5,7 +5,7 @@ system of record: a file is fsynced (with its directory) before its row is
 committed, and the C-STORE success goes out after the commit. SQLite runs
 with ``synchronous=NORMAL``: a commit survives a process crash (kill -9); after
 a power loss the last commits may be lost, and the start-up reconciliation
-(:meth:`radnode.store.InstanceStore.reconcile`, run after any unclean stop)
+(:meth:`radnode_core.store.InstanceStore.reconcile`, run after any unclean stop)
 indexes every durable file the index lacks, so no acknowledged instance is
 lost either way. PostgreSQL commits are durable on their own.
 Patient-level attributes live here for the query services; they never go to
@@ -23,7 +23,6 @@ from typing import Any
 
 from pydicom import Dataset
 from sqlalchemy import (
-    JSON,
     BigInteger,
     Column,
     DateTime,
@@ -50,7 +49,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
-from radnode.uids import check_uid
+from radnode_core.uids import check_uid
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +76,7 @@ studies = Table(
     Column("referring_physician_name", String(324)),
     Column("num_instances", Integer, nullable=False, default=0),
     # Every stored (non-duplicate) instance bumps received_seq; a job is due while
-    # received_seq > queued_seq (see radnode.jobs).
+    # received_seq > queued_seq (see radnode_core.jobs).
     Column("received_seq", Integer, nullable=False, default=0),
     Column("queued_seq", Integer, nullable=False, default=0),
     Column("first_received_at", Float, nullable=False),
@@ -149,108 +148,6 @@ jobs = Table(
 )
 SqlIndex("ix_jobs_state_available", jobs.c.state, jobs.c.available_at)
 
-# The AI result of one version of a study (written by ai_node; read by the HTTP API).
-results = Table(
-    "results",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("study_uid", UID, ForeignKey("studies.study_uid"), nullable=False),
-    Column("version", Integer, nullable=False),
-    Column("job_id", Integer, ForeignKey("jobs.id")),
-    # pending | running | done | out_of_scope | failed
-    Column("status", String(16), nullable=False),
-    Column("score", Float),
-    Column("label", String(64)),
-    Column("model_version", String(64)),
-    Column("sr_sop_instance_uid", UID),
-    Column("error", Text),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("finished_at", DateTime(timezone=True)),
-    Column("details", JSON),  # timings, driving slice, region, per-model versions ...
-    UniqueConstraint("study_uid", "version", name="uq_results_study_version"),
-)
-SqlIndex("ix_results_score", results.c.score)
-
-# A radiologist's judgement of one AI result (viewer_plugin.feedback): confirm or relabel,
-# who and when, the model version judged, and the verified / amended SR it produced. The
-# labels retraining reads; a study's newest row per result is the current label.
-feedback = Table(
-    "feedback",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("study_uid", UID, ForeignKey("studies.study_uid"), nullable=False),
-    Column("result_version", Integer, nullable=False),
-    Column("ai_sr_sop_instance_uid", UID, nullable=False),
-    Column("decision", String(16), nullable=False),  # confirm | relabel
-    Column("label", String(64), nullable=False),  # the label the radiologist stands by
-    Column("ai_label", String(64)),
-    Column("comment", Text),
-    Column("model_version", String(64)),
-    Column("user", String(128), nullable=False),
-    Column("observer_name", String(324), nullable=False),
-    Column("sr_sop_instance_uid", UID, nullable=False),
-    Column("predecessor_sop_instance_uid", UID, nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-)
-SqlIndex("ix_feedback_study", feedback.c.study_uid, feedback.c.result_version)
-
-# Instances waiting for (or done with) delivery to a PACS peer (pacs_link.outbox): the
-# node's SRs and, if configured, the originals it received. One row per peer and
-# instance, so an instance is never queued twice; rows are never deleted by the sender.
-outbox = Table(
-    "outbox",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("peer", String(32), nullable=False),
-    Column("sop_instance_uid", UID, nullable=False),
-    Column("study_uid", UID, nullable=False),
-    Column("kind", String(16), nullable=False),  # original | sr
-    Column("state", String(16), nullable=False),  # pending | delivered | failed
-    Column("attempts", Integer, nullable=False, default=0),
-    Column("next_attempt_at", Float, nullable=False),
-    Column("last_error", Text),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("delivered_at", DateTime(timezone=True)),
-    UniqueConstraint("peer", "sop_instance_uid", name="uq_outbox_peer_instance"),
-)
-SqlIndex("ix_outbox_due", outbox.c.state, outbox.c.next_attempt_at)
-SqlIndex("ix_outbox_study", outbox.c.study_uid)
-
-# Small per-peer state that must survive restarts: the last /changes sequence number
-# processed, the peer's last connection check (for /readyz).
-pacs_state = Table(
-    "pacs_state",
-    metadata,
-    Column("peer", String(32), primary_key=True),
-    Column("key", String(32), primary_key=True),
-    Column("value", JSON, nullable=False),
-    Column("updated_at", Float, nullable=False),
-)
-
-# -- retraining (ai_node.retrain) ------------------------------------------------------
-# One row per retraining run: how it started, each step's state, the candidate's and the
-# active model's test-split metrics, the promotion decision and its reason. labels_upto:
-# the newest feedback id the run saw (the label-count trigger counts from there).
-retrain_runs = Table(
-    "retrain_runs",
-    metadata,
-    Column("run_id", String(40), primary_key=True),
-    Column("trigger", String(16), nullable=False),  # manual | labels | kfp
-    Column("status", String(16), nullable=False),  # running | succeeded | failed | submitted
-    Column("started_at", DateTime(timezone=True), nullable=False),
-    Column("finished_at", DateTime(timezone=True)),
-    Column("steps", JSON, nullable=False),  # {step: pending | running | succeeded | failed}
-    Column("labels_upto", Integer, nullable=False, default=0),
-    Column("candidate_version", String(64)),
-    Column("decision", String(16)),  # promoted | refused
-    Column("reason", Text),
-    Column("metrics", JSON),
-    Column("artifacts", JSON),
-    Column("kfp_run_id", String(64)),
-    Column("error", Text),
-)
-SqlIndex("ix_retrain_runs_started", retrain_runs.c.started_at)
-# -- end of retraining -----------------------------------------------------------------
 
 _STUDY_ATTRIBUTES = (
     "patient_id",
@@ -335,7 +232,7 @@ def record_fields_from_dataset(
 ) -> dict[str, Any]:
     """The index fields of an instance, from its dataset (UIDs validated, PS3.5 9.1).
 
-    Raises :class:`radnode.uids.InvalidUID` when a UID the store needs is missing
+    Raises :class:`radnode_core.uids.InvalidUID` when a UID the store needs is missing
     or malformed.
     """
     return {
@@ -365,12 +262,8 @@ def record_fields_from_dataset(
             "body_part_examined": _text(ds, "BodyPartExamined", 16),
             "series_date": _text(ds, "SeriesDate", 8),
             "series_time": _text(ds, "SeriesTime", 16),
-            "performed_procedure_step_start_date": _text(
-                ds, "PerformedProcedureStepStartDate", 8
-            ),
-            "performed_procedure_step_start_time": _text(
-                ds, "PerformedProcedureStepStartTime", 16
-            ),
+            "performed_procedure_step_start_date": _text(ds, "PerformedProcedureStepStartDate", 8),
+            "performed_procedure_step_start_time": _text(ds, "PerformedProcedureStepStartTime", 16),
             **_request_attributes(ds),
         },
         "image": {

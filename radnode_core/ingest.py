@@ -31,10 +31,10 @@ from pydicom.dataelem import RawDataElement
 from pydicom.filereader import read_dataset
 from pydicom.uid import UID
 
-from radnode.index import record_fields_from_dataset
-from radnode.metrics import Metrics
-from radnode.store import InstanceStore, file_meta_bytes
-from radnode.uids import InvalidUID
+from radnode_core.index import record_fields_from_dataset
+from radnode_core.metrics import Metrics
+from radnode_core.store import InstanceStore, file_meta_bytes
+from radnode_core.uids import InvalidUID
 
 logger = logging.getLogger(__name__)
 
@@ -47,12 +47,8 @@ CANNOT_UNDERSTAND = 0xC000
 DEFLATED_DATASET_SYNTAXES = frozenset({"1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.4.95"})
 _UNDEFINED_LENGTH = 0xFFFFFFFF
 # PS3.5 7.1.2: VRs with a 2-byte reserved field and a 4-byte length; the others have 2.
-_LONG_VRS = frozenset(
-    b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split()
-)
-_SHORT_VRS = frozenset(
-    b"AE AS AT CS DA DS DT FD FL IS LO LT PN SH SL SS ST TM UI UL US".split()
-)
+_LONG_VRS = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())
+_SHORT_VRS = frozenset(b"AE AS AT CS DA DS DT FD FL IS LO LT PN SH SL SS ST TM UI UL US".split())
 _ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 _PIXEL_DATA = 0x7FE00010
 _DATASET, _ITEMS, _FRAGMENTS = 0, 1, 2

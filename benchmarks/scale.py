@@ -1,4 +1,5 @@
-"""``radnode bench scale``: studies per minute with 1, 2, 3... worker processes on PostgreSQL.
+"""``python -m benchmarks.scale``: studies per minute with 1, 2, 3... worker processes
+on PostgreSQL.
 
 For each worker count, in one run: a fresh database on the given PostgreSQL server
 and a fresh data dir, one ``radnode scp`` (the Kubernetes Deployments, as processes)
@@ -22,6 +23,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any
@@ -119,8 +121,9 @@ def run_round(
     """One worker count: the measured window and the per-study analysis times."""
     from sqlalchemy import create_engine, func, select, update
 
-    from radnode.index import jobs, results
-    from radnode.processes import free_port, wait_port
+    from ai_node.tables import results
+    from radnode_core.index import jobs
+    from tests.support.processes import free_port, wait_port
 
     name = f"radnode_bench_scale_{workers}_{uuid.uuid4().hex[:8]}"
     url = _database(server_url, name, create=True)
@@ -210,7 +213,7 @@ def scale_benchmark(
     timeout_s: float = 1800,
 ) -> str:
     """The Markdown table of studies/min per worker count."""
-    from ai_node.bench import _study
+    from benchmarks.ai_node import _study
 
     storescu = shutil.which("storescu")
     if storescu is None:
@@ -247,9 +250,30 @@ def _server_version(server_url: str) -> str:
         engine.dispose()
 
 
-def cmd_bench_scale(args: argparse.Namespace) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.scale", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "--database-url",
+        required=True,
+        help="a PostgreSQL server whose user may CREATE DATABASE "
+        "(each round makes and drops its own database)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        default=[1, 2, 3],
+        help="worker counts, one round each (default 1 2 3)",
+    )
+    parser.add_argument("--studies", type=int, default=20, help="studies per round (default 20)")
+    parser.add_argument("--slices", type=int, default=100, help="slices per study (default 100)")
+    parser.add_argument("--size", type=int, default=512, help="rows = columns (default 512)")
+    parser.add_argument("--work-dir", type=Path, help="where the synthetic studies are cached")
+    args = parser.parse_args(argv)
     if not args.database_url.startswith("postgresql"):
-        print("radnode bench scale: --database-url must be a PostgreSQL server", file=sys.stderr)
+        print("benchmarks.scale: --database-url must be a PostgreSQL server", file=sys.stderr)
         return 2
     work_dir = args.work_dir or Path(tempfile.gettempdir()) / "radnode-bench-scale"
     print(
@@ -260,28 +284,5 @@ def cmd_bench_scale(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(bench_sub: Any) -> None:
-    """Add ``radnode bench scale`` to the ``radnode bench`` subcommands."""
-    scale = bench_sub.add_parser(
-        "scale",
-        help="studies/min with 1, 2, 3 worker processes on PostgreSQL",
-        description=__doc__.split("\n\n")[0],
-    )
-    scale.add_argument(
-        "--database-url",
-        required=True,
-        help="a PostgreSQL server whose user may CREATE DATABASE "
-        "(each round makes and drops its own database)",
-    )
-    scale.add_argument(
-        "--workers",
-        type=int,
-        nargs="+",
-        default=[1, 2, 3],
-        help="worker counts, one round each (default 1 2 3)",
-    )
-    scale.add_argument("--studies", type=int, default=20, help="studies per round (default 20)")
-    scale.add_argument("--slices", type=int, default=100, help="slices per study (default 100)")
-    scale.add_argument("--size", type=int, default=512, help="rows = columns (default 512)")
-    scale.add_argument("--work-dir", type=Path, help="where the synthetic studies are cached")
-    scale.set_defaults(func=cmd_bench_scale)
+if __name__ == "__main__":
+    sys.exit(main())

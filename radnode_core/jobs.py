@@ -16,17 +16,19 @@ dropped.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
 
 from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.engine import Connection
 
-from radnode.index import Index, jobs, results, studies, utcnow
+from radnode_core.index import Index, jobs, studies, utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -42,11 +44,22 @@ class Job:
     reason: str
 
 
+GiveUpHook = Callable[[Connection, Job, str, dt.datetime], None]
+"""Called in the transaction that fails a job whose worker kept dying: (connection, job,
+error, finished_at). The feature that processes jobs marks its own state failed there."""
+
+
 class JobQueue:
     def __init__(self, index: Index, lease_s: float = 300.0, max_attempts: int = 3) -> None:
         self.index = index
         self.lease_s = lease_s
         self.max_attempts = max_attempts
+        self._give_up_hooks: list[GiveUpHook] = []
+
+    def on_give_up(self, hook: GiveUpHook) -> None:
+        """Register ``hook`` for jobs given up after expired leases (see :data:`GiveUpHook`)."""
+        if hook not in self._give_up_hooks:
+            self._give_up_hooks.append(hook)
 
     # -- producers ---------------------------------------------------------------
 
@@ -141,17 +154,10 @@ class JobQueue:
                     .where(jobs.c.id == job.id)
                     .values(state="failed", finished_at=finished, error=error)
                 )
-                # The dead worker left the study's result "running": say it failed, or
-                # the worklist shows it in progress forever (a result silently dropped).
-                conn.execute(
-                    update(results)
-                    .where(
-                        results.c.study_uid == job.study_uid,
-                        results.c.version == job.version,
-                        results.c.status == "running",
-                    )
-                    .values(status="failed", error=error, finished_at=finished)
-                )
+                # Whatever the dead worker left "running" must say it failed, or it shows
+                # in progress forever (a result silently dropped).
+                for hook in self._give_up_hooks:
+                    hook(conn, job, error, finished)
                 logger.error("job failed: gave up after expired leases", extra={"job_id": job.id})
                 return None
         return job

@@ -22,7 +22,8 @@ import socket
 import ssl
 import threading
 
-from radnode.settings import Settings
+from radnode_core.settings import Settings
+from radnode_core.tls import client_context
 
 logger = logging.getLogger(__name__)
 
@@ -72,8 +73,6 @@ class SyslogSender:
         assert settings.audit_syslog_host
         context = None
         if settings.audit_syslog_tls:
-            from dimse_scp.tls import client_context
-
             context = client_context(
                 settings.audit_syslog_ca_file or settings.tls_ca_file,
                 settings.tls_cert_file,

@@ -35,8 +35,9 @@ from typing import Literal, Protocol
 
 from sqlalchemy import select
 
-from radnode.index import Index, studies
-from radnode.settings import Settings
+from radnode_core.index import Index, studies
+from radnode_core.settings import Settings
+from radnode_core.syslog import SyslogSender
 
 logger = logging.getLogger(__name__)
 
@@ -311,8 +312,6 @@ class AuditTrail:
             log = AuditLog(settings.audit_dir or settings.data_dir / "audit", settings.fsync)
         sender = None
         if settings.audit_enabled and settings.audit_syslog_host:
-            from radnode.syslog import SyslogSender
-
             sender = SyslogSender.from_settings(settings)
             sender.start()
         return cls(
@@ -553,7 +552,6 @@ class AuditTrail:
             outcome_description=reason,
         )
 
-
     def node_authentication_failed(self, *, address: str | None, reason: str) -> None:
         """110113 Security Alert, event type 110126 Node Authentication, outcome 4: a DICOM
         TLS handshake refused (no or untrusted certificate, TLS < 1.2); the IHE ATNA
@@ -572,7 +570,7 @@ class AuditTrail:
 
 
 class _Sender(Protocol):
-    """What :class:`AuditTrail` needs of a remote sender (:class:`radnode.syslog.SyslogSender`)."""
+    """What :class:`AuditTrail` needs of a remote sender (a :class:`SyslogSender`)."""
 
     def send(self, message: bytes) -> None: ...
 

@@ -1,4 +1,4 @@
-"""Orthanc as the PACS, started from the stack's own config file (tests, ``radnode bench e2e
+"""Orthanc as the PACS, started from the stack's own config file (tests, ``python -m benchmarks.ai_node e2e
 --via orthanc``).
 
 ``deploy/orthanc/orthanc.json`` is what docker-compose mounts into the orthancteam
@@ -14,10 +14,10 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from dicomweb.peers import DICOMWEB_PLUGIN, OrthancDicomWeb
-from radnode.settings import PacsPeer
+from radnode_core.settings import PacsPeer
+from tests.support.dicomweb_peer import DICOMWEB_PLUGIN, OrthancDicomWeb
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 STACK_CONFIG = REPO / "deploy" / "orthanc" / "orthanc.json"
 PYTHON_PLUGIN = "/usr/share/orthanc/plugins/libOrthancPython.so"
 USER = "radnode"

@@ -1,4 +1,4 @@
-"""``radnode bench dicomweb``: QIDO-RS latency and WADO-RS throughput, radnode vs Orthanc.
+"""``python -m benchmarks.dicomweb``: QIDO-RS latency and WADO-RS throughput, radnode vs Orthanc.
 
 Both servers hold the same data, loaded before timing: ``studies`` one-instance
 studies (small images; the headers are what QIDO reads) spread over 300 days
@@ -11,6 +11,7 @@ keep-alive times each request from the first byte sent to the last received.
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import json
 import logging
@@ -19,8 +20,9 @@ import random
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from io import BytesIO
@@ -33,8 +35,8 @@ from pydicom import Dataset, FileMetaDataset
 from pydicom.filewriter import dcmwrite
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from dicomweb.peers import OrthancDicomWeb
-from radnode.processes import free_port, stop_process
+from tests.support.dicomweb_peer import OrthancDicomWeb
+from tests.support.processes import free_port, stop_process
 
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
 FIRST_DAY = dt.date(2024, 1, 1)
@@ -166,8 +168,8 @@ def _dataset_part(part10: bytes) -> tuple[bytes, str]:
 
 def load_radnode(data_dir: Path, data: BenchData) -> None:
     """Fill a radnode data dir through the C-STORE/STOW ingest path (in this process)."""
-    from radnode.node import Node
-    from radnode.settings import Settings
+    from radnode_core.node import Node
+    from radnode_core.settings import Settings
 
     node = Node(Settings.load(None, data_dir=data_dir))
     try:
@@ -413,3 +415,32 @@ def report(result: dict[str, Any]) -> str:
 
 def write_json(result: dict[str, Any], path: Path) -> None:
     path.write_text(json.dumps(result, indent=2))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.dicomweb",
+        description="Load the same studies into `radnode api` and Orthanc (DICOMweb plugin), "
+        "then time QIDO-RS searches and a WADO-RS series retrieval on each.",
+    )
+    parser.add_argument("--studies", type=int, default=2000, help="one-instance studies (2000)")
+    parser.add_argument("--slices", type=int, default=300, help="instances of the big series")
+    parser.add_argument("--queries", type=int, default=50, help="requests per QIDO measurement")
+    parser.add_argument("--rounds", type=int, default=5, help="WADO-RS / metadata repetitions")
+    parser.add_argument(
+        "--work-dir",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "radnode-bench",
+        help="where the data dirs go (a new folder per run)",
+    )
+    parser.add_argument("--json", type=Path, help="also write the results as JSON here")
+    args = parser.parse_args(argv)
+    result = run(args.work_dir, args.studies, args.slices, args.queries, args.rounds)
+    print(report(result))
+    if args.json:
+        write_json(result, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

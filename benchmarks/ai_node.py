@@ -1,4 +1,4 @@
-"""``radnode bench inference`` and ``radnode bench e2e``: the AI node's speed, as Markdown tables.
+"""The AI node's speed, as Markdown tables: ``python -m benchmarks.ai_node inference|e2e``.
 
 inference: one 300-slice 512x512 synthetic chest CT from disk through decode,
 preprocessing and both models, batched (the worker's path) against per-slice
@@ -12,6 +12,7 @@ pays for loading TensorFlow and the models; later ones show the steady state.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -20,13 +21,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 
+from ai_node.registry import ModelRegistry
 from ai_node.synth import StudySpec, write_study
-from radnode.processes import free_port, stop_process, wait_port
+from tests.support.processes import free_port, stop_process, wait_port
 
 
 def _study(work_dir: Path, slices: int, size: int, seed: int) -> tuple[str, list[Path]]:
@@ -233,3 +236,49 @@ def e2e_benchmark(slices: int, size: int, runs: int, work_dir: Path) -> str:
     warm = [r[2] for r in results[1:]] or [results[0][2]]
     lines += ["", f"Median time to result, warm: {np.median(warm):.2f} s."]
     return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.ai_node", description=__doc__)
+    sub = parser.add_subparsers(dest="kind", required=True)
+    inf = sub.add_parser("inference", help="slices/s: decode, preprocess, both models")
+    inf.add_argument(
+        "--models-dir", type=Path, help="model registry (default: the shipped models)"
+    )
+    inf.add_argument("--slices", type=int, default=300)
+    inf.add_argument("--size", type=int, default=512)
+    inf.add_argument(
+        "--predict-slices", type=int, default=30, help="slices timed through per-slice predict"
+    )
+    inf.add_argument("--work-dir", type=Path, default=Path("bench-work"))
+    e2e = sub.add_parser("e2e", help="storescu -> radnode serve -> SR queryable")
+    e2e.add_argument("--slices", type=int, default=300)
+    e2e.add_argument("--size", type=int, default=512)
+    e2e.add_argument("--runs", type=int, default=3)
+    e2e.add_argument("--work-dir", type=Path, default=Path("bench-work"))
+    e2e.add_argument(
+        "--via",
+        choices=["radnode", "orthanc"],
+        default="radnode",
+        help="orthanc: storescu -> Orthanc -> radnode -> SR in Orthanc, beside storescu -> "
+        "radnode -> SR in Orthanc (benchmarks.pacs)",
+    )
+    args = parser.parse_args(argv)
+    if args.kind == "inference":
+        registry = ModelRegistry(args.models_dir)
+        print(
+            inference_benchmark(
+                args.slices, args.size, args.predict_slices, args.work_dir, registry
+            )
+        )
+    elif args.via == "orthanc":
+        from benchmarks.pacs import orthanc_e2e_benchmark  # it imports this module
+
+        print(orthanc_e2e_benchmark(args.slices, args.size, args.runs, args.work_dir))
+    else:
+        print(e2e_benchmark(args.slices, args.size, args.runs, args.work_dir))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,4 +1,4 @@
-"""``radnode`` subcommands of the AI node (model training and registry, inference benchmarks).
+"""``radnode`` subcommands of the AI node: model training and registry, retraining.
 
     radnode model train --synthetic      train both models, evaluate, save a new version
     radnode model list                   versions per task, the active one marked
@@ -7,9 +7,6 @@
     radnode retrain --kfp-host URL       submit it to Kubeflow Pipelines
     radnode pipeline compile --output P  write the pipeline's KFP v2 YAML
     radnode pipeline upload --kfp-host URL [--schedule CRON]   register it (+ recurring run)
-    radnode bench inference              slices/s: decode + preprocess + both models
-    radnode bench e2e                    storescu -> radnode serve -> SR queryable
-    radnode bench e2e --via orthanc      storescu -> Orthanc -> radnode -> SR in Orthanc
 
 Nothing heavy is imported at parse time: TensorFlow loads inside the commands.
 """
@@ -18,23 +15,31 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+from rich.table import Table
+
+from ai_node.models import TASKS
+from ai_node.registry import ModelRegistry, RegistryError, check_version
+from ai_node.retrain.local import RetrainError, run_local, submit, upload
+from ai_node.retrain.runs import RunStore
+from ai_node.train import default_version, train_and_save
+from radnode_core.index import Index
 
 NodeOptions = Callable[[argparse.ArgumentParser], None]
 
 
 def _registry(args: argparse.Namespace) -> Any:
-    from ai_node.registry import ModelRegistry
-
     root = args.models_dir or getattr(getattr(args, "settings", None), "models_dir", None)
     return ModelRegistry(root)
 
 
 def _progress_bar() -> tuple[Any, Callable[[str, int, int], None]]:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
     progress = Progress(
         "[progress.description]{task.description}",
         BarColumn(),
@@ -53,11 +58,6 @@ def _progress_bar() -> tuple[Any, Callable[[str, int, int], None]]:
 
 
 def cmd_model_train(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
-    from ai_node.registry import check_version
-    from ai_node.train import default_version, train_and_save
 
     if not args.synthetic and args.dicom_dir is None:
         print("radnode model train: give --synthetic or --dicom-dir", file=sys.stderr)
@@ -102,9 +102,6 @@ def cmd_model_train(args: argparse.Namespace) -> int:
 
 
 def cmd_model_list(args: argparse.Namespace) -> int:
-    from ai_node.models import TASKS
-    from ai_node.registry import RegistryError
-
     registry = _registry(args)
     print(f"registry: {registry.root}")
     for task in TASKS:
@@ -122,8 +119,6 @@ def cmd_model_list(args: argparse.Namespace) -> int:
 
 
 def cmd_model_activate(args: argparse.Namespace) -> int:
-    from ai_node.registry import RegistryError
-
     registry = _registry(args)
     try:
         registry.activate(args.task, args.version)
@@ -146,8 +141,6 @@ def _settings_with(args: argparse.Namespace) -> Any:
 
 def cmd_retrain(args: argparse.Namespace) -> int:
     """Run the retraining pipeline here (kfp.local), or submit it to a KFP host."""
-    from ai_node.retrain.local import RetrainError, run_local, submit
-    from radnode.index import Index
 
     settings = _settings_with(args)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -158,8 +151,6 @@ def cmd_retrain(args: argparse.Namespace) -> int:
             print(f"submitted to {args.kfp_host}: KFP run {run_id}")
             return 0
         if args.trigger == "labels":
-            from ai_node.retrain.runs import RunStore
-
             if RunStore(index).running():
                 print("radnode retrain: a run is already going on", file=sys.stderr)
                 return 1
@@ -196,6 +187,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
 
 
 def cmd_pipeline_compile(args: argparse.Namespace) -> int:
+    # kfp takes half a second to import: only the pipeline commands pay for it.
     from ai_node.retrain.pipeline import compile_pipeline
 
     print(f"wrote {compile_pipeline(args.output)}")
@@ -204,9 +196,7 @@ def cmd_pipeline_compile(args: argparse.Namespace) -> int:
 
 def cmd_pipeline_upload(args: argparse.Namespace) -> int:
     """Register the pipeline in KFP and, with --schedule, a recurring run of it."""
-    import tempfile
-
-    from ai_node.retrain.local import upload
+    # kfp takes half a second to import: only the pipeline commands pay for it.
     from ai_node.retrain.pipeline import compile_pipeline
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -221,31 +211,8 @@ def cmd_pipeline_upload(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench_inference(args: argparse.Namespace) -> int:
-    from ai_node.bench import inference_benchmark
-
-    print(
-        inference_benchmark(
-            args.slices, args.size, args.predict_slices, args.work_dir, _registry(args)
-        )
-    )
-    return 0
-
-
-def cmd_bench_e2e(args: argparse.Namespace) -> int:
-    if args.via == "orthanc":
-        from pacs_link.bench import orthanc_e2e_benchmark
-
-        print(orthanc_e2e_benchmark(args.slices, args.size, args.runs, args.work_dir))
-        return 0
-    from ai_node.bench import e2e_benchmark
-
-    print(e2e_benchmark(args.slices, args.size, args.runs, args.work_dir))
-    return 0
-
-
-def register(sub: Any, bench_sub: Any, node_options: NodeOptions) -> None:
-    """Add the AI node's commands to the ``radnode`` parser (``sub``) and ``radnode bench``."""
+def register(sub: Any, node_options: NodeOptions) -> None:
+    """Add the AI node's commands to the ``radnode`` parser (``sub``)."""
     model = sub.add_parser("model", help="train, list and activate the AI models")
     model_sub = model.add_subparsers(dest="model_command", required=True, metavar="ACTION")
 
@@ -317,27 +284,3 @@ def register(sub: Any, bench_sub: Any, node_options: NodeOptions) -> None:
     up.add_argument("--schedule", help='cron, e.g. "0 2 * * 0" (5 fields, or KFP\'s 6)')
     up.add_argument("--package", type=Path, help="a compiled YAML (default: compile now)")
     up.set_defaults(func=cmd_pipeline_upload, from_scratch=False)
-
-    inf = bench_sub.add_parser("inference", help="slices/s: decode, preprocess, both models")
-    registry_option(inf)
-    inf.add_argument("--slices", type=int, default=300)
-    inf.add_argument("--size", type=int, default=512)
-    inf.add_argument(
-        "--predict-slices", type=int, default=30, help="slices timed through per-slice predict"
-    )
-    inf.add_argument("--work-dir", type=Path, default=Path("bench-work"))
-    inf.set_defaults(func=cmd_bench_inference)
-
-    e2e = bench_sub.add_parser("e2e", help="storescu -> radnode serve -> SR queryable")
-    e2e.add_argument("--slices", type=int, default=300)
-    e2e.add_argument("--size", type=int, default=512)
-    e2e.add_argument("--runs", type=int, default=3)
-    e2e.add_argument("--work-dir", type=Path, default=Path("bench-work"))
-    e2e.add_argument(
-        "--via",
-        choices=["radnode", "orthanc"],
-        default="radnode",
-        help="orthanc: storescu -> Orthanc -> radnode -> SR in Orthanc, beside storescu -> "
-        "radnode -> SR in Orthanc (pacs_link.bench)",
-    )
-    e2e.set_defaults(func=cmd_bench_e2e)

@@ -1,0 +1,121 @@
+"""The composition root: builds a node from its settings and starts the parts a role runs.
+
+Each process role (``serve``, ``scp``, ``api``, ``worker``) is a few of these parts;
+this is the one module that knows every feature and hands each what it needs from
+another (the PACS delivery the AI pipeline and the feedback service call).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from functools import partial
+
+import uvicorn
+
+from ai_node.pipeline import AnalysisPipeline
+from ai_node.retrain import trigger as retrain_trigger
+from ai_node.worker import Worker
+from dicomweb.app import create_app
+from dicomweb.timeouts import protocol_class
+from dimse_scp.access import AccessPolicy
+from dimse_scp.completion import CompletionTracker
+from dimse_scp.handlers import StorageHandlers
+from dimse_scp.server import DicomServer
+from pacs_link import PacsServices
+from pacs_link.outbox import Outbox, queue_study_results
+from radnode_core.node import Node
+from radnode_core.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+def build_node(settings: Settings) -> Node:
+    """The node of ``settings``, with its PACS delivery wired when it has PACS peers."""
+    node = Node(settings)
+    if settings.pacs_peers:
+        node.deliver = partial(queue_study_results, node)
+        node.metrics.watch_outbox(Outbox(node.index).counts)
+    return node
+
+
+class Scp:
+    """The DICOM Storage SCP and its study-completion tracker."""
+
+    def __init__(self, node: Node) -> None:
+        s = node.settings
+        self.tracker = CompletionTracker(node.queue, s.quiet_period_s, node.metrics)
+        access = AccessPolicy.from_settings(
+            s.ae_title, s.allowed_calling_aets, s.require_called_aet
+        )
+        if not access.allowed and s.host not in ("127.0.0.1", "localhost", "::1"):
+            logger.warning(
+                "no calling-AE allow-list while listening beyond localhost", extra={"host": s.host}
+            )
+        handlers = StorageHandlers(
+            node.ingestor,
+            self.tracker,
+            access,
+            node.metrics,
+            poll_interval_s=s.dimse_poll_interval_s,
+            audit=node.audit,
+            max_associations_per_aet=s.max_associations_per_aet,
+        )
+        self.server = DicomServer(s, handlers)
+
+    def start(self) -> None:
+        self.server.start()
+        self.tracker.start()
+
+    def stop(self) -> None:
+        self.tracker.stop()
+        self.server.stop()
+
+
+def make_worker(node: Node) -> Worker:
+    """The AI worker running the analysis pipeline (models load on the first job)."""
+    return Worker(
+        node.queue, AnalysisPipeline(node), node.metrics, poll_s=node.settings.worker_poll_s
+    )
+
+
+class Background:
+    """What ``serve`` and ``worker`` run beside their main loop: the AI worker, the PACS
+    outbox sender and changes followers, and the label-count retraining trigger."""
+
+    def __init__(self, node: Node) -> None:
+        self.worker = make_worker(node)
+        self.pacs = PacsServices(node)
+        self.trigger = retrain_trigger.LabelTrigger.for_node(node)
+
+    def start(self) -> None:
+        self.worker.start()
+        self.pacs.start()
+        if self.trigger is not None:
+            self.trigger.start()
+
+    def stop(self) -> None:
+        if self.trigger is not None:
+            self.trigger.stop()
+        self.pacs.stop()
+        self.worker.stop()
+
+
+def run_http(node: Node) -> None:
+    """Serve the HTTP edge until SIGINT/SIGTERM."""
+    s = node.settings
+    # uvicorn shuts down gracefully on SIGINT/SIGTERM, then restores the previous handlers
+    # and re-raises the signal: with these handlers that re-raise is harmless and the
+    # caller's clean-up (stop the SCP, mark a clean shutdown) runs.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: None)
+    uvicorn.run(
+        create_app(node),
+        host=s.host,
+        port=s.http_port,
+        log_config=None,
+        access_log=False,
+        http=protocol_class(s.http_request_timeout_s),
+        timeout_keep_alive=max(1, round(s.http_keep_alive_s)),
+        h11_max_incomplete_event_size=64 * 1024,  # request line + headers
+    )

@@ -25,6 +25,7 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
 
 # The packages pyproject.toml installs ([tool.setuptools.packages.find] include).
 COPY radnode ./radnode
+COPY radnode_core ./radnode_core
 COPY dimse_scp ./dimse_scp
 COPY dicomweb ./dicomweb
 COPY ai_node ./ai_node

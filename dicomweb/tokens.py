@@ -1,6 +1,8 @@
 """JSON Web Tokens (RFC 7519) from an OIDC provider, verified with PyJWT.
 
-The key is a PEM file (the provider's signing key, exported from its JWKS).
+The key is either a PEM file (the provider's signing key, exported from its
+JWKS) or the provider's JWKS URL (RFC 7517 5; ``jwks_uri`` of its OpenID
+configuration), where the token's ``kid`` picks the key (:class:`JwksKeys`).
 
 Only asymmetric signatures (RS256/384/512, PS256/384/512, ES256/384/512; RFC 7518 3),
 and only those that fit the key: RS/PS for an RSA key of at least 2048 bits
@@ -15,19 +17,32 @@ list or a string, reached by a dotted path (``realm_access.roles`` for Keycloak)
 
 from __future__ import annotations
 
+import http.client
+import ipaddress
+import logging
+import math
+import threading
+import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+logger = logging.getLogger(__name__)
+
 LEEWAY_S = 30.0
 MIN_RSA_BITS = 2048
+JWKS_TIMEOUT_S = 5.0
+JWKS_LIFESPAN_S = 300.0
+JWKS_MIN_REFRESH_S = 10.0
 
 PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
 _RSA_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512")
 _EC_ALGORITHMS = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}
+_JWKS_FETCH_ERRORS = (jwt.PyJWTError, ValueError, OSError, http.client.HTTPException)
 
 
 class InvalidToken(ValueError):
@@ -56,6 +71,15 @@ def algorithms_for(key: object) -> tuple[str, ...]:
     raise ValueError("the JWT public key must be RSA or EC")
 
 
+def _is_loopback(host: str | None) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return host is not None and ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class PemKey:
     """One public key from a PEM file: every token is verified with it, whatever its kid."""
 
@@ -70,18 +94,103 @@ class PemKey:
         return self.key, self.algorithms
 
 
-class TokenVerifier:
-    """Verifies tokens with a PEM public key."""
+class JwksKeys:
+    """The signing keys of a JWKS URL, by ``kid``, fetched with :class:`jwt.PyJWKClient`.
+
+    The set is fetched on first use, again once it is ``lifespan_s`` old, and
+    again when a token names a ``kid`` it lacks (the provider rotated its
+    keys), but at most once per ``min_refresh_s``, so tokens with made-up kids
+    cannot make radnode hammer the provider. Each fetch gives up after
+    ``timeout_s``. A failed fetch keeps the keys fetched before (a short outage
+    of the provider does not lock out holders of valid tokens); a token whose
+    key is not among them is refused with the failure as the reason.
+
+    The URL must be https, or http to a loopback address: keys fetched in the
+    clear could be swapped on the way.
+    """
 
     def __init__(
         self,
-        public_key_pem: bytes,
+        url: str,
         *,
+        timeout_s: float = JWKS_TIMEOUT_S,
+        lifespan_s: float = JWKS_LIFESPAN_S,
+        min_refresh_s: float = JWKS_MIN_REFRESH_S,
+    ) -> None:
+        parts = urlsplit(url)
+        if parts.scheme != "https" and not (
+            parts.scheme == "http" and _is_loopback(parts.hostname)
+        ):
+            raise ValueError(f"JWKS URL {url!r}: https required (http only to a loopback address)")
+        self.url = url
+        self.lifespan_s = lifespan_s
+        self.min_refresh_s = min_refresh_s
+        self._client = jwt.PyJWKClient(url, cache_jwk_set=False, timeout=timeout_s)
+        self._lock = threading.Lock()
+        self._keys: dict[str, jwt.PyJWK] = {}
+        self._fetched_at = -math.inf
+        self._tried_at = -math.inf
+        self._error: str | None = None
+
+    def _fetch(self, now: float) -> None:
+        self._tried_at = now
+        try:
+            keys = self._client.get_signing_keys(refresh=True)
+        except _JWKS_FETCH_ERRORS as exc:
+            self._error = str(exc)
+            logger.warning("JWKS fetch failed", extra={"url": self.url, "reason": str(exc)})
+            return
+        self._keys = {k.key_id: k for k in keys if k.key_id}
+        self._fetched_at = now
+        self._error = None
+
+    def signing_key(self, kid: str) -> jwt.PyJWK:
+        """The key named ``kid``, fetching the set when it is due; raises InvalidToken."""
+        with self._lock:
+            now = time.monotonic()
+            due = kid not in self._keys or now - self._fetched_at >= self.lifespan_s
+            if due and now - self._tried_at >= self.min_refresh_s:
+                self._fetch(now)
+            key = self._keys.get(kid)
+            error = self._error
+        if key is not None:
+            return key
+        if error is not None:
+            raise InvalidToken(
+                f"key {_shown(kid)} unknown, JWKS fetch from {self.url} failed: {error}"
+            )
+        raise InvalidToken(f"no key {_shown(kid)} in the JWKS of {self.url}")
+
+    def key_for(self, header: dict[str, Any]) -> tuple[PublicKey, tuple[str, ...]]:
+        """The key a token's header names, and the algorithms it may verify."""
+        kid = header.get("kid")
+        if not isinstance(kid, str) or not kid:
+            raise InvalidToken("no kid in the token header: JWKS keys are chosen by kid")
+        key = self.signing_key(kid).key
+        try:
+            return key, algorithms_for(key)
+        except ValueError as exc:
+            raise InvalidToken(f"JWKS key {_shown(kid)} refused: {exc}") from exc
+
+
+class TokenVerifier:
+    """Verifies tokens with a PEM public key or, given ``jwks``, the key a token's kid names."""
+
+    def __init__(
+        self,
+        public_key_pem: bytes | None = None,
+        *,
+        jwks: JwksKeys | None = None,
         issuer: str | None = None,
         audience: str | None = None,
         roles_claim: str = "roles",
     ) -> None:
-        self.keys = PemKey(public_key_pem)
+        if public_key_pem is not None and jwks is None:
+            self.keys: PemKey | JwksKeys = PemKey(public_key_pem)
+        elif jwks is not None and public_key_pem is None:
+            self.keys = jwks
+        else:
+            raise ValueError("give a PEM public key or a JWKS, not both or neither")
         self.issuer = issuer
         self.audience = audience
         self.roles_claim = roles_claim
@@ -89,6 +198,12 @@ class TokenVerifier:
     @classmethod
     def from_file(cls, path: Path, **kwargs: Any) -> TokenVerifier:
         return cls(Path(path).read_bytes(), **kwargs)
+
+    @classmethod
+    def from_jwks_url(
+        cls, url: str, *, timeout_s: float = JWKS_TIMEOUT_S, **kwargs: Any
+    ) -> TokenVerifier:
+        return cls(jwks=JwksKeys(url, timeout_s=timeout_s), **kwargs)
 
     def claims(self, token: str) -> dict[str, Any]:
         """The verified claims of ``token``; raises InvalidToken."""

@@ -1,7 +1,8 @@
 """Bearer-token authentication and roles of the HTTP edge.
 
 Static API keys from the settings (``api_tokens``: token -> role), and JWTs of
-an OIDC provider verified with its public key (:mod:`dicomweb.tokens`). Roles:
+an OIDC provider verified with its public key or its JWKS (:mod:`dicomweb.tokens`).
+Roles:
 
 * ``admin``: everything,
 * ``radiologist``: read everything, store (STOW-RS),
@@ -56,15 +57,19 @@ def check_exposure(settings: Settings) -> None:
     would lock everyone out or grant nothing meaningful.
     """
     if settings.auth_enabled:
-        if not settings.api_tokens and settings.jwt_public_key_file is None:
+        key_file, jwks_url = settings.jwt_public_key_file, settings.jwt_jwks_url
+        if not settings.api_tokens and key_file is None and jwks_url is None:
             raise InsecureBinding(
-                "auth_enabled is set but neither api_tokens nor jwt_public_key_file is"
+                "auth_enabled is set but none of api_tokens, jwt_public_key_file, jwt_jwks_url is"
             )
-        if settings.jwt_public_key_file is not None:
+        if key_file is not None and jwks_url is not None:
+            raise InsecureBinding("set jwt_public_key_file or jwt_jwks_url, not both")
+        if key_file is not None or jwks_url is not None:
             try:
                 verifier_for(settings)
             except (OSError, ValueError) as exc:
-                raise InsecureBinding(f"jwt_public_key_file unusable: {exc}") from exc
+                which = "jwt_public_key_file" if key_file is not None else "jwt_jwks_url"
+                raise InsecureBinding(f"{which} unusable: {exc}") from exc
         unknown = sorted({r for r in settings.api_tokens.values() if r not in ROLES})
         if unknown:
             raise InsecureBinding(f"api_tokens name unknown roles: {', '.join(unknown)}")
@@ -78,16 +83,34 @@ def check_exposure(settings: Settings) -> None:
 
 
 @functools.cache
-def _verifier(path: str, issuer: str | None, audience: str | None, claim: str) -> TokenVerifier:
-    return TokenVerifier.from_file(Path(path), issuer=issuer, audience=audience, roles_claim=claim)
+def _verifier(
+    path: str | None, jwks_url: str | None, issuer: str | None, audience: str | None, claim: str
+) -> TokenVerifier:
+    if path is not None:
+        return TokenVerifier.from_file(
+            Path(path), issuer=issuer, audience=audience, roles_claim=claim
+        )
+    if jwks_url is not None:
+        return TokenVerifier.from_jwks_url(
+            jwks_url, issuer=issuer, audience=audience, roles_claim=claim
+        )
+    raise ValueError("neither jwt_public_key_file nor jwt_jwks_url is set")
 
 
 def verifier_for(settings: Settings) -> TokenVerifier | None:
-    """The JWT verifier of these settings (the key file is read once), or None."""
-    if settings.jwt_public_key_file is None:
+    """The JWT verifier of these settings, or None.
+
+    One per process and configuration: the key file is read once, and the JWKS
+    keys are cached in the verifier (fetched on first use, not at start-up, so
+    radnode starts while the provider is still coming up).
+    """
+    if settings.jwt_public_key_file is None and settings.jwt_jwks_url is None:
         return None
+    if settings.jwt_public_key_file is not None and settings.jwt_jwks_url is not None:
+        raise ValueError("set jwt_public_key_file or jwt_jwks_url, not both")
     return _verifier(
-        str(settings.jwt_public_key_file),
+        None if settings.jwt_public_key_file is None else str(settings.jwt_public_key_file),
+        settings.jwt_jwks_url,
         settings.jwt_issuer,
         settings.jwt_audience,
         settings.jwt_roles_claim,

@@ -195,6 +195,12 @@ class Settings(BaseSettings):
         description="PEM public key (RSA or EC) of an OIDC provider: bearer tokens that are "
         "JWTs signed with it (RS/PS/ES 256-512) are accepted besides api_tokens.",
     )
+    jwt_jwks_url: str | None = Field(
+        None,
+        description="JWKS URL of an OIDC provider (its jwks_uri), instead of jwt_public_key_file: "
+        "the token's kid picks the key; fetched on first use, every 5 min and when a new kid "
+        "appears. https, or http to a loopback address.",
+    )
     jwt_issuer: str | None = Field(None, description="Required iss claim of JWTs, if set.")
     jwt_audience: str | None = Field(None, description="Required aud claim of JWTs, if set.")
     jwt_roles_claim: str = Field(

@@ -158,3 +158,88 @@ def test_unusable_key_refused(tmp_path: Path) -> None:
              "RADNODE_JWT_PUBLIC_KEY_FILE": str(bad)},
     )
     assert result.returncode == 2 and "jwt_public_key_file" in result.stderr
+
+
+def sign_as(key: Any, claims: dict[str, Any], header: dict[str, Any]) -> str:
+    """Signed with ``key`` and the hash ``header["alg"]`` names, whether or not they fit."""
+    digest = {"256": hashes.SHA256(), "384": hashes.SHA384(), "512": hashes.SHA512()}[
+        header["alg"][2:]
+    ]
+    data = f"{b64(json.dumps(header).encode())}.{b64(json.dumps(claims).encode())}"
+    if isinstance(key, rsa.RSAPrivateKey):
+        signature = key.sign(data.encode(), padding.PKCS1v15(), digest)
+    else:
+        r, s = decode_dss_signature(key.sign(data.encode(), ec.ECDSA(digest)))
+        size = (key.curve.key_size + 7) // 8
+        signature = r.to_bytes(size, "big") + s.to_bytes(size, "big")
+    return f"{data}.{b64(signature)}"
+
+
+def test_algorithm_must_fit_the_key(rsa_key: rsa.RSAPrivateKey) -> None:
+    p256 = ec.generate_private_key(ec.SECP256R1())
+    p384 = ec.generate_private_key(ec.SECP384R1())
+    body = claims(roles=["admin"])
+    assert TokenVerifier(pem(p384)).roles(sign_as(p384, body, {"alg": "ES384"})) == {"admin"}
+    assert TokenVerifier(pem(rsa_key)).roles(sign_as(rsa_key, body, {"alg": "RS512"})) == {"admin"}
+    refused = [
+        (rsa_key, sign_as(p256, body, {"alg": "ES256"})),  # EC algorithm, RSA key
+        (p256, sign_as(p256, body, {"alg": "ES384"})),  # P-256 key used with SHA-384
+        (p256, sign_as(p256, body, {"alg": "ES512"})),
+        (p384, sign_as(p384, body, {"alg": "ES256"})),
+        (p256, sign_as(rsa_key, body, {"alg": "RS256"})),  # RSA algorithm, EC key
+        (p256, sign(rsa_key, body, "PS256")),
+    ]
+    for key, token in refused:
+        with pytest.raises(InvalidToken, match="does not fit the key"):
+            TokenVerifier(pem(key)).roles(token)
+
+
+def test_unknown_critical_extension_refused(rsa_key: rsa.RSAPrivateKey) -> None:
+    verifier = TokenVerifier(pem(rsa_key))
+    body = claims(roles=["viewer"])
+    assert verifier.roles(sign_as(rsa_key, body, {"alg": "RS256", "x-ext": 1})) == {"viewer"}
+    for header in (
+        {"alg": "RS256", "crit": ["x-ext"], "x-ext": 1},
+        {"alg": "RS256", "crit": ["b64"], "b64": True},
+        {"alg": "RS256", "crit": []},
+        {"alg": "RS256", "crit": "x-ext"},
+    ):
+        with pytest.raises(InvalidToken, match="crit"):
+            verifier.roles(sign_as(rsa_key, body, header))
+
+
+def test_rsa_key_under_2048_bits_refused(tmp_path: Path) -> None:
+    from dicomweb.auth import InsecureBinding, check_exposure
+    from radnode.settings import Settings
+
+    small = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    with pytest.raises(ValueError, match="1024 bits: at least 2048"):
+        TokenVerifier(pem(small))
+    key_file = tmp_path / "small.pem"
+    key_file.write_bytes(pem(small))
+    with pytest.raises(ValueError, match="at least 2048"):
+        TokenVerifier.from_file(key_file)
+    settings = Settings.load(auth_enabled=True, jwt_public_key_file=key_file)
+    with pytest.raises(InsecureBinding, match="jwt_public_key_file unusable: RSA key of 1024"):
+        check_exposure(settings)
+    with pytest.raises(ValueError, match="P-256, P-384 or P-521"):
+        TokenVerifier(pem(ec.generate_private_key(ec.SECP256K1())))
+
+
+def test_malformed_tokens_refused(rsa_key: rsa.RSAPrivateKey) -> None:
+    verifier = TokenVerifier(pem(rsa_key))
+    body = b64(json.dumps(claims(roles=["admin"])).encode())
+    good = sign(rsa_key, claims(roles=["admin"]))
+    for token in (
+        "",
+        "..",
+        f"{b64(b'[1]')}.{body}.AAAA",
+        f"{b64(b'{')}.{body}.AAAA",
+        f"{b64(json.dumps({'alg': ['RS256']}).encode())}.{body}.AAAA",
+        f"{b64(json.dumps({'alg': 'RS256', 'kid': 7}).encode())}.{body}.AAAA",
+        good.rsplit(".", 1)[0] + ".!!!",
+        sign(rsa_key, claims(roles=["admin"], exp="9999999999")),  # a string, not a NumericDate
+        sign(rsa_key, claims(roles=["admin"], iat=time.time() + 3600)),
+    ):
+        with pytest.raises(InvalidToken):
+            verifier.roles(token)

@@ -22,7 +22,7 @@ from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from dicomweb.auth import InsecureBinding, check_exposure
 from dicomweb.tokens import InvalidToken, JwksKeys, TokenVerifier
-from radnode.settings import Settings
+from radnode_core.settings import Settings
 
 ISSUER = "https://idp.example/realms/radnode"
 AUDIENCE = "radnode"

@@ -210,7 +210,7 @@ def test_unknown_critical_extension_refused(rsa_key: rsa.RSAPrivateKey) -> None:
 
 def test_rsa_key_under_2048_bits_refused(tmp_path: Path) -> None:
     from dicomweb.auth import InsecureBinding, check_exposure
-    from radnode.settings import Settings
+    from radnode_core.settings import Settings
 
     small = rsa.generate_private_key(public_exponent=65537, key_size=1024)
     with pytest.raises(ValueError, match="1024 bits: at least 2048"):

@@ -17,11 +17,11 @@ RUN python -m venv /opt/radnode
 ENV PATH=/opt/radnode/bin:$PATH
 WORKDIR /src
 
-# Dependencies first, from pyproject.toml alone, so that editing the code does not
-# reinstall TensorFlow.
-COPY pyproject.toml README.md ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt \
-    && pip install -r /tmp/requirements.txt
+# Dependencies first, from the lock alone (`make lock`: the pins `make install` installs,
+# less the test extra; the same pip), so that editing the code does not reinstall TensorFlow.
+COPY pyproject.toml README.md requirements-runtime.lock ./
+RUN pip install pip==26.3 \
+    && pip install --require-hashes -r requirements-runtime.lock
 
 # The packages pyproject.toml installs ([tool.setuptools.packages.find] include).
 COPY radnode ./radnode
@@ -31,7 +31,7 @@ COPY dicomweb ./dicomweb
 COPY ai_node ./ai_node
 COPY pacs_link ./pacs_link
 COPY viewer_plugin ./viewer_plugin
-RUN pip install --no-deps . && radnode --version
+RUN pip install --no-deps --no-build-isolation . && radnode --version
 
 # -- the prebuilt OHIF viewer: npm @ohif/app at the Makefile's OHIF_VERSION, checked
 # against the registry's sha512 integrity (npm view @ohif/app@VERSION dist.integrity).

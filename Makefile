@@ -5,15 +5,41 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install system-deps ohif viewer run test test-all test-reliability bench lint clean
+.PHONY: install lock system-deps ohif viewer run test test-all test-reliability bench lint clean
 
-install: $(STAMP)  ## create .venv and install radnode into it (quick when up to date)
+# requirements.lock is every Python package .venv gets (the dependencies, the test
+# extra, the build backend), each pinned with `==` and its sha256 hashes, resolved for
+# Linux x86_64 and CPython 3.11. `make install` installs exactly that, with this pip.
+# requirements-runtime.lock is the same pins less the test extra: the Dockerfile's.
+# After editing the dependencies in pyproject.toml run `make lock` and commit both
+# (tests/test_install.py fails until then). `make lock` keeps the pins it can; to move
+# them: `make lock LOCK_ARGS=--upgrade`, or `LOCK_ARGS='--upgrade-package kfp'` for one.
+LOCK         := requirements.lock
+RUNTIME_LOCK := requirements-runtime.lock
+PIP_VERSION  := 26.3
+UV_VERSION   := 0.13.9
+UV_VENV      := build/uv-$(UV_VERSION)
+LOCK_ARGS    ?=
+UV_COMPILE   := $(UV_VENV)/bin/uv pip compile --quiet --generate-hashes --python-version 3.11 \
+	--python-platform x86_64-manylinux_2_28 --custom-compile-command 'make lock'
+BUILD_REQUIRES := $(PYTHON) -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['build-system']['requires'], sep='\n')"
 
-$(STAMP): pyproject.toml
+install: $(STAMP)  ## create .venv and install the lock and radnode into it (quick when up to date)
+
+$(STAMP): $(LOCK) pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet pip==$(PIP_VERSION)
+	$(BIN)/python -m pip install --quiet --require-hashes -r $(LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
+
+lock: $(UV_VENV)/bin/uv  ## re-resolve the lock files from pyproject.toml (LOCK_ARGS=--upgrade)
+	$(BUILD_REQUIRES) | $(UV_COMPILE) pyproject.toml - --extra test --output-file $(LOCK) $(LOCK_ARGS)
+	$(BUILD_REQUIRES) | $(UV_COMPILE) pyproject.toml - --constraint $(LOCK) --output-file $(RUNTIME_LOCK)
+
+$(UV_VENV)/bin/uv:
+	$(PYTHON) -m venv $(UV_VENV)
+	$(UV_VENV)/bin/python -m pip install --quiet uv==$(UV_VERSION)
 
 system-deps:  ## Debian packages the tests use as real peers (dcmtk, Orthanc, dicom3tools)
 	./scripts/install-system-deps.sh
@@ -50,8 +76,7 @@ test-all: install system-deps ohif  ## everything, slow tests included
 bench: install system-deps  ## ingest benchmark: radnode vs dcmtk storescp vs Orthanc
 	$(BIN)/python benchmarks/ingest.py
 
-lint: install  ## ruff and mypy on the packages
-	$(BIN)/pip install --quiet ruff mypy
+lint: install  ## ruff and mypy on the packages (the versions in the lock)
 	$(BIN)/ruff check radnode dimse_scp dicomweb ai_node viewer_plugin pacs_link
 	$(BIN)/mypy
 

@@ -4,9 +4,11 @@ promotion rule, the registry's new versions, the label-count trigger, the step w
 from __future__ import annotations
 
 import datetime as dt
+import importlib.metadata
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -31,13 +33,53 @@ from radnode_core.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 CHECKED_IN = REPO / "k8s" / "pipelines" / "retrain-pipeline.yaml"
+LOCK = REPO / "requirements.lock"
+RECOMPILE = "`.venv/bin/radnode pipeline compile --output k8s/pipelines/retrain-pipeline.yaml`"
+
+
+def _compiled_with(text: str) -> str | None:
+    """The kfp version the compiler recorded in the YAML (``sdkVersion: kfp-X``)."""
+    found = re.search(r"^sdkVersion: kfp-(\S+)$", text, re.MULTILINE)
+    return found[1] if found else None
+
+
+def _locked_kfp() -> str | None:
+    found = re.search(r"^kfp==(\S+)", LOCK.read_text(), re.MULTILINE)
+    return found[1] if found else None
+
+
+def _stale_yaml_message() -> str:
+    """What the developer has to do when the checked-in YAML is not a fresh compile."""
+    recorded, installed, locked = (
+        _compiled_with(CHECKED_IN.read_text()),
+        importlib.metadata.version("kfp"),
+        _locked_kfp(),
+    )
+    lines = [
+        "k8s/pipelines/retrain-pipeline.yaml is not what ai_node/retrain/pipeline.py "
+        f"compiles to: refresh it with {RECOMPILE} and commit it."
+    ]
+    if recorded != installed:
+        lines.append(f"It was compiled with kfp {recorded}; kfp {installed} is installed here.")
+    if installed != locked:
+        lines.append(
+            f"requirements.lock pins kfp {locked}: run `make install` first, so that the "
+            "YAML is compiled with the locked kfp."
+        )
+    return "\n".join(lines)
 
 
 def test_checked_in_pipeline_yaml_is_current(tmp_path: Path) -> None:
     fresh = compile_pipeline(tmp_path / "retrain-pipeline.yaml")
-    assert fresh.read_text() == CHECKED_IN.read_text(), (
-        "k8s/pipelines/retrain-pipeline.yaml is stale: run "
-        "`radnode pipeline compile --output k8s/pipelines/retrain-pipeline.yaml`"
+    assert fresh.read_text() == CHECKED_IN.read_text(), _stale_yaml_message()
+
+
+def test_pipeline_yaml_was_compiled_with_the_locked_kfp() -> None:
+    recorded, locked = _compiled_with(CHECKED_IN.read_text()), _locked_kfp()
+    assert locked is not None, "requirements.lock pins no kfp: run `make lock`"
+    assert recorded == locked, (
+        f"k8s/pipelines/retrain-pipeline.yaml was compiled with kfp {recorded}, "
+        f"requirements.lock pins kfp {locked}: run `make install`, then {RECOMPILE}"
     )
 
 
@@ -72,7 +114,7 @@ def test_pipeline_cli_compiles_to_the_given_path(tmp_path: Path) -> None:
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
-    assert out.read_text() == CHECKED_IN.read_text()
+    assert out.read_text() == CHECKED_IN.read_text(), _stale_yaml_message()
 
 
 @pytest.mark.parametrize(

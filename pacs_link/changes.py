@@ -43,6 +43,7 @@ from pacs_link import client
 from pacs_link.lease import Lease
 from pacs_link.outbox import get_state, set_state
 from radnode_core.ingest import IngestError
+from radnode_core.node import Node
 from radnode_core.settings import PacsPeer
 
 logger = logging.getLogger(__name__)
@@ -95,7 +96,7 @@ def _tag(item: dict[str, Any], tag: str) -> str | None:
 
 
 class ChangesFollower:
-    def __init__(self, node: Any, peer: PacsPeer) -> None:
+    def __init__(self, node: Node, peer: PacsPeer) -> None:
         self.node = node
         self.peer = peer
         self.poll_s = float(node.settings.changes_poll_s)

@@ -20,6 +20,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from pacs_link.tables import outbox, pacs_state
 from radnode_core.index import Index, instances, utcnow
+from radnode_core.node import Node
 
 Kind = Literal["original", "sr"]
 CLAIM_LEASE_S = 120.0
@@ -232,7 +233,7 @@ def all_states(index: Index, key: str) -> dict[str, Any]:
         return {r[0]: {**(r[1] or {}), "updated_at": r[2]} for r in rows}
 
 
-def queue_study_results(node: Any, study_uid: str, sr_uid: str | None) -> int:
+def queue_study_results(node: Node, study_uid: str, sr_uid: str | None) -> int:
     """Queue a study's results for every configured peer: its originals first (where the
     peer forwards them and they did not come from that peer), then the SR."""
     queued = 0

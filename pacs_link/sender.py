@@ -20,6 +20,7 @@ from pynetdicom import AE
 
 from pacs_link import client
 from pacs_link.outbox import Item, Outbox
+from radnode_core.node import Node
 from radnode_core.settings import PacsPeer
 from radnode_core.store import ZERO_PREAMBLE
 from radnode_core.tls import client_context
@@ -35,7 +36,7 @@ class DeliveryError(Exception):
 
 
 class OutboxSender:
-    def __init__(self, node: Any, peers: list[PacsPeer] | None = None) -> None:
+    def __init__(self, node: Node, peers: list[PacsPeer] | None = None) -> None:
         self.node = node
         s = node.settings
         self.peers = list(peers if peers is not None else s.pacs_peers)

@@ -319,7 +319,8 @@ class FeedbackService:
             "created_at": utcnow(),
         }
         with self.node.index.transaction() as conn:
-            row["id"] = conn.execute(feedback.insert().values(**row)).inserted_primary_key[0]
+            inserted = conn.execute(feedback.insert().values(**row))
+            row["id"] = inserted.inserted_primary_key[0] if inserted.inserted_primary_key else None
         self._queue_for_pacs(study_uid, str(sr.SOPInstanceUID))
         self.node.audit.feedback(
             study_uid, user=reviewer.user, decision=decision, sr_sop_class_uid=str(sr.SOPClassUID)

@@ -24,7 +24,6 @@ def export_op(
     dataset: Output[Dataset],
 ) -> int:
     """Labelled studies, de-identified, split by patient (ai_node.retrain.export)."""
-    # A component runs alone in its own container: its body imports what it uses (KFP).
     from ai_node.retrain.export import run_export
 
     manifest = run_export(

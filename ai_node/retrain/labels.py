@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from ai_node.tables import feedback
+from radnode_core.index import Index
 
 LABEL_VALUES = {"lesion": 1, "no lesion": 0}
 """Feedback labels (ai_node.feedback_sr.LABEL_CODES) as the finding model's targets."""
@@ -38,7 +39,7 @@ class FinalLabel:
         }
 
 
-def final_labels(index: Any) -> list[FinalLabel]:
+def final_labels(index: Index) -> list[FinalLabel]:
     """The newest judgement of each judged study (confirmed or relabelled), by study."""
     newest = select(func.max(feedback.c.id).label("fid")).group_by(feedback.c.study_uid).subquery()
     query = (
@@ -55,7 +56,7 @@ def final_labels(index: Any) -> list[FinalLabel]:
     ]
 
 
-def label_count_since(index: Any, feedback_id: int) -> int:
+def label_count_since(index: Index, feedback_id: int) -> int:
     """Feedback rows recorded after ``feedback_id`` (new labels since a run)."""
     with index.engine.connect() as conn:
         count = conn.execute(
@@ -64,7 +65,7 @@ def label_count_since(index: Any, feedback_id: int) -> int:
     return int(count)
 
 
-def newest_feedback_id(index: Any) -> int:
+def newest_feedback_id(index: Index) -> int:
     with index.engine.connect() as conn:
         value = conn.execute(select(func.max(feedback.c.id))).scalar()
     return int(value or 0)

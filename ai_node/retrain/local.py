@@ -29,6 +29,7 @@ from ai_node.retrain import STEPS
 from ai_node.retrain.export import SALT_ENV, TOKEN_ENV
 from ai_node.retrain.labels import newest_feedback_id
 from ai_node.retrain.runs import RunStore
+from radnode_core.index import Index
 from radnode_core.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -155,7 +156,7 @@ class RunOutcome:
 
 def run_local(
     settings: Settings,
-    index: Any,
+    index: Index,
     trigger: str = "manual",
     version: str = "",
     epochs: int | None = None,
@@ -217,7 +218,7 @@ def run_local(
     return RunOutcome(run_id, "succeeded", decision, None)
 
 
-def submit(settings: Settings, index: Any, host: str, trigger: str = "manual") -> str:
+def submit(settings: Settings, index: Index, host: str, trigger: str = "manual") -> str:
     """Submit the same pipeline to KFP at ``host``; returns the KFP run id."""
     # kfp takes half a second to import: only the pipeline commands pay for it.
     import kfp

@@ -15,7 +15,7 @@ from sqlalchemy import select, update
 
 from ai_node.retrain import STEPS
 from ai_node.tables import retrain_runs
-from radnode_core.index import utcnow
+from radnode_core.index import Index, utcnow
 
 STALE_AFTER = dt.timedelta(hours=12)
 """A run still ``running`` after this long is taken for dead (its process was killed)."""
@@ -37,7 +37,7 @@ def _public(row: Any) -> dict[str, Any]:
 
 
 class RunStore:
-    def __init__(self, index: Any) -> None:
+    def __init__(self, index: Index) -> None:
         self.index = index
 
     def create(self, trigger: str, labels_upto: int = 0, status: str = "running") -> str:

@@ -14,17 +14,17 @@ import logging
 import os
 import subprocess
 import threading
-from typing import Any
 
 from ai_node.retrain.labels import label_count_since
 from ai_node.retrain.local import retrain_command
 from ai_node.retrain.runs import RunStore
 from radnode_core.node import Node
+from radnode_core.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 
-def child_environment(settings: Any) -> dict[str, str]:
+def child_environment(settings: Settings) -> dict[str, str]:
     """This process's environment plus the settings a CLI flag may have set, so the child
     opens the same data dir, index and registry."""
     env = dict(os.environ)

@@ -1,4 +1,4 @@
-"""Ingest benchmark (issue 2): one storescu association into radnode, dcmtk storescp and Orthanc.
+"""Ingest benchmark: one storescu association into radnode, dcmtk storescp and Orthanc.
 
     python benchmarks/ingest.py [--slices 300] [--rounds 5] [--peers radnode,storescp,orthanc]
                                 [--work-dir DIR] [--json OUT]

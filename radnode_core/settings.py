@@ -239,7 +239,7 @@ class Settings(BaseSettings):
         0.5, gt=0, description="Seconds between reads of a followed PACS's /changes feed."
     )
 
-    # -- Security (issue 9): DICOM TLS, input limits, audit trail (docs/security.md) ---------
+    # -- Security: DICOM TLS, input limits, audit trail (docs/security.md) ---------
     dicom_plain: bool = Field(
         True,
         description="Listen for plain (unencrypted) DICOM on dicom_port; false: TLS only.",

@@ -1,4 +1,2 @@
-"""Viewer integration: the Orthanc Python plugin, the OHIF configuration and the review UI.
-
-Filled by the viewer issue; the package exists so the layout shows the architecture.
-"""
+"""Viewer integration: the Orthanc Python plugins, OHIF served beside radnode, the review
+UI and the radiologists' feedback (confirm or relabel an AI result, as a DICOM SR)."""

@@ -9,30 +9,30 @@ header of the level's first instance.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request, status
 from fastapi.responses import JSONResponse
 from pydicom.datadict import dictionary_VR, tag_for_keyword
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from dicomweb.auditing import requester
 from dicomweb.deps import HeadersDep, NodeDep, checked_uid, dicomweb_base, require_read
 from dicomweb.dicomjson import DICOM_JSON, element, tag_hex
 from dicomweb.headers import InstanceHeaders
-from dicomweb.query import (
-    DEFAULT_RETURN,
+from dicomweb.query import DEFAULT_RETURN, parse
+from radnode_core.index import instances, series, studies
+from radnode_core.node import Node
+from radnode_core.query import (
     INDEXED,
     LEVELS,
     Level,
     Query,
     QueryError,
     build_select,
-    parse,
+    computed_values,
+    row_value,
 )
-from radnode_core.index import instances, series, studies
-from radnode_core.node import Node
 
 router = APIRouter(prefix="/dicom-web", tags=["QIDO-RS"], dependencies=[require_read])
 
@@ -78,7 +78,7 @@ def _search(
     stmt = build_select(query, node.index.is_sqlite, study_uid, series_uid)
     with node.index.engine.connect() as conn:
         rows = [row._mapping for row in conn.execute(stmt)]
-        extra = _aggregates(conn, level, rows)
+        extra = computed_values(conn, level, rows)
     base = dicomweb_base(request)
     # PS3.18 10.6.3.3: a search not scoped by a parent also returns the parents' attributes.
     if study_uid is None:
@@ -93,7 +93,7 @@ def _search(
     for row in rows:
         item: dict[str, Any] = {}
         for keyword in keywords:
-            value = _value(keyword, row, extra)
+            value = row_value(keyword, row, extra)
             if "." in keyword:
                 _nest(item, keyword, value)
                 continue
@@ -120,64 +120,6 @@ def _nest(item: dict[str, Any], path: str, value: Any) -> None:
     tag, entry = element(child, value)
     sequence = item.setdefault(tag_hex(parent), {"vr": "SQ", "Value": [{}]})
     sequence["Value"][0][tag] = entry
-
-
-def _aggregates(conn: Any, level: Level, rows: list[Any]) -> dict[str, dict[str, Any]]:
-    """Computed attributes of the page's rows: ModalitiesInStudy and the counts."""
-    extra: dict[str, dict[str, Any]] = defaultdict(dict)
-    if not rows:
-        return extra
-    if level == "study":
-        uids = [r[studies.c.study_uid] for r in rows]
-        modalities: dict[str, set[str]] = defaultdict(set)
-        counts: dict[str, int] = defaultdict(int)
-        for i in range(0, len(uids), 500):
-            stmt = (
-                select(series.c.study_uid, series.c.modality, func.count())
-                .where(series.c.study_uid.in_(uids[i : i + 500]))
-                .group_by(series.c.study_uid, series.c.modality)
-            )
-            for study_uid, modality, count in conn.execute(stmt):
-                if modality:
-                    modalities[study_uid].add(modality)
-                counts[study_uid] += count
-        for uid in uids:
-            extra[uid]["ModalitiesInStudy"] = sorted(modalities[uid])
-            extra[uid]["NumberOfStudyRelatedSeries"] = counts[uid]
-    else:
-        uids = sorted({r[series.c.series_uid] for r in rows})
-        for i in range(0, len(uids), 500):
-            stmt = (
-                select(instances.c.series_uid, func.count())
-                .where(instances.c.series_uid.in_(uids[i : i + 500]))
-                .group_by(instances.c.series_uid)
-            )
-            for series_uid, count in conn.execute(stmt):
-                extra[series_uid]["NumberOfSeriesRelatedInstances"] = count
-        if level == "instance":
-            study_uids = sorted({r[studies.c.study_uid] for r in rows})
-            stmt = (
-                select(series.c.study_uid, series.c.modality, func.count())
-                .where(series.c.study_uid.in_(study_uids))
-                .group_by(series.c.study_uid, series.c.modality)
-            )
-            for study_uid, modality, count in conn.execute(stmt):
-                entry = extra[study_uid]
-                entry.setdefault("ModalitiesInStudy", [])
-                if modality:
-                    entry["ModalitiesInStudy"].append(modality)
-                entry["NumberOfStudyRelatedSeries"] = (
-                    entry.get("NumberOfStudyRelatedSeries", 0) + count
-                )
-    return extra
-
-
-def _value(keyword: str, row: Any, extra: dict[str, dict[str, Any]]) -> Any:
-    attr = INDEXED[keyword]
-    if attr.column is not None:
-        return row[attr.column]
-    key = row[series.c.series_uid] if attr.level == "series" else row[studies.c.study_uid]
-    return extra.get(key, {}).get(keyword)
 
 
 def _retrieve_url(level: Level, row: Any, base: str) -> dict[str, Any]:

@@ -73,6 +73,51 @@ class PacsPeer(BaseModel):
         return None
 
 
+class MoveDestination(BaseModel):
+    """An AE that a C-MOVE may name as its Move Destination (PS3.4 C.4.2.1.4.1): radnode
+    sends the matching instances there by C-STORE, optionally over DICOM TLS."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ae_title: str = Field(
+        min_length=1, max_length=16, description="Its AE title (what a C-MOVE names)."
+    )
+    host: str = Field(min_length=1, description="Its host name or address.")
+    port: int = Field(ge=1, le=65535, description="Its DICOM port.")
+    tls: bool = Field(
+        False,
+        description="Connect over DICOM TLS (PS3.15 B.9): the destination is verified against "
+        "tls_ca_file, and radnode presents tls_cert_file when asked.",
+    )
+
+
+class RoutingRule(BaseModel):
+    """Which PACS peers get a study's result (``pacs_link.routing``): the rule's ``peers``,
+    when every condition it sets holds for the result."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    peers: list[str] = Field(min_length=1, description="Names of pacs_peers to send to.")
+    model: str | None = Field(
+        None,
+        description='Prefix of a model that made the result, as "name/version" '
+        '(e.g. "radnode-finding/1."); unset: any.',
+    )
+    labels: list[str] = Field(
+        default_factory=list, description='Result labels that match (e.g. ["lesion"]); empty: any.'
+    )
+    min_score: float | None = Field(
+        None, ge=0, le=1, description="Lowest study score that matches; unset: any (or none)."
+    )
+    modalities: list[str] = Field(
+        default_factory=list,
+        description='Modality of the analysed series that match (e.g. ["CT"]); empty: any.',
+    )
+    originals: bool = Field(
+        False, description="Also send the study's originals (never those from the peer itself)."
+    )
+
+
 class Settings(BaseSettings):
     """radnode configuration (env prefix ``RADNODE_``)."""
 
@@ -104,6 +149,19 @@ class Settings(BaseSettings):
     )
     require_called_aet: bool = Field(
         True, description="Reject associations whose called AE title is not ours."
+    )
+
+    # Query/Retrieve SCP (PS3.4 Annex C)
+    query_retrieve: bool = Field(
+        True,
+        description="Answer C-FIND, C-MOVE and C-GET (Patient Root and Study Root) on the "
+        "DICOM ports, for the callers the AE allow-list admits.",
+    )
+    move_destinations: list[MoveDestination] = Field(
+        default_factory=list,
+        description="AEs a C-MOVE may send to (JSON list in RADNODE_MOVE_DESTINATIONS, "
+        "[[move_destinations]] tables in the config file); any other Move Destination gets "
+        "0xA801. See docs/conformance.md.",
     )
 
     # DIMSE tuning
@@ -225,6 +283,12 @@ class Settings(BaseSettings):
         default_factory=list,
         description="PACS to send results to and follow (JSON list in RADNODE_PACS_PEERS, "
         "[[pacs_peers]] tables in the config file); see docs/pacs.md.",
+    )
+    routing_rules: list[RoutingRule] = Field(
+        default_factory=list,
+        description="Which peers get which results ([[routing_rules]] tables in the config "
+        "file); empty: every peer gets every result, and the originals where forward_originals. "
+        "See docs/pacs.md.",
     )
     outbox_poll_s: float = Field(
         0.25, gt=0, description="Seconds an idle outbox sender waits before looking again."
@@ -431,6 +495,19 @@ class Settings(BaseSettings):
             raise ValueError("dicom_plain is false and no dicom_tls_port is set")
         if self.tls_require_client_cert and self.tls_ca_file is None:
             raise ValueError("tls_require_client_cert needs tls_ca_file (the trusted CA)")
+        return self
+
+    @model_validator(mode="after")
+    def _routes_name_peers(self) -> Settings:
+        """Routing rules name configured peers; move destinations are named once each."""
+        names = {p.name for p in self.pacs_peers}
+        for rule in self.routing_rules:
+            unknown = sorted(set(rule.peers) - names)
+            if unknown:
+                raise ValueError(f"routing rule names unknown pacs_peers: {', '.join(unknown)}")
+        titles = [d.ae_title.strip() for d in self.move_destinations]
+        if len(set(titles)) != len(titles):
+            raise ValueError("move_destinations: an AE title is listed twice")
         return self
 
     @classmethod

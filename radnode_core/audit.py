@@ -77,6 +77,7 @@ DESTINATION_MEDIA = Code("110154", "DCM", "Destination Media")
 PATIENT_NUMBER = Code("2", "RFC-3881", "Patient Number")
 URI = Code("12", "RFC-3881", "URI")
 STUDY_INSTANCE_UID = Code("110180", "DCM", "Study Instance UID")
+SOP_CLASS_UID = Code("110181", "DCM", "SOP Class UID")
 # AuditSourceTypeCode (RFC 3881 5.4.3): 4 = application server process
 APPLICATION_SERVER = Code("4", "DCM", "Application Server Process")
 
@@ -108,6 +109,7 @@ class ParticipantObject:
     query: bytes | None = None
     description: str | None = None
     sop_classes: Mapping[str, int] = field(default_factory=dict)  # SOP Class UID -> count
+    details: Mapping[str, str] = field(default_factory=dict)  # ParticipantObjectDetail
 
 
 @dataclass(frozen=True)
@@ -184,6 +186,12 @@ def build_message(
             ET.SubElement(po, "ParticipantObjectName").text = o.name
         elif o.query is not None:
             ET.SubElement(po, "ParticipantObjectQuery").text = base64.b64encode(o.query).decode()
+        for kind, value in o.details.items():
+            ET.SubElement(
+                po,
+                "ParticipantObjectDetail",
+                {"type": kind, "value": base64.b64encode(value.encode()).decode()},
+            )
         if o.description is not None:
             ET.SubElement(po, "ParticipantObjectDescription").text = o.description
         for uid, count in sorted(o.sop_classes.items()):
@@ -470,16 +478,55 @@ class AuditTrail:
         user: str,
         address: str | None,
         outcome: str = SUCCESS,
+        destination: str | None = None,
+        destination_address: str | None = None,
+        outcome_description: str | None = None,
     ) -> None:
-        """110104 DICOM Instances Transferred, action R: radnode sent instances (WADO-RS)."""
+        """110104 DICOM Instances Transferred, action R: radnode sent instances a user or AE
+        asked for (WADO-RS, C-GET: the requestor is the destination; C-MOVE: the
+        ``destination`` AE is another participant than the requestor)."""
+        if not self.enabled:
+            return
+        if destination is None:
+            participants = [self._me(SOURCE), Participant(user, True, DESTINATION, address)]
+        else:
+            participants = [
+                self._me(SOURCE),
+                Participant(destination, False, DESTINATION, destination_address),
+                Participant(user, True, None, address),
+            ]
+        self._event(
+            INSTANCES_TRANSFERRED,
+            "R",
+            outcome,
+            participants,
+            self._study_objects(studies_),
+            outcome_description=outcome_description,
+        )
+
+    def instances_sent(
+        self,
+        study: StudyRef,
+        *,
+        destination: str,
+        destination_address: str | None,
+        outcome: str = SUCCESS,
+        outcome_description: str | None = None,
+    ) -> None:
+        """110104 DICOM Instances Transferred, action R: radnode pushed a study's instances
+        to a peer on its own initiative (the PACS outbox: results, forwarded originals)."""
         if not self.enabled:
             return
         self._event(
             INSTANCES_TRANSFERRED,
             "R",
             outcome,
-            [self._me(SOURCE), Participant(user, True, DESTINATION, address)],
-            self._study_objects(studies_),
+            [
+                Participant(self.process.user_id, True, SOURCE, None, self.process.alternative_id),
+                Participant(destination, False, DESTINATION, destination_address),
+            ],
+            self._study_objects([study]),
+            outcome_description=outcome_description,
         )
 
     def query(
@@ -494,6 +541,39 @@ class AuditTrail:
             outcome,
             [Participant(user, True, None, address), self._me(APPLICATION)],
             [ParticipantObject(path, URI, "2", "24", query=query.encode())],
+        )
+
+    def dimse_query(
+        self,
+        *,
+        user: str,
+        address: str | None,
+        sop_class_uid: str,
+        identifier: bytes,
+        transfer_syntax_uid: str,
+        outcome: str = SUCCESS,
+        outcome_description: str | None = None,
+    ) -> None:
+        """110112 Query, action E (C-FIND, PS3.15 A.5.3.12): the information model's SOP
+        Class UID, with the Identifier as sent as the query and its transfer syntax."""
+        if not self.enabled:
+            return
+        self._event(
+            QUERY,
+            "E",
+            outcome,
+            [Participant(user, True, None, address), self._me(APPLICATION)],
+            [
+                ParticipantObject(
+                    sop_class_uid,
+                    SOP_CLASS_UID,
+                    "2",
+                    "3",
+                    query=identifier,
+                    details={"TransferSyntax": transfer_syntax_uid},
+                )
+            ],
+            outcome_description=outcome_description,
         )
 
     def export(

@@ -1,11 +1,14 @@
-"""The Storage SCP's Application Entity: presentation contexts, limits and the server.
+"""The SCP's Application Entity: presentation contexts, limits and the server.
 
 Every storage SOP class is accepted: the ones pynetdicom knows with every
 transfer syntax it knows (uncompressed, deflated, big endian, JPEG, JPEG-LS,
 JPEG 2000, HTJ2K, RLE, MPEG...), and, through pynetdicom's unrestricted
 storage service, retired, private and newer SOP classes too (a CT's private
 raw-data class is still an instance the site wants kept). Datasets are stored
-as received.
+as received. With Query/Retrieve on, the AE also accepts the Patient Root and Study
+Root FIND, MOVE and GET SOP classes, and accepts the SCU role for every storage SOP
+class besides the SCP role, so a C-GET's requestor can take the Storage SCP role
+(SCP/SCU Role Selection, PS3.7 D.3.3.4).
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dimse_scp.handlers import StorageHandlers
+from dimse_scp.identifier import MODELS
+from dimse_scp.query_retrieve import QueryRetrieveHandlers
 from dimse_scp.tls import TlsAssociationServer
 from radnode_core.settings import Settings
 from radnode_core.tls import server_context
@@ -35,9 +40,11 @@ _config.UNRESTRICTED_STORAGE_SERVICE = True
 
 # The syntaxes pynetdicom can negotiate that pydicom can also decode (validation needs it).
 TRANSFER_SYNTAXES = [ts for ts in ALL_TRANSFER_SYNTAXES if UID(ts).is_transfer_syntax]
+# Implicit, Explicit, Deflated Explicit VR Little Endian, Explicit VR Big Endian.
+UNCOMPRESSED = TRANSFER_SYNTAXES[:4]
 
 
-def build_ae(settings: Settings) -> AE:
+def build_ae(settings: Settings, query_retrieve: bool = False) -> AE:
     ae = AE(ae_title=settings.ae_title)
     ae.maximum_pdu_size = settings.max_pdu_size
     ae.maximum_associations = settings.max_associations
@@ -46,20 +53,32 @@ def build_ae(settings: Settings) -> AE:
     ae.acse_timeout = settings.acse_timeout_s
     # The called-AE check is done by AccessPolicy (with a metric and a log line).
     ae.require_called_aet = False
+    # The SCU role is only taken where a requestor proposes the SCP role (a C-GET).
+    roles = {"scu_role": True, "scp_role": True} if query_retrieve else {}
     for context in AllStoragePresentationContexts:
-        ae.add_supported_context(str(context.abstract_syntax), TRANSFER_SYNTAXES)
+        ae.add_supported_context(str(context.abstract_syntax), TRANSFER_SYNTAXES, **roles)
     ae.add_supported_context(Verification, TRANSFER_SYNTAXES[:3])
+    if query_retrieve:
+        for sop_class in MODELS:
+            ae.add_supported_context(sop_class, UNCOMPRESSED)
     return ae
 
 
 class DicomServer:
-    """The running Storage SCP (one thread per association): a plain DICOM port, a DICOM
-    TLS port (PS3.15 B.9), or both, serving the same AE and handlers."""
+    """The running SCP (one thread per association): a plain DICOM port, a DICOM TLS port
+    (PS3.15 B.9), or both, serving the same AE and handlers: storage, and Query/Retrieve
+    when ``query_retrieve`` handlers are given."""
 
-    def __init__(self, settings: Settings, handlers: StorageHandlers) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        handlers: StorageHandlers,
+        query_retrieve: QueryRetrieveHandlers | None = None,
+    ) -> None:
         self.settings = settings
         self.handlers = handlers
-        self.ae = build_ae(settings)
+        self.query_retrieve = query_retrieve
+        self.ae = build_ae(settings, query_retrieve is not None)
         self._server: ThreadedAssociationServer | None = None
         self._tls_server: TlsAssociationServer | None = None
 
@@ -79,6 +98,8 @@ class DicomServer:
     def start(self) -> None:
         s = self.settings
         handlers = self.handlers.evt_handlers()
+        if self.query_retrieve is not None:
+            handlers += self.query_retrieve.evt_handlers()
         if s.dicom_plain:
             self._server = self.ae.start_server(
                 (s.host, s.dicom_port),

@@ -21,11 +21,13 @@ from dicomweb.timeouts import protocol_class
 from dimse_scp.access import AccessPolicy
 from dimse_scp.completion import CompletionTracker
 from dimse_scp.handlers import StorageHandlers
+from dimse_scp.query_retrieve import QueryRetrieveHandlers
 from dimse_scp.server import DicomServer
 from pacs_link import PacsServices
 from pacs_link.outbox import Outbox, queue_study_results
 from radnode_core.node import Node
 from radnode_core.settings import Settings
+from radnode_core.tls import client_context
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +42,8 @@ def build_node(settings: Settings) -> Node:
 
 
 class Scp:
-    """The DICOM Storage SCP and its study-completion tracker."""
+    """The DICOM SCP (storage, and Query/Retrieve unless turned off) and its
+    study-completion tracker."""
 
     def __init__(self, node: Node) -> None:
         s = node.settings
@@ -61,7 +64,18 @@ class Scp:
             audit=node.audit,
             max_associations_per_aet=s.max_associations_per_aet,
         )
-        self.server = DicomServer(s, handlers)
+        query_retrieve = None
+        if s.query_retrieve:
+            query_retrieve = QueryRetrieveHandlers(
+                node.index,
+                node.store,
+                s.ae_title,
+                s.move_destinations,
+                audit=node.audit,
+                tls_context=partial(client_context, s.tls_ca_file, s.tls_cert_file, s.tls_key_file),
+                poll_interval_s=s.dimse_poll_interval_s,
+            )
+        self.server = DicomServer(s, handlers, query_retrieve)
 
     def start(self) -> None:
         self.server.start()

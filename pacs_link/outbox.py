@@ -18,9 +18,10 @@ from typing import Any, Literal
 from sqlalchemy import and_, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from pacs_link.routing import route
 from pacs_link.tables import outbox, pacs_state
 from radnode_core.index import Index, instances, utcnow
-from radnode_core.node import Node
+from radnode_core.node import Node, ResultSummary
 
 Kind = Literal["original", "sr"]
 CLAIM_LEASE_S = 120.0
@@ -233,14 +234,21 @@ def all_states(index: Index, key: str) -> dict[str, Any]:
         return {r[0]: {**(r[1] or {}), "updated_at": r[2]} for r in rows}
 
 
-def queue_study_results(node: Node, study_uid: str, sr_uid: str | None) -> int:
-    """Queue a study's results for every configured peer: its originals first (where the
-    peer forwards them and they did not come from that peer), then the SR."""
+def queue_study_results(
+    node: Node, study_uid: str, sr_uid: str | None, result: ResultSummary | None = None
+) -> int:
+    """Queue a study's results for the peers the routing rules pick (every peer when there
+    is no rule): its originals first (where the route has them and they did not come from
+    that peer), then the SR. ``result`` None: a result the rules' conditions cannot match."""
     queued = 0
     box = Outbox(node.index)
+    summary = result if result is not None else ResultSummary()
     for peer in node.settings.pacs_peers:
+        where = route(node.settings.routing_rules, peer, summary)
+        if where is None:
+            continue
         items: list[tuple[str, Kind]] = []
-        if peer.forward_originals:
+        if where.originals:
             items += [
                 (u, "original") for u in originals_to_forward(node.index, study_uid, peer.ae_title)
             ]

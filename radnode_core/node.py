@@ -8,6 +8,7 @@ what one feature offers another (:class:`ResultDelivery`) and starts the process
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Protocol
 
@@ -22,12 +23,24 @@ from radnode_core.store import InstanceStore
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class ResultSummary:
+    """What a result says, for deciding where it goes (the routing rules of the delivery):
+    its label and study score, the models that made it (``name/version``) and the
+    modality of the series it analysed; None where the study could not be analysed."""
+
+    label: str | None = None
+    score: float | None = None
+    models: tuple[str, ...] = ()
+    modality: str | None = None
+
+
 class ResultDelivery(Protocol):
     """Queues a study's report for the PACS peers: ``(study UID, SR SOP Instance UID or
-    None)``; returns how many instances were queued. Called in the step that stored the SR,
-    so a result is never produced without being queued."""
+    None, the result's summary)``; returns how many instances were queued. Called in the
+    step that stored the SR, so a result is never produced without being queued."""
 
-    def __call__(self, study_uid: str, sr_uid: str | None) -> int: ...
+    def __call__(self, study_uid: str, sr_uid: str | None, result: ResultSummary) -> int: ...
 
 
 class Node:

@@ -33,7 +33,7 @@ from ai_node.synth import StudySpec, generate_study
 from radnode_core import __version__
 from radnode_core.index import utcnow
 from radnode_core.jobs import Job
-from radnode_core.node import Node
+from radnode_core.node import Node, ResultSummary
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +48,14 @@ def encode(dataset: Any) -> bytes:
     buf.is_implicit_VR = False
     write_dataset(buf, dataset)
     return buf.getvalue()
+
+
+def _modality(stack: SliceStack) -> str | None:
+    """The analysed series' Modality (from its first slice's header)."""
+    first = stack.headers.get(stack.refs[0].sop_instance_uid) if len(stack) else None
+    if first is None:
+        return None
+    return str(first.get("Modality", "")) or None
 
 
 class AnalysisPipeline:
@@ -118,11 +126,18 @@ class AnalysisPipeline:
             threshold=self.threshold,
         )
 
-    def queue_for_pacs(self, study_uid: str, sr_uid: str | None) -> None:
+    def queue_for_pacs(self, study_uid: str, sr_uid: str | None, result: ResultSummary) -> None:
         """Hand the study's SR (and originals) to the node's PACS delivery, in the same step
         that stored the SR, so a result is never produced without being queued."""
         if self.node.deliver is not None:
-            self.node.deliver(study_uid, sr_uid)
+            self.node.deliver(study_uid, sr_uid, result)
+
+    def model_ids(self, analysis: StudyAnalysis) -> list[str]:
+        """The models that made a result, as ``name/version`` (what routing rules match)."""
+        return [
+            f"{self.models.get(task).name}/{version}"
+            for task, version in sorted(analysis.model_versions.items())
+        ]
 
     def process(self, job: Job) -> dict[str, Any]:
         started = time.perf_counter()
@@ -147,7 +162,7 @@ class AnalysisPipeline:
                     "attempts": job.attempts,
                 },
             )
-            self.queue_for_pacs(job.study_uid, None)
+            self.queue_for_pacs(job.study_uid, None, ResultSummary())
             return {"status": "failed", "error": str(exc)}
         except Exception as exc:
             self.results.upsert(
@@ -176,16 +191,19 @@ class AnalysisPipeline:
         uids = list(dict.fromkeys(r.sop_instance_uid for r in library))
         headers = [stack.headers[u] for u in uids if u in stack.headers]
         sr = build_sr(headers, analysis, refs, self.context(analysis), job.study_uid, job.version)
-        stored = self.node.ingestor.ingest(
-            encode(sr), ExplicitVRLittleEndian, source="ai", analyze=False
-        )
-        self.queue_for_pacs(job.study_uid, str(sr.SOPInstanceUID))
-        done = time.perf_counter()
         if analysis.in_scope:
             status = "done"
             label = LABEL_PRESENT if (analysis.score or 0.0) >= self.threshold else LABEL_ABSENT
         else:
             status, label = "out_of_scope", f"out of scope: {analysis.region}"
+        score = round(float(analysis.score), 6) if analysis.score is not None else None
+        modality = _modality(stack)
+        stored = self.node.ingestor.ingest(
+            encode(sr), ExplicitVRLittleEndian, source="ai", analyze=False
+        )
+        summary = ResultSummary(label, score, tuple(self.model_ids(analysis)), modality)
+        self.queue_for_pacs(job.study_uid, str(sr.SOPInstanceUID), summary)
+        done = time.perf_counter()
         driving_uid = (
             stack.refs[analysis.driving_slice].sop_instance_uid
             if analysis.driving_slice is not None
@@ -209,6 +227,8 @@ class AnalysisPipeline:
             "evidence_sop_instance_uids": [r.sop_instance_uid for r in refs],
             "threshold": self.threshold,
             "models": analysis.model_versions,
+            "model_ids": list(summary.models),
+            "modality": modality,
             "sr_duplicate": stored.duplicate,
             "attempts": job.attempts,
             "slice_scores": analysis.slice_scores,
@@ -218,7 +238,7 @@ class AnalysisPipeline:
             job.version,
             job.id,
             status=status,
-            score=round(float(analysis.score), 6) if analysis.score is not None else None,
+            score=score,
             label=label,
             model_version=model_version_key(analysis),
             sr_sop_instance_uid=str(sr.SOPInstanceUID),

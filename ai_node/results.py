@@ -18,6 +18,7 @@ from sqlalchemy.engine import Connection
 from ai_node.tables import results
 from radnode_core.index import Index, jobs, studies, utcnow
 from radnode_core.jobs import Job
+from radnode_core.node import ResultSummary
 
 STATUSES = ("pending", "running", "done", "out_of_scope", "failed")
 
@@ -180,3 +181,15 @@ def public(row: dict[str, Any]) -> dict[str, Any]:
         "details": {k: v for k, v in details.items() if k not in ("timings", "slice_scores")},
     }
     return out
+
+
+def summary(result: dict[str, Any], label: str | None = None) -> ResultSummary:
+    """The routing summary of a result as :func:`public` shows it; ``label`` replaces the
+    AI's (a radiologist's judgement)."""
+    details = result.get("details") or {}
+    return ResultSummary(
+        label=label if label is not None else result.get("label"),
+        score=result.get("score"),
+        models=tuple(details.get("model_ids") or ()),
+        modality=details.get("modality"),
+    )

@@ -37,10 +37,10 @@ from sqlalchemy import and_, func, select
 
 from ai_node.feedback_sr import LABEL_CODES, build_feedback_sr
 from ai_node.pipeline import encode
-from ai_node.results import ResultStore
+from ai_node.results import ResultStore, summary
 from ai_node.tables import feedback, results
 from radnode_core.index import studies, utcnow
-from radnode_core.node import Node
+from radnode_core.node import Node, ResultSummary
 
 logger = logging.getLogger(__name__)
 audit = logging.getLogger("radnode_core.audit")
@@ -321,7 +321,7 @@ class FeedbackService:
         with self.node.index.transaction() as conn:
             inserted = conn.execute(feedback.insert().values(**row))
             row["id"] = inserted.inserted_primary_key[0] if inserted.inserted_primary_key else None
-        self._queue_for_pacs(study_uid, str(sr.SOPInstanceUID))
+        self._queue_for_pacs(study_uid, str(sr.SOPInstanceUID), summary(result, label))
         self.node.audit.feedback(
             study_uid, user=reviewer.user, decision=decision, sr_sop_class_uid=str(sr.SOPClassUID)
         )
@@ -343,7 +343,8 @@ class FeedbackService:
         )
         return public(row), True
 
-    def _queue_for_pacs(self, study_uid: str, sr_uid: str) -> None:
-        """Send the feedback SR to the PACS peers the way the AI SR goes (the node's delivery)."""
+    def _queue_for_pacs(self, study_uid: str, sr_uid: str, result: ResultSummary) -> None:
+        """Send the feedback SR to the PACS peers the way the AI SR goes (the node's delivery),
+        routed by the radiologist's label."""
         if self.node.deliver is not None:
-            self.node.deliver(study_uid, sr_uid)
+            self.node.deliver(study_uid, sr_uid, result)

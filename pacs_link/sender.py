@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import defaultdict
+from collections import Counter, defaultdict
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydicom import Dataset, dcmread
 from pynetdicom import AE
 
 from pacs_link import client
 from pacs_link.outbox import Item, Outbox
+from radnode_core.audit import MINOR_FAILURE, SERIOUS_FAILURE, SUCCESS, StudyRef
 from radnode_core.node import Node
 from radnode_core.settings import PacsPeer
 from radnode_core.store import ZERO_PREAMBLE
@@ -105,6 +107,7 @@ class OutboxSender:
             self.outbox.reject([item], refused[item.sop_instance_uid])
         good = [i for i, _ in datasets if i not in bad]
         self.outbox.delivered([i.id for i in good])
+        self._audit(peer, items[0].study_uid, [d for i, d in datasets if i in good], len(bad))
         m = self.node.metrics.outbox_attempts
         m.labels(peer=peer.name, outcome="delivered").inc(len(good))
         m.labels(peer=peer.name, outcome="refused").inc(len(bad))
@@ -117,6 +120,23 @@ class OutboxSender:
                 "refused": len(bad),
                 "kinds": sorted({i.kind for i in good}),
             },
+        )
+
+    def _audit(self, peer: PacsPeer, study_uid: str, sent: list[Dataset], refused: int) -> None:
+        """One DICOM Instances Transferred message per peer, study and batch (PS3.15 A.5.3.4)."""
+        classes = Counter(str(ds.SOPClassUID) for ds in sent)
+        if peer.delivery == "cstore":
+            destination, address = peer.ae_title, peer.host
+        else:
+            destination, address = peer.name, urlsplit(peer.dicomweb_url or "").hostname
+        outcome = SUCCESS if not refused else MINOR_FAILURE if sent else SERIOUS_FAILURE
+        self.node.audit.instances_sent(
+            StudyRef(study_uid, dict(classes)),
+            destination=destination,
+            destination_address=address,
+            outcome=outcome,
+            outcome_description=f"{peer.delivery} to {peer.name}: {len(sent)} delivered, "
+            f"{refused} refused",
         )
 
     def _stow(self, peer: PacsPeer, datasets: list[Dataset]) -> dict[str, str]:

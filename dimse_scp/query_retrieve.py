@@ -33,6 +33,7 @@ from dimse_scp.identifier import (
     MODELS,
     UNABLE_TO_PROCESS,
     IdentifierError,
+    InformationModel,
     Request,
     parse,
     response,
@@ -53,8 +54,22 @@ PENDING_WARNING = 0xFF01  # an optional key was not supported for matching (PS3.
 CHUNK = 100  # matches whose computed attributes are read in one query
 
 
+SOP_CLASS_NOT_SUPPORTED = 0x0122
+
+
 def _failure(status: int, comment: str) -> Dataset:
     return IdentifierError(status, comment).status_dataset()
+
+
+def _model(event: events.Event) -> InformationModel:
+    """The request's information model. Only Patient Root and Study Root are negotiated, but
+    pynetdicom's unrestricted storage service accepts any SOP class it has no name for
+    (Modality Worklist, Color Palette Query/Retrieve) as if it were a storage class."""
+    request = cast(C_FIND | C_MOVE | C_GET, event.request)
+    model = MODELS.get(str(request.AffectedSOPClassUID))
+    if model is None:
+        raise IdentifierError(SOP_CLASS_NOT_SUPPORTED, "SOP Class not supported")
+    return model
 
 
 class QueryRetrieveHandlers:
@@ -93,11 +108,9 @@ class QueryRetrieveHandlers:
 
     def on_c_find(self, event: events.Event) -> Iterator[Yield]:
         """PS3.4 C.4.1.3: one pending response per match, in the index's order."""
-        request_primitive = cast(C_FIND, event.request)
-        model = MODELS[str(request_primitive.AffectedSOPClassUID)]
         calling, address = _requestor(event)
         try:
-            request = parse(event.identifier, model)
+            request = parse(event.identifier, _model(event))
         except IdentifierError as exc:
             logger.warning(
                 "C-FIND refused",
@@ -225,8 +238,6 @@ class QueryRetrieveHandlers:
 
     def on_c_move(self, event: events.Event) -> Iterator[Any]:
         """PS3.4 C.4.2.3: the matching instances to a configured Move Destination."""
-        request_primitive = cast(C_MOVE, event.request)
-        model = MODELS[str(request_primitive.AffectedSOPClassUID)]
         calling, address = _requestor(event)
         name = str(event.move_destination or "").strip()
         destination = self.destinations.get(name)
@@ -244,7 +255,7 @@ class QueryRetrieveHandlers:
                 return
             kwargs["tls_args"] = (self.tls_context(), destination.host)
         try:
-            request = parse(event.identifier, model, retrieve=True)
+            request = parse(event.identifier, _model(event), retrieve=True)
             rows = self._instances(request)
         except IdentifierError as exc:
             logger.warning(
@@ -272,11 +283,9 @@ class QueryRetrieveHandlers:
     def on_c_get(self, event: events.Event) -> Iterator[Any]:
         """PS3.4 C.4.3.3: the matching instances over the requestor's own association (it
         proposed the storage contexts with the SCP role, PS3.7 D.3.3.4)."""
-        request_primitive = cast(C_GET, event.request)
-        model = MODELS[str(request_primitive.AffectedSOPClassUID)]
         calling, address = _requestor(event)
         try:
-            request = parse(event.identifier, model, retrieve=True)
+            request = parse(event.identifier, _model(event), retrieve=True)
             rows = self._instances(request)
         except IdentifierError as exc:
             logger.warning(

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydicom import Dataset
+from pydicom import Dataset, config
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.multival import MultiValue
@@ -290,7 +290,9 @@ def _set(ds: Dataset, keyword: str, value: Any) -> None:
     assert tag is not None
     if value == "" or value == []:
         value = None
-    ds.add(DataElement(tag, _vr(tag), value))
+    # The index's values were read from stored instances; checking each again per
+    # response would cost more than the rest of building it.
+    ds.add(DataElement(tag, _vr(tag), value, validation_mode=config.IGNORE))
 
 
 def _from_header(ds: Dataset, keyword: str, header: Dataset | None) -> None:

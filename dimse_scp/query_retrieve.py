@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+import time
 from collections.abc import Callable, Iterator, Mapping
 from functools import partial
 from typing import Any, cast
@@ -108,6 +109,7 @@ class QueryRetrieveHandlers:
 
     def on_c_find(self, event: events.Event) -> Iterator[Yield]:
         """PS3.4 C.4.1.3: one pending response per match, in the index's order."""
+        started = time.perf_counter()
         calling, address = _requestor(event)
         try:
             request = parse(event.identifier, _model(event))
@@ -152,7 +154,12 @@ class QueryRetrieveHandlers:
                 yield status, identifier
         logger.info(
             "C-FIND answered",
-            extra={"calling_aet": calling, "qr_level": request.level, "matches": sent},
+            extra={
+                "calling_aet": calling,
+                "qr_level": request.level,
+                "matches": sent,
+                "seconds": round(time.perf_counter() - started, 4),
+            },
         )
 
     def _matches(self, request: Request) -> list[Mapping[Any, Any]]:

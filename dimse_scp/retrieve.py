@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
 from collections import Counter, defaultdict
 from collections.abc import Mapping
 from typing import Any
@@ -84,6 +85,7 @@ class SubOperations:
         self.store = store
         self.rows = rows
         self.assoc = assoc  # the association the C-STOREs go over (C-MOVE: set on accept)
+        self.own_association = assoc is None  # a C-MOVE's: radnode requested it
         self.poll_interval_s = poll_interval_s
         self.statuses: dict[str, int] = {}  # SOP Instance UID -> C-STORE response status
         self.reasons: dict[str, str] = {}  # SOP Instance UID -> why it was not sent
@@ -128,6 +130,8 @@ class SubOperations:
     def dataset(self, row: Mapping[str, Any]) -> Dataset:
         """The dataset pynetdicom sends for ``row``; one it cannot send when there is none."""
         self.sent += 1
+        if self.own_association:
+            self._wait_for_reactor()
         uid = str(row["sop_instance_uid"])
         sop_class = str(row["sop_class_uid"])
         stored = UID(str(row["transfer_syntax_uid"]))
@@ -161,6 +165,27 @@ class SubOperations:
             extra={"sop_instance_uid": uid, "transfer_syntax": stored.name},
         )
         return ds
+
+    def _wait_for_reactor(self, timeout_s: float = 1.0) -> None:
+        """Let the C-MOVE association's reactor resume after the previous C-STORE.
+
+        pynetdicom (3.0) pauses a requested association's reactor thread for each
+        ``send_c_store`` and lets it go once the response is in. When the next C-STORE
+        starts before that thread has woken, it finds the reactor still marked paused,
+        sends, and the waking reactor can take the response for itself ("Received
+        unexpected C-STORE service message"): the C-STORE then waits out the DIMSE timeout
+        and every later sub-operation fails. Busy machines hit it every few hundred
+        instances; waiting for the reactor to wake first closes the window.
+        """
+        assoc = self.assoc
+        deadline = time.monotonic() + timeout_s
+        while (
+            assoc is not None
+            and assoc.is_established
+            and assoc._is_paused
+            and time.monotonic() < deadline
+        ):
+            time.sleep(0.0001)
 
     def _unsendable(self, row: Mapping[str, Any], reason: str) -> Dataset:
         """A dataset without SOP Class UID: pynetdicom's C-STORE refuses it, and counts a

@@ -10,6 +10,7 @@ study list asks for) from the request to the final response, over one associatio
 peer; then each peer moves the big series by C-MOVE to the same dcmtk storescp, which
 writes the instances as received (no fsync). dcmtk's processes (Orthanc, storescp) run
 with ``TCP_NODELAY=1`` in their environment (without it dcmtk stalls ~45 ms per message).
+radnode is measured once it is idle: the analysis of every loaded study queued.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import os
 import random
 import shutil
 import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -306,6 +308,7 @@ def run(
             proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
         try:
             wait_port(port, proc)
+            _wait_until_idle(run_dir / "radnode-data", studies + 1, proc)
             log("radnode: C-FIND ...")
             result["radnode"] = {"find": measure_find(port, "RADNODE", data, queries, seed)}
             log("radnode: C-MOVE ...")
@@ -330,6 +333,18 @@ def run(
         stop_process(destination.proc)
     shutil.rmtree(run_dir, ignore_errors=True)  # kept after a failure, with the peers' logs
     return result
+
+
+def _wait_until_idle(data_dir: Path, studies: int, proc: subprocess.Popen[bytes]) -> None:
+    """Wait until `radnode scp` has queued the analysis of every loaded study: its
+    completion sweeper finds them all due at start and queues them one write at a time,
+    and on SQLite every query waits for those writes."""
+    deadline = time.monotonic() + 600
+    with sqlite3.connect(data_dir / "index.sqlite3", timeout=30) as db:
+        while db.execute("SELECT count(*) FROM jobs").fetchone()[0] < studies:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("radnode scp did not queue the loaded studies")
+            time.sleep(0.5)
 
 
 def report(result: dict[str, Any]) -> str:

@@ -43,7 +43,6 @@ from highdicom.sr import (
 )
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
-from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
 from ai_node.analysis import StudyAnalysis
@@ -52,8 +51,8 @@ from ai_node.preprocess import SliceRef
 SR_SERIES_NUMBER = 9901
 """Series Number of the node's AI result series (high, so viewers list it last)."""
 
-PROBABILITY = Code("122157", "DCM", "Probability")
-NOT_EVALUATED = Code("373121007", "SCT", "Not Evaluated")
+PROBABILITY = codes.DCM.Probability
+"""The concept name of the study score's numeric measurement."""
 REGION_CODES = {"chest": codes.SCT.Chest, "head": codes.SCT.Head, "abdomen": codes.SCT.Abdomen}
 
 # Type 2 attributes highdicom copies from the evidence into the SR (PS3.3 C.7.1.1, C.7.2.1);
@@ -189,7 +188,7 @@ def build_sr(
             )
         ]
     else:
-        qualitative = [QualitativeEvaluation(codes.SCT.Lesion, NOT_EVALUATED), region_eval]
+        qualitative = [QualitativeEvaluation(codes.SCT.Lesion, codes.SCT.NotEvaluated), region_eval]
         measurements = []
     group = MeasurementsAndQualitativeEvaluations(
         tracking_identifier=TrackingIdentifier(

@@ -29,7 +29,6 @@ logger = logging.getLogger(__name__)
 TASKS = ("region", "finding")
 
 REGION_LABELS = ("chest", "head", "abdomen")
-FINDING_LABELS = ("no lesion", "lesion")
 
 TASK_WINDOWS = {"region": "wide", "finding": "lung"}
 """Which window (ai_node.preprocess.WINDOWS) each task's input uses."""

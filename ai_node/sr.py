@@ -46,6 +46,7 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
 from ai_node.analysis import StudyAnalysis
+from ai_node.labels import SR_CODES, finding_label
 from ai_node.preprocess import SliceRef
 
 SR_SERIES_NUMBER = 9901
@@ -172,11 +173,9 @@ def build_sr(
         codes.DCM.TargetRegion, REGION_CODES.get(analysis.region, codes.SCT.BodyPartStructure)
     )
     if analysis.in_scope and analysis.score is not None:
-        present = analysis.score >= ctx.threshold
+        label = finding_label(analysis.score, ctx.threshold)
         qualitative = [
-            QualitativeEvaluation(
-                codes.SCT.Lesion, codes.SCT.Present if present else codes.SCT.Absent
-            ),
+            QualitativeEvaluation(codes.SCT.Lesion, SR_CODES[label]),
             region_eval,
         ]
         measurements = [

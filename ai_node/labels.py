@@ -1,11 +1,14 @@
-"""The finding labels: the one vocabulary of the AI's label, a radiologist's relabel and
-the targets retraining learns.
+"""The models' labels, defined once: the finding labels (the AI's label, a radiologist's
+relabel, the targets retraining learns) and the body regions.
 
 A study the finding model evaluated is ``lesion`` (its score at or above the threshold)
 or ``no lesion``. In an SR the label is the value of the "Lesion" qualitative evaluation
 of the TID 1501 measurement group: SNOMED CT "Present" or "Absent". For training it is
 the finding model's target, 1 or 0: the model's sigmoid output is the probability of
 ``lesion``. The review UI reads the vocabulary from ``GET /api/labels``.
+
+The region model classifies a study as one of the body regions; the SR names it as the
+"Target Region" qualitative evaluation, coded in SNOMED CT.
 """
 
 from __future__ import annotations
@@ -27,6 +30,17 @@ SR_CODES: dict[str, Code] = {NO_LESION: codes.SCT.Absent, LESION: codes.SCT.Pres
 
 TARGETS: dict[str, int] = {label: i for i, label in enumerate(FINDING_LABELS)}
 """Each label as the finding model's training target."""
+
+
+REGION_LABELS: tuple[str, ...] = ("chest", "head", "abdomen")
+"""The region model's classes, in the order of its output."""
+
+REGION_CODES: dict[str, Code] = {
+    "chest": codes.SCT.Chest,
+    "head": codes.SCT.Head,
+    "abdomen": codes.SCT.Abdomen,
+}
+"""Each region as the coded value of the SR's "Target Region" evaluation."""
 
 
 def finding_label(score: float, threshold: float) -> str:

@@ -25,7 +25,7 @@ from pydicom.filewriter import write_dataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from ai_node.analysis import StudyAnalysis, analyse, decode_and_score
-from ai_node.labels import finding_label
+from ai_node.labels import REGION_LABELS, finding_label
 from ai_node.preprocess import InputError, SliceStack, load_datasets, select_series
 from ai_node.registry import ModelRegistry, ModelSet
 from ai_node.results import ResultStore
@@ -74,9 +74,7 @@ class AnalysisPipeline:
         )
         headers = list(datasets)
         stack = load_datasets(headers)
-        analysis = analyse(
-            stack, self.models, self.threshold, self.batch_size, ("chest", "head", "abdomen")
-        )
+        analysis = analyse(stack, self.models, self.threshold, self.batch_size, REGION_LABELS)
         refs = stack.refs[:1]
         build_sr(
             headers, analysis, refs, self.context(analysis), str(headers[0].StudyInstanceUID), 0

@@ -46,7 +46,7 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
 from ai_node.analysis import StudyAnalysis
-from ai_node.labels import SR_CODES, finding_label
+from ai_node.labels import REGION_CODES, SR_CODES, finding_label
 from ai_node.preprocess import SliceRef
 
 SR_SERIES_NUMBER = 9901
@@ -54,7 +54,6 @@ SR_SERIES_NUMBER = 9901
 
 PROBABILITY = codes.DCM.Probability
 """The concept name of the study score's numeric measurement."""
-REGION_CODES = {"chest": codes.SCT.Chest, "head": codes.SCT.Head, "abdomen": codes.SCT.Abdomen}
 
 # Type 2 attributes highdicom copies from the evidence into the SR (PS3.3 C.7.1.1, C.7.2.1);
 # a source image that lacks one gets it empty in our copy, never in the stored file.

@@ -1,5 +1,5 @@
-"""The finding labels, defined once (ai_node.labels): the AI's label, the SR's coded value,
-a relabel's choices and the training target are the same vocabulary."""
+"""The labels, defined once (ai_node.labels): the AI's label, the SR's coded value, a
+relabel's choices and the training target are the same vocabulary; so are the regions."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ from ai_node.labels import (
     LESION,
     NO_LESION,
     POSITIVE,
+    REGION_CODES,
+    REGION_LABELS,
     SR_CODES,
     TARGETS,
     finding_label,
@@ -30,6 +32,7 @@ def test_one_vocabulary() -> None:
     assert POSITIVE == LESION and TARGETS == {NO_LESION: 0, LESION: 1}
     assert SR_CODES == {NO_LESION: codes.SCT.Absent, LESION: codes.SCT.Present}
     assert finding_label(0.5, 0.5) == LESION and finding_label(0.49, 0.5) == NO_LESION
+    assert tuple(REGION_CODES) == REGION_LABELS
 
 
 @pytest.fixture(scope="module")

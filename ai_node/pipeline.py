@@ -187,13 +187,14 @@ class AnalysisPipeline:
             if analysis.driving_slice is not None
             else None
         )
+        timings = {
+            "decode_s": round(decoded - started, 3),
+            "inference_s": round(inferred - decoded, 3),
+            "sr_s": round(done - inferred, 3),
+            "total_s": round(done - started, 3),
+        }
         details = {
-            "timings": {
-                "decode_s": round(decoded - started, 3),
-                "inference_s": round(inferred - decoded, 3),
-                "sr_s": round(done - inferred, 3),
-                "total_s": round(done - started, 3),
-            },
+            "timings": timings,
             "series_uid": series_uid,
             "slices": len(stack),
             "skipped_instances": stack.skipped[:20],
@@ -227,7 +228,7 @@ class AnalysisPipeline:
                 "study_uid": job.study_uid,
                 "status": status,
                 "score": analysis.score,
-                "total_s": details["timings"]["total_s"],
+                "total_s": timings["total_s"],
             },
         )
         return {"status": status, "score": analysis.score, "sr": str(sr.SOPInstanceUID)}

@@ -319,7 +319,9 @@ class FeedbackService:
             "created_at": utcnow(),
         }
         with self.node.index.transaction() as conn:
-            row["id"] = conn.execute(feedback.insert().values(**row)).inserted_primary_key[0]
+            row["id"] = conn.execute(
+                feedback.insert().values(**row).returning(feedback.c.id)
+            ).scalar_one()
         self._queue_for_pacs(study_uid, str(sr.SOPInstanceUID))
         self.node.audit.feedback(
             study_uid, user=reviewer.user, decision=decision, sr_sop_class_uid=str(sr.SOPClassUID)

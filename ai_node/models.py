@@ -22,14 +22,12 @@ from typing import Any
 
 import numpy as np
 
+from ai_node.labels import REGION_LABELS
 from ai_node.preprocess import INPUT_SIZE
 
 logger = logging.getLogger(__name__)
 
 TASKS = ("region", "finding")
-
-REGION_LABELS = ("chest", "head", "abdomen")
-FINDING_LABELS = ("no lesion", "lesion")
 
 TASK_WINDOWS = {"region": "wide", "finding": "lung"}
 """Which window (ai_node.preprocess.WINDOWS) each task's input uses."""

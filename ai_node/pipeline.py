@@ -25,6 +25,7 @@ from pydicom.filewriter import write_dataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from ai_node.analysis import StudyAnalysis, analyse, decode_and_score
+from ai_node.labels import REGION_LABELS, finding_label
 from ai_node.preprocess import InputError, SliceStack, load_datasets, select_series
 from ai_node.registry import ModelRegistry, ModelSet
 from ai_node.results import ResultStore
@@ -36,9 +37,6 @@ from radnode_core.jobs import Job
 from radnode_core.node import Node
 
 logger = logging.getLogger(__name__)
-
-LABEL_PRESENT = "lesion"
-LABEL_ABSENT = "no lesion"
 
 
 def encode(dataset: Any) -> bytes:
@@ -76,9 +74,7 @@ class AnalysisPipeline:
         )
         headers = list(datasets)
         stack = load_datasets(headers)
-        analysis = analyse(
-            stack, self.models, self.threshold, self.batch_size, ("chest", "head", "abdomen")
-        )
+        analysis = analyse(stack, self.models, self.threshold, self.batch_size, REGION_LABELS)
         refs = stack.refs[:1]
         build_sr(
             headers, analysis, refs, self.context(analysis), str(headers[0].StudyInstanceUID), 0
@@ -183,7 +179,7 @@ class AnalysisPipeline:
         done = time.perf_counter()
         if analysis.in_scope:
             status = "done"
-            label = LABEL_PRESENT if (analysis.score or 0.0) >= self.threshold else LABEL_ABSENT
+            label = finding_label(analysis.score or 0.0, self.threshold)
         else:
             status, label = "out_of_scope", f"out of scope: {analysis.region}"
         driving_uid = (

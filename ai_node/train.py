@@ -31,7 +31,8 @@ import numpy as np
 import pydicom
 
 from ai_node.analysis import classify_region, score_finding
-from ai_node.models import FINDING_LABELS, REGION_LABELS, TASK_WINDOWS, LoadedModel, build_model
+from ai_node.labels import FINDING_LABELS, REGION_LABELS
+from ai_node.models import TASK_WINDOWS, LoadedModel, build_model
 from ai_node.preprocess import (
     INPUT_SIZE,
     LUNG_WINDOW,

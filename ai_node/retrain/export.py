@@ -29,9 +29,9 @@ import httpx
 from dicomweb_client.api import DICOMwebClient
 from pydicom.dataset import Dataset
 
+from ai_node.labels import TARGETS
 from ai_node.preprocess import CT_SOP_CLASSES
 from ai_node.retrain.deid import Deidentifier, DeidError, patient_key, remap_uid
-from ai_node.retrain.labels import LABEL_VALUES
 from ai_node.retrain.split import split_of
 
 logger = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ class LabelledStudy:
 
     @property
     def target(self) -> int:
-        return LABEL_VALUES[self.label]
+        return TARGETS[self.label]
 
 
 Fetch = Callable[[str], Sequence[Dataset]]
@@ -75,7 +75,7 @@ def fetch_labels(api_url: str, token: str | None, timeout_s: float = 60.0) -> li
     return [
         LabelledStudy(str(i["study_uid"]), str(i["label"]), int(i["feedback_id"]))
         for i in items
-        if str(i.get("label")) in LABEL_VALUES
+        if str(i.get("label")) in TARGETS
     ]
 
 

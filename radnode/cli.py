@@ -117,11 +117,13 @@ def _scu_tls(args: argparse.Namespace) -> Any:
 # -- process roles -----------------------------------------------------------------
 
 
-def _wait_for_signal() -> None:
+def _stop_on_signal() -> threading.Event:
+    """An event set by SIGINT or SIGTERM; installed before a role starts its threads, so a
+    signal that arrives while they start is not lost."""
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
+    return stop
 
 
 def _check_http_exposure(settings: Settings) -> bool:
@@ -158,9 +160,11 @@ def cmd_scp(args: argparse.Namespace) -> int:
     node = build_node(args.settings)
     node.recover()
     scp = Scp(node)
+    stop = _stop_on_signal()
     scp.start()
     try:
-        _wait_for_signal()
+        while not stop.wait(0.5):
+            pass
     finally:
         scp.stop()
         node.close()
@@ -181,9 +185,11 @@ def cmd_api(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     node = build_node(args.settings)
     background = Background(node)
+    stop = _stop_on_signal()
     background.start()
     try:
-        _wait_for_signal()
+        while not stop.wait(0.5):
+            pass
     finally:
         background.stop()
         node.close(clean=False)

@@ -174,16 +174,51 @@ def cmd_retrain(args: argparse.Namespace) -> int:
         index.close()
     if outcome.decision is None:
         print(f"run {outcome.run_id} failed: {outcome.error}", file=sys.stderr)
+        if "log" in outcome.files:
+            print(f"KFP log: {outcome.files['log']}", file=sys.stderr)
         return 1
-    d = outcome.decision
-    for who in ("candidate", "active"):
-        m = d["metrics"][who]
-        print(
-            f"{who:9} AUC={m['auc']} sensitivity={m['sensitivity']} "
-            f"specificity={m['specificity']} brier={m['brier']}"
-        )
-    print(f"run {outcome.run_id}: finding {d['version']} {d['decision']}: {d['reason']}")
+    print_summary(outcome.run_id, outcome.decision, outcome.files)
     return 0
+
+
+def _cell(metrics: dict[str, Any], key: str) -> str:
+    value = metrics.get(key)
+    if value is None:
+        return "-"
+    ci = (metrics.get("ci") or {}).get(key)
+    return f"{value:.3f}" + (f" ({ci[0]:.3f}-{ci[1]:.3f})" if ci else "")
+
+
+def print_summary(run_id: str, d: dict[str, Any], files: dict[str, str]) -> None:
+    """The decision, both models' test-split numbers with 95% intervals, and the files."""
+    cand, act = d["metrics"]["candidate"], d["metrics"]["active"]
+    ops = d["operating_points"]
+    prevalence = d["prevalence"]
+    print(f"test split: {d['test_studies']} studies, {d['test_positives']} with a lesion")
+    print(f"{'':18} {'candidate':28} active")
+    print(
+        f"{'threshold':18} {ops['candidate']['threshold']:<8.4g} "
+        f"{'(' + ops['candidate']['chosen_on'] + ')':19} "
+        f"{ops['active']['threshold']:.4g} ({ops['active']['chosen_on']})"
+    )
+    for key, label in (
+        ("auc", "AUC"),
+        ("sensitivity", "sensitivity"),
+        ("specificity", "specificity"),
+        ("ppv", f"PPV @ {prevalence:g}"),
+        ("npv", f"NPV @ {prevalence:g}"),
+        ("brier", "Brier"),
+        ("ece", "ECE"),
+    ):
+        print(f"{label:18} {_cell(cand, key):28} {_cell(act, key)}")
+    diff = d["auc_difference"]
+    ci = diff.get("ci")
+    interval = f" (95% interval {ci[0]:+.3f} to {ci[1]:+.3f})" if ci else ""
+    print(f"AUC difference     {diff['estimate']:+.3f}{interval}")
+    print(f"run {run_id}: finding {d['version']} {d['decision']}: {d['reason']}")
+    for key, label in (("report_html", "report"), ("log", "KFP log")):
+        if key in files:
+            print(f"{label}: {files[key]}")
 
 
 def cmd_pipeline_compile(args: argparse.Namespace) -> int:

@@ -31,9 +31,8 @@ import shutil
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TextIO
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from ai_node.retrain import STEPS
 from ai_node.retrain.export import SALT_ENV, TOKEN_ENV

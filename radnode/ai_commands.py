@@ -7,6 +7,8 @@
     radnode retrain --kfp-host URL       submit it to Kubeflow Pipelines
     radnode pipeline compile --output P  write the pipeline's KFP v2 YAML
     radnode pipeline upload --kfp-host URL [--schedule CRON]   register it (+ recurring run)
+    radnode results requeue --status failed [--since DATE] [--model TASK] [--model-version V]
+                                         run the selected studies through the analysis again
 
 Nothing heavy is imported at parse time: TensorFlow loads inside the commands.
 """
@@ -14,6 +16,8 @@ Nothing heavy is imported at parse time: TensorFlow loads inside the commands.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import getpass
 import sys
 import tempfile
 from collections.abc import Callable
@@ -26,10 +30,13 @@ from rich.table import Table
 
 from ai_node.models import TASKS
 from ai_node.registry import ModelRegistry, RegistryError, check_version
+from ai_node.requeue import Selection, requeue
+from ai_node.results import STATUSES
 from ai_node.retrain.local import RetrainError, run_local, submit, upload
 from ai_node.retrain.runs import RunStore
 from ai_node.train import default_version, train_and_save
 from radnode_core.index import Index
+from radnode_core.node import Node
 
 NodeOptions = Callable[[argparse.ArgumentParser], None]
 
@@ -246,6 +253,49 @@ def cmd_pipeline_upload(args: argparse.Namespace) -> int:
     return 0
 
 
+def _since(value: str) -> dt.datetime:
+    """``--since``: a date (midnight UTC) or an ISO date-time (UTC when it has no offset)."""
+    try:
+        return dt.datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a date or ISO date-time: {value!r}") from exc
+
+
+def cmd_results_requeue(args: argparse.Namespace) -> int:
+    """Run the selected studies through the analysis again (ai_node.requeue)."""
+    try:
+        selection = Selection(args.status, args.since, args.model, args.model_version)
+    except ValueError as exc:
+        print(f"radnode results requeue: {exc}", file=sys.stderr)
+        return 2
+    node = Node(args.settings)
+    try:
+        outcome = requeue(
+            node.index,
+            node.queue,
+            node.audit,
+            selection,
+            user=f"cli:{getpass.getuser()}",
+            dry_run=args.dry_run,
+        )
+    finally:
+        node.close(clean=False)
+    if args.dry_run:
+        print(f"{len(outcome.selected)} studies match ({selection.describe()}):")
+        for uid in outcome.selected:
+            print(f"  {uid}")
+        return 0
+    for job in outcome.requeued:
+        print(f"  {job.study_uid}: job {job.id}, version {job.version}")
+    print(
+        f"requeued {len(outcome.requeued)} of {len(outcome.selected)} matching studies "
+        f"({selection.describe()})"
+    )
+    if outcome.skipped:
+        print(f"skipped {len(outcome.skipped)}: a job is already queued or running")
+    return 0
+
+
 def register(sub: Any, node_options: NodeOptions) -> None:
     """Add the AI node's commands to the ``radnode`` parser (``sub``)."""
     model = sub.add_parser("model", help="train, list and activate the AI models")
@@ -306,6 +356,27 @@ def register(sub: Any, node_options: NodeOptions) -> None:
         "--trigger", choices=["manual", "labels"], default="manual", help=argparse.SUPPRESS
     )
     retrain.set_defaults(func=cmd_retrain)
+
+    results = sub.add_parser("results", help="AI results: run studies through the analysis again")
+    results_sub = results.add_subparsers(dest="results_command", required=True, metavar="ACTION")
+    rq = results_sub.add_parser(
+        "requeue",
+        help="one new analysis of each study whose newest result matches (audited)",
+        description="Select studies by their newest AI result and queue one new analysis of "
+        "each (a new study version: a new result and SR). At least --status or "
+        "--model-version.",
+    )
+    node_options(rq)
+    rq.add_argument("--status", choices=STATUSES, help="e.g. failed")
+    rq.add_argument(
+        "--since", type=_since, help="results finished at or after YYYY-MM-DD[THH:MM] (UTC)"
+    )
+    rq.add_argument("--model", choices=list(TASKS), help="the model named (default finding)")
+    rq.add_argument(
+        "--model-version", help="results of this version of the model (e.g. the replaced one)"
+    )
+    rq.add_argument("--dry-run", action="store_true", help="list the matching studies only")
+    rq.set_defaults(func=cmd_results_requeue)
 
     pipeline = sub.add_parser("pipeline", help="the retraining pipeline in Kubeflow Pipelines")
     pipeline_sub = pipeline.add_subparsers(dest="pipeline_command", required=True, metavar="ACTION")

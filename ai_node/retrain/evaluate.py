@@ -7,10 +7,10 @@ label. The operating thresholds:
 
 * the active model's is the one the worker uses: its card's ``operating_point.threshold``,
   else the node's ``finding_threshold`` (the ``default_threshold`` passed in);
-* the candidate's is chosen on the validation split: the highest threshold at which the
-  candidate reaches the target sensitivity of the active model's card
-  (``operating_point.target_sensitivity``, default 0.9). A validation split without a
-  lesion study leaves the train split to choose on (optimistic: the report says so).
+* the candidate's is chosen on the validation split to reach the target sensitivity of the
+  active model's card (``operating_point.target_sensitivity``, default 0.9):
+  :func:`ai_node.retrain.metrics.choose_threshold`. A validation split without a lesion
+  study leaves the train split to choose on (optimistic: the report says so).
 
 Per model (:mod:`.metrics`): AUC, sensitivity and specificity at the threshold, PPV and
 NPV at the site's stated prevalence, Brier score, expected calibration error, the ROC curve

@@ -158,16 +158,24 @@ def _replicate(
 
 
 def choose_threshold(labels: np.ndarray, scores: np.ndarray, target: float) -> float | None:
-    """The highest threshold whose sensitivity on these studies reaches ``target`` (one of
-    the positive studies' scores); None without a positive study."""
-    if int(labels.sum()) == 0:
+    """The operating threshold for a target sensitivity: the lowest lesion score that the
+    target needs above the threshold (from ``roc_curve``: the highest threshold whose
+    sensitivity reaches ``target``), lowered halfway to the next lower score of any study.
+    The sensitivity and specificity on these studies are those of the highest such
+    threshold; the half gap is margin for studies that score a little lower than these.
+    None without a lesion study."""
+    positives = int(labels.sum())
+    if positives == 0:
         return None
-    if int(labels.sum()) == labels.size:  # no negative: roc_curve would warn
+    if positives == labels.size:  # no negative: roc_curve would warn
         ranked = np.sort(scores)[::-1]
         reached = np.arange(1, labels.size + 1) / labels.size >= target
-        return float(ranked[int(np.argmax(reached))])
-    _, tpr, thresholds = roc_curve(labels, scores, drop_intermediate=False)
-    return float(thresholds[int(np.argmax(tpr >= target))])
+        highest = float(ranked[int(np.argmax(reached))])
+    else:
+        _, tpr, thresholds = roc_curve(labels, scores, drop_intermediate=False)
+        highest = float(thresholds[int(np.argmax(tpr >= target))])
+    below = scores[scores < highest]
+    return highest if below.size == 0 else (highest + float(below.max())) / 2
 
 
 def patient_strata(patients: Sequence[str], labels: np.ndarray) -> list[list[np.ndarray]]:

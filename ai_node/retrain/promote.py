@@ -123,7 +123,7 @@ class PromotionRule:
                 ok,
                 f"AUC difference {_f(diff.get('estimate'))} (candidate {_f(cand.get('auc'))}, "
                 f"active {_f(act.get('auc'))}), {CONFIDENCE:.0%} interval {interval}: lower "
-                f"bound {'>=' if ok else 'is below'} -{self.auc_margin:g}",
+                f"bound {'>=' if ok else 'is below'} {-self.auc_margin:g}",
             )
         )
         return out

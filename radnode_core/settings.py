@@ -216,7 +216,11 @@ class Settings(BaseSettings):
         "default: the models shipped with radnode.",
     )
     finding_threshold: float = Field(
-        0.5, ge=0, le=1, description="Study score at or above which a finding is reported."
+        0.5,
+        ge=0,
+        le=1,
+        description="Study score at or above which a finding is reported, for a finding model "
+        "whose card has no operating threshold (a retrained model's card has one).",
     )
     inference_batch_size: int = Field(64, ge=1, description="Slices per inference batch.")
 

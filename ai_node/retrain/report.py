@@ -24,6 +24,14 @@ ROWS = (
 )
 
 
+CHOSEN_ON = {
+    "val": "validation split",
+    "train": "train split (no lesion study in the validation split)",
+    "model card": "model card",
+    "settings": "settings (finding_threshold)",
+}
+
+
 def _e(value: Any) -> str:
     return html.escape(str(value))
 
@@ -168,7 +176,7 @@ def render_report(report: dict[str, Any], decision: dict[str, Any] | None = None
     ops = report["operating_points"]
     threshold_rows = "".join(
         f"<tr><td>{name}</td><td>{ops[name]['threshold']:.4g}</td>"
-        f"<td>{_e(ops[name]['chosen_on'])}</td></tr>"
+        f"<td>{_e(CHOSEN_ON.get(ops[name]['chosen_on'], ops[name]['chosen_on']))}</td></tr>"
         for name in (CANDIDATE, ACTIVE)
     )
     diff = report["auc_difference"]

@@ -2,7 +2,7 @@
 
 Both peers hold the same data, loaded before timing: ``studies`` one-instance studies over
 300 days and about two studies per patient, and one study with a ``slices``-instance
-512x512 CT series (the data of ``benchmarks.dicomweb``). radnode runs as ``radnode scp``
+512x512 CT series (the data of ``benchmarks.qido_wado``). radnode runs as ``radnode scp``
 (SQLite index, its store filled through the C-STORE ingest path); Orthanc from Debian
 (SQLite index, loaded through its REST API). One pynetdicom SCU, its socket without
 Nagle's algorithm, times each C-FIND (Study Root, STUDY level, the keys a workstation's
@@ -40,8 +40,8 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelMove,
 )
 
-from benchmarks.dicomweb import DAYS, FIRST_DAY, BenchData, load_orthanc, load_radnode, make_data
 from benchmarks.ingest import STORESCP_FLAGS, machine_info, radnode_exe, require, versions
+from benchmarks.qido_wado import DAYS, FIRST_DAY, BenchData, load_orthanc, load_radnode, make_data
 from tests.support.dicomweb_peer import OrthancDicomWeb
 from tests.support.processes import free_port, stop_process, wait_port
 

@@ -155,6 +155,19 @@ def _associate(port: int, aet: str, context: str) -> Any:
     return assoc
 
 
+def _settle(assoc: Any, timeout_s: float = 1.0) -> None:
+    """Wait until the association's reactor has resumed after the last request.
+
+    pynetdicom (3.0) pauses a requested association's reactor while a request waits for
+    its responses; a request sent before the reactor has woken from the previous one can
+    lose a response to it ("Received unexpected C-FIND service message"): a match
+    missing from the count, or the final response and a timeout.
+    """
+    deadline = time.monotonic() + timeout_s
+    while assoc.is_established and assoc._is_paused and time.monotonic() < deadline:
+        time.sleep(0.0001)
+
+
 def _study_query(**keys: str) -> Dataset:
     ds = Dataset()
     ds.QueryRetrieveLevel = "STUDY"
@@ -191,22 +204,17 @@ def measure_find(port: int, aet: str, data: BenchData, queries: int, seed: int) 
     out: dict[str, Any] = {}
     assoc = _associate(port, aet, FIND)
     try:
-        list(
-            assoc.send_c_find(
-                _study_query(PatientID="none"), StudyRootQueryRetrieveInformationModelFind
-            )
-        )
+        list(assoc.send_c_find(_study_query(PatientID="none"), FIND))  # warms both ends
         for name, make in query_shapes(data, random.Random(seed)).items():
             repeat = queries if name != "all studies" else max(1, queries // 10)
             times, matches = [], []
             for _ in range(repeat):
                 request = make()
+                _settle(assoc)
                 started = time.perf_counter()
+                # A response without a Status: the association was aborted or timed out.
                 statuses = [
-                    int(s.Status)
-                    for s, _ in assoc.send_c_find(
-                        request, StudyRootQueryRetrieveInformationModelFind
-                    )
+                    int(s.get("Status", 0xFFFF)) for s, _ in assoc.send_c_find(request, FIND)
                 ]
                 times.append(time.perf_counter() - started)
                 if statuses[-1] != 0x0000:
@@ -231,11 +239,7 @@ def measure_move(
         assoc = _associate(port, aet, MOVE)
         try:
             started = time.perf_counter()
-            responses = list(
-                assoc.send_c_move(
-                    identifier, DESTINATION, StudyRootQueryRetrieveInformationModelMove
-                )
-            )
+            responses = list(assoc.send_c_move(identifier, DESTINATION, MOVE))
             elapsed = time.perf_counter() - started
         finally:
             assoc.release()

@@ -8,8 +8,10 @@ import subprocess
 import sys
 import urllib.request
 
-from conftest import RADNODE, REPO, RadnodeProcess, dcmtk_env, require_tool
 from pydicom import dcmread
+
+from tests.support.radnode_process import RADNODE, REPO, RadnodeProcess
+from tests.support.tools import dcmtk_env, require_tool
 
 
 def _run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:

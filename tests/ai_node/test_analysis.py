@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-from ai_fixtures import shipped_models  # noqa: F401 - fixture
 
 from ai_node.analysis import decode_and_score, finding_probabilities, sample_indices, smooth
 from ai_node.synth import StudySpec, write_study

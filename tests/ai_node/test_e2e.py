@@ -5,9 +5,10 @@ from __future__ import annotations
 import time
 
 import httpx
-from conftest import RadnodeProcess, storescu
 
 from ai_node.synth import StudySpec, write_study
+from tests.support.radnode_process import RadnodeProcess
+from tests.support.tools import storescu
 
 
 def test_serve_analyses_a_sent_study_and_serves_the_result(tmp_path) -> None:
@@ -52,11 +53,10 @@ def test_radnode_worker_processes_queued_studies_and_stops_cleanly(tmp_path) -> 
     import subprocess
     import sys
 
-    from ai_fixtures import add_study
-
     from ai_node.results import ResultStore
     from radnode.assembly import build_node
     from radnode_core.settings import Settings
+    from tests.support.analysis import add_study
 
     data = tmp_path / "data"
     node = build_node(Settings(data_dir=data, fsync=False))
@@ -97,11 +97,10 @@ def test_worker_killed_mid_job_the_job_completes_once_after_restart(tmp_path) ->
     import subprocess
     import sys
 
-    from ai_fixtures import add_study, sr_rows
-
     from ai_node.results import ResultStore
     from radnode.assembly import build_node
     from radnode_core.settings import Settings
+    from tests.support.analysis import add_study, sr_rows
 
     data = tmp_path / "data"
     node = build_node(Settings(data_dir=data, fsync=False))

@@ -7,7 +7,6 @@ The test recomputes the metrics through the worker's own analysis path
 from __future__ import annotations
 
 import numpy as np
-from ai_fixtures import shipped_models  # noqa: F401 - fixture
 
 from ai_node.analysis import analyse
 from ai_node.registry import ModelRegistry

@@ -9,16 +9,6 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
-from ai_fixtures import (  # noqa: F401 - fixtures
-    add_study,
-    dciodvfy,
-    ingest_files,
-    node,
-    pipeline,
-    run_all,
-    shipped_models,
-    sr_rows,
-)
 from fastapi.testclient import TestClient
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless
 from sqlalchemy import update
@@ -30,6 +20,8 @@ from ai_node.synth import StudySpec, write_study
 from ai_node.worker import Worker
 from dicomweb.app import create_app
 from radnode_core.index import jobs
+from tests.support.analysis import add_study, ingest_files, run_all, sr_rows
+from tests.support.tools import dciodvfy
 
 
 def sr_probability(path: Path) -> float | None:
@@ -237,7 +229,7 @@ def test_the_assembled_worker_runs_the_analysis_pipeline(node) -> None:
 
 
 def test_multi_frame_enhanced_ct_study(node, pipeline) -> None:  # noqa: F811
-    from ai_fixtures import enhanced_ct
+    from tests.support.analysis import enhanced_ct
 
     uid, raw = enhanced_ct(
         StudySpec(

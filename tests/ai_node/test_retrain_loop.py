@@ -21,7 +21,6 @@ import httpx
 import numpy as np
 import pydicom
 import pytest
-from conftest import RadnodeProcess, storescu
 
 from ai_node.models import load_model
 from ai_node.registry import SHIPPED_MODELS, ModelRegistry
@@ -29,6 +28,8 @@ from ai_node.retrain.deid import patient_key
 from ai_node.retrain.evaluate import study_metrics, study_score
 from ai_node.retrain.split import split_of
 from ai_node.synth import StudySpec, write_study
+from tests.support.radnode_process import RadnodeProcess
+from tests.support.tools import storescu
 
 ADMIN, RADIOLOGIST = "admin-token-retrain", "radiologist-token-retrain"
 REPO = Path(__file__).resolve().parents[2]

@@ -7,13 +7,14 @@ from pathlib import Path
 import highdicom as hd
 import pydicom
 import pytest
-from ai_fixtures import REPORT_CONTEXT as CTX
-from ai_fixtures import dciodvfy, small_study_headers
 from pydicom.sr.codedict import codes
 
 from ai_node.analysis import StudyAnalysis
 from ai_node.preprocess import SliceRef
 from ai_node.sr import PROBABILITY, build_sr, sr_uids
+from tests.support.analysis import REPORT_CONTEXT as CTX
+from tests.support.analysis import small_study_headers
+from tests.support.tools import dciodvfy
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import RADNODE, REPO, RadnodeProcess, free_port
+
+from tests.support.processes import free_port
+from tests.support.radnode_process import RADNODE, REPO, RadnodeProcess
 
 TOKENS = {"t-admin": "admin", "t-rad": "radiologist", "t-mod": "modality", "t-view": "viewer"}
 ROLE_TOKEN = {role: token for token, role in TOKENS.items()}

@@ -6,8 +6,9 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from conftest import RadnodeProcess
-from dwfixtures import VariedStudies, api, dicomweb_url, part10, varied_studies  # noqa: F401
+
+from tests.support.dicomweb_studies import VariedStudies, dicomweb_url, part10
+from tests.support.radnode_process import RadnodeProcess
 
 BOUNDARY = "radnode-test-boundary"
 RELATED = f'multipart/related; type="application/dicom"; boundary={BOUNDARY}'

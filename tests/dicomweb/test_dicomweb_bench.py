@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import REPO
+from tests.support.radnode_process import REPO
 
 
 def test_bench_dicomweb_small(tmp_path: Path) -> None:

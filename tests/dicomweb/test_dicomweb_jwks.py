@@ -16,13 +16,13 @@ from typing import Any
 import httpx
 import jwt
 import pytest
-from conftest import RadnodeProcess
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from dicomweb.auth import InsecureBinding, check_exposure
 from dicomweb.tokens import InvalidToken, JwksKeys, TokenVerifier
 from radnode_core.settings import Settings
+from tests.support.radnode_process import RadnodeProcess
 
 ISSUER = "https://idp.example/realms/radnode"
 AUDIENCE = "radnode"

@@ -5,9 +5,10 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-from conftest import RadnodeProcess
 from dicomweb_client import DICOMwebClient
-from dwfixtures import VariedStudies, dicomweb_url, varied_studies  # noqa: F401
+
+from tests.support.dicomweb_studies import VariedStudies, dicomweb_url
+from tests.support.radnode_process import RadnodeProcess
 
 
 def test_replaced_instance_is_read_again(

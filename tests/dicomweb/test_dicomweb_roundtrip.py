@@ -6,10 +6,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import RadnodeProcess
 from dicomweb_client import DICOMwebClient
-from dwfixtures import api, dicomweb_url  # noqa: F401 - fixtures
 from pydicom import dcmread
+
+from tests.support.dicomweb_studies import dicomweb_url
+from tests.support.radnode_process import RadnodeProcess
 
 SLICES = 8
 

@@ -8,12 +8,13 @@ import email.policy
 import httpx
 import numpy as np
 import pytest
-from conftest import RadnodeProcess
 from dicomweb_client import DICOMwebClient
-from dwfixtures import api, dicomweb_url  # noqa: F401 - fixtures
 from pydicom import Dataset, dcmread
 from pydicom.data import get_testdata_file
 from pydicom.encaps import generate_frames
+
+from tests.support.dicomweb_studies import dicomweb_url
+from tests.support.radnode_process import RadnodeProcess
 
 J2K_MULTIFRAME = "emri_small_jpeg_2k_lossless.dcm"  # 10 frames, JPEG 2000 lossless
 IMPLICIT = "MR_small_implicit.dcm"

@@ -10,12 +10,12 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from conftest import RadnodeProcess
 from dicomweb_client import DICOMwebClient
-from dwfixtures import CT_IMAGE, VariedStudies, api, dicomweb_url, varied_studies  # noqa: F401
-from pgserver import PostgresServer
 
 from tests.support.dicomweb_peer import OrthancDicomWeb
+from tests.support.dicomweb_studies import CT_IMAGE, VariedStudies, dicomweb_url
+from tests.support.postgres import PostgresServer
+from tests.support.radnode_process import RadnodeProcess
 
 
 @pytest.fixture(scope="module")

@@ -7,11 +7,14 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import RadnodeProcess, storescu
 from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
-from scu_raw import encode, part10, send_raw_files
+
+from tests.support.dicom_bytes import encode, part10
+from tests.support.radnode_process import RadnodeProcess
+from tests.support.scu_raw import send_raw_files
+from tests.support.tools import storescu
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 MR = "1.2.840.10008.5.1.4.1.1.4"
@@ -66,7 +69,7 @@ def test_each_kind_of_bad_instance_gets_its_status_and_nothing_is_stored(radnode
     }
     files = [_write(tmp_path, name, data) for name, (data, _) in cases.items()]
     statuses = send_raw_files(radnode_scp.dicom_port, files, [(CT, ExplicitVRLittleEndian)])
-    assert dict(zip(cases, statuses)) == {name: expected for name, (_, expected) in cases.items()}
+    assert dict(zip(cases, statuses, strict=True)) == {name: expected for name, (_, expected) in cases.items()}
 
     assert _files_on_disk(radnode_scp.data_dir) == []
     assert _temp_files(radnode_scp.data_dir) == []

@@ -5,10 +5,11 @@ from __future__ import annotations
 import sqlite3
 import time
 
-from conftest import RadnodeProcess
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import _config
-from scu_raw import association
+
+from tests.support.radnode_process import RadnodeProcess
+from tests.support.scu_raw import association
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 

@@ -6,8 +6,11 @@ import sqlite3
 import time
 from pathlib import Path
 
-from conftest import RadnodeProcess, dataset_bytes, storescu
 from pydicom import dcmread
+
+from tests.support.dicom_bytes import dataset_bytes
+from tests.support.radnode_process import RadnodeProcess
+from tests.support.tools import storescu
 
 
 def _index(data_dir: Path) -> sqlite3.Connection:

@@ -15,11 +15,14 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import RadnodeProcess, dataset_bytes, dcmtk_env, require_tool, storescu
 from pydicom import dcmread
-from relfixtures import FULL, acknowledged, assert_store_consistent, record, scale, wait_for
 
 from ai_node.synth import StudySpec, SyntheticStudy, write_study
+from tests.support.dicom_bytes import dataset_bytes
+from tests.support.radnode_process import RadnodeProcess
+from tests.support.reliability import FULL, acknowledged, assert_store_consistent, record, scale
+from tests.support.tools import dcmtk_env, require_tool, storescu
+from tests.support.wait import wait_for
 
 ROUNDS = scale(3, 20)
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"

@@ -8,9 +8,12 @@ import secrets
 from pathlib import Path
 
 import httpx
-from conftest import RadnodeProcess, dataset_bytes, storescu
 from pydicom import dcmread
-from relfixtures import acknowledged, assert_store_consistent, record, small_filesystem  # noqa: F401
+
+from tests.support.dicom_bytes import dataset_bytes
+from tests.support.radnode_process import RadnodeProcess
+from tests.support.reliability import acknowledged, assert_store_consistent, record
+from tests.support.tools import storescu
 
 OUT_OF_RESOURCES = 0xA700
 

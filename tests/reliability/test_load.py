@@ -16,21 +16,21 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import RadnodeProcess
 from pydicom import Dataset
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
-from relfixtures import (
+
+from ai_node.synth import StudySpec, generate_study
+from tests.support.radnode_process import RadnodeProcess
+from tests.support.reliability import (
     assert_store_consistent,
     fd_count,
     percentile,
     record,
     rss_kib,
     scale,
-    wait_for,
 )
-
-from ai_node.synth import StudySpec, generate_study
+from tests.support.wait import wait_for
 
 CONCURRENT = scale(10, 50)
 DURATION_S = scale(15.0, 120.0)

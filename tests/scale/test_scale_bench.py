@@ -6,9 +6,10 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO
-from pgserver import PostgresServer
 from sqlalchemy import create_engine, text
+
+from tests.support.postgres import PostgresServer
+from tests.support.radnode_process import REPO
 
 
 @pytest.mark.slow

@@ -20,8 +20,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import RadnodeProcess, WorkerProcess, storescu
-from pgserver import PostgresServer
 from pydicom import dcmread
 from sqlalchemy import func, select
 
@@ -29,6 +27,9 @@ from ai_node.synth import StudySpec, write_study
 from ai_node.tables import results
 from radnode_core.index import Index, instances, jobs
 from radnode_core.jobs import JobQueue
+from tests.support.postgres import PostgresServer
+from tests.support.radnode_process import RadnodeProcess, WorkerProcess
+from tests.support.tools import storescu
 
 STUDIES = 20
 SENDERS = 4

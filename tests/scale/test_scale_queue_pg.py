@@ -13,11 +13,11 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from pgserver import PostgresServer
 from sqlalchemy import select
 
 from radnode_core.index import Index, InstanceRecord, jobs
 from radnode_core.jobs import JobQueue
+from tests.support.postgres import PostgresServer
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +165,7 @@ def test_the_worker_probe_passes_on_a_live_index_and_says_why_it_fails(pg, tmp_p
     import os
     import subprocess
 
-    from conftest import REPO
+    from tests.support.radnode_process import REPO
 
     def probe(**env: str) -> subprocess.CompletedProcess[str]:
         clean = {k: v for k, v in os.environ.items() if not k.startswith("RADNODE_")}

@@ -13,8 +13,14 @@ import time
 from pathlib import Path
 
 import httpx
-from conftest import RadnodeProcess, dcmtk_env, free_port, require_tool, storescu, wait_for_port
-from secfixtures import (
+
+from ai_node.synth import StudySpec, write_study
+from radnode.assembly import build_node
+from radnode_core.audit import AuditTrail, StudyRef
+from radnode_core.settings import Settings
+from tests.support.processes import free_port, wait_port
+from tests.support.radnode_process import RadnodeProcess
+from tests.support.security import (
     RELATED,
     audit_messages,
     check_audit_schema,
@@ -24,11 +30,7 @@ from secfixtures import (
     stow_body,
     study_uids,
 )
-
-from ai_node.synth import StudySpec, write_study
-from radnode.assembly import build_node
-from radnode_core.audit import AuditTrail, StudyRef
-from radnode_core.settings import Settings
+from tests.support.tools import dcmtk_env, require_tool, storescu
 
 RADIOLOGIST = "rad-token-audit-0123456789"
 MODALITY = "modality-token-audit-0123456789"
@@ -266,7 +268,7 @@ def test_audit_messages_reach_rsyslog_over_tls(tmp_path: Path) -> None:
         stderr=subprocess.STDOUT,
     )
     try:
-        wait_for_port(port, proc, timeout=30)
+        wait_port(port, proc, timeout=30)
         settings = Settings(
             data_dir=tmp_path / "data",
             fsync=False,

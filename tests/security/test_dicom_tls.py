@@ -12,28 +12,22 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import (
-    RADNODE,
-    REPO,
-    RadnodeProcess,
-    dataset_bytes,
-    dcmtk_env,
-    free_port,
-    require_tool,
-)
 from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian
-from secfixtures import Pki, audit_messages, event_id, make_pki
 
 from ai_node.synth import StudySpec, write_study
 from pacs_link.outbox import queue_study_results
 from pacs_link.scu import AssociationFailed, echo
 from pacs_link.sender import OutboxSender
 from radnode.assembly import build_node
-from radnode_core.node import Node
 from radnode_core.settings import Settings
 from radnode_core.tls import client_context
+from tests.support.dicom_bytes import dataset_bytes
 from tests.support.orthanc_peer import OrthancPacs
+from tests.support.processes import free_port
+from tests.support.radnode_process import RADNODE, REPO, RadnodeProcess
+from tests.support.security import Pki, audit_messages, event_id, make_pki
+from tests.support.tools import dcmtk_env, require_tool
 
 # The TLS 1.0/1.1 client of the refusal test uses deprecated protocol versions on purpose.
 pytestmark = pytest.mark.filterwarnings("ignore:ssl.TLSVersion:DeprecationWarning")

@@ -12,19 +12,20 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import RadnodeProcess, storescu
 from pydicom import dcmread
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from secfixtures import RELATED, stow_body
 
 from ai_node.synth import StudySpec, write_study
 from pacs_link.scu import send_files
 from radnode.assembly import build_node
 from radnode_core.ingest import IngestError
 from radnode_core.settings import Settings
+from tests.support.radnode_process import RadnodeProcess
+from tests.support.security import RELATED, stow_body
+from tests.support.tools import storescu
 
 LIMIT = 20_000  # bytes: a 64x64 slice (8 KiB of pixels) fits, a 128x128 one (32 KiB) does not
 

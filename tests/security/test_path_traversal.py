@@ -12,16 +12,16 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 import pytest
-from conftest import RadnodeProcess
 from pydicom import Dataset, dcmread
 from pydicom.dataelem import RawDataElement
 from pydicom.filewriter import dcmwrite
 from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
-from secfixtures import RELATED, stow_body
 
 from ai_node.synth import StudySpec, write_study
+from tests.support.radnode_process import RadnodeProcess
+from tests.support.security import RELATED, stow_body
 
 BASES = [
     "..",

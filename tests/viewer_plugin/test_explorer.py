@@ -9,17 +9,17 @@ import json
 from pathlib import Path
 
 import httpx
-from browser import chromium, serve, wait
-from conftest import REPO
-from vpfixtures import RADIOLOGIST, VIEWER, analysed, make_node, shipped_models  # noqa: F401
 
-from ai_fixtures import add_study, run_all  # isort: skip
 from ai_node.pipeline import AnalysisPipeline
 from ai_node.synth import StudySpec
 from ai_node.tables import feedback
 from dicomweb.app import create_app
 from pacs_link.sender import OutboxSender
+from tests.support.analysis import add_study, run_all
+from tests.support.browser import chromium, serve, wait
 from tests.support.orthanc_peer import OrthancPacs
+from tests.support.radnode_process import REPO
+from tests.support.viewer import RADIOLOGIST, VIEWER, make_node
 from viewer_plugin.explorer import FEEDBACK_ROUTE, RESULT_ROUTE, register
 
 ARTIFACTS = REPO / "build" / "test-artifacts"

@@ -7,12 +7,13 @@ import logging
 import pydicom
 import pytest
 from fastapi.testclient import TestClient
-from vpfixtures import ADMIN, RADIOLOGIST, VIEWER, analysed, shipped_models  # noqa: F401
 
-from ai_fixtures import dciodvfy, sr_rows  # isort: skip  (on sys.path once vpfixtures is)
 from ai_node.results import ResultStore
 from ai_node.tables import feedback
 from dicomweb.app import create_app
+from tests.support.analysis import sr_rows
+from tests.support.tools import dciodvfy
+from tests.support.viewer import ADMIN, RADIOLOGIST, VIEWER
 
 
 def _auth(token: str) -> dict[str, str]:

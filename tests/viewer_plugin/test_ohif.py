@@ -8,11 +8,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from browser import chromium, serve, wait
-from vpfixtures import analyse_studies, make_node, shipped_models  # noqa: F401
 
 from ai_node.synth import StudySpec
 from dicomweb.app import create_app
+from tests.support.browser import chromium, serve, wait
+from tests.support.viewer import analyse_studies, make_node
 from viewer_plugin.ohif.config import app_config_js
 from viewer_plugin.ohif.server import create_ohif_app, default_dist
 

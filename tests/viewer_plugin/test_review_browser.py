@@ -7,11 +7,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from browser import chromium, serve, wait
-from vpfixtures import RADIOLOGIST, analyse_studies, make_node, shipped_models  # noqa: F401
 
 from ai_node.synth import StudySpec
 from dicomweb.app import create_app
+from tests.support.browser import chromium, serve, wait
+from tests.support.viewer import RADIOLOGIST, analyse_studies, make_node
 
 VERIFICATION_FLAG = "0040A493"
 PREDECESSOR_DOCUMENTS = "0040A360"
@@ -115,7 +115,8 @@ def test_worklist_review_relabel_then_amended_sr_by_qido(edge, tmp_path) -> None
 
 def test_review_page_without_radiologist_role_has_no_buttons(edge, tmp_path) -> None:
     from selenium.webdriver.common.by import By
-    from vpfixtures import VIEWER
+
+    from tests.support.viewer import VIEWER
 
     _, uids, base = edge
     with chromium(tmp_path / "profile") as driver:

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
 
-import relfixtures  # noqa: F401  (puts tests/dimse_scp on sys.path)
 from pydicom import dcmread
 from pydicom.datadict import dictionary_VR
 from pydicom.filebase import DicomBytesIO
@@ -32,8 +31,7 @@ from pydicom.uid import (
 )
 
 from ai_node.synth import StudySpec, generate_study
-
-from scu_raw import part10  # noqa: E402  # isort: skip
+from tests.support.dicom_bytes import part10
 
 PYDICOM_DATA_SEEDS = (
     "CT_small.dcm",

@@ -1,5 +1,6 @@
-"""Fixtures of the security tests: a test PKI (a CA, server and client certificates, and a
-second CA nobody trusts), written with `cryptography`, and helpers to read the audit log."""
+"""Helpers of the security tests: a test PKI (a CA, server and client certificates, and a
+second CA nobody trusts), written with `cryptography`; readers and a schema check of the
+audit log; a STOW-RS request body."""
 
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ def auc(labels: list[int], scores: list[float]) -> float:
     return sum(1.0 if p > n else 0.5 if p == n else 0.0 for p, n in pairs) / len(pairs)
 
 
-def test_shipped_models_reach_their_card_metrics(shipped_models) -> None:  # noqa: F811
+def test_shipped_models_reach_their_card_metrics(shipped_models) -> None:
     registry = ModelRegistry()
     finding_card = registry.card("finding", registry.active_version("finding"))
     region_card = registry.card("region", registry.active_version("region"))

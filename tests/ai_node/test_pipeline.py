@@ -228,7 +228,7 @@ def test_the_assembled_worker_runs_the_analysis_pipeline(node) -> None:
     assert isinstance(make_worker(node).processor, AnalysisPipeline)
 
 
-def test_multi_frame_enhanced_ct_study(node, pipeline) -> None:  # noqa: F811
+def test_multi_frame_enhanced_ct_study(node, pipeline) -> None:
     from tests.support.analysis import enhanced_ct
 
     uid, raw = enhanced_ct(
@@ -259,7 +259,7 @@ def test_multi_frame_enhanced_ct_study(node, pipeline) -> None:  # noqa: F811
     assert frames and all(f is not None for f in frames)
 
 
-def test_study_missing_optional_tags(node, pipeline, tmp_path) -> None:  # noqa: F811
+def test_study_missing_optional_tags(node, pipeline, tmp_path) -> None:
     def strip(ds):
         for kw in (
             "PixelSpacing",

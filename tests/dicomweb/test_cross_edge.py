@@ -29,7 +29,7 @@ def scp_and_api(tmp_path: Path) -> Iterator[tuple[RadnodeProcess, RadnodeProcess
 def test_cstore_then_qido_and_stow_then_index(
     scp_and_api: tuple[RadnodeProcess, RadnodeProcess],
     chest_study: tuple[object, list[Path]],
-    varied_studies: VariedStudies,  # noqa: F811
+    varied_studies: VariedStudies,
 ) -> None:
     scp, api = scp_and_api
     files = sorted(chest_study[1])[:4]

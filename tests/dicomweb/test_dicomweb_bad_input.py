@@ -35,7 +35,7 @@ def small_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RadnodeProce
     node.stop()
 
 
-def test_stow_refusals(api: RadnodeProcess, varied_studies: VariedStudies) -> None:  # noqa: F811
+def test_stow_refusals(api: RadnodeProcess, varied_studies: VariedStudies) -> None:
     url = f"{dicomweb_url(api)}/studies"
     good = part10(varied_studies.datasets[0])
     before = instance_count(api)
@@ -81,7 +81,7 @@ def test_stow_refusals(api: RadnodeProcess, varied_studies: VariedStudies) -> No
     assert instance_count(api) == before + 1
 
 
-def test_stow_too_large(small_api: RadnodeProcess, varied_studies: VariedStudies) -> None:  # noqa: F811
+def test_stow_too_large(small_api: RadnodeProcess, varied_studies: VariedStudies) -> None:
     url = f"{dicomweb_url(small_api)}/studies"
     content = body(*(part10(ds) for ds in varied_studies.datasets))
     assert len(content) > 16384
@@ -116,13 +116,13 @@ def test_stow_too_large(small_api: RadnodeProcess, varied_studies: VariedStudies
         "NumberOfStudyRelatedInstances=x",
     ],
 )
-def test_qido_malformed(api: RadnodeProcess, query: str) -> None:  # noqa: F811
+def test_qido_malformed(api: RadnodeProcess, query: str) -> None:
     response = httpx.get(f"{dicomweb_url(api)}/studies?{query}")
     assert response.status_code == 400, response.text
     assert response.json()["detail"]
 
 
-def test_bad_paths(api: RadnodeProcess) -> None:  # noqa: F811
+def test_bad_paths(api: RadnodeProcess) -> None:
     base = dicomweb_url(api)
     assert httpx.get(f"{base}/studies/not..a/uid/series").status_code in (400, 404)
     assert httpx.get(f"{base}/studies/1.2.3.4.5.6.7.8.9").status_code == 404

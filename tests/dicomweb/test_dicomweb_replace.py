@@ -13,7 +13,7 @@ from tests.support.radnode_process import RadnodeProcess
 
 def test_replaced_instance_is_read_again(
     tmp_path: Path,
-    varied_studies: VariedStudies,  # noqa: F811
+    varied_studies: VariedStudies,
 ) -> None:
     node = RadnodeProcess(
         tmp_path / "data", "api", env={"RADNODE_DUPLICATE_POLICY": "replace"}

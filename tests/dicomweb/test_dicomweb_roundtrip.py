@@ -17,7 +17,7 @@ SLICES = 8
 
 @pytest.fixture(scope="module")
 def stored(
-    api: RadnodeProcess,  # noqa: F811
+    api: RadnodeProcess,
     chest_study: tuple[object, list[Path]],
 ) -> tuple[DICOMwebClient, list[Path]]:
     """The first slices of the synthetic chest study, stored with STOW-RS."""

@@ -28,7 +28,7 @@ def parts(response: httpx.Response) -> list[tuple[str, bytes]]:
 
 
 @pytest.fixture(scope="module")
-def stored(api: RadnodeProcess) -> dict[str, Dataset]:  # noqa: F811
+def stored(api: RadnodeProcess) -> dict[str, Dataset]:
     client = DICOMwebClient(dicomweb_url(api))
     datasets = {name: dcmread(get_testdata_file(name)) for name in (J2K_MULTIFRAME, IMPLICIT)}
     answer = client.store_instances(list(datasets.values()))
@@ -36,14 +36,14 @@ def stored(api: RadnodeProcess) -> dict[str, Dataset]:  # noqa: F811
     return datasets
 
 
-def url_of(api: RadnodeProcess, ds: Dataset) -> str:  # noqa: F811
+def url_of(api: RadnodeProcess, ds: Dataset) -> str:
     return (
         f"{dicomweb_url(api)}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
         f"/instances/{ds.SOPInstanceUID}"
     )
 
 
-def test_compressed_frames(api: RadnodeProcess, stored: dict[str, Dataset]) -> None:  # noqa: F811
+def test_compressed_frames(api: RadnodeProcess, stored: dict[str, Dataset]) -> None:
     ds = stored[J2K_MULTIFRAME]
     url = url_of(api, ds)
     encapsulated = list(generate_frames(ds.PixelData, number_of_frames=int(ds.NumberOfFrames)))
@@ -81,7 +81,7 @@ def test_compressed_frames(api: RadnodeProcess, stored: dict[str, Dataset]) -> N
     assert refused.status_code == 406 and refused.json()["detail"]
 
 
-def test_implicit_to_explicit(api: RadnodeProcess, stored: dict[str, Dataset]) -> None:  # noqa: F811
+def test_implicit_to_explicit(api: RadnodeProcess, stored: dict[str, Dataset]) -> None:
     ds = stored[IMPLICIT]
     response = httpx.get(
         url_of(api, ds),
@@ -102,7 +102,7 @@ def test_implicit_to_explicit(api: RadnodeProcess, stored: dict[str, Dataset]) -
 
 
 def test_series_rendered_and_warning(
-    api: RadnodeProcess,  # noqa: F811
+    api: RadnodeProcess,
     stored: dict[str, Dataset],
 ) -> None:
     ds = stored[IMPLICIT]
@@ -126,7 +126,7 @@ def test_series_rendered_and_warning(
     assert item["00280010"]["Value"] == [ds.Rows]
 
 
-def test_decompression_bomb_refused(api: RadnodeProcess) -> None:  # noqa: F811
+def test_decompression_bomb_refused(api: RadnodeProcess) -> None:
     """A compressed image whose header claims a huge frame is not decoded (400), the server fine."""
     from pydicom.uid import generate_uid
 

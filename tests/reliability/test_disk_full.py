@@ -55,7 +55,7 @@ def _stored_are_complete(data_dir: Path) -> int:
 
 
 def test_disk_full_refuses_on_both_edges_and_recovers_without_restart(
-    small_filesystem: Path, chest_study, tmp_path  # noqa: F811
+    small_filesystem: Path, chest_study, tmp_path
 ):
     _study, files = chest_study
     filler = small_filesystem / "filler"

@@ -95,7 +95,7 @@ def test_plugin_module_forwards_with_its_token(analysed) -> None:
 
 def test_orthanc_explorer_study_page_shows_result_and_confirms(
     tmp_path: Path,
-    shipped_models,  # noqa: F811
+    shipped_models,
 ) -> None:
     from selenium.webdriver.common.by import By
 

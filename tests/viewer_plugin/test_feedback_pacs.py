@@ -21,7 +21,7 @@ from tests.support.viewer import RADIOLOGIST
 from tests.support.wait import wait_for
 
 
-def test_relabel_sr_is_delivered_to_orthanc(tmp_path: Path, shipped_models) -> None:  # noqa: F811
+def test_relabel_sr_is_delivered_to_orthanc(tmp_path: Path, shipped_models) -> None:
     with OrthancPacs(tmp_path / "orthanc") as orthanc:
         node = build_node(
             Settings(

@@ -43,7 +43,7 @@ def fake_dist(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def stack(request, tmp_path: Path, shipped_models):  # noqa: F811
+def stack(request, tmp_path: Path, shipped_models):
     dist = request.getfixturevalue("fake_dist") if request.param == "fake" else _dist()
     node = make_node(tmp_path / "data", auth=False)
     [uid] = analyse_studies(

@@ -18,7 +18,7 @@ PREDECESSOR_DOCUMENTS = "0040A360"
 
 
 @pytest.fixture
-def edge(tmp_path: Path, shipped_models):  # noqa: F811
+def edge(tmp_path: Path, shipped_models):
     node = make_node(tmp_path / "data", auth=True)
     uids = analyse_studies(
         node,

@@ -11,10 +11,15 @@ from pydicom import dcmread
 from tests.support.dicom_bytes import dataset_bytes
 from tests.support.radnode_process import RadnodeProcess
 from tests.support.tools import storescu
+from tests.support.wait import wait_for
 
 
 def _index(data_dir: Path) -> sqlite3.Connection:
     return sqlite3.connect(data_dir / "index.sqlite3")
+
+
+def _job_count(db: sqlite3.Connection) -> int:
+    return int(db.execute("select count(*) from jobs").fetchone()[0])
 
 
 def test_storescu_study_is_stored_byte_identical_indexed_and_queued_once(radnode_scp: RadnodeProcess, chest_study):
@@ -36,13 +41,13 @@ def test_storescu_study_is_stored_byte_identical_indexed_and_queued_once(radnode
     assert db.execute("select count(*) from instances where study_uid=?", (study.study_instance_uid,)).fetchone()[0] == 100
     assert db.execute("select num_instances from studies").fetchall() == [(100,)]
     # The association's release completes the study at once: one job, no quiet-period wait.
-    deadline = time.monotonic() + 5
-    jobs: list[tuple] = []
-    while time.monotonic() < deadline and not jobs:
-        jobs = db.execute("select study_uid, version, state, reason from jobs").fetchall()
-        time.sleep(0.05)
+    jobs = wait_for(
+        lambda: db.execute("select study_uid, version, state, reason from jobs").fetchall(),
+        timeout=5, what="the release's job", interval=0.05,
+    )
     assert jobs == [(study.study_instance_uid, 100, "queued", "released")]
-    # ... and the quiet-period sweeper does not add a second one.
+    # ... and the quiet-period sweeper does not add a second one: let more than the quiet
+    # period (2 s) pass.
     time.sleep(2.5)
     assert db.execute("select count(*) from jobs").fetchone()[0] == 1
 
@@ -56,14 +61,20 @@ def test_resending_the_study_keeps_the_first_copy_and_makes_no_new_job(radnode_s
     assert after == first
     db = _index(radnode_scp.data_dir)
     assert db.execute("select sum(duplicates) from instances").fetchone()[0] == 10
-    time.sleep(0.5)
-    assert db.execute("select count(*) from jobs").fetchone()[0] == 1
+    wait_for(lambda: _job_count(db) >= 1, timeout=5, what="the first release's job",
+             interval=0.05)
+    time.sleep(0.5)  # a second job would come with the second release: give it time to show
+    assert _job_count(db) == 1
 
 
 def test_instances_arriving_later_make_a_new_job_version(radnode_scp: RadnodeProcess, chest_study):
     _study, files = chest_study
     assert storescu(radnode_scp.dicom_port, files[:60]).returncode == 0
     assert storescu(radnode_scp.dicom_port, files[60:]).returncode == 0
-    time.sleep(0.5)
     db = _index(radnode_scp.data_dir)
-    assert db.execute("select version, reason from jobs order by id").fetchall() == [(60, "released"), (100, "released")]
+    wait_for(lambda: _job_count(db) >= 2, timeout=5, what="the second release's job",
+             interval=0.05)
+    assert db.execute("select version, reason from jobs order by id").fetchall() == [
+        (60, "released"),
+        (100, "released"),
+    ]

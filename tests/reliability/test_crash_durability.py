@@ -57,10 +57,9 @@ def test_sigkill_mid_study_loses_nothing_acknowledged(tmp_path, study, round_):
     )
     studies_dir = node.data_dir / "studies"
     target = rng.randint(len(files) // 20, len(files) * 8 // 10)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and sum(1 for _ in studies_dir.rglob("*.dcm")) < target:
-        time.sleep(0.005)
-    time.sleep(rng.random() * 0.02)
+    wait_for(lambda: sum(1 for _ in studies_dir.rglob("*.dcm")) >= target, timeout=120,
+             what=f"{target} files on disk", interval=0.005)
+    time.sleep(rng.random() * 0.02)  # a random moment between two files, not right after one
     node.kill()  # SIGKILL
     output, _ = sender.communicate(timeout=120)
     acked = acknowledged(output)
@@ -91,7 +90,7 @@ def test_sigkill_mid_study_loses_nothing_acknowledged(tmp_path, study, round_):
             results = db.execute("select count(*) from results where study_uid = ?",
                                  (uid,)).fetchone()[0]
             assert (srs, results) == (1, 1)
-        time.sleep(1.0)
+        time.sleep(1.0)  # two quiet periods: time enough for a second job, which must not come
         assert len(jobs()) == 1, jobs()
 
         # The modality sends the study again: everything is there, nothing doubled.

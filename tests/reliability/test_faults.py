@@ -206,7 +206,7 @@ def test_worker_killed_mid_job_is_rerun_once(tmp_path):
                          "sop_class_uid = ?", (uid, SR_CLASS)).fetchone()[0]
         assert srs == 1
         assert db.execute("select count(*) from jobs").fetchone()[0] == 1
-        time.sleep(1.0)
+        time.sleep(1.0)  # and it stays done: no third attempt within a second
         assert job() == ("done", 2)
         record("fault_worker_killed", lease_s=4, attempts=2, results=1, srs=1,
                rerun_done_after_s=round(rerun_after, 1))

@@ -174,7 +174,7 @@ def test_memory_and_fds_steady_over_many_associations(node: RadnodeProcess, temp
             t.join(timeout=900)
 
     run(ASSOCIATIONS_WARM_UP)
-    time.sleep(1.0)
+    time.sleep(1.0)  # let the warm-up's associations wind down before the baseline
     rss_before, fds_before, threads_before = rss_kib(pid), fd_count(pid), _threads(pid)
     began = time.monotonic()
     run(ASSOCIATIONS)
@@ -202,7 +202,7 @@ def test_bare_tcp_connects_that_send_nothing_do_not_leak(node: RadnodeProcess, t
     assoc = _ae().associate("127.0.0.1", node.dicom_port, ae_title="RADNODE")
     assert assoc.send_c_echo().Status == 0
     assoc.release()
-    time.sleep(1.0)
+    time.sleep(1.0)  # let the association wind down before the baseline
     fds_before, threads_before = fd_count(pid), _threads(pid)
     held: list[socket.socket] = []
     began = time.monotonic()

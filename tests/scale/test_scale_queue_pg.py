@@ -131,7 +131,7 @@ def test_a_dead_workers_lease_expires_and_only_the_new_owner_completes(pg):
     dead = queue.claim("dead")
     assert dead is not None
     assert queue.claim("alive") is None  # leased
-    time.sleep(1.2)
+    time.sleep(1.2)  # past the 1 s lease, which nobody renews
     again = queue.claim("alive")
     assert again is not None and again.id == dead.id and again.attempts == 2
     assert not queue.complete(dead, "dead")

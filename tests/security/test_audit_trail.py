@@ -9,7 +9,6 @@ import base64
 import json
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import httpx
@@ -31,6 +30,7 @@ from tests.support.security import (
     study_uids,
 )
 from tests.support.tools import dcmtk_env, require_tool, storescu
+from tests.support.wait import wait_for
 
 RADIOLOGIST = "rad-token-audit-0123456789"
 MODALITY = "modality-token-audit-0123456789"
@@ -43,13 +43,13 @@ def _auth(token: str) -> dict[str, str]:
 
 
 def _wait_result(base: str, study_uid: str, timeout: float = 240) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def result() -> dict | None:
         r = httpx.get(f"{base}/api/studies/{study_uid}/result", headers=_auth(RADIOLOGIST))
         if r.status_code == 200 and r.json().get("status") in ("done", "out_of_scope"):
             return r.json()
-        time.sleep(0.5)
-    raise TimeoutError(f"no AI result for {study_uid}")
+        return None
+
+    return wait_for(result, timeout=timeout, what=f"the AI result of {study_uid}", interval=0.5)
 
 
 def test_whole_run_is_audited_and_no_patient_name_reaches_the_ordinary_log(tmp_path: Path) -> None:
@@ -285,11 +285,13 @@ def test_audit_messages_reach_rsyslog_over_tls(tmp_path: Path) -> None:
             )
         trail.close()  # sends what is queued
         assert trail.sender is not None and trail.sender.sent == 3
-        deadline = time.monotonic() + 30
-        lines: list[str] = []
-        while time.monotonic() < deadline and len(lines) < 3:
+
+        def three_lines() -> list[str] | None:
             lines = out.read_text(encoding="utf-8").splitlines() if out.exists() else []
-            time.sleep(0.2)
+            return lines if len(lines) >= 3 else None
+
+        lines = wait_for(three_lines, timeout=30, what="3 messages in rsyslog's file",
+                         interval=0.2)
     finally:
         proc.terminate()
         proc.wait(timeout=30)

@@ -10,15 +10,24 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-def wait_for(check: Callable[[], T], timeout: float = 120, what: str = "condition",
-             interval: float = 0.1) -> T:
-    """Poll ``check`` until it returns something truthy, and return that; AssertionError
-    naming ``what`` after ``timeout`` seconds. ``check`` may raise to give up early."""
+def wait_for(check: Callable[[], T | None], timeout: float = 120, what: str = "condition",
+             interval: float = 0.1, detail: Callable[[], str] | None = None) -> T:
+    """Poll ``check`` until it returns something truthy, and return that.
+
+    After ``timeout`` seconds, AssertionError naming ``what``, the last value (if it says
+    more than no) and ``detail()`` (a process's log, say). ``check`` may raise to give up
+    early.
+    """
     deadline = time.monotonic() + timeout
     while True:
         value = check()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            message = f"timed out after {timeout}s waiting for {what}"
+            if value is not None and not isinstance(value, bool):
+                message += f"; last: {value!r}"
+            if detail is not None:
+                message += f"\n{detail()}"
+            raise AssertionError(message)
         time.sleep(interval)

@@ -1,9 +1,11 @@
-"""The worker's pipeline: job -> result row -> SR stored in the study; retries, dead workers, bad input."""
+"""The worker's pipeline: job -> result row -> SR stored in the study; retries, dead workers,
+bad input."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import highdicom as hd
 import numpy as np
@@ -20,7 +22,7 @@ from ai_node.synth import StudySpec, write_study
 from ai_node.worker import Worker
 from dicomweb.app import create_app
 from radnode_core.index import jobs
-from tests.support.analysis import add_study, ingest_files, run_all, sr_rows
+from tests.support.analysis import add_study, ingest_files, run_all, sr_rows, study_result
 from tests.support.tools import dciodvfy
 
 
@@ -108,7 +110,7 @@ def test_killed_worker_job_completes_once_on_another(node, pipeline, tmp_path) -
     [job] = node.queue.jobs_for(uid)
     assert job["state"] == "done" and job["attempts"] == 2 and job["lease_owner"] == "worker-b"
     assert len(sr_rows(node, uid)) == 1
-    assert ResultStore(node.index).study_result(uid)["status"] == "done"
+    assert study_result(node, uid)["status"] == "done"
     assert not node.queue.complete(dead, "worker-a")  # A's late completion is refused
 
 
@@ -119,7 +121,7 @@ def test_head_study_is_out_of_scope_with_an_sr(node, pipeline, tmp_path) -> None
         tmp_path / "in",
     )
     run_all(node, pipeline)
-    result = ResultStore(node.index).study_result(study.study_instance_uid)
+    result = study_result(node, study.study_instance_uid)
     assert result["status"] == "out_of_scope" and result["score"] is None
     assert result["label"] == "out of scope: head"
     [sr_row] = sr_rows(node, study.study_instance_uid)
@@ -137,7 +139,9 @@ def _write_variant(spec: StudySpec, out: Path, change) -> list[Path]:
 
 
 def test_bad_inputs_end_in_a_result_and_the_worker_keeps_going(node, pipeline, tmp_path) -> None:
-    small = {"rows": 128, "columns": 128, "pixel_spacing_mm": 2.8, "region": "chest"}
+    small: dict[str, Any] = {
+        "rows": 128, "columns": 128, "pixel_spacing_mm": 2.8, "region": "chest"
+    }
     studies = {}
 
     # 1. no CT series: a secondary capture only
@@ -189,8 +193,7 @@ def test_bad_inputs_end_in_a_result_and_the_worker_keeps_going(node, pipeline, t
         node.queue.enqueue_if_due(uid, "manual")
         studies[name] = uid
     run_all(node, pipeline)
-    store = ResultStore(node.index)
-    got = {name: store.study_result(uid) for name, uid in studies.items()}
+    got = {name: study_result(node, uid) for name, uid in studies.items()}
     assert got["no_ct"]["status"] == "failed" and "no axial CT series" in got["no_ct"]["error"]
     assert got["corrupt"]["status"] == "failed" and "decoded" in got["corrupt"]["error"]
     for name in ("one_slice", "unsigned", "compressed"):
@@ -245,7 +248,7 @@ def test_multi_frame_enhanced_ct_study(node, pipeline) -> None:
     node.ingestor.ingest(raw, ExplicitVRLittleEndian, source="test")
     node.queue.enqueue_if_due(uid, "manual")
     run_all(node, pipeline)
-    result = ResultStore(node.index).study_result(uid)
+    result = study_result(node, uid)
     assert result["status"] == "done" and result["details"]["slices"] == 12, result
     [sr_row] = sr_rows(node, uid)
     sr_path = node.store.path_of(sr_row["path"])
@@ -280,7 +283,7 @@ def test_study_missing_optional_tags(node, pipeline, tmp_path) -> None:
     uid = pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID
     node.queue.enqueue_if_due(uid, "manual")
     run_all(node, pipeline)
-    result = ResultStore(node.index).study_result(uid)
+    result = study_result(node, uid)
     assert result["status"] == "done", result
     [sr_row] = sr_rows(node, uid)
     report = dciodvfy(node.store.path_of(sr_row["path"]))

@@ -129,5 +129,6 @@ def test_bad_paths(api: RadnodeProcess) -> None:
     assert httpx.get(f"{base}/studies/..%2F..%2Fetc/series").status_code in (400, 404)
     assert httpx.get(f"{base}/studies/1.2.abc/series").status_code == 400
     assert httpx.get(f"{base}/studies/1.2.abc/metadata").status_code == 400
-    assert httpx.get(f"{base}/studies/1.2.3/series/1.2.4/instances/1.2.5/frames/x").status_code == 400
+    frames = f"{base}/studies/1.2.3/series/1.2.4/instances/1.2.5/frames"
+    assert httpx.get(f"{frames}/x").status_code == 400
     assert httpx.get(f"http://127.0.0.1:{api.http_port}/healthz").status_code == 200

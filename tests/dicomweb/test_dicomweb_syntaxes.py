@@ -1,4 +1,5 @@
-"""WADO-RS over stored compressed and implicit-VR instances: frames, transfer syntaxes, rendering."""
+"""WADO-RS over stored compressed and implicit-VR instances: frames, transfer syntaxes,
+rendering."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ import numpy as np
 import pytest
 from dicomweb_client import DICOMwebClient
 from pydicom import Dataset, dcmread
-from pydicom.data import get_testdata_file
 from pydicom.encaps import generate_frames
 
+from tests.support.dicom_bytes import testdata_path
 from tests.support.dicomweb_studies import dicomweb_url
 from tests.support.radnode_process import RadnodeProcess
 
@@ -24,13 +25,20 @@ def parts(response: httpx.Response) -> list[tuple[str, bytes]]:
     """(content type, body) of each part of a multipart/related answer."""
     raw = b"Content-Type: " + response.headers["content-type"].encode() + b"\r\n\r\n"
     message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(raw + response.content)
-    return [(p.get_content_type(), p.get_payload(decode=True)) for p in message.iter_parts()]
+    found = []
+    for part in message.iter_parts():
+        body = part.get_payload(decode=True)
+        assert isinstance(body, bytes), part
+        found.append((part.get_content_type(), body))
+    return found
 
 
 @pytest.fixture(scope="module")
 def stored(api: RadnodeProcess) -> dict[str, Dataset]:
     client = DICOMwebClient(dicomweb_url(api))
-    datasets = {name: dcmread(get_testdata_file(name)) for name in (J2K_MULTIFRAME, IMPLICIT)}
+    datasets: dict[str, Dataset] = {
+        name: dcmread(testdata_path(name)) for name in (J2K_MULTIFRAME, IMPLICIT)
+    }
     answer = client.store_instances(list(datasets.values()))
     assert "FailedSOPSequence" not in answer, answer
     return datasets
@@ -130,7 +138,7 @@ def test_decompression_bomb_refused(api: RadnodeProcess) -> None:
     """A compressed image whose header claims a huge frame is not decoded (400), the server fine."""
     from pydicom.uid import generate_uid
 
-    ds = dcmread(get_testdata_file(J2K_MULTIFRAME))
+    ds = dcmread(testdata_path(J2K_MULTIFRAME))
     ds.SOPInstanceUID = generate_uid()
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     ds.Rows = ds.Columns = 60000

@@ -43,8 +43,11 @@ def bit_preserving_storescp(tmp_path):
     out = tmp_path / "storescp"
     out.mkdir()
     port = free_port()
-    proc = subprocess.Popen([require_tool("storescp"), "+B", "+xa", "-pm", "-od", str(out), "-aet", "STORESCP", str(port)],
-                            env=dcmtk_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [require_tool("storescp"), "+B", "+xa", "-pm", "-od", str(out), "-aet", "STORESCP",
+         str(port)],
+        env=dcmtk_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
     wait_port(port, proc)
     yield port, out
     proc.kill()
@@ -63,7 +66,9 @@ def test_pydicom_data_files_are_stored_as_sent(tmp_path, bit_preserving_storescp
     assert len(files) >= 60
     scp_port, scp_out = bit_preserving_storescp
     # Several files share a SOP Instance UID (one image in several syntaxes): keep the latest.
-    node = RadnodeProcess(tmp_path / "data", "scp", env={"RADNODE_DUPLICATE_POLICY": "replace"}).start()
+    node = RadnodeProcess(
+        tmp_path / "data", "scp", env={"RADNODE_DUPLICATE_POLICY": "replace"}
+    ).start()
     stored, not_sendable, refused = [], {}, {}
     try:
         for path in files:
@@ -81,8 +86,11 @@ def test_pydicom_data_files_are_stored_as_sent(tmp_path, bit_preserving_storescp
                 refused[path.name] = result.stderr.strip().splitlines()[-3:]
                 continue
             ds = dcmread(sent, stop_before_pixels=True)
-            ours = node.data_dir / "studies" / ds.StudyInstanceUID / ds.SeriesInstanceUID / f"{ds.SOPInstanceUID}.dcm"
-            assert dataset_bytes(ours) == dataset_bytes(sent), f"{path.name}: stored bytes differ from sent"
+            series_dir = node.data_dir / "studies" / ds.StudyInstanceUID / ds.SeriesInstanceUID
+            ours = series_dir / f"{ds.SOPInstanceUID}.dcm"
+            assert dataset_bytes(ours) == dataset_bytes(sent), (
+                f"{path.name}: stored bytes differ from sent"
+            )
             assert str(dcmread(ours, stop_before_pixels=True).file_meta.TransferSyntaxUID) == str(
                 ds.file_meta.TransferSyntaxUID
             )
@@ -90,7 +98,9 @@ def test_pydicom_data_files_are_stored_as_sent(tmp_path, bit_preserving_storescp
     finally:
         node.stop()
 
-    report = "\n".join(f"  {name}: dcmtk cannot send it: {why}" for name, why in sorted(not_sendable.items()))
+    report = "\n".join(
+        f"  {name}: dcmtk cannot send it: {why}" for name, why in sorted(not_sendable.items())
+    )
     print(f"\nstored byte-identical: {len(stored)} of {len(files)}\n{report}")
     # Stated policy: UIDs that are not PS3.5 9.1 UIDs never touch a path; the one such file
     # (hex-digest "UIDs") is refused with 0xA900, everything else dcmtk delivers is stored.

@@ -22,7 +22,9 @@ def _job_count(db: sqlite3.Connection) -> int:
     return int(db.execute("select count(*) from jobs").fetchone()[0])
 
 
-def test_storescu_study_is_stored_byte_identical_indexed_and_queued_once(radnode_scp: RadnodeProcess, chest_study):
+def test_storescu_study_is_stored_byte_identical_indexed_and_queued_once(
+    radnode_scp: RadnodeProcess, chest_study
+):
     study, files = chest_study
     result = storescu(radnode_scp.dicom_port, files)
     assert result.returncode == 0, result.stderr
@@ -31,14 +33,20 @@ def test_storescu_study_is_stored_byte_identical_indexed_and_queued_once(radnode
     assert len(stored) == len(files) == 100
     for src in files:
         sop_uid = dcmread(src, stop_before_pixels=True).SOPInstanceUID
-        dst = radnode_scp.data_dir / "studies" / study.study_instance_uid / study.series_instance_uid / f"{sop_uid}.dcm"
+        series_dir = (
+            radnode_scp.data_dir / "studies" / study.study_instance_uid / study.series_instance_uid
+        )
+        dst = series_dir / f"{sop_uid}.dcm"
         assert dataset_bytes(dst) == dataset_bytes(src), f"{dst.name} differs from what was sent"
         meta = dcmread(dst, stop_before_pixels=True).file_meta
         assert meta.SourceApplicationEntityTitle == "MODALITY"
         assert dst.read_bytes()[:128] == b"\0" * 128  # zeroed preamble
 
     db = _index(radnode_scp.data_dir)
-    assert db.execute("select count(*) from instances where study_uid=?", (study.study_instance_uid,)).fetchone()[0] == 100
+    count = db.execute(
+        "select count(*) from instances where study_uid=?", (study.study_instance_uid,)
+    ).fetchone()[0]
+    assert count == 100
     assert db.execute("select num_instances from studies").fetchall() == [(100,)]
     # The association's release completes the study at once: one job, no quiet-period wait.
     jobs = wait_for(
@@ -52,7 +60,9 @@ def test_storescu_study_is_stored_byte_identical_indexed_and_queued_once(radnode
     assert db.execute("select count(*) from jobs").fetchone()[0] == 1
 
 
-def test_resending_the_study_keeps_the_first_copy_and_makes_no_new_job(radnode_scp: RadnodeProcess, chest_study):
+def test_resending_the_study_keeps_the_first_copy_and_makes_no_new_job(
+    radnode_scp: RadnodeProcess, chest_study
+):
     _study, files = chest_study
     assert storescu(radnode_scp.dicom_port, files[:10]).returncode == 0
     first = {p: p.stat().st_mtime_ns for p in (radnode_scp.data_dir / "studies").rglob("*.dcm")}

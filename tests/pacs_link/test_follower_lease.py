@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select
@@ -25,7 +26,9 @@ from tests.support.radnode_process import WorkerProcess
 from tests.support.tools import storescu
 from tests.support.wait import wait_for
 
-SPEC = {"region": "chest", "slices": 12, "rows": 128, "columns": 128, "pixel_spacing_mm": 2.8}
+SPEC: dict[str, Any] = {
+    "region": "chest", "slices": 12, "rows": 128, "columns": 128, "pixel_spacing_mm": 2.8
+}
 FOLLOWING = "took the PACS changes follower lease"
 
 

@@ -4,6 +4,8 @@ SR back in Orthanc) with a radnode restart between two studies."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 
 from ai_node.synth import StudySpec, write_study
@@ -17,7 +19,9 @@ from tests.support.radnode_process import RadnodeProcess
 from tests.support.tools import storescu
 from tests.support.wait import wait_for
 
-SPEC = {"region": "chest", "slices": 20, "rows": 256, "columns": 256, "pixel_spacing_mm": 1.4}
+SPEC: dict[str, Any] = {
+    "region": "chest", "slices": 20, "rows": 256, "columns": 256, "pixel_spacing_mm": 1.4
+}
 
 
 def _result(node: RadnodeProcess, study_uid: str) -> dict:

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import time
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -62,7 +63,7 @@ def test_pacs_down_while_results_are_produced_then_back(tmp_path):
         for _study, files in studies[1:]:
             assert storescu(node.dicom_port, files).returncode == 0
         for study, _ in studies[1:]:
-            wait_for(lambda s=study: _analysed(base, s.study_instance_uid), timeout=180,
+            wait_for(partial(_analysed, base, study.study_instance_uid), timeout=180,
                      what="analysis while the PACS is down")
         outbox = httpx.get(f"{base}/api/outbox", timeout=10).json()
         pending = outbox["counts"]["orthanc"].get("pending", 0)
@@ -132,7 +133,7 @@ def test_database_restart_while_storing_and_analysing(tmp_path):
             for _study, files in studies[1:]:
                 assert storescu(node.dicom_port, files).returncode == 0
             for study, files in studies:
-                body = wait_for(lambda s=study: _analysed(base, s.study_instance_uid),
+                body = wait_for(partial(_analysed, base, study.study_instance_uid),
                                 timeout=300, what="a result after the restart")
                 assert body["sr_sop_instance_uid"]
                 rows = index.instances_of_study(study.study_instance_uid)

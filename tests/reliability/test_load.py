@@ -116,7 +116,7 @@ def test_concurrent_associations_send_without_a_failure(node: RadnodeProcess, te
 
     assert node.proc is not None
     server_cpu = _cpu_s(node.proc.pid)
-    client_cpu = resource.getrusage(resource.RUSAGE_SELF)
+    client_before = resource.getrusage(resource.RUSAGE_SELF)
     began = time.monotonic()
     threads = [threading.Thread(target=sender, args=(n,)) for n in range(CONCURRENT)]
     for t in threads:
@@ -126,7 +126,7 @@ def test_concurrent_associations_send_without_a_failure(node: RadnodeProcess, te
     elapsed = time.monotonic() - began
     server_cpu = _cpu_s(node.proc.pid) - server_cpu
     used = resource.getrusage(resource.RUSAGE_SELF)
-    client_cpu = used.ru_utime + used.ru_stime - client_cpu.ru_utime - client_cpu.ru_stime
+    client_cpu = used.ru_utime + used.ru_stime - client_before.ru_utime - client_before.ru_stime
     assert failures == [], failures[:20]
     assert node.proc.poll() is None
     stored = assert_store_consistent(node.data_dir)

@@ -2,8 +2,8 @@
 
 Every mutant is answered with a status within 30 s; the server never dies; a mutant
 is stored only if it is still a well-formed dataset (independent check in
-tests/support/mutate.py), and then byte for byte; a refused one leaves nothing; memory does not grow by 10 %
-after a warm-up; a valid instance is stored right after.
+tests/support/mutate.py), and then byte for byte; a refused one leaves nothing; memory
+does not grow by 10 % after a warm-up; a valid instance is stored right after.
 """
 
 from __future__ import annotations

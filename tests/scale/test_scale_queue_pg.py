@@ -198,7 +198,8 @@ def test_a_resend_is_a_duplicate_on_postgresql(pg: PostgresServer) -> None:
         assert index.add_instance(record) is False
         study = index.get_study("1.2.3")
         assert study is not None and study["received_seq"] == 1
-        assert index.find_instance("1.2.3.1")["duplicates"] == 1
+        instance = index.find_instance("1.2.3.1")
+        assert instance is not None and instance["duplicates"] == 1
         # the outbox counts what it really queued
         box = Outbox(index)
         assert box.enqueue("pacs", "1.2.3", [("1.2.3.1", "original")]) == 1

@@ -17,12 +17,14 @@ from ai_node.synth import StudySpec, write_study
 from radnode.assembly import build_node
 from radnode_core.audit import AuditTrail, StudyRef
 from radnode_core.settings import Settings
+from radnode_core.syslog import SyslogSender
 from tests.support.processes import free_port, wait_port
 from tests.support.radnode_process import RadnodeProcess
 from tests.support.security import (
     RELATED,
     audit_messages,
     check_audit_schema,
+    child,
     event_id,
     make_pki,
     outcome,
@@ -150,7 +152,7 @@ def test_whole_run_is_audited_and_no_patient_name_reaches_the_ordinary_log(tmp_p
         check_audit_schema(m)
     by_event: dict[tuple[str, str], list] = {}
     for m in messages:
-        action = m.find("EventIdentification").attrib["EventActionCode"]
+        action = child(m, "EventIdentification").attrib["EventActionCode"]
         by_event.setdefault((event_id(m), action), []).append(m)
 
     stored = by_event[("110104", "C")]
@@ -172,7 +174,7 @@ def test_whole_run_is_audited_and_no_patient_name_reaches_the_ordinary_log(tmp_p
     logins = by_event[("110114", "E")]
     assert len(logins) == 3 and {outcome(m) for m in logins} == {"4"}
     assert all(
-        m.find("EventIdentification/EventTypeCode").attrib["csd-code"] == "110122" for m in logins
+        child(m, "EventIdentification/EventTypeCode").attrib["csd-code"] == "110122" for m in logins
     )
 
     queries = by_event[("110112", "E")]
@@ -183,7 +185,7 @@ def test_whole_run_is_audited_and_no_patient_name_reaches_the_ordinary_log(tmp_p
     retrieved = by_event[("110104", "R")]
     assert any(study_uids(m) == [study_a.study_instance_uid] for m in retrieved)
     assert (
-        retrieved[0].find("ActiveParticipant[@UserIsRequestor='true']").attrib["UserID"]
+        child(retrieved[0], "ActiveParticipant[@UserIsRequestor='true']").attrib["UserID"]
         == "Doe^Jane"
     )
 
@@ -214,7 +216,7 @@ def test_export_and_failed_store_messages(tmp_path: Path) -> None:
     for m in (export, failed):
         check_audit_schema(m)
     assert event_id(export) == "110106" and outcome(export) == "0"
-    assert export.find("EventIdentification").attrib["EventActionCode"] == "R"
+    assert child(export, "EventIdentification").attrib["EventActionCode"] == "R"
     assert study_uids(export) == ["1.2.3.4", "1.2.3.5"]
     media = export.find("ActiveParticipant/RoleIDCode[@csd-code='110154']")
     assert media is not None
@@ -284,7 +286,7 @@ def test_audit_messages_reach_rsyslog_over_tls(tmp_path: Path) -> None:
                 source_address="127.0.0.1",
             )
         trail.close()  # sends what is queued
-        assert trail.sender is not None and trail.sender.sent == 3
+        assert isinstance(trail.sender, SyslogSender) and trail.sender.sent == 3
 
         def three_lines() -> list[str] | None:
             lines = out.read_text(encoding="utf-8").splitlines() if out.exists() else []
@@ -337,4 +339,4 @@ def test_control_characters_in_names_keep_each_message_valid_xml_on_one_line() -
     assert obj is not None and obj.attrib["ParticipantObjectID"] == "ID\ufffd\ufffd1"
     assert obj.findtext("ParticipantObjectName") == name.replace("\x1b", "\ufffd").replace(
         "\r", "\ufffd").replace("\n", "\ufffd").replace("\x01", "\ufffd")
-    assert root.find("ActiveParticipant").attrib["UserID"] == "CT\ufffdROOM"
+    assert child(root, "ActiveParticipant").attrib["UserID"] == "CT\ufffdROOM"

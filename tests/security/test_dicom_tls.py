@@ -9,6 +9,7 @@ import os
 import socket
 import ssl
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -57,13 +58,19 @@ def tls_env(pki: Pki, tls_port: int, **extra: str) -> dict[str, str]:
     }
 
 
-def start_tls_only(data_dir: Path, pki: Pki, role: str = "scp") -> RadnodeProcess:
+class TlsOnlyNode(RadnodeProcess):
+    """A radnode whose ``dicom_port`` is its TLS port; ``plain_port`` is the one it leaves
+    closed."""
+
+    plain_port: int
+
+
+def start_tls_only(data_dir: Path, pki: Pki, role: str = "scp") -> TlsOnlyNode:
     """`radnode <role>` with the plain DICOM port off: only the TLS port listens."""
-    node = RadnodeProcess(data_dir, role)
-    plain_port = node.dicom_port
+    node = TlsOnlyNode(data_dir, role)
     tls_port = free_port()
     node.env.update(tls_env(pki, tls_port, RADNODE_DICOM_PLAIN="false"))
-    node.plain_port = plain_port  # type: ignore[attr-defined]
+    node.plain_port = node.dicom_port
     node.dicom_port = tls_port  # --dicom-port is then unused; start() waits for the TLS port
     return node.start()
 
@@ -78,7 +85,7 @@ def dcmtk_tls(pki: Pki, cert: Path | None, key: Path | None) -> list[str]:
 
 
 def run_dcmtk(
-    tool: str, port: int, *args: str, files: list[Path] = ()
+    tool: str, port: int, *args: str, files: Sequence[Path] = ()
 ) -> subprocess.CompletedProcess:
     exe = require_tool(tool)
     return subprocess.run(

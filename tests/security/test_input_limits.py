@@ -109,6 +109,7 @@ def test_associations_per_calling_ae_are_limited_and_others_keep_working(
         over = _associate(scp.dicom_port, "BUSYMOD")
         assert over.is_rejected
         rj = over.acceptor.primitive
+        assert rj is not None
         # PS3.8 9.3.4: rejected-transient (2), service-provider presentation (3), local limit (2)
         assert (rj.result, rj.result_source, rj.diagnostic) == (0x02, 0x03, 0x02)
         other = _associate(scp.dicom_port, "OTHERMOD")

@@ -7,12 +7,14 @@ import copy
 from pathlib import Path
 from typing import Any
 
+import highdicom as hd
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import EnhancedCTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from ai_node.pipeline import AnalysisPipeline, encode
+from ai_node.results import ResultStore
 from ai_node.sr import ReportContext
 from ai_node.synth import StudySpec, SyntheticStudy, generate_study, write_study
 from ai_node.worker import Worker
@@ -60,6 +62,20 @@ def run_all(node: Node, processor: AnalysisPipeline) -> Worker:
     while worker.run_once():
         pass
     return worker
+
+
+def study_result(node: Node, study_uid: str) -> dict[str, Any]:
+    """The study's result; AssertionError if it has none yet."""
+    result = ResultStore(node.index).study_result(study_uid)
+    assert result is not None, f"no result for {study_uid}"
+    return result
+
+
+def meaning(value: object) -> str:
+    """The meaning of a coded SR value read back (highdicom annotates a qualitative
+    evaluation's value as a number; it is a coded concept)."""
+    assert isinstance(value, hd.sr.CodedConcept), value
+    return str(value.meaning)
 
 
 def sr_rows(node: Node, study_uid: str) -> list[dict[str, Any]]:

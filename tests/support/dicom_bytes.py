@@ -6,11 +6,19 @@ from __future__ import annotations
 from io import BytesIO
 from pathlib import Path
 
-from pydicom import Dataset
+from pydicom import Dataset, FileMetaDataset
+from pydicom.data import get_testdata_file
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import _read_file_meta_info
 from pydicom.filewriter import write_dataset, write_file_meta_info
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian
+
+
+def testdata_path(name: str) -> str:
+    """The path of one of pydicom's (pydicom-data's) test files."""
+    path = get_testdata_file(name)
+    assert isinstance(path, str), f"pydicom has no test file {name}"
+    return path
 
 
 def dataset_bytes(path: Path) -> bytes:
@@ -25,12 +33,12 @@ def dataset_bytes(path: Path) -> bytes:
 def part10(body: bytes, sop_class: str, sop_instance: str,
            ts: str = ExplicitVRLittleEndian) -> bytes:
     """A Part 10 file: preamble, file meta (not checked against the standard), ``body``."""
-    meta = Dataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = sop_instance
-    meta.TransferSyntaxUID = ts
-    meta.ImplementationClassUID = "1.2.3.4"
-    buf = BytesIO()
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = UID(sop_class)
+    meta.MediaStorageSOPInstanceUID = UID(sop_instance)
+    meta.TransferSyntaxUID = UID(ts)
+    meta.ImplementationClassUID = UID("1.2.3.4")
+    buf = DicomBytesIO()
     buf.write(b"\0" * 128 + b"DICM")
     write_file_meta_info(buf, meta, enforce_standard=False)
     return buf.getvalue() + body

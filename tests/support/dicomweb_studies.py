@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from io import BytesIO
 
 import numpy as np
-from pydicom import Dataset
+from pydicom import Dataset, FileMetaDataset
 from pydicom.filewriter import dcmwrite
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -91,7 +91,7 @@ def make_instance(spec: StudySpec, study_uid: str, series_uid: str, modality: st
     ds.WindowCenter = 40
     ds.WindowWidth = 400
     ds.PixelData = (np.arange(256, dtype=np.int16) * instance_number).tobytes()
-    ds.file_meta = Dataset()
+    ds.file_meta = FileMetaDataset()
     ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian

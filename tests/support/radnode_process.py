@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Self
 
 from tests.support.processes import free_port, wait_port
 from tests.support.wait import wait_for
@@ -31,7 +32,7 @@ class RadnodeProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = data_dir.parent / f"{data_dir.name}-{role}.log"
 
-    def start(self) -> RadnodeProcess:
+    def start(self) -> Self:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
@@ -72,7 +73,7 @@ class RadnodeProcess:
 class WorkerProcess(RadnodeProcess):
     """``radnode worker``: it listens on no port, so it is ready once it has warmed up."""
 
-    def start(self) -> WorkerProcess:
+    def start(self) -> Self:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.data_dir.parent / f"worker-{id(self):x}.log"
         with self.log_path.open("ab") as log:

@@ -145,6 +145,13 @@ def audit_messages(audit_dir: Path) -> list[ET.Element]:
     return messages
 
 
+def child(element: ET.Element, path: str) -> ET.Element:
+    """The first element at ``path`` under ``element``; AssertionError if there is none."""
+    found = element.find(path)
+    assert found is not None, f"no {path} in {element.tag}"
+    return found
+
+
 def event_id(message: ET.Element) -> str:
     ev = message.find("EventIdentification/EventID")
     assert ev is not None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -28,14 +29,16 @@ ARTIFACTS = REPO / "build" / "test-artifacts"
 class FakeOrthanc:
     def __init__(self, config: dict) -> None:
         self.config = config
-        self.routes: dict[str, object] = {}
+        self.routes: dict[str, Callable[..., None]] = {}
         self.scripts: list[str] = []
         self.logs: list[str] = []
 
     def GetConfiguration(self) -> str:  # noqa: N802 - the orthanc module's names
         return json.dumps(self.config)
 
-    def RegisterRestCallback(self, regex: str, callback) -> None:  # noqa: N802
+    def RegisterRestCallback(  # noqa: N802
+        self, regex: str, callback: Callable[..., None]
+    ) -> None:
         self.routes[regex] = callback
 
     def ExtendOrthancExplorer(self, script: str) -> None:  # noqa: N802

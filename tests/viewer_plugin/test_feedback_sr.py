@@ -14,7 +14,7 @@ from ai_node.feedback_sr import build_feedback_sr
 from ai_node.preprocess import SliceRef
 from ai_node.sr import build_sr
 from tests.support.analysis import REPORT_CONTEXT as CTX
-from tests.support.analysis import small_study_headers
+from tests.support.analysis import meaning, small_study_headers
 from tests.support.tools import dciodvfy
 
 
@@ -38,7 +38,7 @@ def _lesion_value(path: Path) -> str:
     back = hd.sr.srread(path)
     [group] = hd.sr.MeasurementReport.from_sequence([back]).get_image_measurement_groups()
     [evaluation] = group.get_qualitative_evaluations(name=codes.SCT.Lesion)
-    return str(evaluation.value.meaning)
+    return meaning(evaluation.value)
 
 
 @pytest.mark.parametrize("label", [None, "no lesion"])

@@ -89,7 +89,8 @@ def test_ohif_renders_the_study_with_its_sr(stack, tmp_path) -> None:
             lambda d: d.execute_script(
                 "const c = document.querySelector('canvas.cornerstone-canvas');"
                 "if (!c || !c.width) return false;"
-                "const x = document.createElement('canvas'); x.width = c.width; x.height = c.height;"
+                "const x = document.createElement('canvas');"
+                "x.width = c.width; x.height = c.height;"
                 "const g = x.getContext('2d'); g.drawImage(c, 0, 0);"
                 "const p = g.getImageData(0, 0, c.width, c.height).data;"
                 "for (let i = 0; i < p.length; i += 4 * 97) if (p[i] > 20) return true;"

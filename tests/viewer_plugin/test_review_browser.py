@@ -75,7 +75,8 @@ def test_worklist_review_relabel_then_amended_sr_by_qido(edge, tmp_path) -> None
         wait(
             driver,
             lambda d: d.execute_script(
-                "const i = document.getElementById('ai-slice'); return i.complete && i.naturalWidth > 0;"
+                "const i = document.getElementById('ai-slice');"
+                "return i.complete && i.naturalWidth > 0;"
             ),
         )
         driver.find_element(By.ID, "relabel").click()

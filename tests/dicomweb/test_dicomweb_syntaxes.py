@@ -13,7 +13,7 @@ from dicomweb_client import DICOMwebClient
 from pydicom import Dataset, dcmread
 from pydicom.encaps import generate_frames
 
-from tests.support.dicom_bytes import testdata_path
+from tests.support.dicom_bytes import pydicom_test_file
 from tests.support.dicomweb_studies import dicomweb_url
 from tests.support.radnode_process import RadnodeProcess
 
@@ -37,7 +37,7 @@ def parts(response: httpx.Response) -> list[tuple[str, bytes]]:
 def stored(api: RadnodeProcess) -> dict[str, Dataset]:
     client = DICOMwebClient(dicomweb_url(api))
     datasets: dict[str, Dataset] = {
-        name: dcmread(testdata_path(name)) for name in (J2K_MULTIFRAME, IMPLICIT)
+        name: dcmread(pydicom_test_file(name)) for name in (J2K_MULTIFRAME, IMPLICIT)
     }
     answer = client.store_instances(list(datasets.values()))
     assert "FailedSOPSequence" not in answer, answer
@@ -138,7 +138,7 @@ def test_decompression_bomb_refused(api: RadnodeProcess) -> None:
     """A compressed image whose header claims a huge frame is not decoded (400), the server fine."""
     from pydicom.uid import generate_uid
 
-    ds = dcmread(testdata_path(J2K_MULTIFRAME))
+    ds = dcmread(pydicom_test_file(J2K_MULTIFRAME))
     ds.SOPInstanceUID = generate_uid()
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     ds.Rows = ds.Columns = 60000

@@ -23,7 +23,7 @@ from radnode_core.ingest import (
 )
 from radnode_core.metrics import Metrics
 from radnode_core.store import InstanceStore
-from tests.support.dicom_bytes import testdata_path
+from tests.support.dicom_bytes import pydicom_test_file
 
 EXPLICIT, IMPLICIT, BIG, DEFLATED = (
     "1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"
@@ -153,7 +153,7 @@ def _dataset_part(path: str) -> tuple[bytes, str]:
 def test_an_undefined_length_sequence_last_is_complete(name):
     """An SR whose undefined-length Content Sequence ends the dataset (a common vendor
     encoding), and an undefined-length UN sequence: well formed, accepted."""
-    raw, ts = _dataset_part(testdata_path(name))
+    raw, ts = _dataset_part(pydicom_test_file(name))
     assert len(decode_complete(raw, ts))
 
 

@@ -14,7 +14,7 @@ from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
 
-def testdata_path(name: str) -> str:
+def pydicom_test_file(name: str) -> str:
     """The path of one of pydicom's (pydicom-data's) test files."""
     path = get_testdata_file(name)
     assert isinstance(path, str), f"pydicom has no test file {name}"

@@ -32,7 +32,7 @@ from pydicom.uid import (
 )
 
 from ai_node.synth import StudySpec, generate_study
-from tests.support.dicom_bytes import part10, testdata_path
+from tests.support.dicom_bytes import part10, pydicom_test_file
 
 PYDICOM_DATA_SEEDS = (
     "CT_small.dcm",
@@ -103,7 +103,7 @@ def load_samples(synthetic_slices: int = 4) -> list[Sample]:
     """pydicom-data seeds (their own syntax) and small synthetic CT slices."""
     samples = []
     for name in PYDICOM_DATA_SEEDS:
-        ds = dcmread(testdata_path(name))
+        ds = dcmread(pydicom_test_file(name))
         ts = str(ds.file_meta.TransferSyntaxUID)
         samples.append(Sample(name, str(ds.SOPClassUID), ts, encode(ds, ts)))
     spec = StudySpec(region="chest", slices=synthetic_slices, seed=90, rows=64, columns=64,

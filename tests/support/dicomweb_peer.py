@@ -1,5 +1,5 @@
 """Orthanc with its DICOMweb plugin as a reference peer (tests and
-``python -m benchmarks.dicomweb``).
+``python -m benchmarks.qido_wado``).
 
 Debian's ``orthanc`` + ``orthanc-dicomweb``, started with a generated config on
 free loopback ports, SQLite index, and stopped by whoever started it.

@@ -27,10 +27,10 @@ class Analysed:
     sop_instance_uids: list[str]
 
 
-def make_node(data_dir: Path, auth: bool) -> Node:
-    extra: dict[str, Any] = {}
+def make_node(data_dir: Path, auth: bool, **settings: Any) -> Node:
+    extra: dict[str, Any] = dict(settings)
     if auth:
-        extra = {
+        extra |= {
             "auth_enabled": True,
             "api_tokens": {RADIOLOGIST: "radiologist", VIEWER: "viewer", ADMIN: "admin"},
             "radiologist_names": {RADIOLOGIST: "Doe^Jane"},

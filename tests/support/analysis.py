@@ -13,11 +13,11 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import EnhancedCTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from ai_node.pipeline import AnalysisPipeline, encode
+from ai_node.pipeline import encode
 from ai_node.results import ResultStore
 from ai_node.sr import ReportContext
 from ai_node.synth import StudySpec, SyntheticStudy, generate_study, write_study
-from ai_node.worker import Worker
+from ai_node.worker import Processor, Worker
 from radnode_core.node import Node
 from tests.support.dicom_bytes import dataset_bytes
 
@@ -57,7 +57,7 @@ def add_study(node: Node, spec: StudySpec, out: Path) -> SyntheticStudy:
     return study
 
 
-def run_all(node: Node, processor: AnalysisPipeline) -> Worker:
+def run_all(node: Node, processor: Processor) -> Worker:
     worker = Worker(node.queue, processor, node.metrics, poll_s=0.01, retry_delay_s=0.0)
     while worker.run_once():
         pass

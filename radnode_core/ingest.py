@@ -340,12 +340,14 @@ class Ingestor:
         expected_sop_instance_uid: str | None = None,
         calling_aet: str | None = None,
         analyze: bool = True,
+        log_refused: bool = True,
     ) -> IngestResult:
         """Validate, write, fsync and index one instance. Raises IngestError when refused.
 
         Returns only once the instance is durable and indexed: the caller may
         then acknowledge it. ``analyze=False`` is for objects the node derives itself
         (its SRs): they are stored and indexed but do not make the study due again.
+        ``log_refused=False``: the caller logs refusals itself (STOW-RS, once per request).
         """
         started = time.perf_counter()
         try:
@@ -385,6 +387,8 @@ class Ingestor:
                 ) from exc
         except IngestError as exc:
             self.metrics.instances_rejected.labels(source=source, reason=exc.reason).inc()
+            if not log_refused:
+                raise
             logger.warning(
                 "instance refused",
                 extra={

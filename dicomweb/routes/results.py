@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 
 from ai_node.results import ResultStore
+from radnode_core.index import INT_MAX
 from radnode_core.uids import InvalidUID, check_uid
 
 router = APIRouter(prefix="/api", tags=["results"])
@@ -47,7 +48,7 @@ def list_results(
     label: Annotated[str | None, Query(max_length=64)] = None,
     min_score: Annotated[float | None, Query(ge=0.0, le=1.0)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=INT_MAX)] = 0,
 ) -> dict[str, Any]:
     """The triage worklist: each study's newest result, highest score first (unscored last)."""
     total, items = store.list(

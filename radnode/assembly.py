@@ -60,6 +60,7 @@ class Scp:
             poll_interval_s=s.dimse_poll_interval_s,
             audit=node.audit,
             max_associations_per_aet=s.max_associations_per_aet,
+            max_associations=s.max_associations,
         )
         self.server = DicomServer(s, handlers)
 

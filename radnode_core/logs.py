@@ -66,7 +66,7 @@ class LibraryValueFilter(logging.Filter):
     """Drops quoted values from the messages of :data:`LIBRARY_LOGGERS` (patient names)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.name.split(".", 1)[0] in LIBRARY_LOGGERS:
+        if any(record.name == n or record.name.startswith(n + ".") for n in LIBRARY_LOGGERS):
             record.msg = redact_quoted(record.getMessage())
             record.args = None
             if record.exc_info:  # an exception's text can quote a value as well

@@ -103,10 +103,10 @@ def _noncanonical(segment: str) -> str:
     return segment[:-1] + alphabet[last]
 
 
-def _odd_payload() -> str:
-    """A payload whose base64url spelling ends in a partial group."""
+def _odd_payload(remainder: int = 2) -> str:
+    """A payload whose base64url spelling is ``remainder`` characters past a full group."""
     claims = {"exp": int(time.time()) + 300, "roles": ["viewer"], "sub": "u"}
-    while len(json.dumps(claims)) % 3 == 0:
+    while len(b64(json.dumps(claims).encode())) % 4 != remainder:
         claims["sub"] += "u"
     return json.dumps(claims)
 
@@ -129,8 +129,11 @@ BENT = {
     "== after the signature": lambda: _padded(token(), 2, "=="),
     "= after the payload": lambda: _padded(token(), 1, "="),
     "== after the header": lambda: _padded(token(), 0, "=="),
-    "padding inside the signed payload": lambda: token(_odd_payload(), spell=lambda b: b + "="),
-    "a non-canonical payload spelling": lambda: token(_odd_payload(), spell=_noncanonical),
+    "== padding inside the signed payload": lambda: token(
+        _odd_payload(2), spell=lambda b: b + "=="
+    ),
+    "= padding inside the signed payload": lambda: token(_odd_payload(3), spell=lambda b: b + "="),
+    "a non-canonical payload spelling": lambda: token(_odd_payload(3), spell=_noncanonical),
 }
 
 

@@ -18,7 +18,13 @@ from pydicom import Dataset
 from pynetdicom import events
 from pynetdicom.dimse_primitives import C_STORE
 
-from dimse_scp.access import REJECT_CALLED_AET, REJECT_LOCAL_LIMIT, AccessPolicy
+from dimse_scp.access import (
+    REJECT_CALLED_AET,
+    REJECT_LOCAL_LIMIT,
+    REJECT_MALFORMED,
+    AccessPolicy,
+    malformed_contexts,
+)
 from dimse_scp.completion import CompletionTracker
 from radnode_core.audit import AuditTrail, StudyRef
 from radnode_core.ingest import OUT_OF_RESOURCES, IngestError, Ingestor
@@ -99,7 +105,8 @@ class StorageHandlers:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def on_requested(self, event: events.Event) -> None:
-        """A-ASSOCIATE-RQ received: apply the AE allow-list, the per-AE and the total limit.
+        """A-ASSOCIATE-RQ received: apply the AE allow-list, refuse presentation contexts that
+        cannot be negotiated, then the per-AE and the total association limit.
 
         Only associations admitted here count towards the limits: a connection still
         sending its request (:mod:`dimse_scp.negotiation`) takes no one's place."""
@@ -110,7 +117,9 @@ class StorageHandlers:
         called = str(primitive.called_ae_title).strip()
         peer = assoc.requestor.address
         rejection = self.access.check(calling, called, peer)
-        if rejection is None:
+        if rejection is None and malformed_contexts(primitive.presentation_context_definition_list):
+            rejection, reason = REJECT_MALFORMED, "malformed_request"
+        elif rejection is None:
             rejection, reason = self._admit(assoc, calling, peer)
             if rejection is None:
                 return

@@ -7,15 +7,18 @@ and thread far beyond ``acse_timeout_s`` and ``network_timeout_s``. pynetdicom a
 such a connection against the AE's maximum associations, so a few dozen of them lock every
 modality out before any AE title is checked.
 
-:class:`NegotiationGuard` tracks each accepted connection until its A-ASSOCIATE-RQ is in
-(EVT_REQUESTED):
+:class:`NegotiationGuard` tracks each accepted connection until its association is
+established (EVT_ESTABLISHED) or the connection closes:
 
 * at most ``max_per_peer`` per IP address; a further connection is closed at once, before
   a thread is started for it;
 * each has ``deadline_s`` from its accept for the whole request; then its socket is shut
   down (which ends the blocked read) and the association's wait for the request, bounded
   by the same deadline, ends. A silent connection meets the ARTIM timer, which is set to
-  the time left as well.
+  the time left as well;
+* an association thread that dies while negotiating (pynetdicom raises on some malformed
+  requests) leaves its connection and upper-layer thread running for ever: both are
+  closed.
 
 The AE's own association limit is lifted (:func:`lift_association_limit`): the handlers
 count ``max_associations`` over associations admitted after their AE checks
@@ -100,7 +103,7 @@ class NegotiationGuard:
     def admit(self, sock: socket.socket, peer: str) -> bool:
         """In the accept thread: track a new connection, or refuse it (over the cap)."""
         with self._lock:
-            self._prune(self.clock())
+            orphans = self._prune(self.clock())
             negotiating = sum(1 for p in self._pending.values() if p.peer == peer)
             if negotiating >= self.max_per_peer:
                 refused = True
@@ -108,6 +111,8 @@ class NegotiationGuard:
                 refused = False
                 self._pending[sock] = _Pending(peer, sock, self.clock() + self.deadline_s)
                 self._start()
+        for orphan in orphans:
+            self._close_orphan(orphan)
         if refused:
             self._refused(peer, "negotiating_per_peer")
         return not refused
@@ -127,17 +132,19 @@ class NegotiationGuard:
             assoc.acse_timeout = max(0.05, left)
 
     def on_requested(self, event: evt.Event) -> None:
-        """EVT_REQUESTED: the A-ASSOCIATE-RQ is in; the connection negotiates no more."""
+        """EVT_REQUESTED: the A-ASSOCIATE-RQ is in; later ACSE waits get the usual timeout."""
+        event.assoc.acse_timeout = event.assoc.ae.acse_timeout
+
+    def on_established(self, event: evt.Event) -> None:
+        """EVT_ESTABLISHED: the association is accepted; it negotiates no more."""
         assoc = event.assoc
         sock = assoc.dul.socket.socket if assoc.dul.socket else None
         with self._lock:
-            pending = self._pending.pop(sock, None) if sock is not None else None
-        if pending is not None:
-            assoc.acse_timeout = assoc.ae.acse_timeout
+            if sock is not None:
+                self._pending.pop(sock, None)
 
     def negotiating(self, peer: str | None = None) -> int:
         with self._lock:
-            self._prune(self.clock())
             return sum(1 for p in self._pending.values() if peer is None or p.peer == peer)
 
     def stop(self) -> None:
@@ -159,29 +166,48 @@ class NegotiationGuard:
             self._thread.start()
 
     def _watch(self) -> None:
-        while not self._stop.wait(self.poll_s):
+        done = False
+        while not done and not self._stop.wait(self.poll_s):
             now = self.clock()
             with self._lock:
-                self._prune(now)
+                orphans = self._prune(now)
                 late = [p for p in self._pending.values() if not p.expired and now >= p.deadline]
                 for pending in late:
                     pending.expired = True
                 if not self._pending:
                     self._thread = None
-                    return
+                    done = True
             for pending in late:
                 _shut(pending.sock)
                 self._refused(pending.peer, "request_timeout")
+            for pending in orphans:
+                self._close_orphan(pending)
 
-    def _prune(self, now: float) -> None:
-        """Forget connections that are closed or whose thread has ended (lock held)."""
+    def _prune(self, now: float) -> list[_Pending]:
+        """Forget connections that are closed, or whose association thread has ended (lock
+        held); returns those whose thread ended with the connection still open."""
+        orphans = []
         for sock, pending in list(self._pending.items()):
             assoc = pending.assoc
-            closed = sock.fileno() == -1
             ended = assoc is not None and assoc.ident is not None and not assoc.is_alive()
-            stale = now > pending.deadline + _GRACE_S
-            if closed or ended or stale:
+            if sock.fileno() == -1 or now > pending.deadline + _GRACE_S:
                 del self._pending[sock]
+            elif ended:
+                del self._pending[sock]
+                orphans.append(pending)
+        return orphans
+
+    def _close_orphan(self, pending: _Pending) -> None:
+        """The association thread died while negotiating (an exception in pynetdicom) and
+        left its connection and upper-layer thread behind: close and stop both."""
+        _shut(pending.sock)
+        try:
+            pending.sock.close()
+        except OSError:
+            pass
+        if pending.assoc is not None:
+            pending.assoc.dul.kill_dul()
+        self._refused(pending.peer, "negotiation_failed")
 
     # -- reporting -------------------------------------------------------------------
 
@@ -202,6 +228,7 @@ _MESSAGES = {
     "negotiating_per_peer": "connection closed: too many association requests in progress from "
     "this address",
     "request_timeout": "connection closed: association request not complete in time",
+    "negotiation_failed": "connection closed: association negotiation failed",
 }
 
 
@@ -221,6 +248,7 @@ class GuardedAssociationServer(ThreadedAssociationServer):
         if guard is not None:
             self.bind(evt.EVT_CONN_OPEN, guard.on_conn_open)
             self.bind(evt.EVT_REQUESTED, guard.on_requested)
+            self.bind(evt.EVT_ESTABLISHED, guard.on_established)
 
     def verify_request(
         self, request: socket.socket | tuple[bytes, socket.socket], client_address: Any

@@ -289,7 +289,7 @@ class Settings(BaseSettings):
         "must have arrived, however slowly it trickles in; then the connection is closed.",
     )
     max_negotiating_per_peer: int = Field(
-        8,
+        16,
         ge=1,
         description="DICOM connections from one IP address whose A-ASSOCIATE-RQ is not yet "
         "in; a further one is closed at once. They do not count against max_associations.",

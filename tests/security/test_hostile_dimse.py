@@ -185,3 +185,31 @@ def test_a_sop_instance_uid_of_another_study_is_refused(
         assert db.execute(
             "select count(*) from studies where study_uid = ?", (other_study,)
         ).fetchone() == (0,)
+
+
+def _item(item_type: int, payload: bytes) -> bytes:
+    return bytes([item_type, 0]) + len(payload).to_bytes(2, "big") + payload
+
+
+def _associate_rq(transfer_syntax: bytes) -> bytes:
+    """An A-ASSOCIATE-RQ (PS3.8 9.3.2) with one presentation context."""
+    context = _item(0x20, bytes([1, 0, 0, 0]) + _item(0x30, SECONDARY_CAPTURE.encode())
+                    + _item(0x40, transfer_syntax))  # fmt: skip
+    items = (
+        _item(0x10, b"1.2.840.10008.3.1.1.1")
+        + context
+        + _item(0x50, _item(0x51, (16384).to_bytes(4, "big")))
+    )
+    body = b"\x00\x01\x00\x00" + b"RADNODE".ljust(16) + b"MODALITY".ljust(16) + bytes(32) + items
+    return bytes([0x01, 0x00]) + len(body).to_bytes(4, "big") + body
+
+
+@pytest.mark.parametrize("transfer_syntax", [b"\x00", b""])
+def test_a_context_without_a_transfer_syntax_is_rejected_not_left_hanging(
+    scp: RadnodeProcess, transfer_syntax: bytes
+) -> None:
+    with socket.create_connection(("127.0.0.1", scp.dicom_port), timeout=DEADLINE_S + 5) as s:
+        s.sendall(_associate_rq(transfer_syntax))
+        answer = s.recv(10)
+    assert answer[:1] == b"\x03", answer  # A-ASSOCIATE-RJ
+    assert answer[7:10] == bytes([0x01, 0x01, 0x01])  # permanent, service-user, no reason

@@ -143,10 +143,6 @@ class NegotiationGuard:
             if sock is not None:
                 self._pending.pop(sock, None)
 
-    def negotiating(self, peer: str | None = None) -> int:
-        with self._lock:
-            return sum(1 for p in self._pending.values() if peer is None or p.peer == peer)
-
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:

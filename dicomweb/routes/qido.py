@@ -77,6 +77,9 @@ def _search(
     try:
         check_numbers(params)
         query = parse(level, params)
+        if level != "study" and any(a.keyword == "ModalitiesInStudy" for a, _ in query.filters):
+            # Its EXISTS over series cannot correlate with a series-level select.
+            raise QueryError("ModalitiesInStudy is matched in study searches only (/studies)")
     except QueryError as exc:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from exc
     cap = node.settings.qido_max_results

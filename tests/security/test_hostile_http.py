@@ -107,6 +107,13 @@ def test_qido_numbers_beyond_the_index_are_400(
     assert name in r.json()["detail"]
 
 
+@pytest.mark.parametrize("path", ["/series", "/instances", f"/studies/{generate_uid()}/series"])
+def test_modalities_in_study_below_study_level_is_400(api: RadnodeProcess, path: str) -> None:
+    r = _qido(api, path, ModalitiesInStudy="CT")
+    assert r.status_code == 400, r.text
+    assert "ModalitiesInStudy" in r.json()["detail"]
+
+
 @pytest.mark.parametrize(
     ("path", "token"),
     [

@@ -18,7 +18,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ai_node.models import REGION_LABELS, LoadedModel
+from ai_node.labels import REGION_LABELS
+from ai_node.models import LoadedModel
 from ai_node.preprocess import SliceStack, load_series, model_input
 
 REGION_SAMPLE = 24

@@ -25,13 +25,11 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
+from ai_node.labels import FINDING_LABELS, SR_CODES
 from ai_node.sr import _evidence_copy
 
 FEEDBACK_SERIES_NUMBER = 9902
 """Series Number of verified / amended SRs (after the AI result series, 9901)."""
-
-LABEL_CODES: dict[str, Code] = {"lesion": codes.SCT.Present, "no lesion": codes.SCT.Absent}
-"""The labels a radiologist may give, as the coded value of the "Lesion" evaluation."""
 
 _ROOT_CONTENT = (
     "ValueType",
@@ -69,7 +67,7 @@ def feedback_uids(predecessor_uid: str, feedback_key: str) -> tuple[str, str]:
 def relabel_content(root: Dataset, label: str) -> int:
     """Replace the "Lesion" qualitative evaluation of every measurement group of a TID 1500
     root content item (in place) by ``label``'s code; returns how many were replaced."""
-    value = LABEL_CODES[label]
+    value = SR_CODES[label]
     replaced = 0
     for container in root.get("ContentSequence", []):
         if not _is(container, _IMAGING_MEASUREMENTS):
@@ -109,8 +107,8 @@ def build_feedback_sr(
     """
     if not evidence:
         raise ValueError("evidence: the predecessor's source images are required")
-    if label is not None and label not in LABEL_CODES:
-        raise ValueError(f"label must be one of {sorted(LABEL_CODES)}")
+    if label is not None and label not in SR_CODES:
+        raise ValueError(f"label must be one of {list(FINDING_LABELS)}")
     root = Dataset()
     for keyword in _ROOT_CONTENT:
         if keyword in predecessor:

@@ -22,17 +22,18 @@ from typing import Any
 
 import numpy as np
 
+from ai_node.labels import REGION_LABELS
 from ai_node.preprocess import INPUT_SIZE
 
 logger = logging.getLogger(__name__)
 
 TASKS = ("region", "finding")
 
-REGION_LABELS = ("chest", "head", "abdomen")
-FINDING_LABELS = ("no lesion", "lesion")
-
 TASK_WINDOWS = {"region": "wide", "finding": "lung"}
 """Which window (ai_node.preprocess.WINDOWS) each task's input uses."""
+
+DEFAULT_TARGET_SENSITIVITY = 0.9
+"""The sensitivity a retrained model's threshold aims at when the card names none."""
 
 
 def build_model(task: str) -> Any:
@@ -87,6 +88,18 @@ class LoadedModel:
     def name(self) -> str:
         return str(self.card.get("name", f"radnode-{self.task}"))
 
+    @property
+    def operating_threshold(self) -> float | None:
+        """The card's operating threshold (``operating_point.threshold``), if it has one."""
+        return card_threshold(self.card)
+
+    @property
+    def target_sensitivity(self) -> float:
+        """The sensitivity the operating threshold is chosen to reach
+        (``operating_point.target_sensitivity``, else :data:`DEFAULT_TARGET_SENSITIVITY`)."""
+        point = self.card.get("operating_point") or {}
+        return float(point.get("target_sensitivity", DEFAULT_TARGET_SENSITIVITY))
+
     def predict_batched(self, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
         """Outputs for (N, S, S, 1) inputs, ``batch_size`` slices per call of the
         compiled function (``model(x, training=False)``; no per-slice ``predict``)."""
@@ -97,6 +110,13 @@ class LoadedModel:
             width = len(REGION_LABELS) if self.task == "region" else 1
             return np.zeros((0, width), dtype=np.float32)
         return np.concatenate(outs, axis=0)
+
+
+def card_threshold(card: dict[str, Any]) -> float | None:
+    """``operating_point.threshold`` of a model card: the study score at or above which the
+    model's finding is reported; None when the card leaves it to the node's settings."""
+    value = (card.get("operating_point") or {}).get("threshold")
+    return None if value is None else float(value)
 
 
 def load_model(task: str, version: str, path: Path, card: dict[str, Any]) -> LoadedModel:

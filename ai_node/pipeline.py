@@ -11,6 +11,13 @@ SR (deterministic UIDs, stored once) and updates the same results row.
 Input the node cannot analyse (no CT series, undecodable pixels) is a result with
 status ``failed`` and the reason, not a retry; anything else (store or index
 trouble) raises so the queue retries it and, after the last attempt, parks it.
+A failed result records the model versions active when it failed, so the studies a
+broken model failed can be found and run again (:mod:`ai_node.requeue`).
+
+The finding threshold is the active finding model's own operating threshold (its card's
+``operating_point.threshold``, chosen when it was trained) and the node's
+``finding_threshold`` only for a model whose card has none; it follows the model when a
+new version is activated.
 """
 
 from __future__ import annotations
@@ -25,8 +32,9 @@ from pydicom.filewriter import write_dataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from ai_node.analysis import StudyAnalysis, analyse, decode_and_score
+from ai_node.labels import REGION_LABELS, finding_label
 from ai_node.preprocess import InputError, SliceStack, load_datasets, select_series
-from ai_node.registry import ModelRegistry, ModelSet
+from ai_node.registry import ModelRegistry, ModelSet, RegistryError
 from ai_node.results import ResultStore
 from ai_node.sr import ReportContext, build_sr, model_version_key
 from ai_node.synth import StudySpec, generate_study
@@ -36,9 +44,6 @@ from radnode_core.jobs import Job
 from radnode_core.node import Node
 
 logger = logging.getLogger(__name__)
-
-LABEL_PRESENT = "lesion"
-LABEL_ABSENT = "no lesion"
 
 
 def encode(dataset: Any) -> bytes:
@@ -59,12 +64,27 @@ class AnalysisPipeline:
         self.models = models or ModelSet(ModelRegistry(s.models_dir))
         self.results = ResultStore(node.index)
         node.queue.on_give_up(ResultStore.fail_abandoned)
-        self.threshold = float(s.finding_threshold)
+        self.default_threshold = float(s.finding_threshold)
         self.batch_size = int(s.inference_batch_size)
         self.device_uid = generate_uid(entropy_srcs=["radnode-device", s.ae_title])
 
     def __call__(self, job: Job) -> None:
         self.process(job)
+
+    @property
+    def threshold(self) -> float:
+        """The operating threshold of the active finding model (module docstring)."""
+        own = self.models.get("finding").operating_threshold
+        return own if own is not None else self.default_threshold
+
+    def active_versions(self) -> str | None:
+        """The active models as ``results.model_version`` spells them, read from the
+        registry (a model that fails to load still has a version)."""
+        registry = self.models.registry
+        try:
+            return ",".join(f"{t}:{registry.active_version(t)}" for t in ("finding", "region"))
+        except RegistryError:
+            return None
 
     def warm_up(self) -> None:
         """Load both models, trace their inference functions and build one throwaway SR,
@@ -76,12 +96,16 @@ class AnalysisPipeline:
         )
         headers = list(datasets)
         stack = load_datasets(headers)
-        analysis = analyse(
-            stack, self.models, self.threshold, self.batch_size, ("chest", "head", "abdomen")
-        )
+        threshold = self.threshold
+        analysis = analyse(stack, self.models, threshold, self.batch_size, REGION_LABELS)
         refs = stack.refs[:1]
         build_sr(
-            headers, analysis, refs, self.context(analysis), str(headers[0].StudyInstanceUID), 0
+            headers,
+            analysis,
+            refs,
+            self.context(analysis, threshold),
+            str(headers[0].StudyInstanceUID),
+            0,
         )
         logger.info(
             "analysis pipeline warmed up",
@@ -104,7 +128,7 @@ class AnalysisPipeline:
         stack, raw = decode_and_score(paths, self.models, self.batch_size, choice.compressed)
         return choice.series_uid, stack, raw
 
-    def context(self, analysis: StudyAnalysis) -> ReportContext:
+    def context(self, analysis: StudyAnalysis, threshold: float) -> ReportContext:
         finding = self.models.get("finding")
         region = self.models.get("region")
         return ReportContext(
@@ -115,7 +139,7 @@ class AnalysisPipeline:
             finding_version=finding.version,
             region_model=region.name,
             region_version=region.version,
-            threshold=self.threshold,
+            threshold=threshold,
         )
 
     def queue_for_pacs(self, study_uid: str, sr_uid: str | None) -> None:
@@ -142,6 +166,7 @@ class AnalysisPipeline:
                 finished_at=utcnow(),
                 score=None,
                 label=None,
+                model_version=self.active_versions(),
                 details={
                     "timings": {"total_s": round(time.perf_counter() - started, 3)},
                     "attempts": job.attempts,
@@ -157,13 +182,15 @@ class AnalysisPipeline:
                 status="failed",
                 error=f"attempt {job.attempts}: {type(exc).__name__}: {exc}"[:4000],
                 finished_at=utcnow(),
+                model_version=self.active_versions(),
             )
             raise
 
     def _process(self, job: Job, started: float) -> dict[str, Any]:
         series_uid, stack, raw = self.load(job.study_uid)
         decoded = time.perf_counter()
-        analysis = analyse(stack, self.models, self.threshold, self.batch_size, finding_raw=raw)
+        threshold = self.threshold
+        analysis = analyse(stack, self.models, threshold, self.batch_size, finding_raw=raw)
         inferred = time.perf_counter()
         if analysis.in_scope and analysis.driving_slice is not None:
             refs = [stack.refs[i] for i in analysis.evidence_slices]
@@ -175,7 +202,8 @@ class AnalysisPipeline:
         library = [stack.refs[0], *refs, stack.refs[-1]]
         uids = list(dict.fromkeys(r.sop_instance_uid for r in library))
         headers = [stack.headers[u] for u in uids if u in stack.headers]
-        sr = build_sr(headers, analysis, refs, self.context(analysis), job.study_uid, job.version)
+        context = self.context(analysis, threshold)
+        sr = build_sr(headers, analysis, refs, context, job.study_uid, job.version)
         stored = self.node.ingestor.ingest(
             encode(sr), ExplicitVRLittleEndian, source="ai", analyze=False
         )
@@ -183,7 +211,7 @@ class AnalysisPipeline:
         done = time.perf_counter()
         if analysis.in_scope:
             status = "done"
-            label = LABEL_PRESENT if (analysis.score or 0.0) >= self.threshold else LABEL_ABSENT
+            label = finding_label(analysis.score or 0.0, threshold)
         else:
             status, label = "out_of_scope", f"out of scope: {analysis.region}"
         driving_uid = (
@@ -207,7 +235,7 @@ class AnalysisPipeline:
             "driving_slice": analysis.driving_slice,
             "driving_sop_instance_uid": driving_uid,
             "evidence_sop_instance_uids": [r.sop_instance_uid for r in refs],
-            "threshold": self.threshold,
+            "threshold": threshold,
             "models": analysis.model_versions,
             "sr_duplicate": stored.duplicate,
             "attempts": job.attempts,

@@ -125,6 +125,28 @@ class ResultStore:
             out["previous"] = public(res_row)
         return out
 
+    def newest(
+        self, status: str | None = None, since: dt.datetime | None = None
+    ) -> list[dict[str, Any]]:
+        """Each study's newest result row (status, model_version, finished_at, ...), with
+        ``status`` and finished (else created) at or after ``since`` when given; by study."""
+        newest = (
+            select(results.c.study_uid, func.max(results.c.version).label("version"))
+            .group_by(results.c.study_uid)
+            .subquery()
+        )
+        query = select(results).join(
+            newest,
+            and_(results.c.study_uid == newest.c.study_uid, results.c.version == newest.c.version),
+        )
+        if status is not None:
+            query = query.where(results.c.status == status)
+        if since is not None:
+            query = query.where(func.coalesce(results.c.finished_at, results.c.created_at) >= since)
+        with self.index.engine.connect() as conn:
+            rows = conn.execute(query.order_by(results.c.study_uid)).all()
+        return [dict(r._mapping) for r in rows]
+
     def list(
         self,
         status: str | None = None,

@@ -43,19 +43,18 @@ from highdicom.sr import (
 )
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
-from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 from pydicom.valuerep import PersonName
 
 from ai_node.analysis import StudyAnalysis
+from ai_node.labels import REGION_CODES, SR_CODES, finding_label
 from ai_node.preprocess import SliceRef
 
 SR_SERIES_NUMBER = 9901
 """Series Number of the node's AI result series (high, so viewers list it last)."""
 
-PROBABILITY = Code("122157", "DCM", "Probability")
-NOT_EVALUATED = Code("373121007", "SCT", "Not Evaluated")
-REGION_CODES = {"chest": codes.SCT.Chest, "head": codes.SCT.Head, "abdomen": codes.SCT.Abdomen}
+PROBABILITY = codes.DCM.Probability
+"""The concept name of the study score's numeric measurement."""
 
 # Type 2 attributes highdicom copies from the evidence into the SR (PS3.3 C.7.1.1, C.7.2.1);
 # a source image that lacks one gets it empty in our copy, never in the stored file.
@@ -179,11 +178,9 @@ def build_sr(
         codes.DCM.TargetRegion, REGION_CODES.get(analysis.region, codes.SCT.BodyPartStructure)
     )
     if analysis.in_scope and analysis.score is not None:
-        present = analysis.score >= ctx.threshold
+        label = finding_label(analysis.score, ctx.threshold)
         qualitative = [
-            QualitativeEvaluation(
-                codes.SCT.Lesion, codes.SCT.Present if present else codes.SCT.Absent
-            ),
+            QualitativeEvaluation(codes.SCT.Lesion, SR_CODES[label]),
             region_eval,
         ]
         measurements = [
@@ -195,7 +192,7 @@ def build_sr(
             )
         ]
     else:
-        qualitative = [QualitativeEvaluation(codes.SCT.Lesion, NOT_EVALUATED), region_eval]
+        qualitative = [QualitativeEvaluation(codes.SCT.Lesion, codes.SCT.NotEvaluated), region_eval]
         measurements = []
     group = MeasurementsAndQualitativeEvaluations(
         tracking_identifier=TrackingIdentifier(

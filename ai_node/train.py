@@ -31,7 +31,8 @@ import numpy as np
 import pydicom
 
 from ai_node.analysis import classify_region, score_finding
-from ai_node.models import FINDING_LABELS, REGION_LABELS, TASK_WINDOWS, LoadedModel, build_model
+from ai_node.labels import FINDING_LABELS, REGION_LABELS
+from ai_node.models import DEFAULT_TARGET_SENSITIVITY, TASK_WINDOWS, LoadedModel, build_model
 from ai_node.preprocess import (
     INPUT_SIZE,
     LUNG_WINDOW,
@@ -407,6 +408,8 @@ def model_card(
             "python": platform.python_version(),
         },
     }
+    if task == "finding":  # the threshold stays the node's finding_threshold until a retrain
+        card["operating_point"] = {"target_sensitivity": DEFAULT_TARGET_SENSITIVITY}
     if metrics is not None:
         m = metrics.as_dict()
         if task == "region":

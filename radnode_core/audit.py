@@ -1,6 +1,6 @@
 """The audit trail: DICOM Audit Messages (PS3.15 A.5) for who stored, queried, retrieved,
-exported, judged or failed to log in, written to an append-only log and optionally
-sent to an audit record repository over syslog (RFC 5424 over TLS, RFC 5425).
+exported, judged, had re-analysed or failed to log in, written to an append-only log and
+optionally sent to an audit record repository over syslog (RFC 5424 over TLS, RFC 5425).
 
 Each message follows the DICOM audit message schema (PS3.15 A.5.1): one
 ``EventIdentification`` (EventID coded from DCM, e.g. 110104 "DICOM Instances
@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
 from sqlalchemy import select
 
 from radnode_core.index import Index, studies
@@ -46,43 +48,40 @@ from radnode_core.throttle import Throttle
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Code:
-    """A coded value of the schema (csd-code, codeSystemName, originalText = code meaning)."""
-
-    code: str
-    scheme: str
-    meaning: str
-
-    def element(self, parent: ET.Element, tag: str) -> ET.Element:
-        return ET.SubElement(
-            parent,
-            tag,
-            {"csd-code": self.code, "codeSystemName": self.scheme, "originalText": self.meaning},
-        )
+def _coded(parent: ET.Element, tag: str, code: Code) -> ET.Element:
+    """A coded value of the schema: csd-code, codeSystemName, originalText (the meaning)."""
+    return ET.SubElement(
+        parent,
+        tag,
+        {
+            "csd-code": code.value,
+            "codeSystemName": code.scheme_designator,
+            "originalText": code.meaning,
+        },
+    )
 
 
 # EventID (PS3.15 A.5.3, CID 400 "Audit Event ID")
-INSTANCES_ACCESSED = Code("110103", "DCM", "DICOM Instances Accessed")
-INSTANCES_TRANSFERRED = Code("110104", "DCM", "DICOM Instances Transferred")
-EXPORT = Code("110106", "DCM", "Export")
-QUERY = Code("110112", "DCM", "Query")
-SECURITY_ALERT = Code("110113", "DCM", "Security Alert")
-USER_AUTHENTICATION = Code("110114", "DCM", "User Authentication")
+INSTANCES_ACCESSED = codes.DCM.DICOMInstancesAccessed
+INSTANCES_TRANSFERRED = codes.DCM.DICOMInstancesTransferred
+EXPORT = codes.DCM.Export
+QUERY = codes.DCM.Query
+SECURITY_ALERT = codes.DCM.SecurityAlert
+USER_AUTHENTICATION = codes.DCM.UserAuthentication
 # EventTypeCode (CID 401 "Audit Event Type Code")
-LOGIN = Code("110122", "DCM", "Login")
-NODE_AUTHENTICATION = Code("110126", "DCM", "Node Authentication")
+LOGIN = codes.DCM.Login
+NODE_AUTHENTICATION = codes.DCM.NodeAuthentication
 # RoleIDCode (CID 402 "Audit Active Participant Role ID Code")
-APPLICATION = Code("110150", "DCM", "Application")
-DESTINATION = Code("110152", "DCM", "Destination Role ID")
-SOURCE = Code("110153", "DCM", "Source Role ID")
-DESTINATION_MEDIA = Code("110154", "DCM", "Destination Media")
+APPLICATION = codes.DCM.Application
+DESTINATION = codes.DCM.DestinationRoleID
+SOURCE = codes.DCM.SourceRoleID
+DESTINATION_MEDIA = codes.DCM.DestinationMedia
 # ParticipantObjectIDTypeCode (RFC 3881 and CID 404)
-PATIENT_NUMBER = Code("2", "RFC-3881", "Patient Number")
-URI = Code("12", "RFC-3881", "URI")
-STUDY_INSTANCE_UID = Code("110180", "DCM", "Study Instance UID")
+PATIENT_NUMBER = Code("2", "RFC-3881", "Patient Number")  # pydicom's dictionary lacks it
+URI = Code("12", "RFC-3881", "URI")  # pydicom's dictionary lacks it
+STUDY_INSTANCE_UID = codes.DCM.StudyInstanceUID
 # AuditSourceTypeCode (RFC 3881 5.4.3): 4 = application server process
-APPLICATION_SERVER = Code("4", "DCM", "Application Server Process")
+APPLICATION_SERVER = Code("4", "DCM", "Application Server Process")  # pydicom's dictionary lacks it
 
 Action = Literal["C", "R", "U", "D", "E"]
 SUCCESS, MINOR_FAILURE, SERIOUS_FAILURE, MAJOR_FAILURE = "0", "4", "8", "12"
@@ -150,9 +149,9 @@ def build_message(
             "EventOutcomeIndicator": outcome,
         },
     )
-    event_id.element(ev, "EventID")
+    _coded(ev, "EventID", event_id)
     if event_type is not None:
-        event_type.element(ev, "EventTypeCode")
+        _coded(ev, "EventTypeCode", event_type)
     if outcome_description:
         ET.SubElement(ev, "EventOutcomeDescription").text = outcome_description[:1024]
     for p in participants:
@@ -166,13 +165,13 @@ def build_message(
             attrs["NetworkAccessPointTypeCode"] = "2"
         ap = ET.SubElement(root, "ActiveParticipant", attrs)
         if p.role is not None:
-            p.role.element(ap, "RoleIDCode")
+            _coded(ap, "RoleIDCode", p.role)
     src = ET.SubElement(
         root,
         "AuditSourceIdentification",
         {"AuditEnterpriseSiteID": site_id, "AuditSourceID": source_id},
     )
-    APPLICATION_SERVER.element(src, "AuditSourceTypeCode")
+    _coded(src, "AuditSourceTypeCode", APPLICATION_SERVER)
     for o in objects:
         po = ET.SubElement(
             root,
@@ -183,7 +182,7 @@ def build_message(
                 "ParticipantObjectTypeCodeRole": o.type_role,
             },
         )
-        o.id_type.element(po, "ParticipantObjectIDTypeCode")
+        _coded(po, "ParticipantObjectIDTypeCode", o.id_type)
         if o.name is not None:
             ET.SubElement(po, "ParticipantObjectName").text = o.name
         elif o.query is not None:
@@ -549,6 +548,22 @@ class AuditTrail:
             [Participant(user, True, None), self._me(APPLICATION)],
             self._study_objects([StudyRef(study_uid, classes)]),
             outcome_description=f"feedback: {decision}",
+        )
+
+    def analysis_requeued(
+        self, study_uids: Iterable[str], *, user: str, address: str | None, selection: str
+    ) -> None:
+        """110103 DICOM Instances Accessed, action C: a user had studies analysed again (each
+        gets a new analysis and SR); one message naming every study and the selection."""
+        if not self.enabled:
+            return
+        self._event(
+            INSTANCES_ACCESSED,
+            "C",
+            SUCCESS,
+            [Participant(user, True, None, address), self._me(APPLICATION)],
+            self._study_objects(StudyRef(uid) for uid in study_uids),
+            outcome_description=f"requeued for AI analysis: {selection}"[:1024],
         )
 
     def login_failed(self, *, user: str, address: str | None, reason: str) -> None:

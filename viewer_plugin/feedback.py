@@ -3,8 +3,8 @@
 One call of :meth:`FeedbackService.record` judges the newest AI result of a study:
 
 * ``confirm``: the radiologist stands by the AI's label;
-* ``relabel``: the radiologist gives the correct label (``lesion`` / ``no lesion``),
-  with an optional comment.
+* ``relabel``: the radiologist gives the correct label (one of
+  :data:`ai_node.labels.FINDING_LABELS`), with an optional comment.
 
 Either way a verified SR superseding the judged one is built (:mod:`ai_node.feedback_sr`),
 stored in the study (source ``feedback``, not analysed again), queued for the PACS peers
@@ -35,7 +35,8 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 from sqlalchemy import and_, func, select
 
-from ai_node.feedback_sr import LABEL_CODES, build_feedback_sr
+from ai_node.feedback_sr import build_feedback_sr
+from ai_node.labels import FINDING_LABELS
 from ai_node.pipeline import encode
 from ai_node.results import ResultStore
 from ai_node.tables import feedback, results
@@ -46,7 +47,6 @@ logger = logging.getLogger(__name__)
 audit = logging.getLogger("radnode_core.audit")
 
 Decision = Literal["confirm", "relabel"]
-LABELS = tuple(LABEL_CODES)
 
 
 class FeedbackError(Exception):
@@ -268,8 +268,8 @@ class FeedbackService:
                 raise BadLabel("confirm takes the AI's label; relabel to change it")
             label = ai_label
         else:
-            if label not in LABEL_CODES:
-                raise BadLabel(f"label must be one of: {', '.join(LABELS)}")
+            if label not in FINDING_LABELS:
+                raise BadLabel(f"label must be one of: {', '.join(FINDING_LABELS)}")
             if label == ai_label:
                 raise BadLabel("that is the AI's label: confirm it instead")
         assert label is not None
@@ -296,7 +296,7 @@ class FeedbackService:
             evidence,
             observer_name=reviewer.observer_name,
             organization=self.node.settings.verifying_organization,
-            label=label if label in LABEL_CODES else None,
+            label=label if label in FINDING_LABELS else None,
             decision=decision,
             feedback_key=f"{count}|{reviewer.user}|{decision}|{label}|{comment or ''}",
         )
@@ -319,8 +319,9 @@ class FeedbackService:
             "created_at": utcnow(),
         }
         with self.node.index.transaction() as conn:
-            inserted = conn.execute(feedback.insert().values(**row))
-            row["id"] = inserted.inserted_primary_key[0] if inserted.inserted_primary_key else None
+            row["id"] = conn.execute(
+                feedback.insert().values(**row).returning(feedback.c.id)
+            ).scalar_one()
         self._queue_for_pacs(study_uid, str(sr.SOPInstanceUID))
         self.node.audit.feedback(
             study_uid, user=reviewer.user, decision=decision, sr_sop_class_uid=str(sr.SOPClassUID)

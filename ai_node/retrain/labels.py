@@ -12,11 +12,9 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from ai_node.labels import TARGETS
 from ai_node.tables import feedback
 from radnode_core.index import Index
-
-LABEL_VALUES = {"lesion": 1, "no lesion": 0}
-"""Feedback labels (ai_node.feedback_sr.LABEL_CODES) as the finding model's targets."""
 
 
 @dataclass(frozen=True)
@@ -28,7 +26,7 @@ class FinalLabel:
 
     @property
     def target(self) -> int:
-        return LABEL_VALUES[self.label]
+        return TARGETS[self.label]
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -52,7 +50,7 @@ def final_labels(index: Index) -> list[FinalLabel]:
     return [
         FinalLabel(str(r.study_uid), str(r.label), str(r.decision), int(r.id))
         for r in rows
-        if str(r.label) in LABEL_VALUES
+        if str(r.label) in TARGETS
     ]
 
 

@@ -3,7 +3,8 @@
 ``POST /api/studies/{uid}/feedback`` is for the ``radiologist`` role only (401 without a
 token, 403 for other roles; nothing is recorded then). What it records and how the edge
 cases answer is :mod:`viewer_plugin.feedback`'s docstring and docs/viewer.md.
-``GET /api/whoami`` tells the UI who is signed in and whether they may judge.
+``GET /api/whoami`` tells the UI who is signed in and whether they may judge, ``GET /api/labels``
+the labels it offers (:mod:`ai_node.labels`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 
+from ai_node.labels import FINDING_LABELS, POSITIVE
 from dicomweb.auth import READ_ROLES, require_role
 from dicomweb.deps import checked_uid
 from dicomweb.identity import reviewer_of
@@ -37,7 +39,9 @@ class FeedbackIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     decision: Literal["confirm", "relabel"]
-    label: str | None = Field(None, max_length=64, description="relabel: lesion / no lesion")
+    label: str | None = Field(
+        None, max_length=64, description=f"relabel: {' / '.join(FINDING_LABELS)}"
+    )
     comment: str | None = Field(None, max_length=1024)
     sr_sop_instance_uid: str | None = Field(
         None, max_length=64, description="The AI SR the radiologist saw (refused if stale)."
@@ -65,6 +69,13 @@ def whoami(request: Request) -> dict[str, Any]:
         "may_give_feedback": may,
         "ohif_url": settings.ohif_url.rstrip("/") if settings.ohif_url else None,
     }
+
+
+@router.get("/labels", dependencies=[Depends(_read)])
+def labels() -> dict[str, Any]:
+    """The finding labels a study can have (the AI's, and a relabel's choices) and the
+    positive one, so the pages hold no vocabulary of their own."""
+    return {"labels": list(FINDING_LABELS), "positive": POSITIVE}
 
 
 @router.get("/studies/{study_uid}/feedback", dependencies=[Depends(_read)])

@@ -102,8 +102,7 @@ def test_orthanc_explorer_study_page_shows_result_and_confirms(
     orthanc = OrthancPacs(
         tmp_path / "orthanc", python_script=REPO / "viewer_plugin" / "explorer_plugin.py"
     )
-    node = make_node(tmp_path / "data", auth=True)
-    node.settings.pacs_peers = [orthanc.peer()]
+    node = make_node(tmp_path / "data", auth=True, pacs_peers=[orthanc.peer()])
     try:
         with serve(create_app(node)) as base:
             orthanc.extra = {"Radnode": {"Url": base, "FeedbackToken": RADIOLOGIST}}

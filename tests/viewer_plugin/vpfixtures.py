@@ -6,6 +6,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -32,10 +33,10 @@ class Analysed:
     sop_instance_uids: list[str]
 
 
-def make_node(data_dir: Path, auth: bool) -> Node:
-    extra = {}
+def make_node(data_dir: Path, auth: bool, **settings: Any) -> Node:
+    extra: dict[str, Any] = dict(settings)
     if auth:
-        extra = {
+        extra |= {
             "auth_enabled": True,
             "api_tokens": {RADIOLOGIST: "radiologist", VIEWER: "viewer", ADMIN: "admin"},
             "radiologist_names": {RADIOLOGIST: "Doe^Jane"},

@@ -8,7 +8,9 @@ Runs inside Orthanc's Python plugin (Debian's Python, standard library only; the
   when there is a result to judge, the buttons Confirm and Relabel;
 * two REST routes in Orthanc, ``/radnode/studies/{uid}/result`` (GET) and
   ``/radnode/studies/{uid}/feedback`` (POST), that forward to radnode's API with the
-  plugin's own bearer token, so the page talks to its own origin (no CORS).
+  plugin's own bearer token, so the page talks to its own origin (no CORS). The result
+  comes with the study's judgements (``feedback``) and the finding labels
+  (``vocabulary``, radnode's ``/api/labels``) the Relabel button chooses from.
 
 Configuration, in Orthanc's configuration file (``Radnode`` section)::
 
@@ -100,6 +102,8 @@ class ExplorerExtension:
             result = json.loads(body)
             status_fb, feedback = self.forward("GET", f"/api/studies/{uid}/feedback")
             result["feedback"] = json.loads(feedback).get("items", []) if status_fb == 200 else []
+            status_labels, labels = self.forward("GET", "/api/labels")
+            result["vocabulary"] = json.loads(labels) if status_labels == 200 else None
             body = json.dumps(result).encode()
         self._answer(output, status, body)
 

@@ -24,10 +24,14 @@
       '<div>Model: <span id="radnode-model">' + esc(r.model_version) + "</span></div>";
     var fb = (r.feedback || [])[0];
     html += '<div>Review: <span id="radnode-review">' + (fb ? esc(fb.decision + ": " + fb.label + " by " + fb.observer_name) : "unreviewed") + "</span></div>";
+    // The label to relabel as: the positive one, or from the positive to the other one.
+    var vocabulary = r.vocabulary || { labels: [], positive: null };
+    var other = r.label !== vocabulary.positive ? vocabulary.positive :
+      vocabulary.labels.filter(function (l) { return l !== vocabulary.positive; })[0];
     if (judged) {
-      var other = r.label === "lesion" ? "no lesion" : "lesion";
-      html += '<div style="margin-top:0.5em"><button id="radnode-confirm" data-role="none">Confirm</button> ' +
-        '<button id="radnode-relabel" data-role="none">Relabel as ' + esc(other) + "</button></div>";
+      html += '<div style="margin-top:0.5em"><button id="radnode-confirm" data-role="none">Confirm</button>' +
+        (other ? ' <button id="radnode-relabel" data-role="none">Relabel as ' + esc(other) + "</button>" : "") +
+        "</div>";
     }
     html += '<div id="radnode-message" style="word-break:break-all"></div>';
     p.html(html);
@@ -49,7 +53,7 @@
       });
     }
     $("#radnode-confirm").click(function () { send({ decision: "confirm" }); });
-    $("#radnode-relabel").click(function () { send({ decision: "relabel", label: r.label === "lesion" ? "no lesion" : "lesion" }); });
+    $("#radnode-relabel").click(function () { send({ decision: "relabel", label: other }); });
   }
 
   $("#study").live("pagebeforeshow", function () {

@@ -1,6 +1,18 @@
 // radnode review UI: the worklist page.
 "use strict";
+let vocabulary = null;
 function ymd(v) { return v ? v.replaceAll("-", "") : ""; }
+
+async function labelFilter() {
+  vocabulary = await findingLabels();
+  const select = document.getElementById("f-label");
+  for (const label of vocabulary.labels) {
+    const o = document.createElement("option");
+    o.value = label;
+    text(o, label === vocabulary.positive ? "positive (" + label + ")" : label);
+    select.appendChild(o);
+  }
+}
 
 async function load() {
   const q = new URLSearchParams();
@@ -16,7 +28,7 @@ async function load() {
   tbody.replaceChildren();
   for (const item of data.items) {
     const tr = document.createElement("tr");
-    tr.className = "study" + (item.label === "lesion" ? " positive" : "");
+    tr.className = "study" + (item.label === vocabulary.positive ? " positive" : "");
     tr.dataset.studyUid = item.study_uid;
     const cells = [
       [fmtScore(item.score), "score"], [item.label, "label"], [item.status, "status"],
@@ -45,4 +57,4 @@ async function load() {
 }
 
 document.getElementById("filters").addEventListener("submit", (ev) => { ev.preventDefault(); load(); });
-signIn().then(load).catch((e) => { text(document.getElementById("summary"), e.message); });
+signIn().then(labelFilter).then(load).catch((e) => { text(document.getElementById("summary"), e.message); });

@@ -63,7 +63,7 @@ async function load(me) {
   if (me.may_give_feedback && judged) {
     document.getElementById("actions").hidden = false;
     const select = document.getElementById("relabel-label");
-    for (const label of ["lesion", "no lesion"]) {
+    for (const label of (await findingLabels()).labels) {
       if (label === result.label) continue;
       const o = document.createElement("option");
       o.value = label;

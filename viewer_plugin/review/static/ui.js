@@ -25,6 +25,13 @@ async function api(path, options) {
   return body;
 }
 
+// The finding labels and the positive one (GET /api/labels), fetched once per page.
+let labelsAnswer = null;
+function findingLabels() {
+  if (!labelsAnswer) labelsAnswer = api("/api/labels");
+  return labelsAnswer;
+}
+
 function text(el, value) { el.textContent = value === null || value === undefined ? "" : String(value); }
 
 function fmtScore(s) { return (s === null || s === undefined) ? "-" : Number(s).toFixed(3); }

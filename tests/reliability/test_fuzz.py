@@ -28,16 +28,17 @@ from urllib.parse import quote
 
 import httpx
 import pytest
-from conftest import RadnodeProcess
-from pydicom import Dataset, config
+from pydicom import Dataset, FileMetaDataset, config
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.filewriter import dcmwrite
 from pydicom.tag import Tag
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from relfixtures import record, rss_kib, scale
+
+from tests.support.radnode_process import RadnodeProcess
+from tests.support.reliability import record, rss_kib, scale
 
 SEED = 20261130
 HTTP_CASES = scale(400, 4000)
@@ -94,14 +95,16 @@ def _instance(rng: random.Random, frames: int = 1, **raw: tuple[str, object]) ->
     if frames > 1:
         ds.NumberOfFrames = frames
     ds.PixelData = bytes(rng.randrange(256) for _ in range(16 * frames))
-    ds.file_meta = Dataset()
-    ds.file_meta.MediaStorageSOPClassUID = SC
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = UID(SC)
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     for keyword, (vr, value) in raw.items():  # as bytes, unchecked and unconverted
         data = str(value).encode("latin-1")
         data += b" " if len(data) % 2 else b""
-        tag = Tag(tag_for_keyword(keyword))
+        number = tag_for_keyword(keyword)
+        assert number is not None, keyword
+        tag = Tag(number)
         ds._dict[tag] = RawDataElement(tag, vr, len(data), data, 0, False, True)
     return ds
 
@@ -417,7 +420,9 @@ def _http_case(
         headers["Content-Type"] = rng.choice(["application/json", "text/plain", "a/b; c=d"])
         return client.post(url, content=_json_body(rng), headers=headers).status_code
     url = base + _path(rng, k)
-    params = _params(rng) if kind != "path" or rng.random() < 0.3 else []
+    params: list[tuple[str, str | int | float | bool | None]] = (
+        list(_params(rng)) if kind != "path" or rng.random() < 0.3 else []
+    )
     return client.get(url, params=params, headers=headers).status_code
 
 
@@ -543,7 +548,7 @@ def store_case(rng: random.Random, directory: Path, number: int) -> Path:
             ("RescaleSlope", "DS", rng.choice(["nan", "inf", "1e400", "--1"])),
         ]
     )
-    ds = _instance(rng, **{keyword: (vr, value)})
+    ds = _instance(rng, 1, **{keyword: (vr, value)})
     path = directory / f"{number}-{keyword}.dcm"
     path.write_bytes(_part10(ds))
     return path

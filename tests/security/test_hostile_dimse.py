@@ -18,10 +18,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import RadnodeProcess
-from hostile import SECONDARY_CAPTURE, instance, part10, start, study_folders
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, _config
+
+from tests.support.hostile import SECONDARY_CAPTURE, instance, part10, start, study_folders
+from tests.support.radnode_process import RadnodeProcess
 
 DEADLINE_S = 2.0
 MAX_ASSOCIATIONS = 4

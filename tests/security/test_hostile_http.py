@@ -18,8 +18,9 @@ from urllib.parse import quote
 
 import httpx
 import pytest
-from conftest import RadnodeProcess
-from hostile import (
+from pydicom.uid import generate_uid
+
+from tests.support.hostile import (
     ADMIN,
     MODALITY,
     RADIOLOGIST,
@@ -32,8 +33,8 @@ from hostile import (
     start,
     study_folders,
 )
-from pydicom.uid import generate_uid
-from secfixtures import BOUNDARY, RELATED, audit_messages, event_id, stow_body
+from tests.support.radnode_process import RadnodeProcess
+from tests.support.security import BOUNDARY, RELATED, audit_messages, event_id, stow_body
 
 MAX_FRAMES = 16
 MAX_JSON = 4096

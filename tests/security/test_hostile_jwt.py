@@ -16,10 +16,11 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import RadnodeProcess
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+from tests.support.radnode_process import RadnodeProcess
 
 KEY = ec.generate_private_key(ec.SECP384R1())
 HASHES = {"ES256": hashes.SHA256(), "ES384": hashes.SHA384(), "ES512": hashes.SHA512()}
@@ -105,9 +106,11 @@ def _noncanonical(segment: str) -> str:
 
 def _odd_payload(remainder: int = 2) -> str:
     """A payload whose base64url spelling is ``remainder`` characters past a full group."""
-    claims = {"exp": int(time.time()) + 300, "roles": ["viewer"], "sub": "u"}
+    subject = "u"
+    claims: dict[str, object] = {"exp": int(time.time()) + 300, "roles": ["viewer"], "sub": subject}
     while len(b64(json.dumps(claims).encode())) % 4 != remainder:
-        claims["sub"] += "u"
+        subject += "u"
+        claims["sub"] = subject
     return json.dumps(claims)
 
 

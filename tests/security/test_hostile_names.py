@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
-from conftest import storescu
-from hostile import MODALITY, VIEWER, auth, start
-from secfixtures import RELATED, stow_body
 
 from ai_node.synth import StudySpec, write_study
+from tests.support.hostile import MODALITY, VIEWER, auth, start
+from tests.support.security import RELATED, stow_body
+from tests.support.tools import storescu
 
 SINGLE = "Sentinelsingle"  # no caret: highdicom warns, quoting it
 GROUPS = "Sentinelgroups^A=B=C=D"  # four component groups: pydicom warns
@@ -48,7 +49,7 @@ def _written_text(data_dir: Path) -> str:
 
 
 def test_suspect_patient_names_stay_out_of_every_log(tmp_path: Path) -> None:
-    spec = {"region": "chest", "slices": 6, "rows": 64, "columns": 64}
+    spec: dict[str, Any] = {"region": "chest", "slices": 6, "rows": 64, "columns": 64}
     study_a, files_a = write_study(
         StudySpec(seed=31, patient_name=SINGLE, patient_id="PHISINGLE", **spec), tmp_path / "a"
     )

@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from conftest import RadnodeProcess
-from pydicom import Dataset, config
+from pydicom import Dataset, FileMetaDataset, config
 from pydicom.dataelem import DataElement
 from pydicom.filewriter import dcmwrite
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from tests.support.radnode_process import RadnodeProcess
 
 ADMIN = "admin-token-hostile-0123456789"
 RADIOLOGIST = "radiologist-token-hostile-0123456789"
@@ -77,7 +78,7 @@ def instance(
     if frames > 1:
         ds.NumberOfFrames = frames
     ds.PixelData = (np.arange(size * size * frames) % 251).astype(np.uint8).tobytes()
-    ds.file_meta = Dataset()
+    ds.file_meta = FileMetaDataset()
     ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian

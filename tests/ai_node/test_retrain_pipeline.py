@@ -316,7 +316,9 @@ def _add_feedback(node: Node, n: int) -> None:
 
 
 def test_label_trigger_starts_a_run_at_the_threshold(tmp_path: Path) -> None:
-    node = build_node(Settings(data_dir=tmp_path / "data", fsync=False, retraining_trigger_labels=3))
+    node = build_node(
+        Settings(data_dir=tmp_path / "data", fsync=False, retraining_trigger_labels=3)
+    )
     try:
         trigger = LabelTrigger(node)
         _add_feedback(node, 2)
@@ -346,7 +348,7 @@ def test_a_failing_run_is_recorded_with_the_failed_step(tmp_path: Path) -> None:
     import os
     import subprocess
 
-    from conftest import free_port
+    from tests.support.processes import free_port
 
     models = tmp_path / "models"
     shutil.copytree(SHIPPED_MODELS, models, ignore=shutil.ignore_patterns("__pycache__"))

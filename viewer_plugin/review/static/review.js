@@ -1,0 +1,86 @@
+// radnode review UI: the review page of one study.
+"use strict";
+const studyUid = new URLSearchParams(location.search).get("study") || "";
+let result = null;
+
+function show(msg, isError) {
+  const el = document.getElementById("message");
+  el.className = "message" + (isError ? " error" : "");
+  text(el, msg);
+}
+
+async function thumbnail(series, instance) {
+  const url = "/dicom-web/studies/" + studyUid + "/series/" + series + "/instances/" + instance + "/rendered";
+  const r = await fetch(url, { headers: authHeaders({ Accept: "image/png" }) });
+  if (!r.ok) return;
+  const img = document.getElementById("ai-slice");
+  img.src = URL.createObjectURL(await r.blob());
+  img.dataset.sopInstanceUid = instance;
+}
+
+function showReview(items) {
+  if (!items.length) return;
+  const f = items[0];
+  text(document.getElementById("ai-review"),
+    f.decision + ": " + f.label + " by " + f.observer_name + " at " + f.created_at);
+}
+
+async function send(body) {
+  body.sr_sop_instance_uid = result.sr_sop_instance_uid;
+  try {
+    const rec = await api("/api/studies/" + encodeURIComponent(studyUid) + "/feedback", {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+    });
+    showReview([rec]);
+    const msg = document.getElementById("message");
+    show((rec.created ? "Recorded" : "Already recorded") + ": " + rec.decision + " (" + rec.label + "), SR " + rec.sr_sop_instance_uid);
+    msg.dataset.srUid = rec.sr_sop_instance_uid;
+    msg.dataset.done = "true";
+  } catch (e) {
+    show(e.message, true);
+  }
+}
+
+async function load(me) {
+  result = await api("/api/studies/" + encodeURIComponent(studyUid) + "/result");
+  text(document.getElementById("ai-status"), result.status);
+  text(document.getElementById("ai-score"), fmtScore(result.score));
+  text(document.getElementById("ai-label"), result.label);
+  text(document.getElementById("ai-model"), result.model_version);
+  const d = result.details || {};
+  if (d.series_uid && d.driving_sop_instance_uid) thumbnail(d.series_uid, d.driving_sop_instance_uid);
+  else if (d.series_uid && d.evidence_sop_instance_uids && d.evidence_sop_instance_uids.length)
+    thumbnail(d.series_uid, d.evidence_sop_instance_uids[0]);
+  showReview((await api("/api/studies/" + encodeURIComponent(studyUid) + "/feedback")).items);
+  if (me.ohif_url) {
+    const frame = document.getElementById("ohif");
+    frame.src = me.ohif_url + "/viewer?StudyInstanceUIDs=" + encodeURIComponent(studyUid);
+    frame.hidden = false;
+  } else {
+    document.getElementById("no-viewer").hidden = false;
+  }
+  const judged = result.status === "done" || result.status === "out_of_scope";
+  if (me.may_give_feedback && judged) {
+    document.getElementById("actions").hidden = false;
+    const select = document.getElementById("relabel-label");
+    for (const label of (await findingLabels()).labels) {
+      if (label === result.label) continue;
+      const o = document.createElement("option");
+      o.value = label;
+      text(o, label);
+      select.appendChild(o);
+    }
+  } else if (!judged) {
+    show("No AI result to judge yet (" + result.status + ").");
+  }
+  document.body.dataset.loaded = "true";
+}
+
+document.getElementById("confirm").onclick = () => send({ decision: "confirm" });
+document.getElementById("relabel").onclick = () => { document.getElementById("relabel-form").hidden = false; };
+document.getElementById("relabel-save").onclick = () => send({
+  decision: "relabel",
+  label: document.getElementById("relabel-label").value,
+  comment: document.getElementById("relabel-comment").value,
+});
+signIn().then(load).catch((e) => show(e.message, true));

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import RadnodeProcess, dataset_bytes, dcmtk_env, require_tool, storescu, wait_for
 from pydicom import Dataset, dcmread
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
@@ -22,7 +21,11 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 
 from radnode_core.node import Node
 from radnode_core.settings import Settings
+from tests.support.dicom_bytes import dataset_bytes
 from tests.support.qr_studies import Spec, Studies, instance, part10, write_studies
+from tests.support.radnode_process import RadnodeProcess
+from tests.support.tools import dcmtk_env, require_tool, storescu
+from tests.support.wait import wait_for
 
 
 @dataclass
@@ -440,6 +443,15 @@ def _identifier(**keys: str) -> Dataset:
         ),
         (
             StudyRootQueryRetrieveInformationModelFind,
+            {
+                "QueryRetrieveLevel": "SERIES",
+                "StudyInstanceUID": "1.2.3",
+                "ModalitiesInStudy": "CT",
+            },
+            0xA900,
+        ),
+        (
+            StudyRootQueryRetrieveInformationModelFind,
             {"QueryRetrieveLevel": "STUDY", "StudyDate": "2024-01-01"},
             0xC000,
         ),
@@ -456,6 +468,7 @@ def _identifier(**keys: str) -> Dataset:
         "series without study",
         "wildcard study uid",
         "patient root study without patient",
+        "modalities in study below study level",
         "bad date",
         "bad time",
     ],
@@ -501,7 +514,9 @@ def test_unsupported_optional_key_with_a_value_is_pending_warning(qr: QrNode) ->
         _identifier(QueryRetrieveLevel="STUDY", PatientID="P002", InstitutionName="Elsewhere"),
     )
     assert [code for code, _, _ in responses] == [0xFF01, 0x0000]
-    assert responses[0][2].InstitutionName == "Radnode General"  # returned, not matched
+    identifier = responses[0][2]
+    assert identifier is not None
+    assert identifier.InstitutionName == "Radnode General"  # returned, not matched
 
 
 def test_c_find_is_audited_as_a_query(qr: QrNode) -> None:

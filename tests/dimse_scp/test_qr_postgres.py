@@ -4,13 +4,13 @@ GLOB for wildcards, window functions for the PATIENT level)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
-from conftest import RadnodeProcess, storescu
-from pgserver import PostgresServer
 from pydicom import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, build_role, evt
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     CTImageStorage,
     PatientRootQueryRetrieveInformationModelFind,
@@ -19,7 +19,10 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelGet,
 )
 
+from tests.support.postgres import PostgresServer
 from tests.support.qr_studies import write_studies
+from tests.support.radnode_process import RadnodeProcess
+from tests.support.tools import storescu
 
 QUERIES = [
     (PatientRootQueryRetrieveInformationModelFind, "PATIENT", {"PatientName": "doe*"}),
@@ -55,6 +58,7 @@ def _find(port: int, model: str, level: str, filters: dict[str, str]) -> list[tu
     return sorted(
         tuple(str(ds.get(k, "")) for k in sorted(ds.dir()) if k != "RetrieveAETitle")
         for _, ds in answers[:-1]
+        if ds is not None
     )
 
 
@@ -62,14 +66,16 @@ def _get(port: int, study_uid: str) -> int:
     received: list[str] = []
 
     def on_store(event: evt.Event) -> int:
-        received.append(str(event.request.AffectedSOPInstanceUID))
+        received.append(str(cast(C_STORE, event.request).AffectedSOPInstanceUID))
         return 0x0000
 
     ae = AE(ae_title="WORKSTATION")
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
     for sop_class in (CTImageStorage, SecondaryCaptureImageStorage):
         ae.add_requested_context(sop_class, ExplicitVRLittleEndian)
-    roles = [build_role(c, scp_role=True) for c in (CTImageStorage, SecondaryCaptureImageStorage)]
+    roles: list[Any] = [
+        build_role(c, scp_role=True) for c in (CTImageStorage, SecondaryCaptureImageStorage)
+    ]
     assoc = ae.associate(
         "127.0.0.1",
         port,

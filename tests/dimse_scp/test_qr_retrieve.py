@@ -13,9 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import RadnodeProcess, dataset_bytes, dcmtk_env, require_tool, storescu, wait_for
 from pydicom import Dataset, dcmread
-from pydicom.data import get_testdata_file
 from pydicom.uid import ExplicitVRLittleEndian, JPEGLSLossless, RLELossless
 from pynetdicom import AE, build_role, evt
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
@@ -29,8 +27,12 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 
 from ai_node.synth import StudySpec, write_study
 from pacs_link.scu import send_files
+from tests.support.dicom_bytes import dataset_bytes, pydicom_test_file
 from tests.support.dicomweb_peer import OrthancDicomWeb
 from tests.support.qr_studies import Studies, write_studies
+from tests.support.radnode_process import RadnodeProcess
+from tests.support.tools import dcmtk_env, require_tool, storescu
+from tests.support.wait import wait_for
 
 
 @dataclass
@@ -346,7 +348,7 @@ def _get(
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
     for sop_class, syntax in contexts:
         ae.add_requested_context(sop_class, syntax)
-    roles = [build_role(sop_class, scp_role=True) for sop_class in {c for c, _ in contexts}]
+    roles: list[Any] = [build_role(c, scp_role=True) for c in {c for c, _ in contexts}]
     assoc = ae.associate(
         "127.0.0.1",
         port,
@@ -378,7 +380,7 @@ def _get(
 def test_c_get_decompresses_for_a_peer_that_takes_only_uncompressed(
     retrieval: Retrieval, tmp_path: Path
 ) -> None:
-    source = Path(get_testdata_file("MR_small_RLE.dcm"))
+    source = Path(pydicom_test_file("MR_small_RLE.dcm"))
     original = dcmread(source)
     assert original.file_meta.TransferSyntaxUID == RLELossless
     sent = send_files([source], "127.0.0.1", retrieval.scp.dicom_port, "MODALITY", "RADNODE")

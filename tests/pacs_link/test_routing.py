@@ -11,7 +11,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import dataset_bytes, dcmtk_env, require_tool, wait_for_port
 from pydicom import Dataset, dcmread
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -25,8 +24,10 @@ from pacs_link.sender import OutboxSender
 from radnode.assembly import build_node
 from radnode_core.node import Node, ResultSummary
 from radnode_core.settings import PacsPeer, RoutingRule, Settings
+from tests.support.dicom_bytes import dataset_bytes
 from tests.support.dicomweb_peer import OrthancDicomWeb
-from tests.support.processes import free_port, stop_process
+from tests.support.processes import free_port, stop_process, wait_port
+from tests.support.tools import dcmtk_env, require_tool
 from viewer_plugin.feedback import FeedbackService, Reviewer
 
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
@@ -47,7 +48,7 @@ class StoreScp:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        wait_for_port(self.port, self.proc)
+        wait_port(self.port, self.proc)
 
     def received(self) -> set[str]:
         return {

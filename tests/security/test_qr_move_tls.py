@@ -8,14 +8,15 @@ import json
 import subprocess
 from pathlib import Path
 
-from conftest import RadnodeProcess, dcmtk_env, require_tool, storescu, wait_for_port
 from pydicom import Dataset, dcmread
 from pynetdicom import AE
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove  # type: ignore[attr-defined]
-from secfixtures import Pki, make_pki
 
 from ai_node.synth import StudySpec, write_study
-from tests.support.processes import free_port, stop_process
+from tests.support.processes import free_port, stop_process, wait_port
+from tests.support.radnode_process import RadnodeProcess
+from tests.support.security import Pki, make_pki
+from tests.support.tools import dcmtk_env, require_tool, storescu
 
 
 def _tls_storescp(pki: Pki, out: Path) -> tuple[subprocess.Popen[bytes], int]:
@@ -38,7 +39,7 @@ def _tls_storescp(pki: Pki, out: Path) -> tuple[subprocess.Popen[bytes], int]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    wait_for_port(port, proc)
+    wait_port(port, proc)
     return proc, port
 
 

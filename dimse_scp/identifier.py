@@ -250,6 +250,13 @@ def _add(request: Request, keyword: str, value: str) -> None:
     if attr is not None and LEVELS.index(attr.level) > LEVELS.index(query.level):
         request.empty_keys.append(keyword)
         return
+    if keyword == "ModalitiesInStudy" and value and request.level != "STUDY":
+        # As in QIDO-RS: its match over the study's series is a study-level one.
+        raise IdentifierError(
+            IDENTIFIER_DOES_NOT_MATCH,
+            "ModalitiesInStudy is matched in STUDY queries only",
+            tag_for_keyword(keyword),
+        )
     before = len(query.filters)
     query.add_key(keyword, value)
     if value and len(query.filters) == before:

@@ -85,19 +85,7 @@ class JobQueue:
             if row is None:
                 return None
             version = row[0]
-            job_id = conn.execute(
-                jobs.insert()
-                .values(
-                    study_uid=study_uid,
-                    version=version,
-                    state="queued",
-                    reason=reason,
-                    attempts=0,
-                    created_at=utcnow(),
-                    available_at=time.time(),
-                )
-                .returning(jobs.c.id)
-            ).scalar_one()
+            job_id = _insert_job(conn, study_uid, version, reason)
         logger.info(
             "study complete, job queued",
             extra={"study_uid": study_uid, "job_id": job_id, "version": version, "reason": reason},
@@ -129,19 +117,7 @@ class JobQueue:
                 .where(studies.c.study_uid == study_uid)
                 .values(received_seq=version, queued_seq=version)
             )
-            job_id = conn.execute(
-                jobs.insert()
-                .values(
-                    study_uid=study_uid,
-                    version=version,
-                    state="queued",
-                    reason=reason,
-                    attempts=0,
-                    created_at=utcnow(),
-                    available_at=time.time(),
-                )
-                .returning(jobs.c.id)
-            ).scalar_one()
+            job_id = _insert_job(conn, study_uid, version, reason)
         logger.info(
             "study requeued",
             extra={"study_uid": study_uid, "job_id": job_id, "version": version, "reason": reason},
@@ -302,3 +278,21 @@ class JobQueue:
                 select(jobs).where(jobs.c.study_uid == study_uid).order_by(jobs.c.id)
             )
             return [dict(r._mapping) for r in rows]
+
+
+def _insert_job(conn: Connection, study_uid: str, version: int, reason: str) -> int:
+    """Insert a queued job for one version of a study; returns its id."""
+    job_id = conn.execute(
+        jobs.insert()
+        .values(
+            study_uid=study_uid,
+            version=version,
+            state="queued",
+            reason=reason,
+            attempts=0,
+            created_at=utcnow(),
+            available_at=time.time(),
+        )
+        .returning(jobs.c.id)
+    ).scalar_one()
+    return int(job_id)

@@ -35,6 +35,7 @@ import sqlite3
 import statistics
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 import urllib.error
@@ -92,7 +93,15 @@ def first_line(cmd: Sequence[str]) -> str:
 
 
 def require(name: str, path: str | None = None) -> str:
-    found = path if path and Path(path).exists() else shutil.which(name)
+    """A system peer's path. This interpreter's scripts folder is skipped: pynetdicom
+    installs its own ``storescp`` there, which would shadow dcmtk's."""
+    scripts = Path(sysconfig.get_path("scripts")).resolve()
+    search = os.pathsep.join(
+        p
+        for p in os.environ.get("PATH", os.defpath).split(os.pathsep)
+        if p and Path(p).resolve() != scripts
+    )
+    found = path if path and Path(path).exists() else shutil.which(name, path=search)
     if found is None:
         raise BenchmarkError(f"{name} is not installed (run `make system-deps`)")
     return found

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import sqlite3
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -296,9 +297,23 @@ def record_fields_from_dataset(
     }
 
 
+def _enable_wal(database: str) -> None:
+    """Put a SQLite file in WAL mode (it persists in the file).
+
+    SQLite switches the journal mode without waiting on its busy handler, so connections
+    opened together on a new file fail with "database is locked". The switch is made once
+    per engine, before the pool opens connections, under the lock file the schema
+    upgrade uses.
+    """
+    with (
+        schema.file_lock(schema.sqlite_lock_path(database)),
+        closing(sqlite3.connect(database, timeout=30)) as conn,
+    ):
+        conn.execute("PRAGMA journal_mode=WAL")
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.execute("PRAGMA foreign_keys=ON")
@@ -311,9 +326,12 @@ def _sqlite_begin_immediate(conn: Any) -> None:
 
 
 def make_engine(url: str) -> Engine:
-    """Create the engine; SQLite gets WAL, full sync and immediate write transactions."""
+    """Create the engine; SQLite gets WAL, `synchronous=NORMAL` (the files are the system of
+    record) and immediate write transactions."""
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        if engine.url.database not in (None, "", ":memory:"):
+            _enable_wal(engine.url.database)
         event.listen(engine, "connect", _sqlite_pragmas)
         # pysqlite's own transaction handling is disabled so BEGIN IMMEDIATE is ours.
         event.listen(

@@ -225,7 +225,7 @@ def schema_lock(engine: Engine) -> Iterator[Connection]:
         with _advisory_lock(engine) as conn:
             yield conn
     elif engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
-        with _file_lock(Path(f"{engine.url.database}.lock")), engine.connect() as conn:
+        with file_lock(sqlite_lock_path(engine.url.database)), engine.connect() as conn:
             yield conn
     else:
         with engine.connect() as conn:
@@ -250,8 +250,13 @@ def _advisory_lock(engine: Engine) -> Iterator[Connection]:
                 conn.invalidate()
 
 
+def sqlite_lock_path(database: str) -> Path:
+    """The lock file beside a SQLite database."""
+    return Path(f"{database}.lock")
+
+
 @contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
+def file_lock(path: Path) -> Iterator[None]:
     """An exclusive ``flock`` on ``path`` (SQLite: the lock file beside the database).
 
     The file stays: removing it would let a process that opened it earlier lock a file

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import zlib
 
 import pytest
@@ -113,9 +114,12 @@ def test_missing_uids_do_not_match_sop_class(ingestor, ct, keyword):
     assert ingestor.store.index.counts()["instances"] == 0
 
 
-def test_index_failure_is_out_of_resources_and_leaves_no_file(ingestor, ct):
+def test_index_failure_is_out_of_resources_and_leaves_no_file(ingestor, ct, tmp_path):
     ingestor.store.index.engine.dispose()
-    ingestor.store.index.engine = make_engine("sqlite:////nonexistent/dir/x.db")  # database gone
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    ingestor.store.index.engine = make_engine(f"sqlite:///{gone / 'x.db'}")
+    shutil.rmtree(gone)  # the database's folder disappears under the running node
     with pytest.raises(IngestError) as err:
         ingestor.ingest(encode(ct), EXPLICIT, source="test")
     assert err.value.status == OUT_OF_RESOURCES

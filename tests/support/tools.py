@@ -6,13 +6,24 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sysconfig
 from pathlib import Path
 
 import pytest
 
 
+def which_system(name: str) -> str | None:
+    """``shutil.which``, skipping this interpreter's scripts folder: pynetdicom installs its
+    own ``storescp``, ``echoscp`` and ``qrscp`` there, which would shadow dcmtk's in an
+    activated virtual environment."""
+    scripts = Path(sysconfig.get_path("scripts")).resolve()
+    search = [p for p in os.environ.get("PATH", os.defpath).split(os.pathsep) if p]
+    kept = [p for p in search if Path(p).resolve() != scripts]
+    return shutil.which(name, path=os.pathsep.join(kept))
+
+
 def require_tool(name: str) -> str:
-    path = shutil.which(name)
+    path = which_system(name)
     if path is None:
         pytest.fail(f"{name} is not installed: run `make system-deps` (make test does)")
     return path

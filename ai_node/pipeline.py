@@ -1,22 +1,31 @@
 """The analysis of one study version, as the worker runs it: the stages in one place.
 
-    select series -> decode + preprocess -> region model -> finding model
-        -> SR (highdicom) -> store it (source "ai", not analysed again) -> results row
+    route (each active model's card against the study's series)
+        -> per series: decode once (every grid size its models need), models score chunks
+           while it decodes -> sampled models and verdicts -> body part rules
+        -> per model: aggregate -> SR (highdicom; source "ai", not analysed again)
+           -> its results row
 
-Each stage is a plain function in its own module (:mod:`ai_node.preprocess`,
-:mod:`ai_node.analysis`, :mod:`ai_node.sr`, :mod:`ai_node.results`); this class
-only wires them and records timings. Idempotent: a retried job rebuilds the same
-SR (deterministic UIDs, stored once) and updates the same results row.
+Every model that reports (a positive label on its card) and is for the study gets its own
+results row and its own SR. A model that fails, or runs past its card's ``timeout_s``,
+gets a ``failed`` row with the reason; the others are unaffected. A model whose body part
+rule excludes the study gets an ``out_of_scope`` row and an SR saying "not evaluated"; a
+study no model is for gets one ``out_of_scope`` row (model "") with the reason.
 
-Input the node cannot analyse (no CT series, undecodable pixels) is a result with
-status ``failed`` and the reason, not a retry; anything else (store or index
-trouble) raises so the queue retries it and, after the last attempt, parks it.
+Each stage is a plain function in its own module (:mod:`ai_node.routing`,
+:mod:`ai_node.preprocess`, :mod:`ai_node.analysis`, :mod:`ai_node.sr`,
+:mod:`ai_node.results`); this class only wires them and records timings. Idempotent: a
+retried job rebuilds the same SRs (deterministic UIDs, stored once) and updates the same
+rows. Store or index trouble raises, so the queue retries the job and, after the last
+attempt, parks it.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -24,12 +33,24 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from ai_node.analysis import StudyAnalysis, analyse, decode_and_score
-from ai_node.labels import REGION_LABELS, finding_label
-from ai_node.preprocess import InputError, SliceStack, load_datasets, select_series
+from ai_node.analysis import (
+    ModelRun,
+    StudyAnalysis,
+    aggregate,
+    aggregate_classes,
+    decode_and_run,
+    evidence_of,
+    in_stack_order,
+    scored_indices,
+    verdict,
+)
+from ai_node.card import ModelCard
+from ai_node.models import LoadedModel
+from ai_node.preprocess import InputError, SliceStack, load_datasets
 from ai_node.registry import ModelRegistry, ModelSet
 from ai_node.results import ResultStore
-from ai_node.sr import ReportContext, build_sr, model_version_key
+from ai_node.routing import Assignment, assign, describe_series, route
+from ai_node.sr import build_sr, context_for, model_version_key
 from ai_node.synth import StudySpec, generate_study
 from radnode_core import __version__
 from radnode_core.index import utcnow
@@ -37,6 +58,9 @@ from radnode_core.jobs import Job
 from radnode_core.node import Node
 
 logger = logging.getLogger(__name__)
+
+STUDY = ""
+"""The model name of a study's own row: while its job runs, and when no model is for it."""
 
 
 def encode(dataset: Any) -> bytes:
@@ -48,6 +72,38 @@ def encode(dataset: Any) -> bytes:
     return buf.getvalue()
 
 
+@dataclass(eq=False)
+class _Task:
+    """One model on one study: its assignment, the loaded model, its run and outcome."""
+
+    assignment: Assignment
+    model: LoadedModel | None = None
+    run: ModelRun | None = None
+    stack: SliceStack | None = None
+    outputs: np.ndarray | None = None  # head-to-feet order, the scored slices only
+    scored: np.ndarray | None = None  # which stack slices ``outputs`` are
+    error: str | None = None
+    decode_s: float = 0.0
+
+    @property
+    def card(self) -> ModelCard:
+        return self.assignment.card
+
+    def fail(self, reason: str) -> None:
+        self.error = self.error or reason
+        if self.run is not None:
+            self.run.fail(reason)
+
+
+@dataclass
+class _Verdict:
+    label: str | None
+    probabilities: dict[str, float] = field(default_factory=dict)
+    card: ModelCard | None = None
+    version: str | None = None
+    error: str | None = None
+
+
 class AnalysisPipeline:
     """The worker's processor: ``pipeline(job)`` analyses one study version."""
 
@@ -57,61 +113,61 @@ class AnalysisPipeline:
         self.models = models or ModelSet(ModelRegistry(s.models_dir))
         self.results = ResultStore(node.index)
         node.queue.on_give_up(ResultStore.fail_abandoned)
-        self.threshold = float(s.finding_threshold)
         self.batch_size = int(s.inference_batch_size)
         self.device_uid = generate_uid(entropy_srcs=["radnode-device", s.ae_title])
 
     def __call__(self, job: Job) -> None:
         self.process(job)
 
-    def warm_up(self) -> None:
-        """Load both models, trace their inference functions and build one throwaway SR,
-        so the first study does not pay for it (the worker calls this when it starts)."""
+    # -- warm-up ---------------------------------------------------------------------
 
+    def warm_up(self) -> None:
+        """Load every active model and trace its inference function on a tiny synthetic
+        input (and build one throwaway SR), so the first study does not pay for it (the
+        worker calls this when it starts)."""
         started = time.perf_counter()
         _, datasets = generate_study(
             StudySpec(region="chest", slices=2, seed=0, rows=32, columns=32)
         )
         headers = list(datasets)
-        stack = load_datasets(headers)
-        analysis = analyse(stack, self.models, self.threshold, self.batch_size, REGION_LABELS)
-        refs = stack.refs[:1]
-        build_sr(
-            headers, analysis, refs, self.context(analysis), str(headers[0].StudyInstanceUID), 0
-        )
+        for card in self.models.active_cards():
+            try:
+                model = self.models.get(card.name)
+                stack = load_datasets(headers, model.size)
+                run = ModelRun(model, self.batch_size)
+                run.submit(stack.hu)
+                outputs = run.finish()
+                if card.reports and outputs is not None:
+                    analysis = self._analysis(model, stack, outputs, np.arange(len(stack)), None)
+                    build_sr(
+                        headers,
+                        analysis,
+                        stack.refs[:1],
+                        self._context(model, None),
+                        str(headers[0].StudyInstanceUID),
+                        0,
+                    )
+            except Exception:
+                logger.exception("model warm-up failed", extra={"model": card.name})
         logger.info(
             "analysis pipeline warmed up",
             extra={"seconds": round(time.perf_counter() - started, 2)},
         )
 
+    # -- helpers ---------------------------------------------------------------------
+
     def _open_header(self, relative: str) -> Any:
         return self.node.store.open_dataset(str(relative), stop_before_pixels=True)
 
-    def load(self, study_uid: str) -> tuple[str, SliceStack, np.ndarray]:
-        """The series UID, its slices and their finding probabilities (in stack order)."""
-        instances = self.node.index.instances_of_study(study_uid)
-        choice = select_series(instances, self._open_header)
-        if choice is None:
-            classes = sorted({str(r["sop_class_uid"]) for r in instances})
-            raise InputError(
-                f"no axial CT series in the study (SOP classes: {', '.join(classes) or 'none'})"
-            )
-        paths = [self.node.store.path_of(str(p)) for p in choice.paths]
-        stack, raw = decode_and_score(paths, self.models, self.batch_size, choice.compressed)
-        return choice.series_uid, stack, raw
-
-    def context(self, analysis: StudyAnalysis) -> ReportContext:
-        finding = self.models.get("finding")
-        region = self.models.get("region")
-        return ReportContext(
+    def _context(self, model: LoadedModel, decider: _Verdict | None) -> Any:
+        return context_for(
+            model.card,
+            model.version,
             node_name=self.node.settings.ae_title,
             device_uid=self.device_uid,
             software_version=f"radnode {__version__}",
-            finding_model=finding.name,
-            finding_version=finding.version,
-            region_model=region.name,
-            region_version=region.version,
-            threshold=self.threshold,
+            region=decider.card if decider is not None else None,
+            region_version=decider.version if decider is not None else None,
         )
 
     def queue_for_pacs(self, study_uid: str, sr_uid: str | None) -> None:
@@ -119,6 +175,8 @@ class AnalysisPipeline:
         that stored the SR, so a result is never produced without being queued."""
         if self.node.deliver is not None:
             self.node.deliver(study_uid, sr_uid)
+
+    # -- the job ---------------------------------------------------------------------
 
     def process(self, job: Job) -> dict[str, Any]:
         started = time.perf_counter()
@@ -157,11 +215,222 @@ class AnalysisPipeline:
             raise
 
     def _process(self, job: Job, started: float) -> dict[str, Any]:
-        series_uid, stack, raw = self.load(job.study_uid)
-        decoded = time.perf_counter()
-        analysis = analyse(stack, self.models, self.threshold, self.batch_size, finding_raw=raw)
+        instances = self.node.index.instances_of_study(job.study_uid)
+        active = self.models.active_cards()
+        routed = route([c for c in active if c.reports], instances, self._open_header)
+        if not routed.assignments:
+            return self._no_model(job, started, routed.reason())
+        tasks = [_Task(a) for a in routed.assignments]
+        deciders = self._decider_tasks(tasks, active, instances)
+        groups: dict[tuple[str, ...], list[_Task]] = {}
+        for task in dict.fromkeys([*deciders.values(), *tasks]):
+            groups.setdefault(tuple(str(p) for p in task.assignment.paths), []).append(task)
+        for group in groups.values():
+            self._run_group(group)
+        verdicts = {name: self._verdict(task) for name, task in deciders.items()}
+        outcome: dict[str, Any] = {}
+        for task in tasks:
+            outcome[task.card.name] = self._report(job, task, verdicts, started)
+        self.results.clear_study_row(job.study_uid, job.version)
+        lead = max(
+            outcome.values(),
+            key=lambda o: (o.get("score") is not None, o.get("score") or 0.0),
+        )
+        return {**lead, "models": outcome}
+
+    def _no_model(self, job: Job, started: float, reason: str) -> dict[str, Any]:
+        self.results.upsert(
+            job.study_uid,
+            job.version,
+            job.id,
+            status="out_of_scope",
+            score=None,
+            label="out of scope",
+            error=None,
+            finished_at=utcnow(),
+            details={
+                "reason": reason,
+                "timings": {"total_s": round(time.perf_counter() - started, 3)},
+                "attempts": job.attempts,
+            },
+        )
+        self.queue_for_pacs(job.study_uid, None)
+        logger.info("no model is for the study", extra={"study_uid": job.study_uid})
+        return {"status": "out_of_scope", "reason": reason, "sr": None, "models": {}}
+
+    def _decider_tasks(
+        self, tasks: Sequence[_Task], active: Sequence[ModelCard], instances: Sequence[Any]
+    ) -> dict[str, _Task]:
+        """A task for each model whose verdict a body part rule asks for."""
+        by_name = {c.name: c for c in active}
+        wanted = {
+            rule.model
+            for t in tasks
+            if (rule := t.card.applicability.body_part) is not None and rule.source == "model"
+        }
+        out: dict[str, _Task] = {}
+        series = None
+        reporting = {t.card.name: t for t in tasks}
+        for name in sorted(n for n in wanted if n):
+            card = by_name.get(name)
+            if card is None:
+                continue
+            if name in reporting:  # a reporting model's verdict: run it once
+                out[name] = reporting[name]
+                continue
+            if series is None:
+                wanted_classes = {u for c in active for u in c.applicability.sop_classes}
+                series = describe_series(instances, self._open_header, wanted_classes)
+            result = assign(card, series)
+            if isinstance(result, str):
+                continue
+            out[name] = _Task(result)
+        return out
+
+    def _run_group(self, group: list[_Task]) -> None:
+        """Decode the files of one assignment once and run every model of the group."""
+        for task in group:
+            try:
+                task.model = self.models.get(task.card.name)
+            except Exception as exc:  # noqa: BLE001 - a model that cannot load fails alone
+                task.error = f"{task.card.key} cannot be loaded: {type(exc).__name__}: {exc}"
+                logger.error("model cannot be loaded", extra={"model": task.card.name})
+        ready = [t for t in group if t.model is not None]
+        if not ready:
+            return
+        for task in ready:
+            assert task.model is not None
+            task.run = ModelRun(task.model, self.batch_size)
+        streaming = [
+            t for t in ready if t.card.aggregation is None or not t.card.aggregation.sample
+        ]
+        sampled = [t for t in ready if t not in streaming]
+        sizes = list(dict.fromkeys(t.model.size for t in ready if t.model is not None))
+        first = group[0].assignment
+        decode_started = time.perf_counter()
+        try:
+            stack = decode_and_run(
+                [self.node.store.path_of(str(p)) for p in first.paths],
+                [t.run for t in streaming if t.run is not None],
+                size=sizes[0],
+                extra_sizes=sizes[1:],
+                batch_size=self.batch_size,
+                compressed=first.compressed,
+            )
+        except InputError as exc:
+            for task in ready:
+                task.fail(str(exc))
+                if task.run is not None:
+                    task.run.finish()
+            return
+        decode_s = time.perf_counter() - decode_started
+        for task in sampled:
+            assert task.run is not None and task.model is not None
+            idx = scored_indices(task.card, len(stack))
+            m1 = stack.monochrome1[idx] if stack.monochrome1 is not None else None
+            task.run.submit(stack.grid(task.model.size)[idx], m1)
+            task.scored = idx
+        for task in ready:
+            assert task.run is not None
+            task.stack, task.decode_s = stack, decode_s
+            outputs = task.run.finish()
+            if outputs is None:
+                task.fail(task.run.error or "inference failed")
+                continue
+            if task in streaming:
+                outputs = in_stack_order(outputs, stack)
+                task.scored = np.arange(len(stack))
+            task.outputs = outputs
+
+    def _verdict(self, task: _Task) -> _Verdict:
+        if task.error is not None or task.outputs is None or task.model is None:
+            return _Verdict(None, error=task.error or "no output")
+        label, probs = verdict(task.model, task.outputs)
+        return _Verdict(label, probs, task.card, task.model.version)
+
+    def _analysis(
+        self,
+        model: LoadedModel,
+        stack: SliceStack,
+        outputs: np.ndarray,
+        scored: np.ndarray,
+        decider: _Verdict | None,
+    ) -> StudyAnalysis:
+        card = model.card
+        versions = {model.name: model.version}
+        if decider is not None and decider.card is not None and decider.version is not None:
+            versions[decider.card.name] = decider.version
+        probs = np.asarray(model.positive(outputs))
+        score, local, shown = aggregate(card, probs)
+        driving = int(scored[local])
+        evidence = [int(scored[i]) for i in evidence_of(card, shown, local)]
+        per_label = {}
+        if card.task != "binary" or outputs.shape[1] > 1:
+            labels = card.outputs.labels
+            per_label = {
+                str(label): round(float(p), 4)
+                for label, p in zip(
+                    labels,
+                    aggregate_classes(card, model.class_probabilities(outputs)),
+                    strict=True,
+                )
+            }
+        return StudyAnalysis(
+            decider.label if decider is not None else None,
+            decider.probabilities if decider is not None else {},
+            in_scope=True,
+            score=score,
+            driving_slice=driving,
+            slice_scores=[round(float(s), 4) for s in shown],
+            evidence_slices=evidence,
+            model_versions=versions,
+            model=model.name,
+            label=card.label_for(score),
+            probabilities=per_label,
+        )
+
+    def _report(
+        self, job: Job, task: _Task, verdicts: dict[str, _Verdict], started: float
+    ) -> dict[str, Any]:
+        """Decide, build and store one model's SR, and write its results row."""
+        card = task.card
+        rule = card.applicability.body_part
+        decider: _Verdict | None = None
+        if rule is not None and rule.source == "model" and task.error is None:
+            decider = verdicts.get(str(rule.model))
+            if decider is None:
+                task.fail(
+                    f"its body part rule needs the verdict of model {rule.model!r}, which is "
+                    "not active or not for this study"
+                )
+            elif decider.error is not None:
+                task.fail(f"the body part model {rule.model} failed: {decider.error}")
+        if task.error is not None or task.model is None or task.stack is None:
+            return self._failed(job, task, started)
+        model, stack = task.model, task.stack
+        assert task.outputs is not None and task.scored is not None
+        infer_s = task.run.used_s if task.run is not None else 0.0
+        if decider is not None and rule is not None and not rule.accepts(decider.label):
+            versions = {model.name: model.version}
+            if decider.card is not None and decider.version is not None:
+                versions[decider.card.name] = decider.version
+            reason = (
+                f"body part {decider.label} ({rule.model} {decider.version}); "
+                f"{model.name} is for {', '.join(rule.any_of)}"
+            )
+            analysis = StudyAnalysis(
+                decider.label,
+                decider.probabilities,
+                in_scope=False,
+                model_versions=versions,
+                model=model.name,
+                label=f"out of scope: {decider.label}",
+                reason=reason,
+            )
+        else:
+            analysis = self._analysis(model, stack, task.outputs, task.scored, decider)
         inferred = time.perf_counter()
-        if analysis.in_scope and analysis.driving_slice is not None:
+        if analysis.in_scope and analysis.driving_slice is not None and analysis.evidence_slices:
             refs = [stack.refs[i] for i in analysis.evidence_slices]
         else:
             refs = [stack.refs[len(stack) // 2]]
@@ -171,31 +440,35 @@ class AnalysisPipeline:
         library = [stack.refs[0], *refs, stack.refs[-1]]
         uids = list(dict.fromkeys(r.sop_instance_uid for r in library))
         headers = [stack.headers[u] for u in uids if u in stack.headers]
-        sr = build_sr(headers, analysis, refs, self.context(analysis), job.study_uid, job.version)
+        try:
+            sr = build_sr(
+                headers, analysis, refs, self._context(model, decider), job.study_uid, job.version
+            )
+        except ValueError as exc:
+            task.fail(f"{card.key}: its SR cannot be built: {exc}")
+            return self._failed(job, task, started)
         stored = self.node.ingestor.ingest(
             encode(sr), ExplicitVRLittleEndian, source="ai", analyze=False
         )
         self.queue_for_pacs(job.study_uid, str(sr.SOPInstanceUID))
         done = time.perf_counter()
-        if analysis.in_scope:
-            status = "done"
-            label = finding_label(analysis.score or 0.0, self.threshold)
-        else:
-            status, label = "out_of_scope", f"out of scope: {analysis.region}"
+        status = "done" if analysis.in_scope else "out_of_scope"
         driving_uid = (
             stack.refs[analysis.driving_slice].sop_instance_uid
             if analysis.driving_slice is not None
             else None
         )
         timings = {
-            "decode_s": round(decoded - started, 3),
-            "inference_s": round(inferred - decoded, 3),
+            "decode_s": round(task.decode_s, 3),
+            "inference_s": round(infer_s, 3),
             "sr_s": round(done - inferred, 3),
             "total_s": round(done - started, 3),
         }
         details = {
+            "model": model.name,
             "timings": timings,
-            "series_uid": series_uid,
+            "series_uid": task.assignment.series_uids[0],
+            "series_uids": list(task.assignment.series_uids),
             "slices": len(stack),
             "skipped_instances": stack.skipped[:20],
             "region": analysis.region,
@@ -203,19 +476,24 @@ class AnalysisPipeline:
             "driving_slice": analysis.driving_slice,
             "driving_sop_instance_uid": driving_uid,
             "evidence_sop_instance_uids": [r.sop_instance_uid for r in refs],
-            "threshold": self.threshold,
+            "threshold": card.outputs.threshold,
+            "positive_label": card.outputs.positive_label,
+            "probabilities": analysis.probabilities,
             "models": analysis.model_versions,
             "sr_duplicate": stored.duplicate,
             "attempts": job.attempts,
             "slice_scores": analysis.slice_scores,
         }
+        if analysis.reason:
+            details["reason"] = analysis.reason
         self.results.upsert(
             job.study_uid,
             job.version,
             job.id,
+            model_name=model.name,
             status=status,
             score=round(float(analysis.score), 6) if analysis.score is not None else None,
-            label=label,
+            label=analysis.label,
             model_version=model_version_key(analysis),
             sr_sop_instance_uid=str(sr.SOPInstanceUID),
             error=None,
@@ -226,9 +504,43 @@ class AnalysisPipeline:
             "study analysed",
             extra={
                 "study_uid": job.study_uid,
+                "model": model.name,
                 "status": status,
                 "score": analysis.score,
                 "total_s": timings["total_s"],
             },
         )
         return {"status": status, "score": analysis.score, "sr": str(sr.SOPInstanceUID)}
+
+    def _failed(self, job: Job, task: _Task, started: float) -> dict[str, Any]:
+        error = task.error or "failed"
+        logger.warning(
+            "model failed on the study",
+            extra={"study_uid": job.study_uid, "model": task.card.name, "error": error},
+        )
+        version = task.model.version if task.model is not None else task.card.version
+        self.results.upsert(
+            job.study_uid,
+            job.version,
+            job.id,
+            model_name=task.card.name,
+            status="failed",
+            score=None,
+            label=None,
+            model_version=f"{task.card.name}:{version}",
+            sr_sop_instance_uid=None,
+            error=error[:4000],
+            finished_at=utcnow(),
+            details={
+                "model": task.card.name,
+                "timings": {
+                    "decode_s": round(task.decode_s, 3),
+                    "inference_s": round(task.run.used_s, 3) if task.run is not None else 0.0,
+                    "total_s": round(time.perf_counter() - started, 3),
+                },
+                "series_uid": task.assignment.series_uids[0],
+                "attempts": job.attempts,
+            },
+        )
+        self.queue_for_pacs(job.study_uid, None)
+        return {"status": "failed", "error": error, "score": None, "sr": None}

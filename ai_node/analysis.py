@@ -30,7 +30,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ai_node.card import ModelCard
+from ai_node.card import DEFAULT_THRESHOLD, ModelCard
 from ai_node.models import LoadedModel, ModelTimeout
 from ai_node.preprocess import SliceStack, card_input, load_series
 
@@ -133,13 +133,15 @@ def verdict(model: LoadedModel, outputs: np.ndarray) -> tuple[str, dict[str, flo
     return top, {str(label): round(float(p), 4) for label, p in zip(labels, probs, strict=True)}
 
 
-def evidence_of(card: ModelCard, slice_scores: np.ndarray, driving: int) -> list[int]:
-    """The evidence slices: up to ``max_slices`` scoring at or above the threshold, else
+def evidence_of(
+    card: ModelCard, slice_scores: np.ndarray, driving: int, threshold: float
+) -> list[int]:
+    """The evidence slices: up to ``max_slices`` scoring at or above ``threshold``, else
     the driving one (localisation ``evidence_slices``)."""
     if card.localisation.method == "none":
         return []
     order = np.argsort(-slice_scores, kind="stable")
-    limit, threshold = card.localisation.max_slices, card.outputs.threshold
+    limit = card.localisation.max_slices
     evidence = [int(i) for i in order[:limit] if slice_scores[i] >= threshold] or [driving]
     return sorted(set(evidence))
 
@@ -335,10 +337,9 @@ def analyse(
             label=f"out of scope: {region}",
         )
     card = finding.card
-    if threshold is not None and threshold != card.outputs.threshold:
-        card = card.model_copy(
-            update={"outputs": card.outputs.model_copy(update={"threshold": threshold})}
-        )
+    if threshold is None:
+        own = card.operating_threshold
+        threshold = own if own is not None else DEFAULT_THRESHOLD
     score, driving, scores = score_finding(stack, models, batch_size, finding_raw)
     versions[finding.name] = finding.version
     return StudyAnalysis(
@@ -348,8 +349,8 @@ def analyse(
         score=score,
         driving_slice=driving,
         slice_scores=[round(float(s), 4) for s in scores],
-        evidence_slices=evidence_of(card, scores, driving),
+        evidence_slices=evidence_of(card, scores, driving, threshold),
         model_versions=versions,
         model=finding.name,
-        label=card.label_for(score),
+        label=card.label_for(score, threshold),
     )

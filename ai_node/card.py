@@ -73,6 +73,12 @@ XR_SOP_CLASS_UIDS = (
 )
 """The projection radiography SOP classes an ``image`` model may name (PS3.4 B.5)."""
 
+DEFAULT_THRESHOLD = 0.5
+"""A study score at or above it is positive, unless the card or the node says otherwise."""
+
+DEFAULT_TARGET_SENSITIVITY = 0.9
+"""The sensitivity a retrained model's threshold aims at when the card names none."""
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 """ImageNet channel means and standard deviations (RGB, on 0..1 inputs)."""
@@ -334,9 +340,25 @@ class Outputs(_Section):
         description="The label of a study below the threshold (binary: the other label; "
         "multiclass / multilabel: default 'no <positive_label>').",
     )
-    threshold: float = Field(
-        0.5, ge=0.0, le=1.0, description="Operating point: score at or above it is positive."
+    threshold: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="Operating threshold: a score at or above it is positive (default: the "
+        "node's finding_threshold setting, 0.5; a retrained version's operating_point wins).",
     )
+
+
+class OperatingPoint(_Section):
+    """The operating threshold the retraining pipeline chose for this version."""
+
+    threshold: float | None = Field(
+        None, ge=0.0, le=1.0, description="Chosen threshold (overrides outputs.threshold)."
+    )
+    target_sensitivity: float = Field(
+        0.9, gt=0.0, le=1.0, description="The sensitivity the threshold is chosen to reach."
+    )
+    chosen_on: str | None = Field(None, description="On what data it was chosen.")
 
 
 class SRCoding(_Section):
@@ -379,9 +401,6 @@ class Localisation(_Section):
     max_slices: int = Field(5, ge=1, le=50, description="Most evidence slices (images).")
 
 
-Metric = float | int | str | None
-
-
 class ModelCard(BaseModel):
     """The card of one model version (``model.yaml``)."""
 
@@ -409,9 +428,12 @@ class ModelCard(BaseModel):
         None, description="Volumes (input kind slice): required. Images: not allowed."
     )
     outputs: Outputs
+    operating_point: OperatingPoint | None = Field(
+        None, description="Set by the retraining pipeline (operating threshold, target)."
+    )
     sr: SRCoding = Field(default_factory=lambda: SRCoding.model_validate({}))
     localisation: Localisation = Field(default_factory=lambda: Localisation.model_validate({}))
-    metrics: dict[str, Metric] = Field(
+    metrics: dict[str, Any] = Field(
         default_factory=dict, description="Reported metrics and on what data (free form)."
     )
     training_data: str = Field(min_length=1, description="Training data provenance.")
@@ -506,12 +528,21 @@ class ModelCard(BaseModel):
         """(negative, positive): what the worklist shows and a radiologist may relabel to."""
         return self.negative_label, str(self.outputs.positive_label)
 
-    def label_for(self, score: float) -> str:
-        return (
-            str(self.outputs.positive_label)
-            if score >= self.outputs.threshold
-            else (self.negative_label)
-        )
+    @property
+    def operating_threshold(self) -> float | None:
+        """The card's threshold: the retraining's operating point, else ``outputs.threshold``;
+        None leaves it to the node's ``finding_threshold``."""
+        if self.operating_point is not None and self.operating_point.threshold is not None:
+            return self.operating_point.threshold
+        return self.outputs.threshold
+
+    @property
+    def target_sensitivity(self) -> float:
+        point = self.operating_point
+        return point.target_sensitivity if point is not None else DEFAULT_TARGET_SENSITIVITY
+
+    def label_for(self, score: float, threshold: float) -> str:
+        return str(self.outputs.positive_label) if score >= threshold else self.negative_label
 
     def output_widths(self) -> tuple[int, ...]:
         """The output widths (units) this card allows."""

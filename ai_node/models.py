@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from ai_node.card import ModelCard, parse_card
+from ai_node.card import DEFAULT_TARGET_SENSITIVITY, ModelCard, parse_card
 from ai_node.labels import REGION_LABELS
 from ai_node.preprocess import INPUT_SIZE, Window
 
@@ -41,6 +41,8 @@ TASKS = ("region", "finding")
 
 TASK_WINDOWS = {"region": "wide", "finding": "lung"}
 """Which window (ai_node.preprocess.WINDOWS) each shipped model's input uses."""
+
+__all__ = ["DEFAULT_TARGET_SENSITIVITY", "TASKS", "TASK_WINDOWS", "LoadedModel", "load_model"]
 
 
 class ModelTimeout(TimeoutError):
@@ -125,6 +127,17 @@ class LoadedModel:
     def key(self) -> str:
         return f"{self.name}:{self.version}"
 
+    @property
+    def operating_threshold(self) -> float | None:
+        """The card's operating threshold, if it has one (:func:`card_threshold`)."""
+        return self.card.operating_threshold
+
+    @property
+    def target_sensitivity(self) -> float:
+        """The sensitivity the operating threshold is chosen to reach
+        (``operating_point.target_sensitivity``, else :data:`DEFAULT_TARGET_SENSITIVITY`)."""
+        return self.card.target_sensitivity
+
     def predict_batched(
         self,
         x: np.ndarray,
@@ -159,6 +172,14 @@ class LoadedModel:
         if self.card.task == "binary" and outputs.shape[1] == 1:
             return np.concatenate([1.0 - outputs, outputs], axis=1)
         return outputs
+
+
+def card_threshold(card: ModelCard | dict[str, Any]) -> float | None:
+    """A card's operating threshold: the retraining's ``operating_point.threshold``, else
+    ``outputs.threshold``; None when the card leaves it to the node's settings."""
+    if not isinstance(card, ModelCard):
+        card = parse_card(card)
+    return card.operating_threshold
 
 
 def _single_output(out: Any) -> Any:

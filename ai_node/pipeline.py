@@ -12,6 +12,13 @@ gets a ``failed`` row with the reason; the others are unaffected. A model whose 
 rule excludes the study gets an ``out_of_scope`` row and an SR saying "not evaluated"; a
 study no model is for gets one ``out_of_scope`` row (model "") with the reason.
 
+Each model reports at its own operating threshold: its card's (the retraining's
+``operating_point.threshold``, else ``outputs.threshold``) and the node's
+``finding_threshold`` for a card that has none; it follows the model when another version
+is activated. A study's own row (failed, or no model for it) records the models active
+then, so the studies a broken model failed can be found and run again
+(:mod:`ai_node.requeue`).
+
 Each stage is a plain function in its own module (:mod:`ai_node.routing`,
 :mod:`ai_node.preprocess`, :mod:`ai_node.analysis`, :mod:`ai_node.sr`,
 :mod:`ai_node.results`); this class only wires them and records timings. Idempotent: a
@@ -114,6 +121,7 @@ class AnalysisPipeline:
         self.results = ResultStore(node.index)
         node.queue.on_give_up(ResultStore.fail_abandoned)
         self.batch_size = int(s.inference_batch_size)
+        self.default_threshold = float(s.finding_threshold)
         self.device_uid = generate_uid(entropy_srcs=["radnode-device", s.ae_title])
 
     def __call__(self, job: Job) -> None:
@@ -159,10 +167,30 @@ class AnalysisPipeline:
     def _open_header(self, relative: str) -> Any:
         return self.node.store.open_dataset(str(relative), stop_before_pixels=True)
 
+    def threshold_of(self, model: LoadedModel) -> float:
+        """A model's operating threshold (module docstring)."""
+        own = model.operating_threshold
+        return own if own is not None else self.default_threshold
+
+    @property
+    def threshold(self) -> float:
+        """The operating threshold of the active model named ``finding`` (the shipped one)."""
+        return self.threshold_of(self.models.get("finding"))
+
+    def active_versions(self) -> str | None:
+        """Every active model as ``results.model_version`` spells them (from the registry:
+        a model that fails to load still has a version)."""
+        try:
+            active = self.models.registry.active()
+        except (OSError, ValueError):
+            return None
+        return ",".join(f"{name}:{version}" for name, version in sorted(active.items())) or None
+
     def _context(self, model: LoadedModel, decider: _Verdict | None) -> Any:
         return context_for(
             model.card,
             model.version,
+            self.threshold_of(model),
             node_name=self.node.settings.ae_title,
             device_uid=self.device_uid,
             software_version=f"radnode {__version__}",
@@ -196,6 +224,7 @@ class AnalysisPipeline:
                 finished_at=utcnow(),
                 score=None,
                 label=None,
+                model_version=self.active_versions(),
                 details={
                     "timings": {"total_s": round(time.perf_counter() - started, 3)},
                     "attempts": job.attempts,
@@ -211,6 +240,7 @@ class AnalysisPipeline:
                 status="failed",
                 error=f"attempt {job.attempts}: {type(exc).__name__}: {exc}"[:4000],
                 finished_at=utcnow(),
+                model_version=self.active_versions(),
             )
             raise
 
@@ -246,6 +276,7 @@ class AnalysisPipeline:
             status="out_of_scope",
             score=None,
             label="out of scope",
+            model_version=self.active_versions(),
             error=None,
             finished_at=utcnow(),
             details={
@@ -363,7 +394,8 @@ class AnalysisPipeline:
         probs = np.asarray(model.positive(outputs))
         score, local, shown = aggregate(card, probs)
         driving = int(scored[local])
-        evidence = [int(scored[i]) for i in evidence_of(card, shown, local)]
+        threshold = self.threshold_of(model)
+        evidence = [int(scored[i]) for i in evidence_of(card, shown, local, threshold)]
         per_label = {}
         if card.task != "binary" or outputs.shape[1] > 1:
             labels = card.outputs.labels
@@ -385,7 +417,7 @@ class AnalysisPipeline:
             evidence_slices=evidence,
             model_versions=versions,
             model=model.name,
-            label=card.label_for(score),
+            label=card.label_for(score, threshold),
             probabilities=per_label,
         )
 
@@ -476,7 +508,7 @@ class AnalysisPipeline:
             "driving_slice": analysis.driving_slice,
             "driving_sop_instance_uid": driving_uid,
             "evidence_sop_instance_uids": [r.sop_instance_uid for r in refs],
-            "threshold": card.outputs.threshold,
+            "threshold": self.threshold_of(model),
             "positive_label": card.outputs.positive_label,
             "probabilities": analysis.probabilities,
             "models": analysis.model_versions,
@@ -519,6 +551,12 @@ class AnalysisPipeline:
             extra={"study_uid": job.study_uid, "model": task.card.name, "error": error},
         )
         version = task.model.version if task.model is not None else task.card.version
+        versions = {task.card.name: version}
+        rule = task.card.applicability.body_part
+        if rule is not None and rule.model:
+            decider = self.models.registry.active_or_none(rule.model)
+            if decider is not None:
+                versions[rule.model] = decider
         self.results.upsert(
             job.study_uid,
             job.version,
@@ -527,7 +565,7 @@ class AnalysisPipeline:
             status="failed",
             score=None,
             label=None,
-            model_version=f"{task.card.name}:{version}",
+            model_version=",".join(f"{n}:{v}" for n, v in sorted(versions.items())),
             sr_sop_instance_uid=None,
             error=error[:4000],
             finished_at=utcnow(),

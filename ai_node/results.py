@@ -20,7 +20,7 @@ import datetime as dt
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import Select, case, delete, func, select, update
+from sqlalchemy import Select, and_, case, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
@@ -262,6 +262,29 @@ class ResultStore:
         """(lead subquery, a select of its rows) for worklists to filter and page."""
         lead = lead_rows()
         return lead, select(lead)
+
+    def newest(
+        self, status: str | None = None, since: dt.datetime | None = None
+    ) -> list[dict[str, Any]]:
+        """The result rows of each study's newest version (status, model_version,
+        finished_at, ...: one per model), with ``status`` and finished (else created) at or
+        after ``since`` when given; by study."""
+        newest = (
+            select(results.c.study_uid, func.max(results.c.version).label("version"))
+            .group_by(results.c.study_uid)
+            .subquery()
+        )
+        query = select(results).join(
+            newest,
+            and_(results.c.study_uid == newest.c.study_uid, results.c.version == newest.c.version),
+        )
+        if status is not None:
+            query = query.where(results.c.status == status)
+        if since is not None:
+            query = query.where(func.coalesce(results.c.finished_at, results.c.created_at) >= since)
+        with self.index.engine.connect() as conn:
+            rows = conn.execute(query.order_by(results.c.study_uid)).all()
+        return [dict(r._mapping) for r in rows]
 
     def list(
         self,

@@ -123,6 +123,7 @@ def aggregation_text(card: ModelCard) -> str:
 def context_for(
     card: ModelCard,
     version: str,
+    threshold: float,
     *,
     node_name: str,
     device_uid: str,
@@ -131,8 +132,8 @@ def context_for(
     region_version: str | None = None,
     institution_name: str | None = None,
 ) -> ReportContext:
-    """The report context of ``card``'s model (``region``: the card of the model whose
-    verdict its body part rule used)."""
+    """The report context of ``card``'s model at its operating ``threshold`` (``region``:
+    the card of the model whose verdict its body part rule used)."""
     codes_of_region: dict[str, Code] = {}
     if region is not None:
         for label in region.outputs.labels:
@@ -147,7 +148,7 @@ def context_for(
         finding_version=version,
         region_model=region.algorithm_name if region is not None else None,
         region_version=region_version,
-        threshold=card.outputs.threshold,
+        threshold=threshold,
         institution_name=institution_name,
         finding=card.finding_code(),
         finding_site=card.finding_site_code(),

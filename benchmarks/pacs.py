@@ -1,4 +1,4 @@
-"""``python -m benchmarks.ai_node e2e --via orthanc``: modality -> Orthanc -> radnode -> SR
+"""``python -m benchmarks.analysis e2e --via orthanc``: modality -> Orthanc -> radnode -> SR
 in Orthanc.
 
 For each round a synthetic study goes by dcmtk ``storescu`` to Orthanc (path 2:
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import requests
 
-from benchmarks.ai_node import _study, _warm_files, start_serve
+from benchmarks.analysis import _study, _warm_files, start_serve
 from pacs_link import client
 from tests.support.orthanc_peer import STACK_CONFIG, OrthancPacs
 from tests.support.processes import free_port, stop_process, wait_port

@@ -213,7 +213,7 @@ def scale_benchmark(
     timeout_s: float = 1800,
 ) -> str:
     """The Markdown table of studies/min per worker count."""
-    from benchmarks.ai_node import _study
+    from benchmarks.analysis import _study
 
     storescu = shutil.which("storescu")
     if storescu is None:

@@ -14,6 +14,8 @@ retraining.
     radnode retrain --kfp-host URL       submit it to Kubeflow Pipelines
     radnode pipeline compile --output P  write the pipeline's KFP v2 YAML
     radnode pipeline upload --kfp-host URL [--schedule CRON]   register it (+ recurring run)
+    radnode results requeue --status failed [--since DATE] [--model TASK] [--model-version V]
+                                         run the selected studies through the analysis again
 
 Nothing heavy is imported at parse time: TensorFlow loads inside the commands.
 """
@@ -21,6 +23,7 @@ Nothing heavy is imported at parse time: TensorFlow loads inside the commands.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import getpass
 import sys
 import tempfile
@@ -34,11 +37,14 @@ from rich.table import Table
 
 from ai_node.package import PackageError, import_package, validate_package
 from ai_node.registry import ModelRegistry, RegistryError, check_version
+from ai_node.requeue import Selection, requeue
+from ai_node.results import STATUSES
 from ai_node.retrain.local import RetrainError, run_local, submit, upload
 from ai_node.retrain.runs import RunStore
 from ai_node.train import default_version, train_and_save
 from radnode_core.audit import MINOR_FAILURE, SUCCESS, AuditTrail
 from radnode_core.index import Index
+from radnode_core.node import Node
 
 NodeOptions = Callable[[argparse.ArgumentParser], None]
 
@@ -297,16 +303,51 @@ def cmd_retrain(args: argparse.Namespace) -> int:
         index.close()
     if outcome.decision is None:
         print(f"run {outcome.run_id} failed: {outcome.error}", file=sys.stderr)
+        if "log" in outcome.files:
+            print(f"KFP log: {outcome.files['log']}", file=sys.stderr)
         return 1
-    d = outcome.decision
-    for who in ("candidate", "active"):
-        m = d["metrics"][who]
-        print(
-            f"{who:9} AUC={m['auc']} sensitivity={m['sensitivity']} "
-            f"specificity={m['specificity']} brier={m['brier']}"
-        )
-    print(f"run {outcome.run_id}: finding {d['version']} {d['decision']}: {d['reason']}")
+    print_summary(outcome.run_id, outcome.decision, outcome.files)
     return 0
+
+
+def _cell(metrics: dict[str, Any], key: str) -> str:
+    value = metrics.get(key)
+    if value is None:
+        return "-"
+    ci = (metrics.get("ci") or {}).get(key)
+    return f"{value:.3f}" + (f" ({ci[0]:.3f}-{ci[1]:.3f})" if ci else "")
+
+
+def print_summary(run_id: str, d: dict[str, Any], files: dict[str, str]) -> None:
+    """The decision, both models' test-split numbers with 95% intervals, and the files."""
+    cand, act = d["metrics"]["candidate"], d["metrics"]["active"]
+    ops = d["operating_points"]
+    prevalence = d["prevalence"]
+    print(f"test split: {d['test_studies']} studies, {d['test_positives']} with a lesion")
+    print(f"{'':18} {'candidate':28} active")
+    print(
+        f"{'threshold':18} {ops['candidate']['threshold']:<8.4g} "
+        f"{'(' + ops['candidate']['chosen_on'] + ')':19} "
+        f"{ops['active']['threshold']:.4g} ({ops['active']['chosen_on']})"
+    )
+    for key, label in (
+        ("auc", "AUC"),
+        ("sensitivity", "sensitivity"),
+        ("specificity", "specificity"),
+        ("ppv", f"PPV @ {prevalence:g}"),
+        ("npv", f"NPV @ {prevalence:g}"),
+        ("brier", "Brier"),
+        ("ece", "ECE"),
+    ):
+        print(f"{label:18} {_cell(cand, key):28} {_cell(act, key)}")
+    diff = d["auc_difference"]
+    ci = diff.get("ci")
+    interval = f" (95% interval {ci[0]:+.3f} to {ci[1]:+.3f})" if ci else ""
+    print(f"AUC difference     {diff['estimate']:+.3f}{interval}")
+    print(f"run {run_id}: finding {d['version']} {d['decision']}: {d['reason']}")
+    for key, label in (("report_html", "report"), ("log", "KFP log")):
+        if key in files:
+            print(f"{label}: {files[key]}")
 
 
 def cmd_pipeline_compile(args: argparse.Namespace) -> int:
@@ -331,6 +372,49 @@ def cmd_pipeline_upload(args: argparse.Namespace) -> int:
             return 2
     for key, value in ids.items():
         print(f"{key}: {value}")
+    return 0
+
+
+def _since(value: str) -> dt.datetime:
+    """``--since``: a date (midnight UTC) or an ISO date-time (UTC when it has no offset)."""
+    try:
+        return dt.datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a date or ISO date-time: {value!r}") from exc
+
+
+def cmd_results_requeue(args: argparse.Namespace) -> int:
+    """Run the selected studies through the analysis again (ai_node.requeue)."""
+    try:
+        selection = Selection(args.status, args.since, args.model, args.model_version)
+    except ValueError as exc:
+        print(f"radnode results requeue: {exc}", file=sys.stderr)
+        return 2
+    node = Node(args.settings)
+    try:
+        outcome = requeue(
+            node.index,
+            node.queue,
+            node.audit,
+            selection,
+            user=f"cli:{getpass.getuser()}",
+            dry_run=args.dry_run,
+        )
+    finally:
+        node.close(clean=False)
+    if args.dry_run:
+        print(f"{len(outcome.selected)} studies match ({selection.describe()}):")
+        for uid in outcome.selected:
+            print(f"  {uid}")
+        return 0
+    for job in outcome.requeued:
+        print(f"  {job.study_uid}: job {job.id}, version {job.version}")
+    print(
+        f"requeued {len(outcome.requeued)} of {len(outcome.selected)} matching studies "
+        f"({selection.describe()})"
+    )
+    if outcome.skipped:
+        print(f"skipped {len(outcome.skipped)}: a job is already queued or running")
     return 0
 
 
@@ -424,6 +508,27 @@ def register(sub: Any, node_options: NodeOptions) -> None:
         "--trigger", choices=["manual", "labels"], default="manual", help=argparse.SUPPRESS
     )
     retrain.set_defaults(func=cmd_retrain)
+
+    results = sub.add_parser("results", help="AI results: run studies through the analysis again")
+    results_sub = results.add_subparsers(dest="results_command", required=True, metavar="ACTION")
+    rq = results_sub.add_parser(
+        "requeue",
+        help="one new analysis of each study whose newest result matches (audited)",
+        description="Select studies by their newest AI result and queue one new analysis of "
+        "each (a new study version: a new result and SR). At least --status or "
+        "--model-version.",
+    )
+    node_options(rq)
+    rq.add_argument("--status", choices=STATUSES, help="e.g. failed")
+    rq.add_argument(
+        "--since", type=_since, help="results finished at or after YYYY-MM-DD[THH:MM] (UTC)"
+    )
+    rq.add_argument("--model", help="the model named (default finding)")
+    rq.add_argument(
+        "--model-version", help="results of this version of the model (e.g. the replaced one)"
+    )
+    rq.add_argument("--dry-run", action="store_true", help="list the matching studies only")
+    rq.set_defaults(func=cmd_results_requeue)
 
     pipeline = sub.add_parser("pipeline", help="the retraining pipeline in Kubeflow Pipelines")
     pipeline_sub = pipeline.add_subparsers(dest="pipeline_command", required=True, metavar="ACTION")

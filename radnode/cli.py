@@ -7,6 +7,7 @@
     radnode synth     write synthetic CT studies
     radnode echo      C-ECHO a DICOM peer
     radnode send      C-STORE files or folders to a DICOM peer
+    radnode db        the index database's schema: upgrade, current
 
 Each role is a function taking parsed arguments; ``main(argv=None)`` dispatches.
 """
@@ -30,7 +31,8 @@ from dicomweb.auth import InsecureBinding, check_exposure
 from pacs_link.scu import collect_files, echo, send_files
 from radnode.ai_commands import register as register_ai_commands
 from radnode.assembly import Background, Scp, build_node, run_http
-from radnode_core import __version__
+from radnode_core import __version__, schema
+from radnode_core.index import make_engine
 from radnode_core.logs import configure_logging
 from radnode_core.settings import Settings
 from radnode_core.tls import client_context
@@ -115,11 +117,13 @@ def _scu_tls(args: argparse.Namespace) -> Any:
 # -- process roles -----------------------------------------------------------------
 
 
-def _wait_for_signal() -> None:
+def _stop_on_signal() -> threading.Event:
+    """An event set by SIGINT or SIGTERM; installed before a role starts its threads, so a
+    signal that arrives while they start is not lost."""
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
+    return stop
 
 
 def _check_http_exposure(settings: Settings) -> bool:
@@ -156,9 +160,11 @@ def cmd_scp(args: argparse.Namespace) -> int:
     node = build_node(args.settings)
     node.recover()
     scp = Scp(node)
+    stop = _stop_on_signal()
     scp.start()
     try:
-        _wait_for_signal()
+        while not stop.wait(0.5):
+            pass
     finally:
         scp.stop()
         node.close()
@@ -179,9 +185,11 @@ def cmd_api(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     node = build_node(args.settings)
     background = Background(node)
+    stop = _stop_on_signal()
     background.start()
     try:
-        _wait_for_signal()
+        while not stop.wait(0.5):
+            pass
     finally:
         background.stop()
         node.close(clean=False)
@@ -253,6 +261,55 @@ def cmd_send(args: argparse.Namespace) -> int:
     return 0 if not failed else 1
 
 
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    """Migrate the index database to this radnode's schema (what every role does at start)."""
+    settings: Settings = args.settings
+    if not settings.database_url:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.index_url)
+    try:
+        done = schema.upgrade(engine)
+    finally:
+        engine.dispose()
+    if done.stamped:
+        before = f"radnode 0.1.0's unversioned schema (stamped {schema.FIRST_REVISION})"
+    else:
+        before = done.before or "an empty database"
+    if done.changed:
+        print(f"upgraded the database schema from {before} to {done.after}")
+    else:
+        print(f"the database schema is already at {done.after} (head): nothing to do")
+    return 0
+
+
+def cmd_db_current(args: argparse.Namespace) -> int:
+    """Print the index database's revision and whether it is head; change nothing.
+
+    Exit status 0 at head, 1 when ``radnode db upgrade`` has work to do, 2 when a newer
+    radnode migrated the database."""
+    settings: Settings = args.settings
+    url = settings.index_url
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+        print(f"no database yet at {url.removeprefix('sqlite:///')} (head is {schema.head()})")
+        return 1
+    engine = make_engine(url)
+    try:
+        state = schema.revision(engine)
+    finally:
+        engine.dispose()
+    if not state.known:
+        raise schema.DatabaseTooNew(str(state.current), state.head)
+    if state.is_head:
+        print(f"{state.current} (head)")
+        return 0
+    if state.unversioned:
+        current = "radnode 0.1.0's unversioned schema"
+    else:
+        current = state.current or "an empty database"
+    print(f"{current} (not head: head is {state.head}; run radnode db upgrade)")
+    return 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="radnode", description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", action="version", version=f"radnode {__version__}")
@@ -288,6 +345,20 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("paths", nargs="+", type=Path)
     send.set_defaults(func=cmd_send)
 
+    db = sub.add_parser(
+        "db",
+        help="the index database's schema: upgrade, current",
+        description="The index database's schema revision (Alembic migrations).",
+    )
+    db_sub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    for name, func, help_ in (
+        ("upgrade", cmd_db_upgrade, "migrate the database to this radnode's schema (head)"),
+        ("current", cmd_db_current, "print the database's revision and whether it is head"),
+    ):
+        p = db_sub.add_parser(name, help=help_, description=help_)
+        _node_options(p)
+        p.set_defaults(func=func)
+
     register_ai_commands(sub, _node_options)
     return parser
 
@@ -304,7 +375,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         level, fmt = settings.log_level, settings.log_format
         args.settings = settings
     configure_logging(level, fmt)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except schema.SchemaError as exc:  # e.g. a database a newer radnode migrated
+        print(f"radnode: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

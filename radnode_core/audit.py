@@ -1,7 +1,7 @@
 """The audit trail: DICOM Audit Messages (PS3.15 A.5) for who stored, queried, retrieved,
-exported, judged or failed to log in, and who imported, activated or deactivated which
-model, written to an append-only log and optionally sent to an audit record repository
-over syslog (RFC 5424 over TLS, RFC 5425).
+exported, judged, had re-analysed or failed to log in, and who imported, activated or
+deactivated which model, written to an append-only log and optionally sent to an audit
+record repository over syslog (RFC 5424 over TLS, RFC 5425).
 
 Each message follows the DICOM audit message schema (PS3.15 A.5.1): one
 ``EventIdentification`` (EventID coded from DCM, e.g. 110104 "DICOM Instances
@@ -567,6 +567,22 @@ class AuditTrail:
             [ParticipantObject(object_id, URI, "2", "13", description=detail)],
             event_type=SOFTWARE_CONFIGURATION,
             outcome_description=f"{text}; {detail}" if detail else text,
+        )
+
+    def analysis_requeued(
+        self, study_uids: Iterable[str], *, user: str, address: str | None, selection: str
+    ) -> None:
+        """110103 DICOM Instances Accessed, action C: a user had studies analysed again (each
+        gets a new analysis and SR); one message naming every study and the selection."""
+        if not self.enabled:
+            return
+        self._event(
+            INSTANCES_ACCESSED,
+            "C",
+            SUCCESS,
+            [Participant(user, True, None, address), self._me(APPLICATION)],
+            self._study_objects(StudyRef(uid) for uid in study_uids),
+            outcome_description=f"requeued for AI analysis: {selection}"[:1024],
         )
 
     def login_failed(self, *, user: str, address: str | None, reason: str) -> None:

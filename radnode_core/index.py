@@ -49,14 +49,14 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
+from radnode_core import schema
 from radnode_core.uids import check_uid
 
 logger = logging.getLogger(__name__)
 
+# The tables of the core and, declared by each feature on it, the features' tables. The
+# migrations in radnode_core/migrations make the schema; this describes it to queries.
 metadata = MetaData()
-
-# pg_advisory_xact_lock key held while the schema is created ("radnode" in ASCII).
-_SCHEMA_LOCK_KEY = 0x7261646E6F6465
 
 UID = String(64)
 
@@ -312,24 +312,13 @@ class Index:
         self.url = url
         self.engine = make_engine(url)
         self.is_sqlite = self.engine.dialect.name == "sqlite"
-        self._create_schema()
+        # Every role upgrades the schema at start (radnode_core.schema); at head, one query.
+        try:
+            schema.ensure_current(self.engine)
+        except BaseException:
+            self.engine.dispose()
+            raise
         self._prepare_statements()
-
-    def _create_schema(self) -> None:
-        """Create missing tables; safe when several processes start at once on one database.
-
-        Every role creates the schema on start. On PostgreSQL two processes doing so
-        concurrently both see a table missing and the second CREATE fails (a unique
-        violation in pg_type), so the creation runs under a transaction-level advisory
-        lock: the second process waits, then finds every table there. SQLite
-        serialises writers itself (BEGIN IMMEDIATE).
-        """
-        if self.is_sqlite:
-            metadata.create_all(self.engine)
-            return
-        with self.engine.begin() as conn:
-            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK_KEY})
-            metadata.create_all(conn)
 
     def close(self) -> None:
         self.engine.dispose()

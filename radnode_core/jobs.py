@@ -12,6 +12,11 @@ processes a job it renews the lease (:meth:`JobQueue.keep_alive`), so a lease
 only expires when its worker died or hangs, however long a study takes; such a
 job is claimed again; after ``max_attempts`` it is marked failed, never silently
 dropped.
+
+Running a study again without new instances (:meth:`JobQueue.requeue`, e.g. after a
+broken model was replaced) makes a new version of it: ``received_seq`` and
+``queued_seq`` move up by one together and one job with that version is queued, so
+the new analysis gets its own job and result row and the earlier one stays as it was.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from radnode_core.index import Index, jobs, studies, utcnow
 
 logger = logging.getLogger(__name__)
 
-CompletionReason = Literal["released", "quiet", "recovered", "manual", "stow", "pacs"]
+CompletionReason = Literal["released", "quiet", "recovered", "manual", "stow", "pacs", "requeue"]
 
 
 @dataclass(frozen=True)
@@ -98,6 +103,50 @@ class JobQueue:
             extra={"study_uid": study_uid, "job_id": job_id, "version": version, "reason": reason},
         )
         return int(job_id)
+
+    def requeue(self, study_uid: str, reason: CompletionReason = "requeue") -> Job | None:
+        """Queue one more analysis of a study as it is now, as a new version (module
+        docstring). None, and nothing queued, when the study is unknown, has instances no
+        job covers yet (it is about to be queued anyway) or has a job queued or running."""
+        with self.index.transaction() as conn:
+            study = conn.execute(
+                select(studies.c.received_seq, studies.c.queued_seq)
+                .where(studies.c.study_uid == study_uid)
+                .with_for_update()
+            ).first()
+            if study is None or study.received_seq != study.queued_seq:
+                return None
+            busy = conn.execute(
+                select(jobs.c.id)
+                .where(jobs.c.study_uid == study_uid, jobs.c.state.in_(("queued", "running")))
+                .limit(1)
+            ).first()
+            if busy is not None:
+                return None
+            version = int(study.received_seq) + 1
+            conn.execute(
+                update(studies)
+                .where(studies.c.study_uid == study_uid)
+                .values(received_seq=version, queued_seq=version)
+            )
+            job_id = conn.execute(
+                jobs.insert()
+                .values(
+                    study_uid=study_uid,
+                    version=version,
+                    state="queued",
+                    reason=reason,
+                    attempts=0,
+                    created_at=utcnow(),
+                    available_at=time.time(),
+                )
+                .returning(jobs.c.id)
+            ).scalar_one()
+        logger.info(
+            "study requeued",
+            extra={"study_uid": study_uid, "job_id": job_id, "version": version, "reason": reason},
+        )
+        return Job(id=int(job_id), study_uid=study_uid, version=version, attempts=0, reason=reason)
 
     def due_quiet_studies(self, quiet_s: float, now: float | None = None) -> list[str]:
         """Studies with un-queued instances and no new instance for ``quiet_s`` seconds."""

@@ -80,5 +80,7 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     root.setLevel(level.upper())
     # pynetdicom logs every PDU at INFO/DEBUG and can echo identifiers: keep it quiet.
     logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, root.level))
-    for noisy in ("uvicorn.access", "tensorflow", "absl", "h5py", "PIL", "highdicom"):
+    # Alembic logs its context at INFO whenever a schema is checked; radnode_core.schema
+    # logs what an upgrade did.
+    for noisy in ("uvicorn.access", "tensorflow", "absl", "h5py", "PIL", "highdicom", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -216,7 +216,11 @@ class Settings(BaseSettings):
         "default: the models shipped with radnode.",
     )
     finding_threshold: float = Field(
-        0.5, ge=0, le=1, description="Study score at or above which a finding is reported."
+        0.5,
+        ge=0,
+        le=1,
+        description="Study score at or above which a finding is reported, for a finding model "
+        "whose card has no operating threshold (a retrained model's card has one).",
     )
     inference_batch_size: int = Field(64, ge=1, description="Slices per inference batch.")
 
@@ -394,24 +398,62 @@ class Settings(BaseSettings):
     retraining_from_scratch: bool = Field(
         False, description="Train from a fresh network instead of the active model's weights."
     )
-    retraining_auc_margin: float = Field(
-        0.02,
-        ge=-1,
-        le=1,
-        description="Promotion: the candidate's test AUC may be at most this much below the "
-        "active model's.",
+    retraining_min_test_positives: int = Field(
+        10,
+        ge=1,
+        description="Fewest studies labelled lesion the test split must hold; below it a run "
+        "stops before training and says how many more labels it needs.",
+    )
+    retraining_min_test_negatives: int = Field(
+        10,
+        ge=1,
+        description="Fewest studies labelled no lesion the test split must hold (as above).",
+    )
+    retraining_prevalence: float = Field(
+        0.1,
+        gt=0,
+        lt=1,
+        description="Share of the node's analysed studies that show the finding at this site; "
+        "the evaluation reports PPV and NPV at this prevalence. Set it to your site's.",
+    )
+    retraining_bootstrap_samples: int = Field(
+        1000,
+        ge=100,
+        description="Patient-level bootstrap replicates behind the evaluation's 95% intervals.",
     )
     retraining_sensitivity_margin: float = Field(
         0.0,
         ge=-1,
         le=1,
-        description="Promotion: the candidate's sensitivity may be at most this much below "
-        "the active model's (0: not lower).",
+        description="Promotion: the candidate's test sensitivity at its operating threshold may "
+        "be at most this much below the active model's at its own (0: not lower; a negative "
+        "margin demands a gain).",
+    )
+    retraining_specificity_margin: float = Field(
+        0.05,
+        ge=-1,
+        le=1,
+        description="Promotion: the candidate's test specificity at its operating threshold may "
+        "be at most this much below the active model's at its own.",
+    )
+    retraining_brier_margin: float = Field(
+        0.01,
+        ge=-1,
+        le=1,
+        description="Promotion: the candidate's test Brier score may be at most this much above "
+        "the active model's.",
+    )
+    retraining_auc_margin: float = Field(
+        0.05,
+        ge=-1,
+        le=1,
+        description="Promotion: the lower bound of the 95% interval of AUC(candidate) - "
+        "AUC(active) (paired patient bootstrap) may be at most this far below 0.",
     )
     retraining_work_dir: Path | None = Field(
         None,
-        description="Local runs' artifacts (kfp.local pipeline root); default "
-        "<data_dir>/retraining.",
+        description="Local runs' files: <dir>/runs/<run_id>/ holds the KFP log, the report and "
+        "the kfp.local pipeline root; default <data_dir>/retraining.",
     )
 
     @field_validator("ae_title")

@@ -21,13 +21,22 @@ def export_op(
     val_fraction: float,
     test_fraction: float,
     min_labels: int,
+    min_test_positives: int,
+    min_test_negatives: int,
     dataset: Output[Dataset],
 ) -> int:
-    """Labelled studies, de-identified, split by patient (ai_node.retrain.export)."""
-    from ai_node.retrain.export import run_export
+    """Labelled studies, de-identified, split by patient and label (ai_node.retrain.export);
+    fails when the test split would hold too few of either class."""
+    from ai_node.retrain.export import run_export, split_minimum
 
     manifest = run_export(
-        api_url, dicomweb_url, dataset.path, val_fraction, test_fraction, min_labels
+        api_url,
+        dicomweb_url,
+        dataset.path,
+        val_fraction,
+        test_fraction,
+        min_labels,
+        split_minimum(min_test_negatives, min_test_positives),
     )
     dataset.metadata.update(manifest["counts"])
     return int(manifest["labels_upto"])
@@ -70,21 +79,33 @@ def evaluate_op(
     model: Input[Model],
     models_dir: str,
     threshold: float,
+    prevalence: float,
+    bootstrap_samples: int,
+    seed: int,
     report: Output[Artifact],
-    report_html: Output[HTML],
     metrics: Output[Metrics],
 ) -> None:
-    """Candidate and active model on the test split (ai_node.retrain.evaluate)."""
+    """Candidate and active model on the test split, with bootstrap intervals
+    (ai_node.retrain.evaluate)."""
     from pathlib import Path
 
     from ai_node.retrain.evaluate import evaluate_candidate, write_report
 
-    result = evaluate_candidate(Path(prepared.path), Path(model.path), Path(models_dir), threshold)
-    write_report(result, Path(report.path), Path(report_html.path))
+    result = evaluate_candidate(
+        Path(prepared.path),
+        Path(model.path),
+        Path(models_dir),
+        threshold,
+        prevalence,
+        bootstrap_samples,
+        seed,
+    )
+    write_report(result, Path(report.path))
     for who in ("candidate", "active"):
-        for key in ("auc", "sensitivity", "specificity", "brier"):
+        for key in ("auc", "sensitivity", "specificity", "brier", "ece", "threshold"):
             if result[who][key] is not None:
                 metrics.log_metric(f"{who}_{key}", result[who][key])
+    metrics.log_metric("auc_difference", result["auc_difference"]["estimate"])
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
@@ -92,23 +113,31 @@ def promote_op(
     model: Input[Model],
     report: Input[Artifact],
     models_dir: str,
-    auc_margin: float,
     sensitivity_margin: float,
+    specificity_margin: float,
+    brier_margin: float,
+    auc_margin: float,
     version: str,
     run_id: str,
+    report_html: Output[HTML],
 ) -> str:
-    """Register the candidate; activate it if the rule holds (ai_node.retrain.promote)."""
+    """Register the candidate; activate it if the rule holds (ai_node.retrain.promote); the
+    report as HTML with the decision (ai_node.retrain.report)."""
     import json
     from pathlib import Path
 
     from ai_node.retrain.promote import PromotionRule, promote_candidate
+    from ai_node.retrain.report import render_report
 
+    evaluation = json.loads(Path(report.path).read_text())
     decision = promote_candidate(
         Path(models_dir),
         Path(model.path),
-        json.loads(Path(report.path).read_text()),
-        PromotionRule(auc_margin, sensitivity_margin),
+        evaluation,
+        PromotionRule(sensitivity_margin, specificity_margin, brier_margin, auc_margin),
         version,
         run_id,
     )
+    Path(report_html.path).parent.mkdir(parents=True, exist_ok=True)
+    Path(report_html.path).write_text(render_report(evaluation, decision))
     return json.dumps(decision)

@@ -10,6 +10,11 @@ is a folder per study (named by its replaced Study Instance UID) and ``manifest.
 with the pseudonymous patient key, the split and the label of each study: no original
 identifier, UID or date leaves the node.
 
+The split (:mod:`.split`) is drawn once every study is in, stratified by label. A run
+stops here, before anything is trained, when the test split would hold fewer studies of
+either class than the minimum (:class:`ai_node.retrain.split.SplitError` says how many
+more labels it needs); when the labels alone show it cannot, before anything is fetched.
+
 Secrets come from the environment, never from pipeline parameters (which KFP shows):
 ``RADNODE_RETRAINING_API_TOKEN`` (bearer token, role admin) and
 ``RADNODE_RETRAINING_SALT`` (the de-identification and split salt).
@@ -32,7 +37,13 @@ from pydicom.dataset import Dataset
 from ai_node.labels import TARGETS
 from ai_node.preprocess import CT_SOP_CLASSES
 from ai_node.retrain.deid import Deidentifier, DeidError, patient_key, remap_uid
-from ai_node.retrain.split import split_of
+from ai_node.retrain.split import (
+    SplitMinimum,
+    assign_splits,
+    check_label_counts,
+    check_test_split,
+    patient_classes,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +90,12 @@ def fetch_labels(api_url: str, token: str | None, timeout_s: float = 60.0) -> li
     ]
 
 
+def split_minimum(min_negatives: int, min_positives: int) -> SplitMinimum:
+    """The test split's minimum, its classes named by their labels."""
+    names = {value: name for name, value in TARGETS.items()}
+    return SplitMinimum(min_negatives, min_positives, (names[0], names[1]))
+
+
 def dicomweb_fetcher(dicomweb_url: str, token: str | None) -> Fetch:
     """WADO-RS retrieve of a whole study (PS3.18 10.4.1.1.1), as pydicom datasets."""
 
@@ -97,8 +114,11 @@ def export_studies(
     salt: str,
     val_fraction: float,
     test_fraction: float,
+    minimum: SplitMinimum | None = None,
 ) -> dict[str, Any]:
-    """Fetch, de-identify and write each labelled study; returns (and writes) the manifest."""
+    """Fetch, de-identify and write each labelled study, then split the patients; returns
+    (and writes) the manifest. With ``minimum``, raises
+    :class:`ai_node.retrain.split.SplitError` when the test split falls short of it."""
     deid = Deidentifier(salt)
     out_dir.mkdir(parents=True, exist_ok=True)
     studies: list[dict[str, Any]] = []
@@ -120,22 +140,29 @@ def export_studies(
         for ds in cleaned:
             ds.save_as(study_dir / f"{ds.SOPInstanceUID}.dcm", enforce_file_format=True)
         studies.append(
-            {
-                "dir": folder,
-                "patient": key,
-                "split": split_of(salt, key, val_fraction, test_fraction),
-                "label": item.target,
-                "instances": len(cleaned),
-            }
+            {"dir": folder, "patient": key, "label": item.target, "instances": len(cleaned)}
         )
+    classes = patient_classes((s["patient"], s["label"]) for s in studies)
+    splits = assign_splits(salt, classes, val_fraction, test_fraction)
+    for study in studies:
+        study["split"] = splits[study["patient"]]
     manifest = {
         "studies": studies,
         "skipped": skipped,
         "labels_upto": max((i.feedback_id for i in labels), default=0),
         "counts": {s: sum(1 for x in studies if x["split"] == s) for s in ("train", "val", "test")},
+        "positives": {
+            s: sum(1 for x in studies if x["split"] == s and x["label"] == 1)
+            for s in ("train", "val", "test")
+        },
+        "test_fraction": test_fraction,
     }
+    if minimum is not None:
+        manifest["test_minimum"] = minimum.as_dict()
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     logger.info("export done", extra={"studies": len(studies), "skipped": len(skipped)})
+    if minimum is not None:
+        check_test_split(studies, minimum, test_fraction)
     return manifest
 
 
@@ -146,6 +173,7 @@ def run_export(
     val_fraction: float,
     test_fraction: float,
     min_labels: int,
+    minimum: SplitMinimum,
 ) -> dict[str, Any]:
     """The export step as the pipeline runs it (secrets from the environment)."""
     salt = os.environ.get(SALT_ENV, "")
@@ -155,8 +183,6 @@ def run_export(
     labels = fetch_labels(api_url, token)
     if len(labels) < min_labels:
         raise ExportError(f"{len(labels)} labelled studies, fewer than the {min_labels} needed")
+    check_label_counts([i.target for i in labels], minimum, test_fraction)
     fetch = dicomweb_fetcher(dicomweb_url or f"{api_url.rstrip('/')}/dicom-web", token)
-    manifest = export_studies(Path(out_dir), labels, fetch, salt, val_fraction, test_fraction)
-    if not any(s["split"] == "test" for s in manifest["studies"]):
-        raise ExportError("no study fell in the test split: more labels are needed")
-    return manifest
+    return export_studies(Path(out_dir), labels, fetch, salt, val_fraction, test_fraction, minimum)

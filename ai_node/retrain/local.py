@@ -7,23 +7,32 @@ progress callback; it logs ``Executing task '<name>'`` and ``Task '<name>' finis
 status ...`` on the root logger, which :class:`StepWatcher` (a logging filter) turns into
 step states in the run record and in the caller's ``on_step``.
 
+kfp.local writes everything to standard output: its own log, each step's output and each
+task's inputs and outputs as JSON (hundreds of lines a run). A local run sends that, and
+this process's log records and warnings while the pipeline runs, to
+``<work_dir>/runs/<run_id>/kfp.log`` instead (:func:`output_to`); the same folder holds
+the pipeline root (``pipeline/``) and copies of the evaluation report (``report.json``,
+``report.html``). A failed step's error is its last ``...Error: message`` line there.
+
 Secrets reach the steps in the environment (``RADNODE_RETRAINING_API_TOKEN``,
 ``RADNODE_RETRAINING_SALT``), never as pipeline parameters.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
 import os
 import re
 import secrets
+import shutil
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from ai_node.retrain import STEPS
 from ai_node.retrain.export import SALT_ENV, TOKEN_ENV
@@ -39,6 +48,7 @@ OnStep = Callable[[str, str], None]
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _STARTED = re.compile(r"Executing task '?([\w-]+)'?")
 _FINISHED = re.compile(r"Task '?([\w-]+)'? finished with status (\w+)")
+_ERROR_LINE = re.compile(r"^\s*(?:[\w.]+\.)?(\w*(?:Error|Exception)): (.+)$")
 
 
 class RetrainError(RuntimeError):
@@ -122,9 +132,15 @@ def pipeline_arguments(
         "val_fraction": settings.retraining_val_fraction,
         "test_fraction": settings.retraining_test_fraction,
         "min_labels": settings.retraining_min_labels,
+        "min_test_positives": settings.retraining_min_test_positives,
+        "min_test_negatives": settings.retraining_min_test_negatives,
         "threshold": settings.finding_threshold,
-        "auc_margin": settings.retraining_auc_margin,
+        "prevalence": settings.retraining_prevalence,
+        "bootstrap_samples": settings.retraining_bootstrap_samples,
         "sensitivity_margin": settings.retraining_sensitivity_margin,
+        "specificity_margin": settings.retraining_specificity_margin,
+        "brier_margin": settings.retraining_brier_margin,
+        "auc_margin": settings.retraining_auc_margin,
         "version": version,
         "run_id": run_id,
     }
@@ -152,6 +168,53 @@ class RunOutcome:
     status: str
     decision: dict[str, Any] | None
     error: str | None
+    files: dict[str, str] = field(default_factory=dict)
+    """``log`` (kfp.local's output), ``report_json`` and ``report_html`` when written."""
+
+
+def run_dir(settings: Settings, run_id: str) -> Path:
+    """The folder of one local run's files (module docstring)."""
+    return work_dir(settings) / "runs" / run_id
+
+
+def step_error(log_text: str) -> str | None:
+    """The last ``...Error: message`` line of a step's traceback in kfp.local's log."""
+    found = None
+    for line in log_text.splitlines():
+        if m := _ERROR_LINE.match(_ANSI.sub("", line)):
+            found = f"{m.group(1)}: {m.group(2).strip()}"
+    return found
+
+
+@contextlib.contextmanager
+def output_to(log: TextIO) -> Iterator[None]:
+    """Standard output, the root logger's records and warnings go to ``log`` meanwhile."""
+    root = logging.getLogger()
+    handlers = root.handlers[:]
+    handler = logging.StreamHandler(log)
+    handler.setFormatter(logging.Formatter("%(asctime)s - %(levelname)s - %(name)s - %(message)s"))
+    root.handlers = [handler]
+    logging.captureWarnings(True)
+    try:
+        with contextlib.redirect_stdout(log):
+            yield
+    finally:
+        logging.captureWarnings(False)
+        root.handlers = handlers
+
+
+def _keep_reports(pipeline_root: Path, folder: Path) -> dict[str, str]:
+    """Copy the evaluation report (JSON) and its HTML page out of the pipeline root."""
+    files = {}
+    for artifact, name, key in (
+        ("evaluate-op/report", "report.json", "report_json"),
+        ("promote-op/report_html", "report.html", "report_html"),
+    ):
+        found = sorted(pipeline_root.glob(f"*/{artifact}"))
+        if found and found[-1].is_file():
+            shutil.copyfile(found[-1], folder / name)
+            files[key] = str(folder / name)
+    return files
 
 
 def run_local(
@@ -172,8 +235,10 @@ def run_local(
     arguments_models = models_dir(settings)  # refuse before recording anything
     run_id = runs.create(trigger, labels_upto=newest_feedback_id(index))
     arguments = pipeline_arguments(settings, run_id, version, epochs)
-    root = work_dir(settings) / "kfp-local"
+    folder = run_dir(settings, run_id)
+    root = folder / "pipeline"
     root.mkdir(parents=True, exist_ok=True)
+    log_path = folder / "kfp.log"
     os.environ.update(step_environment(settings))
     # the steps run in child processes: give them radnode's packages from where this one
     # was loaded (a checkout or site-packages)
@@ -191,31 +256,50 @@ def run_local(
     root_logger = logging.getLogger()
     root_logger.addFilter(watcher)
     logger.info("retraining run started", extra={"run_id": run_id, "trigger": trigger})
+    artifacts = {"run_dir": str(folder), "pipeline_root": str(root), "log": str(log_path)}
+    artifacts["models_dir"] = str(arguments_models)
     try:
-        local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
-        task = retrain_pipeline(**arguments)
+        with log_path.open("w") as log, output_to(log):
+            local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
+            task = retrain_pipeline(**arguments)
         decision = json.loads(task.output)
     except Exception as exc:  # noqa: BLE001 - recorded with the run, then reported
-        error = f"{type(exc).__name__}: {exc}"[:4000]
-        runs.update(run_id, status="failed", error=error)
+        cause = step_error(log_path.read_text(errors="replace")) if log_path.is_file() else None
+        error = (cause or f"{type(exc).__name__}: {exc}")[:4000]
+        artifacts.update(_keep_reports(root, folder))
+        runs.update(run_id, status="failed", error=error, artifacts=artifacts)
         logger.error("retraining run failed", extra={"run_id": run_id, "error": error})
-        return RunOutcome(run_id, "failed", None, error)
+        return RunOutcome(run_id, "failed", None, error, _files(artifacts))
     finally:
         root_logger.removeFilter(watcher)
+    artifacts.update(_keep_reports(root, folder))
     runs.update(
         run_id,
         status="succeeded",
         candidate_version=decision["version"],
         decision=decision["decision"],
         reason=decision["reason"],
-        metrics={**decision["metrics"], "test_studies": decision["test_studies"]},
-        artifacts={"pipeline_root": str(root), "models_dir": str(arguments_models)},
+        metrics={
+            **decision["metrics"],
+            "auc_difference": decision["auc_difference"],
+            "operating_points": decision["operating_points"],
+            "prevalence": decision["prevalence"],
+            "test_studies": decision["test_studies"],
+            "test_positives": decision["test_positives"],
+            "rule": decision["rule"],
+            "checks": decision["checks"],
+        },
+        artifacts=artifacts,
     )
     logger.info(
         "retraining run finished",
         extra={"run_id": run_id, "decision": decision["decision"], "version": decision["version"]},
     )
-    return RunOutcome(run_id, "succeeded", decision, None)
+    return RunOutcome(run_id, "succeeded", decision, None, _files(artifacts))
+
+
+def _files(artifacts: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in artifacts.items() if k in ("log", "report_json", "report_html")}
 
 
 def submit(settings: Settings, index: Index, host: str, trigger: str = "manual") -> str:

@@ -64,9 +64,15 @@ def retrain_pipeline(
     val_fraction: float = 0.15,
     test_fraction: float = 0.3,
     min_labels: int = 8,
+    min_test_positives: int = 10,
+    min_test_negatives: int = 10,
     threshold: float = 0.5,
-    auc_margin: float = 0.02,
+    prevalence: float = 0.1,
+    bootstrap_samples: int = 1000,
     sensitivity_margin: float = 0.0,
+    specificity_margin: float = 0.05,
+    brier_margin: float = 0.01,
+    auc_margin: float = 0.05,
     version: str = "",
     run_id: str = "",
 ) -> str:
@@ -76,6 +82,8 @@ def retrain_pipeline(
         val_fraction=val_fraction,
         test_fraction=test_fraction,
         min_labels=min_labels,
+        min_test_positives=min_test_positives,
+        min_test_negatives=min_test_negatives,
     )
     prepared = preprocess_op(dataset=export.outputs["dataset"])
     train = train_op(
@@ -90,13 +98,18 @@ def retrain_pipeline(
         model=train.outputs["model"],
         models_dir=models_dir,
         threshold=threshold,
+        prevalence=prevalence,
+        bootstrap_samples=bootstrap_samples,
+        seed=seed,
     )
     promote = promote_op(
         model=train.outputs["model"],
         report=evaluate.outputs["report"],
         models_dir=models_dir,
-        auc_margin=auc_margin,
         sensitivity_margin=sensitivity_margin,
+        specificity_margin=specificity_margin,
+        brier_margin=brier_margin,
+        auc_margin=auc_margin,
         version=version,
         run_id=run_id,
     )
@@ -106,7 +119,7 @@ def retrain_pipeline(
     kubernetes.add_pod_label(export, *EXPORT_POD_LABEL)
     for task in (train, evaluate, promote):
         kubernetes.mount_pvc(task, DATA_PVC, DATA_MOUNT)
-    return promote.output
+    return promote.outputs["Output"]
 
 
 def compile_pipeline(path: Path) -> Path:

@@ -4,7 +4,9 @@ The series choice and decoding are the worker's own functions
 (:func:`ai_node.preprocess.select_series`, :func:`ai_node.preprocess.load_series`), so the
 models are trained and evaluated on exactly what they see in production. Output: one
 ``.npz`` per study (slices in Hounsfield units, head to feet) and ``manifest.json``
-extended with the file and the number of slices of each study.
+extended with the file and the number of slices of each study. Studies that cannot be
+decoded drop out, so the test split's minimum (:func:`ai_node.retrain.split.check_test_split`,
+recorded in the manifest by the export) is checked again here, still before training.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import pydicom
 
 from ai_node.preprocess import InputError, load_series, select_series
 from ai_node.retrain.export import MANIFEST
+from ai_node.retrain.split import SplitMinimum, check_test_split
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +66,9 @@ def preprocess_dataset(exported: Path, out_dir: Path) -> dict[str, Any]:
     manifest["studies"] = kept
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     logger.info("preprocess done", extra={"studies": len(kept)})
+    if "test_minimum" in manifest:
+        minimum = SplitMinimum.from_dict(manifest["test_minimum"])
+        check_test_split(kept, minimum, float(manifest["test_fraction"]))
     return manifest
 
 

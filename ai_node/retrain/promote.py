@@ -1,13 +1,22 @@
 """Pipeline step 5, promote: register the candidate as a new version; activate it only if
 the promotion rule holds.
 
-The rule (settings ``retraining_auc_margin`` and ``retraining_sensitivity_margin``): on
-the test split, the candidate's AUC is not worse than the active model's by more than the
-AUC margin, and its sensitivity at the operating point is not lower than the active
-model's by more than the sensitivity margin (default 0: not lower). An undefined AUC (a
-test split with one class) refuses. A refused candidate is still registered, inactive,
-with the reason in its model card; running workers pick up a promoted one at their next
-study (:class:`ai_node.registry.ModelSet` reloads when ``ACTIVE`` changes).
+The rule compares the two models on the test split, each at its own operating threshold
+(:mod:`.evaluate`), and asks that the candidate be no worse than the active model on every
+count that a radiologist or a calibrated consumer of the score would notice:
+
+* sensitivity(candidate) >= sensitivity(active) - ``sensitivity_margin``;
+* specificity(candidate) >= specificity(active) - ``specificity_margin``;
+* Brier(candidate) <= Brier(active) + ``brier_margin``;
+* the lower bound of the 95% interval of AUC(candidate) - AUC(active) (paired patient
+  bootstrap) >= -``auc_margin``: a non-inferiority test, not a comparison of point
+  estimates.
+
+The margins are settings (``retraining_*_margin``); the rule, the margins and each
+check's numbers go into the run record and into the new version's model card. A refused
+candidate is still registered, inactive, with the failed checks as its reason; running
+workers pick up a promoted one, and its operating threshold, at their next study
+(:class:`ai_node.registry.ModelSet` reloads when ``ACTIVE`` changes).
 
 The candidate was compared with the version active when the run evaluated it; it is
 activated only if that version is still the active one, checked under the registry's
@@ -21,48 +30,126 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from ai_node.registry import ActiveChanged, ModelRegistry
-from ai_node.retrain.evaluate import CANDIDATE
+from ai_node.retrain.evaluate import ACTIVE, CANDIDATE
 from ai_node.retrain.finetune import MODEL_FILE, TRAINING_INFO
+from ai_node.retrain.metrics import CONFIDENCE
 
 logger = logging.getLogger(__name__)
+
+TASK = "finding"
+"""The task the loop retrains (the steps take the model's card from the registry)."""
+RULE_NAME = "operating-point non-inferiority"
+
+
+@dataclass(frozen=True)
+class Check:
+    """One condition of the rule with its numbers."""
+
+    name: str
+    candidate: float | None
+    active: float | None
+    limit: float | None
+    passed: bool
+    text: str
+
+
+def _f(value: float | None) -> str:
+    return "undefined" if value is None else f"{value:.3f}"
 
 
 @dataclass(frozen=True)
 class PromotionRule:
-    auc_margin: float = 0.02
     sensitivity_margin: float = 0.0
+    specificity_margin: float = 0.05
+    brier_margin: float = 0.01
+    auc_margin: float = 0.05
 
-    def decide(self, candidate: dict[str, Any], active: dict[str, Any]) -> tuple[bool, str]:
-        """(promote?, why) from the two models' test-split metrics."""
-        c_auc, a_auc = candidate.get("auc"), active.get("auc")
-        c_sens, a_sens = candidate.get("sensitivity"), active.get("sensitivity")
-        if c_auc is None or a_auc is None:
-            return False, "AUC undefined on the test split (one class only)"
-        if c_sens is None or a_sens is None:
-            return False, "sensitivity undefined on the test split (no lesion study)"
-        if c_auc < a_auc - self.auc_margin:
-            return False, (
-                f"AUC {c_auc:.4f} is worse than the active model's {a_auc:.4f} by more than "
-                f"the margin {self.auc_margin:g}"
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": RULE_NAME, "confidence": CONFIDENCE, **asdict(self)}
+
+    def checks(self, report: dict[str, Any]) -> list[Check]:
+        """Each condition of the rule (module docstring) on the evaluation's report."""
+        cand, act = report[CANDIDATE], report[ACTIVE]
+        out = []
+        for name, margin in (
+            ("sensitivity", self.sensitivity_margin),
+            ("specificity", self.specificity_margin),
+        ):
+            c, a = cand.get(name), act.get(name)
+            limit = None if a is None else a - margin
+            ok = c is not None and limit is not None and c >= limit - 1e-12
+            out.append(
+                Check(
+                    name,
+                    c,
+                    a,
+                    limit,
+                    ok,
+                    f"{name} {_f(c)} at threshold {cand.get('threshold', 0):.4g} "
+                    f"{'>=' if ok else 'is below'} the active model's {_f(a)} at "
+                    f"{act.get('threshold', 0):.4g} minus the margin {margin:g}",
+                )
             )
-        if c_sens < a_sens - self.sensitivity_margin:
-            return False, (
-                f"sensitivity {c_sens:.4f} is lower than the active model's {a_sens:.4f} "
-                f"(margin {self.sensitivity_margin:g})"
+        c, a = cand.get("brier"), act.get("brier")
+        limit = None if a is None else a + self.brier_margin
+        ok = c is not None and limit is not None and c <= limit + 1e-12
+        out.append(
+            Check(
+                "brier",
+                c,
+                a,
+                limit,
+                ok,
+                f"Brier score {_f(c)} {'<=' if ok else 'is above'} the active model's "
+                f"{_f(a)} plus the margin {self.brier_margin:g}",
             )
-        return True, (
-            f"AUC {c_auc:.4f} vs {a_auc:.4f} (margin {self.auc_margin:g}), sensitivity "
-            f"{c_sens:.4f} vs {a_sens:.4f} (margin {self.sensitivity_margin:g})"
         )
+        diff = report.get("auc_difference") or {}
+        ci = diff.get("ci")
+        low = None if ci is None else float(ci[0])
+        ok = low is not None and low >= -self.auc_margin - 1e-12
+        interval = "undefined" if ci is None else f"{ci[0]:+.3f} to {ci[1]:+.3f}"
+        out.append(
+            Check(
+                "auc_difference",
+                low,
+                None,
+                -self.auc_margin,
+                ok,
+                f"AUC difference {_f(diff.get('estimate'))} (candidate {_f(cand.get('auc'))}, "
+                f"active {_f(act.get('auc'))}), {CONFIDENCE:.0%} interval {interval}: lower "
+                f"bound {'>=' if ok else 'is below'} {-self.auc_margin:g}",
+            )
+        )
+        return out
+
+    def decide(self, report: dict[str, Any]) -> tuple[bool, str, list[Check]]:
+        """(promote?, why, the checks) from the evaluation's report."""
+        checks = self.checks(report)
+        failed = [c for c in checks if not c.passed]
+        if failed:
+            return False, "; ".join(c.text for c in failed), checks
+        return True, "every check holds: " + "; ".join(c.text for c in checks), checks
 
 
 def new_version() -> str:
     return "retrain-" + dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
+
+
+SUMMARY = ("auc", "sensitivity", "specificity", "ppv", "npv", "brier", "ece", "threshold")
+
+
+def summary(metrics: dict[str, Any]) -> dict[str, Any]:
+    """A model's test-split numbers for the run record and the card, with the intervals."""
+    out = {k: metrics.get(k) for k in SUMMARY}
+    out["ci"] = metrics.get("ci", {})
+    out["confusion"] = metrics.get("confusion")
+    return out
 
 
 def promote_candidate(
@@ -76,18 +163,24 @@ def promote_candidate(
     """Register the candidate and apply the rule; returns the decision record."""
     registry = ModelRegistry(models_dir)
     version = version or new_version()
-    promote, reason = rule.decide(report[CANDIDATE], report["active"])
+    promote, reason, checks = rule.decide(report)
     training = json.loads((candidate_dir / TRAINING_INFO).read_text())
-    base = registry.card("finding", report["active_version"])
+    base = registry.card(TASK, report["active_version"])
+    operating = report["operating_points"][CANDIDATE]
     decision = {
         "version": version,
         "decision": "promoted" if promote else "refused",
         "reason": reason,
         "run_id": run_id,
         "active_version_before": report["active_version"],
-        "rule": {"auc_margin": rule.auc_margin, "sensitivity_margin": rule.sensitivity_margin},
-        "metrics": {CANDIDATE: _summary(report[CANDIDATE]), "active": _summary(report["active"])},
+        "rule": rule.as_dict(),
+        "checks": [asdict(c) for c in checks],
+        "metrics": {CANDIDATE: summary(report[CANDIDATE]), ACTIVE: summary(report[ACTIVE])},
+        "auc_difference": report["auc_difference"],
+        "operating_points": report["operating_points"],
+        "prevalence": report["prevalence"],
         "test_studies": report["studies"],
+        "test_positives": report["positives"],
     }
     card = {
         **base,
@@ -99,17 +192,30 @@ def promote_candidate(
             "studies in the train split"
         ),
         "training": training,
+        "operating_point": {
+            "threshold": operating["threshold"],
+            "target_sensitivity": operating["target_sensitivity"],
+            "chosen_on": (
+                f"{operating['chosen_on']} split of retraining run {run_id or '(unnamed)'}: "
+                f"{operating.get('studies', 0)} studies, {operating.get('positives', 0)} with "
+                f"a lesion; sensitivity there {operating.get('sensitivity')}"
+            ),
+        },
         "metrics": {
-            "heldout": f"test split of retraining run {run_id}: {report['studies']} studies",
-            **{k: v for k, v in _summary(report[CANDIDATE]).items() if v is not None},
-            "threshold": report["threshold"],
+            "heldout": (
+                f"test split of retraining run {run_id}: {report['studies']} studies, "
+                f"{report['positives']} with a lesion, {report['patients']} patients; "
+                f"{CONFIDENCE:.0%} intervals by patient bootstrap; PPV and NPV at prevalence "
+                f"{report['prevalence']:g}"
+            ),
+            **{k: v for k, v in summary(report[CANDIDATE]).items() if v is not None},
             "studies": report["studies"],
         },
         "promotion": decision,
     }
     try:
         registry.register(
-            "finding",
+            TASK,
             version,
             candidate_dir / MODEL_FILE,
             card,
@@ -118,7 +224,7 @@ def promote_candidate(
         )
     except ActiveChanged as exc:  # registered, inactive: record why in its card
         decision.update(decision="refused", reason=str(exc))
-        registry.set_card("finding", version, card)
+        registry.set_card(TASK, version, card)
     logger.info(
         "candidate registered",
         extra={
@@ -128,7 +234,3 @@ def promote_candidate(
         },
     )
     return decision
-
-
-def _summary(metrics: dict[str, Any]) -> dict[str, Any]:
-    return {k: metrics[k] for k in ("auc", "sensitivity", "specificity", "brier")}

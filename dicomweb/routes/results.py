@@ -4,15 +4,24 @@ Statuses: ``pending`` (queued or not yet complete), ``running``, ``done`` (with 
 score in 0..1 and a label), ``out_of_scope`` (the region model found no chest; an
 SR says so), ``failed`` (with the error: input the node cannot analyse, or a job
 parked after its last attempt).
+
+``POST /api/results/requeue`` (admins) runs selected studies through the analysis again:
+those whose newest result failed, or that a given model version scored
+(:mod:`ai_node.requeue`); one new job per study, audited.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
 
+from ai_node.requeue import Selection, requeue
 from ai_node.results import ResultStore
+from dicomweb.auditing import requester
+from dicomweb.deps import NodeDep, require_admin
 from radnode_core.uids import InvalidUID, check_uid
 
 router = APIRouter(prefix="/api", tags=["results"])
@@ -54,3 +63,34 @@ def list_results(
         status=status, label=label, min_score=min_score, limit=limit, offset=offset
     )
     return {"total": total, "limit": limit, "offset": offset, "items": items}
+
+
+class RequeueRequest(BaseModel):
+    """Which studies to run again (at least a status or a model version)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    status: Status | None = None
+    since: dt.datetime | dt.date | None = Field(
+        None, description="Only results finished at or after this date or time (UTC if naive)."
+    )
+    model: Literal["finding", "region"] | None = None
+    model_version: str | None = Field(None, max_length=64)
+    dry_run: bool = Field(False, description="Only list the studies that would be requeued.")
+
+
+@router.post("/results/requeue", dependencies=[require_admin])
+def requeue_results(body: RequeueRequest, request: Request, node: NodeDep) -> dict[str, Any]:
+    """One new analysis job per study whose newest result matches (ai_node.requeue)."""
+    since = body.since
+    if isinstance(since, dt.date) and not isinstance(since, dt.datetime):
+        since = dt.datetime.combine(since, dt.time())
+    try:
+        selection = Selection(body.status, since, body.model, body.model_version)
+    except ValueError as exc:
+        raise HTTPException(status_code=422, detail=str(exc)) from exc
+    user, address = requester(request)
+    outcome = requeue(
+        node.index, node.queue, node.audit, selection, user, address, dry_run=body.dry_run
+    )
+    return {"selection": selection.describe(), "dry_run": body.dry_run, **outcome.as_dict()}

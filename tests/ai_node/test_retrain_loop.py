@@ -26,31 +26,21 @@ from conftest import RadnodeProcess, storescu
 from ai_node.models import load_model
 from ai_node.registry import SHIPPED_MODELS, ModelRegistry
 from ai_node.retrain.deid import patient_key
-from ai_node.retrain.evaluate import study_metrics, study_score
-from ai_node.retrain.split import split_of
+from ai_node.retrain.evaluate import study_score
+from ai_node.retrain.metrics import point_metrics
+from ai_node.retrain.split import assign_splits
 from ai_node.synth import StudySpec, write_study
 
 ADMIN, RADIOLOGIST = "admin-token-retrain", "radiologist-token-retrain"
 REPO = Path(__file__).resolve().parents[2]
 N_STUDIES = 14
 TEST_FRACTION = 0.4
+VAL_FRACTION = 0.15
+SALT = "retrain-loop-salt"
 
 
 def _auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
-
-
-def _pick_salt(patients: dict[str, int]) -> str:
-    """A salt whose patient split gives the test and train splits both classes (the split
-    is a hash: any salt is valid, this one makes the metrics defined on 14 studies)."""
-    for i in range(1000):
-        salt = f"retrain-loop-salt-{i}"
-        by_split: dict[str, list[int]] = {"train": [], "val": [], "test": []}
-        for pid, label in patients.items():
-            by_split[split_of(salt, patient_key(salt, pid), 0.0, TEST_FRACTION)].append(label)
-        if all(sum(by_split[s]) >= 2 and by_split[s].count(0) >= 2 for s in ("train", "test")):
-            return salt
-    raise AssertionError("no salt splits both classes")
 
 
 def _wait_results(url: str, uids: list[str], timeout: float = 180) -> dict[str, dict]:
@@ -144,7 +134,8 @@ def test_labels_to_promoted_model_to_next_sr(
         # they disagree with it (so relabels happen whatever the AI answered)
         truth = int(spec.nodules > 0)
         studies[study.study_instance_uid] = (spec, files, 1 - truth if i < 2 else truth)
-    salt = _pick_salt({s.resolved_patient_id(): label for s, _, label in studies.values()})
+    # 7 + 7 patients: the stratified split puts 3 of each class in the test split
+    salt = SALT
     data = tmp_path / "data"
     env = {
         "RADNODE_MODELS_DIR": str(models),
@@ -153,10 +144,15 @@ def test_labels_to_promoted_model_to_next_sr(
         "RADNODE_FSYNC": "false",
         "RADNODE_RETRAINING_API_TOKEN": ADMIN,
         "RADNODE_RETRAINING_SALT": salt,
-        "RADNODE_RETRAINING_VAL_FRACTION": "0",
+        "RADNODE_RETRAINING_VAL_FRACTION": str(VAL_FRACTION),
         "RADNODE_RETRAINING_TEST_FRACTION": str(TEST_FRACTION),
+        "RADNODE_RETRAINING_MIN_TEST_POSITIVES": "3",
+        "RADNODE_RETRAINING_MIN_TEST_NEGATIVES": "3",
+        "RADNODE_RETRAINING_BOOTSTRAP_SAMPLES": "200",
         "RADNODE_RETRAINING_AUC_MARGIN": "1",
         "RADNODE_RETRAINING_SENSITIVITY_MARGIN": "1",
+        "RADNODE_RETRAINING_SPECIFICITY_MARGIN": "1",
+        "RADNODE_RETRAINING_BRIER_MARGIN": "1",
     }
     node = RadnodeProcess(data, "serve", env=env).start()
     url = f"http://127.0.0.1:{node.http_port}"
@@ -230,18 +226,19 @@ def test_labels_to_promoted_model_to_next_sr(
         assert run["candidate_version"] == "retrain-a"
 
         # the metrics are the test split's: recompute them here, independently
-        test_pids = {
-            s.resolved_patient_id()
-            for s, _, _ in studies.values()
-            if split_of(salt, patient_key(salt, s.resolved_patient_id()), 0.0, TEST_FRACTION)
-            == "test"
+        classes = {
+            patient_key(salt, s.resolved_patient_id()): label for s, _, label in studies.values()
         }
-        assert run["metrics"]["test_studies"] == len(test_pids)
+        splits = assign_splits(salt, classes, VAL_FRACTION, TEST_FRACTION)
+        test_keys = {key for key, split in splits.items() if split == "test"}
+        assert run["metrics"]["test_studies"] == len(test_keys) == 6
+        assert run["metrics"]["rule"]["auc_margin"] == 1 and len(run["metrics"]["checks"]) == 4
         prepared = next(Path(run["artifacts"]["pipeline_root"]).rglob("preprocess-op/prepared"))
         manifest = json.loads((prepared / "manifest.json").read_text())
-        page = next(Path(run["artifacts"]["pipeline_root"]).rglob("evaluate-op/report_html"))
-        assert "<svg" in page.read_text() and page.read_text().count("<polyline") == 2
-        test_keys = {patient_key(salt, pid) for pid in test_pids}
+        page = Path(run["artifacts"]["report_html"]).read_text()
+        assert page.count("<svg") == 2 and page.count('class="band"') == 2
+        assert "retrain-a: promoted" in page
+        assert f"report: {run['artifacts']['report_html']}" in first.stdout
         assert {s["patient"] for s in manifest["studies"] if s["split"] == "test"} == test_keys
         registry = ModelRegistry(models)
         new = load_model(
@@ -263,13 +260,19 @@ def test_labels_to_promoted_model_to_next_sr(
                 labels_t.append(s["label"])
                 new_s.append(study_score(hu, new))
                 old_s.append(study_score(hu, old))
-        mine = study_metrics(np.asarray(labels_t), np.asarray(new_s), 0.5)
         theirs = run["metrics"]["candidate"]
+        threshold = run["metrics"]["operating_points"]["candidate"]["threshold"]
+        assert run["metrics"]["operating_points"]["candidate"]["chosen_on"] == "val"
+        assert registry.card("finding", "retrain-a")["operating_point"]["threshold"] == threshold
+        mine = point_metrics(np.asarray(labels_t), np.asarray(new_s), threshold, 0.1)
         assert mine["auc"] == pytest.approx(theirs["auc"], abs=1e-3)
         assert mine["sensitivity"] == pytest.approx(theirs["sensitivity"], abs=1e-3)
         assert mine["brier"] == pytest.approx(theirs["brier"], abs=1e-3)
-        active_mine = study_metrics(np.asarray(labels_t), np.asarray(old_s), 0.5)
+        active_mine = point_metrics(np.asarray(labels_t), np.asarray(old_s), 0.5, 0.1)
         assert active_mine["auc"] == pytest.approx(run["metrics"]["active"]["auc"], abs=1e-3)
+        assert active_mine["specificity"] == pytest.approx(
+            run["metrics"]["active"]["specificity"], abs=1e-3
+        )
 
         # the running worker picks the promoted version up: the next SR carries it
         spec = StudySpec(
@@ -289,7 +292,7 @@ def test_labels_to_promoted_model_to_next_sr(
         [sr_path] = list(data.rglob(f"{after['sr_sop_instance_uid']}.dcm"))
         assert "retrain-a" in _algorithm_versions(pydicom.dcmread(sr_path))
 
-        # run 2: the candidate's AUC would have to beat the active one's by 1: refused
+        # run 2: the lower bound of the AUC difference would have to be 1 or more: refused
         refused_env = {**run_env, "RADNODE_RETRAINING_AUC_MARGIN": "-1"}
         started = time.monotonic()
         second = _retrain(data, refused_env, "retrain-b", epochs)
@@ -298,10 +301,10 @@ def test_labels_to_promoted_model_to_next_sr(
         assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-4000:]
         assert "finding retrain-b refused" in second.stdout
         models_api = httpx.get(f"{url}/api/models", headers=_auth(ADMIN), timeout=10).json()
-        finding = {m["version"]: m for m in models_api["items"] if m["task"] == "finding"}
+        finding = {m["version"]: m for m in models_api["items"] if m["name"] == "finding"}
         assert finding["retrain-a"]["active"] and not finding["retrain-b"]["active"]
         assert finding["retrain-b"]["promotion"]["decision"] == "refused"
-        assert "worse than the active model" in finding["retrain-b"]["promotion"]["reason"]
+        assert "lower bound is below 1" in finding["retrain-b"]["promotion"]["reason"]
         assert finding["retrain-a"]["metrics"]["auc"] == theirs["auc"]
         newest = httpx.get(f"{url}/api/retraining/runs", headers=_auth(ADMIN), timeout=10).json()
         assert [r["decision"] for r in newest["items"]] == ["refused", "promoted"]

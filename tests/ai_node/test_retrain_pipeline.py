@@ -117,18 +117,36 @@ def test_pipeline_cli_compiles_to_the_given_path(tmp_path: Path) -> None:
     assert out.read_text() == CHECKED_IN.read_text(), _stale_yaml_message()
 
 
+def _metrics(auc, sensitivity, specificity=0.8, brier=0.1) -> dict:
+    return {
+        "auc": auc,
+        "sensitivity": sensitivity,
+        "specificity": specificity,
+        "brier": brier,
+        "threshold": 0.5,
+    }
+
+
 @pytest.mark.parametrize(
-    ("candidate", "active", "promoted", "why"),
+    ("candidate", "active", "auc_ci", "promoted", "why"),
     [
-        ({"auc": 0.90, "sensitivity": 0.8}, {"auc": 0.91, "sensitivity": 0.8}, True, "AUC"),
-        ({"auc": 0.85, "sensitivity": 0.9}, {"auc": 0.91, "sensitivity": 0.8}, False, "worse"),
-        ({"auc": 0.95, "sensitivity": 0.7}, {"auc": 0.91, "sensitivity": 0.8}, False, "lower"),
-        ({"auc": None, "sensitivity": 1.0}, {"auc": None, "sensitivity": 1.0}, False, "one class"),
+        (_metrics(0.90, 0.8), _metrics(0.91, 0.8), [-0.04, 0.03], True, "every check holds"),
+        (_metrics(0.85, 0.9), _metrics(0.91, 0.8), [-0.12, 0.0], False, "lower bound"),
+        (_metrics(0.95, 0.7), _metrics(0.91, 0.8), [-0.01, 0.09], False, "sensitivity 0.700"),
+        (_metrics(0.95, 0.9, 0.6), _metrics(0.91, 0.8), [0.0, 0.09], False, "specificity"),
+        (_metrics(0.95, 0.9, 0.8, 0.2), _metrics(0.91, 0.8), [0.0, 0.09], False, "Brier"),
+        (_metrics(None, 1.0), _metrics(None, 1.0), None, False, "undefined"),
     ],
 )
-def test_promotion_rule(candidate, active, promoted, why) -> None:
-    decision, reason = PromotionRule(auc_margin=0.02).decide(candidate, active)
+def test_promotion_rule(candidate, active, auc_ci, promoted, why) -> None:
+    report = {
+        "candidate": candidate,
+        "active": active,
+        "auc_difference": {"estimate": None, "ci": auc_ci},
+    }
+    decision, reason, checks = PromotionRule(auc_margin=0.05).decide(report)
     assert decision is promoted and why in reason
+    assert [c.name for c in checks] == ["sensitivity", "specificity", "brier", "auc_difference"]
 
 
 def test_register_inactive_never_becomes_active_by_sort_order(tmp_path: Path) -> None:
@@ -142,7 +160,7 @@ def test_register_inactive_never_becomes_active_by_sort_order(tmp_path: Path) ->
     assert (root / "finding" / "ACTIVE").read_text().strip() == "1.0.0"
     registry.register("finding", "zz-next", model_file, {"version": "zz2"}, activate=True)
     assert registry.active_version("finding") == "zz-next"
-    listed = {(m["task"], m["version"]): m["active"] for m in registry.describe()}
+    listed = {(m["name"], m["version"]): m["active"] for m in registry.describe()}
     assert listed[("finding", "zz-next")] and not listed[("finding", "zz-candidate")]
 
 
@@ -158,13 +176,20 @@ def _candidate(tmp_path: Path, root: Path) -> Path:
 
 
 def _report(active_version: str) -> dict:
-    metrics = {"auc": 0.9, "sensitivity": 0.8, "specificity": 0.7, "brier": 0.1}
+    metrics = {"auc": 0.9, "sensitivity": 0.8, "specificity": 0.7, "brier": 0.1, "threshold": 0.5}
     return {
         "candidate": metrics,
         "active": metrics,
+        "auc_difference": {"estimate": 0.0, "ci": [-0.02, 0.02]},
+        "operating_points": {
+            "candidate": {"threshold": 0.5, "target_sensitivity": 0.9, "chosen_on": "val"},
+            "active": {"threshold": 0.5, "chosen_on": "settings"},
+        },
         "active_version": active_version,
         "studies": 4,
-        "threshold": 0.5,
+        "positives": 2,
+        "patients": 4,
+        "prevalence": 0.1,
     }
 
 
@@ -379,6 +404,7 @@ def test_the_steps_run_as_plain_functions_without_kfp(tmp_path: Path) -> None:
     from ai_node.retrain.finetune import train_candidate
     from ai_node.retrain.prepare import preprocess_dataset
     from ai_node.retrain.promote import promote_candidate
+    from ai_node.retrain.report import render_report
     from ai_node.synth import StudySpec, generate_study
 
     models = tmp_path / "models"
@@ -397,7 +423,7 @@ def test_the_steps_run_as_plain_functions_without_kfp(tmp_path: Path) -> None:
         study, datasets = generate_study(spec)
         fetched[study.study_instance_uid] = list(datasets)
         labels.append(LabelledStudy(study.study_instance_uid, ["no lesion", "lesion"][i % 2], i))
-    # split salt chosen so that both the train and the test split hold both classes
+    # the split is stratified: train and test hold both classes whatever the salt
     manifest = export_studies(
         tmp_path / "export", labels, fetched.__getitem__, "plain-steps-salt-3", 0.0, 0.5
     )
@@ -410,10 +436,14 @@ def test_the_steps_run_as_plain_functions_without_kfp(tmp_path: Path) -> None:
     info = train_candidate(tmp_path / "prepared", models, tmp_path / "model", 1, True, verbose=0)
     assert info["from_scratch"] and info["base_version"] is None
     assert info["train_studies"] == manifest["counts"]["train"]
-    report = evaluate_candidate(tmp_path / "prepared", tmp_path / "model", models, 0.5)
+    report = evaluate_candidate(tmp_path / "prepared", tmp_path / "model", models, 0.5, samples=200)
     assert report["studies"] == manifest["counts"]["test"] and report["active_version"] == "1.0.0"
-    write_report(report, tmp_path / "r" / "report.json", tmp_path / "r" / "report.html")
-    assert "<svg" in (tmp_path / "r" / "report.html").read_text()
+    assert report["operating_points"]["active"] == {"threshold": 0.5, "chosen_on": "settings"}
+    chosen = report["operating_points"]["candidate"]
+    assert chosen["chosen_on"] == "train" and chosen["sensitivity"] >= 0.9  # no val split here
+    assert report["candidate"]["threshold"] == chosen["threshold"]
+    write_report(report, tmp_path / "r" / "report.json")
+    assert json.loads((tmp_path / "r" / "report.json").read_text())["bootstrap"]["samples"] == 200
     decision = promote_candidate(
         models, tmp_path / "model", report, PromotionRule(auc_margin=-1.0), "scratch-1", "run-x"
     )
@@ -422,3 +452,7 @@ def test_the_steps_run_as_plain_functions_without_kfp(tmp_path: Path) -> None:
     assert "scratch-1" in registry.versions("finding")
     assert registry.active_version("finding") == "1.0.0"
     assert registry.card("finding", "scratch-1")["promotion"]["reason"] == decision["reason"]
+    page = render_report(report, decision)
+    assert page.count("<svg") == 2 and page.count('class="band"') == 2
+    assert "scratch-1: refused" in page and "<script" not in page
+    assert "http" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")  # no CDN

@@ -1,4 +1,4 @@
-"""`python -m benchmarks.dicomweb` runs end to end on tiny data (no timing is asserted)."""
+"""`python -m benchmarks.qido_wado` runs end to end on tiny data (no timing is asserted)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from conftest import REPO
 def test_bench_dicomweb_small(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.dicomweb", "--studies", "30", "--slices", "3", "--queries", "3",
+        [sys.executable, "-m", "benchmarks.qido_wado", "--studies", "30", "--slices", "3", "--queries", "3",
          "--rounds", "1", "--work-dir", str(tmp_path / "work"), "--json", str(out)],
         cwd=REPO, capture_output=True, text=True, timeout=300, check=False,
     )

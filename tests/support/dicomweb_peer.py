@@ -1,4 +1,4 @@
-"""Orthanc with its DICOMweb plugin as a reference peer (tests and ``python -m benchmarks.dicomweb``).
+"""Orthanc with its DICOMweb plugin as a reference peer (tests and ``python -m benchmarks.qido_wado``).
 
 Debian's ``orthanc`` + ``orthanc-dicomweb``, started with a generated config on
 free loopback ports, SQLite index, and stopped by whoever started it.

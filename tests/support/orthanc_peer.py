@@ -1,4 +1,4 @@
-"""Orthanc as the PACS, started from the stack's own config file (tests, ``python -m benchmarks.ai_node e2e
+"""Orthanc as the PACS, started from the stack's own config file (tests, ``python -m benchmarks.analysis e2e
 --via orthanc``).
 
 ``deploy/orthanc/orthanc.json`` is what docker-compose mounts into the orthancteam

@@ -1,4 +1,4 @@
-"""``python -m benchmarks.dicomweb``: QIDO-RS latency and WADO-RS throughput, radnode vs Orthanc.
+"""``python -m benchmarks.qido_wado``: QIDO-RS latency and WADO-RS throughput, radnode vs Orthanc.
 
 Both servers hold the same data, loaded before timing: ``studies`` one-instance
 studies (small images; the headers are what QIDO reads) spread over 300 days
@@ -419,7 +419,7 @@ def write_json(result: dict[str, Any], path: Path) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.dicomweb",
+        prog="python -m benchmarks.qido_wado",
         description="Load the same studies into `radnode api` and Orthanc (DICOMweb plugin), "
         "then time QIDO-RS searches and a WADO-RS series retrieval on each.",
     )

@@ -1,4 +1,4 @@
-"""The AI node's speed, as Markdown tables: ``python -m benchmarks.ai_node inference|e2e``.
+"""The AI node's speed, as Markdown tables: ``python -m benchmarks.analysis inference|e2e``.
 
 inference: one 300-slice 512x512 synthetic chest CT from disk through decode,
 preprocessing and both models, batched (the worker's path) against per-slice
@@ -239,7 +239,7 @@ def e2e_benchmark(slices: int, size: int, runs: int, work_dir: Path) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.ai_node", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.analysis", description=__doc__)
     sub = parser.add_subparsers(dest="kind", required=True)
     inf = sub.add_parser("inference", help="slices/s: decode, preprocess, both models")
     inf.add_argument(

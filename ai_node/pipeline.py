@@ -510,6 +510,7 @@ class AnalysisPipeline:
             "evidence_sop_instance_uids": [r.sop_instance_uid for r in refs],
             "threshold": self.threshold_of(model),
             "positive_label": card.outputs.positive_label,
+            "labels": list(card.label_vocabulary),
             "probabilities": analysis.probabilities,
             "models": analysis.model_versions,
             "sr_duplicate": stored.duplicate,

@@ -93,7 +93,11 @@ def ct_card(name: str = "proto-ct", version: str = "1.0", **changes: Any) -> dic
             },
         },
         "aggregation": {"method": "top_k_mean", "k": 3},
-        "outputs": {"labels": ["no nodule", "nodule"], "positive_label": "nodule", "threshold": 0.5},
+        "outputs": {
+            "labels": ["no nodule", "nodule"],
+            "positive_label": "nodule",
+            "threshold": 0.5,
+        },
         "sr": {"finding": "SCT.Nodule", "finding_site": "SCT.Lung"},
         "metrics": {},
         "training_data": "none: random weights (a test model)",
@@ -230,7 +234,9 @@ def radiograph(
     pixels = stored.astype(np.uint16)
 
     sop_class = (
-        ComputedRadiographyImageStorage if modality == "CR" else DigitalXRayImageStorageForPresentation
+        ComputedRadiographyImageStorage
+        if modality == "CR"
+        else DigitalXRayImageStorageForPresentation
     )
     ds = Dataset()
     ds.file_meta = FileMetaDataset()

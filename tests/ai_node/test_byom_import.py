@@ -13,8 +13,8 @@ import yaml
 from byom_fixtures import (  # noqa: F401 - fixtures
     ct_card,
     lambda_model,
-    prototype_cnn,
     proto_package,
+    prototype_cnn,
     registry,
     registry_state,
     sha256,

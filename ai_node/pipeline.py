@@ -376,6 +376,8 @@ class AnalysisPipeline:
     def _verdict(self, task: _Task) -> _Verdict:
         if task.error is not None or task.outputs is None or task.model is None:
             return _Verdict(None, error=task.error or "no output")
+        if task.outputs.shape[0] == 0:
+            return _Verdict(None, error=f"{task.card.key} scored no slice")
         label, probs = verdict(task.model, task.outputs)
         return _Verdict(label, probs, task.card, task.model.version)
 
@@ -459,6 +461,9 @@ class AnalysisPipeline:
                 label=f"out of scope: {decider.label}",
                 reason=reason,
             )
+        elif task.outputs.shape[0] == 0:
+            task.fail(f"{card.key} scored no slice")
+            return self._failed(job, task, started)
         else:
             analysis = self._analysis(model, stack, task.outputs, task.scored, decider)
         inferred = time.perf_counter()

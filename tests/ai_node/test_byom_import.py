@@ -8,6 +8,7 @@ import shutil
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from byom_fixtures import (  # noqa: F401 - fixtures
@@ -22,7 +23,7 @@ from byom_fixtures import (  # noqa: F401 - fixtures
 )
 
 from ai_node.package import PackageError, import_package, validate_package
-from ai_node.registry import ModelRegistry, ModelSet, RegistryError
+from ai_node.registry import ModelRegistry, ModelSet, RegistryError, file_sha256
 from radnode.cli import main as radnode
 
 
@@ -214,3 +215,18 @@ def test_cli_validate_import_list_activate_deactivate_audited(
     ]
     assert "sha256=" in described[0] and "trust_code=false" in described[0]
     assert 'ParticipantObjectID="radnode-model:proto-ct:1.0"' in events[0]
+
+
+def test_a_savedmodel_needs_trust_code_then_runs(registry, tmp_path) -> None:  # noqa: F811
+    folder = tmp_path / "sm"
+    folder.mkdir()
+    prototype_cnn(filters=(4, 8, 8)).export(folder / "saved_model", verbose=False)
+    card = ct_card(name="proto-sm", model_file="saved_model")
+    card["sha256"] = file_sha256(folder / "saved_model")
+    (folder / "model.yaml").write_text(yaml.safe_dump(card, sort_keys=False))
+    msg = _refused(registry, folder, "unsafe")
+    assert "SavedModel" in msg
+    result = import_package(registry, folder, trust_code=True, activate=True)
+    assert result.report.format == "saved_model" and result.report.output_shape == (2, 1)
+    model = ModelSet(registry).get("proto-sm")
+    assert model.predict_batched(np.zeros((3, 128, 128, 1), np.float32)).shape == (3, 1)

@@ -236,3 +236,38 @@ def test_feedback_is_recorded_per_model(byom) -> None:
         service.record(
             uid, "relabel", Reviewer("rad1", "Doe^Jane"), label="lesion", model="proto-ct"
         )
+
+
+def test_a_model_that_cannot_load_fails_alone_and_a_missing_verdict_is_named(
+    byom, tmp_path
+) -> None:
+    node, pipeline, registry = byom
+    path = registry.version_dir("proto-ct", "1.0") / "model.h5"
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    spec = StudySpec(region="chest", slices=6, seed=65, **SMALL)
+    study = add_study(node, spec, tmp_path / "a")
+    run_all(node, pipeline)
+    results = _by_model(node, study.study_instance_uid)
+    assert results["proto-ct"]["status"] == "failed"
+    assert (
+        "cannot be loaded" in results["proto-ct"]["error"]
+        and "sha256" in results["proto-ct"]["error"]
+    )
+    assert results["finding"]["status"] == "done"
+
+    registry.deactivate("proto-ct")
+    registry.deactivate("region")
+    study = add_study(node, StudySpec(region="chest", slices=6, seed=66, **SMALL), tmp_path / "b")
+    run_all(node, pipeline)
+    results = _by_model(node, study.study_instance_uid)
+    assert set(results) == {"finding"} and results["finding"]["status"] == "failed"
+    assert "needs the verdict of model 'region'" in results["finding"]["error"]
+
+    with TestClient(create_app(node)) as client:
+        models = client.get("/api/models").json()["items"]
+    listed = {(m["name"], m["version"]): m for m in models}
+    assert not listed[("region", "1.0.0")]["active"] and listed[("finding", "1.0.0")]["active"]
+    assert listed[("proto-ct", "1.0")]["card"]["sr"]["finding"] == "SCT.Nodule"
+    assert listed[("cxr-small", "1.0")]["modalities"] == ["CR", "DX"]

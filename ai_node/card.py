@@ -433,8 +433,8 @@ class ModelCard(BaseModel):
     )
     sr: SRCoding = Field(default_factory=lambda: SRCoding.model_validate({}))
     localisation: Localisation = Field(default_factory=lambda: Localisation.model_validate({}))
-    metrics: dict[str, Any] = Field(
-        default_factory=dict, description="Reported metrics and on what data (free form)."
+    metrics: dict[str, Any] | None = Field(
+        None, description="Reported metrics and on what data (free form)."
     )
     training_data: str = Field(min_length=1, description="Training data provenance.")
     training: dict[str, Any] | None = Field(None, description="How it was trained (free form).")

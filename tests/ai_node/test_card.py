@@ -38,7 +38,8 @@ def test_shipped_cards_are_valid_and_resolve_their_codes() -> None:
     assert finding.finding_code() == codes.SCT.Lesion
     assert finding.finding_site_code() == codes.SCT.Lung
     assert finding.label_vocabulary == ("no lesion", "lesion")
-    assert finding.label_for(0.5) == "lesion" and finding.label_for(0.49) == "no lesion"
+    assert finding.label_for(0.5, 0.5) == "lesion" and finding.label_for(0.49, 0.5) == "no lesion"
+    assert finding.operating_threshold is None  # the node's finding_threshold decides
     assert finding.applicability.body_part is not None
     assert finding.applicability.body_part.model == "region"
     assert not region.reports and region.label_code("head") == codes.SCT.Head

@@ -76,9 +76,11 @@ test-all: install system-deps ohif  ## everything, slow tests included
 bench: install system-deps  ## ingest benchmark: radnode vs dcmtk storescp vs Orthanc
 	$(BIN)/python benchmarks/ingest.py
 
-lint: install  ## ruff and mypy on the packages (the versions in the lock)
-	$(BIN)/ruff check radnode dimse_scp dicomweb ai_node viewer_plugin pacs_link
+lint: install  ## ruff and mypy on the packages, tests and benchmarks; the import contracts
+	$(BIN)/ruff check radnode radnode_core dimse_scp dicomweb ai_node viewer_plugin pacs_link \
+		tests benchmarks
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) radnode-data .pytest_cache

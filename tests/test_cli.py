@@ -8,12 +8,16 @@ import subprocess
 import sys
 import urllib.request
 
-from conftest import RADNODE, REPO, RadnodeProcess, dcmtk_env, require_tool
 from pydicom import dcmread
+
+from tests.support.radnode_process import RADNODE, REPO, RadnodeProcess
+from tests.support.tools import dcmtk_env, require_tool
 
 
 def _run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*RADNODE, *args], capture_output=True, text=True, cwd=REPO, timeout=timeout)
+    return subprocess.run(
+        [*RADNODE, *args], capture_output=True, text=True, cwd=REPO, timeout=timeout
+    )
 
 
 def _get(url: str) -> tuple[int, str, str]:
@@ -28,13 +32,16 @@ def test_help_lists_every_role():
 
 
 def test_synth_study_cli_writes_a_readable_series(tmp_path):
-    result = _run("synth", "study", "--out", str(tmp_path / "s"), "--region", "head", "--slices", "4",
-                  "--seed", "3", "--size", "64")
+    result = _run("synth", "study", "--out", str(tmp_path / "s"), "--region", "head",
+                  "--slices", "4", "--seed", "3", "--size", "64")
     assert result.returncode == 0, result.stderr
     files = sorted((tmp_path / "s").glob("*.dcm"))
     assert len(files) == 4
     assert dcmread(files[0]).BodyPartExamined == "HEAD"
-    assert _run("synth", "study", "--out", str(tmp_path / "x"), "--region", "head", "--nodules", "2").returncode != 0
+    nodules_in_a_head = _run(
+        "synth", "study", "--out", str(tmp_path / "x"), "--region", "head", "--nodules", "2"
+    )
+    assert nodules_in_a_head.returncode != 0
 
 
 def test_serve_answers_echo_send_health_and_metrics(tmp_path, chest_study):
@@ -43,8 +50,10 @@ def test_serve_answers_echo_send_health_and_metrics(tmp_path, chest_study):
     try:
         echo = _run("echo", "--port", str(node.dicom_port))
         assert echo.returncode == 0 and "0x0000" in echo.stdout
-        dcmtk_echo = subprocess.run([require_tool("echoscu"), "-aec", "RADNODE", "127.0.0.1", str(node.dicom_port)],
-                                    capture_output=True, text=True, env=dcmtk_env(), timeout=30)
+        dcmtk_echo = subprocess.run(
+            [require_tool("echoscu"), "-aec", "RADNODE", "127.0.0.1", str(node.dicom_port)],
+            capture_output=True, text=True, env=dcmtk_env(), timeout=30,
+        )
         assert dcmtk_echo.returncode == 0
 
         sent = _run("send", "--port", str(node.dicom_port), *map(str, files[:12]))

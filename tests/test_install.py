@@ -25,7 +25,7 @@ REFRESH = "run `make lock` and commit requirements.lock and requirements-runtime
 
 def _locked(lock: Path = LOCK) -> dict[str, tuple[Requirement, list[str]]]:
     """Each entry of a lock by canonical name: its requirement and its sha256 hashes."""
-    entries = {}
+    entries: dict[str, tuple[Requirement, list[str]]] = {}
     for line in lock.read_text().replace("\\\n", " ").splitlines():
         words = line.split("#", 1)[0].split()
         if not words:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-from ai_fixtures import shipped_models  # noqa: F401 - fixture
 
 from ai_node.analysis import decode_and_score, finding_probabilities, sample_indices, smooth
 from ai_node.synth import StudySpec, write_study
@@ -17,7 +16,7 @@ def test_smoothing_and_sampling() -> None:
     assert len(picked) == 24 and picked[0] == 0 and picked[-1] == 299
 
 
-def test_overlapped_scores_follow_the_head_to_feet_order(shipped_models, tmp_path) -> None:  # noqa: F811
+def test_overlapped_scores_follow_the_head_to_feet_order(shipped_models, tmp_path) -> None:
     _, files = write_study(
         StudySpec(
             region="chest",

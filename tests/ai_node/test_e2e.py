@@ -2,12 +2,32 @@
 
 from __future__ import annotations
 
-import time
+import subprocess
+from collections.abc import Callable
+from typing import Any
 
 import httpx
-from conftest import RadnodeProcess, storescu
 
 from ai_node.synth import StudySpec, write_study
+from tests.support.radnode_process import RadnodeProcess
+from tests.support.tools import storescu
+from tests.support.wait import wait_for
+
+FINAL = ("done", "out_of_scope", "failed")
+
+
+def _result_in(
+    statuses: tuple[str, ...], result: Callable[[], dict[str, Any] | None],
+    proc: subprocess.Popen[bytes] | None = None,
+) -> Callable[[], dict[str, Any] | None]:
+    """A check for wait_for: the result once its status is one of ``statuses``; it gives up
+    if the worker process ``proc`` has exited."""
+    def check() -> dict[str, Any] | None:
+        assert proc is None or proc.poll() is None, f"the worker exited with {proc.returncode}"
+        body = result() or {}
+        return body if body.get("status") in statuses else None
+
+    return check
 
 
 def test_serve_analyses_a_sent_study_and_serves_the_result(tmp_path) -> None:
@@ -28,13 +48,9 @@ def test_serve_analyses_a_sent_study_and_serves_the_result(tmp_path) -> None:
         sent = storescu(node.dicom_port, files)
         assert sent.returncode == 0, sent.stderr
         url = f"http://127.0.0.1:{node.http_port}/api/studies/{study.study_instance_uid}/result"
-        body: dict = {}
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            body = httpx.get(url, timeout=10).json()
-            if body["status"] in ("done", "out_of_scope", "failed"):
-                break
-            time.sleep(0.2)
+        body = wait_for(_result_in(FINAL, lambda: httpx.get(url, timeout=10).json()),
+                        timeout=120, what="the study's result", interval=0.2,
+                        detail=lambda: node.log()[-3000:])
         assert body["status"] == "done", (body, node.log()[-3000:])
         assert 0 <= body["score"] <= 1 and body["sr_sop_instance_uid"]
         worklist = httpx.get(f"http://127.0.0.1:{node.http_port}/api/results", timeout=10).json()
@@ -49,14 +65,12 @@ def test_radnode_worker_processes_queued_studies_and_stops_cleanly(tmp_path) -> 
     """`radnode worker` alone (the analysis pipeline is installed; it replaced the
     foundation's "no analysis pipeline" exit)."""
     import signal
-    import subprocess
     import sys
-
-    from ai_fixtures import add_study
 
     from ai_node.results import ResultStore
     from radnode.assembly import build_node
     from radnode_core.settings import Settings
+    from tests.support.analysis import add_study
 
     data = tmp_path / "data"
     node = build_node(Settings(data_dir=data, fsync=False))
@@ -67,19 +81,17 @@ def test_radnode_worker_processes_queued_studies_and_stops_cleanly(tmp_path) -> 
         ),
         tmp_path / "in",
     )
+    uid = study.study_instance_uid
     proc = subprocess.Popen(
         [sys.executable, "-m", "radnode.cli", "worker", "--data-dir", str(data)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
     try:
-        deadline = time.monotonic() + 120
-        result: dict = {}
-        while time.monotonic() < deadline and proc.poll() is None:
-            result = ResultStore(node.index).study_result(study.study_instance_uid) or {}
-            if result.get("status") in ("done", "out_of_scope", "failed"):
-                break
-            time.sleep(0.2)
+        result = wait_for(
+            _result_in(FINAL, lambda: ResultStore(node.index).study_result(uid), proc),
+            timeout=120, what="the study's result", interval=0.2,
+        )
         assert result.get("status") == "out_of_scope", result
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -94,14 +106,12 @@ def test_worker_killed_mid_job_the_job_completes_once_after_restart(tmp_path) ->
     job done after two attempts, one SR, one result."""
     import os
     import signal
-    import subprocess
     import sys
-
-    from ai_fixtures import add_study, sr_rows
 
     from ai_node.results import ResultStore
     from radnode.assembly import build_node
     from radnode_core.settings import Settings
+    from tests.support.analysis import add_study, sr_rows
 
     data = tmp_path / "data"
     node = build_node(Settings(data_dir=data, fsync=False))
@@ -113,25 +123,18 @@ def test_worker_killed_mid_job_the_job_completes_once_after_restart(tmp_path) ->
     cmd = [sys.executable, "-m", "radnode.cli", "worker", "--data-dir", str(data)]
     store = ResultStore(node.index)
 
-    def wait_for(statuses: tuple[str, ...], proc: subprocess.Popen, poll: float) -> dict:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
-            result = store.study_result(uid) or {}
-            if result.get("status") in statuses:
-                return result
-            time.sleep(poll)
-        raise AssertionError(f"no {statuses} result; worker exit {proc.poll()}")
-
     first = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_for(("running",), first, 0.005)
+        wait_for(_result_in(("running",), lambda: store.study_result(uid), first),
+                 timeout=120, what="the job to run", interval=0.005)
     finally:
         first.kill()  # SIGKILL mid-job
         first.wait()
     assert node.queue.jobs_for(uid)[0]["state"] == "running"
     second = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        result = wait_for(("done", "failed"), second, 0.1)
+        result = wait_for(_result_in(("done", "failed"), lambda: store.study_result(uid), second),
+                          timeout=120, what="the job to finish", interval=0.1)
     finally:
         second.send_signal(signal.SIGTERM)
         second.wait(timeout=60)

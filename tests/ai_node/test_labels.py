@@ -6,8 +6,6 @@ from __future__ import annotations
 import highdicom as hd
 import pydicom
 import pytest
-from ai_fixtures import REPORT_CONTEXT as CTX
-from ai_fixtures import small_study_headers
 from pydicom.sr.codedict import codes
 
 from ai_node.analysis import StudyAnalysis
@@ -24,6 +22,8 @@ from ai_node.labels import (
 )
 from ai_node.preprocess import SliceRef
 from ai_node.sr import build_sr
+from tests.support.analysis import REPORT_CONTEXT as CTX
+from tests.support.analysis import small_study_headers
 
 
 def test_one_vocabulary() -> None:

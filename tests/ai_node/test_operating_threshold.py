@@ -8,14 +8,12 @@ import json
 import shutil
 from pathlib import Path
 
-from ai_fixtures import add_study, run_all
-
 from ai_node.pipeline import AnalysisPipeline
 from ai_node.registry import SHIPPED_MODELS, ModelRegistry, ModelSet
-from ai_node.results import ResultStore
 from ai_node.synth import StudySpec
 from radnode.assembly import build_node
 from radnode_core.settings import Settings
+from tests.support.analysis import add_study, run_all, study_result
 
 
 def test_the_card_threshold_wins_and_follows_activation(tmp_path: Path) -> None:
@@ -38,7 +36,7 @@ def test_the_card_threshold_wins_and_follows_activation(tmp_path: Path) -> None:
         spec = StudySpec(region="chest", slices=12, nodules=0, seed=11, rows=128, columns=128)
         study = add_study(node, spec, tmp_path / "in")
         run_all(node, pipeline)
-        result = ResultStore(node.index).study_result(study.study_instance_uid)
+        result = study_result(node, study.study_instance_uid)
         assert result["status"] == "done" and 0.0001 <= result["score"] < 0.4
         assert result["label"] == "lesion" and result["details"]["threshold"] == 0.0001
 
@@ -67,7 +65,7 @@ def test_a_failed_result_records_the_models_active_when_it_failed(tmp_path: Path
             )
         pipeline = AnalysisPipeline(node, ModelSet(ModelRegistry()))
         run_all(node, pipeline)
-        result = ResultStore(node.index).study_result(study.study_instance_uid)
+        result = study_result(node, study.study_instance_uid)
         assert result["status"] == "out_of_scope" and "no active model" in result["reason"]
         assert result["model_version"] == "finding:1.0.0,region:1.0.0"
         assert json.dumps(result)  # the API can answer it

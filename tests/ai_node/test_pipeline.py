@@ -1,24 +1,16 @@
-"""The worker's pipeline: job -> result row -> SR stored in the study; retries, dead workers, bad input."""
+"""The worker's pipeline: job -> result row -> SR stored in the study; retries, dead workers,
+bad input."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
-from ai_fixtures import (  # noqa: F401 - fixtures
-    add_study,
-    dciodvfy,
-    ingest_files,
-    node,
-    pipeline,
-    run_all,
-    shipped_models,
-    sr_rows,
-)
 from fastapi.testclient import TestClient
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless
 from sqlalchemy import update
@@ -30,6 +22,8 @@ from ai_node.synth import StudySpec, write_study
 from ai_node.worker import Worker
 from dicomweb.app import create_app
 from radnode_core.index import jobs
+from tests.support.analysis import add_study, ingest_files, run_all, sr_rows, study_result
+from tests.support.tools import dciodvfy
 
 
 def sr_probability(path: Path) -> float | None:
@@ -116,7 +110,7 @@ def test_killed_worker_job_completes_once_on_another(node, pipeline, tmp_path) -
     [job] = node.queue.jobs_for(uid)
     assert job["state"] == "done" and job["attempts"] == 2 and job["lease_owner"] == "worker-b"
     assert len(sr_rows(node, uid)) == 1
-    assert ResultStore(node.index).study_result(uid)["status"] == "done"
+    assert study_result(node, uid)["status"] == "done"
     assert not node.queue.complete(dead, "worker-a")  # A's late completion is refused
 
 
@@ -127,7 +121,7 @@ def test_head_study_is_out_of_scope_with_an_sr(node, pipeline, tmp_path) -> None
         tmp_path / "in",
     )
     run_all(node, pipeline)
-    result = ResultStore(node.index).study_result(study.study_instance_uid)
+    result = study_result(node, study.study_instance_uid)
     assert result["status"] == "out_of_scope" and result["score"] is None
     assert result["label"] == "out of scope: head"
     [sr_row] = sr_rows(node, study.study_instance_uid)
@@ -145,7 +139,9 @@ def _write_variant(spec: StudySpec, out: Path, change) -> list[Path]:
 
 
 def test_bad_inputs_end_in_a_result_and_the_worker_keeps_going(node, pipeline, tmp_path) -> None:
-    small = {"rows": 128, "columns": 128, "pixel_spacing_mm": 2.8, "region": "chest"}
+    small: dict[str, Any] = {
+        "rows": 128, "columns": 128, "pixel_spacing_mm": 2.8, "region": "chest"
+    }
     studies = {}
 
     # 1. no CT series: a secondary capture only
@@ -197,8 +193,7 @@ def test_bad_inputs_end_in_a_result_and_the_worker_keeps_going(node, pipeline, t
         node.queue.enqueue_if_due(uid, "manual")
         studies[name] = uid
     run_all(node, pipeline)
-    store = ResultStore(node.index)
-    got = {name: store.study_result(uid) for name, uid in studies.items()}
+    got = {name: study_result(node, uid) for name, uid in studies.items()}
     assert got["no_ct"]["status"] == "out_of_scope"
     assert "no active model is for this study" in got["no_ct"]["reason"]
     assert got["corrupt"]["status"] == "failed" and "decoded" in got["corrupt"]["error"]
@@ -237,8 +232,8 @@ def test_the_assembled_worker_runs_the_analysis_pipeline(node) -> None:
     assert isinstance(make_worker(node).processor, AnalysisPipeline)
 
 
-def test_multi_frame_enhanced_ct_study(node, pipeline) -> None:  # noqa: F811
-    from ai_fixtures import enhanced_ct
+def test_multi_frame_enhanced_ct_study(node, pipeline) -> None:
+    from tests.support.analysis import enhanced_ct
 
     uid, raw = enhanced_ct(
         StudySpec(
@@ -254,7 +249,7 @@ def test_multi_frame_enhanced_ct_study(node, pipeline) -> None:  # noqa: F811
     node.ingestor.ingest(raw, ExplicitVRLittleEndian, source="test")
     node.queue.enqueue_if_due(uid, "manual")
     run_all(node, pipeline)
-    result = ResultStore(node.index).study_result(uid)
+    result = study_result(node, uid)
     assert result["status"] == "done" and result["details"]["slices"] == 12, result
     [sr_row] = sr_rows(node, uid)
     sr_path = node.store.path_of(sr_row["path"])
@@ -268,7 +263,7 @@ def test_multi_frame_enhanced_ct_study(node, pipeline) -> None:  # noqa: F811
     assert frames and all(f is not None for f in frames)
 
 
-def test_study_missing_optional_tags(node, pipeline, tmp_path) -> None:  # noqa: F811
+def test_study_missing_optional_tags(node, pipeline, tmp_path) -> None:
     def strip(ds):
         for kw in (
             "PixelSpacing",
@@ -289,7 +284,7 @@ def test_study_missing_optional_tags(node, pipeline, tmp_path) -> None:  # noqa:
     uid = pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID
     node.queue.enqueue_if_due(uid, "manual")
     run_all(node, pipeline)
-    result = ResultStore(node.index).study_result(uid)
+    result = study_result(node, uid)
     assert result["status"] == "done", result
     [sr_row] = sr_rows(node, uid)
     report = dciodvfy(node.store.path_of(sr_row["path"]))

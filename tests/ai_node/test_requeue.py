@@ -10,9 +10,9 @@ import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import pytest
-from ai_fixtures import add_study, run_all
 from fastapi.testclient import TestClient
 
 from ai_node.results import ResultStore
@@ -23,6 +23,8 @@ from radnode_core.index import utcnow
 from radnode_core.jobs import Job
 from radnode_core.node import Node
 from radnode_core.settings import Settings
+from tests.support.analysis import add_study, run_all
+from tests.support.security import child
 
 REPO = Path(__file__).resolve().parents[2]
 ADMIN, RADIOLOGIST = "admin-token-requeue", "radiologist-token-requeue"
@@ -33,7 +35,8 @@ class Recorder:
     """A processor that writes the planned result of each study and remembers the jobs."""
 
     def __init__(self, store: ResultStore, plan: dict[str, tuple[str, str]]) -> None:
-        self.store, self.plan, self.jobs = store, plan, []
+        self.store, self.plan = store, plan
+        self.jobs: list[tuple[str, int, str]] = []
 
     def __call__(self, job: Job) -> None:
         self.jobs.append((job.study_uid, job.version, job.reason))
@@ -89,7 +92,7 @@ V = 2
 
 
 def _jobs(node: Node, uid: str) -> list[tuple[int, str]]:
-    return [(int(j["version"]), str(j["reason"])) for j in node.queue.jobs_for(uid)]
+    return [(cast(int, j["version"]), str(j["reason"])) for j in node.queue.jobs_for(uid)]
 
 
 def _requeue_cli(node: Node, *args: str) -> subprocess.CompletedProcess[str]:
@@ -141,17 +144,19 @@ def test_cli_requeues_what_the_broken_model_failed_once_each(studies) -> None:
     assert sorted(recorder.jobs) == sorted((uids[n], V + 1, "requeue") for n in "ab")
     store = ResultStore(node.index)
     for name in "ab":
-        assert store.study_result(uids[name])["status"] == "done"
-        assert store.get(uids[name], V)["status"] == "failed"  # the old result stays
+        result, old = store.study_result(uids[name]), store.get(uids[name], V)
+        assert result is not None and old is not None
+        assert result["status"] == "done"
+        assert old["status"] == "failed"  # the old result stays
     [message] = _audited(node)
-    assert message.find("EventIdentification/EventID").attrib["csd-code"] == "110103"
+    assert child(message, "EventIdentification/EventID").attrib["csd-code"] == "110103"
     named = {
         po.attrib["ParticipantObjectID"]
         for po in message.findall("ParticipantObjectIdentification")
         if po.find("ParticipantObjectIDTypeCode[@csd-code='110180']") is not None
     }
     assert named == {uids["a"], uids["b"]}
-    assert message.find("ActiveParticipant").attrib["UserID"].startswith("cli:")
+    assert child(message, "ActiveParticipant").attrib["UserID"].startswith("cli:")
 
     refused = _requeue_cli(node)
     assert refused.returncode == 2 and "status or a model version" in refused.stderr

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 
 import pytest
-from ai_fixtures import node  # noqa: F401 - fixture
 from fastapi.testclient import TestClient
 
 from ai_node.results import ResultStore

@@ -44,7 +44,7 @@ def _independent_bootstrap(labels, scores, thresholds, patients):
     keys = sorted(by_patient)
     strata = [[by_patient[k] for k in keys if max(labels[by_patient[k]]) == c] for c in (0, 1)]
     rng = np.random.default_rng(SEED)
-    out = {
+    out: dict[str, dict[str, list[float]]] = {
         name: {m: [] for m in ("auc", "sensitivity", "specificity", "ppv", "brier", "ece")}
         for name in scores
     }

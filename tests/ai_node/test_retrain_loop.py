@@ -21,7 +21,6 @@ import httpx
 import numpy as np
 import pydicom
 import pytest
-from conftest import RadnodeProcess, storescu
 
 from ai_node.models import load_model
 from ai_node.registry import SHIPPED_MODELS, ModelRegistry
@@ -30,6 +29,9 @@ from ai_node.retrain.evaluate import study_score
 from ai_node.retrain.metrics import point_metrics
 from ai_node.retrain.split import assign_splits
 from ai_node.synth import StudySpec, write_study
+from tests.support.radnode_process import RadnodeProcess
+from tests.support.tools import storescu
+from tests.support.wait import wait_for
 
 ADMIN, RADIOLOGIST = "admin-token-retrain", "radiologist-token-retrain"
 REPO = Path(__file__).resolve().parents[2]
@@ -43,10 +45,12 @@ def _auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-def _wait_results(url: str, uids: list[str], timeout: float = 180) -> dict[str, dict]:
-    deadline = time.monotonic() + timeout
-    results: dict[str, dict] = {}
-    while time.monotonic() < deadline:
+def _wait_results(
+    node: RadnodeProcess, url: str, uids: list[str], timeout: float = 180
+) -> dict[str, dict]:
+    """Each study's result once every one is final (done, out of scope or failed)."""
+
+    def final() -> dict[str, dict] | None:
         results = {
             uid: httpx.get(
                 f"{url}/api/studies/{uid}/result", headers=_auth(ADMIN), timeout=10
@@ -54,9 +58,11 @@ def _wait_results(url: str, uids: list[str], timeout: float = 180) -> dict[str, 
             for uid in uids
         }
         if all(r.get("status") in ("done", "out_of_scope", "failed") for r in results.values()):
-            break
-        time.sleep(0.5)
-    return results
+            return results
+        return None
+
+    return wait_for(final, timeout=timeout, what=f"the results of {len(uids)} studies",
+                    interval=0.5, detail=lambda: node.log()[-3000:])
 
 
 def _algorithm_versions(sr: pydicom.Dataset) -> list[str]:
@@ -159,7 +165,7 @@ def test_labels_to_promoted_model_to_next_sr(
     try:
         sent = storescu(node.dicom_port, [f for _, files, _ in studies.values() for f in files])
         assert sent.returncode == 0, sent.stderr
-        results = _wait_results(url, list(studies))
+        results = _wait_results(node, url, list(studies))
         assert all(r["status"] == "done" for r in results.values()), (results, node.log()[-3000:])
         assert {r["model_version"] for r in results.values()} == {"finding:1.0.0,region:1.0.0"}
 
@@ -286,7 +292,7 @@ def test_labels_to_promoted_model_to_next_sr(
         )
         study, files = write_study(spec, tmp_path / "in" / "after")
         assert storescu(node.dicom_port, files).returncode == 0
-        after = _wait_results(url, [study.study_instance_uid])[study.study_instance_uid]
+        after = _wait_results(node, url, [study.study_instance_uid])[study.study_instance_uid]
         assert after["status"] == "done", after
         assert "finding:retrain-a" in after["model_version"]
         [sr_path] = list(data.rglob(f"{after['sr_sop_instance_uid']}.dcm"))

@@ -346,7 +346,7 @@ def test_a_failing_run_is_recorded_with_the_failed_step(tmp_path: Path) -> None:
     import os
     import subprocess
 
-    from conftest import free_port
+    from tests.support.processes import free_port
 
     models = tmp_path / "models"
     shutil.copytree(SHIPPED_MODELS, models, ignore=shutil.ignore_patterns("__pycache__"))

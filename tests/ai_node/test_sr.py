@@ -7,13 +7,14 @@ from pathlib import Path
 import highdicom as hd
 import pydicom
 import pytest
-from ai_fixtures import REPORT_CONTEXT as CTX
-from ai_fixtures import dciodvfy, small_study_headers
 from pydicom.sr.codedict import codes
 
 from ai_node.analysis import StudyAnalysis
 from ai_node.preprocess import SliceRef
 from ai_node.sr import PROBABILITY, build_sr, sr_uids
+from tests.support.analysis import REPORT_CONTEXT as CTX
+from tests.support.analysis import meaning, small_study_headers
+from tests.support.tools import dciodvfy
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +52,7 @@ def test_finding_sr_passes_dciodvfy_and_reads_back(headers, tmp_path) -> None:
     [measurement] = group.get_measurements(name=PROBABILITY)
     assert measurement.value == pytest.approx(0.87)
     assert measurement.unit.value == "1"
-    evaluations = {e.name.meaning: e.value.meaning for e in group.get_qualitative_evaluations()}
+    evaluations = {e.name.meaning: meaning(e.value) for e in group.get_qualitative_evaluations()}
     assert evaluations["Lesion"] == "Present"
     assert "radnode-finding" in str(back.ContentSequence)
     assert group.finding_sites[0].value == codes.SCT.Lung
@@ -69,7 +70,7 @@ def test_out_of_scope_sr_says_not_evaluated(headers, tmp_path) -> None:
     assert not _errors(report), report
     back = hd.sr.srread(path)
     group = hd.sr.MeasurementReport.from_sequence([back]).get_image_measurement_groups()[0]
-    evaluations = {e.name.meaning: e.value.meaning for e in group.get_qualitative_evaluations()}
+    evaluations = {e.name.meaning: meaning(e.value) for e in group.get_qualitative_evaluations()}
     assert evaluations == {"Lesion": "Not Evaluated", "Target Region": "Head"}
     assert group.get_measurements() == []
     assert "out of scope" in back.SeriesDescription

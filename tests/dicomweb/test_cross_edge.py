@@ -6,13 +6,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import RadnodeProcess, storescu
 from dicomweb_client import DICOMwebClient
-from dwfixtures import VariedStudies, dicomweb_url, varied_studies  # noqa: F401
 from pydicom import dcmread
 
 from radnode_core.index import Index
 from radnode_core.jobs import JobQueue
+from tests.support.dicomweb_studies import VariedStudies, dicomweb_url
+from tests.support.radnode_process import RadnodeProcess
+from tests.support.tools import storescu
 
 
 @pytest.fixture
@@ -28,7 +29,7 @@ def scp_and_api(tmp_path: Path) -> Iterator[tuple[RadnodeProcess, RadnodeProcess
 def test_cstore_then_qido_and_stow_then_index(
     scp_and_api: tuple[RadnodeProcess, RadnodeProcess],
     chest_study: tuple[object, list[Path]],
-    varied_studies: VariedStudies,  # noqa: F811
+    varied_studies: VariedStudies,
 ) -> None:
     scp, api = scp_and_api
     files = sorted(chest_study[1])[:4]

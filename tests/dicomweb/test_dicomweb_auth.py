@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from conftest import RADNODE, REPO, RadnodeProcess, free_port
+
+from tests.support.processes import free_port
+from tests.support.radnode_process import RADNODE, REPO, RadnodeProcess
+from tests.support.wait import wait_for
 
 TOKENS = {"t-admin": "admin", "t-rad": "radiologist", "t-mod": "modality", "t-view": "viewer"}
 ROLE_TOKEN = {role: token for token, role in TOKENS.items()}
@@ -104,14 +106,17 @@ def test_cors_preflight(secured: RadnodeProcess) -> None:
     assert "access-control-allow-origin" not in other.headers
 
 
+def _log_with(node: RadnodeProcess, text: str) -> str | None:
+    log = node.log()
+    return log if text in log else None
+
+
 def test_no_patient_names_in_access_log(secured: RadnodeProcess) -> None:
     url = f"http://127.0.0.1:{secured.http_port}/dicom-web/studies?PatientName=Secret^Person"
     assert httpx.get(url, headers={"Authorization": "Bearer t-view"}).status_code == 200
     # The line is written once the response is out: wait for it (bounded), then look.
-    deadline = time.monotonic() + 20
-    while "PatientName" not in secured.log() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    log = secured.log()
+    log = wait_for(lambda: _log_with(secured, "PatientName"), timeout=20,
+                   what="the access log line", interval=0.05)
     assert "PatientName" in log  # the parameter's name is logged
     assert "Secret" not in log
     assert "t-view" not in log  # nor any token

@@ -6,8 +6,9 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from conftest import RadnodeProcess
-from dwfixtures import VariedStudies, api, dicomweb_url, part10, varied_studies  # noqa: F401
+
+from tests.support.dicomweb_studies import VariedStudies, dicomweb_url, part10
+from tests.support.radnode_process import RadnodeProcess
 
 BOUNDARY = "radnode-test-boundary"
 RELATED = f'multipart/related; type="application/dicom"; boundary={BOUNDARY}'
@@ -34,7 +35,7 @@ def small_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RadnodeProce
     node.stop()
 
 
-def test_stow_refusals(api: RadnodeProcess, varied_studies: VariedStudies) -> None:  # noqa: F811
+def test_stow_refusals(api: RadnodeProcess, varied_studies: VariedStudies) -> None:
     url = f"{dicomweb_url(api)}/studies"
     good = part10(varied_studies.datasets[0])
     before = instance_count(api)
@@ -80,7 +81,7 @@ def test_stow_refusals(api: RadnodeProcess, varied_studies: VariedStudies) -> No
     assert instance_count(api) == before + 1
 
 
-def test_stow_too_large(small_api: RadnodeProcess, varied_studies: VariedStudies) -> None:  # noqa: F811
+def test_stow_too_large(small_api: RadnodeProcess, varied_studies: VariedStudies) -> None:
     url = f"{dicomweb_url(small_api)}/studies"
     content = body(*(part10(ds) for ds in varied_studies.datasets))
     assert len(content) > 16384
@@ -115,18 +116,19 @@ def test_stow_too_large(small_api: RadnodeProcess, varied_studies: VariedStudies
         "NumberOfStudyRelatedInstances=x",
     ],
 )
-def test_qido_malformed(api: RadnodeProcess, query: str) -> None:  # noqa: F811
+def test_qido_malformed(api: RadnodeProcess, query: str) -> None:
     response = httpx.get(f"{dicomweb_url(api)}/studies?{query}")
     assert response.status_code == 400, response.text
     assert response.json()["detail"]
 
 
-def test_bad_paths(api: RadnodeProcess) -> None:  # noqa: F811
+def test_bad_paths(api: RadnodeProcess) -> None:
     base = dicomweb_url(api)
     assert httpx.get(f"{base}/studies/not..a/uid/series").status_code in (400, 404)
     assert httpx.get(f"{base}/studies/1.2.3.4.5.6.7.8.9").status_code == 404
     assert httpx.get(f"{base}/studies/..%2F..%2Fetc/series").status_code in (400, 404)
     assert httpx.get(f"{base}/studies/1.2.abc/series").status_code == 400
     assert httpx.get(f"{base}/studies/1.2.abc/metadata").status_code == 400
-    assert httpx.get(f"{base}/studies/1.2.3/series/1.2.4/instances/1.2.5/frames/x").status_code == 400
+    frames = f"{base}/studies/1.2.3/series/1.2.4/instances/1.2.5/frames"
+    assert httpx.get(f"{frames}/x").status_code == 400
     assert httpx.get(f"http://127.0.0.1:{api.http_port}/healthz").status_code == 200

@@ -16,13 +16,13 @@ from typing import Any
 import httpx
 import jwt
 import pytest
-from conftest import RadnodeProcess
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from dicomweb.auth import InsecureBinding, check_exposure
 from dicomweb.tokens import InvalidToken, JwksKeys, TokenVerifier
 from radnode_core.settings import Settings
+from tests.support.radnode_process import RadnodeProcess
 
 ISSUER = "https://idp.example/realms/radnode"
 AUDIENCE = "radnode"
@@ -148,7 +148,7 @@ def test_lifespan_refetch(idp: JwksServer, key_a: rsa.RSAPrivateKey) -> None:
     idp.serve(a=key_a)
     check = verifier(idp.url, lifespan_s=0.2, min_refresh_s=0)
     check.roles(token(key_a, "a", "viewer"))
-    time.sleep(0.3)
+    time.sleep(0.3)  # past the 0.2 s lifespan of the fetched keys
     check.roles(token(key_a, "a", "viewer"))
     assert idp.fetches == 2
 

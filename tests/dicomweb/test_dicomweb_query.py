@@ -15,7 +15,9 @@ def sql(level: str, params: list[tuple[str, str]], is_sqlite: bool = True) -> st
 
 
 def test_keywords_and_tags() -> None:
-    query = parse("study", [("00100020", "P1"), ("PatientName", ""), ("includefield", "00081030,all")])
+    query = parse(
+        "study", [("00100020", "P1"), ("PatientName", ""), ("includefield", "00081030,all")]
+    )
     assert [(a.keyword, v) for a, v in query.filters] == [("PatientID", "P1")]
     assert query.include == {"PatientName", "StudyDescription"}
     assert query.include_all

@@ -5,14 +5,15 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-from conftest import RadnodeProcess
 from dicomweb_client import DICOMwebClient
-from dwfixtures import VariedStudies, dicomweb_url, varied_studies  # noqa: F401
+
+from tests.support.dicomweb_studies import VariedStudies, dicomweb_url
+from tests.support.radnode_process import RadnodeProcess
 
 
 def test_replaced_instance_is_read_again(
     tmp_path: Path,
-    varied_studies: VariedStudies,  # noqa: F811
+    varied_studies: VariedStudies,
 ) -> None:
     node = RadnodeProcess(
         tmp_path / "data", "api", env={"RADNODE_DUPLICATE_POLICY": "replace"}

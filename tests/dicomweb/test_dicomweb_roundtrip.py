@@ -6,17 +6,18 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import RadnodeProcess
 from dicomweb_client import DICOMwebClient
-from dwfixtures import api, dicomweb_url  # noqa: F401 - fixtures
 from pydicom import dcmread
+
+from tests.support.dicomweb_studies import dicomweb_url
+from tests.support.radnode_process import RadnodeProcess
 
 SLICES = 8
 
 
 @pytest.fixture(scope="module")
 def stored(
-    api: RadnodeProcess,  # noqa: F811
+    api: RadnodeProcess,
     chest_study: tuple[object, list[Path]],
 ) -> tuple[DICOMwebClient, list[Path]]:
     """The first slices of the synthetic chest study, stored with STOW-RS."""
@@ -46,14 +47,18 @@ def test_search_three_levels(stored: tuple[DICOMwebClient, list[Path]]) -> None:
     name = str(first.PatientName)
     assert client.search_for_studies(search_filters={"PatientName": name.lower()[:4] + "*"})
     assert client.search_for_studies(
-        search_filters={"StudyDate": f"{first.StudyDate}-{first.StudyDate}", "ModalitiesInStudy": "CT"}
+        search_filters={
+            "StudyDate": f"{first.StudyDate}-{first.StudyDate}", "ModalitiesInStudy": "CT"
+        }
     )
     assert client.search_for_studies(search_filters={"StudyDate": "19000101-19000102"}) == []
     assert client.search_for_studies(search_filters={"PatientID": "no-such-patient"}) == []
 
     all_series = client.search_for_series(search_filters={"Modality": "CT"})
     assert series in {s["0020000E"]["Value"][0] for s in all_series}
-    in_study = client.search_for_series(study, search_filters={"SeriesNumber": str(first.SeriesNumber)})
+    in_study = client.search_for_series(
+        study, search_filters={"SeriesNumber": str(first.SeriesNumber)}
+    )
     assert [s["0020000E"]["Value"][0] for s in in_study] == [series]
     assert in_study[0]["00201209"]["Value"] == [SLICES]  # NumberOfSeriesRelatedInstances
 

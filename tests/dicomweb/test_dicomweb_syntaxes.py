@@ -1,4 +1,5 @@
-"""WADO-RS over stored compressed and implicit-VR instances: frames, transfer syntaxes, rendering."""
+"""WADO-RS over stored compressed and implicit-VR instances: frames, transfer syntaxes,
+rendering."""
 
 from __future__ import annotations
 
@@ -8,12 +9,13 @@ import email.policy
 import httpx
 import numpy as np
 import pytest
-from conftest import RadnodeProcess
 from dicomweb_client import DICOMwebClient
-from dwfixtures import api, dicomweb_url  # noqa: F401 - fixtures
 from pydicom import Dataset, dcmread
-from pydicom.data import get_testdata_file
 from pydicom.encaps import generate_frames
+
+from tests.support.dicom_bytes import pydicom_test_file
+from tests.support.dicomweb_studies import dicomweb_url
+from tests.support.radnode_process import RadnodeProcess
 
 J2K_MULTIFRAME = "emri_small_jpeg_2k_lossless.dcm"  # 10 frames, JPEG 2000 lossless
 IMPLICIT = "MR_small_implicit.dcm"
@@ -23,26 +25,33 @@ def parts(response: httpx.Response) -> list[tuple[str, bytes]]:
     """(content type, body) of each part of a multipart/related answer."""
     raw = b"Content-Type: " + response.headers["content-type"].encode() + b"\r\n\r\n"
     message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(raw + response.content)
-    return [(p.get_content_type(), p.get_payload(decode=True)) for p in message.iter_parts()]
+    found = []
+    for part in message.iter_parts():
+        body = part.get_payload(decode=True)
+        assert isinstance(body, bytes), part
+        found.append((part.get_content_type(), body))
+    return found
 
 
 @pytest.fixture(scope="module")
-def stored(api: RadnodeProcess) -> dict[str, Dataset]:  # noqa: F811
+def stored(api: RadnodeProcess) -> dict[str, Dataset]:
     client = DICOMwebClient(dicomweb_url(api))
-    datasets = {name: dcmread(get_testdata_file(name)) for name in (J2K_MULTIFRAME, IMPLICIT)}
+    datasets: dict[str, Dataset] = {
+        name: dcmread(pydicom_test_file(name)) for name in (J2K_MULTIFRAME, IMPLICIT)
+    }
     answer = client.store_instances(list(datasets.values()))
     assert "FailedSOPSequence" not in answer, answer
     return datasets
 
 
-def url_of(api: RadnodeProcess, ds: Dataset) -> str:  # noqa: F811
+def url_of(api: RadnodeProcess, ds: Dataset) -> str:
     return (
         f"{dicomweb_url(api)}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
         f"/instances/{ds.SOPInstanceUID}"
     )
 
 
-def test_compressed_frames(api: RadnodeProcess, stored: dict[str, Dataset]) -> None:  # noqa: F811
+def test_compressed_frames(api: RadnodeProcess, stored: dict[str, Dataset]) -> None:
     ds = stored[J2K_MULTIFRAME]
     url = url_of(api, ds)
     encapsulated = list(generate_frames(ds.PixelData, number_of_frames=int(ds.NumberOfFrames)))
@@ -80,7 +89,7 @@ def test_compressed_frames(api: RadnodeProcess, stored: dict[str, Dataset]) -> N
     assert refused.status_code == 406 and refused.json()["detail"]
 
 
-def test_implicit_to_explicit(api: RadnodeProcess, stored: dict[str, Dataset]) -> None:  # noqa: F811
+def test_implicit_to_explicit(api: RadnodeProcess, stored: dict[str, Dataset]) -> None:
     ds = stored[IMPLICIT]
     response = httpx.get(
         url_of(api, ds),
@@ -101,7 +110,7 @@ def test_implicit_to_explicit(api: RadnodeProcess, stored: dict[str, Dataset]) -
 
 
 def test_series_rendered_and_warning(
-    api: RadnodeProcess,  # noqa: F811
+    api: RadnodeProcess,
     stored: dict[str, Dataset],
 ) -> None:
     ds = stored[IMPLICIT]
@@ -125,11 +134,11 @@ def test_series_rendered_and_warning(
     assert item["00280010"]["Value"] == [ds.Rows]
 
 
-def test_decompression_bomb_refused(api: RadnodeProcess) -> None:  # noqa: F811
+def test_decompression_bomb_refused(api: RadnodeProcess) -> None:
     """A compressed image whose header claims a huge frame is not decoded (400), the server fine."""
     from pydicom.uid import generate_uid
 
-    ds = dcmread(get_testdata_file(J2K_MULTIFRAME))
+    ds = dcmread(pydicom_test_file(J2K_MULTIFRAME))
     ds.SOPInstanceUID = generate_uid()
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     ds.Rows = ds.Columns = 60000

@@ -11,12 +11,12 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import RadnodeProcess
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from dicomweb.tokens import InvalidToken, TokenVerifier
+from tests.support.radnode_process import RadnodeProcess
 
 ISSUER = "https://idp.example/realms/radnode"
 AUDIENCE = "radnode"
@@ -147,7 +147,8 @@ def test_unusable_key_refused(tmp_path: Path) -> None:
     import os
     import subprocess
 
-    from conftest import RADNODE, REPO, free_port
+    from tests.support.processes import free_port
+    from tests.support.radnode_process import RADNODE, REPO
 
     bad = tmp_path / "bad.pem"
     bad.write_text("not a key")

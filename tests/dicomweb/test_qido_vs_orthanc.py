@@ -10,12 +10,12 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from conftest import RadnodeProcess
 from dicomweb_client import DICOMwebClient
-from dwfixtures import CT_IMAGE, VariedStudies, api, dicomweb_url, varied_studies  # noqa: F401
-from pgserver import PostgresServer
 
 from tests.support.dicomweb_peer import OrthancDicomWeb
+from tests.support.dicomweb_studies import CT_IMAGE, VariedStudies, dicomweb_url
+from tests.support.postgres import PostgresServer
+from tests.support.radnode_process import RadnodeProcess
 
 
 @pytest.fixture(scope="module")
@@ -27,9 +27,9 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancDicomWe
 
 @pytest.fixture(scope="module")
 def clients(
-    api: RadnodeProcess,  # noqa: F811
+    api: RadnodeProcess,
     orthanc: OrthancDicomWeb,
-    varied_studies: VariedStudies,  # noqa: F811
+    varied_studies: VariedStudies,
 ) -> tuple[DICOMwebClient, DICOMwebClient]:
     ours = DICOMwebClient(dicomweb_url(api))
     theirs = DICOMwebClient(orthanc.url)
@@ -106,7 +106,7 @@ def _uids(base: str, level: str, study: str | None, series: str | None,
 
 def test_same_matches_as_orthanc(
     clients: tuple[DICOMwebClient, DICOMwebClient],
-    varied_studies: VariedStudies,  # noqa: F811
+    varied_studies: VariedStudies,
 ) -> None:
     ours, theirs = clients
     queries = _queries(varied_studies)
@@ -125,7 +125,7 @@ def test_same_matches_as_orthanc(
 
 def test_request_attributes_sequence_matching(
     clients: tuple[DICOMwebClient, DICOMwebClient],
-    varied_studies: VariedStudies,  # noqa: F811
+    varied_studies: VariedStudies,
 ) -> None:
     """Sequence matching keys (not compared: Orthanc does not match on sequences)."""
     ours, _ = clients
@@ -157,7 +157,7 @@ def test_same_matches_on_postgresql(
     postgres_url: str,
     orthanc: OrthancDicomWeb,
     clients: tuple[DICOMwebClient, DICOMwebClient],
-    varied_studies: VariedStudies,  # noqa: F811
+    varied_studies: VariedStudies,
 ) -> None:
     """The LIKE (not GLOB) matching of a PostgreSQL index agrees with Orthanc too."""
     root = tmp_path_factory.mktemp("dicomweb-pg")

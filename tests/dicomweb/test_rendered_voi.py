@@ -11,9 +11,7 @@ from io import BytesIO
 import httpx
 import numpy as np
 import pytest
-from conftest import RadnodeProcess
 from dicomweb_client import DICOMwebClient
-from dwfixtures import api, dicomweb_url  # noqa: F401 - fixtures
 from PIL import Image
 from pydicom import Dataset, dcmread
 from pydicom.data import get_testdata_file
@@ -21,6 +19,8 @@ from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from pydicom.uid import generate_uid
 
 from dicomweb.render import RenderError, parse_window, render
+from tests.support.dicomweb_studies import dicomweb_url
+from tests.support.radnode_process import RadnodeProcess
 
 VOI_LUT_FILE = "vlut_04.dcm"  # 8-bit secondary capture with a 256-entry, 16-bit VOI LUT
 MR_FILE = "MR_small.dcm"  # 16-bit signed MR, Window Center 600 / Width 1600, no rescale

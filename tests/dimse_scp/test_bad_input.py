@@ -7,11 +7,14 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import RadnodeProcess, storescu
 from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
-from scu_raw import encode, part10, send_raw_files
+
+from tests.support.dicom_bytes import encode, part10
+from tests.support.radnode_process import RadnodeProcess
+from tests.support.scu_raw import send_raw_files
+from tests.support.tools import storescu
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 MR = "1.2.840.10008.5.1.4.1.1.4"
@@ -42,7 +45,9 @@ def _write(tmp_path: Path, name: str, data: bytes) -> Path:
     return path
 
 
-def test_each_kind_of_bad_instance_gets_its_status_and_nothing_is_stored(radnode_scp: RadnodeProcess, slice_ds, tmp_path):
+def test_each_kind_of_bad_instance_gets_its_status_and_nothing_is_stored(
+    radnode_scp: RadnodeProcess, slice_ds, tmp_path
+):
     good = encode(slice_ds)
     uid = slice_ds.SOPInstanceUID
 
@@ -66,15 +71,16 @@ def test_each_kind_of_bad_instance_gets_its_status_and_nothing_is_stored(radnode
     }
     files = [_write(tmp_path, name, data) for name, (data, _) in cases.items()]
     statuses = send_raw_files(radnode_scp.dicom_port, files, [(CT, ExplicitVRLittleEndian)])
-    assert dict(zip(cases, statuses)) == {name: expected for name, (_, expected) in cases.items()}
+    expected = {name: status for name, (_, status) in cases.items()}
+    assert dict(zip(cases, statuses, strict=True)) == expected
 
     assert _files_on_disk(radnode_scp.data_dir) == []
     assert _temp_files(radnode_scp.data_dir) == []
     assert _indexed(radnode_scp.data_dir) == 0
     assert not list(Path("/tmp").glob("evil*"))
     # ... and the next association is served normally.
-    assert send_raw_files(radnode_scp.dicom_port, [_write(tmp_path, "ok.dcm", part10(good, CT, uid))],
-                          [(CT, ExplicitVRLittleEndian)]) == [0x0000]
+    ok = _write(tmp_path, "ok.dcm", part10(good, CT, uid))
+    assert send_raw_files(radnode_scp.dicom_port, [ok], [(CT, ExplicitVRLittleEndian)]) == [0x0000]
     assert _indexed(radnode_scp.data_dir) == 1
     log = radnode_scp.log()
     assert "instance refused" in log and "0xA900" in log
@@ -83,7 +89,9 @@ def test_each_kind_of_bad_instance_gets_its_status_and_nothing_is_stored(radnode
 
 def test_unknown_calling_aet_is_rejected_and_nothing_stored(tmp_path, chest_study):
     _study, files = chest_study
-    node = RadnodeProcess(tmp_path / "data", "scp", "--allow", "CT_SCANNER@127.0.0.1", "--allow", "PACS").start()
+    node = RadnodeProcess(
+        tmp_path / "data", "scp", "--allow", "CT_SCANNER@127.0.0.1", "--allow", "PACS"
+    ).start()
     try:
         rejected = storescu(node.dicom_port, files[:3], aet="INTRUDER")
         assert rejected.returncode != 0
@@ -96,7 +104,9 @@ def test_unknown_calling_aet_is_rejected_and_nothing_stored(tmp_path, chest_stud
         ae.add_requested_context("1.2.840.10008.1.1")
         assoc = ae.associate("127.0.0.1", node.dicom_port, ae_title="RADNODE")
         assert assoc.is_rejected and not assoc.is_established
-        assert (assoc.acceptor.primitive.result, assoc.acceptor.primitive.diagnostic) == (0x01, 0x03)
+        rj = assoc.acceptor.primitive
+        assert rj is not None
+        assert (rj.result, rj.diagnostic) == (0x01, 0x03)
         # An allowed AE from an allowed host is served; so is one allowed from any host.
         assert storescu(node.dicom_port, files[:3], aet="CT_SCANNER").returncode == 0
         assert storescu(node.dicom_port, files[3:5], aet="PACS").returncode == 0
@@ -108,7 +118,9 @@ def test_unknown_calling_aet_is_rejected_and_nothing_stored(tmp_path, chest_stud
 
 def test_min_free_space_refuses_with_out_of_resources(tmp_path, chest_study):
     _study, files = chest_study
-    node = RadnodeProcess(tmp_path / "data", "scp", env={"RADNODE_MIN_FREE_BYTES": str(2**62)}).start()
+    node = RadnodeProcess(
+        tmp_path / "data", "scp", env={"RADNODE_MIN_FREE_BYTES": str(2**62)}
+    ).start()
     try:
         result = storescu(node.dicom_port, files[:1], "-v")
         assert "Refused: OutOfResources" in result.stderr, result.stderr
@@ -131,7 +143,9 @@ def small_filesystem(tmp_path: Path):
     subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
-def test_disk_full_answers_out_of_resources_without_partial_files(small_filesystem: Path, chest_study, tmp_path):
+def test_disk_full_answers_out_of_resources_without_partial_files(
+    small_filesystem: Path, chest_study, tmp_path
+):
     _study, files = chest_study
     node = RadnodeProcess(small_filesystem / "data", "scp", env={"RADNODE_MIN_FREE_BYTES": "0"})
     node.log_path = tmp_path / "scp.log"

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from conftest import WorkerProcess, storescu
-from pacs_fixtures import wait_for
-from pgserver import PostgresServer
 from sqlalchemy import func, select
 
 from ai_node.synth import StudySpec, write_study
@@ -23,8 +21,14 @@ from pacs_link.changes import LEASE_KEY
 from pacs_link.lease import Lease
 from radnode_core.index import Index, instances, jobs
 from tests.support.orthanc_peer import OrthancPacs
+from tests.support.postgres import PostgresServer
+from tests.support.radnode_process import WorkerProcess
+from tests.support.tools import storescu
+from tests.support.wait import wait_for
 
-SPEC = {"region": "chest", "slices": 12, "rows": 128, "columns": 128, "pixel_spacing_mm": 2.8}
+SPEC: dict[str, Any] = {
+    "region": "chest", "slices": 12, "rows": 128, "columns": 128, "pixel_spacing_mm": 2.8
+}
 FOLLOWING = "took the PACS changes follower lease"
 
 

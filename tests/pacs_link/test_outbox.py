@@ -7,7 +7,6 @@ from __future__ import annotations
 import time
 
 import pytest
-from conftest import dataset_bytes
 from pydicom.uid import ExplicitVRLittleEndian
 
 from ai_node.synth import StudySpec, write_study
@@ -15,6 +14,7 @@ from pacs_link.outbox import CLAIM_LEASE_S, Outbox, originals_to_forward, queue_
 from radnode.assembly import build_node
 from radnode_core.index import instances
 from radnode_core.settings import PacsPeer, Settings
+from tests.support.dicom_bytes import dataset_bytes
 
 
 @pytest.fixture

@@ -4,8 +4,6 @@ Orthanc's Python plugin (viewer_plugin/orthanc_plugin.py) telling radnode of a s
 from __future__ import annotations
 
 import httpx
-from conftest import REPO, RadnodeProcess, dataset_bytes, storescu
-from pacs_fixtures import instance_count, sr_instances, wait_for
 from pydicom.uid import ExplicitVRLittleEndian
 
 from ai_node.synth import StudySpec, write_study
@@ -13,7 +11,12 @@ from pacs_link.outbox import Outbox, queue_study_results
 from pacs_link.sender import OutboxSender
 from radnode.assembly import build_node
 from radnode_core.settings import Settings
+from tests.support.dicom_bytes import dataset_bytes
 from tests.support.orthanc_peer import OrthancPacs
+from tests.support.orthanc_queries import instance_count, sr_instances
+from tests.support.radnode_process import REPO, RadnodeProcess
+from tests.support.tools import storescu
+from tests.support.wait import wait_for
 
 
 def test_cstore_delivery_through_the_outbox(tmp_path) -> None:

@@ -4,9 +4,9 @@ SR back in Orthanc) with a radnode restart between two studies."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
-from conftest import RadnodeProcess, storescu
-from pacs_fixtures import instance_count, qido, sr_instances, sr_probability, wait_for
 
 from ai_node.synth import StudySpec, write_study
 from pacs_link import client
@@ -14,8 +14,14 @@ from pacs_link.outbox import Outbox
 from radnode.assembly import build_node
 from radnode_core.settings import Settings
 from tests.support.orthanc_peer import OrthancPacs
+from tests.support.orthanc_queries import instance_count, qido, sr_instances, sr_probability
+from tests.support.radnode_process import RadnodeProcess
+from tests.support.tools import storescu
+from tests.support.wait import wait_for
 
-SPEC = {"region": "chest", "slices": 20, "rows": 256, "columns": 256, "pixel_spacing_mm": 1.4}
+SPEC: dict[str, Any] = {
+    "region": "chest", "slices": 20, "rows": 256, "columns": 256, "pixel_spacing_mm": 1.4
+}
 
 
 def _result(node: RadnodeProcess, study_uid: str) -> dict:

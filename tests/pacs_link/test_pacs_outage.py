@@ -6,11 +6,14 @@ from __future__ import annotations
 import json
 
 import httpx
-from conftest import RadnodeProcess, free_port, storescu
-from pacs_fixtures import instance_count, sr_instances, wait_for
 
 from ai_node.synth import StudySpec, write_study
 from tests.support.orthanc_peer import OrthancPacs
+from tests.support.orthanc_queries import instance_count, sr_instances
+from tests.support.processes import free_port
+from tests.support.radnode_process import RadnodeProcess
+from tests.support.tools import storescu
+from tests.support.wait import wait_for
 
 FAST_RETRY = {"RADNODE_OUTBOX_BACKOFF_S": "0.2", "RADNODE_OUTBOX_BACKOFF_MAX_S": "1"}
 

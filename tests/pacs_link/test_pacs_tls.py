@@ -16,12 +16,10 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from conftest import dataset_bytes, free_port
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
-from pacs_fixtures import instance_count
 from pydicom.uid import ExplicitVRLittleEndian
 
 from ai_node.synth import StudySpec, write_study
@@ -30,7 +28,10 @@ from pacs_link.outbox import queue_study_results
 from pacs_link.sender import OutboxSender
 from radnode.assembly import build_node
 from radnode_core.settings import Settings
+from tests.support.dicom_bytes import dataset_bytes
 from tests.support.orthanc_peer import OrthancPacs
+from tests.support.orthanc_queries import instance_count
+from tests.support.processes import free_port
 
 
 def self_signed(tmp_path):

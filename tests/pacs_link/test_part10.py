@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from conftest import dataset_bytes
 
 from ai_node.synth import StudySpec, write_study
 from pacs_link.changes import split_part10
+from tests.support.dicom_bytes import dataset_bytes
 
 
 def test_split_part10_gives_the_dataset_bytes_and_syntax(tmp_path) -> None:

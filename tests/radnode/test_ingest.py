@@ -23,8 +23,11 @@ from radnode_core.ingest import (
 )
 from radnode_core.metrics import Metrics
 from radnode_core.store import InstanceStore
+from tests.support.dicom_bytes import pydicom_test_file
 
-EXPLICIT, IMPLICIT, BIG, DEFLATED = "1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"
+EXPLICIT, IMPLICIT, BIG, DEFLATED = (
+    "1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"
+)
 
 
 def encode(ds: Dataset, implicit: bool = False, little: bool = True) -> bytes:
@@ -39,7 +42,10 @@ def ct(chest_study) -> Dataset:
     return dcmread(chest_study[1][0])
 
 
-@pytest.mark.parametrize(("ts", "implicit", "little"), [(EXPLICIT, False, True), (IMPLICIT, True, True), (BIG, False, False)])
+@pytest.mark.parametrize(
+    ("ts", "implicit", "little"),
+    [(EXPLICIT, False, True), (IMPLICIT, True, True), (BIG, False, False)],
+)
 def test_complete_datasets_decode_in_each_uncompressed_syntax(ct, ts, implicit, little):
     ds = decode_complete(encode(ct, implicit, little), ts)
     assert ds.SOPInstanceUID == ct.SOPInstanceUID and ds.Rows == 512
@@ -96,7 +102,9 @@ def test_pixel_data_shorter_than_the_image_is_refused(ingestor, ct):
     assert err.value.status == CANNOT_UNDERSTAND
 
 
-@pytest.mark.parametrize("keyword", ["SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID"])
+@pytest.mark.parametrize(
+    "keyword", ["SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID"]
+)
 def test_missing_uids_do_not_match_sop_class(ingestor, ct, keyword):
     delattr(ct, keyword)
     with pytest.raises(IngestError) as err:
@@ -145,9 +153,7 @@ def _dataset_part(path: str) -> tuple[bytes, str]:
 def test_an_undefined_length_sequence_last_is_complete(name):
     """An SR whose undefined-length Content Sequence ends the dataset (a common vendor
     encoding), and an undefined-length UN sequence: well formed, accepted."""
-    from pydicom.data import get_testdata_file
-
-    raw, ts = _dataset_part(get_testdata_file(name))
+    raw, ts = _dataset_part(pydicom_test_file(name))
     assert len(decode_complete(raw, ts))
 
 

@@ -15,14 +15,17 @@ from typing import Any
 import pytest
 from alembic.autogenerate import compare_metadata, produce_migrations, render_python_code
 from alembic.runtime.migration import MigrationContext
-from conftest import RADNODE, REPO, free_port, wait_for, wait_for_port
-from pgserver import PostgresServer
 from sqlalchemy import Column, Engine, MetaData, String, create_engine, text
 
 import ai_node.tables  # noqa: F401 - every feature's tables on the shared metadata
 import pacs_link.tables  # noqa: F401
 from radnode_core import schema
 from radnode_core.index import Index, make_engine, metadata
+from tests.support.postgres import PostgresServer
+from tests.support.processes import free_port
+from tests.support.processes import wait_port as wait_for_port
+from tests.support.radnode_process import RADNODE, REPO
+from tests.support.wait import wait_for
 
 
 @pytest.fixture(scope="module")

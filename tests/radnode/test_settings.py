@@ -12,12 +12,16 @@ def test_defaults():
     s = Settings.load()
     assert (s.ae_title, s.dicom_port, s.http_port, s.host) == ("RADNODE", 11112, 8080, "127.0.0.1")
     assert s.quiet_period_s == 2.0 and s.duplicate_policy == "keep_first"
-    assert s.index_url.startswith("sqlite:///") and s.index_url.endswith("radnode-data/index.sqlite3")
+    assert s.index_url.startswith("sqlite:///")
+    assert s.index_url.endswith("radnode-data/index.sqlite3")
 
 
 def test_precedence_flags_over_env_over_file(tmp_path, monkeypatch):
     cfg = tmp_path / "radnode.toml"
-    cfg.write_text('ae_title = "FROMFILE"\ndicom_port = 104\nquiet_period_s = 5\nallowed_calling_aets = ["CT1@10.0.0.5", "CT2"]\n')
+    cfg.write_text(
+        'ae_title = "FROMFILE"\ndicom_port = 104\nquiet_period_s = 5\n'
+        'allowed_calling_aets = ["CT1@10.0.0.5", "CT2"]\n'
+    )
     s = Settings.load(cfg)
     assert (s.ae_title, s.dicom_port, s.quiet_period_s) == ("FROMFILE", 104, 5.0)
     assert s.allowed_calling_aets == ["CT1@10.0.0.5", "CT2"]

@@ -40,7 +40,10 @@ def _store_file(store: InstanceStore, path: Path, **kw):
     return store.store(body, meta, fields), body
 
 
-@pytest.mark.parametrize("bad", ["", "../etc", "1.2/3", "1..2", ".1.2", "1.2.", "1" * 65, "1.2.3\\4", "1.2 .3", "é", None])
+@pytest.mark.parametrize(
+    "bad",
+    ["", "../etc", "1.2/3", "1..2", ".1.2", "1.2.", "1" * 65, "1.2.3\\4", "1.2 .3", "é", None],
+)
 def test_check_uid_refuses_what_is_not_a_uid(bad):
     with pytest.raises(InvalidUID):
         check_uid(bad, "UID")
@@ -101,7 +104,9 @@ def test_recovery_after_unclean_stop_removes_temp_files_and_indexes_orphans(tmp_
     result, _ = _store_file(store, files[3])
     # A crash between rename and index commit: a complete file the index lacks ...
     ds = dcmread(files[4], stop_before_pixels=True)
-    orphan = store.path_of(store.relative_path(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID))
+    orphan = store.path_of(
+        store.relative_path(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+    )
     orphan.write_bytes(files[4].read_bytes())
     # ... a garbage file where an instance would be, and a dead process's temp file.
     junk = store.studies_dir / ds.StudyInstanceUID / ds.SeriesInstanceUID / "1.2.3.dcm"
@@ -129,6 +134,12 @@ def test_recovery_after_unclean_stop_removes_temp_files_and_indexes_orphans(tmp_
     index.close()
 
 
+def _received_seq(index: Index, study_uid: str) -> object:
+    study = index.get_study(study_uid)
+    assert study is not None, f"no study {study_uid}"
+    return study["received_seq"]
+
+
 def test_an_orphaned_sr_does_not_make_its_study_due_again(tmp_path, chest_study):
     """A crash between an SR's rename and its index commit: reconcile indexes the SR
     without bumping the study (else the study is analysed again and gets a second SR)."""
@@ -137,7 +148,7 @@ def test_an_orphaned_sr_does_not_make_its_study_due_again(tmp_path, chest_study)
     store = InstanceStore(tmp_path / "data", index)
     result, _ = _store_file(store, files[0])
     study_uid = result.record.study_uid
-    seq = index.get_study(study_uid)["received_seq"]
+    seq = _received_seq(index, study_uid)
 
     sr = Dataset()
     sr.SOPClassUID = Comprehensive3DSRStorage
@@ -157,5 +168,5 @@ def test_an_orphaned_sr_does_not_make_its_study_due_again(tmp_path, chest_study)
 
     assert store.reconcile() == (1, 0)
     assert index.find_instance(sr.SOPInstanceUID) is not None
-    assert index.get_study(study_uid)["received_seq"] == seq
+    assert _received_seq(index, study_uid) == seq
     index.close()

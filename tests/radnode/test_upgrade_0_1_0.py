@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import RADNODE, REPO, RadnodeProcess
-from pgserver import PostgresServer
 from sqlalchemy import MetaData, create_engine, insert, select
 
 from radnode_core import schema
 from radnode_core.index import Index, InstanceRecord
 from radnode_core.jobs import JobQueue
+from tests.support.postgres import PostgresServer
+from tests.support.radnode_process import RADNODE, REPO, RadnodeProcess
 
 SQLITE_0_1_0 = (
     """\

@@ -16,7 +16,8 @@ def test_worker_processes_each_job_once_and_retries_failures(tmp_path):
     for s in ("1.1", "2.2", "3.3"):
         index.add_instance(InstanceRecord(
             sop_instance_uid=f"{s}.1", sop_class_uid="1.2", series_uid=f"{s}.0", study_uid=s,
-            transfer_syntax_uid="1.2.840.10008.1.2.1", path=f"studies/{s}.dcm", size=1, received_at=time.time()))
+            transfer_syntax_uid="1.2.840.10008.1.2.1", path=f"studies/{s}.dcm", size=1,
+            received_at=time.time()))
         queue.enqueue_if_due(s, "released")
     seen: list[str] = []
 
@@ -31,7 +32,7 @@ def test_worker_processes_each_job_once_and_retries_failures(tmp_path):
     assert sorted(seen) == ["1.1", "2.2", "2.2", "3.3"]
     states = {s: queue.jobs_for(s)[0]["state"] for s in ("1.1", "2.2", "3.3")}
     assert states == {"1.1": "done", "2.2": "failed", "3.3": "done"}
-    assert "model exploded" in queue.jobs_for("2.2")[0]["error"]
+    assert "model exploded" in str(queue.jobs_for("2.2")[0]["error"])
     text = worker.metrics.exposition().decode()
     assert 'radnode_jobs_finished_total{outcome="done"} 2.0' in text
     assert 'radnode_jobs_finished_total{outcome="failed"} 1.0' in text

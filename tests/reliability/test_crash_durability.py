@@ -15,11 +15,14 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import RadnodeProcess, dataset_bytes, dcmtk_env, require_tool, storescu
 from pydicom import dcmread
-from relfixtures import FULL, acknowledged, assert_store_consistent, record, scale, wait_for
 
 from ai_node.synth import StudySpec, SyntheticStudy, write_study
+from tests.support.dicom_bytes import dataset_bytes
+from tests.support.radnode_process import RadnodeProcess
+from tests.support.reliability import FULL, acknowledged, assert_store_consistent, record, scale
+from tests.support.tools import dcmtk_env, require_tool, storescu
+from tests.support.wait import wait_for
 
 ROUNDS = scale(3, 20)
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
@@ -54,10 +57,9 @@ def test_sigkill_mid_study_loses_nothing_acknowledged(tmp_path, study, round_):
     )
     studies_dir = node.data_dir / "studies"
     target = rng.randint(len(files) // 20, len(files) * 8 // 10)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and sum(1 for _ in studies_dir.rglob("*.dcm")) < target:
-        time.sleep(0.005)
-    time.sleep(rng.random() * 0.02)
+    wait_for(lambda: sum(1 for _ in studies_dir.rglob("*.dcm")) >= target, timeout=120,
+             what=f"{target} files on disk", interval=0.005)
+    time.sleep(rng.random() * 0.02)  # a random moment between two files, not right after one
     node.kill()  # SIGKILL
     output, _ = sender.communicate(timeout=120)
     acked = acknowledged(output)
@@ -88,7 +90,7 @@ def test_sigkill_mid_study_loses_nothing_acknowledged(tmp_path, study, round_):
             results = db.execute("select count(*) from results where study_uid = ?",
                                  (uid,)).fetchone()[0]
             assert (srs, results) == (1, 1)
-        time.sleep(1.0)
+        time.sleep(1.0)  # two quiet periods: time enough for a second job, which must not come
         assert len(jobs()) == 1, jobs()
 
         # The modality sends the study again: everything is there, nothing doubled.

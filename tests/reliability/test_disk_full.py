@@ -8,9 +8,12 @@ import secrets
 from pathlib import Path
 
 import httpx
-from conftest import RadnodeProcess, dataset_bytes, storescu
 from pydicom import dcmread
-from relfixtures import acknowledged, assert_store_consistent, record, small_filesystem  # noqa: F401
+
+from tests.support.dicom_bytes import dataset_bytes
+from tests.support.radnode_process import RadnodeProcess
+from tests.support.reliability import acknowledged, assert_store_consistent, record
+from tests.support.tools import storescu
 
 OUT_OF_RESOURCES = 0xA700
 
@@ -52,7 +55,7 @@ def _stored_are_complete(data_dir: Path) -> int:
 
 
 def test_disk_full_refuses_on_both_edges_and_recovers_without_restart(
-    small_filesystem: Path, chest_study, tmp_path  # noqa: F811
+    small_filesystem: Path, chest_study, tmp_path
 ):
     _study, files = chest_study
     filler = small_filesystem / "filler"

@@ -11,21 +11,21 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import httpx
-from conftest import RADNODE, REPO, RadnodeProcess, dataset_bytes, dcmtk_env, require_tool, storescu
-from relfixtures import acknowledged, files_on_disk, record, scale, temp_files, wait_for
 
 from ai_node.synth import StudySpec, SyntheticStudy, write_study
+from tests.support.dicom_bytes import dataset_bytes
+from tests.support.orthanc_peer import OrthancPacs
+from tests.support.orthanc_queries import instance_count, sr_instances
 from tests.support.processes import stop_process
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pacs_link"))
-from pacs_fixtures import instance_count, sr_instances  # noqa: E402
-
-from tests.support.orthanc_peer import OrthancPacs  # noqa: E402
+from tests.support.radnode_process import RADNODE, REPO, RadnodeProcess
+from tests.support.reliability import acknowledged, files_on_disk, record, scale, temp_files
+from tests.support.tools import dcmtk_env, require_tool, storescu
+from tests.support.wait import wait_for
 
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
 FAST_RETRY = {"RADNODE_OUTBOX_BACKOFF_S": "0.2", "RADNODE_OUTBOX_BACKOFF_MAX_S": "1"}
@@ -63,7 +63,7 @@ def test_pacs_down_while_results_are_produced_then_back(tmp_path):
         for _study, files in studies[1:]:
             assert storescu(node.dicom_port, files).returncode == 0
         for study, _ in studies[1:]:
-            wait_for(lambda s=study: _analysed(base, s.study_instance_uid), timeout=180,
+            wait_for(partial(_analysed, base, study.study_instance_uid), timeout=180,
                      what="analysis while the PACS is down")
         outbox = httpx.get(f"{base}/api/outbox", timeout=10).json()
         pending = outbox["counts"]["orthanc"].get("pending", 0)
@@ -84,9 +84,8 @@ def test_pacs_down_while_results_are_produced_then_back(tmp_path):
 
 
 def test_database_restart_while_storing_and_analysing(tmp_path):
-    from pgserver import PostgresServer
-
     from radnode_core.index import Index
+    from tests.support.postgres import PostgresServer
 
     studies = [_small_study(400 + i, tmp_path / f"in{i}", slices=scale(80, 150))
                for i in range(scale(2, 4))]
@@ -134,7 +133,7 @@ def test_database_restart_while_storing_and_analysing(tmp_path):
             for _study, files in studies[1:]:
                 assert storescu(node.dicom_port, files).returncode == 0
             for study, files in studies:
-                body = wait_for(lambda s=study: _analysed(base, s.study_instance_uid),
+                body = wait_for(partial(_analysed, base, study.study_instance_uid),
                                 timeout=300, what="a result after the restart")
                 assert body["sr_sop_instance_uid"]
                 rows = index.instances_of_study(study.study_instance_uid)
@@ -208,7 +207,7 @@ def test_worker_killed_mid_job_is_rerun_once(tmp_path):
                          "sop_class_uid = ?", (uid, SR_CLASS)).fetchone()[0]
         assert srs == 1
         assert db.execute("select count(*) from jobs").fetchone()[0] == 1
-        time.sleep(1.0)
+        time.sleep(1.0)  # and it stays done: no third attempt within a second
         assert job() == ("done", 2)
         record("fault_worker_killed", lease_s=4, attempts=2, results=1, srs=1,
                rerun_done_after_s=round(rerun_after, 1))

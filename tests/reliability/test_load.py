@@ -16,21 +16,21 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import RadnodeProcess
 from pydicom import Dataset
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
-from relfixtures import (
+
+from ai_node.synth import StudySpec, generate_study
+from tests.support.radnode_process import RadnodeProcess
+from tests.support.reliability import (
     assert_store_consistent,
     fd_count,
     percentile,
     record,
     rss_kib,
     scale,
-    wait_for,
 )
-
-from ai_node.synth import StudySpec, generate_study
+from tests.support.wait import wait_for
 
 CONCURRENT = scale(10, 50)
 DURATION_S = scale(15.0, 120.0)
@@ -116,7 +116,7 @@ def test_concurrent_associations_send_without_a_failure(node: RadnodeProcess, te
 
     assert node.proc is not None
     server_cpu = _cpu_s(node.proc.pid)
-    client_cpu = resource.getrusage(resource.RUSAGE_SELF)
+    client_before = resource.getrusage(resource.RUSAGE_SELF)
     began = time.monotonic()
     threads = [threading.Thread(target=sender, args=(n,)) for n in range(CONCURRENT)]
     for t in threads:
@@ -126,7 +126,7 @@ def test_concurrent_associations_send_without_a_failure(node: RadnodeProcess, te
     elapsed = time.monotonic() - began
     server_cpu = _cpu_s(node.proc.pid) - server_cpu
     used = resource.getrusage(resource.RUSAGE_SELF)
-    client_cpu = used.ru_utime + used.ru_stime - client_cpu.ru_utime - client_cpu.ru_stime
+    client_cpu = used.ru_utime + used.ru_stime - client_before.ru_utime - client_before.ru_stime
     assert failures == [], failures[:20]
     assert node.proc.poll() is None
     stored = assert_store_consistent(node.data_dir)
@@ -174,7 +174,7 @@ def test_memory_and_fds_steady_over_many_associations(node: RadnodeProcess, temp
             t.join(timeout=900)
 
     run(ASSOCIATIONS_WARM_UP)
-    time.sleep(1.0)
+    time.sleep(1.0)  # let the warm-up's associations wind down before the baseline
     rss_before, fds_before, threads_before = rss_kib(pid), fd_count(pid), _threads(pid)
     began = time.monotonic()
     run(ASSOCIATIONS)
@@ -202,7 +202,7 @@ def test_bare_tcp_connects_that_send_nothing_do_not_leak(node: RadnodeProcess, t
     assoc = _ae().associate("127.0.0.1", node.dicom_port, ae_title="RADNODE")
     assert assoc.send_c_echo().Status == 0
     assoc.release()
-    time.sleep(1.0)
+    time.sleep(1.0)  # let the association wind down before the baseline
     fds_before, threads_before = fd_count(pid), _threads(pid)
     held: list[socket.socket] = []
     began = time.monotonic()

@@ -1,9 +1,9 @@
 """Hostile input: mutated DICOM datasets by C-STORE and STOW-RS.
 
 Every mutant is answered with a status within 30 s; the server never dies; a mutant
-is stored only if it is still a well-formed dataset (independent check in mutate.py),
-and then byte for byte; a refused one leaves nothing; memory does not grow by 10 %
-after a warm-up; a valid instance is stored right after.
+is stored only if it is still a well-formed dataset (independent check in
+tests/support/mutate.py), and then byte for byte; a refused one leaves nothing; memory
+does not grow by 10 % after a warm-up; a valid instance is stored right after.
 """
 
 from __future__ import annotations
@@ -15,11 +15,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import RadnodeProcess
-from mutate import Mutant, load_samples, mutants, well_formed
 from pydicom import dcmread
 from pynetdicom import AE, _config
-from relfixtures import (
+
+from tests.support.mutate import Mutant, load_samples, mutants, well_formed
+from tests.support.radnode_process import RadnodeProcess
+from tests.support.reliability import (
     assert_store_consistent,
     indexed_path_of,
     record,
@@ -178,14 +179,14 @@ def test_mutated_instances_by_c_store(tmp_path, samples, chest_study):
 
 def _warm_up_stored(data_dir: Path, ms: list[Mutant]) -> int:
     """Instances the warm-up stored (the index minus this run's mutants)."""
-    from relfixtures import indexed_paths
+    from tests.support.reliability import indexed_paths
 
     ours = {indexed_path_of(data_dir, m.sop_instance_uid) for m in ms} - {None}
     return len(set(indexed_paths(data_dir)) - ours)
 
 
 def _as_mutant(path: Path) -> Mutant:
-    from conftest import dataset_bytes
+    from tests.support.dicom_bytes import dataset_bytes
 
     ds = dcmread(path, stop_before_pixels=True)
     return Mutant(-1, "valid", path.name, str(ds.SOPClassUID), str(ds.SOPInstanceUID),

@@ -14,14 +14,11 @@ import os
 import signal
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from conftest import RadnodeProcess, WorkerProcess, storescu
-from pgserver import PostgresServer
 from pydicom import dcmread
 from sqlalchemy import func, select
 
@@ -29,6 +26,10 @@ from ai_node.synth import StudySpec, write_study
 from ai_node.tables import results
 from radnode_core.index import Index, instances, jobs
 from radnode_core.jobs import JobQueue
+from tests.support.postgres import PostgresServer
+from tests.support.radnode_process import RadnodeProcess, WorkerProcess
+from tests.support.tools import storescu
+from tests.support.wait import wait_for
 
 STUDIES = 20
 SENDERS = 4
@@ -101,18 +102,19 @@ def test_two_receivers_three_workers_one_killed_every_study_once(tmp_path, pg):
         victim = workers[0]
         assert victim.proc is not None
         victim_pid = victim.proc.pid
-        killed_job = None
-        deadline = time.monotonic() + 180
-        while killed_job is None and time.monotonic() < deadline:
+
+        def frozen_holding_a_job() -> int | None:
             if _held_by(index, victim_pid) is None:
-                time.sleep(0.02)
-                continue
+                return None
             # Freeze it, then check it still holds the job: it cannot finish it meanwhile.
             os.kill(victim_pid, signal.SIGSTOP)
-            killed_job = _held_by(index, victim_pid)
-            if killed_job is None:
+            held = _held_by(index, victim_pid)
+            if held is None:
                 os.kill(victim_pid, signal.SIGCONT)
-        assert killed_job is not None, "the victim worker never held a job"
+            return held
+
+        killed_job = wait_for(frozen_holding_a_job, timeout=180, interval=0.02,
+                              what="the victim worker to hold a job")
         victim.kill()
 
         for t in senders:
@@ -121,8 +123,8 @@ def test_two_receivers_three_workers_one_killed_every_study_once(tmp_path, pg):
         assert codes == [0] * SENDERS, [o.stderr[-999:] for o in outcomes]
 
         queue = JobQueue(index)
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:
+
+        def drained() -> tuple[int, int] | None:
             open_jobs = queue.depth()
             with index.engine.connect() as conn:
                 finished = conn.execute(
@@ -130,10 +132,10 @@ def test_two_receivers_three_workers_one_killed_every_study_once(tmp_path, pg):
                         results.c.status.in_(("done", "out_of_scope"))
                     )
                 ).scalar_one()
-            if open_jobs == 0 and finished >= STUDIES:
-                break
-            time.sleep(0.5)
-        assert (open_jobs, finished) == (0, STUDIES), "the queue did not drain"
+            return (open_jobs, finished) if open_jobs == 0 and finished >= STUDIES else None
+
+        counts = wait_for(drained, timeout=240, interval=0.5, what="the queue to drain")
+        assert counts == (0, STUDIES), "the queue did not drain"
 
         with index.engine.connect() as conn:
             job_rows = [dict(r._mapping) for r in conn.execute(select(jobs))]

@@ -13,11 +13,11 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from pgserver import PostgresServer
 from sqlalchemy import select
 
 from radnode_core.index import Index, InstanceRecord, jobs
 from radnode_core.jobs import JobQueue
+from tests.support.postgres import PostgresServer
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +131,7 @@ def test_a_dead_workers_lease_expires_and_only_the_new_owner_completes(pg):
     dead = queue.claim("dead")
     assert dead is not None
     assert queue.claim("alive") is None  # leased
-    time.sleep(1.2)
+    time.sleep(1.2)  # past the 1 s lease, which nobody renews
     again = queue.claim("alive")
     assert again is not None and again.id == dead.id and again.attempts == 2
     assert not queue.complete(dead, "dead")
@@ -165,7 +165,7 @@ def test_the_worker_probe_passes_on_a_live_index_and_says_why_it_fails(pg, tmp_p
     import os
     import subprocess
 
-    from conftest import REPO
+    from tests.support.radnode_process import REPO
 
     def probe(**env: str) -> subprocess.CompletedProcess[str]:
         clean = {k: v for k, v in os.environ.items() if not k.startswith("RADNODE_")}
@@ -198,7 +198,8 @@ def test_a_resend_is_a_duplicate_on_postgresql(pg: PostgresServer) -> None:
         assert index.add_instance(record) is False
         study = index.get_study("1.2.3")
         assert study is not None and study["received_seq"] == 1
-        assert index.find_instance("1.2.3.1")["duplicates"] == 1
+        instance = index.find_instance("1.2.3.1")
+        assert instance is not None and instance["duplicates"] == 1
         # the outbox counts what it really queued
         box = Outbox(index)
         assert box.enqueue("pacs", "1.2.3", [("1.2.3.1", "original")]) == 1

@@ -6,12 +6,12 @@ import os
 import socket
 import time
 
-from conftest import dataset_bytes
 from pydicom import dcmread
 
 from ai_node.synth import StudySpec, write_study
 from radnode_core.index import Index, record_fields_from_dataset
 from radnode_core.store import InstanceStore, file_meta_bytes
+from tests.support.dicom_bytes import dataset_bytes
 
 
 def test_a_quiet_receiver_still_stores_after_another_pod_cleaned_up_old_temp_folders(

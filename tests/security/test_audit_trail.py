@@ -9,26 +9,30 @@ import base64
 import json
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import httpx
-from conftest import RadnodeProcess, dcmtk_env, free_port, require_tool, storescu, wait_for_port
-from secfixtures import (
+
+from ai_node.synth import StudySpec, write_study
+from radnode.assembly import build_node
+from radnode_core.audit import AuditTrail, StudyRef
+from radnode_core.settings import Settings
+from radnode_core.syslog import SyslogSender
+from tests.support.processes import free_port, wait_port
+from tests.support.radnode_process import RadnodeProcess
+from tests.support.security import (
     RELATED,
     audit_messages,
     check_audit_schema,
+    child,
     event_id,
     make_pki,
     outcome,
     stow_body,
     study_uids,
 )
-
-from ai_node.synth import StudySpec, write_study
-from radnode.assembly import build_node
-from radnode_core.audit import AuditTrail, StudyRef
-from radnode_core.settings import Settings
+from tests.support.tools import dcmtk_env, require_tool, storescu
+from tests.support.wait import wait_for
 
 RADIOLOGIST = "rad-token-audit-0123456789"
 MODALITY = "modality-token-audit-0123456789"
@@ -41,13 +45,13 @@ def _auth(token: str) -> dict[str, str]:
 
 
 def _wait_result(base: str, study_uid: str, timeout: float = 240) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def result() -> dict | None:
         r = httpx.get(f"{base}/api/studies/{study_uid}/result", headers=_auth(RADIOLOGIST))
         if r.status_code == 200 and r.json().get("status") in ("done", "out_of_scope"):
             return r.json()
-        time.sleep(0.5)
-    raise TimeoutError(f"no AI result for {study_uid}")
+        return None
+
+    return wait_for(result, timeout=timeout, what=f"the AI result of {study_uid}", interval=0.5)
 
 
 def test_whole_run_is_audited_and_no_patient_name_reaches_the_ordinary_log(tmp_path: Path) -> None:
@@ -148,7 +152,7 @@ def test_whole_run_is_audited_and_no_patient_name_reaches_the_ordinary_log(tmp_p
         check_audit_schema(m)
     by_event: dict[tuple[str, str], list] = {}
     for m in messages:
-        action = m.find("EventIdentification").attrib["EventActionCode"]
+        action = child(m, "EventIdentification").attrib["EventActionCode"]
         by_event.setdefault((event_id(m), action), []).append(m)
 
     stored = by_event[("110104", "C")]
@@ -170,7 +174,7 @@ def test_whole_run_is_audited_and_no_patient_name_reaches_the_ordinary_log(tmp_p
     logins = by_event[("110114", "E")]
     assert len(logins) == 3 and {outcome(m) for m in logins} == {"4"}
     assert all(
-        m.find("EventIdentification/EventTypeCode").attrib["csd-code"] == "110122" for m in logins
+        child(m, "EventIdentification/EventTypeCode").attrib["csd-code"] == "110122" for m in logins
     )
 
     queries = by_event[("110112", "E")]
@@ -181,7 +185,7 @@ def test_whole_run_is_audited_and_no_patient_name_reaches_the_ordinary_log(tmp_p
     retrieved = by_event[("110104", "R")]
     assert any(study_uids(m) == [study_a.study_instance_uid] for m in retrieved)
     assert (
-        retrieved[0].find("ActiveParticipant[@UserIsRequestor='true']").attrib["UserID"]
+        child(retrieved[0], "ActiveParticipant[@UserIsRequestor='true']").attrib["UserID"]
         == "Doe^Jane"
     )
 
@@ -212,7 +216,7 @@ def test_export_and_failed_store_messages(tmp_path: Path) -> None:
     for m in (export, failed):
         check_audit_schema(m)
     assert event_id(export) == "110106" and outcome(export) == "0"
-    assert export.find("EventIdentification").attrib["EventActionCode"] == "R"
+    assert child(export, "EventIdentification").attrib["EventActionCode"] == "R"
     assert study_uids(export) == ["1.2.3.4", "1.2.3.5"]
     media = export.find("ActiveParticipant/RoleIDCode[@csd-code='110154']")
     assert media is not None
@@ -266,7 +270,7 @@ def test_audit_messages_reach_rsyslog_over_tls(tmp_path: Path) -> None:
         stderr=subprocess.STDOUT,
     )
     try:
-        wait_for_port(port, proc, timeout=30)
+        wait_port(port, proc, timeout=30)
         settings = Settings(
             data_dir=tmp_path / "data",
             fsync=False,
@@ -282,12 +286,14 @@ def test_audit_messages_reach_rsyslog_over_tls(tmp_path: Path) -> None:
                 source_address="127.0.0.1",
             )
         trail.close()  # sends what is queued
-        assert trail.sender is not None and trail.sender.sent == 3
-        deadline = time.monotonic() + 30
-        lines: list[str] = []
-        while time.monotonic() < deadline and len(lines) < 3:
+        assert isinstance(trail.sender, SyslogSender) and trail.sender.sent == 3
+
+        def three_lines() -> list[str] | None:
             lines = out.read_text(encoding="utf-8").splitlines() if out.exists() else []
-            time.sleep(0.2)
+            return lines if len(lines) >= 3 else None
+
+        lines = wait_for(three_lines, timeout=30, what="3 messages in rsyslog's file",
+                         interval=0.2)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -333,4 +339,4 @@ def test_control_characters_in_names_keep_each_message_valid_xml_on_one_line() -
     assert obj is not None and obj.attrib["ParticipantObjectID"] == "ID\ufffd\ufffd1"
     assert obj.findtext("ParticipantObjectName") == name.replace("\x1b", "\ufffd").replace(
         "\r", "\ufffd").replace("\n", "\ufffd").replace("\x01", "\ufffd")
-    assert root.find("ActiveParticipant").attrib["UserID"] == "CT\ufffdROOM"
+    assert child(root, "ActiveParticipant").attrib["UserID"] == "CT\ufffdROOM"

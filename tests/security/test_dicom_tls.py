@@ -9,31 +9,26 @@ import os
 import socket
 import ssl
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-from conftest import (
-    RADNODE,
-    REPO,
-    RadnodeProcess,
-    dataset_bytes,
-    dcmtk_env,
-    free_port,
-    require_tool,
-)
 from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian
-from secfixtures import Pki, audit_messages, event_id, make_pki
 
 from ai_node.synth import StudySpec, write_study
 from pacs_link.outbox import queue_study_results
 from pacs_link.scu import AssociationFailed, echo
 from pacs_link.sender import OutboxSender
 from radnode.assembly import build_node
-from radnode_core.node import Node
 from radnode_core.settings import Settings
 from radnode_core.tls import client_context
+from tests.support.dicom_bytes import dataset_bytes
 from tests.support.orthanc_peer import OrthancPacs
+from tests.support.processes import free_port
+from tests.support.radnode_process import RADNODE, REPO, RadnodeProcess
+from tests.support.security import Pki, audit_messages, event_id, make_pki
+from tests.support.tools import dcmtk_env, require_tool
 
 # The TLS 1.0/1.1 client of the refusal test uses deprecated protocol versions on purpose.
 pytestmark = pytest.mark.filterwarnings("ignore:ssl.TLSVersion:DeprecationWarning")
@@ -63,13 +58,19 @@ def tls_env(pki: Pki, tls_port: int, **extra: str) -> dict[str, str]:
     }
 
 
-def start_tls_only(data_dir: Path, pki: Pki, role: str = "scp") -> RadnodeProcess:
+class TlsOnlyNode(RadnodeProcess):
+    """A radnode whose ``dicom_port`` is its TLS port; ``plain_port`` is the one it leaves
+    closed."""
+
+    plain_port: int
+
+
+def start_tls_only(data_dir: Path, pki: Pki, role: str = "scp") -> TlsOnlyNode:
     """`radnode <role>` with the plain DICOM port off: only the TLS port listens."""
-    node = RadnodeProcess(data_dir, role)
-    plain_port = node.dicom_port
+    node = TlsOnlyNode(data_dir, role)
     tls_port = free_port()
     node.env.update(tls_env(pki, tls_port, RADNODE_DICOM_PLAIN="false"))
-    node.plain_port = plain_port  # type: ignore[attr-defined]
+    node.plain_port = node.dicom_port
     node.dicom_port = tls_port  # --dicom-port is then unused; start() waits for the TLS port
     return node.start()
 
@@ -84,7 +85,7 @@ def dcmtk_tls(pki: Pki, cert: Path | None, key: Path | None) -> list[str]:
 
 
 def run_dcmtk(
-    tool: str, port: int, *args: str, files: list[Path] = ()
+    tool: str, port: int, *args: str, files: Sequence[Path] = ()
 ) -> subprocess.CompletedProcess:
     exe = require_tool(tool)
     return subprocess.run(

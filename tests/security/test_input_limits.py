@@ -12,19 +12,22 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import RadnodeProcess, storescu
 from pydicom import dcmread
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 from pynetdicom import AE
+from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from secfixtures import RELATED, stow_body
 
 from ai_node.synth import StudySpec, write_study
 from pacs_link.scu import send_files
 from radnode.assembly import build_node
 from radnode_core.ingest import IngestError
 from radnode_core.settings import Settings
+from tests.support.radnode_process import RadnodeProcess
+from tests.support.security import RELATED, stow_body
+from tests.support.tools import storescu
+from tests.support.wait import wait_for
 
 LIMIT = 20_000  # bytes: a 64x64 slice (8 KiB of pixels) fits, a 128x128 one (32 KiB) does not
 
@@ -90,7 +93,7 @@ def test_stow_over_the_instance_limit_gets_failure_reason(
     assert str(dcmread(big[0], stop_before_pixels=True).SOPInstanceUID) not in stored
 
 
-def _associate(port: int, aet: str) -> object:
+def _associate(port: int, aet: str) -> Association:
     ae = AE(ae_title=aet)
     ae.add_requested_context(Verification)
     ae.acse_timeout = ae.network_timeout = 30
@@ -106,6 +109,7 @@ def test_associations_per_calling_ae_are_limited_and_others_keep_working(
         over = _associate(scp.dicom_port, "BUSYMOD")
         assert over.is_rejected
         rj = over.acceptor.primitive
+        assert rj is not None
         # PS3.8 9.3.4: rejected-transient (2), service-provider presentation (3), local limit (2)
         assert (rj.result, rj.result_source, rj.diagnostic) == (0x02, 0x03, 0x02)
         other = _associate(scp.dicom_port, "OTHERMOD")
@@ -118,11 +122,12 @@ def test_associations_per_calling_ae_are_limited_and_others_keep_working(
         for a in held:
             a.release()
     # Released: the AE may associate again.
-    deadline = time.monotonic() + 10
-    again = _associate(scp.dicom_port, "BUSYMOD")
-    while not again.is_established and time.monotonic() < deadline:
-        time.sleep(0.2)
-        again = _associate(scp.dicom_port, "BUSYMOD")
+
+    def associated() -> Association | None:
+        assoc = _associate(scp.dicom_port, "BUSYMOD")
+        return assoc if assoc.is_established else None
+
+    again = wait_for(associated, timeout=10, what="BUSYMOD to associate again", interval=0.2)
     assert again.is_established
     again.release()
 
@@ -167,9 +172,12 @@ def test_stalled_stow_body_gets_408_and_leaves_no_spool(api: RadnodeProcess) -> 
         s.settimeout(20)
         answer = s.recv(4096)
     assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
-    time.sleep(0.2)
-    spools = list((api.data_dir / "tmp").rglob("stow.*.body"))
-    assert spools == []
+
+    def spools() -> list[Path]:
+        return list((api.data_dir / "tmp").rglob("stow.*.body"))
+
+    wait_for(lambda: not spools(), timeout=10, what="the spool file to go", interval=0.05)
+    assert spools() == []
 
 
 def test_a_deflate_bomb_is_refused_before_it_is_inflated_whole(tmp_path: Path) -> None:

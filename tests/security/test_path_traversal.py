@@ -12,16 +12,16 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 import pytest
-from conftest import RadnodeProcess
 from pydicom import Dataset, dcmread
 from pydicom.dataelem import RawDataElement
 from pydicom.filewriter import dcmwrite
 from pydicom.tag import Tag
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian
 from pynetdicom import AE
-from secfixtures import RELATED, stow_body
 
 from ai_node.synth import StudySpec, write_study
+from tests.support.radnode_process import RadnodeProcess
+from tests.support.security import RELATED, stow_body
 
 BASES = [
     "..",
@@ -114,11 +114,13 @@ def _with(template: Dataset, **uids: str) -> Dataset:
 
 def _part10(ds: Dataset, sop_uid: str | None = None) -> bytes:
     buf = BytesIO()
-    ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3.4"  # replaced below when given
+    ds.file_meta.MediaStorageSOPInstanceUID = UID("1.2.3.4")  # replaced below when given
     dcmwrite(buf, ds, enforce_file_format=True)
     data = buf.getvalue()
     if sop_uid is not None:
-        data = data.replace(b"1.2.3.4\0", _raw_ui(sop_uid).value.ljust(8, b"\0")[:8], 1)
+        raw = _raw_ui(sop_uid).value
+        assert raw is not None
+        data = data.replace(b"1.2.3.4\0", raw.ljust(8, b"\0")[:8], 1)
     return data
 
 
@@ -229,8 +231,8 @@ def test_hostile_uids_by_cstore_stow_and_urls_create_nothing(
             ):
                 answered.append((path, _request(api.http_port, "GET", path)))
             post = f"/dicom-web/studies/{q}"
-            status = _request(api.http_port, "POST", post, stow_body(parts[0]))
-            answered.append((f"POST {post}", status))
+            answer = _request(api.http_port, "POST", post, stow_body(parts[0]))
+            answered.append((f"POST {post}", answer))
         # 400 (not a UID), 404 (no such resource or route), 422 (bad parameter), 409 (every
         # STOW part refused); an empty value or "/" ends on a search route: 200 with [].
         bad = [

@@ -11,11 +11,9 @@ from io import BytesIO
 from pathlib import Path
 
 import pytest
-from conftest import RadnodeProcess, free_port, storescu
 from fastapi.testclient import TestClient
 from pydicom import dcmread
 from pydicom.filewriter import dcmwrite
-from secfixtures import RELATED, stow_body
 
 from ai_node.synth import StudySpec, write_study
 from dicomweb.app import create_app
@@ -24,6 +22,10 @@ from pacs_link.outbox import queue_study_results
 from pacs_link.sender import OutboxSender
 from radnode.assembly import build_node
 from radnode_core.settings import PacsPeer, Settings
+from tests.support.processes import free_port
+from tests.support.radnode_process import RadnodeProcess
+from tests.support.security import RELATED, stow_body
+from tests.support.tools import storescu
 
 ELF = b"\x7fELF\x02\x01\x01" + b"\x00" * 9 + b"\x02\x00\x3e\x00"
 PE = b"MZ\x90\x00\x03" + b"\x00" * 55 + b"\x80\x00\x00\x00"

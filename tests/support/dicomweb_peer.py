@@ -1,4 +1,5 @@
-"""Orthanc with its DICOMweb plugin as a reference peer (tests and ``python -m benchmarks.qido_wado``).
+"""Orthanc with its DICOMweb plugin as a reference peer (tests and
+``python -m benchmarks.qido_wado``).
 
 Debian's ``orthanc`` + ``orthanc-dicomweb``, started with a generated config on
 free loopback ports, SQLite index, and stopped by whoever started it.
@@ -15,6 +16,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 from tests.support.processes import free_port, stop_process
 
@@ -61,7 +63,7 @@ class OrthancDicomWeb:
             "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": False},
         }
 
-    def start(self, timeout: float = 60.0) -> OrthancDicomWeb:
+    def start(self, timeout: float = 60.0) -> Self:
         if shutil.which("Orthanc") is None and not Path(ORTHANC).exists():
             raise PeerError("Orthanc is not installed (make system-deps)")
         if not Path(DICOMWEB_PLUGIN).exists():
@@ -103,7 +105,7 @@ class OrthancDicomWeb:
         with urllib.request.urlopen(request, timeout=60) as response:
             response.read()
 
-    def __enter__(self) -> OrthancDicomWeb:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(

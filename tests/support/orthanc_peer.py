@@ -1,5 +1,5 @@
-"""Orthanc as the PACS, started from the stack's own config file (tests, ``python -m benchmarks.analysis e2e
---via orthanc``).
+"""Orthanc as the PACS, started from the stack's own config file (tests,
+``python -m benchmarks.analysis e2e --via orthanc``).
 
 ``deploy/orthanc/orthanc.json`` is what docker-compose mounts into the orthancteam
 image; here Debian's Orthanc runs with the same file, only the machine-specific

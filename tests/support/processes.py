@@ -16,18 +16,22 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+def wait_port(
+    port: int, proc: subprocess.Popen[bytes] | None = None, timeout: float = 60.0
+) -> None:
     """Return once ``port`` accepts connections; fail early if ``proc`` exits first."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(
+                f"{proc.args!r} exited with {proc.returncode} before listening on {port}"
+            )
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
                 return
         except OSError:
             time.sleep(0.05)
-    raise TimeoutError(f"nothing listening on {port}")
+    raise TimeoutError(f"nothing listening on {port} after {timeout}s")
 
 
 def stop_process(proc: subprocess.Popen[bytes], grace_s: float = 30.0) -> None:

@@ -6,20 +6,21 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
-from browser import chromium, serve, wait
-from conftest import REPO
-from vpfixtures import RADIOLOGIST, VIEWER, analysed, make_node, shipped_models  # noqa: F401
 
-from ai_fixtures import add_study, run_all  # isort: skip
 from ai_node.pipeline import AnalysisPipeline
 from ai_node.synth import StudySpec
 from ai_node.tables import feedback
 from dicomweb.app import create_app
 from pacs_link.sender import OutboxSender
+from tests.support.analysis import add_study, run_all
+from tests.support.browser import chromium, serve, wait
 from tests.support.orthanc_peer import OrthancPacs
+from tests.support.radnode_process import REPO
+from tests.support.viewer import RADIOLOGIST, VIEWER, make_node
 from viewer_plugin.explorer import FEEDBACK_ROUTE, RESULT_ROUTE, register
 
 ARTIFACTS = REPO / "build" / "test-artifacts"
@@ -28,14 +29,16 @@ ARTIFACTS = REPO / "build" / "test-artifacts"
 class FakeOrthanc:
     def __init__(self, config: dict) -> None:
         self.config = config
-        self.routes: dict[str, object] = {}
+        self.routes: dict[str, Callable[..., None]] = {}
         self.scripts: list[str] = []
         self.logs: list[str] = []
 
     def GetConfiguration(self) -> str:  # noqa: N802 - the orthanc module's names
         return json.dumps(self.config)
 
-    def RegisterRestCallback(self, regex: str, callback) -> None:  # noqa: N802
+    def RegisterRestCallback(  # noqa: N802
+        self, regex: str, callback: Callable[..., None]
+    ) -> None:
         self.routes[regex] = callback
 
     def ExtendOrthancExplorer(self, script: str) -> None:  # noqa: N802
@@ -95,7 +98,7 @@ def test_plugin_module_forwards_with_its_token(analysed) -> None:
 
 def test_orthanc_explorer_study_page_shows_result_and_confirms(
     tmp_path: Path,
-    shipped_models,  # noqa: F811
+    shipped_models,
 ) -> None:
     from selenium.webdriver.common.by import By
 

@@ -7,12 +7,13 @@ import logging
 import pydicom
 import pytest
 from fastapi.testclient import TestClient
-from vpfixtures import ADMIN, RADIOLOGIST, VIEWER, analysed, shipped_models  # noqa: F401
 
-from ai_fixtures import dciodvfy, sr_rows  # isort: skip  (on sys.path once vpfixtures is)
 from ai_node.results import ResultStore
 from ai_node.tables import feedback
 from dicomweb.app import create_app
+from tests.support.analysis import sr_rows, study_result
+from tests.support.tools import dciodvfy
+from tests.support.viewer import ADMIN, RADIOLOGIST, VIEWER
 
 
 def _auth(token: str) -> dict[str, str]:
@@ -99,7 +100,7 @@ def test_relabel_records_row_audit_and_amended_sr(analysed, caplog, tmp_path) ->
 
 def test_second_judgement_supersedes_the_first(analysed) -> None:
     node, uid = analysed.node, analysed.study_uid
-    ai_label = ResultStore(node.index).study_result(uid)["label"]
+    ai_label = study_result(node, uid)["label"]
     other = "no lesion" if ai_label == "lesion" else "lesion"
     with TestClient(create_app(node)) as client:
         first = client.post(

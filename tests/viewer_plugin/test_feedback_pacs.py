@@ -7,20 +7,21 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastapi.testclient import TestClient
-from vpfixtures import RADIOLOGIST, shipped_models  # noqa: F401
 
-from ai_fixtures import add_study, run_all  # isort: skip
-from pacs_fixtures import qido, sr_instances, wait_for  # isort: skip
 from ai_node.pipeline import AnalysisPipeline
 from ai_node.synth import StudySpec
 from dicomweb.app import create_app
 from pacs_link.sender import OutboxSender
 from radnode.assembly import build_node
 from radnode_core.settings import Settings
+from tests.support.analysis import add_study, run_all
 from tests.support.orthanc_peer import OrthancPacs
+from tests.support.orthanc_queries import qido, sr_instances
+from tests.support.viewer import RADIOLOGIST
+from tests.support.wait import wait_for
 
 
-def test_relabel_sr_is_delivered_to_orthanc(tmp_path: Path, shipped_models) -> None:  # noqa: F811
+def test_relabel_sr_is_delivered_to_orthanc(tmp_path: Path, shipped_models) -> None:
     with OrthancPacs(tmp_path / "orthanc") as orthanc:
         node = build_node(
             Settings(

@@ -7,14 +7,15 @@ from pathlib import Path
 import highdicom as hd
 import pydicom
 import pytest
-import vpfixtures  # noqa: F401  (puts tests/ai_node on sys.path)
 from pydicom.sr.codedict import codes
 
-from ai_fixtures import REPORT_CONTEXT as CTX, dciodvfy, small_study_headers  # isort: skip
 from ai_node.analysis import StudyAnalysis
 from ai_node.feedback_sr import build_feedback_sr
 from ai_node.preprocess import SliceRef
 from ai_node.sr import build_sr
+from tests.support.analysis import REPORT_CONTEXT as CTX
+from tests.support.analysis import meaning, small_study_headers
+from tests.support.tools import dciodvfy
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +38,7 @@ def _lesion_value(path: Path) -> str:
     back = hd.sr.srread(path)
     [group] = hd.sr.MeasurementReport.from_sequence([back]).get_image_measurement_groups()
     [evaluation] = group.get_qualitative_evaluations(name=codes.SCT.Lesion)
-    return str(evaluation.value.meaning)
+    return meaning(evaluation.value)
 
 
 @pytest.mark.parametrize("label", [None, "no lesion"])

@@ -7,10 +7,10 @@ import re
 from pathlib import Path
 
 from fastapi.testclient import TestClient
-from vpfixtures import VIEWER, make_node
 
 from ai_node.labels import FINDING_LABELS, POSITIVE
 from dicomweb.app import create_app
+from tests.support.viewer import VIEWER, make_node
 from viewer_plugin.explorer import SCRIPT
 from viewer_plugin.review import STATIC
 

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from browser import chromium, serve, wait
-from vpfixtures import analyse_studies, make_node, shipped_models  # noqa: F401
 
 from ai_node.synth import StudySpec
 from dicomweb.app import create_app
+from tests.support.browser import chromium, serve, wait
+from tests.support.viewer import analyse_studies, make_node
 from viewer_plugin.ohif.config import app_config_js
 from viewer_plugin.ohif.server import create_ohif_app, default_dist
 
@@ -43,7 +43,7 @@ def fake_dist(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def stack(request, tmp_path: Path, shipped_models):  # noqa: F811
+def stack(request, tmp_path: Path, shipped_models):
     dist = request.getfixturevalue("fake_dist") if request.param == "fake" else _dist()
     node = make_node(tmp_path / "data", auth=False)
     [uid] = analyse_studies(
@@ -89,7 +89,8 @@ def test_ohif_renders_the_study_with_its_sr(stack, tmp_path) -> None:
             lambda d: d.execute_script(
                 "const c = document.querySelector('canvas.cornerstone-canvas');"
                 "if (!c || !c.width) return false;"
-                "const x = document.createElement('canvas'); x.width = c.width; x.height = c.height;"
+                "const x = document.createElement('canvas');"
+                "x.width = c.width; x.height = c.height;"
                 "const g = x.getContext('2d'); g.drawImage(c, 0, 0);"
                 "const p = g.getImageData(0, 0, c.width, c.height).data;"
                 "for (let i = 0; i < p.length; i += 4 * 97) if (p[i] > 20) return true;"

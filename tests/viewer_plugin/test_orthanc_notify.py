@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 
 import pytest
 
+from tests.support.wait import wait_for
 from viewer_plugin.orthanc_notify import RadnodeTarget, StableStudyNotifier, register
 
 
@@ -71,10 +71,8 @@ def receiver():
 
 
 def wait_posts(n: int) -> list:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and len(Receiver.posts) < n:
-        time.sleep(0.02)
-    return Receiver.posts
+    return wait_for(lambda: Receiver.posts if len(Receiver.posts) >= n else None, timeout=20,
+                    what=f"{n} POST(s) to radnode", interval=0.02)
 
 
 def test_stable_study_is_posted_once_other_changes_ignored(receiver) -> None:

@@ -7,18 +7,18 @@ from pathlib import Path
 
 import httpx
 import pytest
-from browser import chromium, serve, wait
-from vpfixtures import RADIOLOGIST, analyse_studies, make_node, shipped_models  # noqa: F401
 
 from ai_node.synth import StudySpec
 from dicomweb.app import create_app
+from tests.support.browser import chromium, serve, wait
+from tests.support.viewer import RADIOLOGIST, analyse_studies, make_node
 
 VERIFICATION_FLAG = "0040A493"
 PREDECESSOR_DOCUMENTS = "0040A360"
 
 
 @pytest.fixture
-def edge(tmp_path: Path, shipped_models):  # noqa: F811
+def edge(tmp_path: Path, shipped_models):
     node = make_node(tmp_path / "data", auth=True)
     uids = analyse_studies(
         node,
@@ -75,7 +75,8 @@ def test_worklist_review_relabel_then_amended_sr_by_qido(edge, tmp_path) -> None
         wait(
             driver,
             lambda d: d.execute_script(
-                "const i = document.getElementById('ai-slice'); return i.complete && i.naturalWidth > 0;"
+                "const i = document.getElementById('ai-slice');"
+                "return i.complete && i.naturalWidth > 0;"
             ),
         )
         driver.find_element(By.ID, "relabel").click()
@@ -115,7 +116,8 @@ def test_worklist_review_relabel_then_amended_sr_by_qido(edge, tmp_path) -> None
 
 def test_review_page_without_radiologist_role_has_no_buttons(edge, tmp_path) -> None:
     from selenium.webdriver.common.by import By
-    from vpfixtures import VIEWER
+
+    from tests.support.viewer import VIEWER
 
     _, uids, base = edge
     with chromium(tmp_path / "profile") as driver:

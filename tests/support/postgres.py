@@ -16,7 +16,8 @@ import tempfile
 from pathlib import Path
 from types import TracebackType
 
-from conftest import free_port, require_tool
+from tests.support.processes import free_port
+from tests.support.tools import require_tool
 
 
 def _as_postgres(command: list[str]) -> list[str]:

@@ -4,40 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from io import BytesIO
 from pathlib import Path
 
-from pydicom import Dataset
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_dataset, write_file_meta_info
-from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, _config
-from pynetdicom.sop_class import Verification
-
-
-def part10(body: bytes, sop_class: str, sop_instance: str, ts: str = ExplicitVRLittleEndian) -> bytes:
-    meta = Dataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = sop_instance
-    meta.TransferSyntaxUID = ts
-    meta.ImplementationClassUID = "1.2.3.4"
-    buf = BytesIO()
-    buf.write(b"\0" * 128 + b"DICM")
-    write_file_meta_info(buf, meta, enforce_standard=False)
-    return buf.getvalue() + body
-
-
-def encode(ds: Dataset, implicit: bool = False) -> bytes:
-    fp = DicomBytesIO()
-    fp.is_little_endian = True
-    fp.is_implicit_VR = implicit
-    write_dataset(fp, ds)
-    return fp.getvalue()
+from pynetdicom.association import Association
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 
 @contextmanager
 def association(port: int, contexts: list[tuple[str, str]], aet: str = "TESTSCU",
-                called: str = "RADNODE") -> Iterator[object]:
+                called: str = "RADNODE") -> Iterator[Association]:
     ae = AE(ae_title=aet)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
     for sop_class, ts in contexts:
@@ -51,7 +27,8 @@ def association(port: int, contexts: list[tuple[str, str]], aet: str = "TESTSCU"
             assoc.release()
 
 
-def send_raw_files(port: int, files: list[Path], contexts: list[tuple[str, str]], **kw: str) -> list[int]:
+def send_raw_files(port: int, files: list[Path], contexts: list[tuple[str, str]],
+                   **kw: str) -> list[int]:
     """C-STORE each Part 10 file's dataset bytes exactly as they are in the file."""
     previous = _config.STORE_SEND_CHUNKED_DATASET
     _config.STORE_SEND_CHUNKED_DATASET = True

@@ -1,5 +1,6 @@
-"""Fixtures of the security tests: a test PKI (a CA, server and client certificates, and a
-second CA nobody trusts), written with `cryptography`, and helpers to read the audit log."""
+"""Helpers of the security tests: a test PKI (a CA, server and client certificates, and a
+second CA nobody trusts), written with `cryptography`; readers and a schema check of the
+audit log; a STOW-RS request body."""
 
 from __future__ import annotations
 
@@ -142,6 +143,13 @@ def audit_messages(audit_dir: Path) -> list[ET.Element]:
             if line.strip():
                 messages.append(ET.fromstring(line))
     return messages
+
+
+def child(element: ET.Element, path: str) -> ET.Element:
+    """The first element at ``path`` under ``element``; AssertionError if there is none."""
+    found = element.find(path)
+    assert found is not None, f"no {path} in {element.tag}"
+    return found
 
 
 def event_id(message: ET.Element) -> str:

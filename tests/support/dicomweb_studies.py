@@ -1,23 +1,18 @@
-"""Fixtures and data of the DICOMweb tests: a running `radnode api`, varied small studies.
-
-A helper module, not a conftest: a second `conftest` module would shadow the root one
-that other test packages import by name. Test modules import the fixtures they use.
-"""
+"""Data of the DICOMweb tests: varied small studies to store and query, and where a
+running radnode serves DICOMweb."""
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
 from dataclasses import dataclass
 from io import BytesIO
-from pathlib import Path
 
 import numpy as np
-import pytest
-from conftest import RadnodeProcess
-from pydicom import Dataset
+from pydicom import Dataset, FileMetaDataset
 from pydicom.filewriter import dcmwrite
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from tests.support.radnode_process import RadnodeProcess
 
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
@@ -96,7 +91,7 @@ def make_instance(spec: StudySpec, study_uid: str, series_uid: str, modality: st
     ds.WindowCenter = 40
     ds.WindowWidth = 400
     ds.PixelData = (np.arange(256, dtype=np.int16) * instance_number).tobytes()
-    ds.file_meta = Dataset()
+    ds.file_meta = FileMetaDataset()
     ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
@@ -113,8 +108,8 @@ class VariedStudies:
         return [d for d in self.datasets if d.StudyInstanceUID == self.study_uids[index]]
 
 
-@pytest.fixture(scope="session")
-def varied_studies() -> VariedStudies:
+def make_varied_studies() -> VariedStudies:
+    """The studies of ``VARIED`` with fresh UIDs."""
     study_uids: list[str] = []
     datasets: list[Dataset] = []
     for spec in VARIED:
@@ -135,21 +130,9 @@ def part10(ds: Dataset) -> bytes:
     return buf.getvalue()
 
 
-@pytest.fixture(scope="module")
-def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RadnodeProcess]:
-    """`radnode api` (authentication off, on 127.0.0.1) with an empty store."""
-    root = tmp_path_factory.mktemp("dicomweb-api")
-    node = RadnodeProcess(root / "data", "api").start()
-    yield node
-    node.stop()
-
-
 def dicomweb_url(node: RadnodeProcess) -> str:
     return f"http://127.0.0.1:{node.http_port}/dicom-web"
 
 
 def today() -> str:
     return dt.date.today().strftime("%Y%m%d")
-
-
-__all__ = ["Path", "VariedStudies", "dicomweb_url", "part10"]

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import shutil
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,7 +18,9 @@ from typing import Any
 
 import pytest
 import uvicorn
-from conftest import free_port
+
+from tests.support.processes import free_port
+from tests.support.wait import wait_for
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -74,11 +75,13 @@ def serve(app: Any) -> Iterator[str]:
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + WAIT_S
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
+
+    def started() -> bool:
+        if not thread.is_alive():
             raise RuntimeError("the HTTP edge did not start")
-        time.sleep(0.05)
+        return server.started
+
+    wait_for(started, timeout=WAIT_S, what="the HTTP edge to start", interval=0.05)
     try:
         yield f"http://127.0.0.1:{port}"
     finally:

@@ -1,10 +1,9 @@
-"""Helpers of the reliability suite: its size knob, process figures, store checks, a C-STORE SCU.
+"""Helpers of the reliability suite: its size knob, process figures, store checks.
 
-``RADNODE_RELIABILITY=full`` (set by ``make test-reliability``) runs every part at the
-issue's size; unset or ``short`` runs the small version that ``make test`` includes.
+``RADNODE_RELIABILITY=full`` (set by ``make test-reliability``) runs every part at full
+size; unset or ``short`` runs the small version that ``make test`` includes.
 ``RADNODE_RELIABILITY_FIGURES=<file>`` appends each part's figures to that file as
 JSON lines (docs/reliability.md is written from them).
-(Not a conftest.py: a second one would clash with tests/conftest.py, imported as `conftest`.)
 """
 
 from __future__ import annotations
@@ -13,16 +12,11 @@ import json
 import os
 import re
 import sqlite3
-import sys
 import time
 from pathlib import Path
 from typing import Any, TypeVar
 
-from conftest import dataset_bytes, wait_for  # noqa: F401 - re-exported for the suite
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dimse_scp"))  # scu_raw, disk-full
-from scu_raw import association  # noqa: E402,F401
-from test_bad_input import small_filesystem  # noqa: E402,F401
+from tests.support.dicom_bytes import dataset_bytes
 
 MODE = os.environ.get("RADNODE_RELIABILITY", "short")
 FULL = MODE == "full"

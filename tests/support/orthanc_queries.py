@@ -1,9 +1,8 @@
-"""Helpers for the PACS tests: Orthanc from the stack's config, QIDO against it, waiting."""
+"""QIDO-RS against Orthanc as the PACS: what it holds of a study, the SRs radnode sent it."""
 
 from __future__ import annotations
 
 import highdicom as hd
-from conftest import wait_for  # noqa: F401 - the PACS tests import it from here
 from pydicom import Dataset
 
 from ai_node.sr import PROBABILITY

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
 
-import relfixtures  # noqa: F401  (puts tests/dimse_scp on sys.path)
 from pydicom import dcmread
 from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import RawDataElement
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 from pydicom.uid import (
@@ -32,8 +32,7 @@ from pydicom.uid import (
 )
 
 from ai_node.synth import StudySpec, generate_study
-
-from scu_raw import part10  # noqa: E402  # isort: skip
+from tests.support.dicom_bytes import part10, pydicom_test_file
 
 PYDICOM_DATA_SEEDS = (
     "CT_small.dcm",
@@ -102,21 +101,19 @@ def encode(ds, ts: str) -> bytes:
 
 def load_samples(synthetic_slices: int = 4) -> list[Sample]:
     """pydicom-data seeds (their own syntax) and small synthetic CT slices."""
-    from pydicom.data import get_testdata_file
-
     samples = []
     for name in PYDICOM_DATA_SEEDS:
-        path = get_testdata_file(name)
-        assert path is not None, f"pydicom-data lacks {name}"
-        ds = dcmread(path)
+        ds = dcmread(pydicom_test_file(name))
         ts = str(ds.file_meta.TransferSyntaxUID)
         samples.append(Sample(name, str(ds.SOPClassUID), ts, encode(ds, ts)))
     spec = StudySpec(region="chest", slices=synthetic_slices, seed=90, rows=64, columns=64,
                      pixel_spacing_mm=5.6)
     _study, datasets = generate_study(spec)
-    for i, ds in enumerate(datasets):
+    for i, synthetic in enumerate(datasets):
         ts = UNCOMPRESSED[i % 3]
-        samples.append(Sample(f"synth-{i}", str(ds.SOPClassUID), ts, encode(ds, ts)))
+        samples.append(
+            Sample(f"synth-{i}", str(synthetic.SOPClassUID), ts, encode(synthetic, ts))
+        )
     return samples
 
 
@@ -287,8 +284,9 @@ def top_level(raw: bytes, ts: str) -> list[Element]:
     out = []
     fp = BytesIO(raw)
     for elem in data_element_generator(fp, syntax.is_implicit_VR, syntax.is_little_endian):
-        if not hasattr(elem, "value_tell"):  # an undefined-length sequence, already parsed
+        if not isinstance(elem, RawDataElement):  # an undefined-length sequence, already parsed
             at = elem.file_tell
+            assert at is not None
             if syntax.is_implicit_VR:
                 out.append(Element(at, elem.tag, None, at + 4, 4, at + 8, UNDEFINED))
             else:

@@ -1,24 +1,25 @@
-"""Fixtures and helpers of the AI node tests; test modules import the fixtures they use
-(a second conftest.py would clash with tests/conftest.py, imported as `conftest`)."""
+"""Helpers of the analysis tests: synthetic studies ingested into an in-process node and
+run through the pipeline, the SR rows that come out, a fixed report context."""
 
 from __future__ import annotations
 
-import subprocess
-from collections.abc import Iterator
+import copy
 from pathlib import Path
+from typing import Any
 
-import pytest
-from conftest import dataset_bytes, require_tool
-from pydicom.uid import ExplicitVRLittleEndian
+import highdicom as hd
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+from pydicom.uid import EnhancedCTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from ai_node.pipeline import AnalysisPipeline
-from ai_node.registry import ModelRegistry, ModelSet
+from ai_node.pipeline import encode
+from ai_node.results import ResultStore
 from ai_node.sr import ReportContext
-from ai_node.synth import StudySpec, SyntheticStudy, write_study
-from ai_node.worker import Worker
-from radnode.assembly import build_node
+from ai_node.synth import StudySpec, SyntheticStudy, generate_study, write_study
+from ai_node.worker import Processor, Worker
 from radnode_core.node import Node
-from radnode_core.settings import Settings
+from tests.support.dicom_bytes import dataset_bytes
 
 REPORT_CONTEXT = ReportContext(
     node_name="RADNODE",
@@ -33,32 +34,12 @@ REPORT_CONTEXT = ReportContext(
 """The report context of the SR tests (a fixed device and model versions)."""
 
 
-def small_study_headers(out: Path) -> list:
+def small_study_headers(out: Path) -> list[Dataset]:
     """The headers of a 6-slice 64x64 synthetic chest study with a nodule, written to ``out``."""
-    import pydicom
-
     _, files = write_study(
         StudySpec(region="chest", slices=6, nodules=1, seed=5, rows=64, columns=64), out
     )
     return [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
-
-
-@pytest.fixture(scope="session")
-def shipped_models() -> ModelSet:
-    """The shipped models, loaded once for the whole session."""
-    return ModelSet(ModelRegistry())
-
-
-@pytest.fixture
-def node(tmp_path: Path) -> Iterator[Node]:
-    n = build_node(Settings(data_dir=tmp_path / "data", fsync=False))
-    yield n
-    n.close()
-
-
-@pytest.fixture
-def pipeline(node: Node, shipped_models: ModelSet) -> AnalysisPipeline:
-    return AnalysisPipeline(node, shipped_models)
 
 
 def ingest_files(
@@ -76,14 +57,28 @@ def add_study(node: Node, spec: StudySpec, out: Path) -> SyntheticStudy:
     return study
 
 
-def run_all(node: Node, processor: AnalysisPipeline) -> Worker:
+def run_all(node: Node, processor: Processor) -> Worker:
     worker = Worker(node.queue, processor, node.metrics, poll_s=0.01, retry_delay_s=0.0)
     while worker.run_once():
         pass
     return worker
 
 
-def sr_rows(node: Node, study_uid: str) -> list[dict]:
+def study_result(node: Node, study_uid: str) -> dict[str, Any]:
+    """The study's result; AssertionError if it has none yet."""
+    result = ResultStore(node.index).study_result(study_uid)
+    assert result is not None, f"no result for {study_uid}"
+    return result
+
+
+def meaning(value: object) -> str:
+    """The meaning of a coded SR value read back (highdicom annotates a qualitative
+    evaluation's value as a number; it is a coded concept)."""
+    assert isinstance(value, hd.sr.CodedConcept), value
+    return str(value.meaning)
+
+
+def sr_rows(node: Node, study_uid: str) -> list[dict[str, Any]]:
     return [
         r
         for r in node.index.instances_of_study(study_uid)
@@ -91,25 +86,9 @@ def sr_rows(node: Node, study_uid: str) -> list[dict]:
     ]
 
 
-def dciodvfy(path: Path) -> str:
-    """dicom3tools' validator output; the caller asserts there is no Error line."""
-    exe = require_tool("dciodvfy")
-    proc = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=60)
-    return proc.stdout + proc.stderr
-
-
-def enhanced_ct(spec) -> tuple[str, bytes]:
+def enhanced_ct(spec: StudySpec) -> tuple[str, bytes]:
     """A multi-frame Enhanced CT instance (explicit VR LE dataset bytes) of a synthetic
     study: per-frame positions, shared rescale/orientation/spacing. Returns its study UID."""
-    import copy
-
-    from pydicom.dataset import Dataset
-    from pydicom.sequence import Sequence
-    from pydicom.uid import EnhancedCTImageStorage, generate_uid
-
-    from ai_node.pipeline import encode
-    from ai_node.synth import generate_study
-
     study, datasets = generate_study(spec)
     slices = list(datasets)
     mf = copy.deepcopy(slices[0])

@@ -7,8 +7,6 @@ import time
 
 import highdicom as hd
 import pytest
-from ai_fixtures import dciodvfy, ingest_files, run_all
-from byom_fixtures import cxr_card, densenet_cxr, radiograph, registry, write_package  # noqa: F401
 from fastapi.testclient import TestClient
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
@@ -19,15 +17,20 @@ from ai_node.registry import ModelSet
 from dicomweb.app import create_app
 from radnode.assembly import build_node
 from radnode_core.settings import Settings
+from tests.support.analysis import ingest_files, run_all
+from tests.support.model_packages import cxr_card, densenet_cxr, radiograph, write_package
+from tests.support.tools import dciodvfy
 
 
 @pytest.mark.slow  # about a minute on 2 cores: DenseNet121 is built, saved, loaded twice
-def test_densenet121_reads_chest_radiographs(registry, tmp_path) -> None:  # noqa: F811
+def test_densenet121_reads_chest_radiographs(byom_registry, tmp_path) -> None:
     started = time.perf_counter()
     package = write_package(tmp_path / "dn", densenet_cxr(), cxr_card())
-    result = import_package(registry, package, activate=True)
+    result = import_package(byom_registry, package, activate=True)
     assert result.report.format == "keras" and result.report.output_shape == (2, 1)
-    node = build_node(Settings(data_dir=tmp_path / "data", fsync=False, models_dir=registry.root))
+    node = build_node(
+        Settings(data_dir=tmp_path / "data", fsync=False, models_dir=byom_registry.root)
+    )
     try:
         study_uid = generate_uid()
         ingest_files(
@@ -40,14 +43,16 @@ def test_densenet121_reads_chest_radiographs(registry, tmp_path) -> None:  # noq
             ],
         )
         node.queue.enqueue_if_due(study_uid, "manual")
-        run_all(node, AnalysisPipeline(node, ModelSet(registry)))
+        run_all(node, AnalysisPipeline(node, ModelSet(byom_registry)))
         with TestClient(create_app(node)) as client:
             listed = client.get(f"/api/studies/{study_uid}/results").json()
         [item] = listed["items"]
         assert item["model"] == "cxr-densenet" and item["status"] == "done", item
         assert 0.0 <= item["score"] <= 1.0 and item["label"] in ("opacity", "no opacity")
         assert item["model_version"] == "cxr-densenet:1.0"
-        path = node.store.path_of(node.index.find_instance(item["sr_sop_instance_uid"])["path"])
+        row = node.index.find_instance(item["sr_sop_instance_uid"])
+        assert row is not None
+        path = node.store.path_of(str(row["path"]))
         report = dciodvfy(path)
         assert not [line for line in report.splitlines() if line.startswith("Error")], report
         sr = hd.sr.srread(path)

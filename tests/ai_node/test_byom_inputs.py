@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pydicom
 import pytest
-from byom_fixtures import ct_card, cxr_card, radiograph
 
 from ai_node.card import IMAGENET_MEAN, IMAGENET_STD, parse_card
 from ai_node.preprocess import card_input, load_series, model_input
 from ai_node.routing import route
+from tests.support.model_packages import ct_card, cxr_card, radiograph
 
 
 def _card(card: dict, **changes):
@@ -25,7 +25,8 @@ def test_monochrome1_and_2_radiographs_give_the_same_input(tmp_path, bits) -> No
     m1 = radiograph(tmp_path / "m1", study_uid=uid, bits=bits, photometric="MONOCHROME1")
     card = _card(cxr_card())
     stacks = [load_series([p], size=224) for p in (m2, m1)]
-    assert stacks[0].monochrome1 is None and stacks[1].monochrome1.tolist() == [True]
+    flags = stacks[1].monochrome1
+    assert stacks[0].monochrome1 is None and flags is not None and flags.tolist() == [True]
     x2, x1 = (card_input(s.hu, card.input, s.monochrome1) for s in stacks)
     assert x1.shape == (1, 224, 224, 3)
     # inverted back, MONOCHROME1 matches MONOCHROME2 up to the integer rounding of storage

@@ -11,15 +11,6 @@ from typing import Any
 import highdicom as hd
 import pydicom
 import pytest
-from ai_fixtures import add_study, dciodvfy, ingest_files, run_all, sr_rows
-from byom_fixtures import (  # noqa: F401 - fixtures
-    ct_card,
-    cxr_card,
-    proto_package,
-    radiograph,
-    registry,
-    write_package,
-)
 from fastapi.testclient import TestClient
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
@@ -34,39 +25,46 @@ from dicomweb.app import create_app
 from radnode.assembly import build_node
 from radnode_core.node import Node
 from radnode_core.settings import Settings
+from tests.support.analysis import add_study, ingest_files, run_all, sr_rows, study_result
+from tests.support.model_packages import ct_card, cxr_card, radiograph, tiny_cxr, write_package
+from tests.support.tools import dciodvfy
 from viewer_plugin.feedback import FeedbackService, Reviewer
 
-SMALL = {"rows": 128, "columns": 128, "pixel_spacing_mm": 2.8}
+
+def small(region: str, slices: int, seed: int, nodules: int = 0) -> StudySpec:
+    return StudySpec(
+        region=region,
+        slices=slices,
+        nodules=nodules,
+        seed=seed,
+        rows=128,
+        columns=128,
+        pixel_spacing_mm=2.8,
+    )
 
 
-def tiny_cxr() -> Any:
-    """A small radiograph CNN (64x64x3, ImageNet-standardised input): the X-ray path
-    without DenseNet's minute (test_byom_densenet.py runs DenseNet121)."""
-    import keras
-    from keras import layers
-
-    keras.utils.set_random_seed(5)
-    inputs = keras.Input((64, 64, 3))
-    x = layers.Conv2D(8, 3, strides=2, activation="relu")(inputs)
-    x = layers.Conv2D(16, 3, strides=2, activation="relu")(x)
-    x = layers.GlobalAveragePooling2D()(x)
-    return keras.Model(inputs, layers.Dense(1, activation="sigmoid")(x))
+def stored_path(node: Node, sop_instance_uid: str) -> Path:
+    row = node.index.find_instance(sop_instance_uid)
+    assert row is not None, sop_instance_uid
+    return node.store.path_of(str(row["path"]))
 
 
 @pytest.fixture
-def byom(registry: ModelRegistry, proto_package: Path, tmp_path: Path) -> Iterator[Any]:  # noqa: F811
-    """A node whose registry has the shipped models, the prototype CT model and a small
+def byom(byom_registry: ModelRegistry, proto_package: Path, tmp_path: Path) -> Iterator[Any]:
+    """A node whose byom_registry has the shipped models, the prototype CT model and a small
     chest X-ray model, all active, and its analysis pipeline."""
-    import_package(registry, proto_package, activate=True)
+    import_package(byom_registry, proto_package, activate=True)
     cxr = write_package(
         tmp_path / "cxr",
         tiny_cxr(),
         cxr_card(name="cxr-small", input={"size": [64, 64]}, timeout_s=60),
     )
-    import_package(registry, cxr, activate=True)
-    node = build_node(Settings(data_dir=tmp_path / "data", fsync=False, models_dir=registry.root))
+    import_package(byom_registry, cxr, activate=True)
+    node = build_node(
+        Settings(data_dir=tmp_path / "data", fsync=False, models_dir=byom_registry.root)
+    )
     try:
-        yield node, AnalysisPipeline(node, ModelSet(registry)), registry
+        yield node, AnalysisPipeline(node, ModelSet(byom_registry)), byom_registry
     finally:
         node.close()
 
@@ -77,9 +75,9 @@ def _by_model(node: Node, uid: str) -> dict[str, dict]:
     return {r["model"]: r for r in result["results"]}
 
 
-def _valid_sr(node: Node, sop_instance_uid: str) -> hd.sr.Comprehensive3DSR:
+def _valid_sr(node: Node, sop_instance_uid: str) -> Any:
     """The stored SR, after dicom3tools' dciodvfy found no error in it."""
-    path = node.store.path_of(node.index.find_instance(sop_instance_uid)["path"])
+    path = stored_path(node, sop_instance_uid)
     report = dciodvfy(path)
     assert not [line for line in report.splitlines() if line.startswith("Error")], report
     return hd.sr.srread(path)
@@ -108,7 +106,7 @@ def test_a_chest_ct_goes_to_every_ct_model_each_with_its_sr(byom) -> None:
     node, pipeline, _ = byom
     study = add_study(
         node,
-        StudySpec(region="chest", slices=12, nodules=1, seed=61, **SMALL),
+        small("chest", 12, 61, nodules=1),
         node.settings.data_dir.parent / "in",
     )
     run_all(node, pipeline)
@@ -170,7 +168,7 @@ def test_a_dx_image_of_another_body_part_is_for_no_model(byom, tmp_path) -> None
     )
     node.queue.enqueue_if_due(study_uid, "manual")
     run_all(node, pipeline)
-    result = ResultStore(node.index).study_result(study_uid)
+    result = study_result(node, study_uid)
     assert result["status"] == "out_of_scope" and result["model"] is None
     assert "cxr-small: body part examined HAND not in CHEST" in result["reason"]
     assert result["results"] == [] and sr_rows(node, study_uid) == []
@@ -180,7 +178,7 @@ def test_a_head_ct_is_out_of_scope_for_both_chest_models(byom) -> None:
     node, pipeline, _ = byom
     study = add_study(
         node,
-        StudySpec(region="head", slices=8, seed=62, **SMALL),
+        small("head", 8, 62),
         node.settings.data_dir.parent / "in",
     )
     run_all(node, pipeline)
@@ -195,12 +193,12 @@ def test_a_head_ct_is_out_of_scope_for_both_chest_models(byom) -> None:
 
 
 def test_a_model_past_its_timeout_fails_alone(byom, tmp_path) -> None:
-    node, pipeline, registry = byom
-    from byom_fixtures import prototype_cnn
+    node, pipeline, byom_registry = byom
+    from tests.support.model_packages import prototype_cnn
 
     slow = write_package(tmp_path / "slow", prototype_cnn(), ct_card(version="1.1", timeout_s=1e-6))
-    import_package(registry, slow, activate=True)
-    study = add_study(node, StudySpec(region="chest", slices=8, seed=63, **SMALL), tmp_path / "in")
+    import_package(byom_registry, slow, activate=True)
+    study = add_study(node, small("chest", 8, 63), tmp_path / "in")
     worker = run_all(node, pipeline)
     results = _by_model(node, study.study_instance_uid)
     assert results["proto-ct"]["status"] == "failed"
@@ -214,7 +212,7 @@ def test_feedback_is_recorded_per_model(byom) -> None:
     node, pipeline, _ = byom
     study = add_study(
         node,
-        StudySpec(region="chest", slices=8, seed=64, **SMALL),
+        small("chest", 8, 64),
         node.settings.data_dir.parent / "in",
     )
     run_all(node, pipeline)
@@ -226,9 +224,7 @@ def test_feedback_is_recorded_per_model(byom) -> None:
         uid, "relabel", Reviewer("rad1", "Doe^Jane"), label=other, model="proto-ct"
     )
     assert created and record["model_name"] == "proto-ct" and record["label"] == other
-    sr = pydicom.dcmread(
-        node.store.path_of(node.index.find_instance(record["sr_sop_instance_uid"])["path"])
-    )
+    sr = pydicom.dcmread(stored_path(node, record["sr_sop_instance_uid"]))
     assert sr.VerificationFlag == "VERIFIED"
     assert [f["model_name"] for f in service.for_study(uid)] == ["proto-ct"]
     assert final_labels(node.index) == []  # the finding model's labels are its own
@@ -241,12 +237,12 @@ def test_feedback_is_recorded_per_model(byom) -> None:
 def test_a_model_that_cannot_load_fails_alone_and_a_missing_verdict_is_named(
     byom, tmp_path
 ) -> None:
-    node, pipeline, registry = byom
-    path = registry.version_dir("proto-ct", "1.0") / "model.h5"
+    node, pipeline, byom_registry = byom
+    path = byom_registry.version_dir("proto-ct", "1.0") / "model.h5"
     data = bytearray(path.read_bytes())
     data[-1] ^= 0xFF
     path.write_bytes(bytes(data))
-    spec = StudySpec(region="chest", slices=6, seed=65, **SMALL)
+    spec = small("chest", 6, 65)
     study = add_study(node, spec, tmp_path / "a")
     run_all(node, pipeline)
     results = _by_model(node, study.study_instance_uid)
@@ -257,9 +253,9 @@ def test_a_model_that_cannot_load_fails_alone_and_a_missing_verdict_is_named(
     )
     assert results["finding"]["status"] == "done"
 
-    registry.deactivate("proto-ct")
-    registry.deactivate("region")
-    study = add_study(node, StudySpec(region="chest", slices=6, seed=66, **SMALL), tmp_path / "b")
+    byom_registry.deactivate("proto-ct")
+    byom_registry.deactivate("region")
+    study = add_study(node, small("chest", 6, 66), tmp_path / "b")
     run_all(node, pipeline)
     results = _by_model(node, study.study_instance_uid)
     assert set(results) == {"finding"} and results["finding"]["status"] == "failed"

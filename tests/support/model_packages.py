@@ -1,18 +1,16 @@
-"""Helpers of the bring-your-own-model tests: models built in the test (no downloads), their
-packages (model file + model.yaml), registries seeded from the shipped models, and a small
-synthetic chest radiograph study built with pydicom."""
+"""Model packages for tests: models built in the test (no downloads), their cards and
+packages (model file + model.yaml), and small synthetic chest radiographs built with
+pydicom."""
 
 from __future__ import annotations
 
 import copy
 import datetime as dt
 import hashlib
-import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
 import yaml
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
@@ -21,8 +19,6 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     generate_uid,
 )
-
-from ai_node.registry import SHIPPED_MODELS, ModelRegistry
 
 CT_CLASSES = ["CTImageStorage", "EnhancedCTImageStorage"]
 XR_CLASSES = ["ComputedRadiographyImageStorage", "DigitalXRayImageStorageForPresentation"]
@@ -55,6 +51,19 @@ def densenet_cxr() -> Any:
     return keras.applications.DenseNet121(
         weights=None, input_shape=(224, 224, 3), classes=1, classifier_activation="sigmoid"
     )
+
+
+def tiny_cxr() -> Any:
+    """A small radiograph CNN (64x64x3 input): the X-ray path without DenseNet's minute."""
+    import keras
+    from keras import layers
+
+    keras.utils.set_random_seed(5)
+    inputs = keras.Input((64, 64, 3))
+    x = layers.Conv2D(8, 3, strides=2, activation="relu")(inputs)
+    x = layers.Conv2D(16, 3, strides=2, activation="relu")(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, layers.Dense(1, activation="sigmoid")(x))
 
 
 def lambda_model() -> Any:
@@ -181,21 +190,6 @@ def registry_state(root: Path) -> dict[str, bytes]:
         for p in sorted(root.rglob("*"))
         if p.is_file() and p.name != ".lock"
     }
-
-
-@pytest.fixture
-def registry(tmp_path: Path) -> ModelRegistry:
-    """A writable registry seeded with the shipped models (region, finding)."""
-    root = tmp_path / "models"
-    shutil.copytree(SHIPPED_MODELS, root, ignore=shutil.ignore_patterns("__pycache__", ".lock"))
-    return ModelRegistry(root)
-
-
-@pytest.fixture(scope="module")
-def proto_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The prototype CNN as a legacy Keras 2 HDF5 (.h5) package for chest CT."""
-    folder = tmp_path_factory.mktemp("proto") / "proto-ct"
-    return write_package(folder, prototype_cnn(), ct_card())
 
 
 def radiograph(

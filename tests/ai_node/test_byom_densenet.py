@@ -6,7 +6,6 @@ from __future__ import annotations
 import time
 
 import highdicom as hd
-import pytest
 from fastapi.testclient import TestClient
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
@@ -22,7 +21,6 @@ from tests.support.model_packages import cxr_card, densenet_cxr, radiograph, wri
 from tests.support.tools import dciodvfy
 
 
-@pytest.mark.slow  # about a minute on 2 cores: DenseNet121 is built, saved, loaded twice
 def test_densenet121_reads_chest_radiographs(byom_registry, tmp_path) -> None:
     started = time.perf_counter()
     package = write_package(tmp_path / "dn", densenet_cxr(), cxr_card())

@@ -52,6 +52,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
+from pydicom.valuerep import PersonName
 
 from ai_node.analysis import StudyAnalysis
 from ai_node.card import ModelCard
@@ -197,6 +198,11 @@ def _evidence_copy(ds: Dataset) -> Dataset:
     for keyword in _TYPE2:
         if keyword not in out:
             setattr(out, keyword, "")
+    name = out.PatientName
+    if isinstance(name, str | PersonName) and str(name) and "^" not in str(name):
+        # A one-component name with its trailing caret (PS3.5 6.2.1.2: the same name),
+        # as highdicom asks; it would otherwise warn with the name in the message.
+        out.PatientName = f"{name}^"
     return out
 
 

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 
 from dicomweb.accesslog import AccessLogMiddleware
+from dicomweb.bodyguard import BodyGuard
 from dicomweb.deps import require_read
+from dicomweb.docs import mount_docs
+from dicomweb.errors import bad_parameters
 from dicomweb.headers import InstanceHeaders
 from dicomweb.routes import feedback, health, pacs, qido, results, retraining, stow, wado
+from dicomweb.secheaders import SecurityHeaders
 from radnode_core import __version__
 from radnode_core.node import Node
 from viewer_plugin.review import mount_ui
@@ -18,14 +23,19 @@ def create_app(node: Node) -> FastAPI:
     """The HTTP edge of ``node``: health, metrics, DICOMweb (PS3.18) and the AI results API.
 
     Authentication is per router (see :mod:`dicomweb.auth`): ``/healthz`` and ``/readyz`` are open,
-    ``/metrics`` is for admins, QIDO/WADO and results for readers, STOW for stores.
+    ``/metrics`` is for admins, QIDO/WADO and results for readers, STOW for stores; a request
+    with a body is authenticated and size-checked before it is read (:mod:`dicomweb.bodyguard`).
     """
     app = FastAPI(
         title="radnode",
         version=__version__,
         description="DICOMweb (STOW-RS, QIDO-RS, WADO-RS) and AI results of a radnode.",
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.node = node
+    app.add_exception_handler(RequestValidationError, bad_parameters)
+    mount_docs(app)
     app.state.headers = InstanceHeaders()
     app.include_router(health.router)
     app.include_router(stow.router)
@@ -38,6 +48,8 @@ def create_app(node: Node) -> FastAPI:
     app.include_router(retraining.router)  # roles per route: runs and models for staff
     mount_ui(app)  # /ui/: static pages; their data comes from the API with the user's token
     s = node.settings
+    app.add_middleware(BodyGuard, node=node)
+    app.add_middleware(SecurityHeaders, settings=s)
     if s.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -47,5 +59,5 @@ def create_app(node: Node) -> FastAPI:
             expose_headers=["Content-Type", "Content-Length", "Warning"],
             max_age=600,
         )
-    app.add_middleware(AccessLogMiddleware)
+    app.add_middleware(AccessLogMiddleware, refusal_interval_s=s.auth_failure_interval_s)
     return app

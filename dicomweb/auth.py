@@ -135,15 +135,21 @@ def roles_of(settings: Settings, authorization: str | None) -> set[str]:
             try:
                 found = verifier.roles(token) & ROLES
             except InvalidToken as exc:
-                logger.info("bearer JWT refused", extra={"reason": str(exc)})
+                # Per request, so at DEBUG: the audit trail's throttled line says it at WARNING.
+                logger.debug("bearer JWT refused", extra={"reason": str(exc)})
                 return set()
             if not found:
                 found = {"none"}  # authenticated, but no role of ours: 403, not 401
     return found
 
 
-def _audit_login_failure(request: Request) -> None:
-    """110114 User Authentication, outcome 4 (PS3.15 A.5.3.8): no or a bad bearer token."""
+UNAUTHORIZED = "a valid bearer token is required"
+CHALLENGE = {"WWW-Authenticate": 'Bearer realm="radnode"'}
+
+
+def audit_login_failure(request: Request) -> None:
+    """110114 User Authentication, outcome 4 (PS3.15 A.5.3.8): no or a bad bearer token
+    (throttled per client address and reason by the audit trail)."""
     header = request.headers.get("authorization")
     reason = "bearer token missing" if not header else "bearer token refused"
     client = request.client.host if request.client else None
@@ -160,12 +166,8 @@ def require_role(roles: Iterable[str]) -> Callable[[Request], str | None]:
             return None
         roles = roles_of(settings, request.headers.get("authorization"))
         if not roles:
-            _audit_login_failure(request)
-            raise HTTPException(
-                status.HTTP_401_UNAUTHORIZED,
-                "a valid bearer token is required",
-                headers={"WWW-Authenticate": 'Bearer realm="radnode"'},
-            )
+            audit_login_failure(request)
+            raise HTTPException(status.HTTP_401_UNAUTHORIZED, UNAUTHORIZED, headers=CHALLENGE)
         granted = roles & allowed
         if not granted:
             raise HTTPException(status.HTTP_403_FORBIDDEN, "this role may not do this")

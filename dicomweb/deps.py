@@ -44,21 +44,22 @@ require_admin = Depends(require_role(ADMIN_ROLES))
 def dicomweb_base(request: Request) -> str:
     """The DICOMweb root URL for links in answers (RetrieveURL, BulkDataURI).
 
-    ``public_url`` when set (behind a reverse proxy, set it). Otherwise the
-    request's Host; a Host without a port (dicomweb-client sends one) gets the
-    port the request actually reached, unless a proxy forwarded it.
+    ``public_url`` when set (behind a reverse proxy, set it). Otherwise the scheme and
+    the local address and port the connection actually reached: never the request's
+    Host header, which the client chooses (a link in an answer must not point wherever
+    a client says). The scheme is ``https`` only when a trusted proxy said so
+    (``trusted_proxies``; uvicorn applies X-Forwarded-Proto from those alone).
     """
     public = request.app.state.node.settings.public_url
     if public:
         return f"{public.rstrip('/')}/dicom-web"
-    url = request.base_url
+    scheme = request.scope.get("scheme", "http")
     server = request.scope.get("server")
-    if (
-        url.port is None
-        and server
-        and server[1] not in (80, 443)
-        and "x-forwarded-host" not in request.headers
-        and "x-forwarded-proto" not in request.headers
-    ):
-        url = url.replace(port=server[1])
-    return f"{str(url).rstrip('/')}/dicom-web"
+    if not server:
+        return "/dicom-web"
+    host, port = str(server[0]), int(server[1])
+    if ":" in host:  # IPv6
+        host = f"[{host}]"
+    default = {"http": 80, "https": 443}.get(scheme)
+    authority = host if port == default else f"{host}:{port}"
+    return f"{scheme}://{authority}/dicom-web"

@@ -10,17 +10,23 @@ and only those that fit the key: RS/PS for an RSA key of at least 2048 bits
 3.4: ES256 is P-256, ES384 P-384, ES512 P-521). ``none`` and the HMAC algorithms
 are refused, so a token cannot be forged with the public key as an HMAC secret.
 A ``crit`` header is refused: radnode understands no JWS extension (RFC 7515
-4.1.11). ``exp`` is required; ``nbf`` and ``iat`` are checked when present,
-``iss`` and ``aud`` when configured (30 s leeway). Roles come from one claim, a
+4.1.11). The compact serialization is taken literally (RFC 7515 7.1, 2): three
+base64url segments without padding, each in its one canonical encoding, so no second
+spelling of a token verifies. ``exp`` is required and, like ``nbf`` and ``iat`` when
+present, must be a finite JSON number (RFC 7519 2: NumericDate, not a string);
+``iss`` and ``aud`` are checked when configured (30 s leeway). Roles come from one claim, a
 list or a string, reached by a dotted path (``realm_access.roles`` for Keycloak).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import http.client
 import ipaddress
 import logging
 import math
+import re
 import threading
 import time
 from pathlib import Path
@@ -43,10 +49,42 @@ PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
 _RSA_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512")
 _EC_ALGORITHMS = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}
 _JWKS_FETCH_ERRORS = (jwt.PyJWTError, ValueError, OSError, http.client.HTTPException)
+_SEGMENT = re.compile(r"[A-Za-z0-9_-]+")
+_NUMERIC_DATES = ("exp", "nbf", "iat")
 
 
 class InvalidToken(ValueError):
     """The token is malformed, badly signed, expired or not for us."""
+
+
+def check_compact(token: str) -> None:
+    """Refuse any spelling of a JWS but the canonical one (RFC 7515 2, 7.1; RFC 4648 5).
+
+    Three segments of the base64url alphabet, no ``=`` padding, and each segment the
+    exact encoding of the bytes it decodes to (no stray low bits in its last character).
+    """
+    segments = token.split(".")
+    if len(segments) != 3 or not all(_SEGMENT.fullmatch(s) for s in segments):
+        raise InvalidToken("not three unpadded base64url segments (RFC 7515 7.1)")
+    for segment in segments:
+        try:
+            raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+        except (binascii.Error, ValueError) as exc:
+            raise InvalidToken("a segment is not base64url") from exc
+        if base64.urlsafe_b64encode(raw).rstrip(b"=").decode() != segment:
+            raise InvalidToken("a segment is not in canonical base64url")
+
+
+def _check_numeric_dates(claims: dict[str, Any]) -> None:
+    """``exp``, ``nbf``, ``iat``: JSON numbers, finite (RFC 7519 2 NumericDate)."""
+    for name in _NUMERIC_DATES:
+        if name not in claims:
+            continue
+        value = claims[name]
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise InvalidToken(f"{name} is not a number")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise InvalidToken(f"{name} is not finite")
 
 
 def _shown(value: object) -> str:
@@ -207,6 +245,7 @@ class TokenVerifier:
 
     def claims(self, token: str) -> dict[str, Any]:
         """The verified claims of ``token``; raises InvalidToken."""
+        check_compact(token)
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
@@ -233,9 +272,9 @@ class TokenVerifier:
             )
         except jwt.PyJWTError as exc:
             raise InvalidToken(str(exc)) from exc
-        exp = claims["exp"]
-        if isinstance(exp, bool) or not isinstance(exp, int | float):
-            raise InvalidToken("exp is not a number")
+        except (ValueError, TypeError, OverflowError) as exc:  # a claim PyJWT cannot compare
+            raise InvalidToken(f"unusable claim: {type(exc).__name__}") from exc
+        _check_numeric_dates(claims)
         return claims
 
     def roles(self, token: str) -> set[str]:

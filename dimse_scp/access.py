@@ -11,6 +11,7 @@ import ipaddress
 import logging
 import socket
 from dataclasses import dataclass
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -23,6 +24,20 @@ REJECT_CALLING_AET = (
 REJECT_CALLED_AET = (0x01, 0x01, 0x07)  # rejected-permanent, service-user, called AE not recognized
 # rejected-transient, service-provider (presentation related), local-limit-exceeded
 REJECT_LOCAL_LIMIT = (0x02, 0x03, 0x02)
+# rejected-permanent, service-user, no-reason-given: a request pynetdicom cannot negotiate
+REJECT_MALFORMED = (0x01, 0x01, 0x01)
+
+
+def malformed_contexts(contexts: list[Any]) -> bool:
+    """Whether a presentation context of an A-ASSOCIATE-RQ lacks its abstract syntax or
+    every transfer syntax (PS3.8 9.3.2.2 requires one and at least one); pynetdicom's
+    negotiation fails on such a context and leaves the connection unanswered."""
+    for context in contexts:
+        if not str(context.abstract_syntax or "").strip():
+            return True
+        if not [ts for ts in context.transfer_syntax or [] if str(ts or "").strip()]:
+            return True
+    return False
 
 
 def _resolve(host: str) -> frozenset[str]:

@@ -18,7 +18,13 @@ from pydicom import Dataset
 from pynetdicom import events
 from pynetdicom.dimse_primitives import C_STORE
 
-from dimse_scp.access import REJECT_CALLED_AET, REJECT_LOCAL_LIMIT, AccessPolicy
+from dimse_scp.access import (
+    REJECT_CALLED_AET,
+    REJECT_LOCAL_LIMIT,
+    REJECT_MALFORMED,
+    AccessPolicy,
+    malformed_contexts,
+)
 from dimse_scp.completion import CompletionTracker
 from radnode_core.audit import AuditTrail, StudyRef
 from radnode_core.ingest import OUT_OF_RESOURCES, IngestError, Ingestor
@@ -41,8 +47,12 @@ class _Transfer:
 
     calling_aet: str
     address: str
+    assoc: threading.Thread | None = None  # counts while its thread runs
     studies: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
     refused: int = 0
+
+    def active(self) -> bool:
+        return self.assoc is None or self.assoc.is_alive()
 
 
 class StorageHandlers:
@@ -55,6 +65,7 @@ class StorageHandlers:
         poll_interval_s: float = 0.001,
         audit: AuditTrail | None = None,
         max_associations_per_aet: int | None = None,
+        max_associations: int | None = None,
     ) -> None:
         self.poll_interval_s = poll_interval_s
         self.ingestor = ingestor
@@ -63,6 +74,7 @@ class StorageHandlers:
         self.metrics = metrics
         self.audit = audit
         self.max_associations_per_aet = max_associations_per_aet
+        self.max_associations = max_associations
         self._lock = threading.Lock()
         self._transfers: dict[int, _Transfer] = {}  # id(association) -> what it stored
 
@@ -93,7 +105,11 @@ class StorageHandlers:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def on_requested(self, event: events.Event) -> None:
-        """A-ASSOCIATE-RQ received: apply the AE allow-list and the per-AE limit."""
+        """A-ASSOCIATE-RQ received: apply the AE allow-list, refuse presentation contexts that
+        cannot be negotiated, then the per-AE and the total association limit.
+
+        Only associations admitted here count towards the limits: a connection still
+        sending its request (:mod:`dimse_scp.negotiation`) takes no one's place."""
         assoc = event.assoc
         primitive = assoc.requestor.primitive
         assert primitive is not None  # EVT_REQUESTED fires once the A-ASSOCIATE-RQ is in
@@ -101,11 +117,12 @@ class StorageHandlers:
         called = str(primitive.called_ae_title).strip()
         peer = assoc.requestor.address
         rejection = self.access.check(calling, called, peer)
-        if rejection is None:
-            rejection = self._admit(id(assoc), calling, peer)
+        if rejection is None and malformed_contexts(primitive.presentation_context_definition_list):
+            rejection, reason = REJECT_MALFORMED, "malformed_request"
+        elif rejection is None:
+            rejection, reason = self._admit(assoc, calling, peer)
             if rejection is None:
                 return
-            reason = "per_aet_limit"
         else:
             reason = "called_aet" if rejection == REJECT_CALLED_AET else "calling_aet"
             if self.audit is not None:
@@ -120,15 +137,26 @@ class StorageHandlers:
         assoc.acse.send_reject(*rejection)
         assoc.kill()  # waits until the DUL has sent the A-ASSOCIATE-RJ
 
-    def _admit(self, association_id: int, calling: str, peer: str) -> tuple[int, ...] | None:
-        """Count the association against its calling AE; the limit's A-ASSOCIATE-RJ if over."""
+    def _admit(
+        self, assoc: threading.Thread, calling: str, peer: str
+    ) -> tuple[tuple[int, ...] | None, str]:
+        """Count the association (in all and against its calling AE); the A-ASSOCIATE-RJ of
+        the limit it is over, if any, and the limit's name."""
         with self._lock:
-            if self.max_associations_per_aet is not None:
-                active = sum(1 for t in self._transfers.values() if t.calling_aet == calling)
-                if active >= self.max_associations_per_aet:
-                    return REJECT_LOCAL_LIMIT
-            self._transfers[association_id] = _Transfer(calling, peer)
-        return None
+            ended = [k for k, t in self._transfers.items() if not t.active()]
+            active = [t for t in self._transfers.values() if t.active()]
+            rejection: tuple[tuple[int, ...] | None, str] = (None, "")
+            if self.max_associations is not None and len(active) >= self.max_associations:
+                rejection = (REJECT_LOCAL_LIMIT, "max_associations")
+            elif self.max_associations_per_aet is not None and (
+                sum(1 for t in active if t.calling_aet == calling) >= self.max_associations_per_aet
+            ):
+                rejection = (REJECT_LOCAL_LIMIT, "per_aet_limit")
+            else:
+                self._transfers[id(assoc)] = _Transfer(calling, peer, assoc)
+        for association_id in ended:  # its end event never came: audit what it stored now
+            self._finish(association_id)
+        return rejection
 
     def tls_refused(self, peer: str, reason: str) -> None:
         """A TLS handshake failed (no or untrusted client certificate, TLS < 1.2, ...)."""

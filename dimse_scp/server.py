@@ -17,9 +17,10 @@ from pydicom.uid import UID
 from pynetdicom import AE, AllStoragePresentationContexts, _config
 from pynetdicom._globals import ALL_TRANSFER_SYNTAXES
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom.utils import make_target
 
 from dimse_scp.handlers import StorageHandlers
+from dimse_scp.negotiation import GuardedAssociationServer, NegotiationGuard, lift_association_limit
 from dimse_scp.tls import TlsAssociationServer
 from radnode_core.settings import Settings
 from radnode_core.tls import server_context
@@ -40,7 +41,8 @@ TRANSFER_SYNTAXES = [ts for ts in ALL_TRANSFER_SYNTAXES if UID(ts).is_transfer_s
 def build_ae(settings: Settings) -> AE:
     ae = AE(ae_title=settings.ae_title)
     ae.maximum_pdu_size = settings.max_pdu_size
-    ae.maximum_associations = settings.max_associations
+    # max_associations is counted by the handlers over admitted associations only.
+    lift_association_limit(ae)
     ae.network_timeout = settings.network_timeout_s
     ae.dimse_timeout = settings.dimse_timeout_s
     ae.acse_timeout = settings.acse_timeout_s
@@ -60,7 +62,13 @@ class DicomServer:
         self.settings = settings
         self.handlers = handlers
         self.ae = build_ae(settings)
-        self._server: ThreadedAssociationServer | None = None
+        self.guard = NegotiationGuard(
+            settings.association_request_timeout_s,
+            settings.max_negotiating_per_peer,
+            handlers.metrics,
+            log_interval_s=settings.auth_failure_interval_s,
+        )
+        self._server: GuardedAssociationServer | None = None
         self._tls_server: TlsAssociationServer | None = None
 
     @property
@@ -80,11 +88,15 @@ class DicomServer:
         s = self.settings
         handlers = self.handlers.evt_handlers()
         if s.dicom_plain:
-            self._server = self.ae.start_server(
+            server = self.ae.make_server(
                 (s.host, s.dicom_port),
-                block=False,
                 evt_handlers=handlers,  # type: ignore[arg-type]
+                server_class=GuardedAssociationServer,
+                guard=self.guard,
             )
+            assert isinstance(server, GuardedAssociationServer)
+            self._serve(server, "radnode-dicom")
+            self._server = server
             logger.info(
                 "DICOM SCP listening", extra={"aet": s.ae_title, "host": s.host, "port": self.port}
             )
@@ -102,12 +114,12 @@ class DicomServer:
             ssl_context=context,
             evt_handlers=handlers,  # type: ignore[arg-type]
             server_class=TlsAssociationServer,
+            guard=self.guard,
         )
         assert isinstance(server, TlsAssociationServer)
         server.handshake_timeout_s = s.tls_handshake_timeout_s
         server.on_handshake_failed = self.handlers.tls_refused
-        threading.Thread(target=server.serve_forever, name="radnode-dicom-tls", daemon=True).start()
-        self.ae._servers.append(server)
+        self._serve(server, "radnode-dicom-tls")
         self._tls_server = server
         logger.info(
             "DICOM TLS SCP listening",
@@ -119,8 +131,14 @@ class DicomServer:
             },
         )
 
+    def _serve(self, server: GuardedAssociationServer, name: str) -> None:
+        """Accept connections on a thread of its own, as pynetdicom's non-blocking start."""
+        threading.Thread(target=make_target(server.serve_forever), name=name, daemon=True).start()
+        self.ae._servers.append(server)
+
     def stop(self) -> None:
         for server in (self._server, self._tls_server):
             if server is not None:
                 server.shutdown()
         self._server = self._tls_server = None
+        self.guard.stop()

@@ -13,7 +13,7 @@ import socket
 import ssl
 from collections.abc import Callable
 
-from pynetdicom.transport import ThreadedAssociationServer
+from dimse_scp.negotiation import GuardedAssociationServer
 
 logger = logging.getLogger(__name__)
 
@@ -21,8 +21,9 @@ HandshakeFailed = Callable[[str, str], None]
 """Called with (peer address, reason) when a client's TLS handshake fails."""
 
 
-class TlsAssociationServer(ThreadedAssociationServer):
-    """pynetdicom's threaded server with the TLS handshake moved into the association thread."""
+class TlsAssociationServer(GuardedAssociationServer):
+    """The guarded threaded server with the TLS handshake moved into the association thread
+    (the handshake counts towards the association request's deadline)."""
 
     handshake_timeout_s: float = 10.0
     on_handshake_failed: HandshakeFailed | None = None

@@ -60,6 +60,7 @@ class Scp:
             poll_interval_s=s.dimse_poll_interval_s,
             audit=node.audit,
             max_associations_per_aet=s.max_associations_per_aet,
+            max_associations=s.max_associations,
         )
         self.server = DicomServer(s, handlers)
 
@@ -118,4 +119,8 @@ def run_http(node: Node) -> None:
         http=protocol_class(s.http_request_timeout_s),
         timeout_keep_alive=max(1, round(s.http_keep_alive_s)),
         h11_max_incomplete_event_size=64 * 1024,  # request line + headers
+        # X-Forwarded-For/-Proto only from the configured reverse proxies, never from
+        # whoever connects (uvicorn's default trusts any 127.0.0.1 peer).
+        proxy_headers=bool(s.trusted_proxies),
+        forwarded_allow_ips=s.trusted_proxies or None,
     )

@@ -16,7 +16,10 @@ The log is ``<audit_dir>/audit-YYYYMMDD.log``, one file per UTC day, one message
 line (an XML document without line breaks), opened ``O_APPEND``; when the node fsyncs
 its store, the log is fsynced within a second of each message (off the request path).
 Stores are audited per association and study (C-STORE) or per request and study
-(STOW-RS), never per instance.
+(STOW-RS), never per instance. Failed logins and node authentications are audited per
+source address and reason once per ``auth_failure_interval_s``: the first as it happens,
+the others of the interval as one message that gives their count
+(:class:`radnode_core.throttle.Throttle`), each with one ordinary log line.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from sqlalchemy import select
 from radnode_core.index import Index, studies
 from radnode_core.settings import Settings
 from radnode_core.syslog import SyslogSender
+from radnode_core.throttle import Throttle
 
 logger = logging.getLogger(__name__)
 
@@ -291,6 +295,7 @@ class AuditTrail:
         ae_title: str,
         site_id: str,
         sender: _Sender | None = None,
+        failure_interval_s: float = 60.0,
     ) -> None:
         self.log = log
         self.index = index
@@ -305,6 +310,9 @@ class AuditTrail:
             address=None,
         )
         self.failures = 0
+        self._failed_logins: Throttle[tuple[str, str | None, str]] = Throttle(
+            failure_interval_s, self._repeated_failures, name="radnode-audit-failures"
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings, index: Index | None) -> AuditTrail:
@@ -316,7 +324,12 @@ class AuditTrail:
             sender = SyslogSender.from_settings(settings)
             sender.start()
         return cls(
-            log, index, ae_title=settings.ae_title, site_id=settings.audit_site_id, sender=sender
+            log,
+            index,
+            ae_title=settings.ae_title,
+            site_id=settings.audit_site_id,
+            sender=sender,
+            failure_interval_s=settings.auth_failure_interval_s,
         )
 
     @property
@@ -324,6 +337,7 @@ class AuditTrail:
         return self.log is not None
 
     def close(self) -> None:
+        self._failed_logins.close()
         if self.sender is not None:
             self.sender.stop()
         if self.log is not None:
@@ -587,7 +601,38 @@ class AuditTrail:
 
     def login_failed(self, *, user: str, address: str | None, reason: str) -> None:
         """110114 User Authentication (Login), outcome 4: a bad or missing bearer token,
-        a refused association or TLS handshake."""
+        a refused association or TLS handshake. Throttled per address and reason."""
+        if self._failed_logins.hit(("login", address, reason), user):
+            logger.warning("login failed", extra={"peer": address, "reason": reason})
+            self._login_failed(user, address, reason)
+
+    def node_authentication_failed(self, *, address: str | None, reason: str) -> None:
+        """110113 Security Alert, event type 110126 Node Authentication, outcome 4: a DICOM
+        TLS handshake refused (no or untrusted certificate, TLS < 1.2); the IHE ATNA
+        Node-Authentication-Failure event, not a user login. Throttled as logins are."""
+        if self._failed_logins.hit(("node", address, reason)):
+            logger.warning("node authentication failed", extra={"peer": address, "reason": reason})
+            self._node_authentication_failed(address, reason)
+
+    def _repeated_failures(
+        self, key: tuple[str, str | None, str], count: int, last: object
+    ) -> None:
+        """The failures of one interval after its first: one message with their count."""
+        kind, address, reason = key
+        interval = f"{self._failed_logins.interval_s:g}"
+        summary = f"{reason} (repeated {count} more times in {interval} s)"
+        logger.warning(
+            "login failures repeated"
+            if kind == "login"
+            else "node authentication failures repeated",
+            extra={"peer": address, "reason": reason, "count": count, "interval_s": interval},
+        )
+        if kind == "login":
+            self._login_failed(str(last or "unknown"), address, summary)
+        else:
+            self._node_authentication_failed(address, summary)
+
+    def _login_failed(self, user: str, address: str | None, reason: str) -> None:
         if not self.enabled:
             return
         self._event(
@@ -600,10 +645,7 @@ class AuditTrail:
             outcome_description=reason,
         )
 
-    def node_authentication_failed(self, *, address: str | None, reason: str) -> None:
-        """110113 Security Alert, event type 110126 Node Authentication, outcome 4: a DICOM
-        TLS handshake refused (no or untrusted certificate, TLS < 1.2); the IHE ATNA
-        Node-Authentication-Failure event, not a user login."""
+    def _node_authentication_failed(self, address: str | None, reason: str) -> None:
         if not self.enabled:
             return
         self._event(

@@ -176,6 +176,15 @@ _SERIES_ATTRIBUTES = (
 _IMAGE_ATTRIBUTES = ("rows", "columns", "bits_allocated", "number_of_frames")
 
 
+class InstanceConflict(Exception):
+    """The SOP Instance UID is already indexed under another study or series: one UID names
+    one instance (PS3.5 9.1), so the second copy is refused, not merged."""
+
+    def __init__(self, sop_instance_uid: str) -> None:
+        super().__init__(f"SOP Instance UID {sop_instance_uid} is stored in another study/series")
+        self.sop_instance_uid = sop_instance_uid
+
+
 @dataclass(frozen=True)
 class InstanceRecord:
     """What the index keeps of one stored instance (from the validated dataset)."""
@@ -205,12 +214,24 @@ def _text(ds: Dataset, keyword: str, limit: int) -> str | None:
     return str(value)[:limit]
 
 
+INT_MIN, INT_MAX = -(2**31), 2**31 - 1
+"""The range of an IS value (PS3.5 6.2) and of the index's integer columns."""
+
+
 def _int(ds: Dataset, keyword: str) -> int | None:
+    """An integer attribute for the index; None when absent, unreadable or out of range.
+
+    A value outside the IS range (a 20-digit Instance Number) is kept in the stored file
+    as received; the index, whose columns are 32-bit, records it as unknown.
+    """
     try:
         value = ds.get(keyword)
-        return int(value) if value not in (None, "") else None
-    except (TypeError, ValueError):
+        number = int(value) if value not in (None, "") else None
+    except (TypeError, ValueError, OverflowError):
         return None
+    if number is None or not INT_MIN <= number <= INT_MAX:
+        return None
+    return number
 
 
 def _request_attributes(ds: Dataset) -> dict[str, str | None]:
@@ -377,7 +398,10 @@ class Index:
     def add_instance(self, rec: InstanceRecord) -> bool:
         """Index a stored instance in one transaction. Returns False if it was a duplicate.
 
-        A duplicate (same SOP Instance UID already indexed) only bumps its counter.
+        A duplicate (same SOP Instance UID already indexed in the same series) only bumps
+        its counter. The same SOP Instance UID in another study or series raises
+        :class:`InstanceConflict`, and the transaction (with any study or series row it
+        made for the newcomer) is rolled back.
         """
         study_row: dict[str, Any] = dict.fromkeys(_STUDY_ATTRIBUTES)
         study_row.update(rec.study or {})
@@ -411,6 +435,14 @@ class Index:
             conn.execute(self._insert_study, study_row)
             conn.execute(self._insert_series, series_row)
             if conn.execute(self._insert_instance, instance_row).first() is None:
+                indexed = conn.execute(
+                    self._find_instance, {"b_sop_instance_uid": rec.sop_instance_uid}
+                ).first()
+                if indexed is not None and (indexed.study_uid, indexed.series_uid) != (
+                    rec.study_uid,
+                    rec.series_uid,
+                ):
+                    raise InstanceConflict(rec.sop_instance_uid)
                 conn.execute(self._count_duplicate, {"b_sop_instance_uid": rec.sop_instance_uid})
                 return False
             conn.execute(

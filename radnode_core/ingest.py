@@ -7,8 +7,9 @@ STOW-RS reuses as FailureReason (PS3.18 10.5.3):
 * 0xA700 out of resources: the store cannot write (disk full, I/O error, index down),
   or the dataset is larger than ``max_instance_bytes``,
 * 0xA900 data set does not match SOP class: the UIDs the store needs are
-  missing or malformed, or the dataset's SOP Class/Instance UID differ from
-  the ones the transfer announced,
+  missing or malformed, the dataset's SOP Class/Instance UID differ from
+  the ones the transfer announced, or its SOP Instance UID is already stored
+  under another study or series,
 * 0xC000 cannot understand: the bytes do not decode as a complete dataset.
 
 The dataset bytes are stored exactly as received (no re-encoding), behind a
@@ -31,7 +32,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.filereader import read_dataset
 from pydicom.uid import UID
 
-from radnode_core.index import record_fields_from_dataset
+from radnode_core.index import InstanceConflict, record_fields_from_dataset
 from radnode_core.metrics import Metrics
 from radnode_core.store import InstanceStore, file_meta_bytes
 from radnode_core.uids import InvalidUID
@@ -339,12 +340,14 @@ class Ingestor:
         expected_sop_instance_uid: str | None = None,
         calling_aet: str | None = None,
         analyze: bool = True,
+        log_refused: bool = True,
     ) -> IngestResult:
         """Validate, write, fsync and index one instance. Raises IngestError when refused.
 
         Returns only once the instance is durable and indexed: the caller may
         then acknowledge it. ``analyze=False`` is for objects the node derives itself
         (its SRs): they are stored and indexed but do not make the study due again.
+        ``log_refused=False``: the caller logs refusals itself (STOW-RS, once per request).
         """
         started = time.perf_counter()
         try:
@@ -364,6 +367,12 @@ class Ingestor:
             )
             try:
                 result = self.store.store(raw, meta, fields)
+            except InstanceConflict as exc:
+                raise IngestError(
+                    DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                    "uid_conflict",
+                    "SOP Instance UID already stored in another study/series",
+                ) from exc
             except OSError as exc:
                 logger.error(
                     "store cannot write", extra={"errno": exc.errno, "error": exc.strerror}
@@ -378,6 +387,8 @@ class Ingestor:
                 ) from exc
         except IngestError as exc:
             self.metrics.instances_rejected.labels(source=source, reason=exc.reason).inc()
+            if not log_refused:
+                raise
             logger.warning(
                 "instance refused",
                 extra={

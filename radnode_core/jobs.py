@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.engine import Connection
@@ -296,7 +296,7 @@ class JobQueue:
                 ).scalar_one()
             )
 
-    def jobs_for(self, study_uid: str) -> list[dict[str, object]]:
+    def jobs_for(self, study_uid: str) -> list[dict[str, Any]]:
         with self.index.engine.connect() as conn:
             rows = conn.execute(
                 select(jobs).where(jobs.c.study_uid == study_uid).order_by(jobs.c.id)

@@ -4,6 +4,12 @@ Log records are JSON lines (or plain text for a terminal). Fields passed with
 ``extra=`` become JSON keys; keys that can carry patient identity are dropped
 before formatting, so a patient name never lands in an ordinary log (the audit
 trail is a separate, access-controlled channel).
+
+Libraries speak in their own words: pydicom, highdicom and pynetdicom quote element
+values in warnings and log messages (highdicom's "The string "Doe" is unlikely to
+represent the intended person name", pydicom's "Invalid value for VR PN: 'Doe=A=B=C'").
+Python warnings are routed into logging (``py.warnings``), and in every record of those
+loggers quoted text is replaced by ``<value>`` before it is formatted.
 """
 
 from __future__ import annotations
@@ -11,7 +17,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import re
 import sys
+import traceback
 from typing import Any
 
 # Keys never written to ordinary logs, whatever a caller passes in `extra`.
@@ -43,6 +51,31 @@ def _extra_fields(record: logging.LogRecord) -> dict[str, Any]:
     }
 
 
+LIBRARY_LOGGERS = ("py.warnings", "pydicom", "highdicom", "pynetdicom")
+"""Loggers whose message text may quote a DICOM element value."""
+
+_QUOTED = re.compile(r""""[^"\n]*"|'[^'\n]*'|`[^`\n]*`""")
+
+
+def redact_quoted(text: str) -> str:
+    """Text with every quoted part (single, double or back quotes) replaced by ``<value>``."""
+    return _QUOTED.sub("<value>", text)
+
+
+class LibraryValueFilter(logging.Filter):
+    """Drops quoted values from the messages of :data:`LIBRARY_LOGGERS` (patient names)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if any(record.name == n or record.name.startswith(n + ".") for n in LIBRARY_LOGGERS):
+            record.msg = redact_quoted(record.getMessage())
+            record.args = None
+            if record.exc_info:  # an exception's text can quote a value as well
+                trace = "".join(traceback.format_exception(*record.exc_info))
+                record.exc_text = redact_quoted(trace)
+                record.exc_info = None
+        return True
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
@@ -56,6 +89,8 @@ class JsonFormatter(logging.Formatter):
         entry.update(_extra_fields(record))
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            entry["exc"] = record.exc_text
         return json.dumps(entry, default=str)
 
 
@@ -75,6 +110,8 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     """Configure the root logger once per process (the CLI calls this)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.addFilter(LibraryValueFilter())
+    logging.captureWarnings(True)  # warnings.warn(...) -> the "py.warnings" logger, filtered
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

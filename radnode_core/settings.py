@@ -111,7 +111,10 @@ class Settings(BaseSettings):
         0, ge=0, description="Maximum PDU we receive; 0 = unlimited (fastest)."
     )
     max_associations: int = Field(
-        32, ge=1, description="Associations served at once; more are rejected (transient)."
+        32,
+        ge=1,
+        description="Associations served at once; more are rejected (transient). Connections "
+        "still sending their association request do not count (max_negotiating_per_peer).",
     )
     network_timeout_s: float = Field(
         60.0, gt=0, description="Seconds an association may stay silent before it is aborted."
@@ -188,7 +191,8 @@ class Settings(BaseSettings):
     public_url: str | None = Field(
         None,
         description="Base URL clients reach the HTTP edge at (e.g. https://pacs-ai.example.org), "
-        "used in RetrieveURL and BulkDataURI; default: from each request's Host header.",
+        "used in RetrieveURL and BulkDataURI; default: the address and port the request "
+        "arrived at (never its Host header). Set it behind a reverse proxy.",
     )
     jwt_public_key_file: Path | None = Field(
         None,
@@ -281,6 +285,50 @@ class Settings(BaseSettings):
         ge=1,
         description="Associations served at once per calling AE title; more are rejected "
         "(A-ASSOCIATE-RJ transient, local limit exceeded) while others keep working.",
+    )
+    association_request_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds from a DICOM connection's accept until its whole A-ASSOCIATE-RQ "
+        "must have arrived, however slowly it trickles in; then the connection is closed.",
+    )
+    max_negotiating_per_peer: int = Field(
+        16,
+        ge=1,
+        description="DICOM connections from one IP address whose A-ASSOCIATE-RQ is not yet "
+        "in; a further one is closed at once. They do not count against max_associations.",
+    )
+    max_json_body_bytes: int = Field(
+        64 * 1024,
+        ge=1,
+        description="Largest body of a JSON request (feedback, notifications): 413 beyond, "
+        "checked on Content-Length and while reading, after the bearer token.",
+    )
+    max_stow_parts: int = Field(
+        10000, ge=1, description="Most parts (instances) in one STOW-RS request: 413 beyond."
+    )
+    max_frames_per_request: int = Field(
+        10000,
+        ge=1,
+        description="Most distinct frame numbers in one WADO-RS frames request (a repeated "
+        "number counts once): 400 beyond.",
+    )
+    qido_max_results: int = Field(
+        10000,
+        ge=1,
+        description="Most results of one QIDO-RS search; a search with more answers that "
+        "many and says so in a Warning header (page with limit and offset).",
+    )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="IP addresses of reverse proxies whose X-Forwarded-For and "
+        "X-Forwarded-Proto are believed; empty: those headers are ignored.",
+    )
+    auth_failure_interval_s: float = Field(
+        60.0,
+        gt=0,
+        description="Failed logins from one address for one reason are audited (and logged) "
+        "once per interval: the first at once, the rest as one message with their count.",
     )
     http_keep_alive_s: float = Field(
         5.0, gt=0, description="Seconds an idle HTTP keep-alive connection is kept open."

@@ -30,7 +30,12 @@ from pydicom import Dataset, dcmread
 from pydicom.filewriter import write_file_meta_info
 
 from radnode_core import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
-from radnode_core.index import Index, InstanceRecord, record_fields_from_dataset
+from radnode_core.index import (
+    Index,
+    InstanceConflict,
+    InstanceRecord,
+    record_fields_from_dataset,
+)
 from radnode_core.settings import DuplicatePolicy
 from radnode_core.uids import InvalidUID
 
@@ -151,6 +156,30 @@ class InstanceStore:
         if self.fsync:
             _fsync_dir(directory.parent)
 
+    def _rename_into(self, tmp: Path, final: Path) -> None:
+        """Rename ``tmp`` to ``final``, making its folders; a folder another thread's failed
+        store removed in between (:meth:`_discard`) is made again."""
+        for attempt in range(3):
+            self._ensure_dir(final.parent)
+            try:
+                os.replace(tmp, final)
+                return
+            except FileNotFoundError:
+                if attempt == 2 or not tmp.exists():
+                    raise
+
+    def _discard(self, final: Path) -> None:
+        """Remove a file that was not indexed, and its series and study folders if that
+        left them empty: a refused instance leaves nothing behind."""
+        final.unlink(missing_ok=True)
+        for directory in (final.parent, final.parent.parent):
+            if directory == self.studies_dir:
+                break
+            try:
+                directory.rmdir()
+            except OSError:  # not empty (or gone): another instance lives there
+                break
+
     def _write_atomic(self, final: Path, chunks: list[bytes | memoryview]) -> int:
         tmp = self.tmp_dir / f"{final.stem}.{uuid.uuid4().hex}.part"
         try:
@@ -176,8 +205,7 @@ class InstanceStore:
                     os.fsync(fd)
             finally:
                 os.close(fd)
-            self._ensure_dir(final.parent)
-            os.replace(tmp, final)
+            self._rename_into(tmp, final)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -195,8 +223,9 @@ class InstanceStore:
 
         ``record_fields`` are the validated values for :class:`InstanceRecord`
         (UIDs already checked with :func:`check_uid`), without path/size/time.
-        Raises OSError (incl. :class:`StoreFull`) when it cannot write; nothing
-        is then left behind.
+        Raises OSError (incl. :class:`StoreFull`) when it cannot write, and
+        :class:`~radnode_core.index.InstanceConflict` when the SOP Instance UID is stored
+        under other study or series UIDs; nothing is then left behind.
         """
         study_uid = record_fields["study_uid"]
         series_uid = record_fields["series_uid"]
@@ -226,14 +255,8 @@ class InstanceStore:
             added = self.index.add_instance(rec)
         except BaseException:
             # Not indexed, so never acknowledged: leave nothing behind.
-            final.unlink(missing_ok=True)
+            self._discard(final)
             raise
-        if not added:
-            indexed = self.index.find_instance(sop_uid)
-            if indexed is not None and indexed["path"] != relative:
-                # The SOP Instance UID is indexed under other study/series UIDs: the
-                # first copy stays the one the index points at; ours goes.
-                final.unlink(missing_ok=True)
         return StoreResult(rec, duplicate=not added)
 
     # -- reading -----------------------------------------------------------------
@@ -315,7 +338,16 @@ class InstanceStore:
                     analyze=fields["series"].get("modality") != "SR",
                     **fields,
                 )
-                self.index.add_instance(rec)
+                try:
+                    self.index.add_instance(rec)
+                except InstanceConflict:
+                    logger.warning(
+                        "removing orphan file whose UID is stored elsewhere",
+                        extra={"path": relative},
+                    )
+                    self._discard(path)
+                    removed += 1
+                    continue
                 indexed += 1
         return indexed, removed
 

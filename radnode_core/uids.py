@@ -11,7 +11,7 @@ import re
 from typing import Any
 
 # Leading zeros in a component are tolerated (seen in the wild); empty components are not.
-_UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+_UID_RE = re.compile(r"[0-9]+(\.[0-9]+)*")
 
 
 class InvalidUID(ValueError):
@@ -23,6 +23,6 @@ def check_uid(value: Any, what: str) -> str:
     uid = str(value).strip().rstrip("\x00") if value is not None else ""
     if not uid:
         raise InvalidUID(f"{what} is missing")
-    if len(uid) > 64 or not _UID_RE.match(uid):
+    if len(uid) > 64 or not _UID_RE.fullmatch(uid):
         raise InvalidUID(f"{what} is not a valid UID")
     return uid

@@ -19,6 +19,7 @@ from ai_node.registry import ModelRegistry, RegistryError
 from dicomweb.auth import READ_ROLES, require_role
 from dicomweb.deps import checked_uid
 from dicomweb.identity import reviewer_of
+from radnode_core.index import INT_MAX
 from radnode_core.settings import Settings
 from viewer_plugin.feedback import (
     BadLabel,
@@ -149,7 +150,7 @@ def worklist(
     date_from: Annotated[str | None, Query(pattern=r"^\d{8}$")] = None,
     date_to: Annotated[str | None, Query(pattern=r"^\d{8}$")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=INT_MAX)] = 0,
 ) -> dict[str, Any]:
     """The review worklist: studies with their AI status, score, label and newest judgement,
     highest score first; filters: reviewed, label, status, study date range (YYYYMMDD)."""

@@ -25,13 +25,15 @@ from dicomweb.query import (
     DEFAULT_RETURN,
     INDEXED,
     LEVELS,
+    RESERVED,
     Level,
     Query,
     QueryError,
     build_select,
     parse,
+    resolve_keyword,
 )
-from radnode_core.index import instances, series, studies
+from radnode_core.index import INT_MAX, INT_MIN, instances, series, studies
 from radnode_core.node import Node
 
 router = APIRouter(prefix="/dicom-web", tags=["QIDO-RS"], dependencies=[require_read])
@@ -71,13 +73,24 @@ def _search(
     study_uid: str | None = None,
     series_uid: str | None = None,
 ) -> JSONResponse:
+    params = list(request.query_params.multi_items())
     try:
-        query = parse(level, list(request.query_params.multi_items()))
+        check_numbers(params)
+        query = parse(level, params)
+        if level != "study" and any(a.keyword == "ModalitiesInStudy" for a, _ in query.filters):
+            # Its EXISTS over series cannot correlate with a series-level select.
+            raise QueryError("ModalitiesInStudy is matched in study searches only (/studies)")
     except QueryError as exc:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from exc
+    cap = node.settings.qido_max_results
+    capped = query.limit is None or query.limit > cap
+    if capped:
+        query.limit = cap + 1  # one more than is returned: tells whether there are more
     stmt = build_select(query, node.index.is_sqlite, study_uid, series_uid)
     with node.index.engine.connect() as conn:
         rows = [row._mapping for row in conn.execute(stmt)]
+        more = capped and len(rows) > cap
+        rows = rows[:cap]
         extra = _aggregates(conn, level, rows)
     base = dicomweb_base(request)
     # PS3.18 10.6.3.3: a search not scoped by a parent also returns the parents' attributes.
@@ -105,11 +118,43 @@ def _search(
         answer.append(dict(sorted(item.items())))
     user, address = requester(request)
     node.audit.query(user=user, address=address, path=request.url.path, query=request.url.query)
-    warning = {}
+    warnings = []
     if query.unsupported:
         names = ", ".join(sorted(set(query.unsupported)))
-        warning["Warning"] = f'299 radnode "The following attributes are not matched: {names}"'
-    return JSONResponse(answer, media_type=DICOM_JSON, headers=warning)
+        warnings.append(f'299 radnode "The following attributes are not matched: {names}"')
+    if more:  # PS3.18 8.3.4.4: the provider may return fewer results than match
+        warnings.append(
+            f'299 radnode "There are more than {cap} results: narrow the query or page '
+            'with limit and offset"'
+        )
+    extra_headers = {"Warning": ", ".join(warnings)} if warnings else {}
+    return JSONResponse(answer, media_type=DICOM_JSON, headers=extra_headers)
+
+
+def check_numbers(params: list[tuple[str, str]]) -> None:
+    """QueryError for a number the index cannot hold: ``limit``, ``offset`` and integer
+    matching keys (IS, US, UL, SS, SL) beyond 32 bits (PS3.5 6.2: the IS range)."""
+    for name, value in params:
+        lname = name.lower()
+        if lname in ("limit", "offset"):
+            items = [value]
+        elif lname in RESERVED:
+            continue
+        else:
+            try:
+                attr = INDEXED.get(resolve_keyword(name))
+            except QueryError:
+                continue  # parse() names it
+            if attr is None or attr.vr not in ("IS", "US", "UL", "SS", "SL"):
+                continue
+            items = value.split("\\")
+        for item in items:
+            try:
+                number = int(item)
+            except ValueError:
+                continue  # parse() names it
+            if not INT_MIN <= number <= INT_MAX:
+                raise QueryError(f"{name} must be an integer from {INT_MIN} to {INT_MAX}")
 
 
 def _nest(item: dict[str, Any], path: str, value: Any) -> None:

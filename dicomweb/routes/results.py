@@ -30,6 +30,7 @@ from ai_node.requeue import Selection, requeue
 from ai_node.results import ResultStore
 from dicomweb.auditing import requester
 from dicomweb.deps import NodeDep, require_admin
+from radnode_core.index import INT_MAX
 from radnode_core.uids import InvalidUID, check_uid
 
 router = APIRouter(prefix="/api", tags=["results"])
@@ -78,7 +79,7 @@ def list_results(
     label: Annotated[str | None, Query(max_length=64)] = None,
     min_score: Annotated[float | None, Query(ge=0.0, le=1.0)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=INT_MAX)] = 0,
     model: Annotated[str | None, Query(max_length=64)] = None,
 ) -> dict[str, Any]:
     """The triage worklist: each study's lead result (the highest positive probability over

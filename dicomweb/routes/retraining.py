@@ -23,6 +23,7 @@ from ai_node.retrain.runs import RunStore
 from dicomweb.auditing import requester
 from dicomweb.auth import require_role
 from dicomweb.deps import NodeDep
+from radnode_core.index import INT_MAX
 
 router = APIRouter(prefix="/api", tags=["retraining"])
 
@@ -50,7 +51,7 @@ def labels(request: Request, node: NodeDep) -> dict[str, Any]:
 def runs(
     node: NodeDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=INT_MAX)] = 0,
 ) -> dict[str, Any]:
     """Retraining runs, newest first."""
     return {"items": RunStore(node.index).list(limit, offset), "limit": limit, "offset": offset}

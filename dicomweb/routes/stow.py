@@ -9,9 +9,11 @@ completed batch: each touched study is queued for analysis once, after the
 last part.
 
 HTTP status (PS3.18 10.5.3): 200 all stored, 202 some failed, 409 all failed,
-400 malformed multipart, 413 too large, 415 not ``multipart/related;
-type="application/dicom"``, 503 (with Retry-After) when the body cannot even be spooled
-(disk full).
+400 malformed multipart, 413 too large or more than ``max_stow_parts`` parts, 415 not
+``multipart/related; type="application/dicom"``, 503 (with Retry-After) when the body
+cannot even be spooled (disk full). The parts are counted before any is stored, so a
+request over the part limit stores nothing; they are then read one at a time, and the
+refused ones are logged as one line per request with a count per reason.
 """
 
 from __future__ import annotations
@@ -132,17 +134,17 @@ def _store_parts(
     base: str,
     study_uid: str | None,
     who: tuple[str, str | None] = ("unknown", None),
-) -> tuple[int, dict[str, Any]]:
-    """Ingest every part; returns (HTTP status, response dataset as DICOM JSON)."""
+) -> tuple[int, dict[str, Any], list[str]]:
+    """Ingest every part; returns (HTTP status, response dataset as DICOM JSON, warnings)."""
     stored_classes: dict[str, Counter[str]] = defaultdict(Counter)
     try:
-        code, answer = _ingest_parts(node, body, boundary, base, study_uid, stored_classes)
+        code, answer, notes = _ingest_parts(node, body, boundary, base, study_uid, stored_classes)
     except HTTPException:
         _audit(node, who, stored_classes, refused=1)
         raise
     refused = len(answer.get("00081198", {}).get("Value", []))
     _audit(node, who, stored_classes, refused)
-    return code, answer
+    return code, answer, notes
 
 
 def _audit(
@@ -168,6 +170,23 @@ def _audit(
         )
 
 
+def _count_parts(body: mmap.mmap, boundary: str, limit: int) -> None:
+    """400 for a malformed body, 413 for more than ``limit`` parts; nothing is kept."""
+    count = 0
+    try:
+        for _ in iter_parts(body, boundary):
+            count += 1
+            if count > limit:
+                raise HTTPException(
+                    status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+                    f"more than {limit} parts in one request (max_stow_parts)",
+                )
+    except MultipartError as exc:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from exc
+    if not count:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, "no parts in the request")
+
+
 def _ingest_parts(
     node: Node,
     body: Path,
@@ -175,21 +194,17 @@ def _ingest_parts(
     base: str,
     study_uid: str | None,
     stored_classes: dict[str, Counter[str]],
-) -> tuple[int, dict[str, Any]]:
+) -> tuple[int, dict[str, Any], list[str]]:
     stored: list[dict[str, Any]] = []
     failed: list[dict[str, Any]] = []
+    refusals: Counter[tuple[int, str]] = Counter()
     touched: list[str] = []
     with body.open("rb") as f:
         if os.fstat(f.fileno()).st_size == 0:
             raise HTTPException(status.HTTP_400_BAD_REQUEST, "empty request body")
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            try:
-                parts = list(iter_parts(mm, boundary))
-            except MultipartError as exc:
-                raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from exc
-            if not parts:
-                raise HTTPException(status.HTTP_400_BAD_REQUEST, "no parts in the request")
-            for part in parts:
+            _count_parts(mm, boundary, node.settings.max_stow_parts)
+            for part in iter_parts(mm, boundary):
                 media, _ = parse_media_type(part.content_type or "application/dicom")
                 sop_class = sop_instance = None
                 try:
@@ -215,9 +230,11 @@ def _ingest_parts(
                         source="stow",
                         expected_sop_class_uid=sop_class,
                         expected_sop_instance_uid=sop_instance,
+                        log_refused=False,
                     )
                 except IngestError as exc:
                     failed.append(_failed_item(sop_class, sop_instance, exc))
+                    refusals[exc.status, exc.reason] += 1
                     continue
                 stored_classes[result.study_uid][result.sop_class_uid] += 1
                 if result.study_uid not in touched:
@@ -226,6 +243,19 @@ def _ingest_parts(
     for uid in touched:
         if node.queue.enqueue_if_due(uid, "stow") is not None:
             node.metrics.studies_completed.labels(reason="stow").inc()
+    if refusals:
+        # One line per request, however many parts: a request of many tiny bad parts
+        # must not become as many log lines.
+        logger.info(
+            "STOW-RS parts refused",
+            extra={
+                "refused": sum(refusals.values()),
+                "stored": len(stored),
+                "reasons": ", ".join(
+                    f"0x{code:04X} {reason} x{n}" for (code, reason), n in refusals.most_common()
+                ),
+            },
+        )
     answer: dict[str, Any] = {}
     if study_uid is not None:
         answer.update([element("RetrieveURL", f"{base}/studies/{study_uid}", "UR")])
@@ -238,7 +268,14 @@ def _ingest_parts(
         if not failed
         else (status.HTTP_202_ACCEPTED if stored else status.HTTP_409_CONFLICT)
     )
-    return code, answer
+    notes = []
+    conflicts = sum(n for (_, reason), n in refusals.items() if reason == "uid_conflict")
+    if conflicts:  # PS3.18 10.5.3.1: say why, beside the FailureReason 0xA900
+        notes.append(
+            f"{conflicts} instance(s) refused: the SOP Instance UID is already stored in "
+            "another study or series"
+        )
+    return code, answer, notes
 
 
 def _stored_item(node: Node, result: Any, base: str) -> dict[str, Any]:
@@ -262,19 +299,15 @@ def _stored_item(node: Node, result: Any, base: str) -> dict[str, Any]:
 def _failed_item(
     sop_class: str | None, sop_instance: str | None, exc: IngestError
 ) -> dict[str, Any]:
-    item = dict(
+    # Why, for people: Error Comment text is not part of the item, so a private free-text
+    # note would be non-standard; the reasons go to the server log, one line per request.
+    return dict(
         [
             element("ReferencedSOPClassUID", sop_class, "UI"),
             element("ReferencedSOPInstanceUID", sop_instance, "UI"),
             element("FailureReason", exc.status, "US"),
         ]
     )
-    # Why, for people: Error Comment text is not part of the item, so a private
-    # free-text note would be non-standard; the reason goes to the server log instead.
-    logger.info(
-        "STOW-RS part refused", extra={"status": f"0x{exc.status:04X}", "reason": exc.reason}
-    )
-    return item
 
 
 async def _stow(request: Request, node: Node, study_uid: str | None) -> JSONResponse:
@@ -292,14 +325,14 @@ async def _stow(request: Request, node: Node, study_uid: str | None) -> JSONResp
     base = dicomweb_base(request)
     who = requester(request)
     try:
-        code, answer = await run_in_threadpool(
+        code, answer, notes = await run_in_threadpool(
             _store_parts, node, body, boundary, base, study_uid, who
         )
     finally:
         body.unlink(missing_ok=True)
-    headers = {}
     if code == status.HTTP_202_ACCEPTED:  # PS3.18 10.5.3.1
-        headers["Warning"] = '299 radnode "some instances were not stored: see FailedSOPSequence"'
+        notes.insert(0, "some instances were not stored: see FailedSOPSequence")
+    headers = {"Warning": ", ".join(f'299 radnode "{n}"' for n in notes)} if notes else {}
     return JSONResponse(answer, status_code=code, media_type=DICOM_JSON, headers=headers)
 
 

@@ -243,27 +243,52 @@ def instance_metadata(
 # -- frames and bulk data ----------------------------------------------------------------
 
 
-def _frame_numbers(frames: str) -> list[int]:
-    try:
-        numbers = [int(f) for f in frames.split(",")]
-    except ValueError as exc:
-        raise HTTPException(status.HTTP_400_BAD_REQUEST, "frame list must be 1,2,...") from exc
-    if not numbers or min(numbers) < 1 or len(numbers) > 10000:
-        raise HTTPException(status.HTTP_400_BAD_REQUEST, "frame numbers start at 1")
-    return numbers
+def _frame_numbers(frames: str, limit: int) -> list[int]:
+    """The distinct frame numbers of a frame list, in the order first named (PS3.18 8.3.3.1):
+    a number named again adds nothing to the answer. 400 beyond ``limit`` distinct ones."""
+    numbers: dict[int, None] = {}
+    for item in frames.split(","):
+        if not item.isdigit() or len(item) > 10:
+            raise HTTPException(status.HTTP_400_BAD_REQUEST, "frame list must be 1,2,...")
+        number = int(item)
+        if number < 1:
+            raise HTTPException(status.HTTP_400_BAD_REQUEST, "frame numbers start at 1")
+        numbers[number] = None
+        if len(numbers) > limit:
+            raise HTTPException(
+                status.HTTP_400_BAD_REQUEST,
+                f"more than {limit} frames in one request (max_frames_per_request)",
+            )
+    return list(numbers)
 
 
-def _native_frames(ds: Dataset, numbers: list[int]) -> list[bytes]:
-    count = int(ds.get("NumberOfFrames", 1) or 1)
+def _native_frames(ds: Dataset, numbers: list[int]) -> Iterator[bytes]:
     size = int(ds.Rows) * int(ds.Columns) * int(ds.SamplesPerPixel) * int(ds.BitsAllocated) // 8
-    data = ds.PixelData
-    return [bytes(data[(n - 1) * size : n * size]) for n in numbers if n <= count]
+    data = memoryview(ds.PixelData)
+    for n in numbers:
+        yield bytes(data[(n - 1) * size : n * size])
+
+
+def _decoded_frames(ds: Dataset, numbers: list[int]) -> Iterator[bytes]:
+    """Decoded frames one at a time; the first is decoded before the answer starts, so a
+    frame that cannot be decoded is a 400, not a cut stream."""
+    try:
+        first = decode_frame(ds, numbers[0]).tobytes()
+    except RenderError as exc:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from exc
+
+    def frames() -> Iterator[bytes]:
+        yield first
+        for n in numbers[1:]:
+            yield decode_frame(ds, n).tobytes()
+
+    return frames()
 
 
 def _frames_payload(
     request: Request, ds: Dataset, numbers: list[int]
-) -> tuple[list[bytes], str, str]:
-    """Frame bytes, their part media type and transfer syntax."""
+) -> tuple[Iterator[bytes], str, str]:
+    """Frame bytes (produced one at a time), their part media type and transfer syntax."""
     stored = str(ds.file_meta.TransferSyntaxUID)
     count = int(ds.get("NumberOfFrames", 1) or 1)
     if max(numbers) > count:
@@ -277,13 +302,9 @@ def _frames_payload(
     for part_type, syntax in accepted:
         if syntax in ("*", stored) or (part_type == media and syntax is None):
             frames = list(generate_frames(ds.PixelData, number_of_frames=count))
-            return [frames[n - 1] for n in numbers], media, stored
+            return (frames[n - 1] for n in numbers), media, stored
     if any(t == "application/octet-stream" for t, _ in accepted):
-        try:
-            decoded = [decode_frame(ds, n).tobytes() for n in numbers]
-        except RenderError as exc:
-            raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from exc
-        return decoded, "application/octet-stream", EXPLICIT_LE
+        return _decoded_frames(ds, numbers), "application/octet-stream", EXPLICIT_LE
     raise HTTPException(status.HTTP_406_NOT_ACCEPTABLE, f"frames are available as {media}")
 
 
@@ -294,20 +315,18 @@ def _frames_payload(
 def retrieve_frames(
     request: Request, node: NodeDep, study: str, series: str, instance: str, frames: str
 ) -> Response:
-    numbers = _frame_numbers(frames)
+    numbers = _frame_numbers(frames, node.settings.max_frames_per_request)
     row = _rows(node, study, series, instance)[0]
     ds = dcmread(node.store.path_of(row["path"]))
     if "PixelData" not in ds:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "the instance has no pixel data")
     payload, media, syntax = _frames_payload(request, ds, numbers)
     boundary = new_boundary()
-    body = b"".join(
-        stream_parts(
-            (({"Content-Type": f"{media}; transfer-syntax={syntax}"}, [f]) for f in payload),
-            boundary,
-        )
+    headers = {"Content-Type": f"{media}; transfer-syntax={syntax}"}
+    return StreamingResponse(
+        stream_parts(((headers, [frame]) for frame in payload), boundary, batch_bytes=_BATCH),
+        media_type=related_content_type(media, boundary, transfer_syntax=syntax),
     )
-    return Response(body, media_type=related_content_type(media, boundary, transfer_syntax=syntax))
 
 
 @router.get(
@@ -419,7 +438,7 @@ def rendered_instance(
 def rendered_frame(
     request: Request, node: NodeDep, study: str, series: str, instance: str, frames: str
 ) -> Response:
-    numbers = _frame_numbers(frames)
+    numbers = _frame_numbers(frames, node.settings.max_frames_per_request)
     return _rendered(request, node, _rows(node, study, series, instance)[0], numbers[0], None)
 
 
@@ -450,5 +469,5 @@ def instance_thumbnail(
 def frame_thumbnail(
     request: Request, node: NodeDep, study: str, series: str, instance: str, frames: str
 ) -> Response:
-    numbers = _frame_numbers(frames)
+    numbers = _frame_numbers(frames, node.settings.max_frames_per_request)
     return _rendered(request, node, _rows(node, study, series, instance)[0], numbers[0], 128)

@@ -113,8 +113,8 @@ def test_worklist_sorted_by_score_with_paging_and_filters(node, client) -> None:
     assert {r["study_uid"] for r in lesions["items"]} == {"1.2.7.1", "1.2.7.3"}
     assert client.get("/api/results", params={"min_score": 0.5}).json()["total"] == 2
     assert client.get("/api/results", params={"status": "failed"}).json()["total"] == 1
-    assert client.get("/api/results", params={"status": "bogus"}).status_code == 422
-    assert client.get("/api/results", params={"limit": 0}).status_code == 422
+    assert client.get("/api/results", params={"status": "bogus"}).status_code == 400
+    assert client.get("/api/results", params={"limit": 0}).status_code == 400
     # a newer version of a study replaces its older row in the worklist
     store.upsert(
         "1.2.7.0", 2, None, status="done", score=0.95, label="lesion", finished_at=utcnow()

@@ -316,7 +316,9 @@ def _add_feedback(node: Node, n: int) -> None:
 
 
 def test_label_trigger_starts_a_run_at_the_threshold(tmp_path: Path) -> None:
-    node = build_node(Settings(data_dir=tmp_path / "data", fsync=False, retraining_trigger_labels=3))
+    node = build_node(
+        Settings(data_dir=tmp_path / "data", fsync=False, retraining_trigger_labels=3)
+    )
     try:
         trigger = LabelTrigger(node)
         _add_feedback(node, 2)

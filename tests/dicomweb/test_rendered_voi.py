@@ -14,11 +14,11 @@ import pytest
 from dicomweb_client import DICOMwebClient
 from PIL import Image
 from pydicom import Dataset, dcmread
-from pydicom.data import get_testdata_file
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from pydicom.uid import generate_uid
 
 from dicomweb.render import RenderError, parse_window, render
+from tests.support.dicom_bytes import pydicom_test_file
 from tests.support.dicomweb_studies import dicomweb_url
 from tests.support.radnode_process import RadnodeProcess
 
@@ -75,7 +75,7 @@ def rendered(ds: Dataset, window: str | None = None) -> np.ndarray:
 
 
 def test_voi_lut_sequence_as_pydicom_applies_it() -> None:
-    ds = dcmread(get_testdata_file(VOI_LUT_FILE))
+    ds = dcmread(pydicom_test_file(VOI_LUT_FILE))
     assert np.array_equal(rendered(ds), eight_bit(pydicom_voi(ds), 0, 2**16 - 1))
 
     curved = gamma_lut(ds)
@@ -89,7 +89,7 @@ def test_voi_lut_sequence_as_pydicom_applies_it() -> None:
 def test_eight_bit_voi_lut_longer_than_256_entries() -> None:
     """An 8-bit table of 4096 entries over 16-bit values: each value is looked up as is
     (pydicom 3.0's apply_voi indexes such a table modulo 256)."""
-    ds = dcmread(get_testdata_file(MR_FILE))
+    ds = dcmread(pydicom_test_file(MR_FILE))
     item = Dataset()
     item.LUTDescriptor = [4096, 0, 8]
     table = np.arange(4096) // 16
@@ -101,7 +101,7 @@ def test_eight_bit_voi_lut_longer_than_256_entries() -> None:
 
 @pytest.mark.parametrize("function", ["LINEAR", "LINEAR_EXACT", "SIGMOID"])
 def test_dataset_voi_lut_function_as_pydicom_applies_it(function: str) -> None:
-    ds = dcmread(get_testdata_file(MR_FILE))
+    ds = dcmread(pydicom_test_file(MR_FILE))
     ds.VOILUTFunction = function
     assert np.array_equal(rendered(ds), eight_bit(pydicom_voi(ds), *MR_OUTPUT_RANGE))
 
@@ -111,14 +111,14 @@ def test_dataset_voi_lut_function_as_pydicom_applies_it(function: str) -> None:
     [("linear", "LINEAR"), ("linear-exact", "LINEAR_EXACT"), ("sigmoid", "SIGMOID")],
 )
 def test_window_parameter_function_as_pydicom_applies_it(parameter: str, function: str) -> None:
-    ds = dcmread(get_testdata_file(MR_FILE))
+    ds = dcmread(pydicom_test_file(MR_FILE))
     value = int(ds.pixel_array[PIXEL])
     expected = eight_bit(pydicom_voi(with_window(ds, value, 4, function)), *MR_OUTPUT_RANGE)
     assert np.array_equal(rendered(ds, f"{value},4,{parameter}"), expected)
 
 
 def test_linear_exact_is_not_linear() -> None:
-    ds = dcmread(get_testdata_file(MR_FILE))
+    ds = dcmread(pydicom_test_file(MR_FILE))
     value = int(ds.pixel_array[PIXEL])
     linear = rendered(ds, f"{value},4,linear")
     exact = rendered(ds, f"{value},4,linear-exact")
@@ -127,7 +127,7 @@ def test_linear_exact_is_not_linear() -> None:
 
 
 def test_sigmoid_follows_its_formula() -> None:
-    ds = dcmread(get_testdata_file(MR_FILE))
+    ds = dcmread(pydicom_test_file(MR_FILE))
     values = ds.pixel_array.astype(np.float64)
     expected = 255.0 / (1.0 + np.exp(-4.0 * (values - 600) / 1600))
     assert np.array_equal(rendered(ds, "600,1600,sigmoid"), np.rint(expected).astype(np.uint8))
@@ -144,11 +144,11 @@ def test_window_parameter_refused(window: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def stored(api: RadnodeProcess) -> dict[str, Dataset]:  # noqa: F811
+def stored(api: RadnodeProcess) -> dict[str, Dataset]:
     """The VOI LUT file, its variant with a curved table, MR_small and MR_small whose
     dataset asks for a SIGMOID window, stored with STOW-RS."""
-    lut = dcmread(get_testdata_file(VOI_LUT_FILE))
-    mr = dcmread(get_testdata_file(MR_FILE))
+    lut = dcmread(pydicom_test_file(VOI_LUT_FILE))
+    mr = dcmread(pydicom_test_file(MR_FILE))
     sigmoid = new_instance(mr)
     sigmoid.VOILUTFunction = "SIGMOID"
     datasets = {"lut": lut, "gamma": gamma_lut(lut), "mr": mr, "sigmoid": sigmoid}
@@ -157,7 +157,7 @@ def stored(api: RadnodeProcess) -> dict[str, Dataset]:  # noqa: F811
     return datasets
 
 
-def fetch(api: RadnodeProcess, ds: Dataset, window: str | None = None) -> np.ndarray:  # noqa: F811
+def fetch(api: RadnodeProcess, ds: Dataset, window: str | None = None) -> np.ndarray:
     url = (
         f"{dicomweb_url(api)}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
         f"/instances/{ds.SOPInstanceUID}/rendered"
@@ -169,13 +169,13 @@ def fetch(api: RadnodeProcess, ds: Dataset, window: str | None = None) -> np.nda
     return png_pixels(response.content)
 
 
-def test_rendered_route_voi_lut_sequence(api: RadnodeProcess, stored: dict[str, Dataset]) -> None:  # noqa: F811
+def test_rendered_route_voi_lut_sequence(api: RadnodeProcess, stored: dict[str, Dataset]) -> None:
     lut, gamma = stored["lut"], stored["gamma"]
     assert np.array_equal(fetch(api, lut), eight_bit(pydicom_voi(lut), 0, 2**16 - 1))
     assert np.array_equal(fetch(api, gamma), eight_bit(pydicom_voi(gamma), 0, 2**12 - 1))
 
 
-def test_rendered_route_window_functions(api: RadnodeProcess, stored: dict[str, Dataset]) -> None:  # noqa: F811
+def test_rendered_route_window_functions(api: RadnodeProcess, stored: dict[str, Dataset]) -> None:
     mr, sigmoid = stored["mr"], stored["sigmoid"]
     value = int(mr.pixel_array[PIXEL])
     linear = fetch(api, mr, f"{value},4,linear")

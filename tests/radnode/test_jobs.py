@@ -21,11 +21,18 @@ def index(tmp_path):
 
 def _add(index: Index, study: str, n: int, start: int = 0, at: float | None = None) -> None:
     for i in range(start, start + n):
-        index.add_instance(InstanceRecord(
-            sop_instance_uid=f"{study}.{i}", sop_class_uid="1.2.840.10008.5.1.4.1.1.2", series_uid=f"{study}.0",
-            study_uid=study, transfer_syntax_uid="1.2.840.10008.1.2.1", path=f"studies/{study}/{i}.dcm",
-            size=10, received_at=at if at is not None else time.time(),
-        ))
+        index.add_instance(
+            InstanceRecord(
+                sop_instance_uid=f"{study}.{i}",
+                sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+                series_uid=f"{study}.0",
+                study_uid=study,
+                transfer_syntax_uid="1.2.840.10008.1.2.1",
+                path=f"studies/{study}/{i}.dcm",
+                size=10,
+                received_at=at if at is not None else time.time(),
+            )
+        )
 
 
 def test_enqueue_is_once_per_version_and_later_instances_make_a_new_version(index):
@@ -37,7 +44,10 @@ def test_enqueue_is_once_per_version_and_later_instances_make_a_new_version(inde
     _add(index, "1.2.3", 3, start=5)
     second = queue.enqueue_if_due("1.2.3", "quiet")
     assert second is not None and second != first
-    assert [(j["version"], j["reason"]) for j in queue.jobs_for("1.2.3")] == [(5, "released"), (8, "quiet")]
+    assert [(j["version"], j["reason"]) for j in queue.jobs_for("1.2.3")] == [
+        (5, "released"),
+        (8, "quiet"),
+    ]
 
 
 def test_duplicates_do_not_make_a_new_version(index):
@@ -124,6 +134,7 @@ def test_failure_is_retried_with_backoff_then_marked_failed(index):
     _add(index, "6.6", 1)
     queue.enqueue_if_due("6.6", "released")
     job = queue.claim("w")
+    assert job is not None
     assert queue.fail(job, "w", "boom", retry_delay_s=0.2) == "queued"
     assert queue.claim("w") is None  # backing off
     time.sleep(0.25)
@@ -139,10 +150,18 @@ def test_derived_objects_do_not_make_a_study_due_again(index):
     queue = JobQueue(index)
     _add(index, "7.7", 3)
     assert queue.enqueue_if_due("7.7", "released") is not None
-    index.add_instance(InstanceRecord(
-        sop_instance_uid="7.7.sr", sop_class_uid="1.2.840.10008.5.1.4.1.1.88.34", series_uid="7.7.99",
-        study_uid="7.7", transfer_syntax_uid="1.2.840.10008.1.2.1", path="studies/7.7/sr.dcm", size=10,
-        received_at=time.time(), analyze=False,
-    ))
+    index.add_instance(
+        InstanceRecord(
+            sop_instance_uid="7.7.sr",
+            sop_class_uid="1.2.840.10008.5.1.4.1.1.88.34",
+            series_uid="7.7.99",
+            study_uid="7.7",
+            transfer_syntax_uid="1.2.840.10008.1.2.1",
+            path="studies/7.7/sr.dcm",
+            size=10,
+            received_at=time.time(),
+            analyze=False,
+        )
+    )
     assert queue.enqueue_if_due("7.7", "released") is None
     assert index.get_study("7.7")["num_instances"] == 4

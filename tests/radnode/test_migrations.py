@@ -57,8 +57,10 @@ def _differences(engine: Engine, tables: MetaData) -> tuple[list[Any], str]:
     with engine.connect() as conn:
         context = MigrationContext.configure(conn, opts={"compare_type": True})
         found = compare_metadata(context, tables)
+        ops = produce_migrations(context, tables).upgrade_ops
+        assert ops is not None
         proposed = render_python_code(
-            produce_migrations(context, tables).upgrade_ops,
+            ops,
             render_as_batch=engine.dialect.name == "sqlite",
         )
     return found, proposed

@@ -1,0 +1,254 @@
+"""Connections whose A-ASSOCIATE-RQ is not yet in: a deadline each, and a cap per peer address.
+
+pynetdicom reads a PDU whole at the length its header declares, each chunk with a blocking
+``recv``, and checks the ARTIM timer (PS3.8 9.1.5) only between PDUs: a peer that sends the
+6-byte header of an A-ASSOCIATE-RQ and then a byte every few seconds holds its connection
+and thread far beyond ``acse_timeout_s`` and ``network_timeout_s``. pynetdicom also counts
+such a connection against the AE's maximum associations, so a few dozen of them lock every
+modality out before any AE title is checked.
+
+:class:`NegotiationGuard` tracks each accepted connection until its association is
+established (EVT_ESTABLISHED) or the connection closes:
+
+* at most ``max_per_peer`` per IP address; a further connection is closed at once, before
+  a thread is started for it;
+* each has ``deadline_s`` from its accept for the whole request; then its socket is shut
+  down (which ends the blocked read) and the association's wait for the request, bounded
+  by the same deadline, ends. A silent connection meets the ARTIM timer, which is set to
+  the time left as well;
+* an association thread that dies while negotiating (pynetdicom raises on some malformed
+  requests) leaves its connection and upper-layer thread running for ever: both are
+  closed.
+
+The AE's own association limit is lifted (:func:`lift_association_limit`): the handlers
+count ``max_associations`` over associations admitted after their AE checks
+(:mod:`dimse_scp.handlers`), so connections still negotiating never count.
+:class:`GuardedAssociationServer` is pynetdicom's threaded server with the guard attached:
+``verify_request`` (socketserver's hook, in the accept thread) and two event handlers.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pynetdicom import AE, evt
+from pynetdicom.association import Association
+from pynetdicom.transport import ThreadedAssociationServer
+
+from radnode_core.metrics import Metrics
+from radnode_core.throttle import Throttle
+
+logger = logging.getLogger(__name__)
+
+_GRACE_S = 5.0
+"""How long past its deadline a connection still counts while its thread winds down."""
+
+
+def lift_association_limit(ae: AE) -> None:
+    """Turn off pynetdicom's count of acceptor threads (it includes connections still
+    negotiating); the handlers enforce ``max_associations`` over admitted ones."""
+    ae.maximum_associations = sys.maxsize
+
+
+def peer_of(client_address: Any) -> str:
+    if isinstance(client_address, tuple) and client_address:
+        return str(client_address[0]).removeprefix("::ffff:")
+    return str(client_address)
+
+
+@dataclass(eq=False)
+class _Pending:
+    peer: str
+    sock: socket.socket
+    deadline: float
+    assoc: Association | None = None
+    expired: bool = False
+
+
+class NegotiationGuard:
+    """The connections of one or more association servers that are still negotiating."""
+
+    def __init__(
+        self,
+        deadline_s: float,
+        max_per_peer: int,
+        metrics: Metrics | None = None,
+        *,
+        log_interval_s: float = 60.0,
+        poll_s: float = 0.2,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.deadline_s = deadline_s
+        self.max_per_peer = max_per_peer
+        self.metrics = metrics
+        self.poll_s = poll_s
+        self.clock = clock
+        self._pending: dict[socket.socket, _Pending] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._log: Throttle[tuple[str, str]] = Throttle(
+            log_interval_s, self._repeated, name="radnode-negotiation-log"
+        )
+
+    # -- what the server calls -------------------------------------------------------
+
+    def admit(self, sock: socket.socket, peer: str) -> bool:
+        """In the accept thread: track a new connection, or refuse it (over the cap)."""
+        with self._lock:
+            orphans = self._prune(self.clock())
+            negotiating = sum(1 for p in self._pending.values() if p.peer == peer)
+            if negotiating >= self.max_per_peer:
+                refused = True
+            else:
+                refused = False
+                self._pending[sock] = _Pending(peer, sock, self.clock() + self.deadline_s)
+                self._start()
+        for orphan in orphans:
+            self._close_orphan(orphan)
+        if refused:
+            self._refused(peer, "negotiating_per_peer")
+        return not refused
+
+    def on_conn_open(self, event: evt.Event) -> None:
+        """EVT_CONN_OPEN (before the association's thread starts): bound its wait for the
+        A-ASSOCIATE-RQ, and its ARTIM timer, by the time left of the deadline."""
+        assoc = event.assoc
+        sock = assoc.dul.socket.socket if assoc.dul.socket else None
+        with self._lock:
+            pending = self._pending.get(sock) if sock is not None else None
+            if pending is None:
+                return
+            pending.assoc = assoc
+            left = pending.deadline - self.clock()
+        if assoc.acse_timeout is None or left < assoc.acse_timeout:
+            assoc.acse_timeout = max(0.05, left)
+
+    def on_requested(self, event: evt.Event) -> None:
+        """EVT_REQUESTED: the A-ASSOCIATE-RQ is in; later ACSE waits get the usual timeout."""
+        event.assoc.acse_timeout = event.assoc.ae.acse_timeout
+
+    def on_established(self, event: evt.Event) -> None:
+        """EVT_ESTABLISHED: the association is accepted; it negotiates no more."""
+        assoc = event.assoc
+        sock = assoc.dul.socket.socket if assoc.dul.socket else None
+        with self._lock:
+            if sock is not None:
+                self._pending.pop(sock, None)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._log.close()
+
+    # -- the deadline ----------------------------------------------------------------
+
+    def _start(self) -> None:
+        """Start the deadline watcher (lock held); it ends when nothing is pending."""
+        if self._stop.is_set():
+            return
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(
+                target=self._watch, name="radnode-negotiation", daemon=True
+            )
+            self._thread.start()
+
+    def _watch(self) -> None:
+        done = False
+        while not done and not self._stop.wait(self.poll_s):
+            now = self.clock()
+            with self._lock:
+                orphans = self._prune(now)
+                late = [p for p in self._pending.values() if not p.expired and now >= p.deadline]
+                for pending in late:
+                    pending.expired = True
+                if not self._pending:
+                    self._thread = None
+                    done = True
+            for pending in late:
+                _shut(pending.sock)
+                self._refused(pending.peer, "request_timeout")
+            for pending in orphans:
+                self._close_orphan(pending)
+
+    def _prune(self, now: float) -> list[_Pending]:
+        """Forget connections that are closed, or whose association thread has ended (lock
+        held); returns those whose thread ended with the connection still open."""
+        orphans = []
+        for sock, pending in list(self._pending.items()):
+            assoc = pending.assoc
+            ended = assoc is not None and assoc.ident is not None and not assoc.is_alive()
+            if sock.fileno() == -1 or now > pending.deadline + _GRACE_S:
+                del self._pending[sock]
+            elif ended:
+                del self._pending[sock]
+                orphans.append(pending)
+        return orphans
+
+    def _close_orphan(self, pending: _Pending) -> None:
+        """The association thread died while negotiating (an exception in pynetdicom) and
+        left its connection and upper-layer thread behind: close and stop both."""
+        _shut(pending.sock)
+        try:
+            pending.sock.close()
+        except OSError:
+            pass
+        if pending.assoc is not None:
+            pending.assoc.dul.kill_dul()
+        self._refused(pending.peer, "negotiation_failed")
+
+    # -- reporting -------------------------------------------------------------------
+
+    def _refused(self, peer: str, reason: str) -> None:
+        if self.metrics is not None:
+            self.metrics.associations_rejected.labels(reason=reason).inc()
+        if self._log.hit((peer, reason)):
+            logger.warning(_MESSAGES[reason], extra={"peer": peer, "reason": reason})
+
+    def _repeated(self, key: tuple[str, str], count: int, _: object) -> None:
+        peer, reason = key
+        logger.warning(
+            _MESSAGES[reason] + ", repeated", extra={"peer": peer, "reason": reason, "count": count}
+        )
+
+
+_MESSAGES = {
+    "negotiating_per_peer": "connection closed: too many association requests in progress from "
+    "this address",
+    "request_timeout": "connection closed: association request not complete in time",
+    "negotiation_failed": "connection closed: association negotiation failed",
+}
+
+
+def _shut(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # already closed by its own thread
+
+
+class GuardedAssociationServer(ThreadedAssociationServer):
+    """pynetdicom's threaded association server with a :class:`NegotiationGuard`."""
+
+    def __init__(self, *args: Any, guard: NegotiationGuard | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.guard = guard
+        if guard is not None:
+            self.bind(evt.EVT_CONN_OPEN, guard.on_conn_open)
+            self.bind(evt.EVT_REQUESTED, guard.on_requested)
+            self.bind(evt.EVT_ESTABLISHED, guard.on_established)
+
+    def verify_request(
+        self, request: socket.socket | tuple[bytes, socket.socket], client_address: Any
+    ) -> bool:
+        if self.guard is None or not isinstance(request, socket.socket):
+            return True
+        return self.guard.admit(request, peer_of(client_address))

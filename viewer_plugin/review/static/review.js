@@ -1,0 +1,114 @@
+// radnode review UI: the review page of one study.
+"use strict";
+const studyUid = new URLSearchParams(location.search).get("study") || "";
+let result = null;   // the model result shown and judged
+let study = null;    // GET /api/studies/{uid}/result: the lead result and every model's
+let me = null;
+
+function show(msg, isError) {
+  const el = document.getElementById("message");
+  el.className = "message" + (isError ? " error" : "");
+  text(el, msg);
+}
+
+async function thumbnail(series, instance) {
+  const url = "/dicom-web/studies/" + studyUid + "/series/" + series + "/instances/" + instance + "/rendered";
+  const r = await fetch(url, { headers: authHeaders({ Accept: "image/png" }) });
+  if (!r.ok) return;
+  const img = document.getElementById("ai-slice");
+  img.src = URL.createObjectURL(await r.blob());
+  img.dataset.sopInstanceUid = instance;
+}
+
+function showReview(items) {
+  const model = result && result.model;
+  const mine = items.filter((f) => !model || !f.model_name || f.model_name === model);
+  if (!mine.length) { text(document.getElementById("ai-review"), "unreviewed"); return; }
+  const f = mine[0];
+  text(document.getElementById("ai-review"),
+    f.decision + ": " + f.label + " by " + f.observer_name + " at " + f.created_at);
+}
+
+async function send(body) {
+  body.sr_sop_instance_uid = result.sr_sop_instance_uid;
+  if (result.model) body.model = result.model;
+  try {
+    const rec = await api("/api/studies/" + encodeURIComponent(studyUid) + "/feedback", {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+    });
+    showReview([rec]);
+    const msg = document.getElementById("message");
+    show((rec.created ? "Recorded" : "Already recorded") + ": " + rec.decision + " (" + rec.label + "), SR " + rec.sr_sop_instance_uid);
+    msg.dataset.srUid = rec.sr_sop_instance_uid;
+    msg.dataset.done = "true";
+  } catch (e) {
+    show(e.message, true);
+  }
+}
+
+// One model's result in the panel: its score, label, driving image, review and labels.
+async function showResult(r) {
+  result = r;
+  text(document.getElementById("ai-status"), result.status);
+  text(document.getElementById("ai-score"), fmtScore(result.score));
+  text(document.getElementById("ai-label"), result.label);
+  text(document.getElementById("ai-model"), result.model_version);
+  const d = result.details || {};
+  if (d.series_uid && d.driving_sop_instance_uid) thumbnail(d.series_uid, d.driving_sop_instance_uid);
+  else if (d.series_uid && d.evidence_sop_instance_uids && d.evidence_sop_instance_uids.length)
+    thumbnail(d.series_uid, d.evidence_sop_instance_uids[0]);
+  showReview((await api("/api/studies/" + encodeURIComponent(studyUid) + "/feedback")).items);
+  const judged = result.status === "done" || result.status === "out_of_scope";
+  document.getElementById("actions").hidden = !(me.may_give_feedback && judged);
+  show("");
+  if (me.may_give_feedback && judged) {
+    const select = document.getElementById("relabel-label");
+    select.replaceChildren();
+    const labels = (d.labels && d.labels.length) ? d.labels : (await findingLabels()).labels;
+    for (const label of labels) {
+      if (label === result.label) continue;
+      const o = document.createElement("option");
+      o.value = label;
+      text(o, label);
+      select.appendChild(o);
+    }
+  } else if (!judged) {
+    show("No AI result to judge yet (" + result.status + ").");
+  }
+}
+
+async function load(who) {
+  me = who;
+  study = await api("/api/studies/" + encodeURIComponent(studyUid) + "/result");
+  const models = study.results || [];
+  if (models.length > 1) {
+    const select = document.getElementById("ai-model-select");
+    for (const r of models) {
+      const o = document.createElement("option");
+      o.value = r.model;
+      text(o, r.model + ": " + (r.label || r.status) + " " + fmtScore(r.score));
+      select.appendChild(o);
+    }
+    select.value = study.model;
+    select.onchange = () => showResult(models.find((r) => r.model === select.value));
+    document.getElementById("ai-models").hidden = false;
+  }
+  if (me.ohif_url) {
+    const frame = document.getElementById("ohif");
+    frame.src = me.ohif_url + "/viewer?StudyInstanceUIDs=" + encodeURIComponent(studyUid);
+    frame.hidden = false;
+  } else {
+    document.getElementById("no-viewer").hidden = false;
+  }
+  await showResult(study);
+  document.body.dataset.loaded = "true";
+}
+
+document.getElementById("confirm").onclick = () => send({ decision: "confirm" });
+document.getElementById("relabel").onclick = () => { document.getElementById("relabel-form").hidden = false; };
+document.getElementById("relabel-save").onclick = () => send({
+  decision: "relabel",
+  label: document.getElementById("relabel-label").value,
+  comment: document.getElementById("relabel-comment").value,
+});
+signIn().then(load).catch((e) => show(e.message, true));

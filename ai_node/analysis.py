@@ -1,46 +1,63 @@
-"""From a stack of slices to a study-level answer: region, lesion score, driving slice.
+"""From decoded slices (or radiographs) to one model's study-level answer.
 
-The study score is a radiologist-readable aggregation: the maximum over slices of
-the slice probabilities smoothed along z with a 3-slice moving average (a lesion
-spans neighbouring slices; a single noisy slice does not), and the slice where that
-maximum sits is reported as the one that drove the score. The region model runs on
-an evenly spaced sample of slices (the anatomy changes slowly along z) and its
-probabilities are averaged.
+Each model's card says how (:mod:`ai_node.card`): its input, how slice probabilities
+aggregate (``max_moving_average``: the maximum over slices of the probabilities smoothed
+along z, so a lesion spanning neighbouring slices counts and a single noisy slice does
+not; ``mean``; ``top_k_mean``; radiographs: the highest image), whether it scores an
+evenly spaced sample of slices (anatomy changes slowly along z), and which slices are
+evidence. A multiclass model without a positive label gives a **verdict**, its top label
+after aggregation, which other models' body part rules read.
+
+Inference runs in a :class:`ModelRun` per model: on its own thread, fed chunks of
+slices while the series is still decoding (TensorFlow and most of numpy run outside the
+GIL, decoding mostly inside it), batched, within the card's ``timeout_s`` of inference
+time, and with its failure kept to itself.
+
+The shipped models are two such cards; :func:`classify_region`, :func:`score_finding` and
+:func:`analyse` are the same steps for the models named ``region`` and ``finding``
+(training, retraining and the benchmarks call them).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import threading
+import time
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
-from ai_node.labels import REGION_LABELS
-from ai_node.models import LoadedModel
-from ai_node.preprocess import SliceStack, load_series, model_input
+from ai_node.card import DEFAULT_THRESHOLD, ModelCard
+from ai_node.models import LoadedModel, ModelTimeout
+from ai_node.preprocess import SliceStack, card_input, load_series
 
 REGION_SAMPLE = 24
-"""Slices the region model sees per study (evenly spaced)."""
+"""Slices the shipped region model sees per study (evenly spaced; its card's ``sample``)."""
 
 SMOOTHING = 3
-"""Slices in the moving average of the finding probabilities."""
+"""Slices in the shipped finding model's moving average (its card's ``window``)."""
 
 MAX_EVIDENCE = 5
-"""Most slices referenced as evidence of a finding."""
+"""Most slices referenced as evidence of a finding (default ``localisation.max_slices``)."""
 
 
 class Models(Protocol):
-    def get(self, task: str) -> LoadedModel: ...
+    def get(self, name: str) -> LoadedModel: ...
 
 
 @dataclass
 class StudyAnalysis:
-    """Everything the SR and the results row report about one study."""
+    """Everything the SR and the results row report about one model's result for a study.
 
-    region: str
+    ``region`` is the body part verdict that decided whether the model was for the study
+    (None when no model's verdict was asked); ``model_versions`` every model that made the
+    result (the model itself and the one whose verdict it used).
+    """
+
+    region: str | None
     region_probabilities: dict[str, float]
     in_scope: bool
     score: float | None = None
@@ -48,6 +65,10 @@ class StudyAnalysis:
     slice_scores: list[float] = field(default_factory=list)
     evidence_slices: list[int] = field(default_factory=list)
     model_versions: dict[str, str] = field(default_factory=dict)
+    model: str = "finding"
+    label: str | None = None
+    reason: str | None = None
+    probabilities: dict[str, float] = field(default_factory=dict)
 
 
 def sample_indices(n: int, k: int = REGION_SAMPLE) -> np.ndarray:
@@ -65,81 +86,271 @@ def smooth(scores: np.ndarray, width: int = SMOOTHING) -> np.ndarray:
     return np.convolve(padded, np.ones(width) / width, mode="valid")
 
 
+def scored_indices(card: ModelCard, n: int) -> np.ndarray:
+    """Which of a stack's ``n`` slices the model scores (its card's ``sample``, or all)."""
+    sample = card.aggregation.sample if card.aggregation is not None else None
+    return sample_indices(n, sample) if sample else np.arange(n)
+
+
+def aggregate(card: ModelCard, probs: np.ndarray) -> tuple[float, int, np.ndarray]:
+    """(study score, index of the driving slice, per-slice scores shown) of one model's
+    slice probabilities (head-to-feet order), as its card's ``aggregation`` says."""
+    if probs.size == 0:
+        raise ValueError("no slice was scored")
+    agg = card.aggregation
+    if agg is None:  # radiographs: each image stands alone, the highest is the result
+        driving = int(np.argmax(probs))
+        return float(probs[driving]), driving, probs.astype(np.float64)
+    if agg.method == "max_moving_average":
+        smoothed = smooth(probs, agg.window)
+        driving = int(np.argmax(smoothed))
+        return float(smoothed[driving]), driving, smoothed
+    driving = int(np.argmax(probs))
+    if agg.method == "mean":
+        return float(np.mean(probs, dtype=np.float64)), driving, probs.astype(np.float64)
+    top = np.sort(probs.astype(np.float64))[::-1][: agg.k]
+    return float(top.mean()), driving, probs.astype(np.float64)
+
+
+def aggregate_classes(card: ModelCard, probs: np.ndarray) -> np.ndarray:
+    """Per-label study probabilities from (N, labels) slice probabilities."""
+    agg = card.aggregation
+    if agg is None:
+        return probs.max(axis=0)
+    if agg.method == "mean":
+        return probs.mean(axis=0)
+    if agg.method == "max_moving_average":
+        return np.asarray([smooth(probs[:, i], agg.window).max() for i in range(probs.shape[1])])
+    k = min(agg.k, probs.shape[0])
+    return np.sort(probs, axis=0)[::-1][:k].mean(axis=0)
+
+
+def verdict(model: LoadedModel, outputs: np.ndarray) -> tuple[str, dict[str, float]]:
+    """(top label, probability per label) of a model's aggregated outputs."""
+    probs = aggregate_classes(model.card, model.class_probabilities(outputs))
+    labels = model.card.outputs.labels
+    top = str(labels[int(np.argmax(probs))])
+    return top, {str(label): round(float(p), 4) for label, p in zip(labels, probs, strict=True)}
+
+
+def evidence_of(
+    card: ModelCard, slice_scores: np.ndarray, driving: int, threshold: float
+) -> list[int]:
+    """The evidence slices: up to ``max_slices`` scoring at or above ``threshold``, else
+    the driving one (localisation ``evidence_slices``)."""
+    if card.localisation.method == "none":
+        return []
+    order = np.argsort(-slice_scores, kind="stable")
+    limit = card.localisation.max_slices
+    evidence = [int(i) for i in order[:limit] if slice_scores[i] >= threshold] or [driving]
+    return sorted(set(evidence))
+
+
+def model_input(model: LoadedModel, stack: SliceStack, idx: np.ndarray | None = None) -> Any:
+    grids = stack.grid(model.size)
+    m1 = stack.monochrome1
+    if idx is not None:
+        grids = grids[idx]
+        m1 = m1[idx] if m1 is not None else None
+    return card_input(grids, model.card.input, m1)
+
+
+# --------------------------------------------------------------------------- running
+
+
+class ModelRun:
+    """One model's inference over one study: its own thread, chunks in order, a budget
+    of ``timeout_s`` seconds of inference, any failure kept here (:attr:`error`)."""
+
+    def __init__(self, model: LoadedModel, batch_size: int = 64) -> None:
+        self.model = model
+        self.batch_size = batch_size
+        self.timeout_s = float(model.card.timeout_s)
+        self.error: str | None = None
+        self.used_s = 0.0
+        self._outputs: list[np.ndarray] = []
+        self._futures: list[concurrent.futures.Future[None]] = []
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix=f"radnode-{model.name}"[:24]
+        )
+        self._cancel = threading.Event()
+        self._call_started: float | None = None
+
+    def _check(self) -> None:
+        spent = self.used_s
+        if self._call_started is not None:
+            spent += time.perf_counter() - self._call_started
+        if self._cancel.is_set() or spent > self.timeout_s:
+            raise ModelTimeout(
+                f"{self.model.key} exceeded its timeout of {self.timeout_s:g} s of inference"
+            )
+
+    def _score(self, grids: np.ndarray, monochrome1: np.ndarray | None) -> None:
+        if self.error is not None:
+            return
+        self._call_started = time.perf_counter()
+        try:
+            x = card_input(grids, self.model.card.input, monochrome1)
+            self._outputs.append(self.model.predict_batched(x, self.batch_size, self._check))
+        except ModelTimeout as exc:
+            self.error = str(exc)
+        except Exception as exc:  # noqa: BLE001 - one model's failure is its own result
+            self.error = f"{self.model.key} failed: {type(exc).__name__}: {exc}"[:2000]
+        finally:
+            self.used_s += time.perf_counter() - self._call_started
+            self._call_started = None
+
+    def submit(self, grids: np.ndarray, monochrome1: np.ndarray | None = None) -> None:
+        """Score these slices (N, S, S) on the model's thread, after the ones before."""
+        self._futures.append(self._pool.submit(self._score, grids, monochrome1))
+
+    def finish(self) -> np.ndarray | None:
+        """The outputs (N, units) of every slice submitted, in order; None when the model
+        failed or ran out of time (:attr:`error` says which). Waits at most the rest of the
+        budget: a model stuck inside one call is left behind, its result failed."""
+        remaining = max(0.0, self.timeout_s - self.used_s) + 1.0
+        _, pending = concurrent.futures.wait(self._futures, timeout=remaining)
+        if pending:
+            self._cancel.set()
+            self.error = self.error or (
+                f"{self.model.key} exceeded its timeout of {self.timeout_s:g} s of inference"
+            )
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            return None
+        self._pool.shutdown(wait=True)
+        if self.error is not None:
+            return None
+        if not self._outputs:
+            return np.zeros((0, max(self.model.card.output_widths())), np.float32)
+        return np.concatenate(self._outputs, axis=0)
+
+    def fail(self, reason: str) -> None:
+        self.error = self.error or reason
+        self._cancel.set()
+
+
+def decode_and_run(
+    paths: Sequence[Path],
+    streaming: Sequence[ModelRun],
+    *,
+    size: int,
+    extra_sizes: Sequence[int] = (),
+    batch_size: int = 64,
+    compressed: bool = True,
+) -> SliceStack:
+    """Decode a series onto the grids the models need and feed every ``streaming`` run the
+    decoded chunks as they come (in decoding order: ``SliceStack.order`` maps them to the
+    head-to-feet order the stack has). Raises :class:`ai_node.preprocess.InputError` when
+    the series cannot be decoded."""
+
+    def on_chunk(frames: list[Any]) -> None:
+        m1 = np.asarray([f.monochrome1 for f in frames], dtype=bool)
+        for run in streaming:
+            s = run.model.size
+            grids = np.stack([f.grid if s == size else f.extra[s] for f in frames])
+            run.submit(grids, m1 if m1.any() else None)
+
+    return load_series(
+        paths,
+        size=size,
+        compressed=compressed,
+        on_chunk=on_chunk if streaming else None,
+        chunk=batch_size,
+        extra_sizes=extra_sizes,
+    )
+
+
+def in_stack_order(outputs: np.ndarray, stack: SliceStack) -> np.ndarray:
+    """Outputs computed in decoding order, reordered head to feet."""
+    return outputs[stack.order] if stack.order is not None else outputs
+
+
+# --------------------------------------------------------------------------- the shipped pair
+
+
 def classify_region(
     stack: SliceStack, models: Models, batch_size: int = 64
 ) -> tuple[str, dict[str, float]]:
+    """The verdict of the model named ``region`` on a stack (its card's sample of slices)."""
     model = models.get("region")
-    idx = sample_indices(len(stack))
-    probs = model.predict_batched(model_input(stack.hu[idx], model.window), batch_size).mean(axis=0)
-    labels = tuple(model.card.get("labels", REGION_LABELS))
-    region = str(labels[int(np.argmax(probs))])
-    return region, {str(label): round(float(p), 4) for label, p in zip(labels, probs, strict=True)}
+    idx = scored_indices(model.card, len(stack))
+    return verdict(model, model.predict_batched(model_input(model, stack, idx), batch_size))
 
 
 def finding_probabilities(hu: np.ndarray, models: Models, batch_size: int = 64) -> np.ndarray:
-    """Per-slice lesion probabilities of (N, S, S) HU slices."""
+    """Per-slice probabilities of the ``finding`` model's positive label for (N, S, S) HU."""
     model = models.get("finding")
-    return np.asarray(model.predict_batched(model_input(hu, model.window), batch_size)[:, 0])
+    x = card_input(hu, model.card.input)
+    return np.asarray(model.positive(model.predict_batched(x, batch_size)))
 
 
 def decode_and_score(
     paths: Sequence[Path], models: Models, batch_size: int = 64, compressed: bool = True
 ) -> tuple[SliceStack, np.ndarray]:
-    """Decode a series and compute the finding model's slice probabilities, overlapped:
-    each chunk of decoded slices is scored on another thread while the next files decode
-    (TensorFlow and most of numpy run outside the GIL, decoding mostly inside it).
-    Returns the stack and the probabilities in its (head-to-feet) order."""
-    futures: list[Future[np.ndarray]] = []
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="radnode-infer") as pool:
-
-        def on_chunk(frames: list[Any]) -> None:
-            hu = np.stack([f.grid for f in frames])
-            futures.append(pool.submit(finding_probabilities, hu, models, batch_size))
-
-        stack = load_series(paths, compressed=compressed, on_chunk=on_chunk, chunk=batch_size)
-        raw = np.concatenate([f.result() for f in futures])
-    if stack.order is not None:
-        raw = raw[stack.order]
-    return stack, raw
+    """Decode a series while the ``finding`` model scores it; the stack and the slice
+    probabilities in its (head-to-feet) order."""
+    model = models.get("finding")
+    run = ModelRun(model, batch_size)
+    stack = decode_and_run(
+        paths, [run], size=model.size, batch_size=batch_size, compressed=compressed
+    )
+    outputs = run.finish()
+    if outputs is None:
+        raise RuntimeError(run.error)
+    return stack, np.asarray(model.positive(in_stack_order(outputs, stack)))
 
 
 def score_finding(
     stack: SliceStack, models: Models, batch_size: int = 64, raw: np.ndarray | None = None
 ) -> tuple[float, int, np.ndarray]:
-    """(study score, driving slice index, per-slice smoothed scores); ``raw``: the slice
-    probabilities when already computed (in the stack's order)."""
+    """(study score, driving slice index, per-slice scores) of the ``finding`` model;
+    ``raw``: its slice probabilities when already computed (in the stack's order)."""
+    model = models.get("finding")
     if raw is None:
-        raw = finding_probabilities(stack.hu, models, batch_size)
-    smoothed = smooth(raw)
-    driving = int(np.argmax(smoothed))
-    return float(smoothed[driving]), driving, smoothed
+        raw = finding_probabilities(stack.grid(model.size), models, batch_size)
+    return aggregate(model.card, raw)
 
 
 def analyse(
     stack: SliceStack,
     models: Models,
-    threshold: float = 0.5,
+    threshold: float | None = None,
     batch_size: int = 64,
-    in_scope_regions: tuple[str, ...] = ("chest",),
+    in_scope_regions: tuple[str, ...] | None = None,
     finding_raw: np.ndarray | None = None,
 ) -> StudyAnalysis:
-    """Region first; the finding model only for studies in scope (``finding_raw``: its
-    slice probabilities when they were computed during decoding)."""
+    """The ``finding`` model's result on a stack, its body part rule decided by the
+    ``region`` model's verdict (``in_scope_regions`` overrides the rule's list;
+    ``finding_raw``: its slice probabilities when computed during decoding)."""
+    finding = models.get("finding")
+    rule = finding.card.applicability.body_part
+    accepted = in_scope_regions or (tuple(rule.any_of) if rule is not None else ())
     region, region_probs = classify_region(stack, models, batch_size)
     versions = {"region": models.get("region").version}
-    if region not in in_scope_regions:
-        return StudyAnalysis(region, region_probs, in_scope=False, model_versions=versions)
-    score, driving, smoothed = score_finding(stack, models, batch_size, finding_raw)
-    versions["finding"] = models.get("finding").version
-    order = np.argsort(-smoothed, kind="stable")
-    evidence = [int(i) for i in order[:MAX_EVIDENCE] if smoothed[i] >= threshold] or [driving]
+    if region not in accepted:
+        return StudyAnalysis(
+            region,
+            region_probs,
+            in_scope=False,
+            model_versions={**versions, finding.name: finding.version},
+            model=finding.name,
+            label=f"out of scope: {region}",
+        )
+    card = finding.card
+    if threshold is None:
+        own = card.operating_threshold
+        threshold = own if own is not None else DEFAULT_THRESHOLD
+    score, driving, scores = score_finding(stack, models, batch_size, finding_raw)
+    versions[finding.name] = finding.version
     return StudyAnalysis(
         region,
         region_probs,
         in_scope=True,
         score=score,
         driving_slice=driving,
-        slice_scores=[round(float(s), 4) for s in smoothed],
-        evidence_slices=sorted(set(evidence)),
+        slice_scores=[round(float(s), 4) for s in scores],
+        evidence_slices=evidence_of(card, scores, driving, threshold),
         model_versions=versions,
+        model=finding.name,
+        label=card.label_for(score, threshold),
     )

@@ -4,8 +4,10 @@
   same probability, same algorithm identification), now with Verification Flag
   VERIFIED and a Verifying Observer Sequence (the radiologist's name, organisation
   and the date-time);
-* **Relabel**: the same, with the group's qualitative evaluation "Lesion" replaced by
-  the radiologist's value (Present / Absent): an amended report, verified the same way.
+* **Relabel**: the same, with the group's qualitative evaluation of its finding (the
+  concept of its Finding item: "Lesion" for the shipped finding model, each model's
+  ``sr.finding`` otherwise) replaced by the radiologist's value (Present / Absent): an
+  amended report, verified the same way.
 
 Both carry a Predecessor Documents Sequence naming the SR they supersede (the AI SR,
 or the previous feedback SR of the same result) and are COMPLETE and FINAL. The
@@ -41,6 +43,7 @@ _ROOT_CONTENT = (
 """The root content item's attributes in an SR document (PS3.3 C.17.3): its content tree."""
 
 _MEASUREMENT_GROUP = codes.DCM.MeasurementGroup
+_FINDING = codes.DCM.Finding
 _IMAGING_MEASUREMENTS = codes.DCM.ImagingMeasurements
 
 
@@ -64,10 +67,27 @@ def feedback_uids(predecessor_uid: str, feedback_key: str) -> tuple[str, str]:
     )
 
 
-def relabel_content(root: Dataset, label: str) -> int:
-    """Replace the "Lesion" qualitative evaluation of every measurement group of a TID 1500
-    root content item (in place) by ``label``'s code; returns how many were replaced."""
-    value = SR_CODES[label]
+def _finding_of(items: Sequence[Dataset]) -> Code:
+    """The concept of a TID 1501 group's Finding item (121071), else SNOMED CT Lesion."""
+    for item in items:
+        if item.get("ValueType") == "CODE" and _is(item, _FINDING):
+            concept = item.ConceptCodeSequence[0]
+            return Code(
+                str(concept.CodeValue),
+                str(concept.CodingSchemeDesignator),
+                str(concept.CodeMeaning),
+            )
+    return codes.SCT.Lesion
+
+
+def relabel_content(root: Dataset, label: str, present: bool | None = None) -> int:
+    """Replace the qualitative evaluation of the finding of every measurement group of a
+    TID 1500 root content item (in place): Present when ``present`` (by default when
+    ``label`` is the shipped positive label), else Absent; returns how many were replaced."""
+    if present is None:
+        value = SR_CODES[label]
+    else:
+        value = codes.SCT.Present if present else codes.SCT.Absent
     replaced = 0
     for container in root.get("ContentSequence", []):
         if not _is(container, _IMAGING_MEASUREMENTS):
@@ -76,9 +96,10 @@ def relabel_content(root: Dataset, label: str) -> int:
             if not _is(group, _MEASUREMENT_GROUP):
                 continue
             items = group.get("ContentSequence", [])
+            finding = _finding_of(items)
             for i, item in enumerate(items):
-                if item.get("ValueType") == "CODE" and _is(item, codes.SCT.Lesion):
-                    [evaluation] = QualitativeEvaluation(codes.SCT.Lesion, value)
+                if item.get("ValueType") == "CODE" and _is(item, finding):
+                    [evaluation] = QualitativeEvaluation(finding, value)
                     items[i] = evaluation
                     replaced += 1
     return replaced
@@ -93,9 +114,11 @@ def build_feedback_sr(
     label: str | None,
     feedback_key: str,
     decision: str | None = None,
+    present: bool | None = None,
 ) -> Comprehensive3DSR:
-    """The verified successor of ``predecessor``; with ``label``, its "Lesion" evaluation
-    says that label (an amended report when it differs from the predecessor's).
+    """The verified successor of ``predecessor``; with ``label``, its finding evaluation
+    says that label (an amended report when it differs from the predecessor's): Present
+    when ``present`` (by default: when ``label`` is the shipped positive label).
 
     ``decision`` ("confirm" / "relabel") only words the series description; by default
     a label means relabel.
@@ -107,15 +130,15 @@ def build_feedback_sr(
     """
     if not evidence:
         raise ValueError("evidence: the predecessor's source images are required")
-    if label is not None and label not in SR_CODES:
+    if label is not None and present is None and label not in SR_CODES:
         raise ValueError(f"label must be one of {list(FINDING_LABELS)}")
     root = Dataset()
     for keyword in _ROOT_CONTENT:
         if keyword in predecessor:
             setattr(root, keyword, copy.deepcopy(predecessor[keyword].value))
     MeasurementReport.from_sequence([root], copy=True)  # raises unless a TID 1500 root
-    if label is not None and relabel_content(root, label) == 0:
-        raise ValueError("the predecessor has no Lesion qualitative evaluation to relabel")
+    if label is not None and relabel_content(root, label, present) == 0:
+        raise ValueError("the predecessor has no qualitative evaluation of its finding to relabel")
     series_uid, sop_uid = feedback_uids(str(predecessor.SOPInstanceUID), feedback_key)
     decision = decision or ("confirm" if label is None else "relabel")
     description = "AI result confirmed" if decision == "confirm" else f"AI result amended: {label}"

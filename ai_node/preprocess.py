@@ -32,6 +32,9 @@ from pydicom.uid import (
     LegacyConvertedEnhancedCTImageStorage,
 )
 
+from ai_node.card import IMAGENET_MEAN, IMAGENET_STD
+from ai_node.card import Input as CardInput
+
 logger = logging.getLogger(__name__)
 
 INPUT_SIZE = 128
@@ -101,9 +104,19 @@ class SliceStack:
     skipped: list[str] = field(default_factory=list)  # why frames were left out
     headers: dict[str, Dataset] = field(default_factory=dict)  # SOP Instance UID -> header
     order: np.ndarray | None = None  # slice i came i-th from order[i] in decoding order
+    extra: dict[int, np.ndarray] = field(default_factory=dict)  # other grid sizes, same order
+    monochrome1: np.ndarray | None = None  # (N,) bool: PhotometricInterpretation MONOCHROME1
 
     def __len__(self) -> int:
         return int(self.hu.shape[0])
+
+    def grid(self, size: int) -> np.ndarray:
+        """The slices on a ``size`` x ``size`` grid (decoded for it, never resampled)."""
+        if self.hu.shape[1] == size:
+            return self.hu
+        if size not in self.extra:
+            raise KeyError(f"the stack was not decoded at {size}x{size}")
+        return self.extra[size]
 
 
 @dataclass(frozen=True)
@@ -119,7 +132,7 @@ class SeriesChoice:
 # --------------------------------------------------------------------------- series
 
 
-def _is_localizer(ds: Dataset) -> bool:
+def is_localizer(ds: Dataset) -> bool:
     image_type = ds.get("ImageType") or []
     values = [
         str(v).upper() for v in (image_type if not isinstance(image_type, str) else [image_type])
@@ -127,7 +140,7 @@ def _is_localizer(ds: Dataset) -> bool:
     return "LOCALIZER" in values
 
 
-def _is_axial(ds: Dataset) -> bool:
+def is_axial(ds: Dataset) -> bool:
     """True when the orientation is axial or unknown (PS3.3 C.7.6.2.1.1)."""
     iop = ds.get("ImageOrientationPatient")
     if iop is None:
@@ -168,7 +181,7 @@ def select_series(
                 "series header unreadable", extra={"series_uid": series_uid, "error": str(exc)}
             )
             continue
-        if _is_localizer(header) or not _is_axial(header):
+        if is_localizer(header) or not is_axial(header):
             continue
         frames = len(rows)
         if len(rows) == 1:
@@ -191,16 +204,18 @@ def _bin_edges(size: int, out: int) -> np.ndarray:
     return np.linspace(0, size, out + 1).astype(np.intp)[:-1]
 
 
-def area_resize(img: np.ndarray, size: int = INPUT_SIZE) -> np.ndarray:
+def area_resize(img: np.ndarray, size: int = INPUT_SIZE, pad_max: bool = False) -> np.ndarray:
     """Area-average a 2-D image of any shape onto a ``size`` x ``size`` float32 grid.
 
-    Non-square images are padded with their minimum to a square first, so anatomy keeps
-    its aspect ratio. Smaller images are enlarged by nearest neighbour.
+    Non-square images are padded to a square first, so anatomy keeps its aspect ratio:
+    with their minimum (black), or with ``pad_max`` their maximum (black in MONOCHROME1).
+    Smaller images are enlarged by nearest neighbour.
     """
     rows, cols = img.shape
     if rows != cols:
         side = max(rows, cols)
-        square = np.full((side, side), img.min(), dtype=img.dtype)
+        fill = img.max() if pad_max else img.min()
+        square = np.full((side, side), fill, dtype=img.dtype)
         r0, c0 = (side - rows) // 2, (side - cols) // 2
         square[r0 : r0 + rows, c0 : c0 + cols] = img
         img, rows = square, side
@@ -268,6 +283,8 @@ class _Frame:
     grid: np.ndarray
     key: float | None
     ref: SliceRef
+    extra: dict[int, np.ndarray] = field(default_factory=dict)
+    monochrome1: bool = False
 
 
 def _pixels(ds: Dataset) -> np.ndarray:
@@ -293,13 +310,19 @@ def _pixels(ds: Dataset) -> np.ndarray:
     return np.asarray(ds.pixel_array)
 
 
-def frames_of_dataset(ds: Dataset, size: int = INPUT_SIZE) -> list[_Frame]:
-    """Decode every frame of one CT instance onto the model grid, in HU.
+def frames_of_dataset(
+    ds: Dataset, size: int = INPUT_SIZE, extra_sizes: Sequence[int] = ()
+) -> list[_Frame]:
+    """Decode every frame of one instance onto the model grid (and any ``extra_sizes``
+    grids), through its Modality LUT: Hounsfield units for CT, the stored values of a
+    radiograph (which has no rescale) otherwise.
 
     Handles the transfer syntaxes pydicom decodes with the installed plugins
-    (pylibjpeg: JPEG, JPEG-LS, JPEG 2000, RLE), multi-frame Enhanced CT (per-frame
-    rescale and position), and missing optional tags: no Rescale Slope/Intercept means
-    identity, no position falls back to Instance Number. Raises on undecodable pixels.
+    (pylibjpeg: JPEG, JPEG-LS, JPEG 2000, RLE), 10 to 16 bits stored, multi-frame
+    Enhanced CT (per-frame rescale and position), and missing optional tags: no Rescale
+    Slope/Intercept means identity, no position falls back to Instance Number. MONOCHROME1
+    frames are marked (the model input inverts them, :func:`card_input`). Raises on
+    undecodable pixels.
     """
     pixels = _pixels(ds)
     n_frames = int(_float(ds.get("NumberOfFrames"), 1.0))
@@ -314,6 +337,8 @@ def frames_of_dataset(ds: Dataset, size: int = INPUT_SIZE) -> list[_Frame]:
     )
     out = []
     instance_key = _float(ds.get("InstanceNumber"), np.nan)
+    monochrome1 = str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1"
+    sizes = [s for s in dict.fromkeys(extra_sizes) if s != size]
     for i in range(pixels.shape[0]):
         if multi:
             groups = _frame_groups(ds, i)
@@ -332,19 +357,23 @@ def frames_of_dataset(ds: Dataset, size: int = INPUT_SIZE) -> list[_Frame]:
             ref = SliceRef(sop_class, sop_uid, None)
         if key is None and np.isfinite(instance_key):
             key = -instance_key  # head-to-feet order follows increasing Instance Number
-        grid = area_resize(pixels[i], size)
-        if slope != 1.0:
-            grid *= np.float32(slope)
-        if intercept != 0.0:
-            grid += np.float32(intercept)
-        out.append(_Frame(grid, key, ref))
+        grids = [area_resize(pixels[i], s, pad_max=monochrome1) for s in (size, *sizes)]
+        for grid in grids:
+            if slope != 1.0:
+                grid *= np.float32(slope)
+            if intercept != 0.0:
+                grid += np.float32(intercept)
+        extra = dict(zip(sizes, grids[1:], strict=True))
+        out.append(_Frame(grids[0], key, ref, extra, monochrome1))
     return out
 
 
-def _decode_file(path: Path, size: int) -> tuple[list[_Frame], Dataset]:
+def _decode_file(
+    path: Path, size: int, extra_sizes: Sequence[int] = ()
+) -> tuple[list[_Frame], Dataset]:
     """The frames of one file and its header (pixel data dropped, for the SR's evidence)."""
     ds = pydicom.dcmread(path)
-    frames = frames_of_dataset(ds, size)
+    frames = frames_of_dataset(ds, size, extra_sizes)
     del ds.PixelData
     return frames, ds
 
@@ -354,7 +383,7 @@ def stack_frames(frames: Iterable[_Frame], skipped: list[str] | None = None) -> 
     items = list(frames)
     if not items:
         reason = skipped[0] if skipped else "no frames"
-        raise InputError(f"no decodable CT slice ({reason})")
+        raise InputError(f"no decodable slice or image ({reason})")
     order = list(range(len(items)))
     if all(f.key is not None for f in items):
         order.sort(key=lambda i: -(items[i].key or 0.0))
@@ -362,12 +391,15 @@ def stack_frames(frames: Iterable[_Frame], skipped: list[str] | None = None) -> 
     positions = np.asarray(
         [f.key if f.key is not None else float(-i) for i, f in enumerate(items)], dtype=np.float64
     )
+    monochrome1 = np.asarray([f.monochrome1 for f in items], dtype=bool)
     return SliceStack(
         hu=np.stack([f.grid for f in items]),
         positions=positions,
         refs=[f.ref for f in items],
         skipped=list(skipped or []),
         order=np.asarray(order, dtype=np.intp),
+        extra={s: np.stack([f.extra[s] for f in items]) for s in items[0].extra},
+        monochrome1=monochrome1 if monochrome1.any() else None,
     )
 
 
@@ -379,6 +411,7 @@ def load_series(
     compressed: bool = True,
     on_chunk: Callable[[list[_Frame]], None] | None = None,
     chunk: int = 64,
+    extra_sizes: Sequence[int] = (),
 ) -> SliceStack:
     """Decode a series' files onto the model grid, in HU.
 
@@ -390,7 +423,8 @@ def load_series(
 
     ``on_chunk(frames)`` is called with every ``chunk`` newly decoded frames, in
     decoding order (``SliceStack.order`` maps them to the final head-to-feet order):
-    the pipeline runs inference on them while the next files decode.
+    the pipeline runs inference on them while the next files decode. ``extra_sizes``:
+    grids to decode besides ``size`` (models of other input sizes on the same series).
     """
     if not paths:
         raise InputError("the series has no instances")
@@ -402,7 +436,7 @@ def load_series(
 
     def decode(path: Path) -> tuple[list[_Frame], Dataset] | str:
         try:
-            return _decode_file(path, size)
+            return _decode_file(path, size, extra_sizes)
         except Exception as exc:  # noqa: BLE001 - a corrupt file is reported, not fatal
             return f"{path.name}: {type(exc).__name__}: {exc}"[:300]
 
@@ -440,11 +474,13 @@ def load_series(
     return stack
 
 
-def load_datasets(datasets: Iterable[Dataset], size: int = INPUT_SIZE) -> SliceStack:
+def load_datasets(
+    datasets: Iterable[Dataset], size: int = INPUT_SIZE, extra_sizes: Sequence[int] = ()
+) -> SliceStack:
     """Like :func:`load_series` for in-memory datasets (training on generated studies)."""
     frames: list[_Frame] = []
     for ds in datasets:
-        frames.extend(frames_of_dataset(ds, size))
+        frames.extend(frames_of_dataset(ds, size, extra_sizes))
     return stack_frames(frames)
 
 
@@ -477,3 +513,51 @@ def model_input(hu: np.ndarray, window: Window | str) -> np.ndarray:
         window = WINDOWS[window]
     x = normalise_slices(windowed(hu, window))
     return x[..., None]
+
+
+def _unit_range(x: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """Per image: clip to [low, high] and scale to 0..1 (a flat image becomes 0)."""
+    lo = low.astype(np.float32)[:, None, None]
+    span = np.maximum(high.astype(np.float32) - low.astype(np.float32), np.float32(1e-6))
+    span = span[:, None, None]
+    out = np.clip(x, lo, lo + span).astype(np.float32, copy=True)
+    out -= lo
+    out /= span
+    return out
+
+
+def card_input(
+    grids: np.ndarray, spec: CardInput, monochrome1: np.ndarray | None = None
+) -> np.ndarray:
+    """(N, S, S) slices or images on the model grid -> (N, S, S, C) model input, as the
+    card's ``input`` says (docs/models.md): scale to 0..1 (HU window(s), per-image min-max
+    or percentiles), invert MONOCHROME1 images, replicate a single channel, standardise
+    (per image, or ImageNet's channel statistics).
+
+    One window with per-image standardisation computes exactly :func:`model_input`.
+    """
+    norm = spec.normalisation
+    n = grids.shape[0]
+    if norm.scale == "hu_window":
+        channels = [windowed(grids, Window(w.center, w.width)) for w in norm.windows or []]
+    elif norm.scale == "min_max":
+        flat = grids.reshape(n, -1)
+        channels = [_unit_range(grids, flat.min(axis=1), flat.max(axis=1))]
+    else:
+        low, high = np.percentile(grids.reshape(n, -1), list(norm.percentiles), axis=1)
+        channels = [_unit_range(grids, low, high)]
+    if spec.invert_monochrome1 and monochrome1 is not None and monochrome1.any():
+        for channel in channels:
+            channel[monochrome1] = 1.0 - channel[monochrome1]
+    if len(channels) == 1 and spec.channels == 1 and norm.standardise == "per_image":
+        return normalise_slices(channels[0])[..., None]
+    if len(channels) == 1:
+        x = np.repeat(channels[0][..., None], spec.channels, axis=-1)
+    else:
+        x = np.stack(channels, axis=-1)
+    if norm.standardise == "per_image":
+        normalise_slices(x)
+    elif norm.standardise == "imagenet":
+        x -= np.asarray(IMAGENET_MEAN, dtype=np.float32)
+        x /= np.asarray(IMAGENET_STD, dtype=np.float32)
+    return x

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from ai_node.models import TASKS
+from ai_node.card import NAME_PATTERN
 from ai_node.results import STATUSES, ResultStore
 from radnode_core.audit import AuditTrail
 from radnode_core.index import Index
@@ -49,8 +50,8 @@ class Selection:
             raise ValueError("give a status or a model version: requeueing every study is refused")
         if self.status is not None and self.status not in STATUSES:
             raise ValueError(f"status must be one of {', '.join(STATUSES)}")
-        if self.model is not None and self.model not in TASKS:
-            raise ValueError(f"model must be one of {', '.join(TASKS)}")
+        if self.model is not None and not re.match(NAME_PATTERN, self.model):
+            raise ValueError(f"model must be a model name, got {self.model!r}")
         if self.since is not None:
             object.__setattr__(self, "since", _utc(self.since))
 
@@ -95,7 +96,8 @@ class Outcome:
 def select_studies(index: Index, selection: Selection) -> list[str]:
     """The studies whose newest result fits ``selection``, by Study Instance UID."""
     rows = ResultStore(index).newest(selection.status, selection.since)
-    return [r["study_uid"] for r in rows if selection.matches_models(r.get("model_version"))]
+    uids = [r["study_uid"] for r in rows if selection.matches_models(r.get("model_version"))]
+    return list(dict.fromkeys(uids))
 
 
 def requeue(

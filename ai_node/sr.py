@@ -1,4 +1,10 @@
-"""The AI result as a DICOM Comprehensive 3D SR: a TID 1500 Measurement Report.
+"""A model's result as a DICOM Comprehensive 3D SR: a TID 1500 Measurement Report.
+
+Every model that reports (a card with a positive label) gets its own SR per study
+version, coded from its card (:mod:`ai_node.card`): its finding concept and finding
+site, its TID 4019 algorithm name and version, its procedure. The wording below is the
+shipped finding model's (finding "Lesion", site "Lung", the region model's verdict as the
+target region); any other model fills the same slots from its card.
 
 Built with highdicom's template classes only (no hand-built content sequences):
 
@@ -11,21 +17,22 @@ Built with highdicom's template classes only (no hand-built content sequences):
 * one TID 1501 measurement group with a tracking identifier (TID 4108), the
   finding type "Lesion", the finding site (lung), a coded qualitative evaluation
   "Lesion: Present / Absent" (or "Not Evaluated" when out of scope), the target
-  region found by the region model, the study score as a numeric "Probability" in
-  UCUM unit "1", the algorithm identification (TID 4019: name, version,
-  parameters), and the evidence slices as source images.
+  region found by the region model (when a body part verdict decided), the study score
+  as a numeric "Probability" in UCUM unit "1", the algorithm identification (TID 4019:
+  name, version, parameters), and the evidence slices (images) as source images.
 
 The report is COMPLETE and UNVERIFIED (PS3.3 C.17.2: no human has verified it) and
 PRELIMINARY. It joins the source study (patient and study modules copied from the
 evidence) in a new series. Its Series and SOP Instance UIDs are derived from (study,
-study version, model versions), so a retried job writes the same instance again and
-the store's duplicate policy answers success without a second copy.
+study version, the versions of the models that made the result), so a retried job
+writes the same instance again and the store's duplicate policy answers success without
+a second copy.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 from highdicom.sr import (
     AlgorithmIdentification,
@@ -43,11 +50,13 @@ from highdicom.sr import (
 )
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 from pydicom.valuerep import PersonName
 
 from ai_node.analysis import StudyAnalysis
-from ai_node.labels import REGION_CODES, SR_CODES, finding_label
+from ai_node.card import ModelCard
+from ai_node.labels import REGION_CODES
 from ai_node.preprocess import SliceRef
 
 SR_SERIES_NUMBER = 9901
@@ -71,19 +80,83 @@ _TYPE2 = (
 )
 
 
+MAX_MOVING_AVERAGE_TEXT = (
+    "score=max over slices of the {w}-slice moving average of slice probabilities"
+)
+
+
 @dataclass(frozen=True)
 class ReportContext:
-    """Who produced the report: the node (device observer) and the models."""
+    """Who produced the report: the node (device observer), the reporting model
+    (``finding_*``: its algorithm name and version) and the model whose body part verdict
+    decided whether it applied (``region_*``; None when no verdict was asked), and how the
+    reporting model's card codes its result."""
 
     node_name: str
     device_uid: str
     software_version: str
     finding_model: str
     finding_version: str
-    region_model: str
-    region_version: str
+    region_model: str | None
+    region_version: str | None
     threshold: float
     institution_name: str | None = None
+    finding: Code = codes.SCT.Lesion
+    finding_site: Code | None = codes.SCT.Lung
+    procedure: Code = codes.LN.CTUnspecifiedBodyRegion
+    aggregation: str = MAX_MOVING_AVERAGE_TEXT.format(w=3)
+    region_codes: Mapping[str, Code] = field(default_factory=lambda: dict(REGION_CODES))
+
+
+def aggregation_text(card: ModelCard) -> str:
+    """The score's definition, as the SR's algorithm parameters state it."""
+    agg = card.aggregation
+    if agg is None:
+        return "score=max over images of the image probabilities"
+    sampled = f" (evenly spaced sample of {agg.sample})" if agg.sample else ""
+    if agg.method == "max_moving_average":
+        return MAX_MOVING_AVERAGE_TEXT.format(w=agg.window) + sampled
+    if agg.method == "mean":
+        return f"score=mean over slices{sampled} of slice probabilities"
+    return f"score=mean of the top {agg.k} slice probabilities{sampled}"
+
+
+def context_for(
+    card: ModelCard,
+    version: str,
+    threshold: float,
+    *,
+    node_name: str,
+    device_uid: str,
+    software_version: str,
+    region: ModelCard | None = None,
+    region_version: str | None = None,
+    institution_name: str | None = None,
+) -> ReportContext:
+    """The report context of ``card``'s model at its operating ``threshold`` (``region``:
+    the card of the model whose verdict its body part rule used)."""
+    codes_of_region: dict[str, Code] = {}
+    if region is not None:
+        for label in region.outputs.labels:
+            code = region.label_code(label)
+            if code is not None:
+                codes_of_region[label] = code
+    return ReportContext(
+        node_name=node_name,
+        device_uid=device_uid,
+        software_version=software_version,
+        finding_model=card.algorithm_name,
+        finding_version=version,
+        region_model=region.algorithm_name if region is not None else None,
+        region_version=region_version,
+        threshold=threshold,
+        institution_name=institution_name,
+        finding=card.finding_code(),
+        finding_site=card.finding_site_code(),
+        procedure=card.procedure_code(),
+        aggregation=aggregation_text(card),
+        region_codes=codes_of_region or dict(REGION_CODES),
+    )
 
 
 def model_version_key(analysis: StudyAnalysis) -> str:
@@ -162,26 +235,30 @@ def build_sr(
             model_name=f"{ctx.finding_model} {ctx.finding_version}"[:64],
         ),
     )
-    parameters = [
-        f"threshold={ctx.threshold}",
-        "score=max over slices of the 3-slice moving average of slice probabilities",
-        f"region_model={ctx.region_model} {ctx.region_version}",
-        f"region={analysis.region}",
-    ]
+    parameters = [f"threshold={ctx.threshold}", ctx.aggregation]
+    by_verdict = ctx.region_model is not None and analysis.region is not None
+    if by_verdict:
+        parameters += [
+            f"region_model={ctx.region_model} {ctx.region_version}",
+            f"region={analysis.region}",
+        ]
+    out_by_verdict = by_verdict and not analysis.in_scope
     algorithm = AlgorithmIdentification(
-        name=ctx.finding_model if analysis.in_scope else ctx.region_model,
-        version=ctx.finding_version if analysis.in_scope else ctx.region_version,
+        name=str(ctx.region_model) if out_by_verdict else ctx.finding_model,
+        version=str(ctx.region_version) if out_by_verdict else ctx.finding_version,
         parameters=parameters,
         manufacturer="radnode",
     )
-    region_eval = QualitativeEvaluation(
-        codes.DCM.TargetRegion, REGION_CODES.get(analysis.region, codes.SCT.BodyPartStructure)
-    )
+    region_evals = []
+    if by_verdict:
+        region_code = ctx.region_codes.get(str(analysis.region), codes.SCT.BodyPartStructure)
+        region_evals = [QualitativeEvaluation(codes.DCM.TargetRegion, region_code)]
+    finding_name = ctx.finding.meaning.lower()
     if analysis.in_scope and analysis.score is not None:
-        label = finding_label(analysis.score, ctx.threshold)
+        present = analysis.score >= ctx.threshold
         qualitative = [
-            QualitativeEvaluation(codes.SCT.Lesion, SR_CODES[label]),
-            region_eval,
+            QualitativeEvaluation(ctx.finding, codes.SCT.Present if present else codes.SCT.Absent),
+            *region_evals,
         ]
         measurements = [
             Measurement(
@@ -192,18 +269,18 @@ def build_sr(
             )
         ]
     else:
-        qualitative = [QualitativeEvaluation(codes.SCT.Lesion, codes.SCT.NotEvaluated), region_eval]
+        qualitative = [QualitativeEvaluation(ctx.finding, codes.SCT.NotEvaluated), *region_evals]
         measurements = []
     group = MeasurementsAndQualitativeEvaluations(
         tracking_identifier=TrackingIdentifier(
             uid=generate_uid(entropy_srcs=[sop_uid, "tracking"]),
-            identifier="AI lesion finding"
+            identifier=f"AI {finding_name} finding"
             if analysis.in_scope
             else "AI: not evaluated (out of scope)",
         ),
-        finding_type=codes.SCT.Lesion,
+        finding_type=ctx.finding,
         algorithm_id=algorithm,
-        finding_sites=[FindingSite(codes.SCT.Lung)],
+        finding_sites=[FindingSite(ctx.finding_site)] if ctx.finding_site else None,
         qualitative_evaluations=qualitative,
         measurements=measurements or None,
         source_images=[
@@ -217,15 +294,15 @@ def build_sr(
     )
     report = MeasurementReport(
         observation_context=ObservationContext(observer_device_context=observer),
-        procedure_reported=codes.LN.CTUnspecifiedBodyRegion,
+        procedure_reported=ctx.procedure,
         imaging_measurements=[group],
         title=codes.DCM.ImagingMeasurementReport,
         referenced_images=[image for image in images if _library_ready(image)] or None,
     )
     description = (
-        f"AI lesion score {analysis.score:.2f}"
+        f"AI {finding_name} score {analysis.score:.2f}"
         if analysis.in_scope and analysis.score is not None
-        else f"AI not evaluated: out of scope ({analysis.region})"
+        else f"AI not evaluated: out of scope ({analysis.region or analysis.reason or ''})"
     )
     return Comprehensive3DSR(
         evidence=images,

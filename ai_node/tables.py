@@ -18,31 +18,34 @@ from sqlalchemy import Index as SqlIndex
 
 from radnode_core.index import UID, metadata
 
-# The AI result of one version of a study (written by ai_node; read by the HTTP API).
+# The AI result of one model on one version of a study (written by ai_node; read by the
+# HTTP API). model_name "": the study's own row (its job running, or no model for it).
 results = Table(
     "results",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("study_uid", UID, ForeignKey("studies.study_uid"), nullable=False),
     Column("version", Integer, nullable=False),
+    Column("model_name", String(64), nullable=False, server_default="", default=""),
     Column("job_id", Integer, ForeignKey("jobs.id")),
     # pending | running | done | out_of_scope | failed
     Column("status", String(16), nullable=False),
     Column("score", Float),
     Column("label", String(64)),
-    Column("model_version", String(64)),
+    Column("model_version", String(320)),  # name:version of each model that made it
     Column("sr_sop_instance_uid", UID),
     Column("error", Text),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("finished_at", DateTime(timezone=True)),
     Column("details", JSON),  # timings, driving slice, region, per-model versions ...
-    UniqueConstraint("study_uid", "version", name="uq_results_study_version"),
+    UniqueConstraint("study_uid", "version", "model_name", name="uq_results_study_version_model"),
 )
 SqlIndex("ix_results_score", results.c.score)
 
 # A radiologist's judgement of one AI result (viewer_plugin.feedback): confirm or relabel,
-# who and when, the model version judged, and the verified / amended SR it produced. The
-# labels retraining reads; a study's newest row per result is the current label.
+# who and when, which model's result (model_name) and version was judged, and the verified /
+# amended SR it produced. The labels retraining reads; a study's newest row per result is
+# the current label (per model: each model gets its own labels).
 feedback = Table(
     "feedback",
     metadata,
@@ -54,7 +57,8 @@ feedback = Table(
     Column("label", String(64), nullable=False),  # the label the radiologist stands by
     Column("ai_label", String(64)),
     Column("comment", Text),
-    Column("model_version", String(64)),
+    Column("model_version", String(320)),  # name:version of each model that made it
+    Column("model_name", String(64), nullable=False, server_default="", default=""),
     Column("user", String(128), nullable=False),
     Column("observer_name", String(324), nullable=False),
     Column("sr_sop_instance_uid", UID, nullable=False),

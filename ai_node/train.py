@@ -31,8 +31,9 @@ import numpy as np
 import pydicom
 
 from ai_node.analysis import classify_region, score_finding
-from ai_node.labels import FINDING_LABELS, REGION_LABELS
-from ai_node.models import DEFAULT_TARGET_SENSITIVITY, TASK_WINDOWS, LoadedModel, build_model
+from ai_node.card import ModelCard
+from ai_node.labels import REGION_LABELS
+from ai_node.models import LoadedModel, build_model, wrap_keras
 from ai_node.preprocess import (
     INPUT_SIZE,
     LUNG_WINDOW,
@@ -259,19 +260,18 @@ def fit(
     return model
 
 
+def template_card(task: str) -> ModelCard:
+    """The shipped card of ``task``'s model: what a newly trained version keeps (input,
+    applicability, aggregation, outputs, SR coding); its provenance and metrics change."""
+    from ai_node.registry import ModelRegistry
+
+    shipped = ModelRegistry()
+    return shipped.model_card(task, shipped.active_version(task))
+
+
 def in_memory(task: str, version: str, keras_model: Any) -> LoadedModel:
     """A trained model wrapped like a registry model (for evaluation before saving)."""
-    # TensorFlow takes seconds to import: only what builds, trains or runs a model pays for it.
-    import tensorflow as tf
-
-    labels = list(REGION_LABELS if task == "region" else FINDING_LABELS)
-    card = {"labels": labels, "input": {"window": TASK_WINDOWS[task]}}
-
-    @tf.function(input_signature=[tf.TensorSpec([None, INPUT_SIZE, INPUT_SIZE, 1], tf.float32)])
-    def fn(x: Any) -> Any:
-        return keras_model(x, training=False)
-
-    return LoadedModel(task, version, card, keras_model, fn)
+    return wrap_keras(task, version, template_card(task), keras_model)
 
 
 class DictModels:
@@ -357,59 +357,39 @@ def model_card(
     epochs: int,
     synthetic: bool,
 ) -> dict[str, Any]:
+    """The card (model.yaml data) of a newly trained version of a shipped model: the shipped
+    card with this version's provenance, training and held-out metrics (its sha256 is
+    computed when the registry saves the model)."""
     # TensorFlow takes seconds to import: only what builds, trains or runs a model pays for it.
     import keras
     import tensorflow as tf
 
-    window = LUNG_WINDOW if task == "finding" else WIDE_WINDOW
-    card: dict[str, Any] = {
-        "name": f"radnode-{task}",
-        "version": version,
-        "task": task,
-        "description": (
-            "Axial CT slice classifier: chest / head / abdomen; the study's region is the "
-            "mean of the slice probabilities over up to 24 evenly spaced slices."
-            if task == "region"
-            else "Axial chest CT slice classifier: probability that the slice shows a "
-            "lesion; the study score is the maximum of the 3-slice moving average."
-        ),
-        "labels": list(REGION_LABELS if task == "region" else FINDING_LABELS),
-        "input": {
-            "shape": [INPUT_SIZE, INPUT_SIZE, 1],
-            "window": TASK_WINDOWS[task],
-            "window_center_hu": window.center,
-            "window_width_hu": window.width,
-            "preprocessing": "stored pixels area-averaged to 128x128, Rescale Slope/Intercept "
-            "to HU, window clipped to 0..1, per-slice zero mean / unit variance",
-        },
-        "architecture": (
-            "conv 16 3x3 + max pool 2x2, conv 32 and 64 3x3 stride 2 (ReLU), global max "
-            "pooling, dense 64, dense 1 sigmoid"
-            if task == "finding"
-            else "conv 16/32/64 3x3 stride 2 (ReLU), global average pooling, dense 64, "
-            "dense 3 softmax"
-        ),
-        "training_data": training,
-        "training": {"epochs": epochs, "batch_size": 64, "optimizer": "Adam 2e-3"},
-        "intended_use": "Demonstration and testing of the radnode pipeline only. "
-        "NOT FOR CLINICAL USE."
-        if synthetic
-        else "Research use; not a medical device.",
-        "limitations": (
-            "Trained only on synthetic phantoms drawn from ellipses (ai_node.synth). It has "
-            "never seen a real CT and its outputs on real patients are meaningless."
+    card = template_card(task).model_dump(mode="json", exclude_none=True, exclude_unset=True)
+    for key in ("metrics", "promotion", "sha256"):
+        card.pop(key, None)
+    card.update(
+        {
+            "version": version,
+            "training_data": training,
+            "training": {"epochs": epochs, "batch_size": 64, "optimizer": "Adam 2e-3"},
+            "intended_use": "Demonstration and testing of the radnode pipeline only. "
+            "NOT FOR CLINICAL USE."
             if synthetic
-            else "Trained on a user-supplied dataset; validate before any use."
-        ),
-        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d"),
-        "framework": {
-            "tensorflow": tf.__version__,
-            "keras": keras.__version__,
-            "python": platform.python_version(),
-        },
-    }
-    if task == "finding":  # the threshold stays the node's finding_threshold until a retrain
-        card["operating_point"] = {"target_sensitivity": DEFAULT_TARGET_SENSITIVITY}
+            else "Research use; not a medical device.",
+            "limitations": (
+                "Trained only on synthetic phantoms drawn from ellipses (ai_node.synth). It "
+                "has never seen a real CT and its outputs on real patients are meaningless."
+                if synthetic
+                else "Trained on a user-supplied dataset; validate before any use."
+            ),
+            "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d"),
+            "framework": {
+                "tensorflow": tf.__version__,
+                "keras": keras.__version__,
+                "python": platform.python_version(),
+            },
+        }
+    )
     if metrics is not None:
         m = metrics.as_dict()
         if task == "region":

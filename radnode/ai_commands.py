@@ -1,8 +1,15 @@
-"""``radnode`` subcommands of the AI node: model training and registry, retraining.
+"""``radnode`` subcommands of the AI node: model packages and the registry, training,
+retraining.
 
-    radnode model train --synthetic      train both models, evaluate, save a new version
-    radnode model list                   versions per task, the active one marked
-    radnode model activate TASK VERSION  switch the active version (workers reload)
+    radnode model validate PACKAGE       check a model package (card, sha256, safe load, a run)
+    radnode model import PACKAGE         check it and add it to the registry (--trust-code,
+                                         --activate); audited
+    radnode model list                   every model version: name, version, active, task,
+                                         modalities
+    radnode model activate NAME[:VERSION]  make a version active (default: the newest;
+                                         workers reload); audited
+    radnode model deactivate NAME        no version of NAME runs any more; audited
+    radnode model train --synthetic      train the shipped models, evaluate, save a new version
     radnode retrain                      run the retraining pipeline here (kfp.local)
     radnode retrain --kfp-host URL       submit it to Kubeflow Pipelines
     radnode pipeline compile --output P  write the pipeline's KFP v2 YAML
@@ -28,13 +35,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 from rich.table import Table
 
-from ai_node.models import TASKS
+from ai_node.package import PackageError, import_package, validate_package
 from ai_node.registry import ModelRegistry, RegistryError, check_version
 from ai_node.requeue import Selection, requeue
 from ai_node.results import STATUSES
 from ai_node.retrain.local import RetrainError, run_local, submit, upload
 from ai_node.retrain.runs import RunStore
 from ai_node.train import default_version, train_and_save
+from radnode_core.audit import MINOR_FAILURE, SUCCESS, AuditTrail
 from radnode_core.index import Index
 from radnode_core.node import Node
 
@@ -44,6 +52,40 @@ NodeOptions = Callable[[argparse.ArgumentParser], None]
 def _registry(args: argparse.Namespace) -> Any:
     root = args.models_dir or getattr(getattr(args, "settings", None), "models_dir", None)
     return ModelRegistry(root)
+
+
+def _writable_registry(args: argparse.Namespace, command: str) -> ModelRegistry | None:
+    """The registry to change; None (after saying why) when it is the shipped models."""
+    registry = _registry(args)
+    if registry.is_shipped:
+        print(
+            f"radnode model {command}: the registry is the models shipped with radnode; set "
+            "models_dir (RADNODE_MODELS_DIR) or --models-dir to a registry folder of your own "
+            "(seed it with `python -m ai_node.registry seed --models-dir DIR`)",
+            file=sys.stderr,
+        )
+        return None
+    return registry
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def _audit(args: argparse.Namespace, **event: Any) -> None:
+    """One model change in the node's audit trail (radnode_core.audit: Security Alert,
+    Software Configuration)."""
+    settings = getattr(args, "settings", None)
+    if settings is None:
+        return
+    trail = AuditTrail.from_settings(settings, None)
+    try:
+        trail.model_changed(user=_user(), **event)
+    finally:
+        trail.close()
 
 
 def _progress_bar() -> tuple[Any, Callable[[str, int, int], None]]:
@@ -110,29 +152,109 @@ def cmd_model_train(args: argparse.Namespace) -> int:
 
 def cmd_model_list(args: argparse.Namespace) -> int:
     registry = _registry(args)
-    print(f"registry: {registry.root}")
-    for task in TASKS:
-        try:
-            active = registry.active_version(task)
-        except RegistryError:
-            active = None
-        for version in registry.versions(task):
-            card = registry.card(task, version)
-            metrics = {k: v for k, v in card.get("metrics", {}).items() if isinstance(v, float)}
-            mark = "*" if version == active else " "
-            shown = " ".join(f"{k}={v:.3f}" for k, v in metrics.items())
-            print(f"{mark} {task:8} {version:24} {card.get('date', ''):10} {shown}")
+    table = Table(title=f"model registry: {registry.root}")
+    for column in ("name", "version", "active", "task", "modalities", "date", "trust code"):
+        table.add_column(column)
+    for item in registry.describe():
+        table.add_row(
+            item["name"],
+            item["version"],
+            "*" if item["active"] else "",
+            str(item["task"] or ""),
+            ", ".join(item["modalities"]),
+            str(item["date"] or ""),
+            "yes" if item["trust_code"] else "",
+        )
+    Console(width=160).print(table)
     return 0
 
 
-def cmd_model_activate(args: argparse.Namespace) -> int:
-    registry = _registry(args)
+def cmd_model_validate(args: argparse.Namespace) -> int:
     try:
-        registry.activate(args.task, args.version)
+        report = validate_package(args.package, trust_code=args.trust_code)
+    except PackageError as exc:
+        print(f"radnode model validate: refused: {exc}", file=sys.stderr)
+        return 1
+    for line in report.lines():
+        print(line)
+    print(f"{report.card.key}: valid")
+    return 0
+
+
+def cmd_model_import(args: argparse.Namespace) -> int:
+    registry = _writable_registry(args, "import")
+    if registry is None:
+        return 2
+    try:
+        result = import_package(
+            registry,
+            args.package,
+            trust_code=args.trust_code,
+            activate=args.activate,
+            user=_user(),
+        )
+    except (PackageError, RegistryError) as exc:
+        _audit(
+            args,
+            action="import refused",
+            model=str(args.package.name),
+            version=None,
+            detail=str(exc)[:900],
+            outcome=MINOR_FAILURE,
+        )
+        print(f"radnode model import: refused: {exc}", file=sys.stderr)
+        print("the registry is unchanged", file=sys.stderr)
+        return 1
+    card = result.report.card
+    for line in result.report.lines():
+        print(line)
+    if result.unchanged:
+        print(f"{card.key} is already in the registry with the same bytes: unchanged")
+    else:
+        detail = f"sha256={result.report.sha256} trust_code={str(args.trust_code).lower()}"
+        _audit(args, action="import", model=card.name, version=card.version, detail=detail)
+        print(f"imported {card.key} into {result.folder}")
+    if args.activate:
+        _audit(args, action="activate", model=card.name, version=card.version, outcome=SUCCESS)
+        print(f"{card.name}: active version is now {card.version} (running workers reload it)")
+    return 0
+
+
+def _name_version(text: str, version: str | None) -> tuple[str, str | None]:
+    name, _, tail = text.partition(":")
+    return name, (tail or version or None)
+
+
+def cmd_model_activate(args: argparse.Namespace) -> int:
+    registry = _writable_registry(args, "activate")
+    if registry is None:
+        return 2
+    name, version = _name_version(args.model, args.version)
+    try:
+        versions = registry.versions(name)
+        if not versions:
+            raise RegistryError(f"no model {name!r} in {registry.root}")
+        version = version or versions[-1]
+        registry.activate(name, version)
     except RegistryError as exc:
         print(f"radnode model activate: {exc}", file=sys.stderr)
         return 1
-    print(f"{args.task}: active version is now {args.version} (running workers reload it)")
+    _audit(args, action="activate", model=name, version=version)
+    print(f"{name}: active version is now {version} (running workers reload it)")
+    return 0
+
+
+def cmd_model_deactivate(args: argparse.Namespace) -> int:
+    registry = _writable_registry(args, "deactivate")
+    if registry is None:
+        return 2
+    try:
+        before = registry.deactivate(args.name)
+    except RegistryError as exc:
+        print(f"radnode model deactivate: {exc}", file=sys.stderr)
+        return 1
+    _audit(args, action="deactivate", model=args.name, version=before)
+    print(f"{args.name}: no version is active (was {before or 'none'}); workers stop running it")
     return 0
 
 
@@ -309,7 +431,7 @@ def register(sub: Any, node_options: NodeOptions) -> None:
         )
 
     train = model_sub.add_parser(
-        "train", help="train the region and finding models and save a new version"
+        "train", help="train the shipped region and finding models and save a new version"
     )
     registry_option(train)
     node_options(train)
@@ -330,17 +452,47 @@ def register(sub: Any, node_options: NodeOptions) -> None:
     train.add_argument("--activate", action="store_true", help="make the new version active")
     train.set_defaults(func=cmd_model_train)
 
-    lst = model_sub.add_parser("list", help="model versions per task (* = active)")
+    lst = model_sub.add_parser("list", help="every model version (* = active)")
     registry_option(lst)
     node_options(lst)
     lst.set_defaults(func=cmd_model_list)
 
+    val = model_sub.add_parser(
+        "validate", help="check a model package (folder or .zip) without importing it"
+    )
+    val.add_argument("package", type=Path)
+    val.add_argument(
+        "--trust-code",
+        action="store_true",
+        help="allow Lambda / custom layers, custom_objects.py and SavedModels (runs their code)",
+    )
+    val.set_defaults(func=cmd_model_validate)
+
+    imp = model_sub.add_parser("import", help="check a model package and add it to the registry")
+    registry_option(imp)
+    node_options(imp)
+    imp.add_argument("package", type=Path, help="a folder with model.yaml, or a .zip of one")
+    imp.add_argument(
+        "--trust-code",
+        action="store_true",
+        help="allow Lambda / custom layers, custom_objects.py and SavedModels (runs their "
+        "code; recorded in the registry entry)",
+    )
+    imp.add_argument("--activate", action="store_true", help="make it the active version")
+    imp.set_defaults(func=cmd_model_import)
+
     act = model_sub.add_parser("activate", help="make a version the active one")
     registry_option(act)
     node_options(act)
-    act.add_argument("task", choices=["region", "finding"])
-    act.add_argument("version")
+    act.add_argument("model", metavar="NAME[:VERSION]", help="default version: the newest")
+    act.add_argument("version", nargs="?", help=argparse.SUPPRESS)
     act.set_defaults(func=cmd_model_activate)
+
+    deact = model_sub.add_parser("deactivate", help="stop running a model (no version active)")
+    registry_option(deact)
+    node_options(deact)
+    deact.add_argument("name")
+    deact.set_defaults(func=cmd_model_deactivate)
 
     retrain = sub.add_parser(
         "retrain",
@@ -371,7 +523,7 @@ def register(sub: Any, node_options: NodeOptions) -> None:
     rq.add_argument(
         "--since", type=_since, help="results finished at or after YYYY-MM-DD[THH:MM] (UTC)"
     )
-    rq.add_argument("--model", choices=list(TASKS), help="the model named (default finding)")
+    rq.add_argument("--model", help="the model named (default finding)")
     rq.add_argument(
         "--model-version", help="results of this version of the model (e.g. the replaced one)"
     )

@@ -1,6 +1,7 @@
 """The audit trail: DICOM Audit Messages (PS3.15 A.5) for who stored, queried, retrieved,
-exported, judged, had re-analysed or failed to log in, written to an append-only log and
-optionally sent to an audit record repository over syslog (RFC 5424 over TLS, RFC 5425).
+exported, judged, had re-analysed or failed to log in, and who imported, activated or
+deactivated which model, written to an append-only log and optionally sent to an audit
+record repository over syslog (RFC 5424 over TLS, RFC 5425).
 
 Each message follows the DICOM audit message schema (PS3.15 A.5.1): one
 ``EventIdentification`` (EventID coded from DCM, e.g. 110104 "DICOM Instances
@@ -71,6 +72,7 @@ USER_AUTHENTICATION = codes.DCM.UserAuthentication
 # EventTypeCode (CID 401 "Audit Event Type Code")
 LOGIN = codes.DCM.Login
 NODE_AUTHENTICATION = codes.DCM.NodeAuthentication
+SOFTWARE_CONFIGURATION = codes.DCM.SoftwareConfiguration
 # RoleIDCode (CID 402 "Audit Active Participant Role ID Code")
 APPLICATION = codes.DCM.Application
 DESTINATION = codes.DCM.DestinationRoleID
@@ -628,6 +630,37 @@ class AuditTrail:
             [Participant(user, True, None), self._me(APPLICATION)],
             self._study_objects([StudyRef(study_uid, classes)]),
             outcome_description=f"feedback: {decision}",
+        )
+
+    def model_changed(
+        self,
+        *,
+        action: str,
+        model: str,
+        version: str | None,
+        user: str,
+        detail: str | None = None,
+        outcome: str = SUCCESS,
+    ) -> None:
+        """110113 Security Alert, event type 110131 Software Configuration: a model package
+        was imported (or its import refused, outcome 4), activated or deactivated. What the
+        node runs on patients' studies changed, which is a software configuration change of
+        the node (PS3.15 A.5.3.11), not an application start or stop. The model is the
+        participant object (``radnode-model:<name>:<version>``, a URI, role 13 Security
+        Resource); ``action`` (import / activate / deactivate) and ``detail`` (sha256,
+        trusted code, or why refused) are the outcome description."""
+        if not self.enabled:
+            return
+        object_id = f"radnode-model:{model}" + (f":{version}" if version else "")
+        text = f"model {action}: {model}" + (f":{version}" if version else "")
+        self._event(
+            SECURITY_ALERT,
+            "E",
+            outcome,
+            [Participant(user, True, None), self._me(APPLICATION)],
+            [ParticipantObject(object_id, URI, "2", "13", description=detail)],
+            event_type=SOFTWARE_CONFIGURATION,
+            outcome_description=f"{text}; {detail}" if detail else text,
         )
 
     def analysis_requeued(

@@ -1,10 +1,15 @@
 """Radiologist feedback on AI results: recorded in the index, as DICOM and in the audit log.
 
-One call of :meth:`FeedbackService.record` judges the newest AI result of a study:
+One call of :meth:`FeedbackService.record` judges one model's result of the study's newest
+analysed version (``model``; by default the study's lead result, the highest positive
+probability over its models):
 
 * ``confirm``: the radiologist stands by the AI's label;
-* ``relabel``: the radiologist gives the correct label (one of
+* ``relabel``: the radiologist gives the correct label, one of that model's two labels
+  (negative, positive; the shipped finding model's are
   :data:`ai_node.labels.FINDING_LABELS`), with an optional comment.
+
+The judged model is recorded with the judgement, so each model gets its own labels.
 
 Either way a verified SR superseding the judged one is built (:mod:`ai_node.feedback_sr`),
 stored in the study (source ``feedback``, not analysed again), queued for the PACS peers
@@ -14,8 +19,8 @@ model version judged) and written to the audit log (logger ``radnode_core.audit`
 Documented behaviour at the edges (docs/viewer.md):
 
 * a study the node has never seen: :class:`UnknownStudy` (404);
-* a study without a finished AI result (pending, running, failed): :class:`NoResult`
-  (409) and nothing is recorded;
+* a study without a finished AI result (pending, running, failed), or without a result of
+  the named model: :class:`NoResult` (409) and nothing is recorded;
 * the client judged an older result than the newest (``sr_sop_instance_uid`` given and
   different): :class:`StaleResult` (409);
 * twice on the same result: the same reviewer repeating the current decision, label and
@@ -33,13 +38,13 @@ from typing import Any, Literal
 
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
-from sqlalchemy import and_, func, select
+from sqlalchemy import func, select
 
 from ai_node.feedback_sr import build_feedback_sr
 from ai_node.labels import FINDING_LABELS
 from ai_node.pipeline import encode
-from ai_node.results import ResultStore, summary
-from ai_node.tables import feedback, results
+from ai_node.results import ResultStore, lead_rows, summary
+from ai_node.tables import feedback
 from radnode_core.index import studies, utcnow
 from radnode_core.node import Node, ResultSummary
 
@@ -111,11 +116,15 @@ class FeedbackService:
             )
             return [public(dict(r._mapping)) for r in rows]
 
-    def _latest(self, study_uid: str, version: int) -> dict[str, Any] | None:
+    def _latest(self, study_uid: str, version: int, model: str) -> dict[str, Any] | None:
         with self.node.index.engine.connect() as conn:
             row = conn.execute(
                 select(feedback)
-                .where(feedback.c.study_uid == study_uid, feedback.c.result_version == version)
+                .where(
+                    feedback.c.study_uid == study_uid,
+                    feedback.c.result_version == version,
+                    feedback.c.model_name == model,
+                )
                 .order_by(feedback.c.id.desc())
                 .limit(1)
             ).first()
@@ -132,27 +141,24 @@ class FeedbackService:
         limit: int = 100,
         offset: int = 0,
     ) -> tuple[int, list[dict[str, Any]]]:
-        """Each study's newest result with its study attributes and newest judgement,
-        highest score first (triage), unscored last."""
-        newest = (
-            select(results.c.study_uid, func.max(results.c.version).label("version"))
-            .group_by(results.c.study_uid)
-            .subquery()
-        )
+        """Each study's lead result (its newest version's highest positive probability over
+        models) with its study attributes and newest judgement, highest score first
+        (triage), unscored last; ``flagged_by`` names the models whose label is positive."""
+        lead = lead_rows()
         last_fb = (
             select(feedback.c.study_uid, func.max(feedback.c.id).label("fid"))
             .group_by(feedback.c.study_uid, feedback.c.result_version)
             .where(
                 feedback.c.result_version
-                == select(func.max(results.c.version))
-                .where(results.c.study_uid == feedback.c.study_uid)
+                == select(func.max(lead.c.version))
+                .where(lead.c.study_uid == feedback.c.study_uid)
                 .scalar_subquery()
             )
             .subquery()
         )
         query = (
             select(
-                results,
+                lead,
                 studies.c.patient_id,
                 studies.c.patient_name,
                 studies.c.study_date,
@@ -163,15 +169,8 @@ class FeedbackService:
                 feedback.c.user.label("fb_user"),
                 feedback.c.created_at.label("fb_at"),
             )
-            .join(
-                newest,
-                and_(
-                    results.c.study_uid == newest.c.study_uid,
-                    results.c.version == newest.c.version,
-                ),
-            )
-            .join(studies, studies.c.study_uid == results.c.study_uid)
-            .outerjoin(last_fb, last_fb.c.study_uid == results.c.study_uid)
+            .join(studies, studies.c.study_uid == lead.c.study_uid)
+            .outerjoin(last_fb, last_fb.c.study_uid == lead.c.study_uid)
             .outerjoin(feedback, feedback.c.id == last_fb.c.fid)
         )
         if reviewed is True:
@@ -179,49 +178,56 @@ class FeedbackService:
         elif reviewed is False:
             query = query.where(feedback.c.id.is_(None))
         if label is not None:
-            query = query.where(results.c.label == label)
+            query = query.where(lead.c.label == label)
         if status is not None:
-            query = query.where(results.c.status == status)
+            query = query.where(lead.c.status == status)
         if date_from:
             query = query.where(studies.c.study_date >= date_from)
         if date_to:
             query = query.where(studies.c.study_date <= date_to)
         with self.node.index.engine.connect() as conn:
             total = conn.execute(select(func.count()).select_from(query.subquery())).scalar_one()
-            rows = conn.execute(
-                query.order_by(
-                    results.c.score.desc().nulls_last(), results.c.finished_at.desc(), results.c.id
+            rows = [
+                dict(r._mapping)
+                for r in conn.execute(
+                    query.order_by(
+                        lead.c.score.desc().nulls_last(), lead.c.finished_at.desc(), lead.c.id
+                    )
+                    .limit(limit)
+                    .offset(offset)
                 )
-                .limit(limit)
-                .offset(offset)
+            ]
+        per_study = self.results.models_of((m["study_uid"], m["version"]) for m in rows)
+        items = []
+        for m in rows:
+            models = per_study.get((m["study_uid"], m["version"]), [])
+            items.append(
+                {
+                    "study_uid": m["study_uid"],
+                    "version": m["version"],
+                    "model": m["model_name"] or None,
+                    "status": m["status"],
+                    "score": m["score"],
+                    "label": m["label"],
+                    "model_version": m["model_version"],
+                    "flagged_by": [x["model"] for x in models if x["flagged"]],
+                    "models": models,
+                    "patient_id": m["patient_id"],
+                    "patient_name": m["patient_name"],
+                    "study_date": m["study_date"],
+                    "study_description": m["study_description"],
+                    "accession_number": m["accession_number"],
+                    "finished_at": _iso(m["finished_at"]),
+                    "review": None
+                    if m["fb_decision"] is None
+                    else {
+                        "decision": m["fb_decision"],
+                        "label": m["fb_label"],
+                        "user": m["fb_user"],
+                        "created_at": _iso(m["fb_at"]),
+                    },
+                }
             )
-            items = []
-            for r in rows:
-                m = dict(r._mapping)
-                items.append(
-                    {
-                        "study_uid": m["study_uid"],
-                        "version": m["version"],
-                        "status": m["status"],
-                        "score": m["score"],
-                        "label": m["label"],
-                        "model_version": m["model_version"],
-                        "patient_id": m["patient_id"],
-                        "patient_name": m["patient_name"],
-                        "study_date": m["study_date"],
-                        "study_description": m["study_description"],
-                        "accession_number": m["accession_number"],
-                        "finished_at": _iso(m["finished_at"]),
-                        "review": None
-                        if m["fb_decision"] is None
-                        else {
-                            "decision": m["fb_decision"],
-                            "label": m["fb_label"],
-                            "user": m["fb_user"],
-                            "created_at": _iso(m["fb_at"]),
-                        },
-                    }
-                )
         return int(total), items
 
     # -- recording -----------------------------------------------------------------
@@ -252,30 +258,40 @@ class FeedbackService:
         label: str | None = None,
         comment: str | None = None,
         sr_sop_instance_uid: str | None = None,
+        model: str | None = None,
     ) -> tuple[dict[str, Any], bool]:
-        """Record one judgement of the study's newest result; returns (record, created)."""
-        result = self.results.study_result(study_uid)
-        if result is None:
+        """Record one judgement of a model's result (default: the study's lead result) of
+        the study's newest version; returns (record, created)."""
+        lead = self.results.study_result(study_uid)
+        if lead is None:
             raise UnknownStudy("unknown study")
+        result = lead
+        if model is not None:
+            mine = [r for r in lead.get("results", []) if r.get("model") == model]
+            if not mine:
+                raise NoResult(f"no result of model {model!r} for the study's newest version")
+            result = mine[0]
+        model_name = str(result.get("model") or "")
         ai_sr_uid = result.get("sr_sop_instance_uid")
         if result["status"] not in ("done", "out_of_scope") or not ai_sr_uid:
             raise NoResult(f"no AI result to judge yet (status {result['status']})")
         if sr_sop_instance_uid is not None and sr_sop_instance_uid != ai_sr_uid:
             raise StaleResult("the AI result judged is not the study's newest one")
         ai_label = result.get("label")
+        vocabulary = tuple((result.get("details") or {}).get("labels") or FINDING_LABELS)
         if decision == "confirm":
             if label is not None and label != ai_label:
                 raise BadLabel("confirm takes the AI's label; relabel to change it")
             label = ai_label
         else:
-            if label not in FINDING_LABELS:
-                raise BadLabel(f"label must be one of: {', '.join(FINDING_LABELS)}")
+            if label not in vocabulary:
+                raise BadLabel(f"label must be one of: {', '.join(vocabulary)}")
             if label == ai_label:
                 raise BadLabel("that is the AI's label: confirm it instead")
         assert label is not None
         comment = (comment or "").strip() or None
         version = int(result["version"])
-        previous = self._latest(study_uid, version)
+        previous = self._latest(study_uid, version, model_name)
         if (
             previous is not None
             and previous["user"] == reviewer.user
@@ -296,7 +312,8 @@ class FeedbackService:
             evidence,
             observer_name=reviewer.observer_name,
             organization=self.node.settings.verifying_organization,
-            label=label if label in FINDING_LABELS else None,
+            label=label if label in vocabulary else None,
+            present=(label == vocabulary[-1]) if label in vocabulary else None,
             decision=decision,
             feedback_key=f"{count}|{reviewer.user}|{decision}|{label}|{comment or ''}",
         )
@@ -312,6 +329,7 @@ class FeedbackService:
             "ai_label": ai_label,
             "comment": comment,
             "model_version": result.get("model_version"),
+            "model_name": model_name,
             "user": reviewer.user,
             "observer_name": reviewer.observer_name,
             "sr_sop_instance_uid": str(sr.SOPInstanceUID),
@@ -337,6 +355,7 @@ class FeedbackService:
                 "decision": decision,
                 "label": label,
                 "ai_label": ai_label,
+                "model": model_name or None,
                 "model_version": result.get("model_version"),
                 "sr_sop_instance_uid": row["sr_sop_instance_uid"],
                 "predecessor_sop_instance_uid": predecessor_uid,

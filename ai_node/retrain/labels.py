@@ -1,8 +1,10 @@
 """The labels retraining learns from: radiologists' final judgement per study.
 
-The ``feedback`` table (:mod:`viewer_plugin.feedback`) holds every confirm / relabel; a
-study's newest row is its final label. ``labels_upto`` (the highest feedback id a run
-saw) lets the trigger count the labels that arrived since the last run.
+The ``feedback`` table (:mod:`viewer_plugin.feedback`) holds every confirm / relabel of
+each model's result; a study's newest row for the retrained model
+(:data:`RETRAINED_MODEL`) is its final label, so each model learns from its own labels.
+``labels_upto`` (the highest feedback id a run saw) lets the trigger count the labels that
+arrived since the last run.
 """
 
 from __future__ import annotations
@@ -37,9 +39,18 @@ class FinalLabel:
         }
 
 
-def final_labels(index: Index) -> list[FinalLabel]:
-    """The newest judgement of each judged study (confirmed or relabelled), by study."""
-    newest = select(func.max(feedback.c.id).label("fid")).group_by(feedback.c.study_uid).subquery()
+RETRAINED_MODEL = "finding"
+"""The model the retraining loop retrains (the shipped finding model)."""
+
+
+def final_labels(index: Index, model: str = RETRAINED_MODEL) -> list[FinalLabel]:
+    """The newest judgement of ``model``'s result of each judged study, by study."""
+    newest = (
+        select(func.max(feedback.c.id).label("fid"))
+        .where(feedback.c.model_name == model)
+        .group_by(feedback.c.study_uid)
+        .subquery()
+    )
     query = (
         select(feedback.c.study_uid, feedback.c.label, feedback.c.decision, feedback.c.id)
         .where(feedback.c.id.in_(select(newest.c.fid)))

@@ -34,9 +34,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from ai_node.registry import ModelRegistry
 from ai_node.retrain import STEPS
 from ai_node.retrain.export import SALT_ENV, TOKEN_ENV
-from ai_node.retrain.labels import newest_feedback_id
+from ai_node.retrain.labels import RETRAINED_MODEL, newest_feedback_id
 from ai_node.retrain.runs import RunStore
 from radnode_core.index import Index
 from radnode_core.settings import Settings
@@ -111,7 +112,19 @@ def models_dir(settings: Settings) -> Path:
             "writable registry, e.g. a copy of ai_node/models (the shipped models stay "
             "read-only)"
         )
-    return settings.models_dir.resolve()
+    root = settings.models_dir.resolve()
+    check_trainable(ModelRegistry(root), RETRAINED_MODEL)
+    return root
+
+
+def check_trainable(registry: ModelRegistry, name: str) -> None:
+    """Refuse a model whose active version's card does not say ``trainable: true``."""
+    version = registry.active_or_none(name)
+    if version is not None and not registry.model_card(name, version).trainable:
+        raise RetrainError(
+            f"model {name}:{version} is not trainable (its card says trainable: false): "
+            "retraining refuses to make new versions of it"
+        )
 
 
 def pipeline_arguments(

@@ -15,6 +15,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response,
 from pydantic import BaseModel, ConfigDict, Field
 
 from ai_node.labels import FINDING_LABELS, POSITIVE
+from ai_node.registry import ModelRegistry, RegistryError
 from dicomweb.auth import READ_ROLES, require_role
 from dicomweb.deps import checked_uid
 from dicomweb.identity import reviewer_of
@@ -46,6 +47,11 @@ class FeedbackIn(BaseModel):
     sr_sop_instance_uid: str | None = Field(
         None, max_length=64, description="The AI SR the radiologist saw (refused if stale)."
     )
+    model: str | None = Field(
+        None,
+        max_length=64,
+        description="The model whose result is judged (default: the study's lead result).",
+    )
 
 
 def feedback_service(request: Request) -> FeedbackService:
@@ -72,10 +78,23 @@ def whoami(request: Request) -> dict[str, Any]:
 
 
 @router.get("/labels", dependencies=[Depends(_read)])
-def labels() -> dict[str, Any]:
-    """The finding labels a study can have (the AI's, and a relabel's choices) and the
-    positive one, so the pages hold no vocabulary of their own."""
-    return {"labels": list(FINDING_LABELS), "positive": POSITIVE}
+def labels(
+    request: Request, model: Annotated[str | None, Query(max_length=64)] = None
+) -> dict[str, Any]:
+    """The labels a result can have (the AI's, and a relabel's choices) and the positive
+    one, so the pages hold no vocabulary of their own: the shipped finding model's, or with
+    ``model`` that model's (its active version's card: negative, positive)."""
+    if model is None:
+        return {"labels": list(FINDING_LABELS), "positive": POSITIVE}
+    registry = ModelRegistry(request.app.state.node.settings.models_dir)
+    try:
+        card = registry.model_card(model, registry.active_version(model))
+    except RegistryError as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
+    if not card.reports:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"model {model} reports no finding")
+    negative, positive = card.label_vocabulary
+    return {"labels": [negative, positive], "positive": positive, "model": model}
 
 
 @router.get("/studies/{study_uid}/feedback", dependencies=[Depends(_read)])
@@ -106,6 +125,7 @@ def give_feedback(
             label=body.label,
             comment=body.comment,
             sr_sop_instance_uid=body.sr_sop_instance_uid,
+            model=body.model,
         )
     except UnknownStudy as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc

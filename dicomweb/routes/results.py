@@ -1,9 +1,17 @@
 """AI results of the node's studies (``/api/...``): one study's result, and the triage worklist.
 
 Statuses: ``pending`` (queued or not yet complete), ``running``, ``done`` (with a
-score in 0..1 and a label), ``out_of_scope`` (the region model found no chest; an
-SR says so), ``failed`` (with the error: input the node cannot analyse, or a job
-parked after its last attempt).
+score in 0..1 and a label), ``out_of_scope`` (a model's body part rule excluded the
+study, e.g. the region model found no chest, and an SR says so; or no active model is
+for the study, with the reason), ``failed`` (with the error: input the node cannot
+analyse, a model that failed or ran past its timeout, or a job parked after its last
+attempt).
+
+Every model the study is for has its own result (:mod:`ai_node.results`):
+``GET /api/studies/{uid}/results`` lists them; ``GET /api/studies/{uid}/result`` answers
+the lead one (the highest positive probability over the models, with ``model`` naming
+it and every model's result under ``results``), and the worklist sorts by it and says
+which models flagged each study (``flagged_by``).
 
 ``POST /api/results/requeue`` (admins) runs selected studies through the analysis again:
 those whose newest result failed, or that a given model version scored
@@ -50,6 +58,20 @@ def study_result(study_uid: str, store: Results) -> dict[str, Any]:
     return result
 
 
+@router.get("/studies/{study_uid}/results")
+def study_results(study_uid: str, store: Results) -> dict[str, Any]:
+    """Every model's result of the study's newest analysed version (``items``, the lead
+    first) and the study's status; 404 for a study the node has never seen."""
+    try:
+        check_uid(study_uid, "Study Instance UID")
+    except InvalidUID as exc:
+        raise HTTPException(status_code=400, detail=str(exc)) from exc
+    results = store.study_results(study_uid)
+    if results is None:
+        raise HTTPException(status_code=404, detail="unknown study")
+    return results
+
+
 @router.get("/results")
 def list_results(
     store: Results,
@@ -58,10 +80,13 @@ def list_results(
     min_score: Annotated[float | None, Query(ge=0.0, le=1.0)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=INT_MAX)] = 0,
+    model: Annotated[str | None, Query(max_length=64)] = None,
 ) -> dict[str, Any]:
-    """The triage worklist: each study's newest result, highest score first (unscored last)."""
+    """The triage worklist: each study's lead result (the highest positive probability over
+    its models), highest score first (unscored last), with ``flagged_by`` and every model's
+    result in a line; ``model``: only studies that model has a result for."""
     total, items = store.list(
-        status=status, label=label, min_score=min_score, limit=limit, offset=offset
+        status=status, label=label, min_score=min_score, limit=limit, offset=offset, model=model
     )
     return {"total": total, "limit": limit, "offset": offset, "items": items}
 

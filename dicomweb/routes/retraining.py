@@ -4,7 +4,8 @@
   export step reads (admin only: it lists study UIDs with labels for export);
 * ``GET /api/retraining/runs`` and ``/runs/{run_id}``: runs with their status, each step's
   state, the test-split metrics, the promotion decision and its reason;
-* ``GET /api/models``: every model version with its metrics, the active one marked.
+* ``GET /api/models``: every model version with its card (``model.yaml`` as data), whether
+  it is active, its task, modalities, metrics and whether its code was trusted at import.
 
 Runs and models are for admins and radiologists (docs/retraining.md).
 """
@@ -66,6 +67,6 @@ def run(run_id: Annotated[str, PathParam(max_length=40)], node: NodeDep) -> dict
 
 @router.get("/models", dependencies=[Depends(_staff)])
 def models(node: NodeDep) -> dict[str, Any]:
-    """Model versions per task with their metrics and promotion record; ``active`` marked."""
+    """Every model version with its card, metrics and promotion record; ``active`` marked."""
     registry = ModelRegistry(node.settings.models_dir)
     return {"registry": str(registry.root), "items": registry.describe()}

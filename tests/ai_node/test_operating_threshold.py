@@ -47,8 +47,8 @@ def test_the_card_threshold_wins_and_follows_activation(tmp_path: Path) -> None:
 
 
 def test_a_failed_result_records_the_models_active_when_it_failed(tmp_path: Path) -> None:
-    """A study the node cannot analyse (no CT series) fails; its result names the active
-    models, so the studies a model failed can be found again."""
+    """A study no active model is for (no CT series) is out of scope; its result names the
+    active models, so the studies a model did not analyse can be found again."""
     node = build_node(Settings(data_dir=tmp_path / "data", fsync=False))
     try:
         spec = StudySpec(region="chest", slices=2, seed=12, rows=32, columns=32)
@@ -66,7 +66,7 @@ def test_a_failed_result_records_the_models_active_when_it_failed(tmp_path: Path
         pipeline = AnalysisPipeline(node, ModelSet(ModelRegistry()))
         run_all(node, pipeline)
         result = study_result(node, study.study_instance_uid)
-        assert result["status"] == "failed"
+        assert result["status"] == "out_of_scope" and "no active model" in result["reason"]
         assert result["model_version"] == "finding:1.0.0,region:1.0.0"
         assert json.dumps(result)  # the API can answer it
     finally:

@@ -194,7 +194,8 @@ def test_bad_inputs_end_in_a_result_and_the_worker_keeps_going(node, pipeline, t
         studies[name] = uid
     run_all(node, pipeline)
     got = {name: study_result(node, uid) for name, uid in studies.items()}
-    assert got["no_ct"]["status"] == "failed" and "no axial CT series" in got["no_ct"]["error"]
+    assert got["no_ct"]["status"] == "out_of_scope"
+    assert "no active model is for this study" in got["no_ct"]["reason"]
     assert got["corrupt"]["status"] == "failed" and "decoded" in got["corrupt"]["error"]
     for name in ("one_slice", "unsigned", "compressed"):
         assert got[name]["status"] == "done", (name, got[name])

@@ -30,7 +30,7 @@ def test_shipped_models_have_cards_and_an_active_version() -> None:
     for task in ("region", "finding"):
         version = reg.active_version(task)
         card = reg.card(task, version)
-        assert card["task"] == task and card["version"] == version
+        assert card["name"] == task and card["version"] == version
         assert "NOT FOR CLINICAL USE" in card["intended_use"]
         assert "synthetic" in card["training_data"]
         assert (reg.version_dir(task, version) / "model.keras").stat().st_size < 2_000_000
@@ -59,7 +59,10 @@ def test_model_cli_list_and_activate(registry: ModelRegistry, capsys) -> None:
     args = parser.parse_args(["model", "list", "--models-dir", str(registry.root)])
     assert cmd_model_list(args) == 0
     out = capsys.readouterr().out
-    assert "* finding  2.0.0" in out and "region" in out
+    rows = [line.split("│") for line in out.splitlines() if "│" in line]
+    cells = [[c.strip() for c in row if c.strip()] for row in rows]
+    assert ["finding", "2.0.0", "*", "binary", "CT"] in [c[:5] for c in cells]
+    assert any(c[:2] == ["region", "1.0.0"] for c in cells)
 
 
 def test_importing_the_ai_node_and_parsing_the_cli_loads_no_tensorflow() -> None:

@@ -307,7 +307,7 @@ def test_labels_to_promoted_model_to_next_sr(
         assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-4000:]
         assert "finding retrain-b refused" in second.stdout
         models_api = httpx.get(f"{url}/api/models", headers=_auth(ADMIN), timeout=10).json()
-        finding = {m["version"]: m for m in models_api["items"] if m["task"] == "finding"}
+        finding = {m["version"]: m for m in models_api["items"] if m["name"] == "finding"}
         assert finding["retrain-a"]["active"] and not finding["retrain-b"]["active"]
         assert finding["retrain-b"]["promotion"]["decision"] == "refused"
         assert "lower bound is below 1" in finding["retrain-b"]["promotion"]["reason"]

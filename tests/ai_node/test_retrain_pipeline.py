@@ -160,7 +160,7 @@ def test_register_inactive_never_becomes_active_by_sort_order(tmp_path: Path) ->
     assert (root / "finding" / "ACTIVE").read_text().strip() == "1.0.0"
     registry.register("finding", "zz-next", model_file, {"version": "zz2"}, activate=True)
     assert registry.active_version("finding") == "zz-next"
-    listed = {(m["task"], m["version"]): m["active"] for m in registry.describe()}
+    listed = {(m["name"], m["version"]): m["active"] for m in registry.describe()}
     assert listed[("finding", "zz-next")] and not listed[("finding", "zz-candidate")]
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
@@ -96,7 +95,7 @@ def test_model_train_synthetic_reproduces_the_shipped_models(tmp_path) -> None:
     assert "held-out metrics" in proc.stdout and "AUC" in proc.stdout
     shipped = ModelRegistry()
     for task in ("region", "finding"):
-        card = json.loads((out / task / "repro" / "model_card.json").read_text())
+        card = ModelRegistry(out).card(task, "repro")
         reference = shipped.card(task, shipped.active_version(task))
         for name, value in reference["metrics"].items():
             if isinstance(value, float) and name in ("accuracy", "auc"):

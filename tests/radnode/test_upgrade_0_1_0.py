@@ -586,7 +586,8 @@ def _create_0_1_0(url: str, ddl: tuple[str, ...]) -> None:
 
 
 def _dump(url: str) -> dict[str, list[tuple[Any, ...]]]:
-    """Every row of 0.1.0's tables, read back through reflection (not radnode's metadata)."""
+    """Every row of 0.1.0's tables, 0.1.0's columns of it, read back through reflection (not
+    radnode's metadata): columns later migrations add are not 0.1.0's data."""
     engine = create_engine(url)
     try:
         tables = MetaData()
@@ -596,7 +597,9 @@ def _dump(url: str) -> dict[str, list[tuple[Any, ...]]]:
                 name: [
                     tuple(row)
                     for row in conn.execute(
-                        select(table).order_by(*table.primary_key.columns)
+                        select(*[table.c[col] for col in ROWS[name][0]]).order_by(
+                            *table.primary_key.columns
+                        )
                     )
                 ]
                 for name, table in ((n, tables.tables[n]) for n in ROWS)

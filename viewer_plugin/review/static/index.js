@@ -28,10 +28,14 @@ async function load() {
   tbody.replaceChildren();
   for (const item of data.items) {
     const tr = document.createElement("tr");
-    tr.className = "study" + (item.label === vocabulary.positive ? " positive" : "");
+    const flagged = (item.flagged_by || []).length > 0 || item.label === vocabulary.positive;
+    tr.className = "study" + (flagged ? " positive" : "");
     tr.dataset.studyUid = item.study_uid;
     const cells = [
-      [fmtScore(item.score), "score"], [item.label, "label"], [item.status, "status"],
+      [fmtScore(item.score), "score"],
+      [item.label + (item.model && item.models && item.models.length > 1 ? " (" + item.model + ")" : ""), "label"],
+      [item.status, "status"],
+      [(item.flagged_by || []).join(", "), "flagged"],
       [item.review ? item.review.decision + " (" + item.review.label + ")" : "unreviewed", "review"],
       [(item.patient_name || "") + " " + (item.patient_id ? "[" + item.patient_id + "]" : ""), "patient"],
       [fmtDate(item.study_date), "date"], [item.study_description, "description"],
@@ -52,7 +56,7 @@ async function load() {
     tr.appendChild(td);
     tbody.appendChild(tr);
   }
-  text(document.getElementById("summary"), data.total + " studies, highest AI score first");
+  text(document.getElementById("summary"), data.total + " studies, highest AI score (over all models) first");
   document.body.dataset.loaded = "true";
 }
 

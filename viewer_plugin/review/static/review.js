@@ -1,7 +1,9 @@
 // radnode review UI: the review page of one study.
 "use strict";
 const studyUid = new URLSearchParams(location.search).get("study") || "";
-let result = null;
+let result = null;   // the model result shown and judged
+let study = null;    // GET /api/studies/{uid}/result: the lead result and every model's
+let me = null;
 
 function show(msg, isError) {
   const el = document.getElementById("message");
@@ -19,14 +21,17 @@ async function thumbnail(series, instance) {
 }
 
 function showReview(items) {
-  if (!items.length) return;
-  const f = items[0];
+  const model = result && result.model;
+  const mine = items.filter((f) => !model || !f.model_name || f.model_name === model);
+  if (!mine.length) { text(document.getElementById("ai-review"), "unreviewed"); return; }
+  const f = mine[0];
   text(document.getElementById("ai-review"),
     f.decision + ": " + f.label + " by " + f.observer_name + " at " + f.created_at);
 }
 
 async function send(body) {
   body.sr_sop_instance_uid = result.sr_sop_instance_uid;
+  if (result.model) body.model = result.model;
   try {
     const rec = await api("/api/studies/" + encodeURIComponent(studyUid) + "/feedback", {
       method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
@@ -41,8 +46,9 @@ async function send(body) {
   }
 }
 
-async function load(me) {
-  result = await api("/api/studies/" + encodeURIComponent(studyUid) + "/result");
+// One model's result in the panel: its score, label, driving image, review and labels.
+async function showResult(r) {
+  result = r;
   text(document.getElementById("ai-status"), result.status);
   text(document.getElementById("ai-score"), fmtScore(result.score));
   text(document.getElementById("ai-label"), result.label);
@@ -52,18 +58,14 @@ async function load(me) {
   else if (d.series_uid && d.evidence_sop_instance_uids && d.evidence_sop_instance_uids.length)
     thumbnail(d.series_uid, d.evidence_sop_instance_uids[0]);
   showReview((await api("/api/studies/" + encodeURIComponent(studyUid) + "/feedback")).items);
-  if (me.ohif_url) {
-    const frame = document.getElementById("ohif");
-    frame.src = me.ohif_url + "/viewer?StudyInstanceUIDs=" + encodeURIComponent(studyUid);
-    frame.hidden = false;
-  } else {
-    document.getElementById("no-viewer").hidden = false;
-  }
   const judged = result.status === "done" || result.status === "out_of_scope";
+  document.getElementById("actions").hidden = !(me.may_give_feedback && judged);
+  show("");
   if (me.may_give_feedback && judged) {
-    document.getElementById("actions").hidden = false;
     const select = document.getElementById("relabel-label");
-    for (const label of (await findingLabels()).labels) {
+    select.replaceChildren();
+    const labels = (d.labels && d.labels.length) ? d.labels : (await findingLabels()).labels;
+    for (const label of labels) {
       if (label === result.label) continue;
       const o = document.createElement("option");
       o.value = label;
@@ -73,6 +75,32 @@ async function load(me) {
   } else if (!judged) {
     show("No AI result to judge yet (" + result.status + ").");
   }
+}
+
+async function load(who) {
+  me = who;
+  study = await api("/api/studies/" + encodeURIComponent(studyUid) + "/result");
+  const models = study.results || [];
+  if (models.length > 1) {
+    const select = document.getElementById("ai-model-select");
+    for (const r of models) {
+      const o = document.createElement("option");
+      o.value = r.model;
+      text(o, r.model + ": " + (r.label || r.status) + " " + fmtScore(r.score));
+      select.appendChild(o);
+    }
+    select.value = study.model;
+    select.onchange = () => showResult(models.find((r) => r.model === select.value));
+    document.getElementById("ai-models").hidden = false;
+  }
+  if (me.ohif_url) {
+    const frame = document.getElementById("ohif");
+    frame.src = me.ohif_url + "/viewer?StudyInstanceUIDs=" + encodeURIComponent(studyUid);
+    frame.hidden = false;
+  } else {
+    document.getElementById("no-viewer").hidden = false;
+  }
+  await showResult(study);
   document.body.dataset.loaded = "true";
 }
 

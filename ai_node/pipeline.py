@@ -497,7 +497,8 @@ class AnalysisPipeline:
         stored = self.node.ingestor.ingest(
             encode(sr), ExplicitVRLittleEndian, source="ai", analyze=False
         )
-        models = tuple(f"{name}/{version}" for name, version in sorted(analysis.model_versions.items()))
+        made_by = sorted(analysis.model_versions.items())
+        models = tuple(f"{name}/{version}" for name, version in made_by)
         summary = ResultSummary(analysis.label, score, models, modality)
         self.queue_for_pacs(job.study_uid, str(sr.SOPInstanceUID), summary)
         done = time.perf_counter()

@@ -376,7 +376,7 @@ def public(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def summary(result: dict[str, Any], label: str | None = None) -> ResultSummary:
+def routing_summary(result: dict[str, Any], label: str | None = None) -> ResultSummary:
     """The routing summary of a result as :func:`public` shows it; ``label`` replaces the
     AI's (a radiologist's judgement)."""
     details = result.get("details") or {}

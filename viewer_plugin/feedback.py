@@ -43,7 +43,7 @@ from sqlalchemy import func, select
 from ai_node.feedback_sr import build_feedback_sr
 from ai_node.labels import FINDING_LABELS
 from ai_node.pipeline import encode
-from ai_node.results import ResultStore, lead_rows, summary
+from ai_node.results import ResultStore, lead_rows, routing_summary
 from ai_node.tables import feedback
 from radnode_core.index import studies, utcnow
 from radnode_core.node import Node, ResultSummary
@@ -340,7 +340,7 @@ class FeedbackService:
             row["id"] = conn.execute(
                 feedback.insert().values(**row).returning(feedback.c.id)
             ).scalar_one()
-        self._queue_for_pacs(study_uid, str(sr.SOPInstanceUID), summary(result, label))
+        self._queue_for_pacs(study_uid, str(sr.SOPInstanceUID), routing_summary(result, label))
         self.node.audit.feedback(
             study_uid, user=reviewer.user, decision=decision, sr_sop_class_uid=str(sr.SOPClassUID)
         )

@@ -12,7 +12,7 @@ The order of work, per image:
    requires 1 and 0, C.8.11.3.1.4);
 4. a non-square image is padded to a square with its darkest value (centred), then
    area-averaged to ``size`` x ``size``: each model pixel is the mean of the source
-   area it covers, fractional overlaps weighted, so nothing is aliased;
+   pixels it covers, so nothing is aliased;
 5. scaled to 0..1: ``min_max`` over the image, or ``percentile``: clipped to the
    image's low and high percentiles first (robust to markers and collimator edges);
 6. standardised (``none``, ``per_image``: zero mean and unit variance, ``imagenet``:
@@ -101,7 +101,8 @@ class ModelImage:
 
     ``array`` is (size, size, channels) float32. The source image (``source_shape``
     rows and columns) was padded by ``pad`` (rows, columns) on the top and left to a
-    square, and ``factor`` source pixels make one model pixel along each axis.
+    square, and ``factor`` source pixels make one model pixel along each axis (on
+    average: for a non-integer factor the positions below hold to within a pixel).
     """
 
     array: np.ndarray
@@ -226,31 +227,29 @@ def _rescale(ds: Dataset) -> tuple[float, float]:
 # --------------------------------------------------------------------------- geometry
 
 
-def _area_weights(n_in: int, n_out: int) -> np.ndarray:
-    """(n_out, n_in) matrix: row k averages the input span [k, k + 1) * n_in / n_out."""
-    step = n_in / n_out
-    edges = np.arange(n_out + 1, dtype=np.float64) * step
-    j = np.arange(n_in, dtype=np.float64)[None, :]
-    overlap = np.minimum(edges[1:, None], j + 1.0) - np.maximum(edges[:-1, None], j)
-    return (np.clip(overlap, 0.0, None) / step).astype(np.float32)
+def _resize_axis(image: np.ndarray, n_out: int, axis: int) -> np.ndarray:
+    n_in = image.shape[axis]
+    if n_in == n_out:
+        return image
+    if n_in < n_out:
+        return np.take(image, (np.arange(n_out) * n_in) // n_out, axis=axis)
+    edges = np.linspace(0, n_in, n_out + 1).astype(np.intp)
+    sums = np.add.reduceat(image, edges[:-1], axis=axis, dtype=np.float32)
+    shape = [1, 1]
+    shape[axis] = n_out
+    return sums / np.diff(edges).astype(np.float32).reshape(shape)
 
 
 def area_resize(image: np.ndarray, rows: int, columns: int) -> np.ndarray:
     """Area-average (box-filter) ``image`` to ``rows`` x ``columns`` (float32).
 
-    Integer factors reduce by reshaping; other factors weight each source pixel by the
-    fraction of it a target pixel covers.
+    Each target pixel is the mean of a bin of whole source pixels: the bins split the
+    axis at ``floor(k * n / size)``, so for an integer factor they are its blocks and
+    otherwise they are one pixel wider or narrower by turns. An axis with fewer pixels
+    than asked for is enlarged by nearest neighbour.
     """
-    n_rows, n_cols = image.shape
-    img = image.astype(np.float32, copy=False)
-    if n_rows % rows == 0 and n_cols % columns == 0:
-        fr, fc = n_rows // rows, n_cols // columns
-        return (
-            img.reshape(rows, fr, columns, fc)
-            .mean(axis=(1, 3), dtype=np.float64)
-            .astype(np.float32)
-        )
-    return _area_weights(n_rows, rows) @ img @ _area_weights(n_cols, columns).T
+    out = _resize_axis(image.astype(np.float32, copy=False), rows, 0)
+    return np.ascontiguousarray(_resize_axis(out, columns, 1), dtype=np.float32)
 
 
 def _pad_square(values: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:

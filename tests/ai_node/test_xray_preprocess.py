@@ -170,15 +170,19 @@ def test_area_resize_integer_factor_is_the_block_mean() -> None:
     np.testing.assert_allclose(out, img.reshape(16, 4, 12, 4).mean(axis=(1, 3)), rtol=1e-5)
 
 
-def test_area_resize_fractional_factor_weights_overlaps() -> None:
+def test_area_resize_other_factors_average_whole_pixel_bins() -> None:
     img = np.arange(5, dtype=np.float64)[None, :].repeat(3, axis=0)
-    out = area_resize(img, 3, 2)  # columns: [0, 2.5) and [2.5, 5)
-    np.testing.assert_allclose(out[0], [(0 + 1 + 0.5 * 2) / 2.5, (0.5 * 2 + 3 + 4) / 2.5])
+    out = area_resize(img, 3, 2)  # columns split at floor(2.5) = 2: [0, 1] and [2, 3, 4]
+    np.testing.assert_allclose(out[0], [0.5, 3.0])
     const = area_resize(np.full((300, 300), 7.0), 256, 256)
     np.testing.assert_allclose(const, 7.0, rtol=1e-6)
     rng = np.random.default_rng(1)
-    noisy = rng.uniform(0, 1, (300, 300))
-    assert float(area_resize(noisy, 256, 256).mean()) == pytest.approx(float(noisy.mean()))
+    noisy = rng.uniform(0, 1, (384, 384))
+    assert float(area_resize(noisy, 256, 256).mean()) == pytest.approx(
+        float(noisy.mean()), abs=0.01
+    )
+    small = np.arange(4, dtype=np.float64).reshape(2, 2)
+    np.testing.assert_array_equal(area_resize(small, 4, 4), small.repeat(2, 0).repeat(2, 1))
 
 
 def test_non_square_images_are_padded_and_mapped_back() -> None:

@@ -1,13 +1,14 @@
 """The chest X-ray opacity demo model: training data, network, held-out evaluation, package.
 
-Data: synthetic PA chest radiographs from :mod:`ai_node.xray_synth`, read through the
-same preprocessing a worker uses (:func:`ai_node.xray_preprocess.radiograph_input`,
-with the ``input`` the model card declares). Every image is a new patient; its label
-is the generator's image-level ground truth (at least one opacity or none). The
-images vary the way a node's inputs do: matrix 384-1024 on a 430 mm detector, 10-16
-bits stored, DX or CR, MONOCHROME1 or MONOCHROME2. Training and held-out images come
-from disjoint seed ranges, so the held-out metrics are measured on patients the model
-never saw.
+Data: synthetic PA chest radiographs from :mod:`ai_node.xray_synth`, written as DICOM
+and read back through :func:`ai_node.xray_preprocess.radiograph_input` with the
+``input`` the model card declares. An image's label is the generator's image-level
+ground truth (at least one opacity or none); the opacities' ellipses also give the
+cell map the network is trained against. The images vary the way a node's inputs do:
+matrix 384-1024 on a 430 mm detector, 10-16 bits stored, DX or CR, MONOCHROME1 or
+MONOCHROME2. Training images come in twin pairs (one patient with and without
+opacities), held-out images one per patient, from disjoint seed ranges: the held-out
+metrics are measured on patients the model never saw.
 
 The package written is a model package in the card format of ``ai_node.card``: a
 folder ``<root>/chest-xray-opacity/<version>/`` holding ``model.keras`` (weights only,

@@ -46,3 +46,11 @@ REGION_CODES: dict[str, Code] = {
 def finding_label(score: float, threshold: float) -> str:
     """The label of a study whose finding score is ``score``."""
     return LESION if score >= threshold else NO_LESION
+
+
+OPACITY = "opacity"
+NO_OPACITY = "no opacity"
+
+OPACITY_LABELS: tuple[str, ...] = (NO_OPACITY, OPACITY)
+"""The chest X-ray opacity model's labels, in the order of its target (index = 0 / 1):
+its sigmoid output is the probability of ``opacity``."""

@@ -9,7 +9,8 @@ retraining.
     radnode model activate NAME[:VERSION]  make a version active (default: the newest;
                                          workers reload); audited
     radnode model deactivate NAME        no version of NAME runs any more; audited
-    radnode model train --synthetic      train the shipped models, evaluate, save a new version
+    radnode model train --synthetic      train the CT models, evaluate, save a new version
+    radnode model train --synthetic --kind xray   train the chest X-ray opacity model
     radnode retrain                      run the retraining pipeline here (kfp.local)
     radnode retrain --kfp-host URL       submit it to Kubeflow Pipelines
     radnode pipeline compile --output P  write the pipeline's KFP v2 YAML
@@ -107,7 +108,8 @@ def _progress_bar() -> tuple[Any, Callable[[str, int, int], None]]:
 
 
 def cmd_model_train(args: argparse.Namespace) -> int:
-
+    if args.kind == "xray":
+        return _train_xray(args)
     if not args.synthetic and args.dicom_dir is None:
         print("radnode model train: give --synthetic or --dicom-dir", file=sys.stderr)
         return 2
@@ -146,6 +148,46 @@ def cmd_model_train(args: argparse.Namespace) -> int:
     if args.activate:
         for task in run.paths:
             registry.activate(task, version)
+        print(f"activated {version}")
+    return 0
+
+
+def _train_xray(args: argparse.Namespace) -> int:
+    """The chest X-ray opacity model: synthetic radiographs only; a package in the
+    registry folder (``<models dir>/chest-xray-opacity/<version>/``)."""
+    # The X-ray trainer imports the radiograph generator; only this command pays for it.
+    from ai_node.xray_train import MODEL_NAME, train_and_save_xray
+
+    if not args.synthetic or args.dicom_dir is not None:
+        print("radnode model train --kind xray: only --synthetic is supported", file=sys.stderr)
+        return 2
+    version = check_version(args.version or default_version())
+    root = _registry(args).root
+    if (root / MODEL_NAME / version).exists():
+        print(f"radnode model train: {MODEL_NAME} {version} already exists", file=sys.stderr)
+        return 1
+    progress, update = _progress_bar()
+    with progress:
+        run = train_and_save_xray(
+            root,
+            version,
+            epochs=args.epochs or 10,
+            seed=args.seed,
+            verbose=1 if sys.stdout.isatty() else 2,
+            activate=args.activate,
+            progress=update,
+        )
+    table = Table(title=f"held-out metrics, {MODEL_NAME} {version}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    if run.metrics is not None:
+        m = run.metrics
+        table.add_row(f"AUC ({m.images} images)", f"{m.auc:.4f}")
+        table.add_row(f"sensitivity @ {m.threshold}", f"{m.sensitivity:.4f}")
+        table.add_row(f"specificity @ {m.threshold}", f"{m.specificity:.4f}")
+    Console().print(table)
+    print(f"trained in {run.wall_s:.0f} s; saved {MODEL_NAME} {version} to {run.path}")
+    if args.activate:
         print(f"activated {version}")
     return 0
 
@@ -432,9 +474,18 @@ def register(sub: Any, node_options: NodeOptions) -> None:
 
     train = model_sub.add_parser(
         "train", help="train the shipped region and finding models and save a new version"
+        "train",
+        help="train the CT region and finding models (or the chest X-ray model) "
+        "and save a new version",
     )
     registry_option(train)
     node_options(train)
+    train.add_argument(
+        "--kind",
+        choices=["ct", "xray"],
+        default="ct",
+        help="ct: the region and finding models (default); xray: the chest X-ray opacity model",
+    )
     train.add_argument(
         "--synthetic", action="store_true", help="train on generated synthetic studies"
     )
@@ -448,6 +499,7 @@ def register(sub: Any, node_options: NodeOptions) -> None:
     train.add_argument("--version", help="version name (default: UTC date-time)")
     train.add_argument("--region-epochs", type=int, default=4)
     train.add_argument("--finding-epochs", type=int, default=15)
+    train.add_argument("--epochs", type=int, help="--kind xray: training epochs (default 10)")
     train.add_argument("--seed", type=int, default=1)
     train.add_argument("--activate", action="store_true", help="make the new version active")
     train.set_defaults(func=cmd_model_train)

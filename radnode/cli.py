@@ -4,7 +4,7 @@
     radnode scp       the DICOM Storage SCP alone
     radnode api       the HTTP app alone (health, metrics, DICOMweb)
     radnode worker    the AI worker, with the PACS outbox sender and changes follower
-    radnode synth     write synthetic CT studies
+    radnode synth     write synthetic CT studies and chest radiographs
     radnode echo      C-ECHO a DICOM peer
     radnode send      C-STORE files or folders to a DICOM peer
     radnode db        the index database's schema: upgrade, current
@@ -27,6 +27,7 @@ from pydantic import ValidationError
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
 from ai_node.synth import StudySpec, write_study
+from ai_node.xray_synth import SOP_CLASSES, XraySpec, write_radiographs
 from dicomweb.auth import InsecureBinding, check_exposure
 from pacs_link.scu import collect_files, echo, send_files
 from radnode.ai_commands import register as register_ai_commands
@@ -232,6 +233,30 @@ def cmd_synth_study(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_synth_xray(args: argparse.Namespace) -> int:
+    try:
+        spec = XraySpec(
+            seed=args.seed,
+            opacities=args.opacities,
+            size=args.size,
+            bits=args.bits,
+            sop_class=args.sop_class,
+            monochrome1=args.monochrome1,
+        )
+    except ValueError as exc:
+        print(f"radnode synth xray: {exc}", file=sys.stderr)
+        return 2
+    progress, update = _progress("synth chest radiographs", args.count)
+    with progress:
+        images, paths = write_radiographs(spec, args.out, count=args.count, progress=update)
+    positive = sum(1 for image in images if image.opacities)
+    print(
+        f"wrote {len(paths)} {args.sop_class.upper()} chest radiographs to {args.out}"
+        f" ({positive} with opacities)"
+    )
+    return 0
+
+
 def cmd_echo(args: argparse.Namespace) -> int:
     status = echo(args.host, args.port, args.aet, args.called_aet, tls=_scu_tls(args))
     print(f"C-ECHO {args.called_aet}@{args.host}:{args.port}: status 0x{status:04X}")
@@ -325,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
         _node_options(p)
         p.set_defaults(func=func)
 
-    synth = sub.add_parser("synth", help="write synthetic CT studies")
+    synth = sub.add_parser("synth", help="write synthetic CT studies and chest radiographs")
     synth_sub = synth.add_subparsers(dest="synth_command", required=True, metavar="KIND")
     study = synth_sub.add_parser("study", help="one synthetic CT series")
     study.add_argument("--out", type=Path, required=True, help="output folder")
@@ -335,6 +360,29 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--seed", type=int, default=0)
     study.add_argument("--size", type=int, default=512, help="rows = columns (default 512)")
     study.set_defaults(func=cmd_synth_study)
+    xray = synth_sub.add_parser(
+        "xray", help="synthetic PA chest radiographs (DX or CR), with or without opacities"
+    )
+    xray.add_argument("--out", type=Path, required=True, help="output folder")
+    xray.add_argument(
+        "--opacities", type=int, default=0, help="focal opacities per image (0: normal images)"
+    )
+    xray.add_argument("--seed", type=int, default=0, help="seed of the first image")
+    xray.add_argument(
+        "--count", type=int, default=1, help="images, one patient each (seeds seed..seed+count-1)"
+    )
+    xray.add_argument("--size", type=int, default=1024, help="rows = columns (default 1024)")
+    xray.add_argument(
+        "--sop-class",
+        choices=sorted(SOP_CLASSES),
+        default="dx",
+        help="dx: Digital X-Ray Image For Presentation (default); cr: Computed Radiography",
+    )
+    xray.add_argument(
+        "--monochrome1", action="store_true", help="MONOCHROME1 (inverted stored values)"
+    )
+    xray.add_argument("--bits", type=int, default=12, help="Bits Stored, 10..16 (default 12)")
+    xray.set_defaults(func=cmd_synth_xray)
 
     echo = sub.add_parser("echo", help="C-ECHO a DICOM peer")
     _peer_options(echo)

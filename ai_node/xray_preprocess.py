@@ -41,15 +41,16 @@ from typing import Any
 import numpy as np
 from pydicom.dataset import Dataset
 
-from ai_node.preprocess import InputError
+from ai_node.card import Input as CardInput
+from ai_node.preprocess import InputError, card_input
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "ImageInput",
     "ModelImage",
     "area_resize",
     "detector_spacing_mm",
+    "image_input",
     "image_input_of",
     "radiograph_input",
     "stored_pixels",
@@ -58,41 +59,28 @@ __all__ = [
 MAX_MATRIX = 8192
 """Largest Rows/Columns accepted: checked before the pixels are decoded."""
 
-SCALES = ("min_max", "percentile")
-STANDARDISATIONS = ("none", "per_image", "imagenet")
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-"""ImageNet's channel means and standard deviations (RGB, on 0..1 inputs)."""
-
-
-@dataclass(frozen=True)
-class ImageInput:
-    """How a model wants its radiograph (a card's ``input`` for ``kind: image``)."""
-
-    size: int = 256
-    channels: int = 1
-    scale: str = "min_max"
-    percentiles: tuple[float, float] = (1.0, 99.0)
-    standardise: str = "none"
-    invert_monochrome1: bool = True
-
-    def __post_init__(self) -> None:
-        if not 16 <= self.size <= 1024:
-            raise ValueError(f"size must be in 16..1024, got {self.size}")
-        if self.channels not in (1, 3):
-            raise ValueError(f"channels must be 1 or 3, got {self.channels}")
-        if self.scale not in SCALES:
-            raise ValueError(f"scale must be one of {SCALES}, got {self.scale!r}")
-        low, high = self.percentiles
-        if not 0.0 <= low < high <= 100.0:
-            raise ValueError(f"percentiles must be 0 <= low < high <= 100, got {self.percentiles}")
-        if self.standardise not in STANDARDISATIONS:
-            raise ValueError(
-                f"standardise must be one of {STANDARDISATIONS}, got {self.standardise!r}"
-            )
-        if self.standardise == "imagenet" and self.channels != 3:
-            raise ValueError("standardise imagenet needs channels 3")
+def image_input(
+    size: int = 256,
+    channels: int = 1,
+    scale: str = "min_max",
+    percentiles: tuple[float, float] = (1.0, 99.0),
+    standardise: str = "none",
+    invert_monochrome1: bool = True,
+) -> CardInput:
+    """A model card's ``input`` for ``kind: image`` (``ValueError`` when inconsistent)."""
+    return CardInput.model_validate(
+        {
+            "kind": "image",
+            "size": (size, size),
+            "channels": channels,
+            "normalisation": {
+                "scale": scale,
+                "percentiles": percentiles,
+                "standardise": standardise,
+            },
+            "invert_monochrome1": invert_monochrome1,
+        }
+    )
 
 
 @dataclass(frozen=True)
@@ -263,65 +251,30 @@ def _pad_square(values: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
     return out, pad
 
 
-# --------------------------------------------------------------------------- scaling
-
-
-def _scale(image: np.ndarray, how: ImageInput) -> np.ndarray:
-    if how.scale == "percentile":
-        low, high = (float(v) for v in np.percentile(image, how.percentiles))
-        image = np.clip(image, low, high)
-    else:
-        low, high = float(image.min()), float(image.max())
-    if high <= low:
-        return np.zeros_like(image, dtype=np.float32)
-    return ((image - low) / (high - low)).astype(np.float32)
-
-
-def _standardise(x: np.ndarray, how: str) -> np.ndarray:
-    if how == "per_image":
-        deviation = float(x.std())
-        return (x - float(x.mean())) / (deviation if deviation > 1e-6 else 1.0)
-    if how == "imagenet":
-        means = np.asarray(IMAGENET_MEAN, np.float32)
-        deviations = np.asarray(IMAGENET_STD, np.float32)
-        return (x - means) / deviations
-    return x
-
-
-def radiograph_input(ds: Dataset, how: ImageInput | None = None) -> ModelImage:
-    """The model input of one CR or DX image (see the module docstring for the steps)."""
-    how = how or ImageInput()
+def radiograph_input(ds: Dataset, how: CardInput | None = None) -> ModelImage:
+    """The model input of one CR or DX image (see the module docstring for the steps);
+    scaling and standardising are :func:`ai_node.preprocess.card_input`'s, as in the
+    analysis pipeline."""
+    how = how or image_input()
+    size = how.size[0]
     values = stored_pixels(ds, how.invert_monochrome1)
     source_shape = (int(values.shape[0]), int(values.shape[1]))
     square, pad = _pad_square(values)
-    small = area_resize(square, how.size, how.size)
-    scaled = _scale(small, how)
-    stacked = np.repeat(scaled[:, :, None], how.channels, axis=2)
-    array = _standardise(stacked, how.standardise).astype(np.float32)
+    small = area_resize(square, size, size)
+    # MONOCHROME1 is already inverted on the stored values (exact on integers).
+    array = card_input(small[None], how)[0].astype(np.float32, copy=False)
     return ModelImage(
         array=array,
         source_shape=source_shape,
         pad=pad,
-        factor=square.shape[0] / how.size,
+        factor=square.shape[0] / size,
         spacing_mm=detector_spacing_mm(ds),
     )
 
 
-def image_input_of(card_input: Mapping[str, Any]) -> ImageInput:
-    """An :class:`ImageInput` from a model card's ``input`` mapping (``kind: image``);
-    ``ValueError`` when it asks for something else."""
-    if card_input.get("kind", "image") != "image":
-        raise ValueError(f"input.kind is {card_input.get('kind')!r}, not image")
-    norm = card_input.get("normalisation") or {}
-    rows, columns = card_input.get("size") or (256, 256)
-    if rows != columns:
-        raise ValueError(f"input.size must be square, got {rows}x{columns}")
-    low, high = norm.get("percentiles") or (1.0, 99.0)
-    return ImageInput(
-        size=int(rows),
-        channels=int(card_input.get("channels", 1)),
-        scale=str(norm.get("scale", "min_max")),
-        percentiles=(float(low), float(high)),
-        standardise=str(norm.get("standardise", "none")),
-        invert_monochrome1=bool(card_input.get("invert_monochrome1", True)),
-    )
+def image_input_of(card: Mapping[str, Any]) -> CardInput:
+    """The card's ``input`` from a model card's ``input`` mapping; ``ValueError`` when it
+    is not ``kind: image`` or is inconsistent."""
+    if card.get("kind", "image") != "image":
+        raise ValueError(f"input.kind is {card.get('kind')!r}, not image")
+    return CardInput.model_validate({"kind": "image", **card})

@@ -32,9 +32,10 @@ from typing import Any
 
 import numpy as np
 
+from ai_node.card import Input as CardInput
 from ai_node.labels import OPACITY_LABELS
 from ai_node.train import roc_auc
-from ai_node.xray_preprocess import ImageInput, ModelImage, area_resize, radiograph_input
+from ai_node.xray_preprocess import ModelImage, area_resize, image_input, radiograph_input
 from ai_node.xray_synth import SOP_CLASSES, Opacity, XraySpec, generate_radiograph
 
 logger = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ logger = logging.getLogger(__name__)
 MODEL_NAME = "chest-xray-opacity"
 """The model's registry name and the folder of its package."""
 
-INPUT = ImageInput(size=256, channels=1, scale="min_max", standardise="none")
+INPUT = image_input(size=256, channels=1, scale="min_max", standardise="none")
 """The model's input (the card's ``input``)."""
 
 TRAIN_SEED_BASE = 3_000_000
@@ -153,13 +154,13 @@ def opacity_map(
 
 
 def model_inputs(
-    specs: Sequence[XraySpec], how: ImageInput = INPUT, progress: Progress | None = None
+    specs: Sequence[XraySpec], how: CardInput = INPUT, progress: Progress | None = None
 ) -> XrayData:
     """Inputs, labels and opacity maps of the radiographs: each one is generated as
     DICOM and read back through the worker's preprocessing."""
-    cells = how.size // GRID_STRIDE
+    cells = how.size[0] // GRID_STRIDE
     data = XrayData(
-        x=np.zeros((len(specs), how.size, how.size, how.channels), dtype=np.float32),
+        x=np.zeros((len(specs), *how.size, how.channels), dtype=np.float32),
         y=np.zeros(len(specs), dtype=np.float32),
         maps=np.zeros((len(specs), cells, cells, 1), dtype=np.float32),
     )
@@ -183,7 +184,7 @@ ARCHITECTURE = (
 )
 
 
-def build_model(how: ImageInput = INPUT) -> Any:
+def build_model(how: CardInput = INPUT) -> Any:
     """The opacity CNN, uncompiled: small and fast on a CPU (about 150 M multiply-adds
     an image). It scores every 8x8-pixel cell of the image (a 32x32 logit map, layer
     ``opacity_logits``) and the image's P(opacity) is the sigmoid of the highest cell:
@@ -192,7 +193,7 @@ def build_model(how: ImageInput = INPUT) -> Any:
     import keras
     from keras import layers
 
-    inputs = keras.Input((how.size, how.size, how.channels), name="radiograph")
+    inputs = keras.Input((*how.size, how.channels), name="radiograph")
     x = inputs
     for filters, stride, dilation in (
         (16, 2, 1),
@@ -415,10 +416,13 @@ def model_card(
         },
         "input": {
             "kind": "image",
-            "size": [INPUT.size, INPUT.size],
+            "size": list(INPUT.size),
             "channels": INPUT.channels,
             "dtype": "float32",
-            "normalisation": {"scale": INPUT.scale, "standardise": INPUT.standardise},
+            "normalisation": {
+                "scale": INPUT.normalisation.scale,
+                "standardise": INPUT.normalisation.standardise,
+            },
             "invert_monochrome1": INPUT.invert_monochrome1,
         },
         "outputs": {

@@ -473,7 +473,6 @@ def register(sub: Any, node_options: NodeOptions) -> None:
         )
 
     train = model_sub.add_parser(
-        "train", help="train the shipped region and finding models and save a new version"
         "train",
         help="train the CT region and finding models (or the chest X-ray model) "
         "and save a new version",

@@ -101,7 +101,7 @@ class RoutingRule(BaseModel):
     model: str | None = Field(
         None,
         description='Prefix of a model that made the result, as "name/version" '
-        '(e.g. "radnode-finding/1."); unset: any.',
+        '(e.g. "finding/1.", as `radnode model list` names it); unset: any.',
     )
     labels: list[str] = Field(
         default_factory=list, description='Result labels that match (e.g. ["lesion"]); empty: any.'

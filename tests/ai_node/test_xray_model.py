@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
-from conftest import REPO
 from pydicom.sr.codedict import codes
 
 from ai_node.labels import OPACITY_LABELS
@@ -36,6 +35,7 @@ from ai_node.xray_train import (
     plan_specs,
     train_and_save_xray,
 )
+from tests.support.radnode_process import REPO
 
 PACKAGE = SHIPPED_MODELS / MODEL_NAME / "1.0.0"
 
@@ -156,7 +156,7 @@ def test_opacity_map_covers_the_opacities() -> None:
     truth, ds = generate_radiograph(spec)
     image = radiograph_input(ds, INPUT)
     cells = opacity_map(truth.opacities, image, spec.pixel_spacing_mm)
-    assert cells.shape == (INPUT.size // GRID_STRIDE,) * 2
+    assert cells.shape == (INPUT.size[0] // GRID_STRIDE,) * 2
     assert 0.0 <= cells.min() and cells.max() <= 1.0
     cell_px = image.factor * GRID_STRIDE  # source pixels per map cell
     area = sum(
@@ -179,7 +179,8 @@ def test_heldout_metrics_equal_the_card(card: dict[str, Any]) -> None:
     model = keras.saving.load_model(PACKAGE / card["model_file"], compile=False)
     how = image_input_of(card["input"])
     threshold = card["outputs"]["threshold"]
-    labels, scores = [], []
+    labels: list[int] = []
+    scores: list[float] = []
     batch: list[np.ndarray] = []
     specs = plan_specs(HELDOUT_PLAN)
     for i, spec in enumerate(specs):

@@ -12,8 +12,6 @@ from typing import Any
 import numpy as np
 import pydicom
 import pytest
-from ai_fixtures import dciodvfy
-from conftest import RADNODE, REPO
 from pydicom.uid import (
     ComputedRadiographyImageStorage,
     DigitalXRayImageStorageForPresentation,
@@ -28,6 +26,8 @@ from ai_node.xray_synth import (
     generate_radiograph,
     write_radiographs,
 )
+from tests.support.radnode_process import RADNODE, REPO
+from tests.support.tools import dciodvfy
 
 # 430 mm of detector in 256 pixels (1.68 mm): the anatomy and opacities at low cost.
 SMALL = XraySpec(size=256)
@@ -208,9 +208,10 @@ def test_opacities_change_pixels_only_where_they_are(
     image, with_opacities, without = twins
     spacing = image.spec.pixel_spacing_mm
     assert len(image.opacities) == 3 and image.label == OPACITY
-    near = np.zeros(with_opacities.shape, dtype=bool)
+    size = (int(with_opacities.shape[0]), int(with_opacities.shape[1]))
+    near = np.zeros(size, dtype=bool)
     for opacity in image.opacities:
-        near |= disc(near.shape, opacity.center_px, opacity.radius_px(spacing) + 1.0)
+        near |= disc(size, opacity.center_px, opacity.radius_px(spacing) + 1.0)
     changed = with_opacities != without
     assert changed.any()
     assert not (changed & ~near).any()

@@ -31,7 +31,7 @@ from tests.support.tools import dcmtk_env, require_tool
 from viewer_plugin.feedback import FeedbackService, Reviewer
 
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
-MODELS = ("radnode-finding/1.0.0", "radnode-region/1.0.0")
+MODELS = ("finding/1.0.0", "region/1.0.0")
 
 
 class StoreScp:
@@ -124,7 +124,7 @@ def _in_orthanc(orthanc: OrthancDicomWeb, study_uid: str) -> set[str]:
 
 RULES = [
     # A (a DICOM AE) gets the SRs of the 1.x finding model scoring 0.5 or more ...
-    RoutingRule(peers=["a"], model="radnode-finding/1.", min_score=0.5),
+    RoutingRule(peers=["a"], model="finding/1.", min_score=0.5),
     # ... B (DICOMweb) the negative results, with the originals ...
     RoutingRule(peers=["b"], labels=["no lesion"], originals=True),
     # ... and both any MR result.
@@ -153,7 +153,7 @@ def test_rules_route_each_result_to_its_peers(tmp_path: Path, peers) -> None:
         cases = {
             "high score": ResultSummary("lesion", 0.9, MODELS, "CT"),
             "negative": ResultSummary("no lesion", 0.1, MODELS, "CT"),
-            "other model": ResultSummary("lesion", 0.9, ("radnode-finding/2.0.0",), "CT"),
+            "other model": ResultSummary("lesion", 0.9, ("finding/2.0.0",), "CT"),
             "mr": ResultSummary("lesion", 0.2, MODELS, "MR"),
             "low score": ResultSummary("lesion", 0.3, MODELS, "CT"),
         }
@@ -248,7 +248,7 @@ def test_pipeline_and_feedback_route_their_srs_by_label(tmp_path: Path) -> None:
             pass
         result = ResultStore(node.index).study_result(study.study_instance_uid)
         assert result is not None and result["status"] == "done", result
-        assert result["details"]["model_ids"] == ["radnode-finding/1.0.0", "radnode-region/1.0.0"]
+        assert result["details"]["model_ids"] == ["finding/1.0.0", "region/1.0.0"]
         assert result["details"]["modality"] == "CT"
         while OutboxSender(node).run_once():
             pass

@@ -39,6 +39,7 @@ from ai_node.retrain import STEPS
 from ai_node.retrain.export import SALT_ENV, TOKEN_ENV
 from ai_node.retrain.labels import RETRAINED_MODEL, newest_feedback_id
 from ai_node.retrain.runs import RunStore
+from radnode_core.audit import AuditTrail
 from radnode_core.index import Index
 from radnode_core.settings import Settings
 
@@ -308,7 +309,37 @@ def run_local(
         "retraining run finished",
         extra={"run_id": run_id, "decision": decision["decision"], "version": decision["version"]},
     )
+    _audit_candidate(settings, run_id, trigger, decision)
     return RunOutcome(run_id, "succeeded", decision, None, _files(artifacts))
+
+
+def _audit_candidate(
+    settings: Settings, run_id: str, trigger: str, decision: dict[str, Any]
+) -> None:
+    """The candidate's registration, and its activation when promoted, as software
+    configuration changes in the node's audit trail (as ``radnode model import`` and
+    ``activate`` are): what runs on patients' studies changed."""
+    trail = AuditTrail.from_settings(settings, None)
+    user = f"radnode-retraining ({trigger})"
+    version = str(decision["version"])
+    try:
+        trail.model_changed(
+            action="import",
+            model=RETRAINED_MODEL,
+            version=version,
+            user=user,
+            detail=f"candidate of retraining run {run_id}",
+        )
+        if decision["decision"] == "promoted":
+            trail.model_changed(
+                action="activate",
+                model=RETRAINED_MODEL,
+                version=version,
+                user=user,
+                detail=f"promoted by retraining run {run_id}: {decision['reason']}"[:900],
+            )
+    finally:
+        trail.close()
 
 
 def _files(artifacts: dict[str, str]) -> dict[str, str]:

@@ -218,6 +218,15 @@ def test_labels_to_promoted_model_to_next_sr(
             for po in exports[-1].findall("ParticipantObjectIdentification")
             if po.find("ParticipantObjectIDTypeCode[@csd-code='110180']") is not None
         } == set(studies)
+        # the promotion changed what runs on patients' studies: a Software Configuration
+        # alert (110113 / 110131) for the candidate's registration and its activation
+        changes = [
+            po.attrib["ParticipantObjectID"]
+            for m in _audit_messages(data / "audit")
+            if m.find("EventIdentification/EventTypeCode[@csd-code='110131']") is not None
+            for po in m.findall("ParticipantObjectIdentification")
+        ]
+        assert changes.count("radnode-model:finding:retrain-a") == 2, changes
         print(
             f"radnode retrain (run 1, {size}x{size}x{slices}, {epochs} epochs): "
             f"{elapsed:.1f} s; {relabelled} relabels"

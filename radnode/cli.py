@@ -204,7 +204,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_viewer(args: argparse.Namespace) -> int:
-    return ohif_command.serve(args.settings, args.dist, args.port, args.upstream)
+    return ohif_command.serve(
+        args.settings, args.dist, args.port, args.upstream, args.frame_ancestors
+    )
 
 
 # -- tools -------------------------------------------------------------------------

@@ -84,15 +84,17 @@ def set_viewport(driver: Any, width: int, height: int) -> None:
 
 
 HORIZONTAL_OVERFLOW_JS = """
-const w = document.documentElement.clientWidth;
+const page = document.documentElement;
+const w = page.clientWidth;
 const out = [];
-if (document.documentElement.scrollWidth > w) out.push("page " + document.documentElement.scrollWidth);
+if (page.scrollWidth > w) out.push("page " + page.scrollWidth);
 for (const el of document.body.querySelectorAll("*")) {
   const r = el.getBoundingClientRect();
-  if (r.width && r.right > w + 0.5) out.push(el.tagName + "#" + el.id + "." + el.className + " " + r.right);
-  const style = getComputedStyle(el);
-  if (["auto", "scroll", "hidden"].includes(style.overflowX) && el.scrollWidth > el.clientWidth + 1)
-    out.push("inside " + el.tagName + "#" + el.id + " " + el.scrollWidth + ">" + el.clientWidth);
+  const name = el.tagName + "#" + el.id + "." + el.className;
+  if (r.width && r.right > w + 0.5) out.push(name + " ends at " + r.right);
+  const clips = ["auto", "scroll", "hidden"].includes(getComputedStyle(el).overflowX);
+  if (clips && el.scrollWidth > el.clientWidth + 1)
+    out.push("inside " + name + " " + el.scrollWidth + ">" + el.clientWidth);
 }
 return out;
 """

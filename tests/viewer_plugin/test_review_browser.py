@@ -203,13 +203,9 @@ def test_review_keyboard_viewer_and_layout_at_1280x800(edge, tmp_path) -> None:
 
         # the viewer, from this origin, reads DICOMweb as the signed-in user
         frame = driver.find_element(By.ID, "ohif")
-        assert frame.get_attribute("src") == (
-            f"{base}/viewer/viewer?StudyInstanceUIDs={order[0]}"
-        )
+        assert frame.get_attribute("src") == (f"{base}/viewer/viewer?StudyInstanceUIDs={order[0]}")
         driver.switch_to.frame(frame)
-        probe = wait(
-            driver, lambda d: d.find_element(By.CSS_SELECTOR, "#probe[data-status]")
-        )
+        probe = wait(driver, lambda d: d.find_element(By.CSS_SELECTOR, "#probe[data-status]"))
         assert probe.get_attribute("data-status") == "200"
         assert sorted(probe.get_attribute("data-studies").split(",")) == sorted(uids)
         driver.switch_to.default_content()

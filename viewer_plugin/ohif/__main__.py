@@ -16,7 +16,7 @@ def main(args: Sequence[str] | None = None) -> int:
     parser.add_argument("--config", help="radnode TOML config file")
     add_arguments(parser)
     ns = parser.parse_args(args)
-    return serve(Settings.load(ns.config), ns.dist, ns.port, ns.upstream)
+    return serve(Settings.load(ns.config), ns.dist, ns.port, ns.upstream, ns.frame_ancestors)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from pathlib import Path
 import uvicorn
 
 from radnode_core.settings import Settings
-from viewer_plugin.ohif.dist import default_dist
+from viewer_plugin.ohif.dist import SAME_ORIGIN, default_dist
 from viewer_plugin.ohif.server import create_ohif_app
 
 
@@ -20,6 +20,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--upstream", help="radnode's HTTP root (default: http://<host>:<http_port>)"
     )
+    parser.add_argument(
+        "--frame-ancestors",
+        default=SAME_ORIGIN,
+        help="origins whose pages may embed the viewer: the review page's, e.g. "
+        "http://127.0.0.1:8080 (default: this origin only)",
+    )
 
 
 def serve(
@@ -27,13 +33,14 @@ def serve(
     dist: Path | None = None,
     port: int | None = None,
     upstream: str | None = None,
+    frame_ancestors: str = SAME_ORIGIN,
 ) -> int:
     """Serve until interrupted; 2 when there is no viewer to serve."""
     dist = dist or settings.ohif_dir or default_dist()
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
     upstream = upstream or f"http://{host}:{settings.http_port}"
     try:
-        app = create_ohif_app(dist, upstream)
+        app = create_ohif_app(dist, upstream, frame_ancestors=frame_ancestors)
     except FileNotFoundError as exc:
         print(exc, file=sys.stderr)
         return 2

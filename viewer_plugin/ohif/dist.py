@@ -27,11 +27,16 @@ PREFIX = "/viewer"
 PUBLIC_PATH = b'__webpack_require__.p = "/";'
 INDEX_ROOTED = re.compile(rb'(\b(?:src|href)=")/(?!/)')
 INDEX_PUBLIC_URL = b'window.PUBLIC_URL="/"'
-FRAME_HEADERS = {
-    # The review page (same origin) embeds the viewer; no other site may.
-    "Content-Security-Policy": "frame-ancestors 'self'",
-    "X-Frame-Options": "SAMEORIGIN",
-}
+SAME_ORIGIN = "'self'"
+
+
+def frame_headers(ancestors: str) -> dict[str, str]:
+    """Who may embed the viewer: the review page, on this origin by default (or on the
+    origins in ``ancestors``, a CSP source list, when OHIF has an origin of its own)."""
+    headers = {"Content-Security-Policy": f"frame-ancestors {ancestors}"}
+    if ancestors == SAME_ORIGIN:
+        headers["X-Frame-Options"] = "SAMEORIGIN"  # for browsers without frame-ancestors
+    return headers
 
 
 def default_dist() -> Path:
@@ -78,10 +83,13 @@ class OhifFiles(StaticFiles):
     the other files as they are, and ``index.html`` for any path that is no file (OHIF's
     own router: ``<prefix>/viewer?StudyInstanceUIDs=...``)."""
 
-    def __init__(self, dist: Path, prefix: str = PREFIX, name: str = "radnode") -> None:
+    def __init__(
+        self, dist: Path, prefix: str = PREFIX, frame_ancestors: str = SAME_ORIGIN
+    ) -> None:
         super().__init__(directory=check_dist(dist), html=True)
         self.prefix = prefix.rstrip("/")
-        self.config = app_config_js(self.prefix, name=name).encode()
+        self.config = app_config_js(self.prefix).encode()
+        self.frame_headers = frame_headers(frame_ancestors)
 
     async def get_response(self, path: str, scope: Any) -> Response:
         if path == "app-config.js":
@@ -99,7 +107,7 @@ class OhifFiles(StaticFiles):
             rebased = _rebased(Path(full), Path(full).stat().st_mtime_ns, self.prefix)
             if rebased is not None:
                 return self._answer(rebased, "application/javascript")
-        response.headers.update(FRAME_HEADERS)
+        response.headers.update(self.frame_headers)
         return response
 
     def _index(self) -> Response:
@@ -108,9 +116,8 @@ class OhifFiles(StaticFiles):
         assert html is not None
         return self._answer(html, "text/html; charset=utf-8", cache=False)
 
-    @staticmethod
-    def _answer(body: bytes, media_type: str, cache: bool = True) -> Response:
-        headers = dict(FRAME_HEADERS)
+    def _answer(self, body: bytes, media_type: str, cache: bool = True) -> Response:
+        headers = dict(self.frame_headers)
         if not cache:
             headers["Cache-Control"] = "no-cache"
         return Response(body, media_type=media_type, headers=headers)

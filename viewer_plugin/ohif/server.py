@@ -20,17 +20,20 @@ from fastapi.responses import RedirectResponse, Response, StreamingResponse
 from starlette.background import BackgroundTask
 
 from viewer_plugin.ohif.config import DICOMWEB_PATH
-from viewer_plugin.ohif.dist import PREFIX, OhifFiles
+from viewer_plugin.ohif.dist import PREFIX, SAME_ORIGIN, OhifFiles
 from viewer_plugin.ohif.session import authorization_from
 
 FORWARDED_REQUEST_HEADERS = ("accept",)
 FORWARDED_RESPONSE_HEADERS = ("content-type", "content-length", "warning", "www-authenticate")
 
 
-def create_ohif_app(dist: Path, upstream: str, prefix: str = PREFIX) -> FastAPI:
+def create_ohif_app(
+    dist: Path, upstream: str, prefix: str = PREFIX, frame_ancestors: str = SAME_ORIGIN
+) -> FastAPI:
     """OHIF from ``dist`` at ``prefix`` with our config, its DICOMweb proxied to ``upstream``
-    (radnode's HTTP root, e.g. ``http://127.0.0.1:8080``)."""
-    files = OhifFiles(dist, prefix)
+    (radnode's HTTP root, e.g. ``http://127.0.0.1:8080``); pages that may embed it:
+    ``frame_ancestors`` (a CSP source list: the review page's origin)."""
+    files = OhifFiles(dist, prefix, frame_ancestors)
     upstream = upstream.rstrip("/")
 
     @asynccontextmanager

@@ -236,3 +236,56 @@ def test_review_keyboard_viewer_and_layout_at_1280x800(edge, tmp_path) -> None:
         wait(driver, lambda d: d.current_url.endswith(f"review.html?study={order[1]}"))
         wait(driver, _loaded)
         assert driver.execute_script(HORIZONTAL_OVERFLOW_JS) == []
+
+
+@pytest.mark.slow
+def test_real_ohif_in_the_review_page_with_authentication_on(tmp_path, shipped_models, caplog):
+    """The radiologist signs in on the review page; OHIF, embedded from /viewer/ on the same
+    origin, shows the study's images; without the session the same read is refused; the
+    token is in no log line and no audit message."""
+    import logging
+
+    from selenium.webdriver.common.by import By
+
+    from tests.support.viewer import CANVAS_HAS_PIXELS_JS, records_mentioning
+    from viewer_plugin.ohif.dist import default_dist
+    from viewer_plugin.ohif.session import encode
+
+    dist = default_dist()
+    if not (dist / "index.html").is_file():
+        pytest.fail(f"OHIF is not fetched ({dist}): run `make ohif`")
+    node = make_node(tmp_path / "data", auth=True, ohif_dir=dist.resolve())
+    [uid] = analyse_studies(
+        node,
+        shipped_models,
+        tmp_path / "in",
+        [StudySpec(region="chest", slices=16, nodules=2, seed=3, rows=128, columns=128)],
+    )
+    artifacts = Path(__file__).resolve().parents[2] / "build" / "test-artifacts"
+    artifacts.mkdir(parents=True, exist_ok=True)
+    try:
+        with caplog.at_level(logging.DEBUG), serve(create_app(node)) as base:
+            anonymous = httpx.get(
+                f"{base}/viewer/dicom-web/studies/{uid}/metadata",
+                headers={"Accept": "application/dicom+json"},
+            )
+            assert anonymous.status_code == 401 and uid not in anonymous.text
+            with chromium(tmp_path / "profile") as driver:
+                set_viewport(driver, 1280, 800)
+                _signed_in(driver, base, f"/ui/review.html?study={uid}", RADIOLOGIST)
+                frame = driver.find_element(By.ID, "ohif")
+                driver.switch_to.frame(frame)
+                wait(driver, lambda d: d.execute_script(CANVAS_HAS_PIXELS_JS), 180)
+                assert not driver.find_elements(By.XPATH, "//*[contains(text(), 'went wrong')]")
+                driver.switch_to.default_content()
+                driver.save_screenshot(str(artifacts / "review-with-ohif.png"))
+        audit = "".join(
+            p.read_text() for p in (node.settings.data_dir / "audit").glob("audit-*.log")
+        )
+        accessed = [r for r in caplog.records if r.name == "dicomweb.access"]
+        assert any(str(getattr(r, "path", "")).startswith("/viewer/dicom-web/") for r in accessed)
+        for secret in (RADIOLOGIST, encode(RADIOLOGIST)):
+            assert records_mentioning(caplog.records, secret) == []
+            assert secret not in audit
+    finally:
+        node.close()

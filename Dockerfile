@@ -42,8 +42,9 @@ WORKDIR /ohif
 RUN python -c "import base64, hashlib, os, urllib.request; data = urllib.request.urlopen('https://registry.npmjs.org/@ohif/app/-/app-%s.tgz' % os.environ['OHIF_VERSION'], timeout=600).read(); digest = base64.b64encode(hashlib.sha512(data).digest()).decode(); assert digest == os.environ['OHIF_SHA512'], 'sha512 mismatch: ' + digest; open('ohif.tgz', 'wb').write(data)" \
     && tar xzf ohif.tgz && rm ohif.tgz && test -f package/dist/index.html
 
-# -- radnode-ohif (--target ohif): the viewer served by viewer_plugin.ohif, with
-# radnode's app-config.js and /dicom-web proxied to radnode's HTTP edge.
+# -- radnode-ohif (--target ohif): `radnode viewer`, OHIF at /viewer/ with radnode's
+# app-config.js and /viewer/dicom-web/ proxied to radnode's HTTP edge (reads only, with
+# the signed-in user's token). Pass --upstream and --frame-ancestors (docker-compose.yml).
 FROM python:3.11-slim AS ohif
 RUN groupadd --system --gid 10001 radnode \
     && useradd --system --uid 10001 --gid radnode --no-create-home --shell /usr/sbin/nologin radnode
@@ -56,8 +57,8 @@ ENV PATH=/opt/radnode/bin:$PATH \
 USER 10001:10001
 EXPOSE 3000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
-    CMD python -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/app-config.js' % os.environ.get('RADNODE_OHIF_PORT', '3000'), timeout=4)" || exit 1
-ENTRYPOINT ["python", "-m", "viewer_plugin.ohif", "--dist", "/opt/ohif/dist"]
+    CMD python -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/viewer/app-config.js' % os.environ.get('RADNODE_OHIF_PORT', '3000'), timeout=4)" || exit 1
+ENTRYPOINT ["radnode", "viewer", "--dist", "/opt/ohif/dist"]
 
 # -- radnode (the default target, the last stage): the environment, a non-root user,
 # nothing else.

@@ -44,21 +44,30 @@ $(UV_VENV)/bin/uv:
 system-deps:  ## Debian packages the tests use as real peers (dcmtk, Orthanc, dicom3tools)
 	./scripts/install-system-deps.sh
 
-OHIF_VERSION := 3.13.2
-OHIF_DIST    := build/ohif/package/dist
+# OHIF: npm @ohif/app's prebuilt viewer, pinned to a version and to the integrity the
+# registry published for it (npm view @ohif/app@VERSION dist.integrity; the Dockerfile's
+# OHIF_SHA512 is the same hash). The tarball is checked before it is unpacked.
+OHIF_VERSION   := 3.13.2
+OHIF_INTEGRITY := sha512-WZdxmpmG7rqFgW9ZJLcbgr3XCtLi1KDNPoMaeY5PPe6j4G4fjEjjkycZM6C6Zk2F87BKxFfpq+jd5xXZB9E8EA==
+OHIF_TARBALL   := ohif-app-$(OHIF_VERSION).tgz
+OHIF_DIST      := build/ohif/package/dist
 
-ohif: $(OHIF_DIST)/index.html  ## fetch the prebuilt OHIF viewer (npm @ohif/app, ~50 MB) into build/ohif
+ohif: $(OHIF_DIST)/index.html  ## fetch the prebuilt OHIF viewer (npm @ohif/app, ~50 MB, checked) into build/ohif
 
-$(OHIF_DIST)/index.html:
-	mkdir -p build/ohif
-	cd build/ohif && npm pack --silent @ohif/app@$(OHIF_VERSION) >/dev/null && tar xzf ohif-app-$(OHIF_VERSION).tgz && rm ohif-app-$(OHIF_VERSION).tgz
+$(OHIF_DIST)/index.html: | $(STAMP)
+	rm -rf build/ohif.tmp && mkdir -p build/ohif.tmp
+	cd build/ohif.tmp && npm pack --silent @ohif/app@$(OHIF_VERSION) >/dev/null
+	$(BIN)/python -m viewer_plugin.ohif.integrity build/ohif.tmp/$(OHIF_TARBALL) '$(OHIF_INTEGRITY)'
+	cd build/ohif.tmp && tar xzf $(OHIF_TARBALL) && rm $(OHIF_TARBALL)
+	test -f build/ohif.tmp/package/dist/index.html
+	rm -rf build/ohif && mv build/ohif.tmp build/ohif
 	touch $@
 
-viewer: install ohif  ## OHIF on :3000 beside a running `make run` (its /dicom-web/ proxied to :8080)
-	$(BIN)/python -m viewer_plugin.ohif
+viewer: install ohif  ## OHIF alone on :3000 (radnode viewer) beside a running node; `make run` needs no second process
+	$(BIN)/radnode viewer
 
-run: install  ## start the embedded node: SCP :11112 + HTTP :8080 + worker, SQLite, ./radnode-data
-	$(BIN)/radnode serve --log-format text
+run: install ohif  ## the node and its viewer: SCP :11112, HTTP :8080 (review /ui/, OHIF /viewer/), worker
+	RADNODE_OHIF_DIR=$(CURDIR)/$(OHIF_DIST) $(BIN)/radnode serve --log-format text
 
 test: install system-deps  ## the default suite (about 10 minutes on 2 cores)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)

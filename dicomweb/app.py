@@ -12,10 +12,23 @@ from dicomweb.deps import require_read
 from dicomweb.docs import mount_docs
 from dicomweb.errors import bad_parameters
 from dicomweb.headers import InstanceHeaders
-from dicomweb.routes import feedback, health, pacs, qido, results, retraining, stow, wado
+from dicomweb.routes import (
+    feedback,
+    health,
+    pacs,
+    qido,
+    results,
+    retraining,
+    stow,
+    viewer_session,
+    wado,
+)
 from dicomweb.secheaders import SecurityHeaders
 from radnode_core import __version__
 from radnode_core.node import Node
+from viewer_plugin.ohif.dist import PREFIX as OHIF_PREFIX
+from viewer_plugin.ohif.mount import mount_ohif
+from viewer_plugin.ohif.session import ViewerDicomweb
 from viewer_plugin.review import mount_ui
 
 
@@ -46,8 +59,11 @@ def create_app(node: Node) -> FastAPI:
     app.include_router(pacs.notify_router)
     app.include_router(feedback.router)  # roles per route: feedback is for radiologists
     app.include_router(retraining.router)  # roles per route: runs and models for staff
+    app.include_router(viewer_session.router)  # the embedded OHIF reads as the signed-in user
     mount_ui(app)  # /ui/: static pages; their data comes from the API with the user's token
     s = node.settings
+    if s.ohif_dir is not None:
+        mount_ohif(app, s.ohif_dir)  # /viewer/: OHIF on this origin
     app.add_middleware(BodyGuard, node=node)
     app.add_middleware(SecurityHeaders, settings=s)
     if s.cors_origins:
@@ -59,5 +75,9 @@ def create_app(node: Node) -> FastAPI:
             expose_headers=["Content-Type", "Content-Length", "Warning"],
             max_age=600,
         )
+    # /viewer/dicom-web/ is /dicom-web/ with the viewer session's token: outside the
+    # security headers (they see the DICOMweb path), inside the access log (it logs the
+    # path the browser asked for, never the token).
+    app.add_middleware(ViewerDicomweb, prefix=OHIF_PREFIX)
     app.add_middleware(AccessLogMiddleware, refusal_interval_s=s.auth_failure_interval_s)
     return app

@@ -5,7 +5,8 @@
   'none'`` (with ``X-Frame-Options: DENY`` for browsers that predate it): no page of the
   node can be framed by another site (clickjacking a radiologist's confirm button).
 * ``/ui/``: a policy that allows only the pages' own scripts, styles and API calls, the
-  driving slice as a ``blob:`` image, and frames of the configured OHIF viewer.
+  driving slice as a ``blob:`` image, and frames of the OHIF viewer (``/viewer/`` on this
+  origin, or ``ohif_url``); ``/viewer/`` itself may be framed by this origin only.
 * ``/dicom-web/`` and ``/api/`` (instances, metadata, query results, AI results, the
   worklist): ``Cache-Control: no-store``, so no browser or proxy cache keeps patient data.
 """
@@ -18,6 +19,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from radnode_core.settings import Settings
+from viewer_plugin.ohif.mount import viewer_url
 
 PATIENT_DATA_PREFIXES = ("/dicom-web/", "/api/")
 UI_PREFIX = "/ui"
@@ -29,9 +31,12 @@ DOCS_POLICY = (
 
 
 def ui_policy(ohif_url: str | None) -> str:
-    """The Content-Security-Policy of the review pages (viewer_plugin/review)."""
+    """The Content-Security-Policy of the review pages (viewer_plugin/review): frames of
+    the OHIF viewer only, on this origin (a path) or another."""
     frames = "'none'"
-    if ohif_url:
+    if ohif_url and ohif_url.startswith("/") and not ohif_url.startswith("//"):
+        frames = "'self'"
+    elif ohif_url:
         parts = urlsplit(ohif_url)
         if parts.scheme in ("http", "https") and parts.netloc:
             frames = f"{parts.scheme}://{parts.netloc}"
@@ -45,7 +50,7 @@ def ui_policy(ohif_url: str | None) -> str:
 class SecurityHeaders:
     def __init__(self, app: ASGIApp, settings: Settings) -> None:
         self.app = app
-        self.ui_policy = ui_policy(settings.ohif_url)
+        self.ui_policy = ui_policy(viewer_url(settings))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

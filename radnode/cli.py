@@ -4,6 +4,8 @@
     radnode scp       the DICOM Storage SCP alone
     radnode api       the HTTP app alone (health, metrics, DICOMweb)
     radnode worker    the AI worker, with the PACS outbox sender and changes follower
+    radnode viewer    OHIF on its own port beside a running radnode (``serve`` and ``api``
+                      serve it at /viewer/ themselves when ``ohif_dir`` is set)
     radnode synth     write synthetic CT studies and chest radiographs
     radnode echo      C-ECHO a DICOM peer
     radnode send      C-STORE files or folders to a DICOM peer
@@ -37,6 +39,8 @@ from radnode_core.index import make_engine
 from radnode_core.logs import configure_logging
 from radnode_core.settings import Settings
 from radnode_core.tls import client_context
+from viewer_plugin.ohif import command as ohif_command
+from viewer_plugin.ohif.dist import check_dist
 
 logger = logging.getLogger("radnode.cli")
 
@@ -128,10 +132,13 @@ def _stop_on_signal() -> threading.Event:
 
 
 def _check_http_exposure(settings: Settings) -> bool:
-    """False (after saying why) when the HTTP edge would serve data unauthenticated off-host."""
+    """False (after saying why) when the HTTP edge would serve data unauthenticated off-host,
+    or would serve an OHIF viewer that is not there."""
     try:
         check_exposure(settings)
-    except InsecureBinding as exc:
+        if settings.ohif_dir is not None:
+            check_dist(settings.ohif_dir)
+    except (InsecureBinding, FileNotFoundError) as exc:
         print(f"radnode: {exc}", file=sys.stderr)
         return False
     if not settings.auth_enabled:
@@ -195,6 +202,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
         background.stop()
         node.close(clean=False)
     return 0
+
+
+def cmd_viewer(args: argparse.Namespace) -> int:
+    return ohif_command.serve(
+        args.settings, args.dist, args.port, args.upstream, args.frame_ancestors
+    )
 
 
 # -- tools -------------------------------------------------------------------------
@@ -349,6 +362,12 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_, description=help_)
         _node_options(p)
         p.set_defaults(func=func)
+
+    viewer_help = "OHIF on its own port (ohif_port) beside a running radnode"
+    viewer = sub.add_parser("viewer", help=viewer_help, description=viewer_help)
+    _node_options(viewer)
+    ohif_command.add_arguments(viewer)
+    viewer.set_defaults(func=cmd_viewer)
 
     synth = sub.add_parser("synth", help="write synthetic CT studies and chest radiographs")
     synth_sub = synth.add_subparsers(dest="synth_command", required=True, metavar="KIND")

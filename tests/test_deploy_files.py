@@ -364,11 +364,17 @@ def compose() -> dict[str, Any]:
     return data
 
 
+def is_ohif(svc: dict[str, Any]) -> bool:
+    """The viewer's service: the Dockerfile's ``ohif`` target, not a node role."""
+    build = svc.get("build")
+    return isinstance(build, dict) and build.get("target") == "ohif"
+
+
 def radnode_services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {
         name: svc
         for name, svc in compose["services"].items()
-        if "build" in svc or str(svc.get("image", "")).startswith("radnode")
+        if ("build" in svc or str(svc.get("image", "")).startswith("radnode")) and not is_ohif(svc)
     }
 
 
@@ -457,13 +463,79 @@ def test_compose_ports_and_healthchecks(
             test = " ".join(svc["healthcheck"]["test"])
             assert str(settings.dicom_port) in test and "/healthz" not in test
         elif role == "worker":
-            # The image's HEALTHCHECK probes HTTP, which the worker does not serve.
-            assert svc.get("healthcheck", {}).get("disable") is True
+            # The image's HEALTHCHECK probes HTTP, which the worker does not serve: it runs
+            # the probe k8s runs (loads its settings, asks the index; tests/k8s run it).
+            check = svc["healthcheck"]
+            assert not check.get("disable") and check["test"] == ["CMD", *WORKER_PROBE]
+            assert check["timeout"] and check["interval"] and check["retries"] >= 1
     assert published == {
         "scp": {field_default("dicom_port")},
         "api": {field_default("http_port")},
         "worker": set(),
     }
+
+
+WORKER_PROBE = ["python", "-m", "radnode.probe"]
+
+
+def test_compose_worker_probe_is_the_k8s_one() -> None:
+    [worker] = [
+        doc
+        for doc in yaml.safe_load_all((REPO / "k8s" / "base" / "worker.yaml").read_text())
+        if doc and doc.get("kind") == "Deployment"
+    ]
+    [container] = worker["spec"]["template"]["spec"]["containers"]
+    assert container["livenessProbe"]["exec"]["command"] == WORKER_PROBE
+
+
+def dockerfile_stage(name: str) -> list[tuple[str, str]]:
+    instructions = dockerfile_instructions(DOCKERFILE.read_text())
+    starts = [i for i, (kw, _) in enumerate(instructions) if kw == "FROM"] + [len(instructions)]
+    for begin, end in zip(starts, starts[1:], strict=False):
+        if instructions[begin][1].split()[-1] == name:
+            return instructions[begin:end]
+    raise AssertionError(f"the Dockerfile has no stage {name!r}")
+
+
+def test_dockerfile_ohif_stage_runs_radnode_viewer() -> None:
+    stage = dockerfile_stage("ohif")
+    [entrypoint] = [json.loads(args) for kw, args in stage if kw == "ENTRYPOINT"]
+    assert entrypoint[:2] == ["radnode", "viewer"]
+    build_parser().parse_args(entrypoint[1:])
+    assert exposed_ports(stage) == {field_default("ohif_port")}
+    [check] = [args for kw, args in stage if kw == "HEALTHCHECK"]
+    assert "/viewer/app-config.js" in check and "RADNODE_OHIF_PORT" in check
+    users = [args for kw, args in stage if kw == "USER"]
+    assert users and users[-1].split(":")[0] not in ("root", "0")
+
+
+def test_compose_serves_the_viewer_beside_the_api(
+    compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from urllib.parse import urlsplit
+
+    [(name, ohif)] = [(n, s) for n, s in compose["services"].items() if is_ohif(s)]
+    dockerfile_stage(ohif["build"]["target"])  # the target exists
+    assert "profiles" not in ohif
+    command = interpolate_tree(ohif["command"], COMPOSE_TEST_ENV)
+    args = build_parser().parse_args(["viewer", *command])
+    api_name, api = next(
+        (n, s) for n, s in radnode_services(compose).items() if s["command"][-1] == "api"
+    )
+    assert ohif["depends_on"] == {api_name: {"condition": "service_healthy"}}
+    api_settings = settings_from_env(
+        interpolate_tree(env_mapping(api["environment"]), COMPOSE_TEST_ENV), monkeypatch
+    )
+    assert args.upstream == f"http://{api_name}:{api_settings.http_port}"
+    [ohif_port] = ohif["ports"]
+    assert str(ohif_port).split(":")[-1] == str(field_default("ohif_port"))
+    # the review page embeds the viewer where browsers reach it, and the viewer lets it
+    viewer = urlsplit(api_settings.ohif_url or "")
+    assert viewer.path == "/viewer" and viewer.port == int(str(ohif_port).split(":")[0])
+    review = urlsplit(args.frame_ancestors)
+    assert review.hostname == viewer.hostname  # the session cookie is per host
+    [api_port] = api["ports"]
+    assert review.port == int(str(api_port).split(":")[0]), name
 
 
 def test_compose_has_no_literal_secrets(compose: dict[str, Any]) -> None:

@@ -28,6 +28,7 @@ from viewer_plugin.feedback import (
     StaleResult,
     UnknownStudy,
 )
+from viewer_plugin.ohif.mount import viewer_url
 
 router = APIRouter(prefix="/api", tags=["feedback"])
 
@@ -73,7 +74,7 @@ def whoami(request: Request) -> dict[str, Any]:
         "observer_name": reviewer.observer_name,
         "role": reviewer.role,
         "may_give_feedback": may,
-        "ohif_url": settings.ohif_url.rstrip("/") if settings.ohif_url else None,
+        "ohif_url": viewer_url(settings),
     }
 
 

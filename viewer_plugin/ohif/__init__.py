@@ -1,7 +1,9 @@
-"""OHIF v3 served beside radnode: the prebuilt viewer of npm ``@ohif/app`` (its ``dist/``,
-fetched by ``make ohif``), our ``app-config.js``, and a same-origin proxy of ``/dicom-web/``.
+"""OHIF v3, the prebuilt viewer of npm ``@ohif/app`` (its ``dist/``, fetched, pinned and
+integrity-checked by ``make ohif``), served at ``/viewer/`` with our ``app-config.js``.
 
-OHIF loads ``/app-config.js`` and its bundles from the root of its origin, so it gets an
-origin (port) of its own; proxying ``/dicom-web/`` to radnode's HTTP edge from that origin
-means no CORS (docs/viewer.md). Run it with ``python -m viewer_plugin.ohif``.
+Two ways: on radnode's own origin (:mod:`viewer_plugin.ohif.mount`, what ``make run``
+does), or on an origin of its own with a proxy to radnode (:mod:`viewer_plugin.ohif.server`,
+``radnode viewer``, the compose and Kubernetes ``ohif`` service). Either way OHIF reads
+``/viewer/dicom-web/`` with the user's token from the viewer session
+(:mod:`viewer_plugin.ohif.session`). docs/viewer.md.
 """

@@ -1,9 +1,11 @@
-"""The OHIF origin: static ``dist/`` with single-page fallback, ``app-config.js``, and a
-streaming reverse proxy of ``/dicom-web/`` to radnode's HTTP edge.
+"""OHIF on an origin of its own (``radnode viewer``; the compose and Kubernetes ``ohif``
+service): the viewer at ``/viewer/`` and a streaming proxy of ``/viewer/dicom-web/`` to
+radnode's HTTP edge.
 
-The proxy forwards the method, query, body and the ``Accept``, ``Content-Type`` and
-``Authorization`` headers, so radnode's roles apply to whoever the browser is; it adds
-no credential of its own.
+The proxy forwards reads only (GET, HEAD) with the ``Accept`` header and the user's
+``Authorization``: the browser's own header, or the viewer session's cookie turned into one
+(:mod:`viewer_plugin.ohif.session`); it adds no credential of its own, so radnode's roles
+apply to whoever the browser is.
 """
 
 from __future__ import annotations
@@ -11,44 +13,27 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import httpx
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import Response, StreamingResponse
-from fastapi.staticfiles import StaticFiles
+from fastapi.responses import RedirectResponse, Response, StreamingResponse
 from starlette.background import BackgroundTask
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from viewer_plugin.ohif.config import DICOMWEB_PATH, app_config_js
+from viewer_plugin.ohif.config import DICOMWEB_PATH
+from viewer_plugin.ohif.dist import PREFIX, SAME_ORIGIN, OhifFiles
+from viewer_plugin.ohif.session import authorization_from
 
-FORWARDED_REQUEST_HEADERS = ("accept", "content-type", "authorization")
+FORWARDED_REQUEST_HEADERS = ("accept",)
 FORWARDED_RESPONSE_HEADERS = ("content-type", "content-length", "warning", "www-authenticate")
 
 
-def default_dist() -> Path:
-    """Where ``make ohif`` unpacks ``@ohif/app``'s prebuilt viewer, from the directory
-    ``make viewer`` runs in; elsewhere, set ``ohif_dir``."""
-    return Path("build") / "ohif" / "package" / "dist"
-
-
-class SinglePageApp(StaticFiles):
-    """Static files; a path that is no file answers ``index.html`` (OHIF's own router)."""
-
-    async def get_response(self, path: str, scope: Any) -> Response:
-        try:
-            return await super().get_response(path, scope)
-        except StarletteHTTPException as exc:
-            if exc.status_code != 404:
-                raise
-            return await super().get_response("index.html", scope)
-
-
-def create_ohif_app(dist: Path, upstream: str) -> FastAPI:
-    """OHIF from ``dist`` with our config, its DICOMweb proxied to ``upstream`` (radnode's
-    HTTP root, e.g. ``http://127.0.0.1:8080``)."""
-    if not (dist / "index.html").is_file():
-        raise FileNotFoundError(f"no OHIF viewer in {dist}: run `make ohif`")
+def create_ohif_app(
+    dist: Path, upstream: str, prefix: str = PREFIX, frame_ancestors: str = SAME_ORIGIN
+) -> FastAPI:
+    """OHIF from ``dist`` at ``prefix`` with our config, its DICOMweb proxied to ``upstream``
+    (radnode's HTTP root, e.g. ``http://127.0.0.1:8080``); pages that may embed it:
+    ``frame_ancestors`` (a CSP source list: the review page's origin)."""
+    files = OhifFiles(dist, prefix, frame_ancestors)
     upstream = upstream.rstrip("/")
 
     @asynccontextmanager
@@ -59,22 +44,26 @@ def create_ohif_app(dist: Path, upstream: str) -> FastAPI:
 
     app = FastAPI(title="radnode OHIF", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.proxied = 0
-    config = app_config_js()
+
+    @app.get("/", include_in_schema=False)
+    @app.get(prefix, include_in_schema=False)
+    def root() -> RedirectResponse:
+        return RedirectResponse(prefix + "/")
 
     @app.get("/app-config.js", include_in_schema=False)
     def app_config() -> Response:
-        return Response(config, media_type="application/javascript")
+        """The same configuration at the root, where the probes of k8s/base/ohif.yaml ask."""
+        return Response(files.config, media_type="application/javascript")
 
-    @app.api_route(DICOMWEB_PATH + "/{path:path}", methods=["GET", "POST"])
+    @app.api_route(prefix + DICOMWEB_PATH + "/{path:path}", methods=["GET", "HEAD"])
     async def dicomweb_proxy(path: str, request: Request) -> Response:
         client: httpx.AsyncClient = request.app.state.client
         headers = {k: v for k, v in request.headers.items() if k in FORWARDED_REQUEST_HEADERS}
+        authorization = authorization_from(request.headers, request.method)
+        if authorization:
+            headers["authorization"] = authorization
         upstream_request = client.build_request(
-            request.method,
-            f"{DICOMWEB_PATH}/{path}",
-            params=request.url.query,
-            headers=headers,
-            content=request.stream() if request.method == "POST" else None,
+            request.method, f"{DICOMWEB_PATH}/{path}", params=request.url.query, headers=headers
         )
         try:
             answer = await client.send(upstream_request, stream=True)
@@ -88,5 +77,5 @@ def create_ohif_app(dist: Path, upstream: str) -> FastAPI:
             background=BackgroundTask(answer.aclose),
         )
 
-    app.mount("/", SinglePageApp(directory=dist, html=True), name="ohif")
+    app.mount(prefix + "/", files, name="ohif")
     return app

@@ -94,6 +94,8 @@ async function load(who) {
     document.getElementById("ai-models").hidden = false;
   }
   if (me.ohif_url) {
+    // OHIF sends no token itself: radnode gives the viewer an HttpOnly session cookie.
+    if (me.auth_enabled) await api("/api/viewer-session", { method: "POST" });
     const frame = document.getElementById("ohif");
     frame.src = me.ohif_url + "/viewer?StudyInstanceUIDs=" + encodeURIComponent(studyUid);
     frame.hidden = false;
@@ -104,8 +106,39 @@ async function load(who) {
   document.body.dataset.loaded = "true";
 }
 
+// The next study of the worklist's default view (unreviewed, highest AI score first).
+async function nextStudy() {
+  const data = await api("/api/worklist?reviewed=false&limit=200");
+  const uids = data.items.map((i) => i.study_uid);
+  const at = uids.indexOf(studyUid);
+  const next = at >= 0 ? uids[at + 1] : uids.find((u) => u !== studyUid);
+  if (next) location.href = "review.html?study=" + encodeURIComponent(next);
+  else show("No other unreviewed study.");
+}
+
+function openRelabel() {
+  document.getElementById("relabel-form").hidden = false;
+  document.getElementById("relabel-label").focus();
+}
+
+// C confirm, R relabel, N next study; not while typing, not with a modifier key.
+function shortcut(ev) {
+  if (ev.ctrlKey || ev.metaKey || ev.altKey || ev.repeat) return;
+  const t = ev.target;
+  if (t && (t.isContentEditable || ["INPUT", "TEXTAREA", "SELECT"].includes(t.tagName))) return;
+  const judging = !document.getElementById("actions").hidden;
+  const key = ev.key.toLowerCase();
+  if (key === "c" && judging) document.getElementById("confirm").click();
+  else if (key === "r" && judging) openRelabel();
+  else if (key === "n") nextStudy().catch((e) => show(e.message, true));
+  else return;
+  ev.preventDefault();
+}
+
 document.getElementById("confirm").onclick = () => send({ decision: "confirm" });
-document.getElementById("relabel").onclick = () => { document.getElementById("relabel-form").hidden = false; };
+document.getElementById("relabel").onclick = openRelabel;
+document.getElementById("next").onclick = () => nextStudy().catch((e) => show(e.message, true));
+document.addEventListener("keydown", shortcut);
 document.getElementById("relabel-save").onclick = () => send({
   decision: "relabel",
   label: document.getElementById("relabel-label").value,

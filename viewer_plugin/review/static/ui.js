@@ -49,7 +49,8 @@ async function signIn() {
   };
   document.getElementById("signout").onclick = () => {
     sessionStorage.removeItem(TOKEN_KEY);
-    location.reload();
+    // and the embedded viewer's session cookie
+    fetch("/api/viewer-session", { method: "DELETE" }).finally(() => location.reload());
   };
   try {
     const me = await api("/api/whoami");

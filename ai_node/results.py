@@ -287,6 +287,19 @@ class ResultStore:
             rows = conn.execute(query.order_by(results.c.study_uid)).all()
         return [dict(r._mapping) for r in rows]
 
+    def triage_page(
+        self, query: Select[Any], lead: Any, limit: int, offset: int
+    ) -> tuple[int, list[dict[str, Any]]]:
+        """One page of a worklist ``query`` over lead results ``lead`` in triage order
+        (highest score first, then newest), and how many rows the whole query has."""
+        with self.index.engine.connect() as conn:
+            total = conn.execute(select(func.count()).select_from(query.subquery())).scalar_one()
+            ordered = query.order_by(
+                lead.c.score.desc().nulls_last(), lead.c.finished_at.desc(), lead.c.id
+            )
+            rows = [dict(r._mapping) for r in conn.execute(ordered.limit(limit).offset(offset))]
+        return int(total), rows
+
     def list(
         self,
         status: str | None = None,
@@ -314,18 +327,7 @@ class ResultStore:
                 results.c.model_name == model,
             )
             query = query.where(has.exists())
-        with self.index.engine.connect() as conn:
-            total = conn.execute(select(func.count()).select_from(query.subquery())).scalar_one()
-            rows = [
-                dict(r._mapping)
-                for r in conn.execute(
-                    query.order_by(
-                        lead.c.score.desc().nulls_last(), lead.c.finished_at.desc(), lead.c.id
-                    )
-                    .limit(limit)
-                    .offset(offset)
-                )
-            ]
+        total, rows = self.triage_page(query, lead, limit, offset)
         per_study = self.models_of((r["study_uid"], r["version"]) for r in rows)
         items = []
         for row in rows:

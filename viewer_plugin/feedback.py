@@ -185,18 +185,7 @@ class FeedbackService:
             query = query.where(studies.c.study_date >= date_from)
         if date_to:
             query = query.where(studies.c.study_date <= date_to)
-        with self.node.index.engine.connect() as conn:
-            total = conn.execute(select(func.count()).select_from(query.subquery())).scalar_one()
-            rows = [
-                dict(r._mapping)
-                for r in conn.execute(
-                    query.order_by(
-                        lead.c.score.desc().nulls_last(), lead.c.finished_at.desc(), lead.c.id
-                    )
-                    .limit(limit)
-                    .offset(offset)
-                )
-            ]
+        total, rows = self.results.triage_page(query, lead, limit, offset)
         per_study = self.results.models_of((m["study_uid"], m["version"]) for m in rows)
         items = []
         for m in rows:

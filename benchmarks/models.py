@@ -8,14 +8,15 @@ own thread while the series decodes, an SR and a results row per model):
   (with the region model's verdict), then + the first prototype's CNN (128x128x1, conv
   32/64/128 + max pools, dense 128, sigmoid; saved as legacy .h5), then + a
   three-window 3-channel CNN;
-* 50 synthetic chest radiographs (one CR image per study, 2048x2048 12-bit, half
-  MONOCHROME1): DenseNet121 (224x224x3, ImageNet standardisation), then + two small
-  radiograph CNNs.
+* 50 synthetic chest radiographs (``ai_node.xray_synth``: one CR image per study,
+  2048x2048 12-bit, half MONOCHROME1): the shipped chest-xray-opacity model, then +
+  DenseNet121 (224x224x3, ImageNet standardisation), then + a small radiograph CNN.
 
 Then DenseNet121's own throughput (images/s, batched, on random inputs), and the memory
 each loaded model takes (the process's resident set before and after loading it and
 tracing its inference). Every model is built here with random weights (no download),
-packaged with a card and imported as a user would. TensorFlow runs where it finds a
+packaged with a card and imported as a user would (the shipped ones come from
+``ai_node/models``). TensorFlow runs where it finds a
 device: on a machine with a GPU the same command measures the GPU.
 """
 
@@ -36,9 +37,9 @@ from typing import Any
 
 CT_SETS = (("finding",), ("finding", "proto-ct"), ("finding", "proto-ct", "ct-3window"))
 XR_SETS = (
-    ("cxr-densenet",),
-    ("cxr-densenet", "cxr-small"),
-    ("cxr-densenet", "cxr-small", "cxr-small-b"),
+    ("chest-xray-opacity",),
+    ("chest-xray-opacity", "cxr-densenet"),
+    ("chest-xray-opacity", "cxr-densenet", "cxr-small"),
 )
 
 
@@ -175,46 +176,24 @@ def package(folder: Path, model: Any, card: dict[str, Any]) -> Path:
 
 
 def write_radiographs(out: Path, count: int, size: int) -> list[tuple[str, Path]]:
-    """``count`` one-image chest radiograph studies (CR, 12 bits, half MONOCHROME1)."""
-    import numpy as np
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ComputedRadiographyImageStorage, ExplicitVRLittleEndian, generate_uid
+    """``count`` one-image synthetic PA chest radiograph studies (``radnode synth xray``:
+    CR, 12 bits stored, every second one MONOCHROME1, every third with opacities)."""
+    from ai_node.xray_synth import XraySpec, generate_radiograph
 
     out.mkdir(parents=True, exist_ok=True)
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
     studies = []
     for i in range(count):
-        rng = np.random.default_rng(i)
-        img = np.where(((xx - 0.5) / 0.45) ** 2 + ((yy - 0.5) / 0.48) ** 2 < 1, 0.7, 0.15)
-        for cx in (0.32, 0.68):
-            img = np.where(((xx - cx) / 0.14) ** 2 + ((yy - 0.45) / 0.3) ** 2 < 1, 0.3, img)
-        img = img + rng.normal(0, 0.01, img.shape)
-        pixels = (np.clip(img, 0, 1) * 4095).astype(np.uint16)
-        mono1 = i % 2 == 1
-        if mono1:
-            pixels = 4095 - pixels
-        ds = Dataset()
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = ComputedRadiographyImageStorage
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-        ds.PatientName, ds.PatientID = f"Bench^{i}", f"B{i:04d}"
-        ds.PatientBirthDate, ds.PatientSex = "19700101", "O"
-        ds.StudyDate, ds.StudyTime, ds.StudyID = "20261130", "101010", str(i)
-        ds.AccessionNumber, ds.ReferringPhysicianName = f"ACC{i}", ""
-        ds.Modality, ds.BodyPartExamined, ds.ViewPosition = "CR", "CHEST", "PA"
-        ds.SeriesNumber, ds.InstanceNumber, ds.PatientOrientation = 1, 1, ["L", "F"]
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = (
-            1,
-            "MONOCHROME1" if mono1 else "MONOCHROME2",
+        spec = XraySpec(
+            seed=i,
+            size=size,
+            sop_class="cr",
+            monochrome1=i % 2 == 1,
+            opacities=2 if i % 3 == 0 else 0,
         )
-        ds.Rows = ds.Columns = size
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-        ds.PixelData = pixels.tobytes()
+        image, ds = generate_radiograph(spec)
         path = out / f"CR{i:04d}.dcm"
         ds.save_as(path, enforce_file_format=True)
-        studies.append((str(ds.StudyInstanceUID), path))
+        studies.append((image.study_instance_uid, path))
     return studies
 
 
@@ -467,7 +446,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         import_package(registry, folder)
         shutil.rmtree(folder, ignore_errors=True)
     env = environment()
-    mem = memory(root, ["finding", "region", *names])
+    mem = memory(root, ["finding", "region", "chest-xray-opacity", *names])
     dense = densenet_rate(registry, args.densenet_images, args.batch)
     rows = throughput(
         args.work_dir, registry, args.slices, args.size, args.radiographs, args.xr_size

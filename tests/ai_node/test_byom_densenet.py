@@ -44,8 +44,10 @@ def test_densenet121_reads_chest_radiographs(byom_registry, tmp_path) -> None:
         run_all(node, AnalysisPipeline(node, ModelSet(byom_registry)))
         with TestClient(create_app(node)) as client:
             listed = client.get(f"/api/studies/{study_uid}/results").json()
-        [item] = listed["items"]
-        assert item["model"] == "cxr-densenet" and item["status"] == "done", item
+        by_model = {i["model"]: i for i in listed["items"]}
+        assert set(by_model) == {"cxr-densenet", "chest-xray-opacity"}  # the shipped one too
+        item = by_model["cxr-densenet"]
+        assert item["status"] == "done", item
         assert 0.0 <= item["score"] <= 1.0 and item["label"] in ("opacity", "no opacity")
         assert item["model_version"] == "cxr-densenet:1.0"
         row = node.index.find_instance(item["sr_sop_instance_uid"])

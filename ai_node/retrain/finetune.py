@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from ai_node.models import TASKS, model_format
+from ai_node.models import model_format
 from ai_node.preprocess import card_input
 from ai_node.registry import ModelRegistry
 from ai_node.retrain.prepare import prepared_model, split_inputs
@@ -43,15 +43,18 @@ TOP_SLICES = 3
 FINE_TUNE_LEARNING_RATE = 5e-4
 TRAINING_INFO = "training.json"
 MODEL_FILE = "model.keras"
+SCRATCH_ARCHITECTURES = ("finding",)
+"""The models :func:`ai_node.models.build_model` builds afresh that retraining can train
+(binary: the region model is not)."""
 
 
 class RetrainingRefused(ValueError):
     """A model that retraining cannot (or may not) make a new version of."""
 
 
-def check_retrainable(registry: ModelRegistry, name: str) -> str:
-    """The active version of ``name`` when it can be retrained (module docstring); else
-    :class:`RetrainingRefused` saying why."""
+def check_retrainable(registry: ModelRegistry, name: str, from_scratch: bool = False) -> str:
+    """The active version of ``name`` when it can be retrained (module docstring), from
+    scratch too when asked; else :class:`RetrainingRefused` saying why."""
     version = registry.active_or_none(name)
     if version is None:
         raise RetrainingRefused(f"model {name} has no active version to retrain")
@@ -75,6 +78,11 @@ def check_retrainable(registry: ModelRegistry, name: str) -> str:
         raise RetrainingRefused(
             f"model {name}:{version} is a TensorFlow SavedModel: retraining fine-tunes "
             "Keras files (.keras, .h5) only"
+        )
+    if from_scratch and name not in SCRATCH_ARCHITECTURES:
+        raise RetrainingRefused(
+            f"model {name}: training from scratch needs an architecture radnode knows "
+            f"({', '.join(SCRATCH_ARCHITECTURES)}); fine-tune it instead"
         )
     return version
 
@@ -107,12 +115,7 @@ def train_candidate(
 
     name, card = prepared_model(prepared)
     registry = ModelRegistry(models_dir)
-    version = check_retrainable(registry, name)
-    if from_scratch and name not in TASKS:
-        raise RetrainingRefused(
-            f"model {name}: training from scratch needs an architecture radnode knows "
-            f"({', '.join(t for t in TASKS if t != 'region')}); fine-tune it instead"
-        )
+    version = check_retrainable(registry, name, from_scratch)
     active = registry.load(name, version)
     if active.card.input != card.input:
         raise ValueError(

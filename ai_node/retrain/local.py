@@ -116,16 +116,16 @@ def models_dir(settings: Settings, model: str = RETRAINED_MODEL) -> Path:
             "read-only)"
         )
     root = settings.models_dir.resolve()
-    check_trainable(ModelRegistry(root), model)
+    check_trainable(ModelRegistry(root), model, settings.retraining_from_scratch)
     return root
 
 
-def check_trainable(registry: ModelRegistry, name: str) -> None:
+def check_trainable(registry: ModelRegistry, name: str, from_scratch: bool = False) -> None:
     """Refuse a model that is not in the registry, has no active version, or whose active
     version cannot be retrained (:func:`ai_node.retrain.finetune.check_retrainable`: its
     card says ``trainable: false``, it is not binary, its code was trusted, a SavedModel)."""
     try:
-        check_retrainable(registry, name)
+        check_retrainable(registry, name, from_scratch)
     except (RetrainingRefused, RegistryError) as exc:
         raise RetrainError(str(exc)) from exc
 
@@ -375,7 +375,9 @@ def submit(
     from ai_node.retrain.pipeline import PIPELINE_NAME, retrain_pipeline
 
     if settings.models_dir is not None:
-        check_trainable(ModelRegistry(settings.models_dir), model)
+        check_trainable(
+            ModelRegistry(settings.models_dir), model, settings.retraining_from_scratch
+        )
     runs = RunStore(index)
     run_id = runs.create(
         trigger, labels_upto=newest_feedback_id(index, model), status="submitted", model=model

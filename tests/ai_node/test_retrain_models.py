@@ -16,6 +16,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -114,7 +115,7 @@ def test_retrain_a_radiograph_model_from_its_own_labels(tmp_path: Path) -> None:
     files: list[Path] = []
     truth: dict[str, int] = {}
     for i in range(N_STUDIES):
-        uid = generate_uid()
+        uid = str(generate_uid())
         truth[uid] = i % 2
         files.append(
             radiograph(
@@ -185,7 +186,9 @@ def test_retrain_a_radiograph_model_from_its_own_labels(tmp_path: Path) -> None:
         assert [i["study_uid"] for i in finding_labels["items"]] == [ct.study_instance_uid]
 
         run_env = {**os.environ, **env, "RADNODE_HTTP_PORT": str(node.http_port)}
+        started = time.monotonic()
         run = _retrain(data, run_env, "--model", MODEL, "--epochs", "1", "--version", "r1")
+        print(f"radnode retrain --model {MODEL}: {time.monotonic() - started:.1f} s")
         assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
         for i, step in enumerate(("export", "preprocess", "train", "evaluate", "promote"), 1):
             assert f"[{i}/5] {step}: succeeded" in run.stderr

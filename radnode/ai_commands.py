@@ -411,7 +411,9 @@ def cmd_pipeline_upload(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         package = args.package or compile_pipeline(Path(tmp) / "retrain-pipeline.yaml")
         try:
-            ids = upload(_settings_with(args), args.kfp_host, package, args.schedule)
+            ids = upload(
+                _settings_with(args), args.kfp_host, package, args.schedule, args.model
+            )
         except ValueError as exc:
             print(f"radnode pipeline upload: {exc}", file=sys.stderr)
             return 2
@@ -601,4 +603,7 @@ def register(sub: Any, node_options: NodeOptions) -> None:
     up.add_argument("--kfp-host", required=True, help="e.g. http://ml-pipeline.kubeflow:8888")
     up.add_argument("--schedule", help='cron, e.g. "0 2 * * 0" (5 fields, or KFP\'s 6)')
     up.add_argument("--package", type=Path, help="a compiled YAML (default: compile now)")
+    up.add_argument(
+        "--model", default="finding", help="the model the recurring run retrains (default finding)"
+    )
     up.set_defaults(func=cmd_pipeline_upload, from_scratch=False)

@@ -415,11 +415,15 @@ def kfp_cron(schedule: str) -> str:
 
 
 def upload(
-    settings: Settings, host: str, package: Path, schedule: str | None = None
+    settings: Settings,
+    host: str,
+    package: Path,
+    schedule: str | None = None,
+    model: str = RETRAINED_MODEL,
 ) -> dict[str, str]:
     """Register the compiled pipeline in KFP (a new version when it exists) and, with
-    ``schedule``, create a recurring run of it with the node's settings as parameters
-    (replacing the one an earlier upload made)."""
+    ``schedule``, create a recurring run of it for ``model`` with the node's settings as
+    parameters (replacing the one an earlier upload made for that model)."""
     # kfp takes half a second to import: only the pipeline commands pay for it.
     import kfp
 
@@ -441,7 +445,11 @@ def upload(
     out = {"pipeline_id": str(pipeline_id), "version_id": str(version_id)}
     if schedule:
         experiment = client.create_experiment(PIPELINE_NAME, namespace=kfp_namespace())
-        job_name = f"{PIPELINE_NAME}-schedule"
+        job_name = (
+            f"{PIPELINE_NAME}-schedule"
+            if model == RETRAINED_MODEL
+            else f"{PIPELINE_NAME}-{model}-schedule"
+        )
         # idempotent: a re-run of the upload Job replaces the schedule instead of adding one
         existing = (
             client.list_recurring_runs(
@@ -452,7 +460,7 @@ def upload(
         for old in existing:
             if old.display_name == job_name:
                 client.delete_recurring_run(old.recurring_run_id)
-        arguments = pipeline_arguments(settings, run_id="", in_cluster=True)
+        arguments = pipeline_arguments(settings, run_id="", in_cluster=True, model=model)
         job = client.create_recurring_run(
             experiment_id=experiment.experiment_id,
             job_name=job_name,

@@ -6,7 +6,8 @@ storescu (radiographs and a chest CT) -> ``radnode serve`` (every model analyses
 for) -> feedback on each model's results -> ``radnode retrain --model cxr-small`` -> a new
 version of cxr-small with its card carried over, the decision recorded, the change audited.
 And the refusals: a model whose card says ``trainable: false``, a model that is not there,
-training from scratch a model whose architecture radnode does not know.
+training from scratch a model whose architecture radnode does not know, a package whose
+model needs its own code.
 """
 
 from __future__ import annotations
@@ -26,11 +27,19 @@ from pydicom.uid import generate_uid
 
 from ai_node.package import import_package
 from ai_node.registry import SHIPPED_MODELS, ModelRegistry, file_sha256
+from ai_node.retrain.local import RetrainError, check_trainable
 from ai_node.retrain.runs import RunStore
 from ai_node.synth import StudySpec, write_study
 from radnode.assembly import build_node
 from radnode_core.settings import Settings
-from tests.support.model_packages import cxr_card, radiograph, tiny_cxr, write_package
+from tests.support.model_packages import (
+    ct_card,
+    cxr_card,
+    lambda_model,
+    radiograph,
+    tiny_cxr,
+    write_package,
+)
 from tests.support.radnode_process import RadnodeProcess
 from tests.support.tools import storescu
 from tests.support.wait import wait_for
@@ -270,3 +279,26 @@ def test_retrain_refuses_before_recording_anything(
     finally:
         node.close()
     assert ModelRegistry(models).versions(MODEL) == ["1.0"]
+
+
+def test_a_package_that_needed_trust_code_is_not_retrained(tmp_path: Path) -> None:
+    """Its model loads only with its own code, which retraining does not run."""
+    models = tmp_path / "models"
+    shutil.copytree(SHIPPED_MODELS, models, ignore=shutil.ignore_patterns("__pycache__", ".lock"))
+    registry = ModelRegistry(models)
+    card = ct_card(
+        name="lam",
+        model_file="model.keras",
+        trainable=True,
+        input={
+            "size": [32, 32],
+            "normalisation": {"scale": "hu_window", "windows": [{"center": 0, "width": 2000}]},
+        },
+    )
+    import_package(
+        registry, write_package(tmp_path / "lam", lambda_model(), card), trust_code=True,
+        activate=True,
+    )
+    with pytest.raises(RetrainError, match="imported with --trust-code"):
+        check_trainable(registry, "lam")
+    check_trainable(registry, "finding")  # the shipped finding model may be retrained

@@ -12,6 +12,7 @@ model needs its own code.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import shutil
@@ -27,10 +28,15 @@ from pydicom.uid import generate_uid
 
 from ai_node.package import import_package
 from ai_node.registry import SHIPPED_MODELS, ModelRegistry, file_sha256
-from ai_node.retrain.local import RetrainError, check_trainable
+from ai_node.retrain.labels import newest_feedback_id
+from ai_node.retrain.local import RetrainError, check_trainable, retrain_command
 from ai_node.retrain.runs import RunStore
+from ai_node.retrain.trigger import LabelTrigger
 from ai_node.synth import StudySpec, write_study
+from ai_node.tables import feedback
 from radnode.assembly import build_node
+from radnode_core.index import studies
+from radnode_core.node import Node
 from radnode_core.settings import Settings
 from tests.support.model_packages import (
     ct_card,
@@ -302,3 +308,56 @@ def test_a_package_that_needed_trust_code_is_not_retrained(tmp_path: Path) -> No
     with pytest.raises(RetrainError, match="imported with --trust-code"):
         check_trainable(registry, "lam")
     check_trainable(registry, "finding")  # the shipped finding model may be retrained
+
+
+def _feedback(node: Node, model: str, n: int) -> None:
+    now = dt.datetime.now(dt.UTC)
+    with node.index.transaction() as conn:
+        conn.execute(
+            studies.insert().prefix_with("OR IGNORE"),
+            {"study_uid": "1.2.3", "first_received_at": 0.0, "last_received_at": 0.0},
+        )
+        for _ in range(n):
+            conn.execute(
+                feedback.insert().values(
+                    study_uid="1.2.3",
+                    result_version=1,
+                    ai_sr_sop_instance_uid="1.2.3.4",
+                    decision="confirm",
+                    label="opacity",
+                    model_name=model,
+                    user="u",
+                    observer_name="Doe^J",
+                    sr_sop_instance_uid="1.2.3.5",
+                    predecessor_sop_instance_uid="1.2.3.4",
+                    created_at=now,
+                )
+            )
+
+
+def test_the_label_trigger_counts_each_trainable_models_own_labels(tmp_path: Path) -> None:
+    models = _registry(tmp_path)
+    node = build_node(
+        Settings(
+            data_dir=tmp_path / "data", fsync=False, models_dir=models, retraining_trigger_labels=3
+        )
+    )
+    try:
+        trigger = LabelTrigger(node)
+        assert trigger.trainable_models() == [MODEL, "finding"]
+        _feedback(node, "chest-xray-opacity", 5)  # not trainable: never counted
+        _feedback(node, "finding", 2)
+        _feedback(node, MODEL, 2)
+        assert trigger.due_model() is None
+        _feedback(node, MODEL, 1)
+        assert trigger.due_model() == MODEL
+        assert retrain_command("labels", MODEL)[-4:] == ["--model", MODEL, "--trigger", "labels"]
+        runs = RunStore(node.index)
+        upto = newest_feedback_id(node.index, MODEL)
+        run_id = runs.create("labels", labels_upto=upto, model=MODEL)
+        runs.update(run_id, status="succeeded")
+        assert trigger.due_model() is None  # its labels were seen; finding has 2 of 3
+        _feedback(node, "finding", 1)
+        assert trigger.due_model() == "finding"
+    finally:
+        node.close()

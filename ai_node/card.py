@@ -444,7 +444,9 @@ class ModelCard(BaseModel):
         None, description="Versions it was made with (tensorflow, keras, python)."
     )
     trainable: bool = Field(
-        False, description="Whether radnode's retraining pipeline may retrain this model."
+        False,
+        description="Whether `radnode retrain --model NAME` may make new versions of this "
+        "model from the labels radiologists gave its results (binary, Keras, safe mode).",
     )
     timeout_s: float = Field(
         300.0, gt=0, le=3600, description="Most seconds one study's inference may take."

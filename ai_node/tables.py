@@ -69,11 +69,13 @@ SqlIndex("ix_feedback_study", feedback.c.study_uid, feedback.c.result_version)
 
 # One row per retraining run: how it started, each step's state, the candidate's and the
 # active model's test-split metrics, the promotion decision and its reason. labels_upto:
-# the newest feedback id the run saw (the label-count trigger counts from there).
+# the newest feedback id the run saw (the label-count trigger counts from there);
+# model_name: the model the run retrains.
 retrain_runs = Table(
     "retrain_runs",
     metadata,
     Column("run_id", String(40), primary_key=True),
+    Column("model_name", String(64), nullable=False, server_default="finding", default="finding"),
     Column("trigger", String(16), nullable=False),  # manual | labels | kfp
     Column("status", String(16), nullable=False),  # running | succeeded | failed | submitted
     Column("started_at", DateTime(timezone=True), nullable=False),

@@ -238,10 +238,12 @@ def fit(
     seed: int,
     verbose: int = 1,
     model: Any | None = None,
+    balance_by: np.ndarray | None = None,
 ) -> Any:
     """Train a fresh model, or go on training ``model`` (fine-tuning: the retraining
     pipeline hands in the active version); keras prints its progress per epoch when
-    ``verbose``."""
+    ``verbose``. The classes of the binary labels ``balance_by`` (the finding model's:
+    ``y``) are balanced by weight: positives are few."""
     # TensorFlow takes seconds to import: only what builds, trains or runs a model pays for it.
     import keras
 
@@ -249,11 +251,13 @@ def fit(
     if model is None:
         model = build_model(task)
     weights = np.ones(len(y), np.float32) if w is None else w.astype(np.float32, copy=True)
-    if task == "finding":
-        pos = float((y * weights).sum())
-        neg = float(((1 - y) * weights).sum())
-        if pos > 0:  # balance the classes: lesion slices are few
-            weights[y == 1] *= min(neg / pos, 20.0)
+    if balance_by is None and task == "finding":
+        balance_by = y
+    if balance_by is not None:
+        pos = float((balance_by * weights).sum())
+        neg = float(((1 - balance_by) * weights).sum())
+        if pos > 0:
+            weights[balance_by == 1] *= min(neg / pos, 20.0)
     model.fit(
         x, y, sample_weight=weights, epochs=epochs, batch_size=64, shuffle=True, verbose=verbose
     )

@@ -12,6 +12,7 @@ retraining.
     radnode model train --synthetic      train the CT models, evaluate, save a new version
     radnode model train --synthetic --kind xray   train the chest X-ray opacity model
     radnode retrain                      run the retraining pipeline here (kfp.local)
+    radnode retrain --model NAME         retrain another trainable model from its own labels
     radnode retrain --kfp-host URL       submit it to Kubeflow Pipelines
     radnode pipeline compile --output P  write the pipeline's KFP v2 YAML
     radnode pipeline upload --kfp-host URL [--schedule CRON]   register it (+ recurring run)
@@ -318,7 +319,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     index = Index(settings.index_url)
     try:
         if args.kfp_host:
-            run_id = submit(settings, index, args.kfp_host, trigger=args.trigger)
+            run_id = submit(settings, index, args.kfp_host, trigger=args.trigger, model=args.model)
             print(f"submitted to {args.kfp_host}: KFP run {run_id}")
             return 0
         if args.trigger == "labels":
@@ -337,6 +338,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
             version=args.version or "",
             epochs=args.epochs,
             on_step=on_step,
+            model=args.model,
         )
     except RetrainError as exc:
         print(f"radnode retrain: {exc}", file=sys.stderr)
@@ -365,7 +367,7 @@ def print_summary(run_id: str, d: dict[str, Any], files: dict[str, str]) -> None
     cand, act = d["metrics"]["candidate"], d["metrics"]["active"]
     ops = d["operating_points"]
     prevalence = d["prevalence"]
-    print(f"test split: {d['test_studies']} studies, {d['test_positives']} with a lesion")
+    print(f"test split: {d['test_studies']} studies, {d['test_positives']} labelled positive")
     print(f"{'':18} {'candidate':28} active")
     print(
         f"{'threshold':18} {ops['candidate']['threshold']:<8.4g} "
@@ -386,7 +388,8 @@ def print_summary(run_id: str, d: dict[str, Any], files: dict[str, str]) -> None
     ci = diff.get("ci")
     interval = f" (95% interval {ci[0]:+.3f} to {ci[1]:+.3f})" if ci else ""
     print(f"AUC difference     {diff['estimate']:+.3f}{interval}")
-    print(f"run {run_id}: finding {d['version']} {d['decision']}: {d['reason']}")
+    model = d.get("model", "finding")
+    print(f"run {run_id}: {model} {d['version']} {d['decision']}: {d['reason']}")
     for key, label in (("report_html", "report"), ("log", "KFP log")):
         if key in files:
             print(f"{label}: {files[key]}")
@@ -408,7 +411,9 @@ def cmd_pipeline_upload(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         package = args.package or compile_pipeline(Path(tmp) / "retrain-pipeline.yaml")
         try:
-            ids = upload(_settings_with(args), args.kfp_host, package, args.schedule)
+            ids = upload(
+                _settings_with(args), args.kfp_host, package, args.schedule, args.model
+            )
         except ValueError as exc:
             print(f"radnode pipeline upload: {exc}", file=sys.stderr)
             return 2
@@ -551,6 +556,12 @@ def register(sub: Any, node_options: NodeOptions) -> None:
     )
     registry_option(retrain)
     node_options(retrain)
+    retrain.add_argument(
+        "--model",
+        default="finding",
+        help="the model to retrain, from its own labels (its card: trainable: true; "
+        "default finding)",
+    )
     retrain.add_argument("--kfp-host", help="submit to this Kubeflow Pipelines host instead")
     retrain.add_argument("--epochs", type=int, help="override retraining_epochs")
     retrain.add_argument("--from-scratch", action="store_true", help="do not fine-tune")
@@ -592,4 +603,7 @@ def register(sub: Any, node_options: NodeOptions) -> None:
     up.add_argument("--kfp-host", required=True, help="e.g. http://ml-pipeline.kubeflow:8888")
     up.add_argument("--schedule", help='cron, e.g. "0 2 * * 0" (5 fields, or KFP\'s 6)')
     up.add_argument("--package", type=Path, help="a compiled YAML (default: compile now)")
+    up.add_argument(
+        "--model", default="finding", help="the model the recurring run retrains (default finding)"
+    )
     up.set_defaults(func=cmd_pipeline_upload, from_scratch=False)

@@ -18,6 +18,7 @@ IMAGE = "radnode:0.1.0"
 def export_op(
     api_url: str,
     dicomweb_url: str,
+    model: str,
     val_fraction: float,
     test_fraction: float,
     min_labels: int,
@@ -25,9 +26,9 @@ def export_op(
     min_test_negatives: int,
     dataset: Output[Dataset],
 ) -> int:
-    """Labelled studies, de-identified, split by patient and label (ai_node.retrain.export);
-    fails when the test split would hold too few of either class."""
-    from ai_node.retrain.export import run_export, split_minimum
+    """The studies labelled for ``model``, de-identified, split by patient and label
+    (ai_node.retrain.export); fails when the test split would hold too few of either class."""
+    from ai_node.retrain.export import run_export
 
     manifest = run_export(
         api_url,
@@ -36,7 +37,9 @@ def export_op(
         val_fraction,
         test_fraction,
         min_labels,
-        split_minimum(min_test_negatives, min_test_positives),
+        min_test_negatives,
+        min_test_positives,
+        model,
     )
     dataset.metadata.update(manifest["counts"])
     return int(manifest["labels_upto"])
@@ -44,7 +47,7 @@ def export_op(
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def preprocess_op(dataset: Input[Dataset], prepared: Output[Dataset]) -> None:
-    """The worker's series choice and decoding (ai_node.retrain.prepare)."""
+    """The worker's routing and decoding for the model's card (ai_node.retrain.prepare)."""
     from pathlib import Path
 
     from ai_node.retrain.prepare import preprocess_dataset
@@ -62,7 +65,8 @@ def train_op(
     seed: int,
     model: Output[Model],
 ) -> None:
-    """Fine-tune the active finding model, or train one from scratch (ai_node.retrain.finetune)."""
+    """Fine-tune the active version of the model the data set is for, or train one from
+    scratch (ai_node.retrain.finetune)."""
     from pathlib import Path
 
     from ai_node.retrain.finetune import train_candidate

@@ -1,9 +1,11 @@
 """Pipeline step 4, evaluate: the candidate and the active model on the same test split,
 each at its own operating threshold.
 
-Study-level, as the node reports: a study's score is :func:`ai_node.analysis.score_finding`
-(the maximum of the smoothed slice probabilities), the truth is the radiologist's final
-label. The operating thresholds:
+Study-level, as the node reports: a study's score is the retrained model's card's
+aggregation (:func:`ai_node.analysis.aggregate`: for the finding model the maximum of the
+smoothed slice probabilities, for a radiograph model its highest image) of the positive
+label's probability, on the card's input (:func:`ai_node.preprocess.card_input`); the
+truth is the radiologist's final label of that model's result. The operating thresholds:
 
 * the active model's is the one the worker uses: its card's ``operating_point.threshold``,
   else the node's ``finding_threshold`` (the ``default_threshold`` passed in);
@@ -29,10 +31,10 @@ from typing import Any
 
 import numpy as np
 
-from ai_node.analysis import score_finding
+from ai_node.analysis import aggregate, scored_indices
 from ai_node.models import LoadedModel, load_model
-from ai_node.preprocess import SliceStack
-from ai_node.registry import ModelRegistry, ModelSet
+from ai_node.preprocess import card_input
+from ai_node.registry import ModelRegistry
 from ai_node.retrain.finetune import MODEL_FILE
 from ai_node.retrain.metrics import (
     bootstrap,
@@ -41,8 +43,7 @@ from ai_node.retrain.metrics import (
     reliability,
     roc_points,
 )
-from ai_node.retrain.prepare import split_studies
-from ai_node.train import DictModels
+from ai_node.retrain.prepare import prepared_model, split_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -50,19 +51,29 @@ CANDIDATE = "candidate"
 ACTIVE = "active"
 
 
-def study_score(hu: np.ndarray, model: LoadedModel) -> float:
-    stack = SliceStack(hu=hu, positions=np.arange(hu.shape[0], dtype=np.float64), refs=[])
-    score, _, _ = score_finding(stack, DictModels({"finding": model}))
+def study_score(
+    hu: np.ndarray, model: LoadedModel, monochrome1: np.ndarray | None = None
+) -> float:
+    """A study's score as the worker computes it: the model's card's sample of slices
+    (all of them unless it samples), its input, the positive label's probability, its
+    aggregation."""
+    card = model.card
+    idx = scored_indices(card, hu.shape[0])
+    m1 = monochrome1[idx] if monochrome1 is not None else None
+    x = card_input(hu[idx], card.input, m1)
+    score, _, _ = aggregate(card, np.asarray(model.positive(model.predict_batched(x))))
     return float(score)
 
 
 def _scored(
     prepared: Path, split: str, model: LoadedModel
 ) -> tuple[list[dict[str, Any]], np.ndarray, np.ndarray]:
-    studies = split_studies(prepared, split)
-    labels = np.asarray([int(s["label"]) for s, _ in studies], dtype=np.int64)
-    scores = np.asarray([study_score(hu, model) for _, hu in studies], dtype=np.float64)
-    return [s for s, _ in studies], labels, scores
+    studies = split_inputs(prepared, split)
+    labels = np.asarray([int(p.study["label"]) for p in studies], dtype=np.int64)
+    scores = np.asarray(
+        [study_score(p.hu, model, p.monochrome1) for p in studies], dtype=np.float64
+    )
+    return [p.study for p in studies], labels, scores
 
 
 def candidate_threshold(
@@ -95,9 +106,12 @@ def evaluate_candidate(
     samples: int = 1000,
     seed: int = 1,
 ) -> dict[str, Any]:
-    """The report (module docstring) of the candidate against the active version."""
-    active = ModelSet(ModelRegistry(models_dir)).get("finding")
-    candidate = load_model("finding", CANDIDATE, candidate_dir / MODEL_FILE, active.card)
+    """The report (module docstring) of the candidate against the active version of the
+    model the prepared data set is for."""
+    name, _ = prepared_model(prepared)
+    registry = ModelRegistry(models_dir)
+    active = registry.load(name, registry.active_version(name))
+    candidate = load_model(name, CANDIDATE, candidate_dir / MODEL_FILE, active.card)
     card_threshold = active.operating_threshold
     operating = {
         ACTIVE: {
@@ -119,6 +133,7 @@ def evaluate_candidate(
     patients = [str(s["patient"]) for s in studies]
     intervals = bootstrap(labels, scores, thresholds, patients, prevalence, samples, seed)
     report: dict[str, Any] = {
+        "model": name,
         "split": "test",
         "studies": len(studies),
         "positives": int(labels.sum()),

@@ -34,9 +34,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from ai_node.registry import ModelRegistry
+from ai_node.registry import ModelRegistry, RegistryError
 from ai_node.retrain import STEPS
 from ai_node.retrain.export import SALT_ENV, TOKEN_ENV
+from ai_node.retrain.finetune import RetrainingRefused, check_retrainable
 from ai_node.retrain.labels import RETRAINED_MODEL, newest_feedback_id
 from ai_node.retrain.runs import RunStore
 from radnode_core.audit import AuditTrail
@@ -106,7 +107,8 @@ def salt(settings: Settings) -> str:
     return path.read_text().strip()
 
 
-def models_dir(settings: Settings) -> Path:
+def models_dir(settings: Settings, model: str = RETRAINED_MODEL) -> Path:
+    """The writable registry, once ``model`` is found retrainable there."""
     if settings.models_dir is None:
         raise RetrainError(
             "retraining writes new model versions: set models_dir (RADNODE_MODELS_DIR) to a "
@@ -114,18 +116,18 @@ def models_dir(settings: Settings) -> Path:
             "read-only)"
         )
     root = settings.models_dir.resolve()
-    check_trainable(ModelRegistry(root), RETRAINED_MODEL)
+    check_trainable(ModelRegistry(root), model, settings.retraining_from_scratch)
     return root
 
 
-def check_trainable(registry: ModelRegistry, name: str) -> None:
-    """Refuse a model whose active version's card does not say ``trainable: true``."""
-    version = registry.active_or_none(name)
-    if version is not None and not registry.model_card(name, version).trainable:
-        raise RetrainError(
-            f"model {name}:{version} is not trainable (its card says trainable: false): "
-            "retraining refuses to make new versions of it"
-        )
+def check_trainable(registry: ModelRegistry, name: str, from_scratch: bool = False) -> None:
+    """Refuse a model that is not in the registry, has no active version, or whose active
+    version cannot be retrained (:func:`ai_node.retrain.finetune.check_retrainable`: its
+    card says ``trainable: false``, it is not binary, its code was trusted, a SavedModel)."""
+    try:
+        check_retrainable(registry, name, from_scratch)
+    except (RetrainingRefused, RegistryError) as exc:
+        raise RetrainError(str(exc)) from exc
 
 
 def pipeline_arguments(
@@ -134,11 +136,13 @@ def pipeline_arguments(
     version: str = "",
     epochs: int | None = None,
     in_cluster: bool = False,
+    model: str = RETRAINED_MODEL,
 ) -> dict[str, Any]:
     """The pipeline's parameters from the node's settings. ``in_cluster`` (a KFP run):
     the API URL and the registry folder only when set, else the pipeline's in-cluster
     defaults (the radnode-api Service, /data/models)."""
     arguments: dict[str, Any] = {
+        "model": model,
         "dicomweb_url": settings.retraining_dicomweb_url or "",
         "epochs": epochs or settings.retraining_epochs,
         "from_scratch": settings.retraining_from_scratch,
@@ -160,7 +164,7 @@ def pipeline_arguments(
     }
     if not in_cluster:
         arguments["api_url"] = api_url(settings)
-        arguments["models_dir"] = str(models_dir(settings))
+        arguments["models_dir"] = str(models_dir(settings, model))
     else:
         if settings.retraining_api_url:
             arguments["api_url"] = settings.retraining_api_url
@@ -238,17 +242,19 @@ def run_local(
     version: str = "",
     epochs: int | None = None,
     on_step: OnStep | None = None,
+    model: str = RETRAINED_MODEL,
 ) -> RunOutcome:
-    """Run the whole pipeline here with kfp.local; the run is recorded from start to end."""
+    """Run the whole pipeline here with kfp.local for ``model``; the run is recorded from
+    start to end."""
     # kfp takes half a second to import: only the pipeline commands pay for it.
     from kfp import local
 
     from ai_node.retrain.pipeline import retrain_pipeline
 
     runs = RunStore(index)
-    arguments_models = models_dir(settings)  # refuse before recording anything
-    run_id = runs.create(trigger, labels_upto=newest_feedback_id(index))
-    arguments = pipeline_arguments(settings, run_id, version, epochs)
+    arguments_models = models_dir(settings, model)  # refuse before recording anything
+    run_id = runs.create(trigger, labels_upto=newest_feedback_id(index, model), model=model)
+    arguments = pipeline_arguments(settings, run_id, version, epochs, model=model)
     folder = run_dir(settings, run_id)
     root = folder / "pipeline"
     root.mkdir(parents=True, exist_ok=True)
@@ -269,7 +275,9 @@ def run_local(
     watcher = StepWatcher(step)
     root_logger = logging.getLogger()
     root_logger.addFilter(watcher)
-    logger.info("retraining run started", extra={"run_id": run_id, "trigger": trigger})
+    logger.info(
+        "retraining run started", extra={"run_id": run_id, "trigger": trigger, "model": model}
+    )
     artifacts = {"run_dir": str(folder), "pipeline_root": str(root), "log": str(log_path)}
     artifacts["models_dir"] = str(arguments_models)
     try:
@@ -309,12 +317,16 @@ def run_local(
         "retraining run finished",
         extra={"run_id": run_id, "decision": decision["decision"], "version": decision["version"]},
     )
-    _audit_candidate(settings, run_id, trigger, decision)
+    _audit_candidate(settings, run_id, trigger, decision, model)
     return RunOutcome(run_id, "succeeded", decision, None, _files(artifacts))
 
 
 def _audit_candidate(
-    settings: Settings, run_id: str, trigger: str, decision: dict[str, Any]
+    settings: Settings,
+    run_id: str,
+    trigger: str,
+    decision: dict[str, Any],
+    model: str = RETRAINED_MODEL,
 ) -> None:
     """The candidate's registration, and its activation when promoted, as software
     configuration changes in the node's audit trail (as ``radnode model import`` and
@@ -322,10 +334,11 @@ def _audit_candidate(
     trail = AuditTrail.from_settings(settings, None)
     user = f"radnode-retraining ({trigger})"
     version = str(decision["version"])
+    model = str(decision.get("model") or model)
     try:
         trail.model_changed(
             action="import",
-            model=RETRAINED_MODEL,
+            model=model,
             version=version,
             user=user,
             detail=f"candidate of retraining run {run_id}",
@@ -333,7 +346,7 @@ def _audit_candidate(
         if decision["decision"] == "promoted":
             trail.model_changed(
                 action="activate",
-                model=RETRAINED_MODEL,
+                model=model,
                 version=version,
                 user=user,
                 detail=f"promoted by retraining run {run_id}: {decision['reason']}"[:900],
@@ -346,19 +359,33 @@ def _files(artifacts: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in artifacts.items() if k in ("log", "report_json", "report_html")}
 
 
-def submit(settings: Settings, index: Index, host: str, trigger: str = "manual") -> str:
-    """Submit the same pipeline to KFP at ``host``; returns the KFP run id."""
+def submit(
+    settings: Settings,
+    index: Index,
+    host: str,
+    trigger: str = "manual",
+    model: str = RETRAINED_MODEL,
+) -> str:
+    """Submit the same pipeline for ``model`` to KFP at ``host``; returns the KFP run id.
+    With a registry here (``models_dir``), a model it finds not retrainable is refused
+    before anything is recorded."""
     # kfp takes half a second to import: only the pipeline commands pay for it.
     import kfp
 
     from ai_node.retrain.pipeline import PIPELINE_NAME, retrain_pipeline
 
+    if settings.models_dir is not None:
+        check_trainable(
+            ModelRegistry(settings.models_dir), model, settings.retraining_from_scratch
+        )
     runs = RunStore(index)
-    run_id = runs.create(trigger, labels_upto=newest_feedback_id(index), status="submitted")
+    run_id = runs.create(
+        trigger, labels_upto=newest_feedback_id(index, model), status="submitted", model=model
+    )
     client = kfp.Client(host=host)
     result = client.create_run_from_pipeline_func(
         retrain_pipeline,
-        arguments=pipeline_arguments(settings, run_id, in_cluster=True),
+        arguments=pipeline_arguments(settings, run_id, in_cluster=True, model=model),
         run_name=run_id,
         experiment_name=PIPELINE_NAME,
         namespace=kfp_namespace(),
@@ -388,11 +415,15 @@ def kfp_cron(schedule: str) -> str:
 
 
 def upload(
-    settings: Settings, host: str, package: Path, schedule: str | None = None
+    settings: Settings,
+    host: str,
+    package: Path,
+    schedule: str | None = None,
+    model: str = RETRAINED_MODEL,
 ) -> dict[str, str]:
     """Register the compiled pipeline in KFP (a new version when it exists) and, with
-    ``schedule``, create a recurring run of it with the node's settings as parameters
-    (replacing the one an earlier upload made)."""
+    ``schedule``, create a recurring run of it for ``model`` with the node's settings as
+    parameters (replacing the one an earlier upload made for that model)."""
     # kfp takes half a second to import: only the pipeline commands pay for it.
     import kfp
 
@@ -414,7 +445,11 @@ def upload(
     out = {"pipeline_id": str(pipeline_id), "version_id": str(version_id)}
     if schedule:
         experiment = client.create_experiment(PIPELINE_NAME, namespace=kfp_namespace())
-        job_name = f"{PIPELINE_NAME}-schedule"
+        job_name = (
+            f"{PIPELINE_NAME}-schedule"
+            if model == RETRAINED_MODEL
+            else f"{PIPELINE_NAME}-{model}-schedule"
+        )
         # idempotent: a re-run of the upload Job replaces the schedule instead of adding one
         existing = (
             client.list_recurring_runs(
@@ -425,7 +460,7 @@ def upload(
         for old in existing:
             if old.display_name == job_name:
                 client.delete_recurring_run(old.recurring_run_id)
-        arguments = pipeline_arguments(settings, run_id="", in_cluster=True)
+        arguments = pipeline_arguments(settings, run_id="", in_cluster=True, model=model)
         job = client.create_recurring_run(
             experiment_id=experiment.experiment_id,
             job_name=job_name,
@@ -445,6 +480,9 @@ def _stamp() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
 
 
-def retrain_command(trigger: str) -> list[str]:
+def retrain_command(trigger: str, model: str = RETRAINED_MODEL) -> list[str]:
     """The command line the label-count trigger starts (this Python, this checkout)."""
-    return [sys.executable, "-m", "radnode.cli", "retrain", "--trigger", trigger]
+    command = [sys.executable, "-m", "radnode.cli", "retrain"]
+    if model != RETRAINED_MODEL:
+        command += ["--model", model]
+    return [*command, "--trigger", trigger]

@@ -2,6 +2,10 @@
 
     export -> preprocess -> train -> evaluate -> promote
 
+``model`` names the model retrained (a registry name whose active card says ``trainable:
+true``). Only the export step takes it: it asks the API for that model's labels and card
+and records both in the data set's manifest, from which the later steps read it.
+
 The defaults are the in-cluster ones (k8s/base: the radnode-api Service, the shared
 volume mounted at /data); ``radnode retrain`` passes the node's settings instead.
 Caching is off: every run must read the labels and the registry as they are now.
@@ -52,11 +56,12 @@ EXPORT_POD_LABEL = ("app.kubernetes.io/component", "retrain-export")
 @dsl.pipeline(
     name=PIPELINE_NAME,
     description="radnode: radiologist labels -> de-identified dataset -> train -> "
-    "evaluate -> promote the finding model",
+    "evaluate -> promote a trainable model (default: the finding model)",
 )
 def retrain_pipeline(
     api_url: str = "http://radnode-api.radnode.svc.cluster.local:8080",
     dicomweb_url: str = "",
+    model: str = "finding",
     models_dir: str = "/data/models",
     epochs: int = 3,
     from_scratch: bool = False,
@@ -79,6 +84,7 @@ def retrain_pipeline(
     export = export_op(
         api_url=api_url,
         dicomweb_url=dicomweb_url,
+        model=model,
         val_fraction=val_fraction,
         test_fraction=test_fraction,
         min_labels=min_labels,

@@ -1,5 +1,9 @@
-"""Pipeline step 5, promote: register the candidate as a new version; activate it only if
-the promotion rule holds.
+"""Pipeline step 5, promote: register the candidate as a new version of the retrained
+model; activate it only if the promotion rule holds.
+
+The new version's card is the active version's (applicability, input, aggregation,
+outputs, SR coding, ``trainable`` carried over) with the new version, its training, its
+test-split metrics, its operating point, the promotion record and the new file's sha256.
 
 The rule compares the two models on the test split, each at its own operating threshold
 (:mod:`.evaluate`), and asks that the candidate be no worse than the active model on every
@@ -41,8 +45,8 @@ from ai_node.retrain.metrics import CONFIDENCE
 
 logger = logging.getLogger(__name__)
 
-TASK = "finding"
-"""The task the loop retrains (the steps take the model's card from the registry)."""
+DEFAULT_MODEL = "finding"
+"""The model of an evaluation report that names none (the shipped finding model)."""
 RULE_NAME = "operating-point non-inferiority"
 
 
@@ -162,12 +166,15 @@ def promote_candidate(
 ) -> dict[str, Any]:
     """Register the candidate and apply the rule; returns the decision record."""
     registry = ModelRegistry(models_dir)
+    name = str(report.get("model") or DEFAULT_MODEL)
     version = version or new_version()
     promote, reason, checks = rule.decide(report)
     training = json.loads((candidate_dir / TRAINING_INFO).read_text())
-    base = registry.card(TASK, report["active_version"])
+    base = registry.card(name, report["active_version"])
+    positive = (base.get("outputs") or {}).get("positive_label") or "positive"
     operating = report["operating_points"][CANDIDATE]
     decision = {
+        "model": name,
         "version": version,
         "decision": "promoted" if promote else "refused",
         "reason": reason,
@@ -185,6 +192,7 @@ def promote_candidate(
     card = {
         **base,
         "version": version,
+        "model_file": MODEL_FILE,
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d"),
         "training_data": (
             f"retraining run {run_id or '(unnamed)'}: radiologist-labelled studies of this "
@@ -197,14 +205,14 @@ def promote_candidate(
             "target_sensitivity": operating["target_sensitivity"],
             "chosen_on": (
                 f"{operating['chosen_on']} split of retraining run {run_id or '(unnamed)'}: "
-                f"{operating.get('studies', 0)} studies, {operating.get('positives', 0)} with "
-                f"a lesion; sensitivity there {operating.get('sensitivity')}"
+                f"{operating.get('studies', 0)} studies, {operating.get('positives', 0)} "
+                f"labelled {positive}; sensitivity there {operating.get('sensitivity')}"
             ),
         },
         "metrics": {
             "heldout": (
                 f"test split of retraining run {run_id}: {report['studies']} studies, "
-                f"{report['positives']} with a lesion, {report['patients']} patients; "
+                f"{report['positives']} labelled {positive}, {report['patients']} patients; "
                 f"{CONFIDENCE:.0%} intervals by patient bootstrap; PPV and NPV at prevalence "
                 f"{report['prevalence']:g}"
             ),
@@ -215,7 +223,7 @@ def promote_candidate(
     }
     try:
         registry.register(
-            TASK,
+            name,
             version,
             candidate_dir / MODEL_FILE,
             card,
@@ -224,10 +232,11 @@ def promote_candidate(
         )
     except ActiveChanged as exc:  # registered, inactive: record why in its card
         decision.update(decision="refused", reason=str(exc))
-        registry.set_card(TASK, version, card)
+        registry.set_card(name, version, card)
     logger.info(
         "candidate registered",
         extra={
+            "model": name,
             "version": version,
             "decision": decision["decision"],
             "reason": decision["reason"],

@@ -40,12 +40,19 @@ class RunStore:
     def __init__(self, index: Index) -> None:
         self.index = index
 
-    def create(self, trigger: str, labels_upto: int = 0, status: str = "running") -> str:
+    def create(
+        self,
+        trigger: str,
+        labels_upto: int = 0,
+        status: str = "running",
+        model: str = "finding",
+    ) -> str:
         run_id = f"run-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
         with self.index.transaction() as conn:
             conn.execute(
                 retrain_runs.insert().values(
                     run_id=run_id,
+                    model_name=model,
                     trigger=trigger,
                     status=status,
                     started_at=utcnow(),
@@ -86,11 +93,15 @@ class RunStore:
             ).all()
         return [_public(r) for r in rows]
 
-    def labels_upto(self) -> int:
-        """The newest feedback id any run has seen (a failed run too: the trigger then waits
-        for new labels instead of starting the same failing run again)."""
+    def labels_upto(self, model: str | None = None) -> int:
+        """The newest feedback id any run (of ``model``, when given) has seen (a failed run
+        too: the trigger then waits for new labels instead of starting the same failing run
+        again)."""
+        query = select(retrain_runs.c.labels_upto)
+        if model is not None:
+            query = query.where(retrain_runs.c.model_name == model)
         with self.index.engine.connect() as conn:
-            rows = conn.execute(select(retrain_runs.c.labels_upto)).all()
+            rows = conn.execute(query).all()
         return max((int(r.labels_upto or 0) for r in rows), default=0)
 
     def running(self) -> bool:

@@ -1,11 +1,13 @@
 """The label-count trigger: start a retraining run when enough new labels have arrived.
 
 ``radnode serve`` and ``radnode worker`` start one :class:`LabelTrigger` when
-``retraining_trigger_labels`` is above 0. Every ``retraining_check_s`` it counts the
-feedback recorded since the newest run (``labels_upto``) and, at the threshold, starts
-``radnode retrain --trigger labels`` as a child process (training never runs in the
-serving process). It starts nothing while its child or any other recorded run is still
-running; with several worker replicas, enable it on one of them.
+``retraining_trigger_labels`` is above 0. Every ``retraining_check_s`` it looks at each
+active model whose card says ``trainable: true``, counts the feedback on that model's
+results recorded since that model's newest run (``labels_upto``) and, at the threshold,
+starts ``radnode retrain --model NAME --trigger labels`` as a child process (training
+never runs in the serving process). One run at a time: it starts nothing while its child
+or any other recorded run is still running, and the next model due waits for the next
+check; with several worker replicas, enable it on one of them.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import os
 import subprocess
 import threading
 
+from ai_node.registry import ModelRegistry, RegistryError
 from ai_node.retrain.labels import label_count_since
 from ai_node.retrain.local import retrain_command
 from ai_node.retrain.runs import RunStore
@@ -58,27 +61,52 @@ class LabelTrigger:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def due(self) -> bool:
-        """True when the threshold is reached and no run is going on."""
+    def trainable_models(self) -> list[str]:
+        """The active models whose cards say ``trainable: true``, by name."""
+        registry = ModelRegistry(self.node.settings.models_dir)
+        names = []
+        for name, version in sorted(registry.active().items()):
+            try:
+                if registry.model_card(name, version).trainable:
+                    names.append(name)
+            except RegistryError:
+                logger.warning("model card unreadable", extra={"model": name})
+        return names
+
+    def due_model(self) -> str | None:
+        """The first trainable model whose own new labels reached the threshold, when no
+        run is going on; else None."""
         if self.threshold <= 0:
-            return False
+            return None
         if self.child is not None and self.child.poll() is None:
-            return False
+            return None
         if self.runs.running():
-            return False
-        return label_count_since(self.node.index, self.runs.labels_upto()) >= self.threshold
+            return None
+        for name in self.trainable_models():
+            since = self.runs.labels_upto(name)
+            if label_count_since(self.node.index, since, name) >= self.threshold:
+                return name
+        return None
+
+    def due(self) -> bool:
+        """True when some trainable model's threshold is reached and no run is going on."""
+        return self.due_model() is not None
 
     def check(self) -> bool:
         """Start a run if one is due; True when one was started."""
-        if not self.due():
+        model = self.due_model()
+        if model is None:
             return False
         self.child = subprocess.Popen(
-            retrain_command("labels"),
+            retrain_command("labels", model),
             env=child_environment(self.node.settings),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        logger.info("retraining started by the label count", extra={"pid": self.child.pid})
+        logger.info(
+            "retraining started by the label count",
+            extra={"pid": self.child.pid, "model": model},
+        )
         return True
 
     def run(self) -> None:

@@ -1,7 +1,9 @@
 """Retraining (``/api/retraining/...``) and the model registry (``/api/models``).
 
-* ``GET /api/retraining/labels``: each judged study's final label, what the pipeline's
-  export step reads (admin only: it lists study UIDs with labels for export);
+* ``GET /api/retraining/labels?model=NAME``: each judged study's final label of that
+  model's result (default the finding model), with the model's active version and card,
+  what the pipeline's export step reads (admin only: it lists study UIDs with labels for
+  export);
 * ``GET /api/retraining/runs`` and ``/runs/{run_id}``: runs with their status, each step's
   state, the test-split metrics, the promotion decision and its reason;
 * ``GET /api/models``: every model version with its card (``model.yaml`` as data), whether
@@ -17,8 +19,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from fastapi import Path as PathParam
 
-from ai_node.registry import ModelRegistry
-from ai_node.retrain.labels import final_labels
+from ai_node.registry import ModelRegistry, RegistryError
+from ai_node.retrain.labels import RETRAINED_MODEL, final_labels
 from ai_node.retrain.runs import RunStore
 from dicomweb.auditing import requester
 from dicomweb.auth import require_role
@@ -32,19 +34,41 @@ _staff = require_role(("admin", "radiologist"))
 
 
 @router.get("/retraining/labels", dependencies=[Depends(_admin)])
-def labels(request: Request, node: NodeDep) -> dict[str, Any]:
-    """The newest judgement (confirm / relabel) of each judged study: its final label.
+def labels(
+    request: Request,
+    node: NodeDep,
+    model: Annotated[str, Query(max_length=64)] = RETRAINED_MODEL,
+) -> dict[str, Any]:
+    """The newest judgement (confirm / relabel) of ``model``'s result of each judged study:
+    its final label (one of the labels of the model's active card), with the active
+    version and its card (the export step decodes and trains by it).
 
     This is where studies are released for a training data set (the export step reads
     this list, then fetches each study by WADO-RS), so it is audited as an Export
     (PS3.15 A.5.3.6, 110106) naming every listed study.
     """
-    items = [label.as_dict() for label in final_labels(node.index)]
+    registry = ModelRegistry(node.settings.models_dir)
+    try:
+        version = registry.active_version(model)
+        card = registry.model_card(model, version)
+    except RegistryError as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
+    if not card.reports:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"model {model} has no label of its own")
+    vocabulary = card.label_vocabulary
+    items = [label.as_dict() for label in final_labels(node.index, model, vocabulary)]
     user, _ = requester(request)
     node.audit.export(
         [item["study_uid"] for item in items], destination="retraining-export", user=user
     )
-    return {"total": len(items), "items": items}
+    return {
+        "model": model,
+        "version": version,
+        "labels": list(vocabulary),
+        "card": card.as_dict(),
+        "total": len(items),
+        "items": items,
+    }
 
 
 @router.get("/retraining/runs", dependencies=[Depends(_staff)])

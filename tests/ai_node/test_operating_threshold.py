@@ -67,7 +67,7 @@ def test_a_failed_result_records_the_models_active_when_it_failed(tmp_path: Path
         run_all(node, pipeline)
         result = study_result(node, study.study_instance_uid)
         assert result["status"] == "out_of_scope" and "no active model" in result["reason"]
-        assert result["model_version"] == "finding:1.0.0,region:1.0.0"
+        assert result["model_version"] == "chest-xray-opacity:1.0.0,finding:1.0.0,region:1.0.0"
         assert json.dumps(result)  # the API can answer it
     finally:
         node.close()

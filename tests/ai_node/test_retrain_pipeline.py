@@ -244,7 +244,7 @@ def test_seed_copies_the_shipped_models_once(tmp_path: Path) -> None:
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "seeded region, finding" in proc.stdout or "seeded finding, region" in proc.stdout
+    assert "seeded chest-xray-opacity, finding, region;" in proc.stdout
     registry = ModelRegistry(root)
     shipped = ModelRegistry()
     for task in ("finding", "region"):
@@ -306,6 +306,7 @@ def _add_feedback(node: Node, n: int) -> None:
                     ai_sr_sop_instance_uid="1.2.3.4",
                     decision="confirm",
                     label="lesion",
+                    model_name="finding",
                     user="u",
                     observer_name="Doe^J",
                     sr_sop_instance_uid="1.2.3.5",

@@ -121,7 +121,8 @@ class _Labels(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
         body = json.dumps({"total": len(self.items), "items": self.items}).encode()
-        self.send_response(200 if self.path == "/api/retraining/labels" else 404)
+        path = self.path.split("?")[0]  # ?model=finding
+        self.send_response(200 if path == "/api/retraining/labels" else 404)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()

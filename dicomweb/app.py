@@ -21,6 +21,7 @@ from dicomweb.routes import (
     results,
     retraining,
     stow,
+    upload,
     viewer_session,
     wado,
 )
@@ -62,6 +63,7 @@ def create_app(node: Node) -> FastAPI:
     app.include_router(retraining.router)  # roles per route: runs and models for staff
     app.include_router(viewer_session.router)  # the embedded OHIF reads as the signed-in user
     app.include_router(deletion.router)  # admin: DELETE studies and series, retention numbers
+    app.include_router(upload.router)  # the upload page: zip, JPEG/PNG, instances known
     mount_ui(app)  # /ui/: static pages; their data comes from the API with the user's token
     s = node.settings
     if s.ohif_dir is not None:

@@ -246,6 +246,7 @@ async function stowChunk(chunk) {
     } catch (e) {
       if (attempt >= RETRIES) { for (const item of todo) finish(item, "failed", "Upload failed: " + e.message); return; }
       const wait = Math.min(15000, 500 * 2 ** attempt);
+      document.body.dataset.resumed = String(Number(document.body.dataset.resumed || 0) + 1);
       statusLine("Connection lost (" + e.message + "): resuming in " + Math.round(wait / 1000) + " s; instances already stored are skipped.");
       await sleep(wait);
     }

@@ -4,8 +4,12 @@ and on a real full tmpfs the cleanup keeps ingest accepting."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +35,7 @@ from tests.support.retention import (
     store_study,
 )
 from tests.support.viewer import ADMIN, RADIOLOGIST, VIEWER
+from tests.support.wait import wait_for
 
 PEERS = [{"name": PEER, "dicomweb_url": "http://127.0.0.1:9/dicom-web"}]
 
@@ -270,9 +275,7 @@ def test_admin_deletes_series_and_study_by_dicomweb_and_api(tmp_path: Path) -> N
     assert "RET-1" in study_event  # the patient, read before the index forgot the study
 
 
-def _now() -> Any:
-    import datetime as dt
-
+def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
@@ -323,3 +326,57 @@ def test_cleanup_keeps_ingest_accepting_on_a_full_tmpfs(small_filesystem: Path) 
         assert all(json.loads(line)["reason"] == "high_water" for line in history)
     finally:
         node.close()
+
+
+CLEANUP_CHILD = """
+import sys, time
+from pathlib import Path
+from radnode_core import retention
+from radnode.assembly import build_node
+from radnode_core.settings import Settings
+
+data, marker = Path(sys.argv[1]), Path(sys.argv[2])
+node = build_node(Settings(data_dir=data, fsync=True, pacs_peers=%r, retention_enabled=True))
+node.recover()
+removed = retention.Deleter._remove_empty_dirs
+
+def stall(self, directory):  # the first file is gone, the others are not: be killed here
+    removed(self, directory)
+    marker.write_text("mid-cleanup")
+    time.sleep(600)
+
+retention.Deleter._remove_empty_dirs = stall
+node.retention.run_once()
+"""
+
+
+def test_killed_mid_cleanup_then_restarted(tmp_path: Path) -> None:
+    """A real crash: the cleanup process is killed (SIGKILL) after the index forgot a
+    study's originals and one of their files went; the restarted node finishes it."""
+    data = tmp_path / "data"
+    node = _node(data)
+    study, kept = store_study(node, instances=4), store_study(node)
+    deliver(node, study, days_ago(40))
+    deliver(node, kept, None)
+    node.close()
+    marker = tmp_path / "marker"
+    child = subprocess.Popen(
+        [sys.executable, "-c", CLEANUP_CHILD % (PEERS,), str(data), str(marker)],
+        env=os.environ | {"PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    try:
+        wait_for(marker.exists, timeout=60)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    restarted = _node(data)
+    try:
+        assert list((data / "retention").glob(f"{JOURNAL_PREFIX}*.json"))
+        assert 0 < len(_files(restarted, study)) < 5  # some files gone, some left
+        stats = restarted.recover()
+        assert stats["deletions_finished"] == 1 and stats["indexed"] == 0
+        assert _indexed(restarted, study) == _files(restarted, study) == {study.sr_uid}
+        assert _indexed(restarted, kept) == {*kept.originals, kept.sr_uid}
+        _assert_consistent(restarted)
+    finally:
+        restarted.close()

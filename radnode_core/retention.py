@@ -61,6 +61,7 @@ HISTORY = "history.jsonl"
 _CHUNK = 500
 KEPT_REASONS = ("undelivered", "labelled", "recent")
 PRESSURE_POLL_S = 5.0
+PRESSED_RETRY_S = 60.0  # above the mark with nothing deletable: look again this often
 
 
 @dataclass(frozen=True)
@@ -354,16 +355,20 @@ class Retention:
             total - used >= floor
         )
 
-    def _originals(self) -> dict[str, tuple[int, int]]:
-        """Studies that still hold originals: ``{study: (bytes, instances)}``."""
+    def _originals(self) -> dict[str, float]:
+        """Studies that still hold originals, with when their last instance arrived."""
         stmt = (
-            select(instances.c.study_uid, func.sum(instances.c.size), func.count())
-            .select_from(instances.join(series, series.c.series_uid == instances.c.series_uid))
+            select(instances.c.study_uid, studies.c.last_received_at)
+            .select_from(
+                instances.join(series, series.c.series_uid == instances.c.series_uid).join(
+                    studies, studies.c.study_uid == instances.c.study_uid
+                )
+            )
             .where(func.coalesce(series.c.modality, "") != "SR")
-            .group_by(instances.c.study_uid)
+            .group_by(instances.c.study_uid, studies.c.last_received_at)
         )
         with self.index.engine.connect() as conn:
-            return {r[0]: (int(r[1] or 0), int(r[2])) for r in conn.execute(stmt)}
+            return {r[0]: float(r[1]) for r in conn.execute(stmt)}
 
     def _record(self, deletion: Deletion, reason: str) -> None:
         self.reclaimed.labels(reason=reason).inc(deletion.bytes)
@@ -436,9 +441,11 @@ class Retention:
         kept: Counter[str] = Counter()
         due: list[tuple[float, str]] = []
         early: list[tuple[float, str]] = []
-        for study_uid in self._originals():
+        for study_uid, last_received in self._originals().items():
             at = delivered.get(study_uid)
-            if at is None:
+            # An instance that arrived after the delivery is a new version on its way to
+            # analysis (its SR is not queued yet): the study waits for that result.
+            if at is None or last_received > at:
                 kept["undelivered"] += 1
                 continue
             age = now - at
@@ -557,11 +564,14 @@ class Retention:
         """A cleanup every ``retention_check_s``, and at once when the disk is pressed
         (checked every few seconds: a statvfs call), so ingest never has to refuse."""
         last = 0.0
+        fruitless = False  # the last cleanup found nothing to delete
         while not self._stop.is_set():
-            if time.monotonic() - last >= self.settings.retention_check_s or self.pressed():
+            since = time.monotonic() - last
+            due = since >= self.settings.retention_check_s
+            if due or (self.pressed() and (not fruitless or since >= PRESSED_RETRY_S)):
                 last = time.monotonic()
                 try:
-                    self.run_once()
+                    fruitless = not self.run_once().deleted
                 except OSError as exc:
                     logger.error(
                         "retention cleanup failed", extra={"errno": exc.errno or errno.EIO}

@@ -380,3 +380,31 @@ def test_killed_mid_cleanup_then_restarted(tmp_path: Path) -> None:
         _assert_consistent(restarted)
     finally:
         restarted.close()
+
+
+def test_an_instance_after_the_delivery_keeps_the_study_until_its_new_result(node: Node) -> None:
+    study = store_study(node)
+    deliver(node, study, days_ago(40))
+    with node.index.transaction() as conn:  # a late instance, received after the delivery
+        conn.execute(
+            studies.update()
+            .where(studies.c.study_uid == study.study_uid)
+            .values(last_received_at=_now().timestamp())
+        )
+    report = node.retention.run_once()
+    assert not report.deleted and report.kept["undelivered"] == 1
+    assert _indexed(node, study) == {*study.originals, study.sr_uid}
+
+
+def test_the_periodic_cleanup_runs_in_its_thread(tmp_path: Path) -> None:
+    node = _node(tmp_path / "data", retention_check_s=0.2)
+    try:
+        study = store_study(node)
+        deliver(node, study, days_ago(31))
+        node.retention.start()
+        wait_for(lambda: _indexed(node, study) == {study.sr_uid}, timeout=30)
+        node.retention.stop()
+        assert node.retention._thread is None
+    finally:
+        node.retention.stop()
+        node.close()

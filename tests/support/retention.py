@@ -19,6 +19,7 @@ from sqlalchemy import insert, update
 from ai_node.tables import feedback, retrain_runs
 from pacs_link.outbox import Outbox
 from pacs_link.tables import outbox
+from radnode_core.index import studies
 from radnode_core.node import Node
 from tests.support.dicom_bytes import encode
 
@@ -67,15 +68,22 @@ def store_study(node: Node, instances: int = 3, side: int = 64) -> StoredStudy:
 
 
 def deliver(node: Node, study: StoredStudy, at: dt.datetime | None) -> None:
-    """Queue the study's SR for the peer; delivered at ``at`` (None: still pending)."""
+    """Queue the study's SR for the peer; delivered at ``at`` (None: still pending), the
+    study received an hour before."""
     Outbox(node.index).enqueue(PEER, study.study_uid, [(study.sr_uid, "sr")])
     if at is None:
         return
+    received = at.timestamp() - 3600  # the study arrived an hour before its delivery
     with node.index.transaction() as conn:
         conn.execute(
             update(outbox)
             .where(outbox.c.study_uid == study.study_uid)
             .values(state="delivered", delivered_at=at)
+        )
+        conn.execute(
+            update(studies)
+            .where(studies.c.study_uid == study.study_uid)
+            .values(first_received_at=received, last_received_at=received)
         )
 
 

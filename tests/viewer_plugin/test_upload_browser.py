@@ -68,12 +68,15 @@ def test_upload_folder_and_zip_then_the_worklist(edge, tmp_path, shipped_models)
     from selenium.webdriver.common.by import By
 
     node, app, base = edge
-    spec = dict(region="chest", slices=16, rows=128, columns=128)
-    folder_study, folder_files = write_study(
-        StudySpec(nodules=1, seed=31, **spec), tmp_path / "folder"
-    )  # type: ignore[arg-type]
+
+    def spec(nodules: int, seed: int) -> StudySpec:
+        return StudySpec(
+            region="chest", slices=16, nodules=nodules, seed=seed, rows=128, columns=128
+        )
+
+    folder_study, folder_files = write_study(spec(1, 31), tmp_path / "folder")
     (tmp_path / "folder" / "notes.txt").write_text("not DICOM")
-    zip_study, zip_files = write_study(StudySpec(nodules=0, seed=32, **spec), tmp_path / "z")  # type: ignore[arg-type]
+    zip_study, zip_files = write_study(spec(0, 32), tmp_path / "z")
     archive = tmp_path / "scans.zip"
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
         for f in zip_files:

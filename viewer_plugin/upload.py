@@ -8,9 +8,14 @@ members are then read one at a time, at most the size their header declares (zip
 stops there and checks the CRC). What is not a DICOM Part 10 file is reported and
 skipped.
 
-An image becomes a Secondary Capture Image (PS3.3 A.8.1) built by highdicom, with the
-patient and study the uploader typed, Modality CR, DX or OT, and the Conversion Type
-DI (digitized image): it is then stored and analysed like any instance.
+An image becomes, with the patient and study the uploader typed, a Digital X-Ray Image
+for presentation (PS3.3 A.26.2, Modality DX) when the uploader chose DX, so the X-ray
+models whose cards list that SOP class analyse it (a grey-scale image; Body Part
+Examined from the form), and otherwise a Secondary Capture Image (PS3.3 A.8.1, Modality
+CR or OT, Conversion Type DI: a digitized film or a photo). Both are built on highdicom
+(:class:`highdicom.sc.SCImage`; the DX on :class:`highdicom.base.SOPClass`, which gives
+the patient, study, series and equipment modules) and stored and analysed like any
+instance.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from PIL import Image, UnidentifiedImageError
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, generate_uid
 
 from radnode_core import IMPLEMENTATION_VERSION_NAME
 from radnode_core.ingest import (
@@ -148,6 +153,7 @@ class ImageForm:
     study_description: str = ""
     modality: Modality = "OT"
     study_uid: str | None = None
+    body_part: str = ""
 
     def __post_init__(self) -> None:
         pid = self.patient_id.strip()
@@ -159,6 +165,9 @@ class ImageForm:
             raise ValueError("patient_name: at most 64 characters, no backslash")
         if len(self.study_description) > 64 or "\\" in self.study_description:
             raise ValueError("study_description: at most 64 characters, no backslash")
+        part = self.body_part.strip()
+        if len(part) > 16 or not all(c.isupper() or c.isdigit() or c in " _" for c in part):
+            raise ValueError("body_part: a DICOM code string (e.g. CHEST), at most 16")
         if self.modality not in ("CR", "DX", "OT"):
             raise ValueError("modality: CR, DX or OT")
         if self.study_uid is not None:
@@ -186,16 +195,80 @@ def _pixels(data: bytes) -> tuple[np.ndarray, str]:
         raise ValueError(f"not a readable JPEG or PNG image: {exc}") from exc
 
 
-def image_to_instance(data: bytes, form: ImageForm, *, manufacturer: str) -> hd.sc.SCImage:
-    """A Secondary Capture Image of a JPEG or PNG (highdicom), with the form's patient and
-    study; a new study unless ``form.study_uid`` names one."""
+def _dx_for_presentation(
+    pixels: np.ndarray, form: ImageForm, manufacturer: str, study_uid: str
+) -> Dataset:
+    """A DX For Presentation instance (PS3.3 A.26.2) of an 8-bit grey-scale image: the
+    modules highdicom's base class does not write (General Image, Image Pixel, DX Anatomy
+    Imaged, DX Image, DX Detector, VOI LUT, Acquisition Context) with the values a
+    digitized image can honestly state."""
+    dx = hd.base.SOPClass(
+        study_instance_uid=study_uid,
+        series_instance_uid=generate_uid(),
+        series_number=1,
+        sop_instance_uid=generate_uid(),
+        sop_class_uid=DigitalXRayImageStorageForPresentation,
+        instance_number=1,
+        modality="DX",
+        manufacturer=manufacturer,
+        transfer_syntax_uid=ExplicitVRLittleEndian,
+        patient_id=form.patient_id.strip(),
+        patient_name=form.patient_name.strip() or None,
+    )
+    rows, columns = pixels.shape
+    dx.PresentationIntentType = "FOR PRESENTATION"
+    dx.ReferencedPerformedProcedureStepSequence = []
+    dx.ImageType = ["DERIVED", "SECONDARY"]
+    dx.ImageLaterality = "U"
+    dx.PatientOrientation = ""
+    dx.BurnedInAnnotation = "NO"
+    dx.LossyImageCompression = "00"
+    dx.SamplesPerPixel = 1
+    dx.PhotometricInterpretation = "MONOCHROME2"
+    dx.Rows, dx.Columns = rows, columns
+    dx.BitsAllocated = dx.BitsStored = 8
+    dx.HighBit = 7
+    dx.PixelRepresentation = 0
+    dx.PixelIntensityRelationship = "LIN"
+    dx.PixelIntensityRelationshipSign = 1
+    dx.RescaleIntercept, dx.RescaleSlope, dx.RescaleType = 0, 1, "US"
+    dx.PresentationLUTShape = "IDENTITY"
+    dx.WindowCenter, dx.WindowWidth = 128, 256
+    dx.DetectorType = ""
+    dx.AcquisitionContextSequence = []
+    dx.PixelData = np.ascontiguousarray(pixels, dtype=np.uint8).tobytes()
+    if form.body_part.strip():
+        dx.BodyPartExamined = form.body_part.strip()
+    return dx
+
+
+def image_to_instance(data: bytes, form: ImageForm, *, manufacturer: str) -> Dataset:
+    """The instance of a JPEG or PNG with the form's patient and study (a new study unless
+    ``form.study_uid`` names one): DX For Presentation for a grey-scale image the form
+    calls DX, a Secondary Capture Image otherwise."""
     pixels, photometric = _pixels(data)
+    study_uid = form.study_uid or generate_uid()
+    if form.modality == "DX":
+        if photometric != "MONOCHROME2":
+            raise ValueError("modality DX: a grey-scale image is required (this one is in colour)")
+        instance = _dx_for_presentation(pixels, form, manufacturer, study_uid)
+    else:
+        instance = _secondary_capture(pixels, photometric, form, manufacturer, study_uid)
+    if form.study_description:
+        instance.StudyDescription = form.study_description.strip()
+    instance.SoftwareVersions = IMPLEMENTATION_VERSION_NAME
+    return instance
+
+
+def _secondary_capture(
+    pixels: np.ndarray, photometric: str, form: ImageForm, manufacturer: str, study_uid: str
+) -> Dataset:
     sc = hd.sc.SCImage(
         pixel_array=pixels,
         photometric_interpretation=photometric,
         bits_allocated=8,
         coordinate_system="PATIENT",
-        study_instance_uid=form.study_uid or generate_uid(),
+        study_instance_uid=study_uid,
         series_instance_uid=generate_uid(),
         series_number=1,
         sop_instance_uid=generate_uid(),
@@ -207,9 +280,8 @@ def image_to_instance(data: bytes, form: ImageForm, *, manufacturer: str) -> hd.
         transfer_syntax_uid=ExplicitVRLittleEndian,
     )
     sc.Modality = form.modality
-    if form.study_description:
-        sc.StudyDescription = form.study_description.strip()
-    sc.SoftwareVersions = IMPLEMENTATION_VERSION_NAME
+    if form.body_part.strip():
+        sc.BodyPartExamined = form.body_part.strip()
     return sc
 
 

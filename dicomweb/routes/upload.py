@@ -7,7 +7,8 @@
   under the caps of :mod:`viewer_plugin.upload`; each file's outcome, non-DICOM files
   reported and skipped;
 * ``POST /api/upload/image``: one JPEG or PNG (body ``image/jpeg`` or ``image/png``) and
-  the form's fields as query parameters, stored as a Secondary Capture instance.
+  the form's fields as query parameters, stored as a DX For Presentation (modality DX)
+  or Secondary Capture instance.
 
 Files that are DICOM already go by STOW-RS (``/dicom-web/studies``) from the page. Every
 stored study is queued for analysis and audited as STOW-RS stores are (110104, action C).
@@ -170,19 +171,19 @@ async def upload_zip(request: Request, node: NodeDep) -> dict[str, Any]:
 
 def _ingest_image(node: Node, request: Request, data: bytes, form: ImageForm) -> dict[str, Any]:
     try:
-        sc = image_to_instance(data, form, manufacturer=node.settings.ae_title)
+        instance = image_to_instance(data, form, manufacturer=node.settings.ae_title)
     except ValueError as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
     stored: dict[str, Counter[str]] = defaultdict(Counter)
     try:
-        result = node.ingestor.ingest(encode(sc), ExplicitVRLittleEndian, source="upload")
+        result = node.ingestor.ingest(encode(instance), ExplicitVRLittleEndian, source="upload")
     except IngestError as exc:
         _finish(node, request, stored, 1, "upload (image)")
         return {"files": [_refused("image", exc)], "counts": {"failed": 1}}
     stored[result.study_uid][result.sop_class_uid] += 1
     _finish(node, request, stored, 0, "upload (image)")
     item = _outcome("image", result)
-    item["series_uid"] = str(sc.SeriesInstanceUID)
+    item["series_uid"] = str(instance.SeriesInstanceUID)
     return {"files": [item], "counts": {item["outcome"]: 1}}
 
 
@@ -195,12 +196,15 @@ async def upload_image(
     study_description: Annotated[str, Query(max_length=64)] = "",
     modality: Modality = "OT",
     study_uid: Annotated[str | None, Query(max_length=64)] = None,
+    body_part: Annotated[str, Query(max_length=16)] = "",
 ) -> dict[str, Any]:
     media, _ = parse_media_type(request.headers.get("content-type", ""))
     if media not in IMAGE_TYPES:
         raise HTTPException(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE, "send image/jpeg or image/png")
     try:
-        form = ImageForm(patient_id, patient_name, study_description, modality, study_uid)
+        form = ImageForm(
+            patient_id, patient_name, study_description, modality, study_uid, body_part.upper()
+        )
     except ValueError as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
     body = await _spool(request, node, node.settings.max_instance_bytes)

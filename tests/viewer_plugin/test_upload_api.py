@@ -13,10 +13,12 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 from pydicom import dcmread
-from pydicom.uid import SecondaryCaptureImageStorage
+from pydicom.uid import DigitalXRayImageStorageForPresentation, SecondaryCaptureImageStorage
 
+from ai_node.pipeline import AnalysisPipeline
 from ai_node.synth import StudySpec, write_study
 from dicomweb.app import create_app
+from tests.support.analysis import run_all, study_result
 from tests.support.viewer import ADMIN, RADIOLOGIST, VIEWER, make_node
 
 MODALITY = "modality-token-0123456789"
@@ -148,6 +150,37 @@ def test_image_becomes_a_secondary_capture_that_is_queued(client) -> None:
         headers=_auth(RADIOLOGIST) | {"Content-Type": "image/png"},
     )
     assert second.status_code == 200 and second.json()["files"][0]["study_uid"] == item["study_uid"]
+
+
+def test_a_dx_image_of_the_chest_is_analysed_by_the_xray_model(client, shipped_models) -> None:
+    r = client.post(
+        "/api/upload/image",
+        params={"patient_id": "UP-2", "modality": "DX", "body_part": "chest"},
+        content=_png(),
+        headers=_auth(MODALITY) | {"Content-Type": "image/png"},
+    )
+    assert r.status_code == 200, r.text
+    [item] = r.json()["files"]
+    node = client.node  # type: ignore[attr-defined]
+    row = node.index.find_instance(item["sop_instance_uid"])
+    assert row["sop_class_uid"] == DigitalXRayImageStorageForPresentation
+    ds = dcmread(node.store.path_of(row["path"]))
+    assert (ds.Modality, ds.BodyPartExamined, ds.PresentationIntentType) == (
+        "DX",
+        "CHEST",
+        "FOR PRESENTATION",
+    )
+    run_all(node, AnalysisPipeline(node, shipped_models))
+    result = study_result(node, item["study_uid"])
+    assert result["status"] == "done", result
+    assert "chest-xray-opacity" in str(result["model_version"])
+    colour = client.post(
+        "/api/upload/image",
+        params={"patient_id": "UP-2", "modality": "DX"},
+        content=_png("RGB"),
+        headers=_auth(MODALITY) | {"Content-Type": "image/png"},
+    )
+    assert colour.status_code == 422 and "grey-scale" in colour.text
 
 
 @pytest.mark.parametrize("patient_id", ["", "   "])

@@ -314,6 +314,7 @@ async function sendImages(ev) {
       patient_name: document.getElementById("f-patient-name").value.trim(),
       study_description: document.getElementById("f-study-description").value.trim(),
       modality: document.getElementById("f-modality").value,
+      body_part: document.getElementById("f-body-part").value.trim().toUpperCase(),
     });
     if (studyUid) q.set("study_uid", studyUid);
     const type = /png$/i.test(item.file.type || item.name) ? "image/png" : "image/jpeg";
@@ -324,7 +325,7 @@ async function sendImages(ev) {
     }
     const [f] = answer.body.files;
     if (f.outcome === "failed") finish(item, "failed", "FailureReason 0x" + f.failure_reason.toString(16).toUpperCase() + ": " + f.explanation);
-    else { studyUid = studyUid || f.study_uid; finish(item, "stored", "Secondary Capture " + f.sop_instance_uid); }
+    else { studyUid = studyUid || f.study_uid; finish(item, "stored", "Stored as " + f.sop_instance_uid); }
   }
   checkDone();
 }

@@ -123,6 +123,7 @@ def _ingest_zip(node: Node, request: Request, body: Any) -> dict[str, Any]:
     files: list[dict[str, Any]] = []
     stored: dict[str, Counter[str]] = defaultdict(Counter)
     refused = 0
+    reasons: Counter[str] = Counter()
     try:
         for member in zip_members(body, limits):
             if member.data is None or not is_part10(member.data):
@@ -142,9 +143,11 @@ def _ingest_zip(node: Node, request: Request, body: Any) -> dict[str, Any]:
                     source="upload",
                     expected_sop_class_uid=sop_class,
                     expected_sop_instance_uid=sop_instance,
+                    log_refused=False,
                 )
             except IngestError as exc:
                 refused += 1
+                reasons[f"0x{exc.status:04X} {exc.reason}"] += 1
                 files.append(_refused(member.name, exc))
                 continue
             stored[result.study_uid][result.sop_class_uid] += 1
@@ -153,6 +156,14 @@ def _ingest_zip(node: Node, request: Request, body: Any) -> dict[str, Any]:
         raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, str(exc)) from exc
     finally:
         _finish(node, request, stored, refused, "upload (zip)")
+        if reasons:  # one line per zip, however many files were refused
+            logger.info(
+                "upload: zip members refused",
+                extra={
+                    "refused": refused,
+                    "reasons": ", ".join(f"{r} x{n}" for r, n in reasons.most_common()),
+                },
+            )
     counts = Counter(f["outcome"] for f in files)
     return {"files": files, "counts": dict(counts)}
 

@@ -95,6 +95,19 @@ def test_zip_stores_dicom_and_reports_other_files_skipped(client, tmp_path) -> N
     assert client.node.index.get_study(study_uid)["num_instances"] == len(files)  # type: ignore[attr-defined]
 
 
+def test_a_broken_dicom_file_in_a_zip_fails_with_its_reason_in_words(client) -> None:
+    broken = b"\0" * 128 + b"DICM" + b"\x02\x00\x10\x00UI\xff\x00garbage"
+    r = client.post(
+        "/api/upload/zip",
+        content=_zip({"bad.dcm": broken}),
+        headers=_auth(MODALITY) | {"Content-Type": "application/zip"},
+    )
+    assert r.status_code == 200, r.text
+    [item] = r.json()["files"]
+    assert (item["outcome"], item["failure_reason"]) == ("failed", 0xC000)
+    assert item["explanation"].startswith("Cannot understand")
+
+
 def test_zip_bomb_is_refused_before_anything_is_stored(client, tmp_path) -> None:
     files = _study_files(tmp_path / "study", seed=12)
     dicom = {f.name: f.read_bytes() for f in files}

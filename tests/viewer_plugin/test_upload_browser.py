@@ -11,10 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
+from sqlalchemy import select
 
 from ai_node.pipeline import AnalysisPipeline
 from ai_node.synth import StudySpec, write_study
 from dicomweb.app import create_app
+from radnode_core.index import instances
 from tests.support.analysis import run_all
 from tests.support.browser import chromium, serve, wait
 from tests.support.viewer import RADIOLOGIST, make_node
@@ -164,3 +167,49 @@ def test_viewer_role_sees_upload_refused(edge, tmp_path) -> None:
         )
         assert "Not allowed to upload" in driver.find_element(By.ID, "who").text
         assert not driver.find_element(By.ID, "drop").is_displayed()
+
+
+def test_images_wait_for_a_patient_id_then_become_one_study(edge, tmp_path) -> None:
+    from selenium.webdriver.common.by import By
+
+    node, _, base = edge
+    images = []
+    for n, fmt in enumerate(("PNG", "JPEG")):
+        path = tmp_path / f"film{n}.{fmt.lower()}"
+        Image.new("L", (64, 48), color=40 + n * 80).save(path, format=fmt)
+        images.append(path)
+    with chromium(tmp_path / "profile") as driver:
+        driver.get(f"{base}/ui/upload/")
+        wait(driver, lambda d: d.find_element(By.ID, "token").is_displayed())
+        driver.find_element(By.ID, "token").send_keys(RADIOLOGIST)
+        driver.find_element(By.ID, "signin-go").click()
+        wait(
+            driver,
+            lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "true",
+        )
+        driver.find_element(By.ID, "pick-files").send_keys("\n".join(str(p) for p in images))
+        form = wait(driver, lambda d: d.find_element(By.ID, "image-form").is_displayed())
+        assert form
+        assert driver.find_element(By.ID, "image-count").text == "2"
+        driver.find_element(By.ID, "image-go").click()  # no patient ID: the form refuses
+        assert driver.execute_script(
+            "return document.getElementById('f-patient-id').validity.valueMissing"
+        )
+        assert driver.find_element(By.ID, "image-form").is_displayed()
+        assert node.index.counts()["instances"] == 0
+        driver.find_element(By.ID, "f-patient-id").send_keys("FILM-7")
+        driver.find_element(By.ID, "f-study-description").send_keys("old films")
+        driver.find_element(By.ID, "image-go").click()
+        wait(driver, _done)
+        rows = driver.find_elements(By.CSS_SELECTOR, "#files tbody tr")
+        assert [r.get_attribute("data-outcome") for r in rows] == ["stored", "stored"]
+    studies = {node.index.find_instance(uid)["study_uid"] for uid in _instance_uids(node)}
+    assert len(studies) == 1
+    study = node.index.get_study(studies.pop())
+    assert study is not None
+    assert (study["patient_id"], study["study_description"]) == ("FILM-7", "old films")
+
+
+def _instance_uids(node: Any) -> list[str]:
+    with node.index.engine.connect() as conn:
+        return list(conn.execute(select(instances.c.sop_instance_uid)).scalars())

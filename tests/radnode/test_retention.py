@@ -408,3 +408,8 @@ def test_the_periodic_cleanup_runs_in_its_thread(tmp_path: Path) -> None:
     finally:
         node.retention.stop()
         node.close()
+
+
+def test_low_water_must_be_below_high_water(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="retention_low_water"):
+        Settings(data_dir=tmp_path, retention_high_water=0.7, retention_low_water=0.7)

@@ -13,6 +13,7 @@ from dicomweb.docs import mount_docs
 from dicomweb.errors import bad_parameters
 from dicomweb.headers import InstanceHeaders
 from dicomweb.routes import (
+    deletion,
     feedback,
     health,
     pacs,
@@ -20,6 +21,7 @@ from dicomweb.routes import (
     results,
     retraining,
     stow,
+    upload,
     viewer_session,
     wado,
 )
@@ -60,6 +62,8 @@ def create_app(node: Node) -> FastAPI:
     app.include_router(feedback.router)  # roles per route: feedback is for radiologists
     app.include_router(retraining.router)  # roles per route: runs and models for staff
     app.include_router(viewer_session.router)  # the embedded OHIF reads as the signed-in user
+    app.include_router(deletion.router)  # admin: DELETE studies and series, retention numbers
+    app.include_router(upload.router)  # the upload page: zip, JPEG/PNG, instances known
     mount_ui(app)  # /ui/: static pages; their data comes from the API with the user's token
     s = node.settings
     if s.ohif_dir is not None:
@@ -70,7 +74,7 @@ def create_app(node: Node) -> FastAPI:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=s.cors_origins,
-            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
             allow_headers=["Authorization", "Accept", "Content-Type"],
             expose_headers=["Content-Type", "Content-Length", "Warning"],
             max_age=600,

@@ -26,6 +26,8 @@ from radnode_core.node import Node
 logger = logging.getLogger(__name__)
 
 STOW_PREFIX = "/dicom-web/studies"
+UPLOAD_PREFIX = "/api/upload/"
+UPLOAD_JSON = "/api/upload/known"
 
 
 class BodyGuard:
@@ -38,6 +40,9 @@ class BodyGuard:
         s = self.node.settings
         if scope["method"] == "POST" and scope["path"].startswith(STOW_PREFIX):
             return s.max_stow_bytes, "max_stow_bytes"
+        path = scope["path"]
+        if scope["method"] == "POST" and path.startswith(UPLOAD_PREFIX) and path != UPLOAD_JSON:
+            return s.max_stow_bytes, "max_stow_bytes"  # the upload page's zips and images
         return s.max_json_body_bytes, "max_json_body_bytes"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -14,6 +14,7 @@ from functools import partial
 import uvicorn
 
 from ai_node.pipeline import AnalysisPipeline
+from ai_node.retention import labelled_not_exported
 from ai_node.retrain import trigger as retrain_trigger
 from ai_node.worker import Worker
 from dicomweb.app import create_app
@@ -25,7 +26,9 @@ from dimse_scp.query_retrieve import QueryRetrieveHandlers
 from dimse_scp.server import DicomServer
 from pacs_link import PacsServices
 from pacs_link.outbox import Outbox, queue_study_results
+from pacs_link.retention import delivered_studies
 from radnode_core.node import Node
+from radnode_core.retention import RetentionFacts
 from radnode_core.settings import Settings
 from radnode_core.tls import client_context
 
@@ -35,6 +38,10 @@ logger = logging.getLogger(__name__)
 def build_node(settings: Settings) -> Node:
     """The node of ``settings``, with its PACS delivery wired when it has PACS peers."""
     node = Node(settings)
+    node.retention_facts = RetentionFacts(
+        delivered=partial(delivered_studies, node.index),
+        held=partial(labelled_not_exported, node.index),
+    )
     if settings.pacs_peers:
         node.deliver = partial(queue_study_results, node)
         node.metrics.watch_outbox(Outbox(node.index).counts)
@@ -96,20 +103,26 @@ def make_worker(node: Node) -> Worker:
 
 class Background:
     """What ``serve`` and ``worker`` run beside their main loop: the AI worker, the PACS
-    outbox sender and changes followers, and the label-count retraining trigger."""
+    outbox sender and changes followers, the label-count retraining trigger, and the
+    storage retention cleanup when it is enabled."""
 
     def __init__(self, node: Node) -> None:
         self.worker = make_worker(node)
         self.pacs = PacsServices(node)
         self.trigger = retrain_trigger.LabelTrigger.for_node(node)
+        self.retention = node.retention if node.settings.retention_enabled else None
 
     def start(self) -> None:
         self.worker.start()
         self.pacs.start()
         if self.trigger is not None:
             self.trigger.start()
+        if self.retention is not None:
+            self.retention.start()
 
     def stop(self) -> None:
+        if self.retention is not None:
+            self.retention.stop()
         if self.trigger is not None:
             self.trigger.stop()
         self.pacs.stop()

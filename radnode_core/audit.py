@@ -67,6 +67,7 @@ INSTANCES_ACCESSED = codes.DCM.DICOMInstancesAccessed
 INSTANCES_TRANSFERRED = codes.DCM.DICOMInstancesTransferred
 EXPORT = codes.DCM.Export
 QUERY = codes.DCM.Query
+STUDY_DELETED = codes.DCM.DICOMStudyDeleted
 SECURITY_ALERT = codes.DCM.SecurityAlert
 USER_AUTHENTICATION = codes.DCM.UserAuthentication
 # EventTypeCode (CID 401 "Audit Event Type Code")
@@ -677,6 +678,51 @@ class AuditTrail:
             [Participant(user, True, None, address), self._me(APPLICATION)],
             self._study_objects(StudyRef(uid) for uid in study_uids),
             outcome_description=f"requeued for AI analysis: {selection}"[:1024],
+        )
+
+    def instances_deleted(
+        self,
+        study: StudyRef,
+        *,
+        user: str,
+        address: str | None,
+        whole_study: bool,
+        patient: tuple[str, str] | None = None,
+        reason: str | None = None,
+        outcome: str = SUCCESS,
+    ) -> None:
+        """Action D: instances removed from the store. A whole study (every instance, its
+        index rows) is 110105 DICOM Study Deleted (PS3.15 A.5.3.8); part of one (a series,
+        or the originals a retention policy removes while the SRs stay) is 110103 DICOM
+        Instances Accessed with action D (PS3.15 A.5.3.6). ``patient`` (ID, name) is read
+        before the index forgets it; ``user`` is the admin, or radnode's own process for
+        the retention policy."""
+        if not self.enabled:
+            return
+        objects = [
+            ParticipantObject(
+                study.study_uid, STUDY_INSTANCE_UID, "2", "3", sop_classes=study.sop_classes
+            )
+        ]
+        if patient is None:
+            objects = self._study_objects([study])
+        elif patient[0]:
+            objects.append(ParticipantObject(patient[0], PATIENT_NUMBER, "1", "1", name=patient[1]))
+        requestor = (
+            Participant(user, True, None, address)
+            if user != self.process.user_id
+            else Participant(user, True, None, None, self.process.alternative_id)
+        )
+        participants = [requestor]
+        if user != self.process.user_id:
+            participants.append(self._me(APPLICATION))
+        self._event(
+            STUDY_DELETED if whole_study else INSTANCES_ACCESSED,
+            "D",
+            outcome,
+            participants,
+            objects,
+            outcome_description=reason,
         )
 
     def login_failed(self, *, user: str, address: str | None, reason: str) -> None:

@@ -17,6 +17,7 @@ from radnode_core.index import Index
 from radnode_core.ingest import Ingestor
 from radnode_core.jobs import JobQueue
 from radnode_core.metrics import Metrics
+from radnode_core.retention import Retention, RetentionFacts
 from radnode_core.settings import Settings
 from radnode_core.store import InstanceStore
 
@@ -52,6 +53,9 @@ class Node:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.deliver: ResultDelivery | None = None
+        # Which studies reached their PACS peers and which wait for retraining: the
+        # assembly sets them from the features; without, nothing is ever due for deletion.
+        self.retention_facts: RetentionFacts | None = None
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.index = Index(settings.index_url)
         self.metrics = Metrics()
@@ -81,9 +85,26 @@ class Node:
         """The audit trail (PS3.15 A.5) of this process: local log, optional syslog."""
         return AuditTrail.from_settings(self.settings, self.index)
 
+    @cached_property
+    def retention(self) -> Retention:
+        """The storage retention policy: cleanup, admin deletions and their numbers."""
+        return Retention(
+            self.settings,
+            self.index,
+            self.store,
+            self.audit,
+            self.metrics.registry,
+            self.retention_facts,
+        )
+
     def recover(self) -> dict[str, int]:
-        """Start-up recovery of a process that writes instances (SCP, STOW)."""
-        return self.store.recover(reconcile=self.settings.reconcile_on_start)
+        """Start-up recovery of a process that writes instances (SCP, STOW): deletions a
+        crash interrupted are finished first, or reconciliation would index their files."""
+        finished = self.retention.deleter.recover()
+        stats = self.store.recover(reconcile=self.settings.reconcile_on_start)
+        if finished:
+            stats["deletions_finished"] = finished
+        return stats
 
     def close(self, clean: bool = True) -> None:
         if clean and "store" in self.__dict__:

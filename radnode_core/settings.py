@@ -568,6 +568,51 @@ class Settings(BaseSettings):
         "the kfp.local pipeline root; default <data_dir>/retraining.",
     )
 
+    # Storage retention and upload (docs/retention.md, docs/upload.md)
+    retention_enabled: bool = Field(
+        False,
+        description="Delete studies' originals by the retention policy (serve and worker "
+        "check every retention_check_s); SRs, results and feedback are always kept.",
+    )
+    retention_days: float = Field(
+        30.0,
+        ge=0,
+        description="Days after a study's result reached every PACS peer its originals "
+        "are deleted; never before that delivery.",
+    )
+    retention_labelled_days: float | None = Field(
+        None,
+        ge=0,
+        description="Days after delivery a study with a radiologist's label the retraining "
+        "export has not yet taken is kept; unset: kept until the export has it.",
+    )
+    retention_high_water: float = Field(
+        0.85,
+        gt=0,
+        le=1,
+        description="Share of the data dir's filesystem in use that starts a cleanup early: "
+        "delivered studies, oldest delivery first, whatever their age.",
+    )
+    retention_low_water: float = Field(
+        0.75,
+        gt=0,
+        le=1,
+        description="An early cleanup stops once the share in use is at or below this.",
+    )
+    retention_check_s: float = Field(
+        300.0, gt=0, description="Seconds between two retention checks (serve, worker)."
+    )
+    upload_max_zip_bytes: int = Field(
+        4 * 1024**3,
+        ge=1,
+        description="Largest total a .zip upload may expand to (/ui/upload); beyond, refused.",
+    )
+    upload_max_zip_ratio: float = Field(
+        100.0,
+        gt=1,
+        description="Largest expansion ratio (uncompressed / compressed) of a zip member.",
+    )
+
     @field_validator("ae_title")
     @classmethod
     def _ae_title_chars(cls, value: str) -> str:
@@ -585,6 +630,13 @@ class Settings(BaseSettings):
             raise ValueError("dicom_plain is false and no dicom_tls_port is set")
         if self.tls_require_client_cert and self.tls_ca_file is None:
             raise ValueError("tls_require_client_cert needs tls_ca_file (the trusted CA)")
+        return self
+
+    @model_validator(mode="after")
+    def _retention_marks(self) -> Settings:
+        """An early cleanup stops below where it starts."""
+        if self.retention_low_water >= self.retention_high_water:
+            raise ValueError("retention_low_water must be below retention_high_water")
         return self
 
     @model_validator(mode="after")

@@ -45,6 +45,10 @@ def allowed_roles(method: str, path: str) -> set[str] | None:
         return {"admin"}
     if path.startswith(("/api/retraining/", "/api/models")):  # runs and model versions
         return {"admin", "radiologist"}
+    if (method == "DELETE" and "/studies/" in path) or path == "/api/retention":  # deletion
+        return {"admin"}
+    if path.startswith("/api/upload/"):  # the upload page stores
+        return STORE
     if path.startswith("/dicom-web") and method == "POST":
         return STORE
     if path.startswith("/api/pacs/") and method == "POST":  # a PACS's plugin notifies

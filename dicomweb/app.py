@@ -15,6 +15,7 @@ from dicomweb.headers import InstanceHeaders
 from dicomweb.routes import (
     feedback,
     health,
+    monitoring,
     pacs,
     qido,
     results,
@@ -59,6 +60,7 @@ def create_app(node: Node) -> FastAPI:
     app.include_router(pacs.notify_router)
     app.include_router(feedback.router)  # roles per route: feedback is for radiologists
     app.include_router(retraining.router)  # roles per route: runs and models for staff
+    app.include_router(monitoring.router)  # admins: the dashboard's charts and drift
     app.include_router(viewer_session.router)  # the embedded OHIF reads as the signed-in user
     mount_ui(app)  # /ui/: static pages; their data comes from the API with the user's token
     s = node.settings

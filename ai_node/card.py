@@ -404,6 +404,8 @@ class Localisation(_Section):
 InputStatistic = Literal["mean_hu", "slice_thickness_mm", "pixel_spacing_mm"]
 """The input statistics the pipeline records per study and drift compares with the card."""
 
+INPUT_STATISTICS_NAMES: tuple[str, ...] = ("mean_hu", "slice_thickness_mm", "pixel_spacing_mm")
+
 
 class InputDistribution(_Section):
     """An input statistic's distribution on the training (or held-out) data: a histogram

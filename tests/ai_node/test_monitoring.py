@@ -23,6 +23,7 @@ from ai_node.monitoring import (
     reference_distribution,
     series,
 )
+from ai_node.monitoring_reference import heldout_series, measure
 from ai_node.registry import SHIPPED_MODELS, ModelRegistry
 from ai_node.results import ResultStore
 from ai_node.synth import StudySpec
@@ -58,8 +59,12 @@ def card_with(monitoring: dict) -> ModelCard:
 
 
 def add_results(
-    node: Node, n: int, positives: int, mean_hu: list[float] | None = None,
-    model: str = "finding", start: int = 0,
+    node: Node,
+    n: int,
+    positives: int,
+    mean_hu: list[float] | None = None,
+    model: str = "finding",
+    start: int = 0,
 ) -> None:
     """``n`` done results of ``model`` (the first ``positives`` positive), 10 s apart,
     with the mean HU of each study when given; a batch from ``start`` 100 is an hour newer
@@ -68,17 +73,29 @@ def add_results(
     now = utcnow()
     with node.index.transaction() as conn:
         for i in range(start, start + n):
-            conn.execute(studies.insert().values(
-                study_uid=f"1.2.3.{i}", num_instances=1, first_received_at=time.time(),
-                last_received_at=time.time()))
+            conn.execute(
+                studies.insert().values(
+                    study_uid=f"1.2.3.{i}",
+                    num_instances=1,
+                    first_received_at=time.time(),
+                    last_received_at=time.time(),
+                )
+            )
     for k, i in enumerate(range(start, start + n)):
         store.upsert(
-            f"1.2.3.{i}", 1, None, model_name=model, status="done",
+            f"1.2.3.{i}",
+            1,
+            None,
+            model_name=model,
+            status="done",
             score=0.9 if k < positives else 0.1,
             label="lesion" if k < positives else "no lesion",
             finished_at=now - dt.timedelta(hours=5 - start // 100, seconds=-10 * k),
-            details={"positive_label": "lesion", "timings": {"total_s": 1.0 + k % 3},
-                     "inputs": {"mean_hu": float(mean_hu[k])} if mean_hu is not None else {}},
+            details={
+                "positive_label": "lesion",
+                "timings": {"total_s": 1.0 + k % 3},
+                "inputs": {"mean_hu": float(mean_hu[k])} if mean_hu is not None else {},
+            },
         )
 
 
@@ -86,13 +103,23 @@ def add_feedback(node: Node, model: str, confirms: int, relabels: int) -> None:
     now = utcnow()
     with node.index.transaction() as conn:
         for k in range(confirms + relabels):
-            conn.execute(feedback.insert().values(
-                study_uid=f"1.2.3.{k}", result_version=1, ai_sr_sop_instance_uid=f"1.2.9.{k}",
-                decision="confirm" if k < confirms else "relabel", label="lesion",
-                ai_label="lesion", model_version=f"{model}:1.0.0,region:1.0.0",
-                model_name=model, user="rad", observer_name="Doe^Jane",
-                sr_sop_instance_uid=f"1.2.8.{k}", predecessor_sop_instance_uid=f"1.2.9.{k}",
-                created_at=now - dt.timedelta(minutes=k)))
+            conn.execute(
+                feedback.insert().values(
+                    study_uid=f"1.2.3.{k}",
+                    result_version=1,
+                    ai_sr_sop_instance_uid=f"1.2.9.{k}",
+                    decision="confirm" if k < confirms else "relabel",
+                    label="lesion",
+                    ai_label="lesion",
+                    model_version=f"{model}:1.0.0,region:1.0.0",
+                    model_name=model,
+                    user="rad",
+                    observer_name="Doe^Jane",
+                    sr_sop_instance_uid=f"1.2.8.{k}",
+                    predecessor_sop_instance_uid=f"1.2.9.{k}",
+                    created_at=now - dt.timedelta(minutes=k),
+                )
+            )
 
 
 # -- what the pipeline records -------------------------------------------------------------
@@ -105,9 +132,16 @@ def test_an_analysed_study_is_counted_per_model_with_its_input_statistics(
     study = add_study(node, spec, tmp_path / "in")
     run_all(node, pipeline)
     with node.index.engine.connect() as conn:
-        row = conn.execute(select(results).where(
-            results.c.study_uid == study.study_instance_uid, results.c.model_name == "finding"
-        )).mappings().one()
+        row = (
+            conn.execute(
+                select(results).where(
+                    results.c.study_uid == study.study_instance_uid,
+                    results.c.model_name == "finding",
+                )
+            )
+            .mappings()
+            .one()
+        )
     assert row["status"] == "done", row
     inputs = row["details"]["inputs"]
     assert inputs["manufacturer"] == "other"  # "radnode synth": not a known vendor
@@ -117,8 +151,10 @@ def test_an_analysed_study_is_counted_per_model_with_its_input_statistics(
     assert row["details"]["time_to_result_s"] >= 0
 
     outcome = "positive" if row["label"] == "lesion" else "negative"
-    assert value(node, "radnode_model_results_total", model="finding", status="done",
-                 outcome=outcome) == 1
+    assert (
+        value(node, "radnode_model_results_total", model="finding", status="done", outcome=outcome)
+        == 1
+    )
     assert value(node, "radnode_model_score_count", model="finding") == 1
     assert value(node, "radnode_model_inference_seconds_count", model="finding") == 1
     assert value(node, "radnode_model_time_to_result_seconds_count", model="finding") == 1
@@ -176,7 +212,9 @@ def test_agreement_below_the_threshold_alerts(node: Node) -> None:
     assert drift.agreement == pytest.approx(0.6)
     assert [a.check for a in drift.alerts] == ["agreement"]
     assert feedback_decisions(node.index) == {
-        ("finding", "1.0.0", "confirm"): 6, ("finding", "1.0.0", "relabel"): 4}
+        ("finding", "1.0.0", "confirm"): 6,
+        ("finding", "1.0.0", "relabel"): 4,
+    }
 
 
 def test_input_drift_alerts_by_psi_against_the_cards_distribution(node: Node) -> None:
@@ -203,8 +241,9 @@ def test_a_scrape_exports_the_drift_gauges_and_alerts(node: Node) -> None:
     assert 'radnode_drift_alert{check="agreement",model="finding"} 1.0' in text
     assert 'radnode_model_positive_rate_band{bound="low",model="finding"} 0.3' in text
     assert 'radnode_model_positive_rate{model="finding"} 0.1' in text
-    assert 'radnode_feedback_decisions{decision="relabel",model="finding",version="1.0.0"} 5.0' \
-        in text
+    assert (
+        'radnode_feedback_decisions{decision="relabel",model="finding",version="1.0.0"} 5.0' in text
+    )
     add_results(node, 10, positives=5, start=100)
     text = generate_latest(registry).decode()
     assert 'radnode_drift_alert{check="positive_rate",model="finding"} 0.0' in text
@@ -233,5 +272,11 @@ def test_the_shipped_cards_expect_their_heldout_behaviour(name: str) -> None:
     assert low < 0.5 < high  # the held-out sets are half positive
     assert "pixel_spacing_mm" in mon.inputs
     assert ("mean_hu" in mon.inputs) == (name == "finding")  # HU only for CT
-    for dist in mon.inputs.values():
-        assert isinstance(dist, InputDistribution)
+    # the held-out series, measured as the pipeline measures them, fall inside the card's
+    # distributions (the card was made from all of them: python -m ai_node.monitoring_reference)
+    size = 128 if name == "finding" else 224
+    for datasets in heldout_series(name, limit=4):
+        stats = measure(datasets, size)
+        for statistic, dist in mon.inputs.items():
+            assert isinstance(dist, InputDistribution)
+            assert dist.edges[0] <= float(stats[statistic]) <= dist.edges[-1], (statistic, stats)

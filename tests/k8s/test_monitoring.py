@@ -140,6 +140,15 @@ def test_every_rule_names_a_metric_radnode_exports(exported: set[str]) -> None:
             assert names <= exported, (rule.get("alert") or rule.get("record"), names - exported)
 
 
+def test_the_monitoring_doc_lists_every_metric(exported: set[str]) -> None:
+    doc = (K8S.parent / "docs" / "monitoring.md").read_text()
+    listed = set(re.findall(r"^\| `(radnode_[a-z0-9_]+)` \|", doc, flags=re.MULTILINE))
+    families = {
+        n for n in exported if not n.endswith(("_created", "_bucket", "_sum", "_count"))
+    } | {n.removesuffix("_bucket") for n in exported if n.endswith("_bucket")}
+    assert listed == families
+
+
 def test_the_name_check_catches_a_metric_radnode_does_not_export(exported: set[str]) -> None:
     assert "radnode_model_results_total" in exported
     assert "radnode_model_inference_seconds_bucket" in exported

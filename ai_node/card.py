@@ -38,7 +38,7 @@ import json
 import re
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     AfterValidator,
@@ -404,7 +404,7 @@ class Localisation(_Section):
 InputStatistic = Literal["mean_hu", "slice_thickness_mm", "pixel_spacing_mm"]
 """The input statistics the pipeline records per study and drift compares with the card."""
 
-INPUT_STATISTICS_NAMES: tuple[str, ...] = ("mean_hu", "slice_thickness_mm", "pixel_spacing_mm")
+INPUT_STATISTICS_NAMES: tuple[str, ...] = get_args(InputStatistic)
 
 
 class InputDistribution(_Section):

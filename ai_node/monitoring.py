@@ -15,7 +15,7 @@ what its card's ``monitoring`` section expects:
 
 A check needs at least :func:`min_studies` values before it can alert, so one unusual
 study does not page anyone. :class:`MonitorCollector` exposes the same numbers as
-Prometheus gauges; ``k8s/monitoring/radnode-rules.yaml`` alerts on them.
+Prometheus gauges; ``k8s/monitoring/prometheusrule.yaml`` alerts on them.
 """
 
 from __future__ import annotations
@@ -94,8 +94,8 @@ def psi(expected: InputDistribution, values: Sequence[float] | np.ndarray) -> fl
     """Population stability index of ``values`` against the expected distribution:
     sum over bins of (observed - expected) * ln(observed / expected). The observed shares
     are smoothed by half a study per bin, so a bin the window happens to miss does not
-    count as a shift (with ``k`` bins and ``n`` studies an unshifted input still scores
-    about (k - 1) / n: few bins, and windows of tens of studies)."""
+    count as a shift. With ``k`` bins and ``n`` studies an unshifted input still scores
+    about (k - 1) / n, hence few bins and windows of about a hundred studies."""
     edges = np.asarray(expected.edges, dtype=float)
     k = len(expected.fractions)
     bins = np.clip(
@@ -112,9 +112,9 @@ def reference_distribution(
 ) -> InputDistribution:
     """A card's training distribution of a statistic from its values on the training (or
     held-out) data: bins at the quantiles (equal shares, as PSI is usually computed; five,
-    since a drift window holds tens of studies, not thousands); a
-    statistic with one value gets a narrow bin around it and an empty one each side, so
-    any other value reads as a shift."""
+    since a drift window holds a hundred studies, not thousands). A statistic with one
+    value gets a narrow bin around it and an empty one each side, so that any other value
+    reads as a shift."""
     data = np.asarray(values, dtype=float)
     if data.size == 0:
         raise ValueError("no values to take a distribution from")

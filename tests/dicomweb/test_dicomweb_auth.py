@@ -39,7 +39,8 @@ def allowed_roles(method: str, path: str) -> set[str] | None:
     """Roles that may call the route; None: open to all. (/api writes: the AI node decides.)"""
     if path in ("/livez", "/healthz", "/readyz"):  # probes (orchestrators send no token)
         return None
-    if path in ("/metrics", "/api/retraining/labels"):  # labels: studies released for training
+    # labels: studies released for training; monitoring: the dashboard's data
+    if path in ("/metrics", "/api/retraining/labels", "/api/monitoring"):
         return {"admin"}
     if path.startswith(("/api/retraining/", "/api/models")):  # runs and model versions
         return {"admin", "radiologist"}

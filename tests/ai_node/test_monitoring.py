@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -28,10 +29,13 @@ from ai_node.registry import SHIPPED_MODELS, ModelRegistry
 from ai_node.results import ResultStore
 from ai_node.synth import StudySpec
 from ai_node.tables import feedback, results
+from radnode.assembly import build_node
 from radnode_core.index import studies, utcnow
 from radnode_core.metrics import manufacturer_label
 from radnode_core.node import Node
+from radnode_core.settings import Settings
 from tests.support.analysis import add_study, run_all
+from tests.support.postgres import PostgresServer
 
 
 def samples(node: Node) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -280,3 +284,34 @@ def test_the_shipped_cards_expect_their_heldout_behaviour(name: str) -> None:
         for statistic, dist in mon.inputs.items():
             assert isinstance(dist, InputDistribution)
             assert dist.edges[0] <= float(stats[statistic]) <= dist.edges[-1], (statistic, stats)
+
+
+def test_the_checks_read_postgresql_as_they_read_sqlite(tmp_path: Path) -> None:
+    """The drift window, the judgements and the dashboard's buckets are the same SQL on
+    PostgreSQL (the scale-out index) as on SQLite."""
+    card = card_with({"window": 20, "positive_rate": [0.3, 0.7], "min_feedback": 5})
+    rng = np.random.default_rng(2)
+    hu = list(rng.normal(40, 10, 20))
+
+    def measured(node: Node) -> tuple[Any, ...]:
+        add_results(node, 20, positives=3, mean_hu=hu)
+        add_feedback(node, "finding", confirms=2, relabels=4)
+        drift = drift_of(node.index, card)
+        data = series(node.index, "7d", now=utcnow())
+        return drift.as_dict(), data["models"], feedback_decisions(node.index)
+
+    with PostgresServer() as pg:
+        on_pg = build_node(Settings(data_dir=tmp_path / "pg", fsync=False, database_url=pg.url))
+        try:
+            assert not on_pg.index.is_sqlite
+            pg_result = measured(on_pg)
+        finally:
+            on_pg.close()
+    on_sqlite = build_node(Settings(data_dir=tmp_path / "sqlite", fsync=False))
+    try:
+        assert measured(on_sqlite) == pg_result
+    finally:
+        on_sqlite.close()
+    drift = pg_result[0]
+    assert [a["check"] for a in drift["alerts"]] == ["positive_rate", "agreement"]
+    assert drift["positive_rate"] == pytest.approx(0.15)

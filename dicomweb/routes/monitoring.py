@@ -27,9 +27,10 @@ _admin = require_role(("admin",))
 Period = Literal["24h", "7d", "30d"]
 
 
-def _labels(edges: list[str], period: str) -> list[str]:
-    fmt = "%H:%M" if period == "24h" else "%m-%d %H:%M" if period == "7d" else "%m-%d"
-    return [dt.datetime.fromisoformat(e).strftime(fmt) for e in edges[:-1]]
+def _span(edges: list[str]) -> tuple[str, str]:
+    """The period's first and last edge as the charts label them (UTC)."""
+    first, last = (dt.datetime.fromisoformat(edges[i]) for i in (0, -1))
+    return first.strftime("%m-%d %H:%M"), last.strftime("%m-%d %H:%M")
 
 
 @router.get("/monitoring", dependencies=[Depends(_admin)])
@@ -41,7 +42,7 @@ def monitoring(node: NodeDep, period: Annotated[Period, Query()] = "24h") -> dic
         if c.reports
     }
     data = series(node.index, period)
-    labels = _labels(data["edges"], period)
+    labels = _span(data["edges"])
     drifts = {name: drift_of(node.index, card) for name, card in sorted(cards.items())}
     models = []
     for name in sorted(set(cards) | set(data["models"])):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from html import escape
 
 WIDTH, HEIGHT = 560, 180
-LEFT, RIGHT, TOP, BOTTOM = 44, 12, 24, 26
+LEFT, RIGHT, TOP, BOTTOM = 44, 12, 36, 26
 COLOURS = ("#1f77b4", "#d62728", "#7f7f7f", "#2ca02c", "#9467bd")
 
 
@@ -39,15 +39,15 @@ def _fmt(value: float) -> str:
 def chart(
     title: str,
     lines: Sequence[Line],
-    labels: Sequence[str],
+    span: tuple[str, str],
     y_max: float | None = None,
     band: tuple[float, float] | None = None,
     floor: float | None = None,
 ) -> str:
-    """An SVG chart of ``lines`` over the buckets named by ``labels`` (first and last shown):
+    """An SVG chart of ``lines`` (one value per bucket) from ``span[0]`` to ``span[1]``:
     bars and lines, an optional shaded ``band`` (the expected range) and a dashed ``floor``
     (a threshold). ``data-points`` on the root counts the values drawn."""
-    n = max(len(labels), 1)
+    n = max((len(line.values) for line in lines), default=1) or 1
     values = [v for line in lines for v in line.values if v is not None]
     top = y_max if y_max is not None else max([*values, *(band or ()), floor or 0.0, 1.0])
     top = top or 1.0
@@ -83,12 +83,11 @@ def chart(
             f'<text x="{LEFT - 4}" y="{y(tick) + 4:.1f}" font-size="10" '
             f'text-anchor="end">{_fmt(tick)}</text>'
         )
-    if labels:
-        parts.append(f'<text x="{LEFT}" y="{HEIGHT - 8}" font-size="10">{escape(labels[0])}</text>')
-        parts.append(
-            f'<text x="{LEFT + plot_w}" y="{HEIGHT - 8}" font-size="10" '
-            f'text-anchor="end">{escape(labels[-1])}</text>'
-        )
+    parts.append(f'<text x="{LEFT}" y="{HEIGHT - 8}" font-size="10">{escape(span[0])}</text>')
+    parts.append(
+        f'<text x="{LEFT + plot_w}" y="{HEIGHT - 8}" font-size="10" '
+        f'text-anchor="end">{escape(span[1])}</text>'
+    )
     bars = [line for line in lines if line.kind == "bar"]
     for k, line in enumerate(lines):
         colour = COLOURS[k % len(COLOURS)]
@@ -118,10 +117,10 @@ def chart(
                 )
                 segment = []
     for k, line in enumerate(lines):
-        lx = LEFT + 120 + k * 110
+        lx = LEFT + k * 120
         parts.append(
-            f'<rect x="{lx}" y="6" width="10" height="10" fill="{COLOURS[k % len(COLOURS)]}"/>'
-            f'<text x="{lx + 14}" y="15" font-size="10">{escape(line.name)}</text>'
+            f'<rect x="{lx}" y="20" width="10" height="10" fill="{COLOURS[k % len(COLOURS)]}"/>'
+            f'<text x="{lx + 14}" y="29" font-size="10">{escape(line.name)}</text>'
         )
     parts.append("</svg>")
     return "".join(parts)

@@ -21,6 +21,7 @@ Prometheus gauges; ``k8s/monitoring/prometheusrule.yaml`` alerts on them.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -31,12 +32,15 @@ import numpy as np
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
 
 from ai_node.card import InputDistribution, ModelCard
 from ai_node.preprocess import SliceStack
 from ai_node.tables import feedback, results
 from radnode_core.index import Index, studies, utcnow
 from radnode_core.metrics import manufacturer_label
+
+logger = logging.getLogger(__name__)
 
 BODY_HU = -500.0
 """Voxels above it count as inside the body (air and lung parenchyma below)."""
@@ -430,7 +434,14 @@ class MonitorCollector(Collector):
         return drifts
 
     def collect(self) -> Iterable[Metric]:
-        drifts = self.drifts()
+        try:
+            drifts = self.drifts()
+            decided = feedback_decisions(self.index)
+        except (SQLAlchemyError, OSError, ValueError) as exc:
+            # the scrape still answers with the process's own metrics; the gauges that
+            # are missing then are what an absent() alert would notice
+            logger.warning("drift gauges unavailable", extra={"error": str(exc)})
+            return
         rate = GaugeMetricFamily(
             "radnode_model_positive_rate",
             "Share of positive results over the model's newest window of done results.",
@@ -482,7 +493,7 @@ class MonitorCollector(Collector):
             "(confirm, relabel).",
             labels=["model", "version", "decision"],
         )
-        for (model, version, decision), count in sorted(feedback_decisions(self.index).items()):
+        for (model, version, decision), count in sorted(decided.items()):
             decisions.add_metric([model, version, decision], count)
         yield decisions
 

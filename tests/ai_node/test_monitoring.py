@@ -315,3 +315,13 @@ def test_the_checks_read_postgresql_as_they_read_sqlite(tmp_path: Path) -> None:
     drift = pg_result[0]
     assert [a["check"] for a in drift["alerts"]] == ["positive_rate", "agreement"]
     assert drift["positive_rate"] == pytest.approx(0.15)
+
+
+def test_a_scrape_answers_when_the_drift_gauges_cannot_be_read(node: Node) -> None:
+    def unreadable() -> list[ModelCard]:
+        raise OSError("models volume unavailable")
+
+    node.metrics.watch(MonitorCollector(node.index, unreadable, cache_s=0))
+    text = node.metrics.exposition().decode()
+    assert "radnode_queue_depth 0.0" in text
+    assert text.count("# TYPE radnode_drift_alert gauge") == 1  # build_node's collector only

@@ -328,7 +328,8 @@ def _aware(value: Any) -> dt.datetime:
 
 def series(index: Index, period: str, now: dt.datetime | None = None) -> dict[str, Any]:
     """Per model and bucket over ``period`` (24h, 7d, 30d): results by status, positive
-    rate, median and 95th percentile seconds per study, judgements and agreement."""
+    rate, median and 95th percentile seconds per study, median time to result, judgements
+    and agreement."""
     span, step = WINDOWS[period]
     now = now or utcnow()
     start = now - span
@@ -359,6 +360,7 @@ def series(index: Index, period: str, now: dt.datetime | None = None) -> dict[st
                 "out_of_scope": [0] * n,
                 "positive": [0] * n,
                 "seconds": [[] for _ in range(n)],
+                "to_result": [[] for _ in range(n)],
                 "confirm": [0] * n,
                 "relabel": [0] * n,
             }
@@ -380,13 +382,16 @@ def series(index: Index, period: str, now: dt.datetime | None = None) -> dict[st
         total = _number((details.get("timings") or {}).get("total_s"))
         if total is not None:
             m["seconds"][i].append(total)
+        to_result = _number(details.get("time_to_result_s"))
+        if to_result is not None:
+            m["to_result"][i].append(to_result)
     for name, decision, created_at in judged:
         i = bucket(created_at)
         if i is not None and decision in ("confirm", "relabel"):
             slot(str(name))[decision][i] += 1
     out: dict[str, Any] = {}
     for name, m in sorted(models.items()):
-        seconds = m.pop("seconds")
+        seconds, to_result = m.pop("seconds"), m.pop("to_result")
         out[name] = {
             **m,
             "positive_rate": [
@@ -394,6 +399,7 @@ def series(index: Index, period: str, now: dt.datetime | None = None) -> dict[st
             ],
             "median_s": [float(np.median(s)) if s else None for s in seconds],
             "p95_s": [float(np.percentile(s, 95)) if s else None for s in seconds],
+            "time_to_result_median_s": [float(np.median(s)) if s else None for s in to_result],
             "agreement": [
                 c / (c + r) if c + r else None
                 for c, r in zip(m["confirm"], m["relabel"], strict=True)

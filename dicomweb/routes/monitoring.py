@@ -71,7 +71,11 @@ def monitoring(node: NodeDep, period: Annotated[Period, Query()] = "24h") -> dic
                 ),
                 chart(
                     f"{name}: seconds per study",
-                    [Line("median", s["median_s"]), Line("95th percentile", s["p95_s"])],
+                    [
+                        Line("median", s["median_s"]),
+                        Line("95th percentile", s["p95_s"]),
+                        Line("time to result (median)", s["time_to_result_median_s"]),
+                    ],
                     labels,
                 ),
                 chart(

@@ -98,6 +98,7 @@ def add_results(
             details={
                 "positive_label": "lesion",
                 "timings": {"total_s": 1.0 + k % 3},
+                "time_to_result_s": 30.0,
                 "inputs": {"mean_hu": float(mean_hu[k])} if mean_hu is not None else {},
             },
         )
@@ -262,6 +263,7 @@ def test_the_dashboard_series_buckets_results_and_judgements(node: Node) -> None
     assert sum(m["confirm"]) == 3 and sum(m["relabel"]) == 1
     last = max(i for i, d in enumerate(m["done"]) if d)
     assert m["median_s"][last] is not None
+    assert m["time_to_result_median_s"][last] == 30.0
     assert sum(series(node.index, "30d")["models"]["finding"]["done"]) == 10
 
 

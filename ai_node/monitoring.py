@@ -328,8 +328,8 @@ def _aware(value: Any) -> dt.datetime:
 
 def series(index: Index, period: str, now: dt.datetime | None = None) -> dict[str, Any]:
     """Per model and bucket over ``period`` (24h, 7d, 30d): results by status, positive
-    rate, median and 95th percentile seconds per study, median time to result, judgements
-    and agreement."""
+    rate, median and 95th percentile seconds per study, median time to result, the median
+    of each input statistic, judgements and agreement."""
     span, step = WINDOWS[period]
     now = now or utcnow()
     start = now - span
@@ -361,6 +361,7 @@ def series(index: Index, period: str, now: dt.datetime | None = None) -> dict[st
                 "positive": [0] * n,
                 "seconds": [[] for _ in range(n)],
                 "to_result": [[] for _ in range(n)],
+                "inputs": {},
                 "confirm": [0] * n,
                 "relabel": [0] * n,
             }
@@ -385,13 +386,17 @@ def series(index: Index, period: str, now: dt.datetime | None = None) -> dict[st
         to_result = _number(details.get("time_to_result_s"))
         if to_result is not None:
             m["to_result"][i].append(to_result)
+        for statistic, raw in (details.get("inputs") or {}).items():
+            number = _number(raw) if statistic != "manufacturer" else None
+            if number is not None:
+                m["inputs"].setdefault(statistic, [[] for _ in range(n)])[i].append(number)
     for name, decision, created_at in judged:
         i = bucket(created_at)
         if i is not None and decision in ("confirm", "relabel"):
             slot(str(name))[decision][i] += 1
     out: dict[str, Any] = {}
     for name, m in sorted(models.items()):
-        seconds, to_result = m.pop("seconds"), m.pop("to_result")
+        seconds, to_result, inputs = m.pop("seconds"), m.pop("to_result"), m.pop("inputs")
         out[name] = {
             **m,
             "positive_rate": [
@@ -400,6 +405,10 @@ def series(index: Index, period: str, now: dt.datetime | None = None) -> dict[st
             "median_s": [float(np.median(s)) if s else None for s in seconds],
             "p95_s": [float(np.percentile(s, 95)) if s else None for s in seconds],
             "time_to_result_median_s": [float(np.median(s)) if s else None for s in to_result],
+            "inputs_median": {
+                statistic: [float(np.median(v)) if v else None for v in buckets]
+                for statistic, buckets in sorted(inputs.items())
+            },
             "agreement": [
                 c / (c + r) if c + r else None
                 for c, r in zip(m["confirm"], m["relabel"], strict=True)

@@ -86,6 +86,16 @@ def monitoring(node: NodeDep, period: Annotated[Period, Query()] = "24h") -> dic
                     floor=mon.min_agreement if mon is not None else None,
                 ),
             ]
+            for statistic, medians in s["inputs_median"].items():
+                expected = mon.inputs.get(statistic) if mon is not None else None
+                charts.append(
+                    chart(
+                        f"{name}: {statistic} (median)",
+                        [Line(statistic, medians)],
+                        labels,
+                        band=(expected.edges[0], expected.edges[-1]) if expected else None,
+                    )
+                )
         totals = {
             k: sum(s[k]) if s is not None else 0
             for k in ("done", "failed", "out_of_scope", "positive", "confirm", "relabel")

@@ -64,9 +64,16 @@ def test_an_admin_sees_charts_with_data_and_the_models_alerts(edge, tmp_path) ->
             driver, lambda d: d.find_element(By.CSS_SELECTOR, 'section.model[data-model="finding"]')
         )
         charts = section.find_elements(By.CSS_SELECTOR, "svg.chart")
-        assert len(charts) == 4
         titles = [c.get_attribute("aria-label") for c in charts]
-        assert titles == [
+        assert titles[4:] == [  # the input statistics the pipeline recorded
+            "finding: mean_hu (median)",
+            "finding: pixel_spacing_mm (median)",
+            "finding: slice_thickness_mm (median)",
+        ]
+        for chart in charts[4:]:  # inside the card's training range
+            assert chart.find_elements(By.CSS_SELECTOR, "rect.band")
+            assert len(chart.find_elements(By.CSS_SELECTOR, "circle.point")) >= 1
+        assert titles[:4] == [
             "finding: results per bucket",
             "finding: positive rate",
             "finding: seconds per study",

@@ -38,7 +38,7 @@ import json
 import re
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     AfterValidator,
@@ -401,6 +401,82 @@ class Localisation(_Section):
     max_slices: int = Field(5, ge=1, le=50, description="Most evidence slices (images).")
 
 
+InputStatistic = Literal["mean_hu", "slice_thickness_mm", "pixel_spacing_mm"]
+"""The input statistics the pipeline records per study and drift compares with the card."""
+
+INPUT_STATISTICS_NAMES: tuple[str, ...] = get_args(InputStatistic)
+
+
+class InputDistribution(_Section):
+    """An input statistic's distribution on the training (or held-out) data: a histogram
+    whose bins are ``edges`` (values below the first or above the last count in the outer
+    bins) and the share of studies in each."""
+
+    edges: list[float] = Field(
+        min_length=2, description="Bin edges, ascending (n + 1 edges for n bins)."
+    )
+    fractions: list[float] = Field(
+        min_length=1, description="Share of the training studies in each bin (sums to 1)."
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> InputDistribution:
+        if len(self.fractions) != len(self.edges) - 1:
+            raise ValueError("fractions: one per bin (len(edges) - 1)")
+        if any(b <= a for a, b in zip(self.edges, self.edges[1:], strict=False)):
+            raise ValueError("edges: must be strictly ascending")
+        if any(f < 0 for f in self.fractions) or abs(sum(self.fractions) - 1.0) > 0.01:
+            raise ValueError("fractions: non-negative shares summing to 1")
+        return self
+
+
+class Monitoring(_Section):
+    """What the model's behaviour in service is expected to be; drift alerts compare the
+    newest studies with it (docs/operations.md "Drift")."""
+
+    window: int = Field(
+        100, ge=10, le=10000, description="How many of the newest studies drift looks at."
+    )
+    positive_rate: tuple[float, float] | None = Field(
+        None,
+        description="[low, high]: the band the share of positive studies over the window "
+        "is expected in; outside it, a positive-rate alert.",
+    )
+    min_agreement: float = Field(
+        0.8,
+        ge=0,
+        le=1,
+        description="Share of radiologists' judgements that confirm the model (over its "
+        "newest `window` judgements) below which an agreement alert is raised.",
+    )
+    min_feedback: int = Field(
+        20, ge=1, description="Fewest judgements before agreement is alerted on."
+    )
+    psi_alert: float = Field(
+        0.25,
+        gt=0,
+        description="Population stability index of an input statistic (window against "
+        "`inputs`) above which an input-drift alert is raised (0.1: a shift; 0.25: a large "
+        "one).",
+    )
+    inputs: dict[InputStatistic, InputDistribution] = Field(
+        default_factory=dict,
+        description="The training distribution of each input statistic: mean_hu (mean "
+        "HU inside the body, CT), slice_thickness_mm, pixel_spacing_mm.",
+    )
+    basis: str | None = Field(
+        None, description="On what data the band and the distributions were measured."
+    )
+
+    @model_validator(mode="after")
+    def _band(self) -> Monitoring:
+        if self.positive_rate is not None:
+            low, high = self.positive_rate
+            if not 0.0 <= low < high <= 1.0:
+                raise ValueError("positive_rate: [low, high] with 0 <= low < high <= 1")
+        return self
+
+
 class ModelCard(BaseModel):
     """The card of one model version (``model.yaml``)."""
 
@@ -464,6 +540,11 @@ class ModelCard(BaseModel):
     )
     promotion: dict[str, Any] | None = Field(
         None, description="Set by the retraining pipeline: its promotion decision."
+    )
+    monitoring: Monitoring | None = Field(
+        None,
+        description="Expected behaviour in service (positive-rate band, agreement, input "
+        "distributions) that drift alerts compare with.",
     )
 
     @model_validator(mode="after")

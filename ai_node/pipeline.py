@@ -53,6 +53,7 @@ from ai_node.analysis import (
 )
 from ai_node.card import ModelCard
 from ai_node.models import LoadedModel
+from ai_node.monitoring import input_statistics, last_received, observe
 from ai_node.preprocess import InputError, SliceStack, load_datasets
 from ai_node.registry import ModelRegistry, ModelSet
 from ai_node.results import ResultStore
@@ -539,6 +540,10 @@ class AnalysisPipeline:
         }
         if analysis.reason:
             details["reason"] = analysis.reason
+        details["inputs"] = input_statistics(stack, modality)
+        received = last_received(self.node.index, job.study_uid)
+        if received is not None:
+            details["time_to_result_s"] = round(max(0.0, time.time() - received), 3)
         self.results.upsert(
             job.study_uid,
             job.version,
@@ -553,6 +558,7 @@ class AnalysisPipeline:
             finished_at=utcnow(),
             details=details,
         )
+        observe(self.node.metrics, card, status, analysis.label, score, details)
         logger.info(
             "study analysed",
             extra={
@@ -601,5 +607,6 @@ class AnalysisPipeline:
                 "attempts": job.attempts,
             },
         )
+        observe(self.node.metrics, task.card, "failed", None, None, {})
         self.queue_for_pacs(job.study_uid, None, ResultSummary())
         return {"status": "failed", "error": error, "score": None, "sr": None}

@@ -16,6 +16,7 @@ from dicomweb.routes import (
     deletion,
     feedback,
     health,
+    monitoring,
     pacs,
     qido,
     results,
@@ -61,6 +62,7 @@ def create_app(node: Node) -> FastAPI:
     app.include_router(pacs.notify_router)
     app.include_router(feedback.router)  # roles per route: feedback is for radiologists
     app.include_router(retraining.router)  # roles per route: runs and models for staff
+    app.include_router(monitoring.router)  # admins: the dashboard's charts and drift
     app.include_router(viewer_session.router)  # the embedded OHIF reads as the signed-in user
     app.include_router(deletion.router)  # admin: DELETE studies and series, retention numbers
     app.include_router(upload.router)  # the upload page: zip, JPEG/PNG, instances known

@@ -154,6 +154,22 @@ class Outbox:
             )
             return {(r[0], r[1]): int(r[2]) for r in rows}
 
+    def oldest_pending_age(self) -> dict[str, float]:
+        """Seconds since the oldest pending row of each peer was queued (the backlog's age)."""
+        with self.index.engine.connect() as conn:
+            rows = conn.execute(
+                select(outbox.c.peer, func.min(outbox.c.created_at))
+                .where(outbox.c.state == "pending")
+                .group_by(outbox.c.peer)
+            )
+            now = utcnow()
+            ages = {}
+            for peer, oldest in rows:
+                if oldest.tzinfo is None:
+                    oldest = oldest.replace(tzinfo=now.tzinfo)
+                ages[str(peer)] = max(0.0, (now - oldest).total_seconds())
+            return ages
+
     def list(
         self, study_uid: str | None = None, state: str | None = None, limit: int = 100
     ) -> list[dict[str, Any]]:

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import logging
 import signal
+from collections.abc import Callable
 from functools import partial
 
 import uvicorn
 
+from ai_node.monitoring import MonitorCollector
 from ai_node.pipeline import AnalysisPipeline
+from ai_node.registry import ModelRegistry, ModelSet
 from ai_node.retention import labelled_not_exported
 from ai_node.retrain import trigger as retrain_trigger
 from ai_node.worker import Worker
@@ -42,9 +45,12 @@ def build_node(settings: Settings) -> Node:
         delivered=partial(delivered_studies, node.index),
         held=partial(labelled_not_exported, node.index),
     )
+    cards = ModelSet(ModelRegistry(settings.models_dir)).active_cards
+    node.metrics.watch(MonitorCollector(node.index, cards))
     if settings.pacs_peers:
         node.deliver = partial(queue_study_results, node)
-        node.metrics.watch_outbox(Outbox(node.index).counts)
+        outbox = Outbox(node.index)
+        node.metrics.watch_outbox(outbox.counts, outbox.oldest_pending_age)
     return node
 
 
@@ -92,6 +98,16 @@ class Scp:
     def stop(self) -> None:
         self.tracker.stop()
         self.server.stop()
+
+
+def serve_metrics(node: Node) -> Callable[[], None]:
+    """The process's /metrics on ``metrics_port`` when one is set (the worker role has no
+    HTTP app of its own); returns the function that stops it."""
+    port = node.settings.metrics_port
+    if not port:
+        return lambda: None
+    logger.info("serving metrics", extra={"port": port})
+    return node.metrics.serve(port, node.settings.host)
 
 
 def make_worker(node: Node) -> Worker:

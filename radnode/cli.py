@@ -33,7 +33,7 @@ from ai_node.xray_synth import SOP_CLASSES, XraySpec, write_radiographs
 from dicomweb.auth import InsecureBinding, check_exposure
 from pacs_link.scu import collect_files, echo, send_files
 from radnode.ai_commands import register as register_ai_commands
-from radnode.assembly import Background, Scp, build_node, run_http
+from radnode.assembly import Background, Scp, build_node, run_http, serve_metrics
 from radnode_core import __version__, schema
 from radnode_core.index import make_engine
 from radnode_core.logs import configure_logging
@@ -155,9 +155,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     scp.start()
     background = Background(node)
     background.start()
+    stop_metrics = serve_metrics(node)
     try:
         run_http(node)  # blocks; uvicorn handles SIGINT/SIGTERM
     finally:
+        stop_metrics()
         background.stop()
         scp.stop()
         node.close()
@@ -170,10 +172,12 @@ def cmd_scp(args: argparse.Namespace) -> int:
     scp = Scp(node)
     stop = _stop_on_signal()
     scp.start()
+    stop_metrics = serve_metrics(node)
     try:
         while not stop.wait(0.5):
             pass
     finally:
+        stop_metrics()
         scp.stop()
         node.close()
     return 0
@@ -183,9 +187,11 @@ def cmd_api(args: argparse.Namespace) -> int:
     if not _check_http_exposure(args.settings):
         return 2
     node = build_node(args.settings)
+    stop_metrics = serve_metrics(node)
     try:
         run_http(node)
     finally:
+        stop_metrics()
         node.close(clean=False)
     return 0
 
@@ -195,10 +201,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
     background = Background(node)
     stop = _stop_on_signal()
     background.start()
+    stop_metrics = serve_metrics(node)
     try:
         while not stop.wait(0.5):
             pass
     finally:
+        stop_metrics()
         background.stop()
         node.close(clean=False)
     return 0

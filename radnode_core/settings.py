@@ -140,6 +140,15 @@ class Settings(BaseSettings):
     http_port: int = Field(
         8080, ge=0, le=65535, description="HTTP port (health, metrics, DICOMweb)."
     )
+    metrics_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="Port of a plain Prometheus /metrics endpoint of this process (no "
+        "authentication: bind it where only the scraper reaches it); 0: none. The worker "
+        "role, which has no HTTP app, needs it to be scraped; the API also serves /metrics "
+        "to admins.",
+    )
 
     # Who may send (PS3.8 A-ASSOCIATE-RJ on mismatch)
     allowed_calling_aets: list[str] = Field(

@@ -41,7 +41,8 @@ def allowed_roles(method: str, path: str) -> set[str] | None:
         return None
     if path == "/api/viewer-session" and method == "DELETE":  # sign-out only clears a cookie,
         return None  # so it works with an expired token
-    if path in ("/metrics", "/api/retraining/labels"):  # labels: studies released for training
+    # labels: studies released for training; monitoring: the dashboard's data
+    if path in ("/metrics", "/api/retraining/labels", "/api/monitoring"):
         return {"admin"}
     if path.startswith(("/api/retraining/", "/api/models")):  # runs and model versions
         return {"admin", "radiologist"}

@@ -48,6 +48,9 @@ WRITABLE_ROOT = {"radnode-orthanc/orthanc": "entrypoint writes its generated con
 THIRD_PARTY = ("postgres", "orthancteam/orthanc")
 # From outside the namespace only these pods may be reached (by component label).
 EXPOSED = {"scp", "api", "ohif"}
+# Prometheus (Rancher Monitoring's namespace) may scrape the metrics port of any pod.
+MONITORING_NAMESPACE = "cattle-monitoring-system"
+METRICS_PORT = 9102
 KFP_COMMAND = [
     "radnode", "pipeline", "upload",
     "--kfp-host", "http://ml-pipeline.kubeflow.svc.cluster.local:8888",
@@ -362,6 +365,16 @@ def test_secrets_the_admin_creates_are_documented(built) -> None:
         assert re.search(rf"create secret (generic|tls) {secret}\b", readme), secret
 
 
+def _only_prometheus_scrapes(rule: dict[str, Any]) -> bool:
+    """An ingress rule that admits only the monitoring namespace, only on the metrics port."""
+    sources = rule.get("from") or [{}]
+    return all(
+        s.get("namespaceSelector", {}).get("matchLabels")
+        == {"kubernetes.io/metadata.name": MONITORING_NAMESPACE} and set(s) == {"namespaceSelector"}
+        for s in sources
+    ) and [p.get("port") for p in rule.get("ports", [])] == [METRICS_PORT]
+
+
 def test_network_policies_expose_only_the_scp_and_the_ingress(built) -> None:
     for name, objects in built.items():
         policies = named(objects, "NetworkPolicy")
@@ -376,6 +389,8 @@ def test_network_policies_expose_only_the_scp_and_the_ingress(built) -> None:
                 sources = rule.get("from")
                 outside = sources is None or any(
                     "namespaceSelector" in s or "ipBlock" in s for s in sources)
+                if outside and _only_prometheus_scrapes(rule):
+                    continue
                 if outside:
                     assert component in EXPOSED, (name, policy["metadata"]["name"])
                     if component != "scp":  # HTTP only through the ingress controller
@@ -522,8 +537,12 @@ def test_radnode_settings_names_and_ports_match(built, monkeypatch) -> None:
             assert str(settings.data_dir) == "/data" and settings.index_url.startswith("postgresql")
             ports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
             role = c["command"][1]
-            expected = {"scp": {"dicom": settings.dicom_port}, "api": {"http": settings.http_port},
-                        "worker": {}}[role]
+            metrics = {"metrics": settings.metrics_port}
+            expected = {"scp": {"dicom": settings.dicom_port, **metrics},
+                        "api": {"http": settings.http_port}, "worker": metrics}[role]
+            if role != "api":  # scraped on the port the process serves its metrics on
+                annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+                assert annotations["prometheus.io/port"] == str(settings.metrics_port) != "0"
             assert ports == expected, (name, role)
         services = named(objects, "Service")
         for service in services.values():

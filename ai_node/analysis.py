@@ -21,18 +21,18 @@ The shipped models are two such cards; :func:`classify_region`, :func:`score_fin
 from __future__ import annotations
 
 import concurrent.futures
+import logging
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-import logging
 from typing import Any, Protocol
 
 import numpy as np
 
 from ai_node.card import DEFAULT_THRESHOLD, ModelCard
-from ai_node.localise import Location, LocalisationError, locate
+from ai_node.localise import LocalisationError, Location, locate
 from ai_node.models import LoadedModel, ModelTimeout
 from ai_node.preprocess import SliceStack, card_input, load_series
 

@@ -90,9 +90,7 @@ def mark_mm(location: Location, header: object) -> tuple[float, float, float]:
     )
 
 
-def ct_metrics(
-    models: Models, specs: Sequence[StudySpec], threshold: float
-) -> LocalisationMetrics:
+def ct_metrics(models: Models, specs: Sequence[StudySpec], threshold: float) -> LocalisationMetrics:
     """The ``finding`` model's marks on chest studies ``specs`` (with and without lesions)."""
     out = LocalisationMetrics()
     for spec in specs:
@@ -182,4 +180,3 @@ def main(args: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-

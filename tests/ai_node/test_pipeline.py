@@ -274,6 +274,7 @@ def test_multi_frame_enhanced_ct_study(node, pipeline) -> None:
     ]
     assert frames and all(f is not None for f in frames)
     [roi] = hd.sr.MeasurementReport.from_sequence([sr]).get_planar_roi_measurement_groups()
+    assert roi.roi is not None
     source = roi.roi.ContentSequence[0].ReferencedSOPSequence[0]
     image = group.source_images[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID
     assert source.ReferencedSOPInstanceUID == image and source.ReferencedFrameNumber

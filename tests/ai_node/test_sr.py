@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import highdicom as hd
 import pydicom
@@ -84,7 +85,7 @@ def test_uids_are_deterministic_per_study_version_and_models() -> None:
     assert a[1] != sr_uids("1.2.3", 6, "finding:2,region:1")[1]
 
 
-def _roi_groups(back: pydicom.Dataset) -> list[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations]:
+def _roi_groups(back: pydicom.Dataset) -> list[Any]:
     return hd.sr.MeasurementReport.from_sequence([back]).get_planar_roi_measurement_groups()
 
 
@@ -92,7 +93,7 @@ def _source_uid(region: pydicom.Dataset) -> str:
     return str(region.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
 
 
-def _tracking_uid(group: hd.sr.Template) -> str:
+def _tracking_uid(group: Any) -> str:
     [item] = [i for i in group[0].ContentSequence if i.ValueType == "UIDREF"]
     return str(item.UID)
 

@@ -55,6 +55,7 @@ def _region_image(node, study_uid: str, series_uid: str) -> tuple[str, str]:
     sr = node.store.open_dataset(row["path"])
     [roi] = hd.sr.MeasurementReport.from_sequence([sr]).get_planar_roi_measurement_groups()
     region = roi.roi
+    assert region is not None
     ref = region.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID
     return region.GraphicType, str(ref)
 
@@ -106,7 +107,8 @@ def test_every_sr_radnode_writes_opens_in_ohif(tmp_path, shipped_models) -> None
                 )
                 for kind, uid, series in cases:
                     graphic, image = _region_image(node, uid, series)
-                    assert graphic == ("POINT" if kind in ("ai-positive", "verified") else "POLYLINE")
+                    marked = kind in ("ai-positive", "verified")
+                    assert graphic == ("POINT" if marked else "POLYLINE")
                     driver.get(
                         f"{base}/viewer/viewer?StudyInstanceUIDs={uid}"
                         f"&initialSeriesInstanceUID={series}"

@@ -295,7 +295,8 @@ MARK_BOX_JS = """
 const img = document.getElementById('ai-slice'), mark = document.getElementById('ai-mark');
 if (!img.complete || !img.naturalWidth || mark.hidden) return null;
 const i = img.getBoundingClientRect(), c = mark.querySelector('circle').getBoundingClientRect();
-return {img: [i.left, i.top, i.width, i.height], centre: [c.left + c.width / 2, c.top + c.height / 2],
+return {img: [i.left, i.top, i.width, i.height],
+        centre: [c.left + c.width / 2, c.top + c.height / 2],
         column: Number(mark.dataset.column), row: Number(mark.dataset.row)};
 """
 

@@ -93,6 +93,9 @@ def test_every_sr_radnode_writes_opens_in_ohif(tmp_path, shipped_models) -> None
                     f"{base}/api/studies/{uid}/feedback", json=body, headers=auth, timeout=60
                 )
                 assert r.status_code in (200, 201), r.text
+            located = httpx.get(
+                f"{base}/api/studies/{positive}/result", headers=auth, timeout=30
+            ).json()["details"]["location"]
             cases = [
                 ("ai-positive", positive, _sr_series(base, positive)[9901]),
                 ("verified", positive, _sr_series(base, positive)[9902]),
@@ -109,6 +112,8 @@ def test_every_sr_radnode_writes_opens_in_ohif(tmp_path, shipped_models) -> None
                     graphic, image = _region_image(node, uid, series)
                     marked = kind in ("ai-positive", "verified")
                     assert graphic == ("POINT" if marked else "POLYLINE")
+                    if marked:  # the finding's mark is on its driving slice
+                        assert image == located["sop_instance_uid"]
                     driver.get(
                         f"{base}/viewer/viewer?StudyInstanceUIDs={uid}"
                         f"&initialSeriesInstanceUID={series}"

@@ -21,6 +21,7 @@ The shipped models are two such cards; :func:`classify_region`, :func:`score_fin
 from __future__ import annotations
 
 import concurrent.futures
+import logging
 import threading
 import time
 from collections.abc import Sequence
@@ -31,8 +32,11 @@ from typing import Any, Protocol
 import numpy as np
 
 from ai_node.card import DEFAULT_THRESHOLD, ModelCard
+from ai_node.localise import LocalisationError, Location, locate
 from ai_node.models import LoadedModel, ModelTimeout
 from ai_node.preprocess import SliceStack, card_input, load_series
+
+logger = logging.getLogger(__name__)
 
 REGION_SAMPLE = 24
 """Slices the shipped region model sees per study (evenly spaced; its card's ``sample``)."""
@@ -69,6 +73,7 @@ class StudyAnalysis:
     label: str | None = None
     reason: str | None = None
     probabilities: dict[str, float] = field(default_factory=dict)
+    location: Location | None = None
 
 
 def sample_indices(n: int, k: int = REGION_SAMPLE) -> np.ndarray:
@@ -153,6 +158,26 @@ def model_input(model: LoadedModel, stack: SliceStack, idx: np.ndarray | None = 
         grids = grids[idx]
         m1 = m1[idx] if m1 is not None else None
     return card_input(grids, model.card.input, m1)
+
+
+def locate_finding(model: LoadedModel, stack: SliceStack, index: int) -> Location | None:
+    """The mark of a positive finding on slice ``index`` of the stack, when the model's card
+    declares a localisation method (:mod:`ai_node.localise`); None otherwise, and when the
+    model cannot be localised (logged: the result stands without its mark)."""
+    if not model.card.localisation.marks:
+        return None
+    ref = stack.refs[index]
+    header = stack.headers.get(ref.sop_instance_uid)
+    grid = model.size
+    rows = int(header.get("Rows", grid)) if header is not None else grid
+    columns = int(header.get("Columns", grid)) if header is not None else grid
+    try:
+        return locate(
+            model, model_input(model, stack, np.asarray([index])), index, ref, rows, columns
+        )
+    except LocalisationError as exc:
+        logger.warning("finding not localised", extra={"model": model.key, "error": str(exc)})
+        return None
 
 
 # --------------------------------------------------------------------------- running
@@ -342,6 +367,8 @@ def analyse(
         threshold = own if own is not None else DEFAULT_THRESHOLD
     score, driving, scores = score_finding(stack, models, batch_size, finding_raw)
     versions[finding.name] = finding.version
+    label = card.label_for(score, threshold)
+    located = locate_finding(finding, stack, driving) if score >= threshold else None
     return StudyAnalysis(
         region,
         region_probs,
@@ -352,5 +379,6 @@ def analyse(
         evidence_slices=evidence_of(card, scores, driving, threshold),
         model_versions=versions,
         model=finding.name,
-        label=card.label_for(score, threshold),
+        label=label,
+        location=located,
     )

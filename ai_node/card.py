@@ -390,15 +390,40 @@ class SRCoding(_Section):
 
 
 class Localisation(_Section):
-    """Which images the SR names as the evidence of its finding."""
+    """Which images the SR names as the evidence of its finding, and where on the driving
+    image a positive finding is marked (:mod:`ai_node.localise`)."""
 
-    method: Literal["evidence_slices", "none"] = Field(
+    method: Literal["evidence_slices", "max_activation", "grad_cam", "none"] = Field(
         "evidence_slices",
         description="evidence_slices: the slices (images) that drove the score (those at "
-        "or above the threshold, at most `max_slices`, else the top one); none: only the "
-        "middle slice of the evaluated series.",
+        "or above the threshold, at most `max_slices`, else the top one), no mark; "
+        "max_activation: the same evidence, and a positive finding is marked on the "
+        "driving image where the map of `layer` (typically the layer a global max pool "
+        "reads) most raises the positive output (the activation times its gradient, summed "
+        "over channels; a one-channel map: its maximum); grad_cam: the same with Grad-CAM "
+        "on `layer`; none: only the middle slice of the evaluated series, no mark.",
+    )
+    layer: str | None = Field(
+        None,
+        min_length=1,
+        max_length=128,
+        description="max_activation / grad_cam: the name of the Keras layer whose "
+        "spatial map (rows, columns, channels) locates the finding.",
     )
     max_slices: int = Field(5, ge=1, le=50, description="Most evidence slices (images).")
+
+    @model_validator(mode="after")
+    def _layer_named(self) -> Localisation:
+        if self.method in ("max_activation", "grad_cam") and not self.layer:
+            raise ValueError(f"method {self.method} needs `layer`: the map's layer name")
+        if self.method in ("evidence_slices", "none") and self.layer:
+            raise ValueError("`layer` is only for max_activation and grad_cam")
+        return self
+
+    @property
+    def marks(self) -> bool:
+        """Whether a positive finding gets a location on its driving image."""
+        return self.method in ("max_activation", "grad_cam")
 
 
 InputStatistic = Literal["mean_hu", "slice_thickness_mm", "pixel_spacing_mm"]

@@ -45,6 +45,12 @@ TASK_WINDOWS = {"region": "wide", "finding": "lung"}
 __all__ = ["DEFAULT_TARGET_SENSITIVITY", "TASKS", "TASK_WINDOWS", "LoadedModel", "load_model"]
 
 
+LOCALISATION_LAYER = "lesion_features"
+"""The name :func:`build_model` gives the finding model's 32x32 feature map (the stride-2
+convolution read by the last one), which its card's ``localisation.layer`` names (the
+shipped 1.0.0 predates the name: there it is ``conv2d_4``)."""
+
+
 class ModelTimeout(TimeoutError):
     """A model ran past its card's ``timeout_s``."""
 
@@ -66,7 +72,8 @@ def build_model(task: str) -> Any:
     else:
         x = layers.Conv2D(16, 3, strides=2, padding="same", activation="relu")(x)
     for filters in (32, 64):
-        x = layers.Conv2D(filters, 3, strides=2, padding="same", activation="relu")(x)
+        name = LOCALISATION_LAYER if task == "finding" and filters == 32 else None
+        x = layers.Conv2D(filters, 3, strides=2, padding="same", activation="relu", name=name)(x)
     if task == "finding":
         x = layers.GlobalMaxPooling2D()(x)
     else:

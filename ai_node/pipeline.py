@@ -48,6 +48,7 @@ from ai_node.analysis import (
     decode_and_run,
     evidence_of,
     in_stack_order,
+    locate_finding,
     scored_indices,
     verdict,
 )
@@ -418,6 +419,7 @@ class AnalysisPipeline:
                     strict=True,
                 )
             }
+        located = locate_finding(model, stack, driving) if score >= threshold else None
         return StudyAnalysis(
             decider.label if decider is not None else None,
             decider.probabilities if decider is not None else {},
@@ -430,6 +432,7 @@ class AnalysisPipeline:
             model=model.name,
             label=card.label_for(score, threshold),
             probabilities=per_label,
+            location=located,
         )
 
     def _report(
@@ -483,7 +486,8 @@ class AnalysisPipeline:
         # The image library lists the slices the SR references plus the series' first and
         # last slice (its extent): TID 1600 needs the referenced images; listing all 300
         # would cost seconds of SR building for nothing a viewer shows.
-        library = [stack.refs[0], *refs, stack.refs[-1]]
+        marked = [analysis.location.ref] if analysis.location is not None else []
+        library = [stack.refs[0], *refs, *marked, stack.refs[-1]]
         uids = list(dict.fromkeys(r.sop_instance_uid for r in library))
         headers = [stack.headers[u] for u in uids if u in stack.headers]
         try:
@@ -544,6 +548,8 @@ class AnalysisPipeline:
         received = last_received(self.node.index, job.study_uid)
         if received is not None:
             details["time_to_result_s"] = round(max(0.0, time.time() - received), 3)
+        if analysis.location is not None:
+            details["location"] = analysis.location.as_details()
         self.results.upsert(
             job.study_uid,
             job.version,

@@ -19,7 +19,19 @@ Built with highdicom's template classes only (no hand-built content sequences):
   "Lesion: Present / Absent" (or "Not Evaluated" when out of scope), the target
   region found by the region model (when a body part verdict decided), the study score
   as a numeric "Probability" in UCUM unit "1", the algorithm identification (TID 4019:
-  name, version, parameters), and the evidence slices (images) as source images.
+  name, version, parameters), and the evidence slices (images) as source images;
+* beside it, one TID 1410 planar ROI group: for a located positive finding
+  (:mod:`ai_node.localise`) a SCOORD POINT on the driving image with that image as its
+  source, the finding type, the finding site, "Lesion: Present" and the probability; for
+  any other result (negative, out of scope, a model without a localisation method) a
+  closed POLYLINE around the whole of the image the result names (the driving slice, or
+  the middle slice when out of scope): the image evaluated.
+
+The TID 1410 group and the TID 1501 group share one Tracking Unique Identifier (TID 4108:
+the same finding, seen in two groups). A viewer that draws measurement groups (OHIF's SR
+extension) merges groups by that identifier and draws the merged group's SCOORD; a group
+with no SCOORD of its own or of a group it merges with leaves it without coordinates
+(OHIF 3.13 then fails to open the SR), which is why every SR carries one.
 
 The report is COMPLETE and UNVERIFIED (PS3.3 C.17.2: no human has verified it) and
 PRELIMINARY. It joins the source study (patient and study modules copied from the
@@ -34,18 +46,23 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 from highdicom.sr import (
     AlgorithmIdentification,
     Comprehensive3DSR,
     DeviceObserverIdentifyingAttributes,
     FindingSite,
+    GraphicTypeValues,
+    ImageRegion,
     Measurement,
     MeasurementReport,
     MeasurementsAndQualitativeEvaluations,
     ObservationContext,
     ObserverContext,
+    PlanarROIMeasurementsAndQualitativeEvaluations,
     QualitativeEvaluation,
     SourceImageForMeasurementGroup,
+    SourceImageForRegion,
     TrackingIdentifier,
 )
 from pydicom.dataset import Dataset
@@ -57,6 +74,7 @@ from pydicom.valuerep import PersonName
 from ai_node.analysis import StudyAnalysis
 from ai_node.card import ModelCard
 from ai_node.labels import REGION_CODES
+from ai_node.localise import Location
 from ai_node.preprocess import SliceRef
 
 SR_SERIES_NUMBER = 9901
@@ -206,6 +224,56 @@ def _evidence_copy(ds: Dataset) -> Dataset:
     return out
 
 
+def _region_source(ref: SliceRef) -> SourceImageForRegion:
+    return SourceImageForRegion(
+        referenced_sop_class_uid=ref.sop_class_uid,
+        referenced_sop_instance_uid=ref.sop_instance_uid,
+        referenced_frame_numbers=[ref.frame_number] if ref.frame_number else None,
+    )
+
+
+def _located_group(
+    location: Location,
+    tracking: TrackingIdentifier,
+    ctx: ReportContext,
+    algorithm: AlgorithmIdentification,
+    measurements: Sequence[Measurement],
+) -> PlanarROIMeasurementsAndQualitativeEvaluations:
+    """TID 1410: the finding's mark (a SCOORD POINT, PS3.3 C.18.6) on its driving image."""
+    return PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=tracking,
+        referenced_region=ImageRegion(
+            graphic_type=GraphicTypeValues.POINT,
+            graphic_data=np.asarray([[location.column, location.row]], dtype=np.float64),
+            source_image=_region_source(location.ref),
+        ),
+        finding_type=ctx.finding,
+        algorithm_id=algorithm,
+        finding_sites=[FindingSite(ctx.finding_site)] if ctx.finding_site else None,
+        qualitative_evaluations=[QualitativeEvaluation(ctx.finding, codes.SCT.Present)],
+        measurements=list(measurements) or None,
+    )
+
+
+def _evaluated_image_group(
+    ref: SliceRef, images: Sequence[Dataset], tracking: TrackingIdentifier
+) -> PlanarROIMeasurementsAndQualitativeEvaluations:
+    """TID 1410: a closed POLYLINE around the whole of the image the result names."""
+    header = next((ds for ds in images if ds.SOPInstanceUID == ref.sop_instance_uid), None)
+    if header is None or not header.get("Rows") or not header.get("Columns"):
+        raise ValueError(f"evidence: no Rows and Columns for image {ref.sop_instance_uid}")
+    rows, columns = float(header.Rows), float(header.Columns)
+    outline = [[0.0, 0.0], [columns, 0.0], [columns, rows], [0.0, rows], [0.0, 0.0]]
+    return PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=tracking,
+        referenced_region=ImageRegion(
+            graphic_type=GraphicTypeValues.POLYLINE,
+            graphic_data=np.asarray(outline, dtype=np.float64),
+            source_image=_region_source(ref),
+        ),
+    )
+
+
 def build_sr(
     evidence: Sequence[Dataset],
     analysis: StudyAnalysis,
@@ -254,6 +322,10 @@ def build_sr(
         region_code = ctx.region_codes.get(str(analysis.region), codes.SCT.BodyPartStructure)
         region_evals = [QualitativeEvaluation(codes.DCM.TargetRegion, region_code)]
     finding_name = ctx.finding.meaning.lower()
+    tracking_uid = generate_uid(entropy_srcs=[sop_uid, "tracking"])
+    tracking_text = (
+        f"AI {finding_name} finding" if analysis.in_scope else "AI: not evaluated (out of scope)"
+    )
     if analysis.in_scope and analysis.score is not None:
         present = analysis.score >= ctx.threshold
         qualitative = [
@@ -272,12 +344,7 @@ def build_sr(
         qualitative = [QualitativeEvaluation(ctx.finding, codes.SCT.NotEvaluated), *region_evals]
         measurements = []
     group = MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=TrackingIdentifier(
-            uid=generate_uid(entropy_srcs=[sop_uid, "tracking"]),
-            identifier=f"AI {finding_name} finding"
-            if analysis.in_scope
-            else "AI: not evaluated (out of scope)",
-        ),
+        tracking_identifier=TrackingIdentifier(uid=tracking_uid, identifier=tracking_text),
         finding_type=ctx.finding,
         algorithm_id=algorithm,
         finding_sites=[FindingSite(ctx.finding_site)] if ctx.finding_site else None,
@@ -292,10 +359,15 @@ def build_sr(
             for ref in evidence_refs
         ],
     )
+    tracking = TrackingIdentifier(uid=tracking_uid, identifier=tracking_text)
+    if analysis.location is not None:
+        roi = _located_group(analysis.location, tracking, ctx, algorithm, measurements)
+    else:
+        roi = _evaluated_image_group(evidence_refs[0], images, tracking)
     report = MeasurementReport(
         observation_context=ObservationContext(observer_device_context=observer),
         procedure_reported=ctx.procedure,
-        imaging_measurements=[group],
+        imaging_measurements=[roi, group],
         title=codes.DCM.ImagingMeasurementReport,
         referenced_images=[image for image in images if _library_ready(image)] or None,
     )

@@ -33,7 +33,7 @@ import pydicom
 from ai_node.analysis import classify_region, score_finding
 from ai_node.card import ModelCard
 from ai_node.labels import REGION_LABELS
-from ai_node.models import LoadedModel, build_model, wrap_keras
+from ai_node.models import LOCALISATION_LAYER, LoadedModel, build_model, wrap_keras
 from ai_node.preprocess import (
     INPUT_SIZE,
     LUNG_WINDOW,
@@ -394,6 +394,12 @@ def model_card(
             },
         }
     )
+    if task == "finding":
+        card["localisation"] = {
+            "method": "max_activation",
+            "layer": LOCALISATION_LAYER,
+            "max_slices": card.get("localisation", {}).get("max_slices", 5),
+        }
     if metrics is not None:
         m = metrics.as_dict()
         if task == "region":

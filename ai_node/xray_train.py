@@ -118,6 +118,12 @@ def plan_specs(plan: XrayPlan) -> list[XraySpec]:
     return positives + negatives
 
 
+LOCALISATION_LAYER = "cell_features"
+"""The name :func:`build_model` gives the ReLU of the first 32x32 block, where the card's
+``localisation.layer`` marks an opacity (the shipped 1.0.0 predates the name: ``re_lu_9``).
+The opacity map three layers later peaks beside the opacities it finds (measured on the
+held-out radiographs: docs/model-card.md)."""
+
 GRID_STRIDE = 8
 """Model pixels per cell of the opacity map the network computes (256 / 8 = 32 cells)."""
 
@@ -195,19 +201,14 @@ def build_model(how: CardInput = INPUT) -> Any:
 
     inputs = keras.Input((*how.size, how.channels), name="radiograph")
     x = inputs
-    for filters, stride, dilation in (
-        (16, 2, 1),
-        (32, 2, 1),
-        (32, 1, 1),
-        (64, 2, 1),
-        (64, 1, 1),
-        (64, 1, 2),
+    for i, (filters, stride, dilation) in enumerate(
+        ((16, 2, 1), (32, 2, 1), (32, 1, 1), (64, 2, 1), (64, 1, 1), (64, 1, 2))
     ):
         x = layers.Conv2D(
             filters, 3, strides=stride, dilation_rate=dilation, padding="same", use_bias=False
         )(x)
         x = layers.BatchNormalization(momentum=0.9)(x)
-        x = layers.ReLU()(x)
+        x = layers.ReLU(name=LOCALISATION_LAYER if i == 3 else None)(x)
     logits = layers.Conv2D(1, 1, name="opacity_logits")(x)
     top = layers.GlobalMaxPooling2D()(logits)
     outputs = layers.Activation("sigmoid", name="opacity_probability")(top)
@@ -431,6 +432,7 @@ def model_card(
             "threshold": THRESHOLD,
         },
         "sr": {"finding": "DCM.AbnormalOpacity", "finding_site": "SCT.Lung"},
+        "localisation": {"method": "max_activation", "layer": LOCALISATION_LAYER, "max_slices": 5},
         "metrics": {}
         if metrics is None
         else {

@@ -61,6 +61,18 @@ def test_chest_study_gets_result_sr_and_api_answer(node, pipeline, tmp_path) -> 
     assert node.queue.enqueue_if_due(uid, "manual") is None
     ds = pydicom.dcmread(sr_path)
     assert ds.StudyInstanceUID == uid and ds.PatientID == study.patient_id
+    # the positive finding is marked on its driving slice, in that image's pixels
+    assert answer["label"] == "lesion"
+    location = answer["details"]["location"]
+    assert location["sop_instance_uid"] == answer["details"]["driving_sop_instance_uid"]
+    assert 0 <= location["column"] <= 512 and 0 <= location["row"] <= 512
+    [roi] = hd.sr.MeasurementReport.from_sequence(
+        [hd.sr.srread(sr_path)]
+    ).get_planar_roi_measurement_groups()
+    assert roi.roi is not None and roi.roi.GraphicType == "POINT"
+    assert roi.roi.value[0] == pytest.approx([location["column"], location["row"]], abs=0.01)
+    source = roi.roi.ContentSequence[0].ReferencedSOPSequence[0]
+    assert source.ReferencedSOPInstanceUID == location["sop_instance_uid"]
 
 
 def test_retried_job_makes_no_second_sr_or_row(node, pipeline, tmp_path) -> None:
@@ -261,6 +273,11 @@ def test_multi_frame_enhanced_ct_study(node, pipeline) -> None:
         item.ReferencedSOPSequence[0].get("ReferencedFrameNumber") for item in group.source_images
     ]
     assert frames and all(f is not None for f in frames)
+    [roi] = hd.sr.MeasurementReport.from_sequence([sr]).get_planar_roi_measurement_groups()
+    assert roi.roi is not None
+    source = roi.roi.ContentSequence[0].ReferencedSOPSequence[0]
+    image = group.source_images[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+    assert source.ReferencedSOPInstanceUID == image and source.ReferencedFrameNumber
 
 
 def test_study_missing_optional_tags(node, pipeline, tmp_path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import highdicom as hd
 import pydicom
@@ -10,6 +11,7 @@ import pytest
 from pydicom.sr.codedict import codes
 
 from ai_node.analysis import StudyAnalysis
+from ai_node.localise import Location
 from ai_node.preprocess import SliceRef
 from ai_node.sr import PROBABILITY, build_sr, sr_uids
 from tests.support.analysis import REPORT_CONTEXT as CTX
@@ -81,3 +83,78 @@ def test_uids_are_deterministic_per_study_version_and_models() -> None:
     assert a == sr_uids("1.2.3", 6, "finding:1,region:1")
     assert a[1] != sr_uids("1.2.3", 7, "finding:1,region:1")[1]
     assert a[1] != sr_uids("1.2.3", 6, "finding:2,region:1")[1]
+
+
+def _roi_groups(back: pydicom.Dataset) -> list[Any]:
+    return hd.sr.MeasurementReport.from_sequence([back]).get_planar_roi_measurement_groups()
+
+
+def _source_uid(region: pydicom.Dataset) -> str:
+    return str(region.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+
+
+def _tracking_uid(group: Any) -> str:
+    [item] = [i for i in group[0].ContentSequence if i.ValueType == "UIDREF"]
+    return str(item.UID)
+
+
+def test_a_located_finding_is_a_tid1410_point_on_its_image(headers, tmp_path) -> None:
+    ref = SliceRef(str(headers[2].SOPClassUID), str(headers[2].SOPInstanceUID))
+    location = Location(2, ref, 40.5, 22.25, 64, 64, "max_activation", "conv2d_5")
+    analysis = StudyAnalysis(
+        "chest",
+        {"chest": 0.99},
+        True,
+        0.87,
+        2,
+        [],
+        [2],
+        {"finding": "1.0.0", "region": "1.0.0"},
+        location=location,
+    )
+    sr = build_sr(headers, analysis, [ref], CTX, str(headers[0].StudyInstanceUID), 6)
+    path = _save(sr, tmp_path)
+    report = dciodvfy(path)
+    assert not _errors(report), report
+
+    back = hd.sr.srread(path)
+    [roi] = _roi_groups(back)
+    region = roi.roi
+    assert region is not None and region.graphic_type == hd.sr.GraphicTypeValues.POINT
+    assert region.value.tolist() == [[40.5, 22.25]]
+    assert _source_uid(region) == headers[2].SOPInstanceUID
+    assert roi.finding_type == codes.SCT.Lesion
+    assert roi.finding_sites[0].value == codes.SCT.Lung
+    evaluations = {e.name.meaning: meaning(e.value) for e in roi.get_qualitative_evaluations()}
+    assert evaluations == {"Lesion": "Present"}
+    [probability] = roi.get_measurements(name=PROBABILITY)
+    assert probability.value == pytest.approx(0.87)
+    identifier = next(i for i in roi[0].ContentSequence if i.ValueType == "TEXT")
+    assert identifier.TextValue == "AI lesion finding"
+    # the study-level group stays beside it, the same finding (one tracking UID)
+    [study_group] = hd.sr.MeasurementReport.from_sequence([back]).get_image_measurement_groups()
+    assert _tracking_uid(study_group) == _tracking_uid(roi)
+
+
+@pytest.mark.parametrize("in_scope", [True, False])
+def test_an_unlocated_result_outlines_the_image_it_names(headers, tmp_path, in_scope) -> None:
+    """Negative and out-of-scope SRs still give every group a SCOORD on an image."""
+    if in_scope:
+        analysis = StudyAnalysis(
+            "chest", {"chest": 0.99}, True, 0.1, 3, [], [3], {"finding": "1.0.0"}
+        )
+    else:
+        analysis = StudyAnalysis("head", {"head": 0.98}, False, model_versions={"region": "1"})
+    ref = SliceRef(str(headers[3].SOPClassUID), str(headers[3].SOPInstanceUID))
+    sr = build_sr(headers, analysis, [ref], CTX, str(headers[0].StudyInstanceUID), 6)
+    path = _save(sr, tmp_path)
+    report = dciodvfy(path)
+    assert not _errors(report), report
+    back = hd.sr.srread(path)
+    [roi] = _roi_groups(back)
+    region = roi.roi
+    assert region is not None and region.graphic_type == hd.sr.GraphicTypeValues.POLYLINE
+    assert region.value.tolist() == [[0, 0], [64, 0], [64, 64], [0, 64], [0, 0]]
+    assert _source_uid(region) == headers[3].SOPInstanceUID
+    [study_group] = hd.sr.MeasurementReport.from_sequence([back]).get_image_measurement_groups()
+    assert _tracking_uid(study_group) == _tracking_uid(roi)

@@ -11,6 +11,7 @@ from pydicom.sr.codedict import codes
 
 from ai_node.analysis import StudyAnalysis
 from ai_node.feedback_sr import build_feedback_sr
+from ai_node.localise import Location
 from ai_node.preprocess import SliceRef
 from ai_node.sr import build_sr
 from tests.support.analysis import REPORT_CONTEXT as CTX
@@ -24,10 +25,18 @@ def ai_sr(
 ) -> tuple[pydicom.Dataset, list[pydicom.Dataset]]:
     out = tmp_path_factory.mktemp("fb_study")
     headers = small_study_headers(out)
-    analysis = StudyAnalysis(
-        "chest", {"chest": 0.99}, True, 0.87, 2, [], [2], {"finding": "1.0.0", "region": "1.0.0"}
-    )
     refs = [SliceRef(str(headers[2].SOPClassUID), str(headers[2].SOPInstanceUID))]
+    analysis = StudyAnalysis(
+        "chest",
+        {"chest": 0.99},
+        True,
+        0.87,
+        2,
+        [],
+        [2],
+        {"finding": "1.0.0", "region": "1.0.0"},
+        location=Location(2, refs[0], 30.5, 12.5, 64, 64, "max_activation", "conv2d_4"),
+    )
     sr = build_sr(headers, analysis, refs, CTX, str(headers[0].StudyInstanceUID), 1)
     path = out / "ai.dcm"
     sr.save_as(path, enforce_file_format=True)
@@ -69,6 +78,14 @@ def test_feedback_sr_is_verified_successor_and_valid(ai_sr, tmp_path, label) -> 
     assert ds.StudyInstanceUID == predecessor.StudyInstanceUID
     assert ds.SOPInstanceUID != predecessor.SOPInstanceUID
     assert _lesion_value(path) == ("Present" if label is None else "Absent")
+    # the finding's mark is kept, its evaluation relabelled with the study's
+    [roi] = hd.sr.MeasurementReport.from_sequence(
+        [hd.sr.srread(path)]
+    ).get_planar_roi_measurement_groups()
+    assert roi.roi is not None and roi.roi.GraphicType == "POINT"
+    assert roi.roi.value.tolist() == [[30.5, 12.5]]
+    [evaluation] = roi.get_qualitative_evaluations(name=codes.SCT.Lesion)
+    assert meaning(evaluation.value) == ("Present" if label is None else "Absent")
 
 
 def test_relabel_needs_a_known_label(ai_sr) -> None:

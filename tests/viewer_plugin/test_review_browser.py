@@ -292,3 +292,51 @@ def test_real_ohif_in_the_review_page_with_authentication_on(tmp_path, shipped_m
             assert secret not in audit
     finally:
         node.close()
+
+
+MARK_BOX_JS = """
+const img = document.getElementById('ai-slice'), mark = document.getElementById('ai-mark');
+if (!img.complete || !img.naturalWidth || mark.hidden) return null;
+const i = img.getBoundingClientRect(), c = mark.querySelector('circle').getBoundingClientRect();
+return {img: [i.left, i.top, i.width, i.height],
+        centre: [c.left + c.width / 2, c.top + c.height / 2],
+        column: Number(mark.dataset.column), row: Number(mark.dataset.row)};
+"""
+
+
+SLICE_SHOWN_JS = "return document.getElementById('ai-slice').naturalWidth > 0"
+
+
+def test_review_marks_the_finding_on_the_driving_slice(edge, tmp_path) -> None:
+    node, uids, base = edge
+    results = {
+        uid: httpx.get(
+            f"{base}/api/studies/{uid}/result",
+            headers={"Authorization": f"Bearer {RADIOLOGIST}"},
+            timeout=30,
+        ).json()
+        for uid in uids
+    }
+    [positive] = [u for u, r in results.items() if r["details"].get("location")]
+    location = results[positive]["details"]["location"]
+    with chromium(tmp_path / "profile") as driver:
+        set_viewport(driver, 1280, 800)
+        _signed_in(driver, base, f"/ui/review.html?study={positive}", RADIOLOGIST)
+        box = wait(driver, lambda d: d.execute_script(MARK_BOX_JS))
+        left, top, width, height = box["img"]
+        assert (box["column"], box["row"]) == (location["column"], location["row"])
+        expected = (
+            left + width * location["column"] / location["columns"],
+            top + height * location["row"] / location["rows"],
+        )
+        assert box["centre"] == pytest.approx(expected, abs=1.5)
+        slice_uid = driver.find_element("id", "ai-slice").get_attribute("data-sop-instance-uid")
+        assert slice_uid == location["sop_instance_uid"]
+        artifacts = Path(__file__).resolve().parents[2] / "build" / "test-artifacts"
+        artifacts.mkdir(parents=True, exist_ok=True)
+        driver.save_screenshot(str(artifacts / "review-mark.png"))
+        # a study without a finding shows its slice unmarked
+        [negative] = [u for u in uids if u != positive]
+        _signed_in(driver, base, f"/ui/review.html?study={negative}", RADIOLOGIST)
+        wait(driver, lambda d: d.execute_script(SLICE_SHOWN_JS))
+        assert driver.execute_script("return document.getElementById('ai-mark').hidden")

@@ -11,13 +11,36 @@ function show(msg, isError) {
   text(el, msg);
 }
 
-async function thumbnail(series, instance) {
-  const url = "/dicom-web/studies/" + studyUid + "/series/" + series + "/instances/" + instance + "/rendered";
+// The finding's mark (details.location: image pixel coordinates, the top left corner of
+// the top left pixel at 0,0) over the thumbnail of the image it is on: an SVG whose
+// viewBox is the image's matrix, stretched over the rendered image.
+function drawMark(location) {
+  const mark = document.getElementById("ai-mark");
+  mark.hidden = true;
+  if (!location) return;
+  const w = location.columns, h = location.rows, x = location.column, y = location.row;
+  const r = Math.max(w, h) / 24;
+  mark.setAttribute("viewBox", "0 0 " + w + " " + h);
+  const circle = mark.querySelector("circle");
+  circle.setAttribute("cx", x); circle.setAttribute("cy", y); circle.setAttribute("r", r);
+  const [across, down] = mark.querySelectorAll("line");
+  for (const [el, x1, y1, x2, y2] of [[across, x - 2 * r, y, x - r, y], [down, x, y - 2 * r, x, y - r]]) {
+    el.setAttribute("x1", x1); el.setAttribute("y1", y1); el.setAttribute("x2", x2); el.setAttribute("y2", y2);
+  }
+  mark.dataset.column = x;
+  mark.dataset.row = y;
+  mark.hidden = false;
+}
+
+async function thumbnail(series, instance, location) {
+  const frame = location && location.frame_number ? "/frames/" + location.frame_number : "";
+  const url = "/dicom-web/studies/" + studyUid + "/series/" + series + "/instances/" + instance + frame + "/rendered";
   const r = await fetch(url, { headers: authHeaders({ Accept: "image/png" }) });
   if (!r.ok) return;
   const img = document.getElementById("ai-slice");
   img.src = URL.createObjectURL(await r.blob());
   img.dataset.sopInstanceUid = instance;
+  drawMark(location && location.sop_instance_uid === instance ? location : null);
 }
 
 function showReview(items) {
@@ -54,7 +77,9 @@ async function showResult(r) {
   text(document.getElementById("ai-label"), result.label);
   text(document.getElementById("ai-model"), result.model_version);
   const d = result.details || {};
-  if (d.series_uid && d.driving_sop_instance_uid) thumbnail(d.series_uid, d.driving_sop_instance_uid);
+  drawMark(null);
+  if (d.series_uid && d.location) thumbnail(d.series_uid, d.location.sop_instance_uid, d.location);
+  else if (d.series_uid && d.driving_sop_instance_uid) thumbnail(d.series_uid, d.driving_sop_instance_uid);
   else if (d.series_uid && d.evidence_sop_instance_uids && d.evidence_sop_instance_uids.length)
     thumbnail(d.series_uid, d.evidence_sop_instance_uids[0]);
   showReview((await api("/api/studies/" + encodeURIComponent(studyUid) + "/feedback")).items);

@@ -41,6 +41,8 @@ results = Table(
     UniqueConstraint("study_uid", "version", "model_name", name="uq_results_study_version_model"),
 )
 SqlIndex("ix_results_score", results.c.score)
+# Each model's newest results (drift windows, the dashboard's periods).
+SqlIndex("ix_results_model_finished", results.c.model_name, results.c.finished_at)
 
 # A radiologist's judgement of one AI result (viewer_plugin.feedback): confirm or relabel,
 # who and when, which model's result (model_name) and version was judged, and the verified /

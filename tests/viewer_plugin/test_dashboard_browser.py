@@ -138,6 +138,13 @@ def test_an_admin_sees_charts_with_data_and_the_models_alerts(edge, tmp_path) ->
         assert alert.get_attribute("data-model") == "finding"
         assert "radiologists confirmed 0%" in alert.text
         assert driver.find_element(By.ID, "alerts").is_displayed()
+        # the worklist links an admin to it
+        driver.get(f"{base}/ui/")
+        wait(driver, lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-loaded"))
+        link = driver.find_element(By.ID, "dashboard-link")
+        assert link.is_displayed()
+        link.click()
+        wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "section.model"))
 
 
 def test_a_radiologist_gets_no_dashboard(edge, tmp_path) -> None:
@@ -161,3 +168,6 @@ def test_a_radiologist_gets_no_dashboard(edge, tmp_path) -> None:
         assert "admins" in status.text
         assert driver.find_elements(By.CSS_SELECTOR, "svg.chart") == []
         assert driver.find_elements(By.CSS_SELECTOR, "section.model") == []
+        driver.get(f"{base}/ui/")  # and the worklist shows a radiologist no link to it
+        wait(driver, lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-loaded"))
+        assert not driver.find_element(By.ID, "dashboard-link").is_displayed()

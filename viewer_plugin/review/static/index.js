@@ -61,4 +61,10 @@ async function load() {
 }
 
 document.getElementById("filters").addEventListener("submit", (ev) => { ev.preventDefault(); load(); });
-signIn().then(labelFilter).then(load).catch((e) => { text(document.getElementById("summary"), e.message); });
+// The dashboard is the admins' (the API answers others 403).
+function adminLinks(me) {
+  document.getElementById("dashboard-link").hidden = me.auth_enabled && me.role !== "admin";
+  return me;
+}
+
+signIn().then(adminLinks).then(labelFilter).then(load).catch((e) => { text(document.getElementById("summary"), e.message); });

@@ -69,7 +69,7 @@ viewer: install ohif  ## OHIF alone on :3000 (radnode viewer) beside a running n
 run: install ohif  ## the node and its viewer: SCP :11112, HTTP :8080 (review /ui/, OHIF /viewer/), worker
 	RADNODE_OHIF_DIR=$(CURDIR)/$(OHIF_DIST) $(BIN)/radnode serve --log-format text
 
-test: install system-deps  ## the default suite (about 10 minutes on 2 cores)
+test: install system-deps ohif  ## the default suite (about 20 minutes on 2 cores; OHIF for its browser tests)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 # `make test` runs the reliability suite's short version (RADNODE_RELIABILITY unset).

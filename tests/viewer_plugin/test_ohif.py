@@ -104,7 +104,6 @@ def test_own_origin_serves_rebased_viewer_and_proxies_reads_as_the_session_user(
     assert ohif.state.proxied == 3
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("stack", ["real"], indirect=True)
 def test_ohif_renders_the_study_with_its_sr(stack, tmp_path) -> None:
     from selenium.webdriver.common.by import By

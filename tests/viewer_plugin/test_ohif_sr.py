@@ -60,7 +60,6 @@ def _region_image(node, study_uid: str, series_uid: str) -> tuple[str, str]:
     return region.GraphicType, str(ref)
 
 
-@pytest.mark.slow
 def test_every_sr_radnode_writes_opens_in_ohif(tmp_path, shipped_models) -> None:
     from selenium.webdriver.common.by import By
 

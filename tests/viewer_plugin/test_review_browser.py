@@ -241,7 +241,6 @@ def test_review_keyboard_viewer_and_layout_at_1280x800(edge, tmp_path) -> None:
         assert driver.execute_script(HORIZONTAL_OVERFLOW_JS) == []
 
 
-@pytest.mark.slow
 def test_real_ohif_in_the_review_page_with_authentication_on(tmp_path, shipped_models, caplog):
     """The radiologist signs in on the review page; OHIF, embedded from /viewer/ on the same
     origin, shows the study's images; without the session the same read is refused; the

@@ -25,6 +25,8 @@ router = APIRouter(prefix="/api", tags=["monitoring"])
 _admin = require_role(("admin",))
 
 Period = Literal["24h", "7d", "30d"]
+PERIOD_DAYS = {"24h": 1, "7d": 7, "30d": 30}
+MIB = 1 << 20
 
 
 def _span(edges: list[str]) -> tuple[str, str]:
@@ -120,4 +122,25 @@ def monitoring(node: NodeDep, period: Annotated[Period, Query()] = "24h") -> dic
         "end": data["end"],
         "models": models,
         "alerts": alerts,
+        "storage": _storage(node, period),
+    }
+
+
+def _storage(node: Any, period: Period) -> dict[str, Any]:
+    """The retention policy's work over the period (per UTC day: space reclaimed, studies
+    deleted), the studies it keeps and why, and the disk in use."""
+    days = PERIOD_DAYS[period]
+    summary = node.retention.summary(days * 86400.0)
+    today = dt.datetime.now(dt.UTC).date()
+    names = [(today - dt.timedelta(days=days - 1 - i)).isoformat() for i in range(days)]
+    per_day = {d["day"]: d for d in summary["per_day"]}
+    span = (names[0], names[-1])
+    reclaimed = [per_day[n]["bytes"] / MIB if n in per_day else None for n in names]
+    deleted = [float(per_day[n]["studies"]) if n in per_day else None for n in names]
+    return {
+        **summary,
+        "charts": [
+            chart("storage: MiB reclaimed per day", [Line("reclaimed", reclaimed, "bar")], span),
+            chart("storage: studies deleted per day", [Line("deleted", deleted, "bar")], span),
+        ],
     }

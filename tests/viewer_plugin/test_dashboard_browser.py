@@ -171,3 +171,39 @@ def test_a_radiologist_gets_no_dashboard(edge, tmp_path) -> None:
         driver.get(f"{base}/ui/")  # and the worklist shows a radiologist no link to it
         wait(driver, lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-loaded"))
         assert not driver.find_element(By.ID, "dashboard-link").is_displayed()
+
+
+def test_the_dashboard_shows_the_space_deletions_reclaimed(tmp_path) -> None:
+    from selenium.webdriver.common.by import By
+
+    from tests.support.analysis import add_study
+
+    node = make_node(tmp_path / "data", auth=True)
+    try:
+        kept = add_study(
+            node, StudySpec(region="chest", slices=4, rows=64, columns=64), tmp_path / "a"
+        )
+        gone = add_study(
+            node, StudySpec(region="chest", slices=6, seed=9, rows=64, columns=64), tmp_path / "b"
+        )
+        with serve(create_app(node)) as base:
+            admin = {"Authorization": f"Bearer {ADMIN}"}
+            deleted = httpx.delete(f"{base}/api/studies/{gone.study_instance_uid}", headers=admin)
+            assert deleted.status_code == 204, deleted.text
+            storage = httpx.get(f"{base}/api/monitoring?period=7d", headers=admin).json()["storage"]
+            assert storage["studies_deleted"] == 1 and storage["reclaimed_bytes"] > 6 * 64 * 64
+            with chromium(tmp_path / "profile") as driver:
+                _sign_in(driver, base, ADMIN)
+                box = wait(
+                    driver,
+                    lambda d: d.find_element(By.ID, "storage").is_displayed()
+                    and d.find_element(By.ID, "storage"),
+                )
+                assert "1 studies deleted" in box.find_element(By.ID, "storage-summary").text
+                reclaimed = box.find_element(By.CSS_SELECTOR, "svg.chart")
+                assert reclaimed.get_attribute("aria-label") == "storage: MiB reclaimed per day"
+                assert reclaimed.get_attribute("data-points") == "1"  # the one day with a deletion
+                assert len(reclaimed.find_elements(By.CSS_SELECTOR, "rect.bar")) == 1
+        assert node.index.get_study(kept.study_instance_uid) is not None
+    finally:
+        node.close()

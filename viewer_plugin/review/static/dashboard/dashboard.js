@@ -65,6 +65,27 @@ async function show(period) {
     box.append(h, p, charts);
     models.appendChild(box);
   }
+  showStorage(data.storage);
+}
+
+function showStorage(st) {
+  const box = document.getElementById("storage");
+  if (!st) { box.hidden = true; return; }
+  const gib = (b) => (b / 1073741824).toFixed(1) + " GiB";
+  const kept = Object.entries(st.studies_kept).map(([k, v]) => v + " " + k.replace(/_/g, " ")).join(", ");
+  text(document.getElementById("storage-summary"),
+    (st.enabled ? "Retention on" : "Retention off") + ": " + gib(st.reclaimed_bytes) + " reclaimed, " +
+    st.studies_deleted + " studies deleted in the period; kept: " + (kept || "none") +
+    "; disk " + gib(st.disk.used_bytes) + " of " + gib(st.disk.total_bytes) + " in use");
+  const charts = document.getElementById("storage-charts");
+  charts.replaceChildren();
+  for (const svg of st.charts) {
+    const c = document.createElement("div");
+    c.className = "chart-box";
+    c.innerHTML = svg;  // server-drawn SVG, its text escaped by the server
+    charts.appendChild(c);
+  }
+  box.hidden = false;
 }
 
 window.addEventListener("DOMContentLoaded", async () => {

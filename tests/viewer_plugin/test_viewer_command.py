@@ -24,7 +24,8 @@ def test_commands_named_by_the_pages_exist() -> None:
     targets = set(re.findall(r"^([a-z][a-z-]*):", makefile, re.M))
     named = [
         command
-        for page in sorted(STATIC.iterdir())
+        for page in sorted(STATIC.rglob("*"))
+        if page.is_file() and page.suffix in (".html", ".js")
         for command in re.findall(r"<code>((?:make|radnode) [^<]+)</code>", page.read_text())
     ]
     assert named, "the pages name no command (the review page's no-viewer hint does)"

@@ -1,7 +1,8 @@
 """Memory per association is bounded in `radnode scp`: a PDU longer than the Maximum Length
 Received radnode announced is aborted before it is read, a large C-STORE dataset is
-spooled to disk as it arrives (the receiver's resident memory barely grows), and a dataset
-over ``max_instance_bytes`` is refused while it arrives, its temp file removed.
+spooled to disk as it arrives (the receiver's resident memory barely grows), a dataset
+over ``max_instance_bytes`` is refused while it arrives, its temp file removed, and one the
+peer cuts off midway leaves no temp file behind.
 
 The large instances are written to disk here, header by pydicom and Pixel Data appended
 in chunks, and sent by pynetdicom straight from the file (STORE_SEND_CHUNKED_DATASET), so
@@ -11,17 +12,20 @@ neither side of the test holds one in memory.
 from __future__ import annotations
 
 import hashlib
-import os
 import socket
 import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from io import BytesIO
 from pathlib import Path
 
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, _config
+from pynetdicom.dimse_messages import C_STORE_RQ
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dsutils import encode
 
 from tests.security.test_hostile_dimse import _associate_rq
 from tests.support.hostile import SECONDARY_CAPTURE, instance, part10, start
@@ -280,4 +284,44 @@ def test_an_instance_over_the_limit_is_refused_as_it_arrives(
     assert _store(limited_scp.dicom_port, [small]) == [0x0000]
     assert _echo(limited_scp).returncode == 0
     assert _temp_files(limited_scp) == []
-    assert os.path.exists(limited_scp.log_path)
+
+
+def _p_data(control: int, data: bytes, context_id: int = 1) -> bytes:
+    """A P-DATA-TF PDU with one PDV (PS3.8 9.3.5, E.2)."""
+    pdv = bytes([context_id, control]) + data
+    body = len(pdv).to_bytes(4, "big") + pdv
+    return b"\x04\x00" + len(body).to_bytes(4, "big") + body
+
+
+def _store_command(sop_instance_uid: str) -> bytes:
+    request = C_STORE()
+    request.MessageID = 1
+    request.AffectedSOPClassUID = SECONDARY_CAPTURE
+    request.AffectedSOPInstanceUID = sop_instance_uid
+    request.Priority = 2
+    request.DataSet = BytesIO(b"\x00")
+    message = C_STORE_RQ()
+    message.primitive_to_message(request)
+    return bytes(encode(message.command_set, True, True))
+
+
+def test_a_dataset_cut_off_by_the_peer_leaves_no_temp_file(
+    scp: RadnodeProcess, tmp_path: Path
+) -> None:
+    ds = instance(frames=64, size=256)
+    dataset = part10(ds)  # 4 MiB; only the first 2 MiB are sent
+    with socket.create_connection(("127.0.0.1", scp.dicom_port), timeout=10) as s:
+        s.sendall(_associate_rq(ExplicitVRLittleEndian.encode()))
+        assert s.recv(65536)[:1] == b"\x02"
+        s.sendall(_p_data(0x03, _store_command(str(ds.SOPInstanceUID))))
+        for start in range(0, 2 * MIB, 16 * 1024):
+            s.sendall(_p_data(0x00, dataset[start : start + 16 * 1024]))
+        deadline = time.monotonic() + 5
+        while not _temp_files(scp) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert _temp_files(scp), "the dataset is not spooled while it arrives"
+    deadline = time.monotonic() + 10
+    while _temp_files(scp) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _temp_files(scp) == []
+    assert _echo(scp).returncode == 0

@@ -166,6 +166,8 @@ class SpoolingDIMSE(DIMSEServiceProvider):
             super().receive_primitive(_pdata(context_id, data))
             message = self.message
             if control & 3 == 3 and isinstance(message, C_STORE_RQ):
+                if spool is not None:  # a command before the last fragment: start anew
+                    spool.discard()
                 self._spool = Spool(self.spool_settings, self._head(message, context_id))
 
     def _head(self, message: C_STORE_RQ, context_id: int) -> bytes:
@@ -234,7 +236,10 @@ class BoundedDUL(DULServiceProvider):
     def _read_pdu_data(self) -> None:
         """As pynetdicom's, but the header first, and a PDU over its limit aborts."""
         assert self.socket is not None
-        header = self.socket.recv(6)
+        try:
+            header = self.socket.recv(6)
+        except (OSError, TimeoutError):
+            header = b""
         if len(header) != 6:
             self.event_queue.put("Evt17")  # closed before a whole header came
             return
@@ -253,8 +258,11 @@ class BoundedDUL(DULServiceProvider):
             return
         try:
             pdu, event = self._decode_pdu(buffer)
-        except Exception:  # noqa: BLE001 - untrusted bytes; pynetdicom does the same
-            logger.exception("unable to decode the received PDU")
+        except Exception as exc:  # noqa: BLE001 - untrusted bytes: the peer's error, not ours
+            logger.warning(
+                "unable to decode the received PDU",
+                extra={"peer": self.assoc.requestor.address, "error": type(exc).__name__},
+            )
             self.event_queue.put("Evt19")
             return
         self.event_queue.put(event)

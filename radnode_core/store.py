@@ -289,7 +289,8 @@ class InstanceStore:
         with open(path, "rb") as f:
             head = f.read(offset) if offset == len(meta) else b""
             size = os.fstat(f.fileno()).st_size - offset + len(meta)
-            self._check_free_space(size)
+            # A renamed spool file takes no more room than it already does.
+            self._check_free_space(0 if head == meta else size)
             if head == meta:
                 if self.fsync:
                     os.fsync(f.fileno())

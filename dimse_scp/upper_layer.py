@@ -236,10 +236,11 @@ class BoundedDUL(DULServiceProvider):
     def _read_pdu_data(self) -> None:
         """As pynetdicom's, but the header first, and a PDU over its limit aborts."""
         assert self.socket is not None
+        header: bytes | bytearray = b""
         try:
             header = self.socket.recv(6)
         except (OSError, TimeoutError):
-            header = b""
+            pass
         if len(header) != 6:
             self.event_queue.put("Evt17")  # closed before a whole header came
             return

@@ -302,7 +302,9 @@ def _store_command(sop_instance_uid: str) -> bytes:
     request.DataSet = BytesIO(b"\x00")
     message = C_STORE_RQ()
     message.primitive_to_message(request)
-    return bytes(encode(message.command_set, True, True))
+    encoded = encode(message.command_set, True, True)
+    assert encoded is not None
+    return encoded
 
 
 def test_a_dataset_cut_off_by_the_peer_leaves_no_temp_file(

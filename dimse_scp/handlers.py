@@ -12,6 +12,7 @@ import socket
 import threading
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, cast
 
 from pydicom import Dataset
@@ -26,6 +27,7 @@ from dimse_scp.access import (
     malformed_contexts,
 )
 from dimse_scp.completion import CompletionTracker
+from dimse_scp.upper_layer import Spool, SpoolingDIMSE
 from radnode_core.audit import AuditTrail, StudyRef
 from radnode_core.ingest import OUT_OF_RESOURCES, IngestError, Ingestor
 from radnode_core.metrics import Metrics
@@ -169,18 +171,34 @@ class StorageHandlers:
 
     def on_c_store(self, event: events.Event) -> int | Dataset:
         """PS3.4 B.2.2: store the instance, answer only once it is durable and indexed."""
+        spool: Spool | None = None
         try:
             request = cast(C_STORE, event.request)
             context = event.context
-            raw = request.DataSet.getbuffer() if request.DataSet is not None else memoryview(b"")
-            result = self.ingestor.ingest(
-                raw,
-                context.transfer_syntax,
-                source="dimse",
-                expected_sop_class_uid=context.abstract_syntax,
-                expected_sop_instance_uid=str(request.AffectedSOPInstanceUID or "") or None,
-                calling_aet=str(event.assoc.requestor.ae_title).strip(),
-            )
+            calling_aet = str(event.assoc.requestor.ae_title).strip()
+            sop_instance_uid = str(request.AffectedSOPInstanceUID or "") or None
+            spooled = request._dataset_path
+            if spooled is None:  # not spooled (an association without SpoolingDIMSE)
+                raw = request.DataSet.getbuffer() if request.DataSet is not None else b""
+                result = self.ingestor.ingest(
+                    raw,
+                    context.transfer_syntax,
+                    source="dimse",
+                    expected_sop_class_uid=context.abstract_syntax,
+                    expected_sop_instance_uid=sop_instance_uid,
+                    calling_aet=calling_aet,
+                )
+            else:
+                spool = self._claim(event, spooled, calling_aet)
+                result = self.ingestor.ingest_file(
+                    spool.path,
+                    spool.data_offset,
+                    context.transfer_syntax,
+                    source="dimse",
+                    expected_sop_class_uid=context.abstract_syntax,
+                    expected_sop_instance_uid=sop_instance_uid,
+                    calling_aet=calling_aet,
+                )
         except IngestError as exc:
             self._count_refused(id(event.assoc))
             return _status(exc.status, exc.comment)
@@ -188,11 +206,42 @@ class StorageHandlers:
             logger.exception("unexpected error in C-STORE handler")
             self._count_refused(id(event.assoc))
             return _status(OUT_OF_RESOURCES, "internal error")
+        finally:
+            if spool is not None:
+                spool.discard()  # refused, or a duplicate (a stored one was renamed away)
         self.completion.instance_stored(id(event.assoc), result.study_uid)
         transfer = self._transfers.get(id(event.assoc))
         if transfer is not None:
             transfer.studies[result.study_uid][result.sop_class_uid] += 1
         return result.status
+
+    def _claim(self, event: events.Event, path: object, calling_aet: str) -> Spool:
+        """The spooled dataset of this C-STORE, or the refusal made while it arrived."""
+        dimse = event.assoc.dimse
+        spool = dimse.claim(Path(str(path))) if isinstance(dimse, SpoolingDIMSE) else None
+        refusal: IngestError | None = None
+        if spool is None:
+            refusal = IngestError(OUT_OF_RESOURCES, "write_failed", "spooled dataset gone")
+        elif spool.too_large:
+            refusal = self.ingestor.too_large()
+        elif spool.error is not None:
+            error = spool.error
+            logger.error("cannot spool a C-STORE dataset", extra={"errno": error.errno})
+            refusal = IngestError(
+                OUT_OF_RESOURCES, "write_failed", f"out of resources: {error.strerror or error}"
+            )
+        if refusal is None:
+            assert spool is not None
+            return spool
+        if spool is not None:
+            spool.discard()
+        self.ingestor.refused(refusal, "dimse", calling_aet)
+        raise refusal
+
+    def pdu_refused(self, peer: str, pdu_type: int, length: int) -> None:
+        """A PDU longer than allowed (:mod:`dimse_scp.upper_layer`): its association is
+        aborted before the PDU is read."""
+        self.metrics.associations_rejected.labels(reason="pdu_too_long").inc()
 
     def _count_refused(self, association_id: int) -> None:
         transfer = self._transfers.get(association_id)

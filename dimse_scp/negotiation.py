@@ -1,11 +1,12 @@
 """Connections whose A-ASSOCIATE-RQ is not yet in: a deadline each, and a cap per peer address.
 
-pynetdicom reads a PDU whole at the length its header declares, each chunk with a blocking
-``recv``, and checks the ARTIM timer (PS3.8 9.1.5) only between PDUs: a peer that sends the
-6-byte header of an A-ASSOCIATE-RQ and then a byte every few seconds holds its connection
-and thread far beyond ``acse_timeout_s`` and ``network_timeout_s``. pynetdicom also counts
-such a connection against the AE's maximum associations, so a few dozen of them lock every
-modality out before any AE title is checked.
+pynetdicom reads a PDU whole at the length its header declares (radnode's reader bounds that
+length, :mod:`dimse_scp.upper_layer`), each chunk with a blocking ``recv``, and checks the
+ARTIM timer (PS3.8 9.1.5) only between PDUs: a peer that sends the 6-byte header of an
+A-ASSOCIATE-RQ and then a byte every few seconds holds its connection and thread far beyond
+``acse_timeout_s`` and ``network_timeout_s``. pynetdicom also counts such a connection
+against the AE's maximum associations, so a few dozen of them lock every modality out before
+any AE title is checked.
 
 :class:`NegotiationGuard` tracks each accepted connection until its association is
 established (EVT_ESTABLISHED) or the connection closes:
@@ -42,6 +43,7 @@ from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.transport import ThreadedAssociationServer
 
+from dimse_scp.upper_layer import Refused, SpoolingRequestHandler, SpoolSettings
 from radnode_core.metrics import Metrics
 from radnode_core.throttle import Throttle
 
@@ -236,11 +238,23 @@ def _shut(sock: socket.socket) -> None:
 
 
 class GuardedAssociationServer(ThreadedAssociationServer):
-    """pynetdicom's threaded association server with a :class:`NegotiationGuard`."""
+    """pynetdicom's threaded association server with a :class:`NegotiationGuard`, each
+    connection's PDUs bounded and its C-STORE datasets spooled to ``spool``
+    (:mod:`dimse_scp.upper_layer`)."""
 
-    def __init__(self, *args: Any, guard: NegotiationGuard | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        guard: NegotiationGuard | None = None,
+        spool: SpoolSettings | None = None,
+        on_pdu_refused: Refused | None = None,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("request_handler", SpoolingRequestHandler)
         super().__init__(*args, **kwargs)
         self.guard = guard
+        self.spool = spool
+        self.on_pdu_refused = on_pdu_refused
         if guard is not None:
             self.bind(evt.EVT_CONN_OPEN, guard.on_conn_open)
             self.bind(evt.EVT_REQUESTED, guard.on_requested)

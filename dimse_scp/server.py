@@ -1,13 +1,13 @@
 """The SCP's Application Entity: presentation contexts, limits and the server.
 
-Every storage SOP class is accepted: the ones pynetdicom knows with every
-transfer syntax it knows (uncompressed, deflated, big endian, JPEG, JPEG-LS,
-JPEG 2000, HTJ2K, RLE, MPEG...), and, through pynetdicom's unrestricted
-storage service, retired, private and newer SOP classes too (a CT's private
-raw-data class is still an instance the site wants kept). Datasets are stored
-as received. With Query/Retrieve on, the AE also accepts the Patient Root and Study
-Root FIND, MOVE and GET SOP classes, and accepts the SCU role for every storage SOP
-class besides the SCP role, so a C-GET's requestor can take the Storage SCP role
+Every storage SOP class is accepted: the ones pynetdicom knows with every transfer syntax it
+knows (uncompressed, deflated, big endian, JPEG, JPEG-LS, JPEG 2000, HTJ2K, RLE, MPEG...),
+and, through pynetdicom's unrestricted storage service, retired, private and newer SOP
+classes too (a CT's private raw-data class is still an instance the site wants kept).
+Datasets are stored as received, spooled to disk as they arrive
+(:mod:`dimse_scp.upper_layer`). With Query/Retrieve on, the AE also accepts the Patient Root
+and Study Root FIND, MOVE and GET SOP classes, and accepts the SCU role for every storage
+SOP class besides the SCP role, so a C-GET's requestor can take the Storage SCP role
 (SCP/SCU Role Selection, PS3.7 D.3.3.4).
 """
 
@@ -27,6 +27,7 @@ from dimse_scp.identifier import MODELS
 from dimse_scp.negotiation import GuardedAssociationServer, NegotiationGuard, lift_association_limit
 from dimse_scp.query_retrieve import QueryRetrieveHandlers
 from dimse_scp.tls import TlsAssociationServer
+from dimse_scp.upper_layer import SpoolSettings
 from radnode_core.settings import Settings
 from radnode_core.tls import server_context
 
@@ -114,6 +115,8 @@ class DicomServer:
                 evt_handlers=handlers,  # type: ignore[arg-type]
                 server_class=GuardedAssociationServer,
                 guard=self.guard,
+                spool=self._spool_settings(),
+                on_pdu_refused=self.handlers.pdu_refused,
             )
             assert isinstance(server, GuardedAssociationServer)
             self._serve(server, "radnode-dicom")
@@ -136,6 +139,8 @@ class DicomServer:
             evt_handlers=handlers,  # type: ignore[arg-type]
             server_class=TlsAssociationServer,
             guard=self.guard,
+            spool=self._spool_settings(),
+            on_pdu_refused=self.handlers.pdu_refused,
         )
         assert isinstance(server, TlsAssociationServer)
         server.handshake_timeout_s = s.tls_handshake_timeout_s
@@ -151,6 +156,11 @@ class DicomServer:
                 "client_cert": "required" if s.tls_require_client_cert else "optional",
             },
         )
+
+    def _spool_settings(self) -> SpoolSettings:
+        """C-STORE datasets are spooled where the store keeps its temp files, so a valid
+        one is renamed into place, never copied."""
+        return SpoolSettings(self.handlers.ingestor.store.tmp_dir, self.settings.max_instance_bytes)
 
     def _serve(self, server: GuardedAssociationServer, name: str) -> None:
         """Accept connections on a thread of its own, as pynetdicom's non-blocking start."""

@@ -19,12 +19,16 @@ new File Meta Information group with a zeroed preamble.
 from __future__ import annotations
 
 import logging
+import mmap
+import os
 import struct
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from io import BytesIO
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
 
 from pydicom import Dataset
 from pydicom.datadict import dictionary_VR
@@ -34,7 +38,7 @@ from pydicom.uid import UID
 
 from radnode_core.index import InstanceConflict, record_fields_from_dataset
 from radnode_core.metrics import Metrics
-from radnode_core.store import InstanceStore, file_meta_bytes
+from radnode_core.store import InstanceStore, StoreResult, file_meta_bytes
 from radnode_core.uids import InvalidUID
 
 logger = logging.getLogger(__name__)
@@ -242,15 +246,7 @@ def decode_complete(
         ) from exc
     if not len(ds):
         raise IngestError(CANNOT_UNDERSTAND, "empty", "empty dataset")
-    for elem in ds._dict.values():
-        if not isinstance(elem, RawDataElement):
-            continue
-        if (
-            elem.length != _UNDEFINED_LENGTH
-            and elem.value is not None
-            and len(elem.value) != elem.length
-        ):
-            raise IngestError(CANNOT_UNDERSTAND, "truncated", f"truncated value of {elem.tag}")
+    _truncated_values(ds)
     # Where the dataset ends is check_structure's to say: pydicom hands an undefined-length
     # sequence back parsed, without the offsets a check here would need.
     check_structure(raw, ts)
@@ -263,10 +259,108 @@ def decode_complete(
     return ds
 
 
-def _check_native_pixel_length(ds: Dataset, ts: UID) -> None:
-    """For an uncompressed transfer syntax the Pixel Data length follows from the image."""
-    if ts.is_compressed or "PixelData" not in ds:
+def _truncated_values(ds: Dataset) -> None:
+    for elem in ds._dict.values():
+        if not isinstance(elem, RawDataElement):
+            continue
+        if (
+            elem.length != _UNDEFINED_LENGTH
+            and elem.value is not None
+            and len(elem.value) != elem.length
+        ):
+            raise IngestError(CANNOT_UNDERSTAND, "truncated", f"truncated value of {elem.tag}")
+
+
+def _before_pixel_data(tag: int, vr: str | None, length: int) -> bool:
+    """Stop reading at Float, Double Float or plain Pixel Data (7FE0,0008-0010)."""
+    return tag >= 0x7FE00008
+
+
+def _pixel_data_header(fp: BinaryIO, ts: UID) -> int | None:
+    """At the element where reading stopped: the length of a top-level Pixel Data
+    (7FE0,0010) of defined length, else None."""
+    head = fp.read(8)
+    if len(head) < 8:
+        return None
+    order = "<" if ts.is_little_endian else ">"
+    group, element = struct.unpack_from(order + "HH", head)
+    if (group << 16 | element) != _PIXEL_DATA:
+        return None
+    if ts.is_implicit_VR:
+        (length,) = struct.unpack_from(order + "I", head, 4)
+    elif head[4:6] in _LONG_VRS:
+        more = fp.read(4)
+        if len(more) < 4:
+            return None
+        (length,) = struct.unpack(order + "I", more)
+    else:
+        (length,) = struct.unpack_from(order + "H", head, 6)
+    return None if length == _UNDEFINED_LENGTH else int(length)
+
+
+_DEFER_BYTES = 1024 * 1024
+"""Values larger than this are left in the spooled file (read only if asked for)."""
+
+
+def decode_complete_file(
+    path: Path, offset: int, transfer_syntax_uid: str
+) -> tuple[Dataset, int | None]:
+    """:func:`decode_complete` for a dataset that starts at ``offset`` of a file (a spooled
+    C-STORE), without reading its bulk data into memory: the structure is walked over a
+    read-only map of the file, pydicom reads the elements before Pixel Data and leaves
+    values over 1 MiB in the file. Returns the dataset and the length of its Pixel Data
+    (None: none, or of undefined length). Not for deflated syntaxes (their bytes must be
+    inflated first)."""
+    ts = UID(transfer_syntax_uid)
+    if not ts.is_transfer_syntax:
+        raise IngestError(CANNOT_UNDERSTAND, "transfer_syntax", "unknown transfer syntax")
+    with open(path, "rb") as fp:
+        size = os.fstat(fp.fileno()).st_size
+        if size <= offset:
+            raise IngestError(CANNOT_UNDERSTAND, "empty", "empty dataset")
+        fp.seek(offset)
+        try:
+            ds = read_dataset(
+                fp,
+                is_implicit_VR=ts.is_implicit_VR,
+                is_little_endian=ts.is_little_endian,
+                stop_when=_before_pixel_data,
+                defer_size=_DEFER_BYTES,
+            )
+            pixel_length = _pixel_data_header(fp, ts)
+        except Exception as exc:
+            raise IngestError(
+                CANNOT_UNDERSTAND, "undecodable", f"cannot decode dataset: {type(exc).__name__}"
+            ) from exc
+        if not len(ds):
+            raise IngestError(CANNOT_UNDERSTAND, "empty", "empty dataset")
+        # A deferred value is read from the file when asked for.
+        ds.filename, ds.fileobj_type, ds.timestamp = str(path), open, None
+        _truncated_values(ds)
+        with mmap.mmap(fp.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            view = memoryview(mapped)[offset:]
+            try:
+                check_structure(view, ts)
+            finally:
+                view.release()
+    try:
+        _parse_sequences(ds)
+    except Exception as exc:
+        raise IngestError(
+            CANNOT_UNDERSTAND, "undecodable", f"bad element: {type(exc).__name__}"
+        ) from exc
+    return ds, pixel_length
+
+
+def _check_native_pixel_length(ds: Dataset, ts: UID, actual: int | None = None) -> None:
+    """For an uncompressed transfer syntax the Pixel Data length follows from the image.
+    ``actual``: the length when Pixel Data was not read (a spooled dataset)."""
+    if ts.is_compressed:
         return
+    if actual is None:
+        if "PixelData" not in ds:
+            return
+        actual = len(ds.PixelData)
     try:
         frames = int(ds.get("NumberOfFrames", 1) or 1)
         bits = int(ds.BitsAllocated) * int(ds.Rows) * int(ds.Columns) * int(ds.SamplesPerPixel)
@@ -275,7 +369,6 @@ def _check_native_pixel_length(ds: Dataset, ts: UID) -> None:
             DATASET_DOES_NOT_MATCH_SOP_CLASS, "image_pixel", "Image Pixel module incomplete"
         ) from exc
     expected = (bits * frames + 7) // 8
-    actual = len(ds.PixelData)
     if actual < expected:
         raise IngestError(CANNOT_UNDERSTAND, "truncated", "Pixel Data shorter than the image")
 
@@ -290,6 +383,13 @@ class Ingestor:
         self.metrics = metrics
         self.max_instance_bytes = max_instance_bytes
 
+    def too_large(self) -> IngestError:
+        return IngestError(
+            OUT_OF_RESOURCES,
+            "too_large",
+            f"dataset over the {self.max_instance_bytes}-byte limit (max_instance_bytes)",
+        )
+
     def validate(
         self,
         raw: bytes | memoryview,
@@ -301,12 +401,54 @@ class Ingestor:
     ) -> dict[str, Any]:
         """Decode and check an instance; returns the index fields or raises IngestError."""
         if self.max_instance_bytes is not None and len(raw) > self.max_instance_bytes:
-            raise IngestError(
-                OUT_OF_RESOURCES,
-                "too_large",
-                f"dataset over the {self.max_instance_bytes}-byte limit (max_instance_bytes)",
-            )
+            raise self.too_large()
         ds = decode_complete(raw, transfer_syntax_uid, self.max_instance_bytes)
+        return self._fields(
+            ds,
+            transfer_syntax_uid,
+            None,
+            expected_sop_class_uid=expected_sop_class_uid,
+            expected_sop_instance_uid=expected_sop_instance_uid,
+            calling_aet=calling_aet,
+        )
+
+    def validate_file(
+        self,
+        path: Path,
+        offset: int,
+        transfer_syntax_uid: str,
+        *,
+        expected_sop_class_uid: str | None = None,
+        expected_sop_instance_uid: str | None = None,
+        calling_aet: str | None = None,
+    ) -> dict[str, Any]:
+        """:meth:`validate` for a dataset that starts at ``offset`` of a file (a spooled
+        C-STORE); its bulk data is never read into memory (a deflated dataset is)."""
+        size = path.stat().st_size - offset
+        if self.max_instance_bytes is not None and size > self.max_instance_bytes:
+            raise self.too_large()
+        expected = {
+            "expected_sop_class_uid": expected_sop_class_uid,
+            "expected_sop_instance_uid": expected_sop_instance_uid,
+            "calling_aet": calling_aet,
+        }
+        if transfer_syntax_uid in DEFLATED_DATASET_SYNTAXES:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                return self.validate(f.read(), transfer_syntax_uid, **expected)
+        ds, pixel_length = decode_complete_file(path, offset, transfer_syntax_uid)
+        return self._fields(ds, transfer_syntax_uid, pixel_length, **expected)
+
+    def _fields(
+        self,
+        ds: Dataset,
+        transfer_syntax_uid: str,
+        pixel_length: int | None,
+        *,
+        expected_sop_class_uid: str | None,
+        expected_sop_instance_uid: str | None,
+        calling_aet: str | None,
+    ) -> dict[str, Any]:
         try:
             fields = record_fields_from_dataset(ds, transfer_syntax_uid, calling_aet)
         except InvalidUID as exc:
@@ -327,7 +469,7 @@ class Ingestor:
                 "sop_instance_mismatch",
                 "SOP Instance UID differs from the request",
             )
-        _check_native_pixel_length(ds, UID(transfer_syntax_uid))
+        _check_native_pixel_length(ds, UID(transfer_syntax_uid), pixel_length)
         return fields
 
     def ingest(
@@ -359,47 +501,96 @@ class Ingestor:
                 calling_aet=calling_aet,
             )
             fields["analyze"] = analyze
-            meta = file_meta_bytes(
-                fields["sop_class_uid"],
-                fields["sop_instance_uid"],
-                transfer_syntax_uid,
-                calling_aet,
-            )
-            try:
-                result = self.store.store(raw, meta, fields)
-            except InstanceConflict as exc:
-                raise IngestError(
-                    DATASET_DOES_NOT_MATCH_SOP_CLASS,
-                    "uid_conflict",
-                    "SOP Instance UID already stored in another study/series",
-                ) from exc
-            except OSError as exc:
-                logger.error(
-                    "store cannot write", extra={"errno": exc.errno, "error": exc.strerror}
-                )
-                raise IngestError(
-                    OUT_OF_RESOURCES, "write_failed", f"out of resources: {exc.strerror or exc}"
-                ) from exc
-            except Exception as exc:  # the index (database) failed
-                logger.exception("index cannot record the instance")
-                raise IngestError(
-                    OUT_OF_RESOURCES, "index_failed", "out of resources: index unavailable"
-                ) from exc
+            meta = self._meta(fields, transfer_syntax_uid, calling_aet)
+            result = self._store(lambda: self.store.store(raw, meta, fields))
         except IngestError as exc:
-            self.metrics.instances_rejected.labels(source=source, reason=exc.reason).inc()
-            if not log_refused:
-                raise
-            logger.warning(
-                "instance refused",
-                extra={
-                    "status": f"0x{exc.status:04X}",
-                    "reason": exc.reason,
-                    "detail": exc.comment,
-                    "calling_aet": calling_aet,
-                    "source": source,
-                },
-            )
+            self.refused(exc, source, calling_aet, log=log_refused)
             raise
+        return self._stored(fields, result, source, started)
+
+    def ingest_file(
+        self,
+        path: Path,
+        offset: int,
+        transfer_syntax_uid: str,
+        *,
+        source: str,
+        expected_sop_class_uid: str | None = None,
+        expected_sop_instance_uid: str | None = None,
+        calling_aet: str | None = None,
+    ) -> IngestResult:
+        """:meth:`ingest` for a spooled dataset: ``path`` holds it from ``offset`` on, after
+        a File Meta Information group the store keeps if it is the one the instance
+        needs (the file is then fsynced and renamed into place, not written again). The
+        caller removes ``path`` if it is still there afterwards."""
+        started = time.perf_counter()
+        try:
+            fields = self.validate_file(
+                path,
+                offset,
+                transfer_syntax_uid,
+                expected_sop_class_uid=expected_sop_class_uid,
+                expected_sop_instance_uid=expected_sop_instance_uid,
+                calling_aet=calling_aet,
+            )
+            fields["analyze"] = True
+            meta = self._meta(fields, transfer_syntax_uid, calling_aet)
+            result = self._store(lambda: self.store.store_file(path, offset, meta, fields))
+        except IngestError as exc:
+            self.refused(exc, source, calling_aet)
+            raise
+        return self._stored(fields, result, source, started)
+
+    @staticmethod
+    def _meta(fields: dict[str, Any], transfer_syntax_uid: str, calling_aet: str | None) -> bytes:
+        return file_meta_bytes(
+            fields["sop_class_uid"], fields["sop_instance_uid"], transfer_syntax_uid, calling_aet
+        )
+
+    @staticmethod
+    def _store(write: Callable[[], StoreResult]) -> StoreResult:
+        """Run the store's write; its failures as the statuses of PS3.4 B.2.3."""
+        try:
+            return write()
+        except InstanceConflict as exc:
+            raise IngestError(
+                DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                "uid_conflict",
+                "SOP Instance UID already stored in another study/series",
+            ) from exc
+        except OSError as exc:
+            logger.error("store cannot write", extra={"errno": exc.errno, "error": exc.strerror})
+            raise IngestError(
+                OUT_OF_RESOURCES, "write_failed", f"out of resources: {exc.strerror or exc}"
+            ) from exc
+        except Exception as exc:  # the index (database) failed
+            logger.exception("index cannot record the instance")
+            raise IngestError(
+                OUT_OF_RESOURCES, "index_failed", "out of resources: index unavailable"
+            ) from exc
+
+    def refused(
+        self, exc: IngestError, source: str, calling_aet: str | None, *, log: bool = True
+    ) -> None:
+        """Count (and log) a refused instance; also for refusals made before validation
+        (a C-STORE dataset over ``max_instance_bytes`` while it arrives)."""
+        self.metrics.instances_rejected.labels(source=source, reason=exc.reason).inc()
+        if not log:
+            return
+        logger.warning(
+            "instance refused",
+            extra={
+                "status": f"0x{exc.status:04X}",
+                "reason": exc.reason,
+                "detail": exc.comment,
+                "calling_aet": calling_aet,
+                "source": source,
+            },
+        )
+
+    def _stored(
+        self, fields: dict[str, Any], result: StoreResult, source: str, started: float
+    ) -> IngestResult:
         if result.duplicate:
             self.metrics.instances_duplicate.labels(source=source).inc()
         else:

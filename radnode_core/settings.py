@@ -175,7 +175,11 @@ class Settings(BaseSettings):
 
     # DIMSE tuning
     max_pdu_size: int = Field(
-        0, ge=0, description="Maximum PDU we receive; 0 = unlimited (fastest)."
+        1024 * 1024,
+        ge=0,
+        description="Maximum Length Received we announce (PS3.8 D.1): a P-DATA-TF PDU longer "
+        "than this aborts the association before it is read. 0 = unlimited: a PDU is then "
+        "read whole at whatever length (up to 4 GiB) the peer declares.",
     )
     max_associations: int = Field(
         32,

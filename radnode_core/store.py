@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import mmap
 import os
 import shutil
 import socket
@@ -255,6 +256,62 @@ class InstanceStore:
             added = self.index.add_instance(rec)
         except BaseException:
             # Not indexed, so never acknowledged: leave nothing behind.
+            self._discard(final)
+            raise
+        return StoreResult(rec, duplicate=not added)
+
+    def store_file(
+        self, path: Path, offset: int, meta: bytes, record_fields: dict[str, Any]
+    ) -> StoreResult:
+        """:meth:`store` for a dataset already in a file of the temp folder, from ``offset``
+        on (a spooled C-STORE). If the file starts with ``meta`` it becomes the instance:
+        fsynced and renamed into place, the same durability as :meth:`store` with no
+        second write; otherwise ``meta`` and the dataset are written to a new file. The
+        caller removes ``path`` if it is still there afterwards."""
+        relative = self.relative_path(
+            record_fields["study_uid"],
+            record_fields["series_uid"],
+            record_fields["sop_instance_uid"],
+        )
+        final = self.path_of(relative)
+        sop_uid = record_fields["sop_instance_uid"]
+        existing = self.index.find_instance(sop_uid) if final.exists() else None
+        if existing is not None and self.duplicate_policy == "keep_first":
+            self.index.count_duplicates(sop_uid)
+            rec = InstanceRecord(
+                path=existing["path"],
+                size=existing["size"],
+                received_at=time.time(),
+                **record_fields,
+            )
+            return StoreResult(rec, duplicate=True)
+
+        with open(path, "rb") as f:
+            head = f.read(offset) if offset == len(meta) else b""
+            size = os.fstat(f.fileno()).st_size - offset + len(meta)
+            # A renamed spool file takes no more room than it already does.
+            self._check_free_space(0 if head == meta else size)
+            if head == meta:
+                if self.fsync:
+                    os.fsync(f.fileno())
+            else:
+                with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                    view = memoryview(mapped)[offset:]
+                    try:
+                        self._write_atomic(final, [meta, view])
+                    finally:
+                        view.release()
+        if head == meta:
+            self._rename_into(path, final)
+            if self.fsync:
+                _fsync_dir(final.parent)
+        rec = InstanceRecord(path=relative, size=size, received_at=time.time(), **record_fields)
+        if existing is not None:
+            self.index.replace_instance(rec)
+            return StoreResult(rec, duplicate=True)
+        try:
+            added = self.index.add_instance(rec)
+        except BaseException:
             self._discard(final)
             raise
         return StoreResult(rec, duplicate=not added)

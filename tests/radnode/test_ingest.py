@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import shutil
 import zlib
+from pathlib import Path
 
 import pytest
 from pydicom import Dataset, dcmread
@@ -21,9 +23,10 @@ from radnode_core.ingest import (
     Ingestor,
     check_structure,
     decode_complete,
+    decode_complete_file,
 )
 from radnode_core.metrics import Metrics
-from radnode_core.store import InstanceStore
+from radnode_core.store import InstanceStore, file_meta_bytes
 from tests.support.dicom_bytes import pydicom_test_file
 
 EXPLICIT, IMPLICIT, BIG, DEFLATED = (
@@ -194,3 +197,83 @@ def test_encapsulated_pixel_data_of_an_icon_is_accepted():
     icon = struct.pack("<HH", 0x0088, 0x0200) + b"SQ\0\0" + struct.pack("<I", 0xFFFFFFFF)
     icon += item(0xFFFFFFFF, rows + pixels) + struct.pack("<HHI", 0xFFFE, 0xE00D, 0) + end_seq
     check_structure(icon + pixels, UID("1.2.840.10008.1.2.4.50"))
+
+
+# -- spooled datasets (a C-STORE written to a file as it arrived) ----------------------
+
+
+def _spool(ingestor: Ingestor, raw: bytes, head: bytes = b"") -> tuple[Path, int]:
+    path = ingestor.store.tmp_dir / "test.spool"
+    path.write_bytes(head + raw)
+    return path, len(head)
+
+
+@pytest.mark.parametrize(
+    ("ts", "implicit", "little"),
+    [(EXPLICIT, False, True), (IMPLICIT, True, True), (BIG, False, False)],
+)
+def test_a_spooled_dataset_is_checked_like_its_bytes(ct, tmp_path, ts, implicit, little):
+    raw = encode(ct, implicit, little)
+    path = tmp_path / "ds.spool"
+    path.write_bytes(b"HEAD" + raw)
+    ds, pixel_length = decode_complete_file(path, 4, ts)
+    assert ds.SOPInstanceUID == ct.SOPInstanceUID and ds.Rows == 512
+    assert "PixelData" not in ds and pixel_length == 512 * 512 * 2
+    for cut in (1, 8, 1000, 262144):
+        path.write_bytes(b"HEAD" + raw[:-cut])
+        with pytest.raises(IngestError) as err:
+            decode_complete_file(path, 4, ts)
+        assert err.value.status == CANNOT_UNDERSTAND
+
+
+def test_a_spooled_instance_with_its_meta_is_renamed_into_the_store(ingestor, ct):
+    raw = encode(ct)
+    head = file_meta_bytes(str(ct.SOPClassUID), str(ct.SOPInstanceUID), EXPLICIT, "CT1")
+    path, offset = _spool(ingestor, raw, head)
+    inode = path.stat().st_ino
+    result = ingestor.ingest_file(path, offset, EXPLICIT, source="dimse", calling_aet="CT1")
+    assert result.status == 0 and not path.exists()
+    (stored,) = ingestor.store.studies_dir.rglob("*.dcm")
+    assert stored.stat().st_ino == inode  # renamed, not written again
+    assert stored.read_bytes() == head + raw
+    assert dcmread(stored).SOPInstanceUID == ct.SOPInstanceUID
+
+
+def test_a_spooled_instance_without_its_meta_is_written_anew(ingestor, ct):
+    raw = encode(ct)
+    path, offset = _spool(ingestor, raw, b"\x00" * 132)  # not the meta it needs
+    result = ingestor.ingest_file(path, offset, EXPLICIT, source="dimse")
+    assert result.status == 0
+    (stored,) = ingestor.store.studies_dir.rglob("*.dcm")
+    meta = file_meta_bytes(str(ct.SOPClassUID), str(ct.SOPInstanceUID), EXPLICIT, None)
+    assert stored.read_bytes() == meta + raw
+    path.unlink()  # the caller's
+
+
+def test_spooled_refusals_have_the_statuses_of_the_bytes(ingestor, ct, tmp_path):
+    short, no_uid = copy.deepcopy(ct), copy.deepcopy(ct)
+    short.PixelData = ct.PixelData[:1000]
+    del no_uid.SeriesInstanceUID
+    for ds, status in ((short, CANNOT_UNDERSTAND), (no_uid, DATASET_DOES_NOT_MATCH_SOP_CLASS)):
+        path, offset = _spool(ingestor, encode(ds))
+        with pytest.raises(IngestError) as err:
+            ingestor.ingest_file(path, offset, EXPLICIT, source="dimse")
+        assert err.value.status == status
+    path, offset = _spool(ingestor, encode(ct))
+    with pytest.raises(IngestError) as err:
+        ingestor.ingest_file(
+            path, offset, EXPLICIT, source="dimse", expected_sop_instance_uid="1.2.3"
+        )
+    assert err.value.status == DATASET_DOES_NOT_MATCH_SOP_CLASS
+    limited = Ingestor(ingestor.store, Metrics(), max_instance_bytes=1000)
+    with pytest.raises(IngestError) as err:
+        limited.ingest_file(path, offset, EXPLICIT, source="dimse")
+    assert err.value.status == OUT_OF_RESOURCES
+    assert list(ingestor.store.studies_dir.rglob("*.dcm")) == []
+
+
+def test_a_spooled_deflated_dataset_is_checked(ingestor, ct):
+    compressor = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
+    deflated = compressor.compress(encode(ct)) + compressor.flush()
+    path, offset = _spool(ingestor, deflated)
+    assert ingestor.ingest_file(path, offset, DEFLATED, source="dimse").status == 0

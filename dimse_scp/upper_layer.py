@@ -1,0 +1,338 @@
+"""The SCP's upper layer with bounded memory: PDUs read only up to the length radnode
+advertised, C-STORE datasets spooled to disk as their fragments arrive.
+
+pynetdicom reads each PDU whole, at whatever length its header declares (up to 4 GiB),
+and collects a C-STORE's dataset in memory before the handler sees it. Here:
+
+* :class:`BoundedDUL` reads a PDU's 6-byte header (PS3.8 9.3.1) first and refuses a
+  P-DATA-TF longer than the Maximum Length Received radnode advertised (PS3.8 D.1), an
+  A-ASSOCIATE-RQ longer than :data:`MAX_ASSOCIATE_PDU`, or any other PDU longer than
+  :data:`MAX_OTHER_PDU`: it sends an A-ABORT (service provider, invalid PDU parameter
+  value, PS3.8 9.3.8) and closes the connection before a byte of the body is read. The
+  body of an admitted PDU is read into one buffer of its exact length.
+* :class:`SpoolingDIMSE` writes the data set fragments of each C-STORE-RQ (PS3.7 6.3.1,
+  PS3.8 E.2) to a :class:`Spool` file in the store's temp folder as they come: a File
+  Meta Information group first (built from the request, so an instance whose dataset
+  matches its request needs no second write), then the dataset bytes as received. Bytes
+  past ``max_instance_bytes`` are not written: the file is removed at once and the rest
+  of the message is only counted. The finished C-STORE primitive carries the spool's
+  path (pynetdicom's ``Event.dataset_path``, as its own ``STORE_RECV_CHUNKED_DATASET``
+  mode does) and an empty ``DataSet``; the handler takes the :class:`Spool` with
+  :meth:`SpoolingDIMSE.claim`. Spools never claimed (the association ended first) are
+  removed when the connection's DUL thread ends.
+
+:class:`SpoolingRequestHandler` gives each accepted connection these two providers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+from pynetdicom.association import Association
+from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dimse_messages import C_STORE_RQ
+from pynetdicom.dul import DULServiceProvider
+from pynetdicom.pdu import A_ABORT_RQ
+from pynetdicom.pdu_primitives import P_DATA
+from pynetdicom.transport import RequestHandler
+
+from radnode_core.store import file_meta_bytes
+
+logger = logging.getLogger(__name__)
+
+MAX_ASSOCIATE_PDU = 256 * 1024
+"""Longest A-ASSOCIATE-RQ read (it comes before any maximum is negotiated): room for 128
+presentation contexts with a dozen transfer syntaxes each and a 64 KiB user identity."""
+MAX_OTHER_PDU = 1024
+"""Longest A-RELEASE or A-ABORT PDU read (the standard's are 4 bytes long)."""
+
+_P_DATA_TF = 0x04
+_ASSOCIATE = (0x01, 0x02, 0x03)
+_INVALID_PDU_PARAMETER_VALUE = 0x06
+_READ_CHUNK = 1024 * 1024
+
+Refused = Callable[[str, int, int], None]
+"""Called with (peer address, PDU type, declared length) when a PDU is refused."""
+
+
+@dataclass
+class SpoolSettings:
+    """Where C-STORE datasets are spooled and how many dataset bytes one may have."""
+
+    directory: Path
+    max_bytes: int | None = None
+
+
+class Spool:
+    """One C-STORE dataset on its way to disk: ``head`` (File Meta Information) first,
+    then the dataset's bytes as they arrive, up to ``max_bytes``."""
+
+    def __init__(self, settings: SpoolSettings, head: bytes) -> None:
+        self.path = settings.directory / f"{uuid.uuid4().hex}.spool"
+        self.max_bytes = settings.max_bytes
+        self.data_offset = len(head)
+        self.size = 0  # dataset bytes received, written or not
+        self.too_large = False
+        self.error: OSError | None = None
+        self._fd: int | None = None
+        try:
+            try:
+                self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+            except FileNotFoundError:  # the temp folder was removed (shared data dir)
+                settings.directory.mkdir(parents=True, exist_ok=True)
+                self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+            self._write(memoryview(head))
+        except OSError as exc:
+            self._fail(exc)
+
+    def write(self, data: memoryview) -> None:
+        self.size += len(data)
+        if self._fd is None:
+            return
+        if self.max_bytes is not None and self.size > self.max_bytes:
+            self.too_large = True
+            self.discard()
+            return
+        try:
+            self._write(data)
+        except OSError as exc:
+            self._fail(exc)
+
+    def _write(self, data: memoryview) -> None:
+        assert self._fd is not None
+        while data:
+            written = os.write(self._fd, data)
+            data = data[written:]
+
+    def _fail(self, exc: OSError) -> None:
+        self.error = exc
+        self.discard()
+
+    def finish(self) -> None:
+        """The last fragment is in: close the file (it stays until claimed and stored)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    @property
+    def complete(self) -> bool:
+        """Every byte is in the file (not refused for its size, no write error)."""
+        return not self.too_large and self.error is None
+
+    def discard(self) -> None:
+        """Close and remove the file (nothing happens if it was renamed into the store)."""
+        self.finish()
+        try:
+            self.path.unlink(missing_ok=True)
+        except OSError:
+            logger.warning("cannot remove spool file", extra={"path": str(self.path)})
+
+
+def _pdata(context_id: int, data: bytes | memoryview) -> P_DATA:
+    primitive = P_DATA()
+    primitive.presentation_data_value_list.append((context_id, data))  # type: ignore[arg-type]
+    return primitive
+
+
+class SpoolingDIMSE(DIMSEServiceProvider):
+    """pynetdicom's DIMSE provider with C-STORE-RQ datasets written to a :class:`Spool`."""
+
+    def __init__(self, assoc: Association, settings: SpoolSettings) -> None:
+        super().__init__(assoc)
+        self.spool_settings = settings
+        self._spool: Spool | None = None  # the dataset being received
+        self._finished: dict[Path, Spool] = {}  # complete, not yet claimed by the handler
+        self._lock = threading.Lock()
+
+    def receive_primitive(self, primitive: P_DATA) -> None:
+        """In the DUL thread: each PDV on its own; a C-STORE-RQ's dataset fragments go to
+        its spool, everything else to pynetdicom (PS3.8 E.2, message control header)."""
+        for context_id, data in primitive.presentation_data_value_list:
+            control = data[0]
+            spool = self._spool
+            if spool is not None and not control & 1:
+                spool.write(memoryview(data)[1:])
+                if control & 2:
+                    self._finish(spool, context_id)
+                continue
+            super().receive_primitive(_pdata(context_id, data))
+            message = self.message
+            if control & 3 == 3 and isinstance(message, C_STORE_RQ):
+                if spool is not None:  # a command before the last fragment: start anew
+                    spool.discard()
+                self._spool = Spool(self.spool_settings, self._head(message, context_id))
+
+    def _head(self, message: C_STORE_RQ, context_id: int) -> bytes:
+        """The File Meta Information the instance will have if its dataset matches the
+        request; an empty head (the store then writes the file anew) when it cannot be
+        made from what the peer sent."""
+        try:
+            context = self.assoc._accepted_cx[context_id]
+            command = message.command_set
+            return file_meta_bytes(
+                str(context.abstract_syntax),
+                str(command.AffectedSOPInstanceUID or ""),
+                str(context.transfer_syntax[0]),  # type: ignore[index]
+                str(self.assoc.requestor.ae_title).strip() or None,
+            )
+        except Exception:  # noqa: BLE001 - untrusted UIDs: any failure means no head
+            return b""
+
+    def _finish(self, spool: Spool, context_id: int) -> None:
+        """The dataset's last fragment: hand the message on with the spool's path."""
+        self._spool = None
+        spool.finish()
+        with self._lock:
+            self._finished[spool.path] = spool
+        message = cast(C_STORE_RQ, self.message)
+        message._data_set_path = spool.path
+        # An empty last fragment completes pynetdicom's message (its DataSet stays empty).
+        super().receive_primitive(_pdata(context_id, b"\x02"))
+
+    def claim(self, path: Path | None) -> Spool | None:
+        """The handler takes the finished spool at ``path`` (None: not, or no longer, here)."""
+        if path is None:
+            return None
+        with self._lock:
+            return self._finished.pop(Path(path), None)
+
+    def discard_all(self) -> None:
+        """The connection is over: remove the dataset in progress and unclaimed spools."""
+        with self._lock:
+            spools = list(self._finished.values())
+            self._finished.clear()
+        if self._spool is not None:
+            spools.append(self._spool)
+            self._spool = None
+        for spool in spools:
+            spool.discard()
+
+
+_HEADER = struct.Struct(">BBL")
+
+
+class BoundedDUL(DULServiceProvider):
+    """pynetdicom's DUL with each PDU's length checked before its body is read."""
+
+    on_refused: Refused | None = None
+
+    def limit(self, pdu_type: int) -> int | None:
+        """The longest PDU of this type read (None: no limit)."""
+        if pdu_type == _P_DATA_TF:
+            advertised = self.assoc.acceptor.maximum_length
+            return advertised or None  # 0: unlimited was advertised
+        if pdu_type in _ASSOCIATE:
+            return MAX_ASSOCIATE_PDU
+        return MAX_OTHER_PDU
+
+    def _read_pdu_data(self) -> None:
+        """As pynetdicom's, but the header first, and a PDU over its limit aborts."""
+        assert self.socket is not None
+        header: bytes | bytearray = b""
+        try:
+            header = self.socket.recv(6)
+        except (OSError, TimeoutError):
+            pass
+        if len(header) != 6:
+            self.event_queue.put("Evt17")  # closed before a whole header came
+            return
+        pdu_type, _, length = _HEADER.unpack(header)
+        if pdu_type not in (0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07):
+            logger.error("unknown PDU type received", extra={"pdu_type": pdu_type})
+            self.event_queue.put("Evt19")
+            return
+        limit = self.limit(pdu_type)
+        if limit is not None and length > limit:
+            self._refuse(pdu_type, length, limit)
+            return
+        buffer = self._read_body(header, length)
+        if buffer is None:
+            self.event_queue.put("Evt17")
+            return
+        try:
+            pdu, event = self._decode_pdu(buffer)
+        except Exception as exc:  # noqa: BLE001 - untrusted bytes: the peer's error, not ours
+            logger.warning(
+                "unable to decode the received PDU",
+                extra={"peer": self.assoc.requestor.address, "error": type(exc).__name__},
+            )
+            self.event_queue.put("Evt19")
+            return
+        self.event_queue.put(event)
+        self._recv_pdu.put(pdu)
+
+    def _read_body(self, header: bytes | bytearray, length: int) -> bytearray | None:
+        """The whole PDU in one buffer of its exact length; None if the connection ends."""
+        assert self.socket is not None and self.socket.socket is not None
+        sock = self.socket.socket
+        buffer = bytearray(6 + length)
+        buffer[:6] = header
+        view = memoryview(buffer)
+        pos = 6
+        try:
+            while pos < len(buffer):
+                received = sock.recv_into(view[pos : pos + _READ_CHUNK])
+                if not received:
+                    return None
+                pos += received
+        except (OSError, TimeoutError):
+            return None
+        finally:
+            view.release()
+        return buffer
+
+    def _refuse(self, pdu_type: int, length: int, limit: int) -> None:
+        """A-ABORT (PS3.8 9.3.8: service provider, invalid PDU parameter value), then close:
+        the body is never read."""
+        peer = self.assoc.requestor.address
+        logger.warning(
+            "PDU longer than allowed: association aborted",
+            extra={"peer": peer, "pdu_type": pdu_type, "length": length, "limit": limit},
+        )
+        if self.on_refused is not None:
+            self.on_refused(peer, pdu_type, length)
+        abort = A_ABORT_RQ()
+        abort.source = 0x02
+        abort.reason_diagnostic = _INVALID_PDU_PARAMETER_VALUE
+        assert self.socket is not None
+        try:
+            self.socket.send(abort.encode())
+        except OSError:
+            pass
+        self.socket.close()  # queues Evt17: the state machine ends the association
+
+    def run_reactor(self) -> None:
+        try:
+            super().run_reactor()
+        finally:
+            dimse = self.assoc.dimse
+            if isinstance(dimse, SpoolingDIMSE):
+                dimse.discard_all()
+
+
+class SpoolingRequestHandler(RequestHandler):
+    """pynetdicom's request handler whose associations get a :class:`BoundedDUL` and,
+    where the server has ``spool`` settings, a :class:`SpoolingDIMSE`."""
+
+    def _create_association(self) -> Association:
+        assoc = super()._create_association()
+        dul = BoundedDUL(assoc)
+        dul.socket = assoc.dul.socket
+        dul.event_queue = assoc.dul.event_queue  # holds the socket's connection event (Evt5)
+        dul.on_refused = getattr(self.server, "on_pdu_refused", None)
+        assoc.dul = dul
+        settings: Any = getattr(self.server, "spool", None)
+        if isinstance(settings, SpoolSettings):
+            assoc.dimse = SpoolingDIMSE(assoc, settings)
+        # The timers live in the DUL: set them again on the new one.
+        assoc.acse_timeout = assoc.acse_timeout
+        assoc.network_timeout = assoc.network_timeout
+        return assoc

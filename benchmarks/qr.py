@@ -44,6 +44,7 @@ from benchmarks.ingest import STORESCP_FLAGS, machine_info, radnode_exe, require
 from benchmarks.qido_wado import DAYS, FIRST_DAY, BenchData, load_orthanc, load_radnode, make_data
 from tests.support.dicomweb_peer import OrthancDicomWeb
 from tests.support.processes import free_port, stop_process, wait_port
+from tests.support.scu_raw import settle
 
 RETURN_KEYS = (
     "PatientName",
@@ -155,19 +156,6 @@ def _associate(port: int, aet: str, context: str) -> Any:
     return assoc
 
 
-def _settle(assoc: Any, timeout_s: float = 1.0) -> None:
-    """Wait until the association's reactor has resumed after the last request.
-
-    pynetdicom (3.0) pauses a requested association's reactor while a request waits for
-    its responses; a request sent before the reactor has woken from the previous one can
-    lose a response to it ("Received unexpected C-FIND service message"): a match
-    missing from the count, or the final response and a timeout.
-    """
-    deadline = time.monotonic() + timeout_s
-    while assoc.is_established and assoc._is_paused and time.monotonic() < deadline:
-        time.sleep(0.0001)
-
-
 def _study_query(**keys: str) -> Dataset:
     ds = Dataset()
     ds.QueryRetrieveLevel = "STUDY"
@@ -210,7 +198,7 @@ def measure_find(port: int, aet: str, data: BenchData, queries: int, seed: int) 
             times, matches = [], []
             for _ in range(repeat):
                 request = make()
-                _settle(assoc)
+                settle(assoc)
                 started = time.perf_counter()
                 # A response without a Status: the association was aborted or timed out.
                 statuses = [

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from pynetdicom import AE, _config
 from pynetdicom.association import Association
@@ -44,3 +46,16 @@ def send_raw_files(port: int, files: list[Path], contexts: list[tuple[str, str]]
             return statuses
     finally:
         _config.STORE_SEND_CHUNKED_DATASET = previous
+
+
+def settle(assoc: Any, timeout_s: float = 1.0) -> None:
+    """Wait until a requested association's reactor has resumed after the last request.
+
+    pynetdicom (3.0) pauses that reactor while a request waits for its responses; a
+    request sent before the reactor has woken from the previous one can lose its response
+    to it ("Received unexpected C-STORE service message") and wait out the DIMSE timeout.
+    Senders that measure the peer call this between requests.
+    """
+    deadline = time.monotonic() + timeout_s
+    while assoc.is_established and assoc._is_paused and time.monotonic() < deadline:
+        time.sleep(0.0001)

@@ -11,8 +11,10 @@ any AE title is checked.
 :class:`NegotiationGuard` tracks each accepted connection until its association is
 established (EVT_ESTABLISHED) or the connection closes:
 
-* at most ``max_per_peer`` per IP address; a further connection is closed at once, before
-  a thread is started for it;
+* at most ``max_per_peer`` per IP address negotiate at once; up to ``max_waiting_per_peer``
+  more from that address wait, unread and without a thread, for one of them to finish (a
+  burst of associations from one busy modality or router is served in turn); a connection
+  beyond both is closed at once, before a thread is started for it;
 * each has ``deadline_s`` from its accept for the whole request; then its socket is shut
   down (which ends the blocked read) and the association's wait for the request, bounded
   by the same deadline, ends. A silent connection meets the ARTIM timer, which is set to
@@ -25,16 +27,18 @@ The AE's own association limit is lifted (:func:`lift_association_limit`): the h
 count ``max_associations`` over associations admitted after their AE checks
 (:mod:`dimse_scp.handlers`), so connections still negotiating never count.
 :class:`GuardedAssociationServer` is pynetdicom's threaded server with the guard attached:
-``verify_request`` (socketserver's hook, in the accept thread) and two event handlers.
+``process_request`` (in the accept thread: start, hold or refuse) and three event handlers.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 import socket
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -74,6 +78,22 @@ class _Pending:
     expired: bool = False
 
 
+@dataclass(eq=False)
+class _Waiting:
+    peer: str
+    sock: socket.socket
+    deadline: float
+    start: Callable[[], None]
+
+
+class Admission(enum.Enum):
+    """What the accept thread does with a new connection."""
+
+    START = "start"
+    WAIT = "wait"
+    REFUSE = "refuse"
+
+
 class NegotiationGuard:
     """The connections of one or more association servers that are still negotiating."""
 
@@ -83,16 +103,19 @@ class NegotiationGuard:
         max_per_peer: int,
         metrics: Metrics | None = None,
         *,
+        max_waiting_per_peer: int = 0,
         log_interval_s: float = 60.0,
         poll_s: float = 0.2,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.deadline_s = deadline_s
         self.max_per_peer = max_per_peer
+        self.max_waiting_per_peer = max_waiting_per_peer
         self.metrics = metrics
         self.poll_s = poll_s
         self.clock = clock
         self._pending: dict[socket.socket, _Pending] = {}
+        self._waiting: dict[str, deque[_Waiting]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -102,22 +125,30 @@ class NegotiationGuard:
 
     # -- what the server calls -------------------------------------------------------
 
-    def admit(self, sock: socket.socket, peer: str) -> bool:
-        """In the accept thread: track a new connection, or refuse it (over the cap)."""
+    def admit(self, sock: socket.socket, peer: str, start: Callable[[], None]) -> Admission:
+        """In the accept thread: track a new connection and start it, hold it until one of
+        its address's negotiations ends (``start`` is then called), or refuse it."""
         with self._lock:
-            orphans = self._prune(self.clock())
-            negotiating = sum(1 for p in self._pending.values() if p.peer == peer)
-            if negotiating >= self.max_per_peer:
-                refused = True
+            now = self.clock()
+            orphans = self._prune(now)
+            if self._negotiating(peer) < self.max_per_peer:
+                self._pending[sock] = _Pending(peer, sock, now + self.deadline_s)
+                admission = Admission.START
+            elif len(self._waiting.get(peer, ())) < self.max_waiting_per_peer:
+                queue = self._waiting.setdefault(peer, deque())
+                queue.append(_Waiting(peer, sock, now + self.deadline_s, start))
+                admission = Admission.WAIT
             else:
-                refused = False
-                self._pending[sock] = _Pending(peer, sock, self.clock() + self.deadline_s)
+                admission = Admission.REFUSE
+            if admission is not Admission.REFUSE:
                 self._start()
+            ready = self._promote(now)
         for orphan in orphans:
             self._close_orphan(orphan)
-        if refused:
+        if admission is Admission.REFUSE:
             self._refused(peer, "negotiating_per_peer")
-        return not refused
+        self._run(ready)
+        return admission
 
     def on_conn_open(self, event: evt.Event) -> None:
         """EVT_CONN_OPEN (before the association's thread starts): bound its wait for the
@@ -144,14 +175,47 @@ class NegotiationGuard:
         with self._lock:
             if sock is not None:
                 self._pending.pop(sock, None)
+            ready = self._promote(self.clock())
+        self._run(ready)
 
     def stop(self) -> None:
         self._stop.set()
+        with self._lock:
+            held = [w for queue in self._waiting.values() for w in queue]
+            self._waiting.clear()
+        for waiting in held:
+            _close(waiting.sock)
         if self._thread is not None:
             self._thread.join(timeout=5)
         self._log.close()
 
     # -- the deadline ----------------------------------------------------------------
+
+    def _negotiating(self, peer: str) -> int:
+        return sum(1 for p in self._pending.values() if p.peer == peer)
+
+    def _promote(self, now: float) -> list[_Waiting]:
+        """Move waiting connections into free slots of their address (lock held); returns
+        those to start, and closes those whose deadline passed while they waited."""
+        ready: list[_Waiting] = []
+        for peer, queue in list(self._waiting.items()):
+            free = self.max_per_peer - self._negotiating(peer)
+            while queue and (free > 0 or queue[0].deadline <= now):
+                waiting = queue.popleft()
+                if waiting.deadline <= now or waiting.sock.fileno() == -1:
+                    _close(waiting.sock)
+                    continue
+                self._pending[waiting.sock] = _Pending(peer, waiting.sock, waiting.deadline)
+                ready.append(waiting)
+                free -= 1
+            if not queue:
+                del self._waiting[peer]
+        return ready
+
+    @staticmethod
+    def _run(ready: list[_Waiting]) -> None:
+        for waiting in ready:
+            waiting.start()
 
     def _start(self) -> None:
         """Start the deadline watcher (lock held); it ends when nothing is pending."""
@@ -172,9 +236,11 @@ class NegotiationGuard:
                 late = [p for p in self._pending.values() if not p.expired and now >= p.deadline]
                 for pending in late:
                     pending.expired = True
-                if not self._pending:
+                ready = self._promote(now)
+                if not self._pending and not self._waiting:
                     self._thread = None
                     done = True
+            self._run(ready)
             for pending in late:
                 _shut(pending.sock)
                 self._refused(pending.peer, "request_timeout")
@@ -237,10 +303,23 @@ def _shut(sock: socket.socket) -> None:
         pass  # already closed by its own thread
 
 
+def _close(sock: socket.socket) -> None:
+    """Close a connection that never got a thread."""
+    _shut(sock)
+    try:
+        sock.close()
+    except OSError:
+        pass
+
+
 class GuardedAssociationServer(ThreadedAssociationServer):
     """pynetdicom's threaded association server with a :class:`NegotiationGuard`, each
     connection's PDUs bounded and its C-STORE datasets spooled to ``spool``
     (:mod:`dimse_scp.upper_layer`)."""
+
+    request_queue_size = 128
+    """The listen backlog. socketserver's default of 5 drops the SYNs of a burst of
+    connections, which then retry after 1, 3, 7 and 15 s."""
 
     def __init__(
         self,
@@ -260,9 +339,22 @@ class GuardedAssociationServer(ThreadedAssociationServer):
             self.bind(evt.EVT_REQUESTED, guard.on_requested)
             self.bind(evt.EVT_ESTABLISHED, guard.on_established)
 
-    def verify_request(
-        self, request: socket.socket | tuple[bytes, socket.socket], client_address: Any
-    ) -> bool:
+    def process_request(
+        self,
+        request: socket.socket | tuple[bytes, socket.socket],
+        client_address: Any,
+    ) -> None:
+        """Start the connection's thread now, once a negotiation of its address ends, or
+        never (closed at once)."""
         if self.guard is None or not isinstance(request, socket.socket):
-            return True
-        return self.guard.admit(request, peer_of(client_address))
+            super().process_request(request, client_address)
+            return
+
+        def start() -> None:
+            ThreadedAssociationServer.process_request(self, request, client_address)
+
+        admission = self.guard.admit(request, peer_of(client_address), start)
+        if admission is Admission.START:
+            start()
+        elif admission is Admission.REFUSE:
+            self.shutdown_request(request)

@@ -86,6 +86,7 @@ class DicomServer:
             settings.association_request_timeout_s,
             settings.max_negotiating_per_peer,
             handlers.metrics,
+            max_waiting_per_peer=settings.max_waiting_per_peer,
             log_interval_s=settings.auth_failure_interval_s,
         )
         self._server: GuardedAssociationServer | None = None

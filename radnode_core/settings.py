@@ -372,8 +372,17 @@ class Settings(BaseSettings):
     max_negotiating_per_peer: int = Field(
         16,
         ge=1,
-        description="DICOM connections from one IP address whose A-ASSOCIATE-RQ is not yet "
-        "in; a further one is closed at once. They do not count against max_associations.",
+        description="DICOM connections from one IP address whose A-ASSOCIATE-RQ is being "
+        "read at once; further ones wait (max_waiting_per_peer). They do not count against "
+        "max_associations.",
+    )
+    max_waiting_per_peer: int = Field(
+        64,
+        ge=0,
+        description="DICOM connections from one IP address held unread, without a thread, "
+        "while max_negotiating_per_peer of its requests are being read; a further one is "
+        "closed at once. A held connection's association_request_timeout_s runs from its "
+        "accept.",
     )
     max_json_body_bytes: int = Field(
         64 * 1024,

@@ -58,8 +58,8 @@ def node(tmp_path) -> Iterator[RadnodeProcess]:
     scp.stop()
 
 
-def _ae() -> AE:
-    ae = AE(ae_title="LOADGEN")
+def _ae(ae_title: str = "LOADGEN") -> AE:
+    ae = AE(ae_title=ae_title)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
     ae.add_requested_context(CTImageStorage, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
     ae.add_requested_context(Verification)
@@ -81,17 +81,21 @@ def _threads(pid: int) -> int:
 
 def test_concurrent_associations_send_without_a_failure(node: RadnodeProcess, template):
     latencies: list[float] = []
+    set_up: list[float] = []
     failures: list[str] = []
     lock = threading.Lock()
     stop_at = time.monotonic() + DURATION_S
     start = threading.Barrier(CONCURRENT)
 
     def sender(n: int) -> None:
-        ae = _ae()
+        ae = _ae(f"MODALITY{n:02d}")  # one modality each: max_associations_per_aet applies
         ds = copy.deepcopy(template)  # pydicom sets values in place: one copy per thread
         try:
             start.wait(timeout=60)
+            asked = time.perf_counter()
             assoc = ae.associate("127.0.0.1", node.dicom_port, ae_title="RADNODE")
+            with lock:
+                set_up.append(time.perf_counter() - asked)
             if not assoc.is_established:
                 with lock:
                     failures.append(f"sender {n}: association not established")
@@ -139,6 +143,8 @@ def test_concurrent_associations_send_without_a_failure(node: RadnodeProcess, te
         "p50_ms": round(percentile(latencies, 50) * 1000, 1),
         "p99_ms": round(percentile(latencies, 99) * 1000, 1),
         "max_ms": round(max(latencies) * 1000, 1),
+        "set_up_p50_ms": round(percentile(set_up, 50) * 1000, 1),
+        "set_up_max_ms": round(max(set_up) * 1000, 1),
         "server_cpu_s": round(server_cpu, 1), "client_cpu_s": round(client_cpu, 1),
     }
     record("load_concurrent", **figures)

@@ -1,7 +1,8 @@
 """Hostile DICOM peers against `radnode scp`: association requests that trickle in lock no
-modality out and are cut at their deadline, requests in progress are capped per address,
-and C-STOREs with out-of-range numbers or a SOP Instance UID of another study get a
-proper answer and leave nothing behind.
+modality out and are cut at their deadline, requests in progress are capped per address
+(a few more wait their turn, unread; a burst of honest ones is served in turn), and
+C-STOREs with out-of-range numbers or a SOP Instance UID of another study get a proper
+answer and leave nothing behind.
 
 The hostile connections come from 127.0.0.2 and 127.0.0.3 (loopback addresses too), the
 modality from 127.0.0.1, so the per-address cap is seen to spare other addresses.
@@ -27,6 +28,7 @@ from tests.support.radnode_process import RadnodeProcess
 DEADLINE_S = 2.0
 MAX_ASSOCIATIONS = 4
 PER_PEER = 8
+WAITING = 2
 ASSOCIATE_RQ_HEAD = bytes([0x01, 0x00]) + (1000).to_bytes(4, "big")
 
 
@@ -39,6 +41,7 @@ def scp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RadnodeProcess]:
         RADNODE_MAX_ASSOCIATIONS=str(MAX_ASSOCIATIONS),
         RADNODE_ASSOCIATION_REQUEST_TIMEOUT_S=str(DEADLINE_S),
         RADNODE_MAX_NEGOTIATING_PER_PEER=str(PER_PEER),
+        RADNODE_MAX_WAITING_PER_PEER=str(WAITING),
     )
     yield node
     node.stop()
@@ -141,12 +144,18 @@ def test_requests_in_progress_are_capped_per_address(scp: RadnodeProcess, tmp_pa
     try:
         time.sleep(0.5)
         assert all(t.closed_after is None for t in held)
+        waiting = _trickles(scp.dicom_port, "127.0.0.3", WAITING)
         extra = Trickle(scp.dicom_port, "127.0.0.3")
         extra.start()
         extra.join(timeout=DEADLINE_S)
         assert extra.closed_after is not None and extra.closed_after < 1.0, extra.closed_after
         # Another address is not affected.
         assert _store(scp.dicom_port, [_file(tmp_path)]) == [0x0000]
+        # The held ones were never read, and are closed at their own deadline.
+        for t in waiting:
+            t.join(timeout=DEADLINE_S + 5)
+            assert t.closed_after is not None
+            assert DEADLINE_S - 0.5 <= t.closed_after <= DEADLINE_S + 2.5, t.closed_after
     finally:
         _end(held)
     # Once those are gone the address may connect again.
@@ -157,6 +166,42 @@ def test_requests_in_progress_are_capped_per_address(scp: RadnodeProcess, tmp_pa
     assert again.closed_after is None
     _end([again])
     assert "too many association requests in progress" in scp.log()
+
+
+def test_a_burst_from_one_address_beyond_the_cap_is_served_in_turn(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    """24 association requests from one address at once, with 2 allowed to negotiate and
+    30 to wait: every one is established in turn and every C-STORE succeeds."""
+    node = start(
+        tmp_path_factory.mktemp("burst"),
+        "scp",
+        RADNODE_ALLOWED_CALLING_AETS='["MODALITY"]',
+        RADNODE_MAX_ASSOCIATIONS="64",
+        RADNODE_MAX_NEGOTIATING_PER_PEER="2",
+        RADNODE_MAX_WAITING_PER_PEER="30",
+    )
+    try:
+        files = [_file(tmp_path) for _ in range(24)]
+        results: list[object] = []
+        go = threading.Barrier(len(files))
+
+        def send(path: Path) -> None:
+            go.wait(timeout=10)
+            try:
+                results.append(_store(node.dicom_port, [path]))
+            except AssertionError as exc:
+                results.append(str(exc))
+
+        threads = [threading.Thread(target=send, args=(f,)) for f in files]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert results == [[0x0000]] * len(files)
+        assert "too many association requests in progress" not in node.log()
+    finally:
+        node.stop()
 
 
 def test_an_instance_number_beyond_64_bits_is_stored(scp: RadnodeProcess, tmp_path: Path) -> None:

@@ -9,7 +9,10 @@ Libraries speak in their own words: pydicom, highdicom and pynetdicom quote elem
 values in warnings and log messages (highdicom's "The string "Doe" is unlikely to
 represent the intended person name", pydicom's "Invalid value for VR PN: 'Doe=A=B=C'").
 Python warnings are routed into logging (``py.warnings``), and in every record of those
-loggers quoted text is replaced by ``<value>`` before it is formatted.
+loggers quoted text is replaced by ``<value>`` before it is formatted. An exception that
+ends a thread (pynetdicom's network threads raise on some malformed requests) would be
+printed by Python straight to stderr; it is logged instead, its traceback redacted the
+same way.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import json
 import logging
 import re
 import sys
+import threading
 import traceback
 from typing import Any
 
@@ -106,12 +110,29 @@ class TextFormatter(logging.Formatter):
         return text
 
 
+def log_thread_exception(args: threading.ExceptHookArgs) -> None:
+    """``threading.excepthook``: an uncaught exception in a thread, logged with its
+    traceback's quoted parts redacted (it may quote an element value)."""
+    if args.exc_type is SystemExit:
+        return
+    trace = "".join(traceback.format_exception(args.exc_type, args.exc_value, args.exc_traceback))
+    logging.getLogger("radnode_core.threads").error(
+        "uncaught exception in a thread",
+        extra={
+            "thread_name": args.thread.name if args.thread is not None else None,
+            "error": args.exc_type.__name__,
+            "exc": redact_quoted(trace),
+        },
+    )
+
+
 def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     """Configure the root logger once per process (the CLI calls this)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     handler.addFilter(LibraryValueFilter())
     logging.captureWarnings(True)  # warnings.warn(...) -> the "py.warnings" logger, filtered
+    threading.excepthook = log_thread_exception
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -56,6 +56,7 @@ CHUNK = 100  # matches whose computed attributes are read in one query
 
 
 SOP_CLASS_NOT_SUPPORTED = 0x0122
+OUT_OF_RESOURCES = 0xA700
 
 
 def _failure(status: int, comment: str) -> Dataset:
@@ -89,6 +90,7 @@ class QueryRetrieveHandlers:
         audit: AuditTrail | None = None,
         tls_context: Callable[[], ssl.SSLContext] | None = None,
         poll_interval_s: float | None = None,
+        max_find_results: int | None = None,
     ) -> None:
         self.index = index
         self.store = store
@@ -97,6 +99,7 @@ class QueryRetrieveHandlers:
         self.audit = audit
         self.tls_context = tls_context
         self.poll_interval_s = poll_interval_s
+        self.max_find_results = max_find_results
 
     def evt_handlers(self) -> list[tuple[Any, Any]]:
         return [
@@ -127,6 +130,14 @@ class QueryRetrieveHandlers:
         except Exception:  # the index is unavailable: a status, not a dead association
             logger.exception("C-FIND: index query failed")
             yield _failure(UNABLE_TO_PROCESS, "index unavailable"), None
+            return
+        cap = self.max_find_results
+        if cap is not None and len(rows) > cap:
+            logger.warning(
+                "C-FIND refused: too many matches",
+                extra={"calling_aet": calling, "qr_level": request.level, "limit": cap},
+            )
+            yield _failure(OUT_OF_RESOURCES, f"more than {cap} matches; narrow the query"), None
             return
         status = PENDING_WARNING if request.unmatched else PENDING
         sent = 0
@@ -163,13 +174,16 @@ class QueryRetrieveHandlers:
         )
 
     def _matches(self, request: Request) -> list[Mapping[Any, Any]]:
-        """Every match, read in one statement (a short transaction: on SQLite a read holds
-        the index's write lock, so the responses are not sent while it is open)."""
+        """Every match, up to one more than ``max_find_results``, read in one statement (a
+        short transaction: on SQLite a read holds the index's write lock, so the responses
+        are not sent while it is open)."""
         sqlite = self.index.is_sqlite
         if request.level == "PATIENT":
             stmt = build_patient_select(request.query, sqlite)
         else:
             stmt = build_select(request.query, sqlite)
+        if self.max_find_results is not None:
+            stmt = stmt.limit(self.max_find_results + 1)
         with self.index.engine.connect() as conn:
             return [row._mapping for row in conn.execute(stmt)]
 

@@ -88,6 +88,7 @@ class Scp:
                 audit=node.audit,
                 tls_context=partial(client_context, s.tls_ca_file, s.tls_cert_file, s.tls_key_file),
                 poll_interval_s=s.dimse_poll_interval_s,
+                max_find_results=s.cfind_max_results,
             )
         self.server = DicomServer(s, handlers, query_retrieve)
 

@@ -405,6 +405,13 @@ class Settings(BaseSettings):
         description="Most results of one QIDO-RS search; a search with more answers that "
         "many and says so in a Warning header (page with limit and offset).",
     )
+    cfind_max_results: int = Field(
+        10000,
+        ge=1,
+        description="Most matches one C-FIND answers; a query with more gets 0xA700 (out of "
+        "resources, 'narrow the query') and no match, since C-FIND has no way to say a list "
+        "is cut short.",
+    )
     trusted_proxies: list[str] = Field(
         default_factory=list,
         description="IP addresses of reverse proxies whose X-Forwarded-For and "

@@ -24,6 +24,7 @@ from radnode_core.settings import Settings
 from tests.support.dicom_bytes import dataset_bytes
 from tests.support.qr_studies import Spec, Studies, instance, part10, write_studies
 from tests.support.radnode_process import RadnodeProcess
+from tests.support.scu_raw import settle
 from tests.support.tools import dcmtk_env, require_tool, storescu
 from tests.support.wait import wait_for
 
@@ -539,11 +540,11 @@ def test_c_find_is_audited_as_a_query(qr: QrNode) -> None:
 # -- cancel and the allow-list (their own nodes) -------------------------------------
 
 
-def test_c_cancel_stops_a_long_c_find(tmp_path: Path) -> None:
-    """400 matches; the SCU sends C-CANCEL after the third: radnode stops and says 0xFE00."""
-    node = Node(Settings(data_dir=tmp_path / "data", fsync=False, audit_enabled=False))
+def _many_studies(data_dir: Path, count: int) -> None:
+    """``count`` one-instance CT studies of patients Many^PatientNNN (IDs MNNN)."""
+    node = Node(Settings(data_dir=data_dir, fsync=False, audit_enabled=False))
     try:
-        for i in range(400):
+        for i in range(count):
             spec = Spec(
                 f"Many^Patient{i:03d}",
                 f"M{i:03d}",
@@ -553,13 +554,18 @@ def test_c_cancel_stops_a_long_c_find(tmp_path: Path) -> None:
                 "CT",
                 (("CT", 1, "AX", 1),),
             )
-            path = tmp_path / "in.dcm"
+            path = data_dir.parent / "in.dcm"
             path.write_bytes(
                 part10(instance(spec, generate_uid(), generate_uid(), "CT", 1, "AX", 1))
             )
             node.ingestor.ingest(dataset_bytes(path), ExplicitVRLittleEndian, source="test")
     finally:
         node.close()
+
+
+def test_c_cancel_stops_a_long_c_find(tmp_path: Path) -> None:
+    """400 matches; the SCU sends C-CANCEL after the third: radnode stops and says 0xFE00."""
+    _many_studies(tmp_path / "data", 400)
     scp = RadnodeProcess(tmp_path / "data", "scp").start()
     try:
         ae = AE(ae_title="WORKSTATION")
@@ -602,6 +608,43 @@ def test_c_cancel_stops_a_long_c_find(tmp_path: Path) -> None:
             findscu_args, capture_output=True, text=True, env=dcmtk_env(), timeout=60
         )
         assert result.returncode == 0, result.stderr
+    finally:
+        scp.stop()
+
+
+def test_a_c_find_with_more_matches_than_the_limit_is_refused(tmp_path: Path) -> None:
+    """30 studies, ``cfind_max_results`` 20: a query matching all 30 gets 0xA700 and no
+    match; one matching 10 gets all 10; the association goes on."""
+    _many_studies(tmp_path / "data", 30)
+    scp = RadnodeProcess(
+        tmp_path / "data", "scp", env={"RADNODE_CFIND_MAX_RESULTS": "20"}
+    ).start()
+    try:
+        ae = AE(ae_title="WORKSTATION")
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind, ExplicitVRLittleEndian)
+        assoc = ae.associate("127.0.0.1", scp.dicom_port, ae_title="RADNODE")
+        assert assoc.is_established
+        try:
+            everyone = [
+                (int(status.Status), status.get("ErrorComment"), identifier)
+                for status, identifier in assoc.send_c_find(
+                    _identifier(QueryRetrieveLevel="STUDY", PatientID="M*"),
+                    StudyRootQueryRetrieveInformationModelFind,
+                )
+            ]
+            settle(assoc)
+            ten = [
+                int(status.Status)
+                for status, _ in assoc.send_c_find(
+                    _identifier(QueryRetrieveLevel="STUDY", PatientID="M01*"),
+                    StudyRootQueryRetrieveInformationModelFind,
+                )
+            ]
+        finally:
+            assoc.release()
+        assert everyone == [(0xA700, "more than 20 matches; narrow the query", None)]
+        assert ten == [0xFF00] * 10 + [0x0000]
+        assert "C-FIND refused: too many matches" in scp.log()
     finally:
         scp.stop()
 

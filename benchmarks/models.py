@@ -35,6 +35,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from tests.support.model_packages import ct_card, cxr_card
+
 CT_SETS = (("finding",), ("finding", "proto-ct"), ("finding", "proto-ct", "ct-3window"))
 XR_SETS = (
     ("chest-xray-opacity",),
@@ -52,31 +54,18 @@ def rss_mb() -> float:
 
 
 def _card(name: str, **changes: Any) -> dict[str, Any]:
-    ct = name.startswith(("proto", "ct-"))
-    card: dict[str, Any] = {
-        "schema_version": 1,
-        "name": name,
-        "version": "bench",
-        "intended_use": "Benchmarking radnode. Random weights: meaningless outputs.",
-        "task": "binary",
-        "applicability": {
-            "modalities": ["CT"] if ct else ["CR", "DX"],
-            "sop_classes": ["CTImageStorage"]
-            if ct
-            else ["ComputedRadiographyImageStorage", "DigitalXRayImageStorageForPresentation"],
-            "body_part": {"any_of": ["chest"], "source": "model", "model": "region"}
-            if ct
-            else {"any_of": ["CHEST"], "source": "tag"},
-        },
-        "outputs": {"labels": ["negative", "positive"], "positive_label": "positive"},
-        "sr": {
-            "finding": "SCT.Nodule" if ct else "DCM.AbnormalOpacity",
-            "finding_site": "SCT.Lung",
-        },
-        "training_data": "none: random weights",
-        "timeout_s": 600,
-        "sha256": "0" * 64,
-    }
+    """The tests' CT or chest X-ray card (:mod:`tests.support.model_packages`), as a
+    benchmark model: version ``bench``, neutral labels, a long timeout; ``changes`` replace
+    whole sections."""
+    base = ct_card if name.startswith(("proto", "ct-")) else cxr_card
+    card = base(
+        name,
+        "bench",
+        intended_use="Benchmarking radnode. Random weights: meaningless outputs.",
+        training_data="none: random weights",
+        timeout_s=600,
+    )
+    card["outputs"] = {"labels": ["negative", "positive"], "positive_label": "positive"}
     card.update(changes)
     return card
 

@@ -77,21 +77,34 @@ def lambda_model() -> Any:
     return keras.Model(inputs, layers.Dense(1, activation="sigmoid")(x))
 
 
-def ct_card(name: str = "proto-ct", version: str = "1.0", **changes: Any) -> dict[str, Any]:
-    """A chest CT card for :func:`prototype_cnn` (its body part from the region model)."""
-    card: dict[str, Any] = {
+def _card(name: str, version: str, applicability: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    """What every test card says: random weights, not for clinical use."""
+    return {
         "schema_version": 1,
         "name": name,
         "version": version,
         "intended_use": "Testing radnode's model packages. Not for clinical use.",
         "task": "binary",
-        "applicability": {
+        "applicability": applicability,
+        **fields,
+        "metrics": {},
+        "training_data": "none: random weights (a test model)",
+        "sha256": "0" * 64,
+    }
+
+
+def ct_card(name: str = "proto-ct", version: str = "1.0", **changes: Any) -> dict[str, Any]:
+    """A chest CT card for :func:`prototype_cnn` (its body part from the region model)."""
+    card = _card(
+        name,
+        version,
+        {
             "modalities": ["CT"],
             "sop_classes": CT_CLASSES,
             "body_part": {"any_of": ["chest"], "source": "model", "model": "region"},
             "slices": {"min": 4, "max": 600},
         },
-        "input": {
+        input={
             "kind": "slice",
             "size": [128, 128],
             "channels": 1,
@@ -101,37 +114,27 @@ def ct_card(name: str = "proto-ct", version: str = "1.0", **changes: Any) -> dic
                 "standardise": "none",
             },
         },
-        "aggregation": {"method": "top_k_mean", "k": 3},
-        "outputs": {
-            "labels": ["no nodule", "nodule"],
-            "positive_label": "nodule",
-            "threshold": 0.5,
-        },
-        "sr": {"finding": "SCT.Nodule", "finding_site": "SCT.Lung"},
-        "metrics": {},
-        "training_data": "none: random weights (a test model)",
-        "timeout_s": 60,
-        "model_file": "model.h5",
-        "sha256": "0" * 64,
-    }
+        aggregation={"method": "top_k_mean", "k": 3},
+        outputs={"labels": ["no nodule", "nodule"], "positive_label": "nodule", "threshold": 0.5},
+        sr={"finding": "SCT.Nodule", "finding_site": "SCT.Lung"},
+        timeout_s=60,
+        model_file="model.h5",
+    )
     return _merged(card, changes)
 
 
 def cxr_card(name: str = "cxr-densenet", version: str = "1.0", **changes: Any) -> dict[str, Any]:
     """A chest X-ray card for :func:`densenet_cxr` (body part from the tag)."""
-    card: dict[str, Any] = {
-        "schema_version": 1,
-        "name": name,
-        "version": version,
-        "intended_use": "Testing radnode's model packages. Not for clinical use.",
-        "task": "binary",
-        "applicability": {
+    card = _card(
+        name,
+        version,
+        {
             "modalities": ["CR", "DX"],
             "sop_classes": XR_CLASSES,
             "body_part": {"any_of": ["CHEST"], "source": "tag"},
             "slices": {"min": 1, "max": 4},
         },
-        "input": {
+        input={
             "kind": "image",
             "size": [224, 224],
             "channels": 3,
@@ -142,18 +145,15 @@ def cxr_card(name: str = "cxr-densenet", version: str = "1.0", **changes: Any) -
             },
             "invert_monochrome1": True,
         },
-        "outputs": {
+        outputs={
             "labels": ["no opacity", "opacity"],
             "positive_label": "opacity",
             "threshold": 0.5,
         },
-        "sr": {"finding": "DCM.AbnormalOpacity", "finding_site": "SCT.Lung"},
-        "metrics": {},
-        "training_data": "none: random weights (a test model)",
-        "timeout_s": 120,
-        "model_file": "model.keras",
-        "sha256": "0" * 64,
-    }
+        sr={"finding": "DCM.AbnormalOpacity", "finding_site": "SCT.Lung"},
+        timeout_s=120,
+        model_file="model.keras",
+    )
     return _merged(card, changes)
 
 

@@ -26,6 +26,8 @@ count ``max_associations`` over associations admitted after their AE checks
 (:mod:`dimse_scp.handlers`), so connections still negotiating never count.
 :class:`GuardedAssociationServer` is pynetdicom's threaded server with the guard attached:
 ``verify_request`` (socketserver's hook, in the accept thread) and two event handlers.
+With ``reuse_port`` it binds with ``SO_REUSEPORT``, so several receiver processes listen
+on one port and Linux spreads the incoming connections over them.
 """
 
 from __future__ import annotations
@@ -57,6 +59,20 @@ def lift_association_limit(ae: AE) -> None:
     """Turn off pynetdicom's count of acceptor threads (it includes connections still
     negotiating); the handlers enforce ``max_associations`` over admitted ones."""
     ae.maximum_associations = sys.maxsize
+
+
+def reuse_port_option() -> int:
+    """``SO_REUSEPORT``, where its Linux meaning holds: every socket bound with it to one
+    address gets a share of the incoming connections (Linux 3.9+). BSD and macOS accept the
+    option but hand every connection to the last socket bound, and Windows has no such
+    option: there, several processes cannot share one DICOM port."""
+    option = getattr(socket, "SO_REUSEPORT", None)
+    if not sys.platform.startswith("linux") or option is None:
+        raise OSError(
+            f"several receiver processes on one port need Linux's SO_REUSEPORT; this is "
+            f"{sys.platform}: run one process (scp_processes = 1)"
+        )
+    return int(option)
 
 
 def peer_of(client_address: Any) -> str:
@@ -240,7 +256,7 @@ def _shut(sock: socket.socket) -> None:
 class GuardedAssociationServer(ThreadedAssociationServer):
     """pynetdicom's threaded association server with a :class:`NegotiationGuard`, each
     connection's PDUs bounded and its C-STORE datasets spooled to ``spool``
-    (:mod:`dimse_scp.upper_layer`)."""
+    (:mod:`dimse_scp.upper_layer`); with ``reuse_port`` bound with ``SO_REUSEPORT``."""
 
     def __init__(
         self,
@@ -248,9 +264,12 @@ class GuardedAssociationServer(ThreadedAssociationServer):
         guard: NegotiationGuard | None = None,
         spool: SpoolSettings | None = None,
         on_pdu_refused: Refused | None = None,
+        reuse_port: bool = False,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("request_handler", SpoolingRequestHandler)
+        # Read by server_bind, which the base class calls from its constructor.
+        self.reuse_port = reuse_port
         super().__init__(*args, **kwargs)
         self.guard = guard
         self.spool = spool
@@ -259,6 +278,15 @@ class GuardedAssociationServer(ThreadedAssociationServer):
             self.bind(evt.EVT_CONN_OPEN, guard.on_conn_open)
             self.bind(evt.EVT_REQUESTED, guard.on_requested)
             self.bind(evt.EVT_ESTABLISHED, guard.on_established)
+
+    def server_bind(self) -> None:
+        """pynetdicom's bind (SO_REUSEADDR, the network timeout), after ``SO_REUSEPORT``
+        when asked for: pynetdicom binds itself and skips socketserver's
+        ``allow_reuse_port``."""
+        if self.reuse_port:
+            assert self.socket is not None
+            self.socket.setsockopt(socket.SOL_SOCKET, reuse_port_option(), 1)
+        super().server_bind()
 
     def verify_request(
         self, request: socket.socket | tuple[bytes, socket.socket], client_address: Any

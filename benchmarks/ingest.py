@@ -335,7 +335,9 @@ class RadnodeReceiver(Receiver):
 
     def expected_listeners(self) -> int:
         if self.processes == "auto":
-            return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+            from radnode.scp_pool import available_cpus
+
+            return available_cpus()
         return int(self.processes)
 
     def wait_ready(self) -> None:

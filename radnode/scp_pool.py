@@ -35,6 +35,7 @@ same daily file, one ``O_APPEND`` write each, with each process's pid as its par
 from __future__ import annotations
 
 import logging
+import math
 import multiprocessing
 import os
 import signal
@@ -44,6 +45,7 @@ import time
 from dataclasses import dataclass
 from multiprocessing.context import SpawnProcess
 from multiprocessing.synchronize import Event
+from pathlib import Path
 
 from prometheus_client import Counter
 
@@ -70,9 +72,32 @@ class ScpPoolError(RuntimeError):
     while starting."""
 
 
+def available_cpus() -> int:
+    """The CPUs this process may use: its affinity mask, capped by a cgroup v2 CPU limit
+    (a container's ``--cpus``, a pod's CPU limit), which the mask does not show."""
+    if hasattr(os, "sched_getaffinity"):
+        cpus = len(os.sched_getaffinity(0))
+    else:
+        cpus = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError):
+        pass
+    return max(1, cpus)
+
+
+def process_count(settings: Settings) -> int:
+    """``scp_processes`` as a number (``auto``: :func:`available_cpus`)."""
+    if settings.scp_processes == "auto":
+        return available_cpus()
+    return settings.scp_processes
+
+
 def receiver(node: Node) -> Scp | ScpPool:
     """The SCP of ``node``: in this process, or ``scp_processes`` receiver processes."""
-    count = node.settings.scp_process_count
+    count = process_count(node.settings)
     return ScpPool(node, count) if count > 1 else Scp(node)
 
 

@@ -191,7 +191,8 @@ class Settings(BaseSettings):
         1,
         description="Receiver processes of `radnode scp` and `radnode serve`, all on the "
         "DICOM port(s) (SO_REUSEPORT: Linux only) over the same store and index; auto: one "
-        "per CPU this process may run on. max_associations, max_associations_per_aet and "
+        "per CPU this process may use (its affinity, capped by a cgroup v2 CPU limit). "
+        "max_associations, max_associations_per_aet and "
         "max_negotiating_per_peer hold per process. See docs/deployment.md.",
     )
     network_timeout_s: float = Field(
@@ -704,15 +705,6 @@ class Settings(BaseSettings):
                 {"model_config": {**cls.model_config, "toml_file": Path(config_file)}},
             )
         return settings_cls(**{k: v for k, v in overrides.items() if v is not None})
-
-    @property
-    def scp_process_count(self) -> int:
-        """``scp_processes`` as a number: ``auto`` is the CPUs this process may run on."""
-        if self.scp_processes != "auto":
-            return self.scp_processes
-        if hasattr(os, "sched_getaffinity"):
-            return max(1, len(os.sched_getaffinity(0)))
-        return max(1, os.cpu_count() or 1)
 
     @property
     def index_url(self) -> str:

@@ -17,6 +17,7 @@ import pytest
 
 from ai_node.synth import StudySpec, write_study
 from dimse_scp.negotiation import reuse_port_option
+from radnode.scp_pool import available_cpus, process_count
 from radnode_core.settings import Settings
 from radnode_core.store import CLEAN_SHUTDOWN_MARKER
 from tests.support.processes import free_port
@@ -76,7 +77,9 @@ def start_pool(data_dir: Path, *extra: str, env: dict[str, str] | None = None) -
     node.start()
     wait_for(
         lambda: "receiver processes listening" in node.log(),
-        timeout=120, what="every receiver process", interval=0.1,
+        timeout=120,
+        what="every receiver process",
+        interval=0.1,
     )
     assert node.proc is not None
     assert len(receivers(node.proc.pid)) == PROCESSES
@@ -108,9 +111,20 @@ def send_all_at_once(port: int, studies: list[tuple[str, list[Path]]]) -> None:
     exe = require_tool("storescu")
     procs = [
         subprocess.Popen(
-            [exe, "-aet", f"MODALITY{i}", "-aec", "RADNODE", "127.0.0.1", str(port),
-             *map(str, files)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dcmtk_env(),
+            [
+                exe,
+                "-aet",
+                f"MODALITY{i}",
+                "-aec",
+                "RADNODE",
+                "127.0.0.1",
+                str(port),
+                *map(str, files),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=dcmtk_env(),
         )
         for i, (_uid, files) in enumerate(studies)
     ]
@@ -122,7 +136,10 @@ def send_all_at_once(port: int, studies: list[tuple[str, list[Path]]]) -> None:
 def echo(port: int, *args: str, aet: str = "MODALITY") -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [require_tool("echoscu"), *args, "-aet", aet, "-aec", "RADNODE", "127.0.0.1", str(port)],
-        capture_output=True, text=True, env=dcmtk_env(), timeout=60,
+        capture_output=True,
+        text=True,
+        env=dcmtk_env(),
+        timeout=60,
     )
 
 
@@ -136,14 +153,17 @@ def test_eight_concurrent_modalities_stored_and_indexed_once_one_job_per_study(
     sent = sum(len(files) for _uid, files in studies)
     assert len(list((pool.data_dir / "studies").rglob("*.dcm"))) == sent
     db = index(pool.data_dir)
-    assert db.execute("select count(*), count(distinct sop_instance_uid) from instances"
-                      ).fetchone() == (sent, sent)
+    assert db.execute(
+        "select count(*), count(distinct sop_instance_uid) from instances"
+    ).fetchone() == (sent, sent)
     assert db.execute("select sum(duplicates) from instances").fetchone()[0] == 0
     # Each release queues its study in the receiver that served it: one job per study.
     expected = sorted((uid, len(files), "released") for uid, files in studies)
     wait_for(
         lambda: db.execute("select count(*) from jobs").fetchone()[0] == STUDIES,
-        timeout=10, what="a job per study", interval=0.05,
+        timeout=10,
+        what="a job per study",
+        interval=0.05,
     )
     time.sleep(2.5)  # past the quiet period: the parent's sweeper adds no second job
     assert sorted(db.execute("select study_uid, version, reason from jobs")) == expected
@@ -171,18 +191,23 @@ def test_a_killed_receiver_is_restarted_and_the_port_keeps_answering(
             assert echo(node.dicom_port).returncode == 0
         wait_for(
             lambda: len(receivers(node.proc.pid) - {victim}) == PROCESSES,  # type: ignore[union-attr]
-            timeout=30, what="the receiver's restart", interval=0.1,
+            timeout=30,
+            what="the receiver's restart",
+            interval=0.1,
         )
         wait_for(
             lambda: node.log().count("receiver process started") == PROCESSES + 1,
-            timeout=120, what="the new receiver to listen", interval=0.1,
+            timeout=120,
+            what="the new receiver to listen",
+            interval=0.1,
         )
         assert "receiver process ended; restarting it" in node.log()
         uid, files = studies[0]
         assert storescu(node.dicom_port, files).returncode == 0
         db = index(node.data_dir)
-        assert db.execute("select count(*) from instances where study_uid=?",
-                          (uid,)).fetchone()[0] == len(files)
+        assert db.execute("select count(*) from instances where study_uid=?", (uid,)).fetchone()[
+            0
+        ] == len(files)
     finally:
         assert node.stop() == 0
     # A receiver crashed: the store is reconciled at the next start, not marked clean.
@@ -210,8 +235,12 @@ def test_a_receiver_stops_when_its_parent_is_killed(tmp_path: Path) -> None:
     assert node.proc is not None
     children = receivers(node.proc.pid)
     node.kill()
-    wait_for(lambda: not any(alive(pid) for pid in children), timeout=15,
-             what="the orphaned receivers to stop", interval=0.1)
+    wait_for(
+        lambda: not any(alive(pid) for pid in children),
+        timeout=15,
+        what="the orphaned receivers to stop",
+        interval=0.1,
+    )
 
 
 def test_tls_port_and_allow_list_in_every_receiver(
@@ -246,9 +275,9 @@ def test_tls_port_and_allow_list_in_every_receiver(
 
 def test_scp_processes_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RADNODE_SCP_PROCESSES", "auto")
-    assert Settings().scp_process_count == len(os.sched_getaffinity(0))
+    assert process_count(Settings()) == available_cpus() <= len(os.sched_getaffinity(0))
     monkeypatch.setenv("RADNODE_SCP_PROCESSES", "3")
-    assert Settings().scp_process_count == 3
+    assert process_count(Settings()) == 3
     monkeypatch.setenv("RADNODE_SCP_PROCESSES", "0")
     with pytest.raises(ValueError):
         Settings()

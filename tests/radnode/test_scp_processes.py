@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -287,3 +288,57 @@ def test_other_systems_are_refused_clearly(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setattr(sys, "platform", "darwin")
     with pytest.raises(OSError, match="Linux's SO_REUSEPORT"):
         reuse_port_option()
+
+
+def metric(text: str, name: str) -> float:
+    found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return response.read().decode()
+
+
+def test_serve_with_receiver_processes_and_their_metrics(
+    tmp_path: Path, studies: list[tuple[str, list[Path]]]
+) -> None:
+    metrics_port = free_port()
+    while any(port_in_use(metrics_port + k) for k in range(1, PROCESSES + 1)):
+        metrics_port = free_port()
+    node = RadnodeProcess(
+        tmp_path / "data",
+        "serve",
+        "--scp-processes",
+        str(PROCESSES),
+        "--log-format",
+        "text",
+        env={"RADNODE_METRICS_PORT": str(metrics_port)},
+    )
+    node.start()
+    try:
+        wait_for(
+            lambda: "receiver processes listening" in node.log(),
+            timeout=120,
+            what="every receiver process",
+            interval=0.1,
+        )
+        send_all_at_once(node.dicom_port, studies[:4])
+        sent = sum(len(files) for _uid, files in studies[:4])
+        received = 'radnode_instances_received_total{source="dimse"}'
+        per_receiver = [
+            metric(get(f"http://127.0.0.1:{metrics_port + k}/metrics"), received)
+            for k in range(1, PROCESSES + 1)
+        ]
+        assert sum(per_receiver) == sent
+        parent = get(f"http://127.0.0.1:{metrics_port}/metrics")
+        assert metric(parent, "radnode_scp_process_restarts_total") == 0
+        assert metric(parent, 'radnode_index_objects{level="instances"}') >= sent
+    finally:
+        assert node.stop() == 0
+    assert (node.data_dir / CLEAN_SHUTDOWN_MARKER).exists()
+
+
+def port_in_use(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0

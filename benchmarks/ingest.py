@@ -332,13 +332,28 @@ class RadnodeReceiver(Receiver):
         super().__init__(name, "RADNODE", run_dir)
         self.data_dir = run_dir / "data"
         self.processes = processes
+        self._auto: int | None = None
 
     def expected_listeners(self) -> int:
-        if self.processes == "auto":
-            from radnode.scp_pool import available_cpus
-
-            return available_cpus()
-        return int(self.processes)
+        """How many receiver processes ``processes`` makes, as the radnode under test
+        resolves ``auto``."""
+        if self.processes != "auto":
+            return int(self.processes)
+        if self._auto is None:
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    "-c",
+                    "from radnode.scp_pool import available_cpus as n; print(n())",
+                ],
+                check=True,
+                capture_output=True,
+                text=True,
+                env=self.env(),
+                timeout=60,
+            )
+            self._auto = int(out.stdout)
+        return self._auto
 
     def wait_ready(self) -> None:
         """Every receiver process listens (the port opens with the first of them)."""

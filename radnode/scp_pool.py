@@ -19,9 +19,9 @@ The parent:
   gone, unacknowledged instances with them; every acknowledged one was already durable
   and indexed. The store is then not marked cleanly shut down, so the next start
   reconciles it (files renamed into place whose commit the crash interrupted);
-* passes SIGTERM (or SIGINT) on: each receiver closes its ports and stops, and the parent
-  waits for all of them before it marks a clean shutdown. A receiver whose parent is gone
-  stops by itself.
+* passes SIGTERM (or SIGINT) on: each receiver closes its ports, lets the associations it
+  is serving finish (up to ``DRAIN_S``) and stops, and the parent waits for all of them
+  before it marks a clean shutdown. A receiver whose parent is gone stops by itself.
 
 What each process counts for itself: ``max_associations``, ``max_associations_per_aet``
 and ``max_negotiating_per_peer`` hold per receiver (the kernel picks the receiver by a hash
@@ -62,6 +62,8 @@ START_TIMEOUT_S = 120.0
 """How long the receivers have to import, open the index and listen."""
 STOP_TIMEOUT_S = 30.0
 """How long a receiver has to stop after SIGTERM before it is killed."""
+DRAIN_S = 10.0
+"""How long a stopping receiver lets its open associations finish (its port is closed)."""
 _WATCH_S = 0.2
 _QUICK_FAILURE_S = 10.0
 _MAX_BACKOFF_S = 30.0
@@ -344,7 +346,21 @@ def run_receiver(settings: Settings, slot: int, ready: Event) -> None:
                 logger.warning("receiver process stopping: its parent is gone")
                 break
     finally:
+        scp.stop()
+        _drain(scp, DRAIN_S)
         if stop_metrics is not None:
             stop_metrics()
-        scp.stop()
         node.close(clean=False)
+
+
+def _drain(scp: Scp, seconds: float) -> None:
+    """Wait up to ``seconds`` for the associations still open to end (a modality in the
+    middle of a study finishes it) before the index is closed under them."""
+    deadline = time.monotonic() + seconds
+    while scp.server.ae.active_associations and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = len(scp.server.ae.active_associations)
+    if left:
+        logger.warning(
+            "receiver process stopping with associations still open", extra={"open": left}
+        )

@@ -215,20 +215,49 @@ def test_a_killed_receiver_is_restarted_and_the_port_keeps_answering(
     assert not (node.data_dir / CLEAN_SHUTDOWN_MARKER).exists()
 
 
-def test_sigterm_stops_every_receiver_and_marks_a_clean_shutdown(
-    tmp_path: Path, studies: list[tuple[str, list[Path]]]
+def test_sigterm_lets_a_study_finish_stops_every_receiver_and_marks_a_clean_shutdown(
+    tmp_path: Path, studies: list[tuple[str, list[Path]]], chest_study
 ) -> None:
     node = start_pool(tmp_path / "data")
     assert node.proc is not None
     children = receivers(node.proc.pid)
     send_all_at_once(node.dicom_port, studies[:2])
+    _study, files = chest_study
+    sending = subprocess.Popen(
+        [
+            require_tool("storescu"),
+            "-aet",
+            "MODALITY",
+            "-aec",
+            "RADNODE",
+            "127.0.0.1",
+            str(node.dicom_port),
+            *map(str, files),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=dcmtk_env(),
+    )
+    db = index(node.data_dir)
+    before = sum(len(files) for _uid, files in studies[:2])
+    wait_for(
+        lambda: db.execute("select count(*) from instances").fetchone()[0] > before + 2,
+        timeout=60,
+        what="the study's first instances",
+        interval=0.02,
+    )
+    node.proc.send_signal(signal.SIGTERM)
+    assert db.execute("select count(*) from instances").fetchone()[0] < before + len(files)
     assert node.stop() == 0
+    out, _ = sending.communicate(timeout=60)
+    # The study under way when SIGTERM came was let finish: every instance acknowledged.
+    assert sending.returncode == 0, out
+    assert db.execute("select count(*) from instances").fetchone()[0] == before + len(files)
     assert not any(alive(pid) for pid in children)
     assert (node.data_dir / CLEAN_SHUTDOWN_MARKER).exists()
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", node.dicom_port), timeout=2).close()
-    sent = sum(len(files) for _uid, files in studies[:2])
-    assert index(node.data_dir).execute("select count(*) from instances").fetchone()[0] == sent
 
 
 def test_a_receiver_stops_when_its_parent_is_killed(tmp_path: Path) -> None:

@@ -47,8 +47,6 @@ from multiprocessing.context import SpawnProcess
 from multiprocessing.synchronize import Event
 from pathlib import Path
 
-from prometheus_client import Counter
-
 from dimse_scp.completion import CompletionTracker
 from dimse_scp.negotiation import reuse_port_option
 from radnode.assembly import Scp, build_node
@@ -147,11 +145,7 @@ class ScpPool:
         self.processes = processes
         self.settings = node.settings
         self.tracker = CompletionTracker(node.queue, node.settings.quiet_period_s, node.metrics)
-        self.restarts = Counter(
-            "radnode_scp_process_restarts",
-            "Receiver processes (scp_processes) restarted after they ended on their own.",
-            registry=node.metrics.registry,
-        )
+        self.restarts = node.metrics.scp_process_restarts
         self.crashed = False
         self._spawn_context = multiprocessing.get_context("spawn")
         self._receivers: dict[int, _Receiver] = {}

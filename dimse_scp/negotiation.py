@@ -64,8 +64,8 @@ def lift_association_limit(ae: AE) -> None:
 def reuse_port_option() -> int:
     """``SO_REUSEPORT``, where its Linux meaning holds: every socket bound with it to one
     address gets a share of the incoming connections (Linux 3.9+). BSD and macOS accept the
-    option but hand every connection to the last socket bound, and Windows has no such
-    option: there, several processes cannot share one DICOM port."""
+    option without spreading a TCP port's connections over its sockets, and Windows has no
+    such option: there, several processes cannot share one DICOM port."""
     option = getattr(socket, "SO_REUSEPORT", None)
     if not sys.platform.startswith("linux") or option is None:
         raise OSError(

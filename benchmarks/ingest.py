@@ -1,6 +1,7 @@
-"""Ingest benchmark: one storescu association into radnode, dcmtk storescp and Orthanc.
+"""Ingest benchmark: storescu associations into radnode, dcmtk storescp and Orthanc.
 
     python benchmarks/ingest.py [--slices 300] [--rounds 5] [--peers radnode,storescp,orthanc]
+                                [--associations K] [--scp-processes N|auto]
                                 [--work-dir DIR] [--json OUT]
 
 The same synthetic CT study (``ai_node.synth``, chest, 512x512 int16, written once
@@ -9,6 +10,15 @@ each receiver in turn. Every receiver starts fresh, with an empty store, before 
 clock starts; the clock covers the whole ``storescu`` run (process start,
 association, every C-STORE and its response, release). After each run the receiver's
 store is checked: it must hold every instance, or the benchmark stops with an error.
+
+``--associations K`` (several modalities at once) sends K studies, each its own synthetic
+CT (seeds 1..K), over K storescu associations started together; the clock runs from the
+first storescu's start to the last one's end. ``radnode-multi`` is ``radnode scp`` with
+``--scp-processes N`` (default auto: one receiver process per CPU), all on one port.
+For every run the receiver's CPU time (user + system, of its process and every
+descendant, from /proc/<pid>/stat) is read just before the first storescu starts and
+after the last one ends: CPU seconds per instance say what each receiver costs,
+whatever the machine's cores.
 
 The peers run one after the other inside each round, and the first peer rotates from
 round to round, so drifting machine load falls on all of them alike. The result is a
@@ -49,6 +59,7 @@ from typing import Any
 PEERS: tuple[str, ...] = ("radnode", "storescp", "orthanc")
 """Receivers, in the order the first round runs them."""
 
+REPO = Path(__file__).resolve().parents[1]
 DEFAULT_WORK_DIR = Path(tempfile.gettempdir()) / "radnode-bench"
 STUDY_SEED = 1
 CALLING_AET = "BENCH"
@@ -168,9 +179,9 @@ def stop_process(proc: subprocess.Popen[bytes], grace_s: float = 20.0) -> None:
 # -- the study -------------------------------------------------------------------------
 
 
-def cached_study(work_dir: Path, slices: int) -> list[Path]:
-    """The synthetic study's files, written once per slice count and reused."""
-    folder = work_dir / f"study-chest-{slices}-seed{STUDY_SEED}"
+def cached_study(work_dir: Path, slices: int, seed: int = STUDY_SEED) -> list[Path]:
+    """The synthetic study's files, written once per slice count and seed and reused."""
+    folder = work_dir / f"study-chest-{slices}-seed{seed}"
     files = sorted(folder.glob("IM*.dcm"))
     if (folder / "truth.json").exists() and len(files) == slices:
         return files
@@ -180,7 +191,7 @@ def cached_study(work_dir: Path, slices: int) -> list[Path]:
     partial = folder.with_name(folder.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     shutil.rmtree(folder, ignore_errors=True)
-    write_study(StudySpec(region="chest", slices=slices, nodules=2, seed=STUDY_SEED), partial)
+    write_study(StudySpec(region="chest", slices=slices, nodules=2, seed=seed), partial)
     partial.rename(folder)
     return sorted(folder.glob("IM*.dcm"))
 
@@ -191,6 +202,59 @@ def warm_page_cache(files: Sequence[Path]) -> None:
         with path.open("rb") as f:
             while f.read(1 << 20):
                 pass
+
+
+# -- CPU time --------------------------------------------------------------------------
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _proc_stats() -> dict[int, tuple[int, float]]:
+    """Every process's (parent pid, CPU seconds: user + system, its own and its reaped
+    children's) from /proc/<pid>/stat."""
+    stats = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            text = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # Fields after "(comm)": state ppid ... utime(14) stime(15) cutime(16) cstime(17).
+        fields = text.rsplit(")", 1)[1].split()
+        ticks = sum(int(f) for f in fields[11:15])
+        stats[int(entry.name)] = (int(fields[1]), ticks / CLOCK_TICKS)
+    return stats
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds used so far by ``pid`` and every process below it (Linux)."""
+    stats = _proc_stats()
+    children: dict[int, list[int]] = {}
+    for child, (parent, _cpu) in stats.items():
+        children.setdefault(parent, []).append(child)
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        if current in stats:
+            total += stats[current][1]
+        todo.extend(children.get(current, []))
+    return total
+
+
+def listening_sockets(port: int) -> int:
+    """TCP sockets listening on ``port`` (/proc/net/tcp and tcp6; state 0A)."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                count += 1
+    return count
 
 
 # -- receivers -------------------------------------------------------------------------
@@ -215,6 +279,15 @@ class Receiver:
 
     def env(self) -> dict[str, str]:
         return dict(os.environ)
+
+    def environment(self) -> str:
+        """What in the receiver's environment changes its speed, for the report."""
+        nodelay = self.env().get("TCP_NODELAY")
+        return f"TCP_NODELAY={nodelay}" if nodelay is not None else "TCP_NODELAY unset"
+
+    def cpu_seconds(self) -> float:
+        assert self.proc is not None
+        return tree_cpu_seconds(self.proc.pid)
 
     def prepare(self) -> None:
         """Create the empty store (and any config) before the process starts."""
@@ -252,11 +325,48 @@ class Receiver:
 
 
 class RadnodeReceiver(Receiver):
-    """``radnode scp``: fsyncs file and directory and commits the SQLite index per instance."""
+    """``radnode scp``: fsyncs file and directory and commits the SQLite index per instance;
+    with ``processes`` other than 1, that many receiver processes on the one port."""
 
-    def __init__(self, run_dir: Path) -> None:
-        super().__init__("radnode", "RADNODE", run_dir)
+    def __init__(self, run_dir: Path, processes: int | str = 1, name: str = "radnode") -> None:
+        super().__init__(name, "RADNODE", run_dir)
         self.data_dir = run_dir / "data"
+        self.processes = processes
+        self._auto: int | None = None
+
+    def expected_listeners(self) -> int:
+        """How many receiver processes ``processes`` makes, as the radnode under test
+        resolves ``auto``."""
+        if self.processes != "auto":
+            return int(self.processes)
+        if self._auto is None:
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    "-c",
+                    "from radnode.scp_pool import available_cpus as n; print(n())",
+                ],
+                check=True,
+                capture_output=True,
+                text=True,
+                env=self.env(),
+                timeout=60,
+            )
+            self._auto = int(out.stdout)
+        return self._auto
+
+    def wait_ready(self) -> None:
+        """Every receiver process listens (the port opens with the first of them)."""
+        assert self.proc is not None
+        listeners = self.expected_listeners()
+        wait_until(lambda: listening_sockets(self.port) >= listeners, self.proc, self.name)
+
+    def environment(self) -> str:
+        # radnode sets TCP_NODELAY on its sockets itself, whatever the environment.
+        return (
+            f"{super().environment()} (radnode sets TCP_NODELAY itself), "
+            f"scp_processes={self.processes} ({self.expected_listeners()}), fsync on, SQLite WAL"
+        )
 
     def command(self) -> list[str]:
         return [
@@ -272,10 +382,17 @@ class RadnodeReceiver(Receiver):
             "text",
             "--log-level",
             "WARNING",
+            "--scp-processes",
+            str(self.processes),
         ]
 
     def env(self) -> dict[str, str]:
+        """No RADNODE_* setting from the caller; the radnode of this checkout (the one
+        ``git_state`` describes) ahead of any installed copy."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("RADNODE_")}
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p
+        )
         return env
 
     def count_stored(self) -> dict[str, int]:
@@ -393,13 +510,17 @@ def orthanc_config(
     }
 
 
-RECEIVERS: dict[str, Callable[[Path], Receiver]] = {
-    "radnode": RadnodeReceiver,
-    "storescp": StorescpReceiver,
-    "orthanc": OrthancReceiver,
-    "orthanc-nagle": OrthancNagleReceiver,
+RECEIVERS: dict[str, Callable[[Path, argparse.Namespace], Receiver]] = {
+    "radnode": lambda run_dir, _args: RadnodeReceiver(run_dir),
+    "radnode-multi": lambda run_dir, args: RadnodeReceiver(
+        run_dir, args.scp_processes, "radnode-multi"
+    ),
+    "storescp": lambda run_dir, _args: StorescpReceiver(run_dir),
+    "orthanc": lambda run_dir, _args: OrthancReceiver(run_dir),
+    "orthanc-nagle": lambda run_dir, _args: OrthancNagleReceiver(run_dir),
 }
-"""Every receiver ``--peers`` accepts; ``orthanc-nagle`` runs only when asked for."""
+"""Every receiver ``--peers`` accepts; ``radnode-multi`` and ``orthanc-nagle`` run only when
+asked for."""
 
 
 # -- one timed run ---------------------------------------------------------------------
@@ -411,6 +532,7 @@ class Run:
     peer: str
     seconds: float
     stored: dict[str, int]
+    cpu_seconds: float
 
 
 @contextmanager
@@ -422,50 +544,78 @@ def running(receiver: Receiver) -> Iterator[Receiver]:
         receiver.stop()
 
 
-def send_study(receiver: Receiver, files: Sequence[Path]) -> float:
-    """Time one storescu association that sends every file; fail unless storescu succeeds."""
-    cmd = [
-        require("storescu"),
-        "-aet",
-        CALLING_AET,
-        "-aec",
-        receiver.aet,
-        "127.0.0.1",
-        str(receiver.port),
-        *map(str, files),
+def send_studies(receiver: Receiver, studies: Sequence[Sequence[Path]]) -> tuple[float, float]:
+    """Time one storescu association per study, all started together, each with its own
+    calling AE; fail unless every storescu succeeds. Returns (seconds, receiver CPU s)."""
+    exe = require("storescu")
+    commands = [
+        [
+            exe,
+            "-aet",
+            f"{CALLING_AET}{i}" if len(studies) > 1 else CALLING_AET,
+            "-aec",
+            receiver.aet,
+            "127.0.0.1",
+            str(receiver.port),
+            *map(str, files),
+        ]
+        for i, files in enumerate(studies, start=1)
     ]
+    cpu_before = receiver.cpu_seconds()
     started = time.perf_counter()
-    result = subprocess.run(
-        cmd, check=False, capture_output=True, text=True, env=dcmtk_env(), timeout=SEND_TIMEOUT_S
-    )
-    elapsed = time.perf_counter() - started
-    if result.returncode != 0:
-        raise BenchmarkError(
-            f"storescu -> {receiver.name} exited with {result.returncode}:\n"
-            f"{result.stderr.strip()[-2000:]}\n--- {receiver.name} log ---\n{receiver.log_tail()}"
+    procs = [
+        subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dcmtk_env()
         )
-    return elapsed
+        for cmd in commands
+    ]
+    results = []
+    try:
+        for proc in procs:
+            _out, err = proc.communicate(timeout=SEND_TIMEOUT_S)
+            results.append((proc.returncode, err))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    elapsed = time.perf_counter() - started
+    cpu = receiver.cpu_seconds() - cpu_before
+    for code, err in results:
+        if code != 0:
+            raise BenchmarkError(
+                f"storescu -> {receiver.name} exited with {code}:\n{err.strip()[-2000:]}\n"
+                f"--- {receiver.name} log ---\n{receiver.log_tail()}"
+            )
+    return elapsed, cpu
 
 
-def timed_run(peer: str, round_no: int, files: Sequence[Path], runs_dir: Path) -> Run:
+def timed_run(
+    peer: str,
+    round_no: int,
+    studies: Sequence[Sequence[Path]],
+    runs_dir: Path,
+    args: argparse.Namespace,
+) -> Run:
     run_dir = runs_dir / f"{peer}-round{round_no}"
     shutil.rmtree(run_dir, ignore_errors=True)
-    receiver = RECEIVERS[peer](run_dir)
+    receiver = RECEIVERS[peer](run_dir, args)
+    total = sum(len(files) for files in studies)
     try:
         with running(receiver):
-            seconds = send_study(receiver, files)
+            seconds, cpu = send_studies(receiver, studies)
             stored = receiver.count_stored()
-        missing = {what: n for what, n in stored.items() if n != len(files)}
+        missing = {what: n for what, n in stored.items() if n != total}
         if missing:
             raise BenchmarkError(
-                f"{peer} acknowledged the study but holds {missing} instead of {len(files)}"
+                f"{peer} acknowledged every study but holds {missing} instead of {total}"
                 f" (round {round_no}); see {receiver.log_path}"
             )
     except BaseException:
         log(f"keeping {run_dir} for inspection")
         raise
     shutil.rmtree(run_dir, ignore_errors=True)
-    return Run(round_no, peer, seconds, stored)
+    return Run(round_no, peer, seconds, stored, cpu)
 
 
 # -- report ----------------------------------------------------------------------------
@@ -475,6 +625,12 @@ def timed_run(peer: str, round_no: int, files: Sequence[Path], runs_dir: Path) -
 class Summary:
     peer: str
     times: list[float]
+    cpu: list[float]
+    environment: str = ""
+
+    @property
+    def cpu_median(self) -> float:
+        return statistics.median(self.cpu)
 
     @property
     def median(self) -> float:
@@ -504,7 +660,7 @@ def machine_info() -> dict[str, str]:
 
 def git_state() -> str:
     """The checkout the radnode under test came from: commit, and whether it has edits."""
-    repo = Path(__file__).resolve().parents[1]
+    repo = REPO
     try:
         out = subprocess.run(
             ["git", "-C", str(repo), "describe", "--always", "--dirty"],
@@ -531,7 +687,16 @@ def versions() -> dict[str, str]:
 def markdown_table(summaries: Sequence[Summary], n_images: int, n_bytes: int) -> list[str]:
     base = next((s.median for s in summaries if s.peer == "radnode"), None)
     mb = n_bytes / 1e6
-    header = ["peer", "median s", "min s", "images/s", "MB/s", "time / radnode"]
+    header = [
+        "peer",
+        "median s",
+        "min s",
+        "images/s",
+        "MB/s",
+        "CPU s",
+        "CPU ms/instance",
+        "time / radnode",
+    ]
     rows = []
     for s in summaries:
         ratio = f"{s.median / base:.2f}x" if base else "-"
@@ -542,6 +707,8 @@ def markdown_table(summaries: Sequence[Summary], n_images: int, n_bytes: int) ->
                 f"{s.minimum:.2f}",
                 f"{n_images / s.median:.0f}",
                 f"{mb / s.median:.0f}",
+                f"{s.cpu_median:.2f}",
+                f"{1000 * s.cpu_median / n_images:.2f}",
                 ratio,
             ]
         )
@@ -558,46 +725,59 @@ def markdown_table(summaries: Sequence[Summary], n_images: int, n_bytes: int) ->
     return [line(header), rule, *(line(r) for r in rows)]
 
 
-def verdict(summaries: Sequence[Summary]) -> str | None:
-    """radnode's speed relative to each other receiver, and to the fastest of them (medians)."""
-    by_peer = {s.peer: s for s in summaries}
-    others = [s for s in summaries if s.peer != "radnode"]
-    if "radnode" not in by_peer or not others:
-        return None
-    radnode = by_peer["radnode"].median
-    speeds = ", ".join(f"{s.median / radnode:.2f}x {s.peer}'s speed" for s in others)
-    best = min(others, key=lambda s: s.median)
-    return (
-        f"radnode runs at {speeds}; against the fastest other receiver, {best.peer}, "
-        f"it takes {radnode / best.median:.2f}x the time."
-    )
+def verdict(summaries: Sequence[Summary]) -> list[str]:
+    """Each radnode's speed relative to each other receiver, and to the fastest of them
+    (medians)."""
+    others = [s for s in summaries if not s.peer.startswith("radnode")]
+    lines = []
+    for mine in (s for s in summaries if s.peer.startswith("radnode")):
+        if not others:
+            break
+        speeds = ", ".join(f"{s.median / mine.median:.2f}x {s.peer}'s speed" for s in others)
+        best = min(others, key=lambda s: s.median)
+        lines.append(
+            f"{mine.peer} runs at {speeds}; against the fastest other receiver, {best.peer}, "
+            f"it takes {mine.median / best.median:.2f}x the time."
+        )
+    return lines
 
 
 def report(
     summaries: Sequence[Summary],
-    files: Sequence[Path],
+    studies: Sequence[Sequence[Path]],
     n_bytes: int,
     rounds: int,
     info: dict[str, str],
     vers: dict[str, str],
     today: str,
 ) -> str:
+    n_images = sum(len(files) for files in studies)
+    if len(studies) == 1:
+        what = (
+            f"{n_images} slices, {n_bytes / 1e6:.0f} MB, {rounds} round(s), "
+            "one storescu association per run."
+        )
+    else:
+        what = (
+            f"{len(studies)} storescu associations at once, each sending its own "
+            f"{len(studies[0])}-slice study: {n_images} instances, {n_bytes / 1e6:.0f} MB, "
+            f"{rounds} round(s)."
+        )
     lines = [
-        (
-            f"Result of {today}: {len(files)} slices, {n_bytes / 1e6:.0f} MB, "
-            f"{rounds} round(s), one storescu association per run."
-        ),
+        f"Result of {today}: {what}",
         "",
         (
             f"Machine: {info['nproc']} CPUs, {info['cpu']}, Linux {info['kernel']}, "
             f"Python {info['python']}."
         ),
         f"Versions: {vers['radnode']}; {vers['storescu']}; {vers['orthanc']}.",
+        "Environment: storescu TCP_NODELAY=1; "
+        + "; ".join(f"{s.peer} {s.environment}" for s in summaries)
+        + ".",
         "",
-        *markdown_table(summaries, len(files), n_bytes),
+        *markdown_table(summaries, n_images, n_bytes),
     ]
-    line = verdict(summaries)
-    if line:
+    for line in verdict(summaries):
         lines += ["", line]
     per_round = "; ".join(f"{s.peer} {', '.join(f'{t:.2f}' for t in s.times)}" for s in summaries)
     lines += ["", f"Rounds, in seconds: {per_round}."]
@@ -626,14 +806,31 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=DEFAULT_WORK_DIR,
         help=f"study cache and receivers' stores (default {DEFAULT_WORK_DIR})",
     )
+    parser.add_argument(
+        "--associations",
+        type=int,
+        default=1,
+        metavar="K",
+        help="storescu associations at once, each sending its own study (default 1)",
+    )
+    parser.add_argument(
+        "--scp-processes",
+        default="auto",
+        metavar="N|auto",
+        help="receiver processes of the radnode-multi peer (default auto: one per CPU)",
+    )
     parser.add_argument("--json", type=Path, metavar="OUT", help="write the raw timings here")
     args = parser.parse_args(argv)
     args.peers = [p.strip() for p in args.peers.split(",") if p.strip()]
     unknown = [p for p in args.peers if p not in RECEIVERS]
     if unknown or not args.peers:
         parser.error(f"unknown peer(s) {unknown}; choose from {', '.join(RECEIVERS)}")
-    if args.slices < 1 or args.rounds < 1:
-        parser.error("--slices and --rounds must be at least 1")
+    if args.slices < 1 or args.rounds < 1 or args.associations < 1:
+        parser.error("--slices, --rounds and --associations must be at least 1")
+    if args.scp_processes != "auto" and not (
+        args.scp_processes.isdigit() and int(args.scp_processes) >= 1
+    ):
+        parser.error("--scp-processes takes a number of processes (1 or more) or auto")
     return args
 
 
@@ -644,11 +841,17 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     for what, value in (*info.items(), *vers.items()):
         log(f"{what}: {value}")
 
-    files = cached_study(work_dir, args.slices)
+    studies = [
+        cached_study(work_dir, args.slices, STUDY_SEED + i) for i in range(args.associations)
+    ]
+    files = [path for study in studies for path in study]
     n_bytes = sum(p.stat().st_size for p in files)
     warm_page_cache(files)
     runs_dir = work_dir / "runs"
     runs_dir.mkdir(exist_ok=True)
+    environments = {p: RECEIVERS[p](runs_dir, args).environment() for p in args.peers}
+    for peer, environment in environments.items():
+        log(f"{peer} environment: {environment}")
 
     runs: list[Run] = []
     peers: list[str] = args.peers
@@ -656,27 +859,53 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         shift = (round_no - 1) % len(peers)
         for peer in peers[shift:] + peers[:shift]:
             log(f"round {round_no}/{args.rounds}: {peer} ...")
-            run = timed_run(peer, round_no, files, runs_dir)
+            run = timed_run(peer, round_no, studies, runs_dir, args)
             runs.append(run)
-            log(f"round {round_no}/{args.rounds}: {peer} {run.seconds:.2f} s, stored {run.stored}")
+            log(
+                f"round {round_no}/{args.rounds}: {peer} {run.seconds:.2f} s, "
+                f"CPU {run.cpu_seconds:.2f} s, stored {run.stored}"
+            )
 
-    summaries = [Summary(p, [r.seconds for r in runs if r.peer == p]) for p in peers]
+    summaries = [
+        Summary(
+            p,
+            [r.seconds for r in runs if r.peer == p],
+            [r.cpu_seconds for r in runs if r.peer == p],
+            environments[p],
+        )
+        for p in peers
+    ]
     today = dt.date.today().isoformat()
-    print(report(summaries, files, n_bytes, args.rounds, info, vers, today))
+    print(report(summaries, studies, n_bytes, args.rounds, info, vers, today))
     return {
         "date": today,
-        "slices": len(files),
+        "slices": args.slices,
+        "associations": args.associations,
+        "instances": len(files),
         "bytes": n_bytes,
         "rounds": args.rounds,
         "machine": info,
         "versions": vers,
         "storescp_flags": list(STORESCP_FLAGS),
         "peers": {
-            s.peer: {"median_s": s.median, "min_s": s.minimum, "times_s": s.times}
+            s.peer: {
+                "median_s": s.median,
+                "min_s": s.minimum,
+                "times_s": s.times,
+                "cpu_s": s.cpu,
+                "cpu_ms_per_instance": 1000 * s.cpu_median / len(files),
+                "environment": s.environment,
+            }
             for s in summaries
         },
         "runs": [
-            {"round": r.round, "peer": r.peer, "seconds": r.seconds, "stored": r.stored}
+            {
+                "round": r.round,
+                "peer": r.peer,
+                "seconds": r.seconds,
+                "cpu_seconds": r.cpu_seconds,
+                "stored": r.stored,
+            }
             for r in runs
         ],
     }

@@ -28,6 +28,8 @@ count ``max_associations`` over associations admitted after their AE checks
 (:mod:`dimse_scp.handlers`), so connections still negotiating never count.
 :class:`GuardedAssociationServer` is pynetdicom's threaded server with the guard attached:
 ``process_request`` (in the accept thread: start, hold or refuse) and three event handlers.
+With ``reuse_port`` it binds with ``SO_REUSEPORT``, so several receiver processes listen
+on one port and Linux spreads the incoming connections over them.
 """
 
 from __future__ import annotations
@@ -61,6 +63,20 @@ def lift_association_limit(ae: AE) -> None:
     """Turn off pynetdicom's count of acceptor threads (it includes connections still
     negotiating); the handlers enforce ``max_associations`` over admitted ones."""
     ae.maximum_associations = sys.maxsize
+
+
+def reuse_port_option() -> int:
+    """``SO_REUSEPORT``, where its Linux meaning holds: every socket bound with it to one
+    address gets a share of the incoming connections (Linux 3.9+). BSD and macOS accept the
+    option without spreading a TCP port's connections over its sockets, and Windows has no
+    such option: there, several processes cannot share one DICOM port."""
+    option = getattr(socket, "SO_REUSEPORT", None)
+    if not sys.platform.startswith("linux") or option is None:
+        raise OSError(
+            f"several receiver processes on one port need Linux's SO_REUSEPORT; this is "
+            f"{sys.platform}: run one process (scp_processes = 1)"
+        )
+    return int(option)
 
 
 def peer_of(client_address: Any) -> str:
@@ -315,7 +331,7 @@ def _close(sock: socket.socket) -> None:
 class GuardedAssociationServer(ThreadedAssociationServer):
     """pynetdicom's threaded association server with a :class:`NegotiationGuard`, each
     connection's PDUs bounded and its C-STORE datasets spooled to ``spool``
-    (:mod:`dimse_scp.upper_layer`)."""
+    (:mod:`dimse_scp.upper_layer`); with ``reuse_port`` bound with ``SO_REUSEPORT``."""
 
     request_queue_size = 128
     """The listen backlog. socketserver's default of 5 drops the SYNs of a burst of
@@ -327,9 +343,12 @@ class GuardedAssociationServer(ThreadedAssociationServer):
         guard: NegotiationGuard | None = None,
         spool: SpoolSettings | None = None,
         on_pdu_refused: Refused | None = None,
+        reuse_port: bool = False,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("request_handler", SpoolingRequestHandler)
+        # Read by server_bind, which the base class calls from its constructor.
+        self.reuse_port = reuse_port
         super().__init__(*args, **kwargs)
         self.guard = guard
         self.spool = spool
@@ -338,6 +357,15 @@ class GuardedAssociationServer(ThreadedAssociationServer):
             self.bind(evt.EVT_CONN_OPEN, guard.on_conn_open)
             self.bind(evt.EVT_REQUESTED, guard.on_requested)
             self.bind(evt.EVT_ESTABLISHED, guard.on_established)
+
+    def server_bind(self) -> None:
+        """pynetdicom's bind (SO_REUSEADDR, the network timeout), after ``SO_REUSEPORT``
+        when asked for: pynetdicom binds itself and skips socketserver's
+        ``allow_reuse_port``."""
+        if self.reuse_port:
+            assert self.socket is not None
+            self.socket.setsockopt(socket.SOL_SOCKET, reuse_port_option(), 1)
+        super().server_bind()
 
     def process_request(
         self,

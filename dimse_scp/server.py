@@ -70,15 +70,21 @@ def build_ae(settings: Settings, query_retrieve: bool = False) -> AE:
 class DicomServer:
     """The running SCP (one thread per association): a plain DICOM port, a DICOM TLS port
     (PS3.15 B.9), or both, serving the same AE and handlers: storage, and Query/Retrieve
-    when ``query_retrieve`` handlers are given."""
+    when ``query_retrieve`` handlers are given.
+
+    With ``reuse_port`` both ports are bound with ``SO_REUSEPORT`` (Linux), so that
+    several receiver processes serve one port (``scp_processes``)."""
 
     def __init__(
         self,
         settings: Settings,
         handlers: StorageHandlers,
         query_retrieve: QueryRetrieveHandlers | None = None,
+        *,
+        reuse_port: bool = False,
     ) -> None:
         self.settings = settings
+        self.reuse_port = reuse_port
         self.handlers = handlers
         self.query_retrieve = query_retrieve
         self.ae = build_ae(settings, query_retrieve is not None)
@@ -118,6 +124,7 @@ class DicomServer:
                 guard=self.guard,
                 spool=self._spool_settings(),
                 on_pdu_refused=self.handlers.pdu_refused,
+                reuse_port=self.reuse_port,
             )
             assert isinstance(server, GuardedAssociationServer)
             self._serve(server, "radnode-dicom")
@@ -142,6 +149,7 @@ class DicomServer:
             guard=self.guard,
             spool=self._spool_settings(),
             on_pdu_refused=self.handlers.pdu_refused,
+            reuse_port=self.reuse_port,
         )
         assert isinstance(server, TlsAssociationServer)
         server.handshake_timeout_s = s.tls_handshake_timeout_s

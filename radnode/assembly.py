@@ -56,10 +56,14 @@ def build_node(settings: Settings) -> Node:
 
 class Scp:
     """The DICOM SCP (storage, and Query/Retrieve unless turned off) and its
-    study-completion tracker."""
+    study-completion tracker.
 
-    def __init__(self, node: Node) -> None:
+    One of several receiver processes on one port (:mod:`radnode.scp_pool`) binds with
+    ``reuse_port`` and leaves the quiet-period sweep (``sweep``) to their parent."""
+
+    def __init__(self, node: Node, *, sweep: bool = True, reuse_port: bool = False) -> None:
         s = node.settings
+        self.sweep = sweep
         self.tracker = CompletionTracker(node.queue, s.quiet_period_s, node.metrics)
         access = AccessPolicy.from_settings(
             s.ae_title, s.allowed_calling_aets, s.require_called_aet
@@ -90,11 +94,12 @@ class Scp:
                 poll_interval_s=s.dimse_poll_interval_s,
                 max_find_results=s.cfind_max_results,
             )
-        self.server = DicomServer(s, handlers, query_retrieve)
+        self.server = DicomServer(s, handlers, query_retrieve, reuse_port=reuse_port)
 
     def start(self) -> None:
         self.server.start()
-        self.tracker.start()
+        if self.sweep:
+            self.tracker.start()
 
     def stop(self) -> None:
         self.tracker.stop()

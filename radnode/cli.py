@@ -33,7 +33,8 @@ from ai_node.xray_synth import SOP_CLASSES, XraySpec, write_radiographs
 from dicomweb.auth import InsecureBinding, check_exposure
 from pacs_link.scu import collect_files, echo, send_files
 from radnode.ai_commands import register as register_ai_commands
-from radnode.assembly import Background, Scp, build_node, run_http, serve_metrics
+from radnode.assembly import Background, build_node, run_http, serve_metrics
+from radnode.scp_pool import ScpPool, ScpPoolError, receiver
 from radnode_core import __version__, schema
 from radnode_core.index import make_engine
 from radnode_core.logs import configure_logging
@@ -72,6 +73,12 @@ def _node_options(parser: argparse.ArgumentParser) -> None:
         type=float,
         help="seconds without a new instance after which a study is complete (default 2)",
     )
+    g.add_argument(
+        "--scp-processes",
+        type=_processes,
+        metavar="N|auto",
+        help="receiver processes on the DICOM port (Linux; default 1; auto: one per CPU)",
+    )
     g.add_argument("--log-level", help="DEBUG, INFO, WARNING (default INFO)")
     g.add_argument("--log-format", choices=["json", "text"], help="log line format (default json)")
 
@@ -85,9 +92,22 @@ _SETTING_ARGS = (
     "http_port",
     "allowed_calling_aets",
     "quiet_period_s",
+    "scp_processes",
     "log_level",
     "log_format",
 )
+
+
+def _processes(value: str) -> int | str:
+    if value == "auto":
+        return value
+    try:
+        count = int(value)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise argparse.ArgumentTypeError("a number of processes (1 or more) or auto")
+    return count
 
 
 def load_settings(args: argparse.Namespace) -> Settings:
@@ -146,13 +166,24 @@ def _check_http_exposure(settings: Settings) -> bool:
     return True
 
 
+def _crashed(scp: object) -> bool:
+    """Whether a receiver process ended on its own (the store is then reconciled at the
+    next start)."""
+    return isinstance(scp, ScpPool) and scp.crashed
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     if not _check_http_exposure(args.settings):
         return 2
     node = build_node(args.settings)
     node.recover()
-    scp = Scp(node)
-    scp.start()
+    scp = receiver(node)
+    try:
+        scp.start()
+    except ScpPoolError as exc:
+        print(f"radnode: {exc}", file=sys.stderr)
+        node.close(clean=False)
+        return 2
     background = Background(node)
     background.start()
     stop_metrics = serve_metrics(node)
@@ -162,16 +193,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
         stop_metrics()
         background.stop()
         scp.stop()
-        node.close()
+        node.close(clean=not _crashed(scp))
     return 0
 
 
 def cmd_scp(args: argparse.Namespace) -> int:
     node = build_node(args.settings)
     node.recover()
-    scp = Scp(node)
+    scp = receiver(node)
     stop = _stop_on_signal()
-    scp.start()
+    try:
+        scp.start()
+    except ScpPoolError as exc:
+        print(f"radnode: {exc}", file=sys.stderr)
+        node.close(clean=False)
+        return 2
     stop_metrics = serve_metrics(node)
     try:
         while not stop.wait(0.5):
@@ -179,7 +215,7 @@ def cmd_scp(args: argparse.Namespace) -> int:
     finally:
         stop_metrics()
         scp.stop()
-        node.close()
+        node.close(clean=not _crashed(scp))
     return 0
 
 

@@ -154,6 +154,11 @@ class Metrics:
             ["reason"],
             registry=self.registry,
         )
+        self.scp_process_restarts = Counter(
+            "radnode_scp_process_restarts",
+            "Receiver processes (scp_processes) restarted after they ended on their own.",
+            registry=self.registry,
+        )
         self.store_seconds = Histogram(
             "radnode_store_seconds",
             "Time to validate, write, fsync and index one instance.",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
@@ -186,6 +186,14 @@ class Settings(BaseSettings):
         ge=1,
         description="Associations served at once; more are rejected (transient). Connections "
         "still sending their association request do not count (max_negotiating_per_peer).",
+    )
+    scp_processes: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        1,
+        description="Receiver processes of `radnode scp` and `radnode serve`, all on the "
+        "DICOM port(s) (SO_REUSEPORT: Linux only) over the same store and index; auto: one "
+        "per CPU this process may use (its affinity, capped by a cgroup v2 CPU limit). "
+        "max_associations, max_associations_per_aet and "
+        "max_negotiating_per_peer hold per process. See docs/deployment.md.",
     )
     network_timeout_s: float = Field(
         60.0, gt=0, description="Seconds an association may stay silent before it is aborted."

@@ -55,3 +55,46 @@ def test_ingest_benchmark_stores_every_instance_in_every_peer(tmp_path: Path) ->
         assert run["stored"], run
         assert all(count == SLICES for count in run["stored"].values()), run
     assert "| radnode " in result.stdout  # the Markdown table for docs/benchmarks.md
+
+
+def test_ingest_benchmark_several_associations_at_once(tmp_path: Path) -> None:
+    """Two modalities at once into two radnode receiver processes and storescp: every
+    instance of both studies stored, and each receiver's CPU time and environment given."""
+    out = tmp_path / "ingest.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "ingest.py"),
+            "--slices",
+            str(SLICES),
+            "--rounds",
+            "1",
+            "--associations",
+            "2",
+            "--scp-processes",
+            "2",
+            "--peers",
+            "radnode-multi,storescp",
+            "--work-dir",
+            str(tmp_path / "work"),
+            "--json",
+            str(out),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=REPO,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    report = json.loads(out.read_text())
+    assert (report["associations"], report["instances"]) == (2, 2 * SLICES)
+    for run in report["runs"]:
+        assert all(count == 2 * SLICES for count in run["stored"].values()), run
+        # /proc counts in clock ticks: storescp may spend less than one on 10 instances.
+        assert run["cpu_seconds"] > 0 or run["peer"] == "storescp", run
+    assert "scp_processes=2" in report["peers"]["radnode-multi"]["environment"]
+    assert report["peers"]["storescp"]["environment"] == "TCP_NODELAY=1"
+    assert "| radnode-multi " in result.stdout
+    assert "CPU ms/instance" in result.stdout

@@ -705,19 +705,29 @@ _TYPE_NAMES = {str: "string", int: "integer", float: "number", bool: "boolean", 
 
 def _type_text(annotation: Any) -> str:
     origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        base, *extras = typing.get_args(annotation)
+        metadata = [m for e in extras for m in (e.metadata if isinstance(e, FieldInfo) else [e])]
+        return _type_text(base) + _constraint_text(metadata)
     if origin is Literal:
         return " or ".join(f"`{a}`" for a in typing.get_args(annotation))
     if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        return " or ".join(_type_text(a) for a in args) + " (optional)"
+        every = typing.get_args(annotation)
+        args = [a for a in every if a is not type(None)]
+        optional = " (optional)" if len(args) < len(every) else ""
+        return " or ".join(_type_text(a) for a in args) + optional
     if origin is list:
         return f"list of {_type_text(typing.get_args(annotation)[0])}"
     return _TYPE_NAMES.get(annotation, getattr(annotation, "__name__", str(annotation)))
 
 
 def _constraints(info: FieldInfo) -> str:
+    return _constraint_text(info.metadata)
+
+
+def _constraint_text(metadata: list[Any]) -> str:
     words = []
-    for item in info.metadata:
+    for item in metadata:
         if isinstance(item, annotated_types.Ge):
             words.append(f">= {item.ge}")
         elif isinstance(item, annotated_types.Gt):

@@ -19,13 +19,17 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import requests
 
 from benchmarks.analysis import _study, _warm_files, start_serve
 from pacs_link import client
+from radnode_core.settings import PacsPeer
 from tests.support.orthanc_peer import STACK_CONFIG, OrthancPacs
 from tests.support.processes import free_port, stop_process, wait_port
+
+NODELAY_ENV = {**os.environ, "TCP_NODELAY": "1"}
 
 
 def _sr_found(orthanc: OrthancPacs, session: requests.Session, study_uid: str) -> bool:
@@ -134,3 +138,133 @@ def orthanc_version() -> str:
     except OSError:
         return "?"
     return out.split("+")[0] or "?"
+
+
+def _wado_series(node: Any, peer: PacsPeer, study_uid: str) -> int:
+    """Whole series by WADO-RS (one multipart response per series), each part stored."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    web = client.dicomweb(peer)
+    count = 0
+    for series in web.search_for_series(study_instance_uid=study_uid):
+        series_uid = series["0020000E"]["Value"][0]
+        for ds in web.iter_series(study_uid, series_uid):
+            ts = ds.file_meta.TransferSyntaxUID
+            buf = DicomBytesIO()
+            buf.is_little_endian, buf.is_implicit_VR = ts.is_little_endian, ts.is_implicit_VR
+            write_dataset(buf, ds)
+            node.ingestor.ingest(buf.getvalue(), str(ts), source="pacs", calling_aet="ORTHANC")
+            count += 1
+    return count
+
+
+def fetch_benchmark(slices: int, size: int, work_dir: Path, widths: list[int]) -> str:
+    """Seconds to get one study from an Orthanc that holds it into radnode's store, each
+    way: instance by instance (the follower before), the follower's pooled fetch streamed
+    to disk at several widths, whole-series WADO-RS, and Orthanc pushing the study by
+    C-STORE to radnode's SCP (``/modalities/radnode/store``)."""
+    from concurrent.futures import wait
+
+    from pacs_link.changes import split_part10
+    from pacs_link.fetch import InstanceFetcher
+    from radnode.assembly import build_node
+    from radnode_core.settings import Settings
+
+    storescu = shutil.which("storescu")
+    if storescu is None:
+        raise RuntimeError("storescu (dcmtk) is not installed")
+    uid, files = _study(work_dir, slices, size, seed=400)
+    tmp = Path(tempfile.mkdtemp(prefix="radnode-fetch-"))
+    dicom_port, http_port = free_port(), free_port()
+    orthanc = OrthancPacs(tmp / "orthanc", radnode_port=dicom_port, env=NODELAY_ENV)
+    orthanc.start()
+    rows: list[tuple[str, float]] = []
+    proc = None
+    log = (tmp / "radnode.log").open("wb")
+    try:
+        _send(storescu, orthanc.dicom_port, "ORTHANC", files)
+        peer = orthanc.peer()
+        session = client.session(peer)
+        found = session.post(f"{orthanc.rest}/tools/lookup", data=uid, timeout=30).json()
+        study_id = found[0]["ID"]
+        listing = session.get(f"{orthanc.rest}/studies/{study_id}/instances", timeout=30)
+        ids = [i["ID"] for i in listing.json()]
+        for instance_id in ids:  # Orthanc's files in the page cache for every variant
+            session.get(f"{orthanc.rest}/instances/{instance_id}/file", timeout=30).close()
+
+        def fresh(name: str) -> Any:
+            return build_node(Settings(data_dir=tmp / name, pacs_peers=[peer]))
+
+        node = fresh("sequential")
+        api = client.orthanc(peer)
+        t0 = time.perf_counter()
+        for instance_id in ids:
+            tags = api.get_json(f"instances/{instance_id}")
+            node.index.find_instance(tags["MainDicomTags"]["SOPInstanceUID"])
+            raw, ts, _ = split_part10(api.get_binary(f"instances/{instance_id}/file"))
+            node.ingestor.ingest(raw, ts, source="pacs", calling_aet="ORTHANC")
+        rows.append(
+            ("instance by instance, in memory (the follower before)", time.perf_counter() - t0)
+        )
+        node.close()
+
+        for n in widths:
+            node = fresh(f"pool{n}")
+            fetcher = InstanceFetcher(node, peer, n)
+            t0 = time.perf_counter()
+            futures = [fetcher.submit(i) for i in ids]
+            wait(futures)
+            elapsed = time.perf_counter() - t0
+            stored = sum(f.result() is not None for f in futures)
+            fetcher.close()
+            node.close()
+            rows.append((f"pooled, streamed to disk, {n} at a time ({stored} stored)", elapsed))
+
+        node = fresh("wado")
+        t0 = time.perf_counter()
+        stored = _wado_series(node, peer, uid)
+        rows.append(
+            (f"whole series by WADO-RS, multipart ({stored} stored)", time.perf_counter() - t0)
+        )
+        node.close()
+
+        proc = start_serve(tmp / "push", dicom_port, http_port, log, NODELAY_ENV)
+        wait_port(dicom_port, proc)
+        t0 = time.perf_counter()
+        pushed = session.post(
+            f"{orthanc.rest}/modalities/radnode/store",
+            json={"Resources": [study_id], "Synchronous": True},
+            timeout=600,
+        )
+        pushed.raise_for_status()
+        rows.append(("Orthanc pushes by C-STORE to radnode's SCP", time.perf_counter() - t0))
+    finally:
+        if proc is not None:
+            stop_process(proc)
+        log.close()
+        orthanc.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    lines = [
+        f"{len(files)} slices of {size}x{size} already in Orthanc {orthanc_version()} "
+        f"(TCP_NODELAY=1); each row into a fresh radnode store (fsync on).",
+        "",
+        "| way | seconds | instances/s |",
+        "|---|---:|---:|",
+    ]
+    lines += [f"| {name} | {secs:.2f} | {len(files) / secs:.0f} |" for name, secs in rows]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.pacs")
+    parser.add_argument("kind", choices=["fetch"])
+    parser.add_argument("--slices", type=int, default=300)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--widths", default="1,2,4,8")
+    parser.add_argument("--work-dir", type=Path, default=Path("bench-work"))
+    a = parser.parse_args()
+    widths = [int(w) for w in a.widths.split(",")]
+    print(fetch_benchmark(a.slices, a.size, a.work_dir, widths))

@@ -58,6 +58,15 @@ class PacsPeer(BaseModel):
         description="While following the feed, fetch each new instance as it arrives, so a "
         "study is already here when the PACS declares it stable.",
     )
+    fetch_workers: int = Field(
+        4, ge=1, le=16, description="Instances fetched from this PACS at the same time."
+    )
+    quiet_s: float = Field(
+        1.0,
+        gt=0,
+        description="A prefetched study with no new instance in the feed for this long is "
+        "complete, unless the PACS's StableStudy comes first.",
+    )
     tls_verify: bool = Field(True, description="Verify the HTTPS server certificate.")
     tls_ca_file: Path | None = Field(None, description="CA bundle for HTTPS and DICOM TLS.")
     tls_cert_file: Path | None = Field(None, description="Client certificate (mutual TLS).")

@@ -11,7 +11,6 @@ runs from ``deploy/orthanc/orthanc.json`` (StableAge as configured there).
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import statistics
@@ -26,7 +25,7 @@ import requests
 from benchmarks.analysis import _study, _warm_files, start_serve
 from pacs_link import client
 from radnode_core.settings import PacsPeer
-from tests.support.orthanc_peer import STACK_CONFIG, OrthancPacs
+from tests.support.orthanc_peer import OrthancPacs
 from tests.support.processes import free_port, stop_process, wait_port
 
 NODELAY_ENV = {**os.environ, "TCP_NODELAY": "1"}
@@ -42,14 +41,33 @@ def _sr_found(orthanc: OrthancPacs, session: requests.Session, study_uid: str) -
     return response.status_code == 200 and bool(response.content) and bool(response.json())
 
 
+def _whole_study_sr(
+    orthanc: OrthancPacs, session: requests.Session, http_port: int, uid: str, slices: int
+) -> bool:
+    """The SR of the whole study is in Orthanc: radnode's result covers every slice (not a
+    study completed early while the sender stalled), its SR row is delivered, and Orthanc's
+    QIDO-RS finds it."""
+    api = f"http://127.0.0.1:{http_port}/api"
+    result = requests.get(f"{api}/studies/{uid}/result", timeout=10)
+    if result.status_code != 200:
+        return False
+    body = result.json()
+    if body.get("status") != "done" or body.get("version") != slices:
+        return False
+    outbox = requests.get(f"{api}/outbox", params={"study_uid": uid}, timeout=10).json()
+    srs = [item for item in outbox["items"] if item["kind"] == "sr"]
+    if not srs or any(item["state"] != "delivered" for item in srs):
+        return False
+    return _sr_found(orthanc, session, uid)
+
+
 def _send(storescu: str, port: int, called: str, files: list[Path]) -> float:
-    env = {**os.environ, "TCP_NODELAY": "1"}
     t0 = time.perf_counter()
     sent = subprocess.run(
         [storescu, "-aet", "MODALITY", "-aec", called, "127.0.0.1", str(port), *map(str, files)],
         capture_output=True,
         text=True,
-        env=env,
+        env=NODELAY_ENV,
     )
     if sent.returncode != 0:
         raise RuntimeError(f"storescu to {called} failed: {sent.stderr[-500:]}")
@@ -64,13 +82,9 @@ def orthanc_e2e_benchmark(slices: int, size: int, runs: int, work_dir: Path) -> 
     path2 = [_study(work_dir, slices, size, seed=300 + i) for i in range(runs)]
     tmp = Path(tempfile.mkdtemp(prefix="radnode-e2e-orthanc-"))
     dicom_port, http_port = free_port(), free_port()
-    orthanc = OrthancPacs(tmp / "orthanc", radnode_port=dicom_port)
+    orthanc = OrthancPacs(tmp / "orthanc", radnode_port=dicom_port, env=NODELAY_ENV)
     orthanc.start()
-    env = {
-        **os.environ,
-        "TCP_NODELAY": "1",
-        "RADNODE_PACS_PEERS": orthanc.peer_json(follow_changes=True),
-    }
+    env = {**NODELAY_ENV, "RADNODE_PACS_PEERS": orthanc.peer_json(follow_changes=True)}
     log = (tmp / "radnode.log").open("wb")
     proc = start_serve(tmp / "data", dicom_port, http_port, log, env)
     session = client.session(orthanc.peer())
@@ -98,7 +112,7 @@ def orthanc_e2e_benchmark(slices: int, size: int, runs: int, work_dir: Path) -> 
                 _warm_files(files)
                 send_s = _send(storescu, port, called, files)
                 t1 = time.perf_counter()
-                while not _sr_found(orthanc, session, uid):
+                while not _whole_study_sr(orthanc, session, http_port, uid, len(files)):
                     if time.perf_counter() - t1 > 600 or proc.poll() is not None:
                         raise RuntimeError(f"no SR in Orthanc for {uid}; see {tmp}/radnode.log")
                     time.sleep(0.05)
@@ -108,14 +122,15 @@ def orthanc_e2e_benchmark(slices: int, size: int, runs: int, work_dir: Path) -> 
         log.close()
         orthanc.stop()
         shutil.rmtree(tmp, ignore_errors=True)
-    stable_age = json.loads(STACK_CONFIG.read_text())["StableAge"]
     lines = [
-        f"{slices} slices of {size}x{size} per study, one storescu association each "
-        f"(TCP_NODELAY=1); Orthanc {orthanc_version()} from deploy/orthanc/orthanc.json "
-        f"(StableAge {stable_age} s, SQLite index, authentication on); `radnode serve` "
-        "defaults with the PACS peer (changes feed polled every 0.5 s, STOW-RS delivery).",
+        f"{slices} slices of {size}x{size} per study, one storescu association each; "
+        f"Orthanc {orthanc_version()} from deploy/orthanc/orthanc.json (SQLite index, "
+        "authentication on); `radnode serve` defaults with the PACS peer (STOW-RS delivery).",
         "",
-        "| path | round | send (s) | last C-STORE response -> SR found by QIDO in Orthanc (s) |",
+        *environments(orthanc, env),
+        "",
+        "| path | round | send (s) | last C-STORE response -> whole study's SR found by QIDO "
+        "in Orthanc (s) |",
         "|---|---:|---:|---:|",
     ]
     lines += [f"| {p} | {r} | {s:.2f} | {w:.2f} |" for p, r, s, w in rows]
@@ -125,9 +140,60 @@ def orthanc_e2e_benchmark(slices: int, size: int, runs: int, work_dir: Path) -> 
         warm = waits[1:] or waits
         lines.append(
             f"Median, path {name.split(':')[0]} (rounds 2-{len(waits)}, warm): "
-            f"{statistics.median(warm):.2f} s (all rounds: {statistics.median(waits):.2f} s)."
+            f"{statistics.median(warm):.2f} s (all rounds: median "
+            f"{statistics.median(waits):.2f} s, longest {max(waits):.2f} s)."
         )
     return "\n".join(lines)
+
+
+def environments(orthanc: OrthancPacs, radnode_env: dict[str, str]) -> list[str]:
+    """Each peer's environment and the settings that bear on the figure, as it ran."""
+    from radnode_core.settings import Settings
+
+    config = orthanc.config()
+    defaults = {"TcpNoDelay": True, "KeepAlive": True, "HttpThreadsCount": 50}
+    orthanc_keys = {k: config.get(k, v) for k, v in defaults.items()}
+    peer = orthanc.peer(follow_changes=True)
+    settings = Settings(data_dir=Path(tempfile.gettempdir()))
+
+    def line(name: str, env: dict[str, str] | None, values: dict[str, object]) -> str:
+        nodelay = (env if env is not None else os.environ).get("TCP_NODELAY", "unset")
+        return f"- {name}: TCP_NODELAY={nodelay}, " + ", ".join(
+            f"{k}={v}" for k, v in values.items()
+        )
+
+    return [
+        "Environments:",
+        "",
+        line("storescu", NODELAY_ENV, {"dcmtk": tool_version("storescu")}),
+        line(
+            "Orthanc",
+            orthanc.env,
+            {"StableAge": f"{config['StableAge']} s", **orthanc_keys, "index": "SQLite"},
+        ),
+        line(
+            "radnode serve",
+            radnode_env,
+            {
+                "changes_poll_s": settings.changes_poll_s,
+                "fetch_workers": peer.fetch_workers,
+                "quiet_s (PACS peer)": peer.quiet_s,
+                "quiet_period_s": settings.quiet_period_s,
+                "worker_poll_s": settings.worker_poll_s,
+                "outbox_poll_s": settings.outbox_poll_s,
+                "cores": os.cpu_count(),
+            },
+        ),
+    ]
+
+
+def tool_version(tool: str) -> str:
+    try:
+        out = subprocess.run([tool, "--version"], capture_output=True, text=True).stdout
+    except OSError:
+        return "?"
+    first = out.splitlines()[0] if out else "?"
+    return first.split("v", 1)[-1].split()[0] if "v" in first else first
 
 
 def orthanc_version() -> str:

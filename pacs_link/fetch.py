@@ -142,6 +142,9 @@ class InstanceFetcher:
         s: requests.Session | None = getattr(self._local, "session", None)
         if s is None:
             s = self._local.session = client.session(self.peer)
+            # Orthanc gzips a response for any client that accepts it: ~100 ms of its CPU
+            # for each 0.5 MB slice, against ~3 ms to send it as it is on disk.
+            s.headers["Accept-Encoding"] = "identity"
         return s
 
     def fetch(self, orthanc_id: str) -> str | None:

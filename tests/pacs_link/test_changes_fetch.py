@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 from ai_node.synth import StudySpec, write_study
 from pacs_link import fetch
@@ -81,7 +81,7 @@ def test_instances_are_fetched_as_they_arrive_and_the_study_queued_once_quiet(
         later.save_as(tmp_path / "later.dcm")
         sent = storescu(orthanc.dicom_port, [tmp_path / "later.dcm"], called="ORTHANC")
         assert sent.returncode == 0, sent.stderr
-        jobs = wait_for(lambda: len(queued()) == 2, timeout=20, interval=0.05)
+        wait_for(lambda: len(queued()) == 2, timeout=20, interval=0.05, what="queued again")
         assert _stored(node, uid) == len(files) + 1
         assert [j["version"] for j in node.queue.jobs_for(uid)] == [len(files), len(files) + 1]
     finally:
@@ -171,7 +171,7 @@ def _large_instance(frames: int) -> bytes:
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7.3"
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = UID("1.2.840.10008.5.1.4.1.1.7.3")
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
     ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
     ds.PatientID, ds.PatientName, ds.Modality = "BIG", "Big^Instance", "OT"

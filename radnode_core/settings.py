@@ -59,7 +59,7 @@ class PacsPeer(BaseModel):
         "study is already here when the PACS declares it stable.",
     )
     fetch_workers: int = Field(
-        4, ge=1, le=16, description="Instances fetched from this PACS at the same time."
+        8, ge=1, le=16, description="Instances fetched from this PACS at the same time."
     )
     quiet_s: float = Field(
         1.0,

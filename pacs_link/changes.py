@@ -154,17 +154,12 @@ class ChangesFollower:
     def prefetch_instance(self, orthanc_id: str) -> Future[str | None]:
         """Fetch one instance as soon as the PACS has it, in the background (a failure is
         remembered: the study then waits for its StableStudy, which fetches what is missing)."""
-        future = self.fetcher.submit(orthanc_id)
-        future.add_done_callback(lambda f: self._prefetched(orthanc_id, f))
-        return future
+        return self.fetcher.submit(orthanc_id, on_failed=self._prefetch_failed)
 
-    def _prefetched(self, orthanc_id: str, future: Future[str | None]) -> None:
-        exc = future.exception()
-        if exc is None:
-            return
+    def _prefetch_failed(self, orthanc_id: str, error: BaseException) -> None:
         logger.warning(
             "prefetch from PACS failed; the study waits for its StableStudy",
-            extra={"peer": self.peer.name, "id": orthanc_id, "error": str(exc)},
+            extra={"peer": self.peer.name, "id": orthanc_id, "error": str(error)},
         )
         with self._lock:
             self._failed.add(orthanc_id)

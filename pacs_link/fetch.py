@@ -21,7 +21,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -108,21 +108,39 @@ class InstanceFetcher:
         with self._lock:
             return self._pending
 
-    def submit(self, orthanc_id: str) -> Future[str | None]:
+    def submit(
+        self, orthanc_id: str, on_failed: Callable[[str, BaseException], None] | None = None
+    ) -> Future[str | None]:
         """Queue one instance; blocks while ``2 * workers`` fetches are already queued or
-        running. The future gives the study UID when it was stored, None when not."""
+        running. The future gives the study UID when it was stored, None when not.
+        ``on_failed(orthanc_id, error)`` runs for a fetch that failed or was cancelled,
+        before the fetch stops counting as pending."""
         self._slots.acquire()
         with self._lock:
             self._pending += 1
         try:
             future = self._pool.submit(self.fetch, orthanc_id)
         except BaseException:
-            self._release(None)
+            self._release()
             raise
-        future.add_done_callback(self._release)
+        future.add_done_callback(lambda f: self._finish(orthanc_id, f, on_failed))
         return future
 
-    def _release(self, _future: Future[str | None] | None) -> None:
+    def _finish(
+        self,
+        orthanc_id: str,
+        future: Future[str | None],
+        on_failed: Callable[[str, BaseException], None] | None,
+    ) -> None:
+        try:
+            if on_failed is not None:
+                error = CancelledError() if future.cancelled() else future.exception()
+                if error is not None:
+                    on_failed(orthanc_id, error)
+        finally:
+            self._release()
+
+    def _release(self) -> None:
         with self._lock:
             self._pending -= 1
         self._slots.release()

@@ -25,9 +25,10 @@ DuplicatePolicy = Literal["keep_first", "replace"]
 class PacsPeer(BaseModel):
     """One PACS radnode sends results to and/or learns new studies from (Orthanc here).
 
-    DICOMweb (``dicomweb_url``: STOW-RS out, QIDO/WADO-RS in) and/or DIMSE
-    (``ae_title``/``host``/``port``: C-STORE out). ``rest_url`` is Orthanc's REST root,
-    whose ``/changes`` feed tells radnode of stable studies.
+    DICOMweb (``dicomweb_url``: STOW-RS out) and/or DIMSE
+    (``ae_title``/``host``/``port``: C-STORE out). ``rest_url`` is Orthanc's REST root:
+    its ``/changes`` feed tells radnode of new instances and stable studies, which the
+    follower fetches from it.
     """
 
     model_config = ConfigDict(extra="forbid")

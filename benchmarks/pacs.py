@@ -206,7 +206,12 @@ def environments(orthanc: OrthancPacs, radnode_env: dict[str, str]) -> list[str]
     from radnode_core.settings import Settings
 
     config = orthanc.config()
-    defaults = {"TcpNoDelay": True, "KeepAlive": True, "HttpThreadsCount": 50}
+    defaults = {
+        "TcpNoDelay": True,
+        "KeepAlive": True,
+        "HttpThreadsCount": 50,
+        "HttpCompressionEnabled": True,
+    }
     orthanc_keys = {k: config.get(k, v) for k, v in defaults.items()}
     peer = orthanc.peer(follow_changes=True)
     settings = Settings(data_dir=Path(tempfile.gettempdir()))

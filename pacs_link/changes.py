@@ -1,17 +1,26 @@
-"""Follow an Orthanc's ``/changes`` feed: each StableStudy is fetched by WADO-RS,
-stored through the node's durable ingest path and queued once for analysis.
+"""Follow an Orthanc's ``/changes`` feed: the instances it receives are fetched
+while it receives them, stored through the node's durable ingest path, and each
+study is queued for analysis once it is complete.
 
-With ``prefetch`` (the default) each NewInstance is fetched as it arrives (its
-Part 10 file from Orthanc's REST API, stored as received), so when the study
-becomes stable it is already here and only what was missed goes by WADO-RS: the
-fetch is off the path from the last instance to the result.
+Fetching (:mod:`pacs_link.fetch`): each NewInstance is fetched as it appears in
+the feed (with ``prefetch``, the default), a few at a time, each Part 10 file
+streamed to disk. A StableStudy fetches whatever of the study the node still
+lacks the same way, and fails (to be retried) if any of it cannot be fetched.
+
+Completion: whichever comes first of the PACS's StableStudy (Orthanc's
+``StableAge`` after its last instance) and the follower's own quiet period
+(``quiet_s`` of the peer, shorter than a usual StableAge): no new instance of the
+study in the feed for that long, the feed read to its end and no fetch
+outstanding. A study completed early that gets more instances later is queued
+again for them, as a new version.
 
 The last sequence number processed is kept in the index (``pacs_state``) and
 advanced only after a change is handled, so a restarted follower resumes where
 it stopped: no study is missed, and none is fetched twice (instances the node
 already holds are skipped, and a study is queued only when it has instances no
-job covered). A first start begins at the end of the feed: the PACS's history
-is not analysed wholesale.
+job covered). An instance whose fetch failed is covered by its study's
+StableStudy, which comes later in the feed. A first start begins at the end of
+the feed: the PACS's history is not analysed wholesale.
 
 Feedback loops: instances the node already holds (its own SR and the originals
 it forwarded) are never fetched back; SRs from the PACS are stored with
@@ -28,21 +37,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import defaultdict
-from io import BytesIO
+from concurrent.futures import Future
 from typing import Any
 
 from orthanc_api_client import exceptions as orthanc_errors
-from pydicom import Dataset
-from pydicom.filebase import DicomBytesIO
-from pydicom.filereader import read_dataset
-from pydicom.filewriter import write_dataset
-from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from pacs_link import client
+from pacs_link.fetch import FetchFailed, InstanceFetcher, part10_header
 from pacs_link.lease import Lease
 from pacs_link.outbox import get_state, set_state
-from radnode_core.ingest import IngestError
 from radnode_core.node import Node
 from radnode_core.settings import PacsPeer
 
@@ -50,49 +53,25 @@ logger = logging.getLogger(__name__)
 
 STABLE_STUDY = "StableStudy"
 NEW_INSTANCE = "NewInstance"
-SR_CLASS_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
 SEQ_KEY = "changes_seq"
 LEASE_KEY = "changes_lease"
 LEASE_MIN_S = 30.0
 """Shortest follower lease: a holder that stops renewing is replaced after this long."""
-
-
-def encoded(ds: Dataset) -> tuple[bytes, str]:
-    """A retrieved dataset as the bytes a C-STORE would carry, in its transfer syntax."""
-    meta = getattr(ds, "file_meta", None)
-    ts = UID(str(meta.TransferSyntaxUID)) if meta and "TransferSyntaxUID" in meta else None
-    if ts is None or ts == "1.2.840.10008.1.2.1.99":  # unknown or deflated: re-encode
-        ts = ExplicitVRLittleEndian
-    buf = DicomBytesIO()
-    buf.is_little_endian = ts.is_little_endian
-    buf.is_implicit_VR = ts.is_implicit_VR
-    write_dataset(buf, ds)
-    return buf.getvalue(), str(ts)
+CHANGES_BATCH = 500
+ACTIVE_POLL_S = 0.1
+"""Feed poll interval while a study is arriving (fetches outstanding or a study not yet
+complete): new instances are fetched within this of Orthanc storing them."""
 
 
 def split_part10(part10: bytes) -> tuple[bytes, str, str]:
     """(dataset bytes, transfer syntax UID, SOP Class UID) of a Part 10 file (PS3.10 7.1):
     the bytes after the File Meta Information, exactly as a C-STORE would carry them."""
-    if len(part10) < 144 or part10[128:132] != b"DICM":
-        raise ValueError("not a DICOM Part 10 file")
-    # (0002,0000) File Meta Information Group Length, explicit VR little endian UL
-    if part10[132:138] != b"\x02\x00\x00\x00UL":
-        raise ValueError("File Meta Information does not start with its group length")
-    end = 144 + int.from_bytes(part10[140:144], "little")
-    meta = read_dataset(BytesIO(part10[132:end]), is_implicit_VR=False, is_little_endian=True)
-    ts = str(meta.get("TransferSyntaxUID", ""))
-    if not ts:
-        raise ValueError("File Meta Information without Transfer Syntax UID")
-    return part10[end:], ts, str(meta.get("MediaStorageSOPClassUID", ""))
+    offset, ts, sop_class = part10_header(part10[: 144 + (1 << 16)])
+    return part10[offset:], ts, sop_class
 
 
 class LeaseLost(RuntimeError):
     """Another process took the follower lease over during a batch: stop following."""
-
-
-def _tag(item: dict[str, Any], tag: str) -> str | None:
-    values = item.get(tag, {}).get("Value") or []
-    return str(values[0]) if values else None
 
 
 class ChangesFollower:
@@ -103,11 +82,15 @@ class ChangesFollower:
         self.backoff_max_s = float(node.settings.outbox_backoff_max_s)
         self.status = client.PeerStatus(node.index)
         self._orthanc: Any = None
-        self._web: Any = None
+        self._fetcher: InstanceFetcher | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.lease = Lease(node.index, peer.name, LEASE_KEY, max(LEASE_MIN_S, 10 * self.poll_s))
         self.leading = False
+        self._lock = threading.Lock()
+        self._arrived: dict[str, float] = {}  # study UID -> when its last instance was stored
+        self._failed: set[str] = set()  # Orthanc ids of instances whose fetch failed
+        self._caught_up = False
 
     @property
     def orthanc(self) -> Any:
@@ -116,10 +99,16 @@ class ChangesFollower:
         return self._orthanc
 
     @property
-    def web(self) -> Any:
-        if self._web is None:
-            self._web = client.dicomweb(self.peer)
-        return self._web
+    def fetcher(self) -> InstanceFetcher:
+        if self._fetcher is None:
+            self._fetcher = InstanceFetcher(
+                self.node, self.peer, self.peer.fetch_workers, on_stored=self._stored
+            )
+        return self._fetcher
+
+    def _stored(self, study_uid: str) -> None:
+        with self._lock:
+            self._arrived[study_uid] = time.monotonic()
 
     def last_seq(self) -> int:
         seq = get_state(self.node.index, self.peer.name, SEQ_KEY)
@@ -133,9 +122,10 @@ class ChangesFollower:
         return int(seq)
 
     def run_once(self) -> int:
-        """Handle the changes after the persisted sequence number; returns how many."""
+        """Handle the changes after the persisted sequence number, then queue the studies
+        that have gone quiet; returns how many changes."""
         since = self.last_seq()
-        changes, last, _done = self.orthanc.get_changes(since=since, limit=100)
+        changes, last, done = self.orthanc.get_changes(since=since, limit=CHANGES_BATCH)
         seq = since
         for change in changes:
             if not self.leading:
@@ -149,11 +139,59 @@ class ChangesFollower:
         seq = max(seq, int(last or 0))
         if seq > since:
             set_state(self.node.index, self.peer.name, SEQ_KEY, seq)
+        self._caught_up = bool(done) or not changes
+        self.complete_quiet_studies()
         self.status.record(self.peer, None)
         return len(changes)
 
+    @property
+    def arriving(self) -> bool:
+        """True while fetches are outstanding or a fetched study is not queued yet."""
+        with self._lock:
+            waiting = bool(self._arrived)
+        return waiting or (self._fetcher is not None and self._fetcher.pending > 0)
+
+    def prefetch_instance(self, orthanc_id: str) -> Future[str | None]:
+        """Fetch one instance as soon as the PACS has it, in the background (a failure is
+        remembered: the study then waits for its StableStudy, which fetches what is missing)."""
+        return self.fetcher.submit(orthanc_id, on_failed=self._prefetch_failed)
+
+    def _prefetch_failed(self, orthanc_id: str, error: BaseException) -> None:
+        logger.warning(
+            "prefetch from PACS failed; the study waits for its StableStudy",
+            extra={"peer": self.peer.name, "id": orthanc_id, "error": str(error)},
+        )
+        with self._lock:
+            self._failed.add(orthanc_id)
+
+    def complete_quiet_studies(self, now: float | None = None) -> list[int]:
+        """Queue each fetched study with no new instance for the peer's ``quiet_s``, once
+        the feed is read to its end and no fetch is outstanding (an outstanding one may be
+        of that study). Not while a prefetch has failed: StableStudy then fetches the rest."""
+        if not self._caught_up or (self._fetcher is not None and self._fetcher.pending):
+            return []
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            if self._failed:
+                return []
+            due = [uid for uid, t in self._arrived.items() if now - t >= self.peer.quiet_s]
+            for uid in due:
+                del self._arrived[uid]
+        jobs = []
+        for study_uid in due:
+            job_id = self.node.queue.enqueue_if_due(study_uid, "pacs")
+            if job_id is not None:
+                jobs.append(job_id)
+                self.node.metrics.pacs_studies_fetched.labels(peer=self.peer.name).inc()
+                logger.info(
+                    "study from PACS complete (quiet)",
+                    extra={"peer": self.peer.name, "study_uid": study_uid, "job_id": job_id},
+                )
+        return jobs
+
     def handle_stable_study(self, orthanc_id: str) -> int | None:
-        """Fetch what the node lacks of the study and queue it; returns the job id or None."""
+        """Fetch what the node lacks of the study and queue it; returns the job id or None.
+        Raises FetchFailed when an instance could not be fetched (the change is retried)."""
         try:
             study = self.orthanc.get_json(f"studies/{orthanc_id}")
         except orthanc_errors.ResourceNotFound:
@@ -161,7 +199,13 @@ class ChangesFollower:
             return None
         study_uid = study["MainDicomTags"]["StudyInstanceUID"]
         started = time.perf_counter()
-        fetched = self.fetch_study(study_uid)
+        try:
+            fetched = self.fetch_study(orthanc_id)
+        finally:
+            if self._thread is None:  # called on its own (a PACS's notification)
+                self.close()
+        with self._lock:
+            self._arrived.pop(study_uid, None)
         # Prefetched instances are already here: queue whatever no job covers yet (nothing
         # when the change is only the arrival of the node's own SR).
         job_id = self.node.queue.enqueue_if_due(study_uid, "pacs")
@@ -180,74 +224,35 @@ class ChangesFollower:
         )
         return job_id
 
-    def prefetch_instance(self, orthanc_id: str) -> bool:
-        """Store one instance as soon as the PACS has it (its Part 10 file, as stored), so
-        the StableStudy finds the study here and analysis starts at once. Instances the
-        node holds (its SR, forwarded originals) are not fetched. Returns True if stored."""
-        try:
-            tags = self.orthanc.get_json(f"instances/{orthanc_id}")
-        except orthanc_errors.ResourceNotFound:
-            return False
-        sop_uid = tags.get("MainDicomTags", {}).get("SOPInstanceUID")
-        if not sop_uid or self.node.index.find_instance(str(sop_uid)) is not None:
-            return False
-        try:
-            part10 = self.orthanc.get_binary(f"instances/{orthanc_id}/file")
-        except orthanc_errors.ResourceNotFound:
-            return False
-        try:
-            raw, ts, sop_class = split_part10(part10)
-        except ValueError as exc:
-            logger.warning(
-                "instance from PACS unreadable", extra={"peer": self.peer.name, "error": str(exc)}
-            )
-            return False
-        return bool(self._ingest(raw, ts, sop_class))
-
-    def fetch_study(self, study_uid: str) -> int:
-        """WADO-RS what the node does not hold yet (whole series when none of it is here)."""
-        listing = self.web.search_for_instances(
-            study_instance_uid=study_uid,
-            fields=["SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"],
-        )
-        missing: dict[str, list[str]] = defaultdict(list)
-        known: dict[str, int] = defaultdict(int)
-        for item in listing:
-            series_uid, sop_uid = _tag(item, "0020000E"), _tag(item, "00080018")
-            if not series_uid or not sop_uid:
+    def fetch_study(self, orthanc_id: str) -> int:
+        """Fetch every instance of the study the node does not hold yet; returns how many
+        were stored. Waits for the prefetches still running first (they may be of it)."""
+        fetcher = self.fetcher
+        fetcher.wait_idle()
+        instances = self.orthanc.get_json(f"studies/{orthanc_id}/instances")
+        futures: list[Future[str | None]] = []
+        for item in instances:
+            sop_uid = (item.get("MainDicomTags") or {}).get("SOPInstanceUID")
+            if not sop_uid or self.node.index.find_instance(str(sop_uid)) is not None:
                 continue
-            if self.node.index.find_instance(sop_uid) is None:
-                missing[series_uid].append(sop_uid)
-            else:
-                known[series_uid] += 1
-        count = 0
-        for series_uid, sop_uids in missing.items():
-            if known[series_uid]:
-                datasets = [
-                    self.web.retrieve_instance(study_uid, series_uid, uid) for uid in sop_uids
-                ]
-            else:
-                datasets = self.web.retrieve_series(study_uid, series_uid)
-            for ds in datasets:
-                count += self._store(ds)
+            futures.append(fetcher.submit(item["ID"]))
+        count, failed = 0, []
+        for future in futures:
+            try:
+                count += future.result() is not None
+            except FetchFailed as exc:
+                failed.append(str(exc))
+        with self._lock:
+            self._failed.difference_update(str(item["ID"]) for item in instances)
+        if failed:
+            raise FetchFailed(f"{len(failed)} instances of study {orthanc_id}: {failed[0]}")
         return count
 
-    def _store(self, ds: Dataset) -> int:
-        raw, ts = encoded(ds)
-        return self._ingest(raw, ts, str(ds.get("SOPClassUID", "")))
-
-    def _ingest(self, raw: bytes, ts: str, sop_class: str) -> int:
-        is_sr = sop_class.startswith(SR_CLASS_PREFIX)
-        try:
-            result = self.node.ingestor.ingest(
-                raw, ts, source="pacs", calling_aet=self.peer.ae_title, analyze=not is_sr
-            )
-        except IngestError as exc:  # logged by the ingestor; the rest of the study goes on
-            logger.warning(
-                "instance from PACS refused", extra={"peer": self.peer.name, "error": exc.comment}
-            )
-            return 0
-        return 0 if result.duplicate else 1
+    def close(self) -> None:
+        """Finish the fetches under way and end the fetch threads."""
+        if self._fetcher is not None:
+            self._fetcher.close()
+            self._fetcher = None
 
     # -- loop ------------------------------------------------------------------------
 
@@ -266,7 +271,7 @@ class ChangesFollower:
 
     def _renew_while_leading(self) -> None:
         """Renew the held lease every third of its time, also while a long fetch (a whole
-        series by WADO-RS) holds the follower's own thread."""
+        study at its StableStudy) holds the follower's own thread."""
         while not self._stop.wait(self.lease.ttl_s / 3):
             if not self.leading:
                 continue
@@ -290,16 +295,24 @@ class ChangesFollower:
                     "the PACS changes feed lease was taken over", extra={"peer": self.peer.name}
                 )
                 continue
+            except FetchFailed as exc:
+                failures += 1
+                logger.warning(
+                    "fetch from PACS failed; the change is retried",
+                    extra={"peer": self.peer.name, "error": str(exc)},
+                )
+                self._stop.wait(min(self.backoff_max_s, self.poll_s * 2**failures))
+                continue
             except Exception as exc:  # noqa: BLE001 - reported, retried with backoff
                 failures += 1
                 self.status.record(self.peer, client.describe(self.peer, exc))
                 if not isinstance(exc, orthanc_errors.OrthancApiException):
                     logger.exception("changes follower error", extra={"peer": self.peer.name})
-                self._orthanc = self._web = None
+                self._orthanc = None
                 self._stop.wait(min(self.backoff_max_s, self.poll_s * 2**failures))
                 continue
             if not busy:
-                self._stop.wait(self.poll_s)
+                self._stop.wait(ACTIVE_POLL_S if self.arriving else self.poll_s)
 
     def start(self) -> None:
         self._thread = threading.Thread(
@@ -314,6 +327,7 @@ class ChangesFollower:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
+        self.close()
         if self.leading:
             try:
                 self.lease.release()

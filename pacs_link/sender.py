@@ -48,8 +48,13 @@ class OutboxSender:
         self.backoff_s = float(s.outbox_backoff_s)
         self.backoff_max_s = float(s.outbox_backoff_max_s)
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._clients: dict[str, Any] = {}
+
+    def wake(self) -> None:
+        """Look for due rows now instead of at the next poll (a result was just queued)."""
+        self._wake.set()
 
     # -- one round -----------------------------------------------------------------
 
@@ -206,7 +211,8 @@ class OutboxSender:
                 logger.exception("outbox sender loop error")
                 busy = 0
             if not busy:
-                self._stop.wait(self.poll_s)
+                self._wake.wait(self.poll_s)
+                self._wake.clear()
                 waited += self.poll_s
 
     def start(self) -> None:
@@ -215,5 +221,6 @@ class OutboxSender:
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=30)

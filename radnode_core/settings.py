@@ -25,9 +25,10 @@ DuplicatePolicy = Literal["keep_first", "replace"]
 class PacsPeer(BaseModel):
     """One PACS radnode sends results to and/or learns new studies from (Orthanc here).
 
-    DICOMweb (``dicomweb_url``: STOW-RS out, QIDO/WADO-RS in) and/or DIMSE
-    (``ae_title``/``host``/``port``: C-STORE out). ``rest_url`` is Orthanc's REST root,
-    whose ``/changes`` feed tells radnode of stable studies.
+    DICOMweb (``dicomweb_url``: STOW-RS out) and/or DIMSE
+    (``ae_title``/``host``/``port``: C-STORE out). ``rest_url`` is Orthanc's REST root:
+    its ``/changes`` feed tells radnode of new instances and stable studies, which the
+    follower fetches from it.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -57,6 +58,15 @@ class PacsPeer(BaseModel):
         True,
         description="While following the feed, fetch each new instance as it arrives, so a "
         "study is already here when the PACS declares it stable.",
+    )
+    fetch_workers: int = Field(
+        8, ge=1, le=16, description="Instances fetched from this PACS at the same time."
+    )
+    quiet_s: float = Field(
+        1.0,
+        gt=0,
+        description="A prefetched study with no new instance in the feed for this long is "
+        "complete, unless the PACS's StableStudy comes first.",
     )
     tls_verify: bool = Field(True, description="Verify the HTTPS server certificate.")
     tls_ca_file: Path | None = Field(None, description="CA bundle for HTTPS and DICOM TLS.")

@@ -39,6 +39,7 @@ class OrthancDicomWeb:
         self.url = f"http://127.0.0.1:{self.http_port}/dicom-web"
         self.rest = f"http://127.0.0.1:{self.http_port}"
         self.auth: tuple[str, str] | None = None  # HTTP basic credentials, when it wants them
+        self.env: dict[str, str] | None = None  # its environment (default: this process's)
 
     def headers(self) -> dict[str, str]:
         if self.auth is None:
@@ -72,7 +73,9 @@ class OrthancDicomWeb:
         config = self.work_dir / "orthanc.json"
         config.write_text(json.dumps(self.config(), indent=2))
         log = (self.work_dir / "orthanc.log").open("ab")
-        self.proc = subprocess.Popen([ORTHANC, str(config)], stdout=log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [ORTHANC, str(config)], stdout=log, stderr=subprocess.STDOUT, env=self.env
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

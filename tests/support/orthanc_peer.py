@@ -32,8 +32,10 @@ class OrthancPacs(OrthancDicomWeb):
         radnode_port: int | None = None,
         python_script: Path | None = None,
         extra: dict[str, Any] | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         super().__init__(work_dir)
+        self.env = env
         self.credentials = (USER, secrets.token_hex(12))
         self.auth = self.credentials
         self.radnode_port = radnode_port

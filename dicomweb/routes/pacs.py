@@ -53,8 +53,9 @@ class StableStudy(BaseModel):
 def stable_study(
     peer: str, body: StableStudy, request: Request, tasks: BackgroundTasks
 ) -> dict[str, Any]:
-    """A PACS's plugin (viewer_plugin/orthanc_notify.py) says a study is stable: fetch it by
-    WADO-RS and queue it, after the response. A peer whose /changes feed radnode follows
+    """A PACS's plugin (viewer_plugin/orthanc_notify.py) says a study is stable: fetch what
+    radnode lacks of it (:mod:`pacs_link.fetch`, several instances at a time) and queue it,
+    after the response. A peer whose /changes feed radnode follows
     is left to the follower (one path per peer, so a study is never fetched twice at once)."""
 
     node = request.app.state.node

@@ -24,7 +24,7 @@ import concurrent.futures
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -34,7 +34,7 @@ import numpy as np
 from ai_node.card import DEFAULT_THRESHOLD, ModelCard
 from ai_node.localise import LocalisationError, Location, locate
 from ai_node.models import LoadedModel, ModelTimeout
-from ai_node.preprocess import SliceStack, card_input, load_series
+from ai_node.preprocess import DecodedFile, SliceStack, card_input, load_series
 
 logger = logging.getLogger(__name__)
 
@@ -262,11 +262,12 @@ def decode_and_run(
     extra_sizes: Sequence[int] = (),
     batch_size: int = 64,
     compressed: bool = True,
+    decoded: Mapping[Path, DecodedFile] | None = None,
 ) -> SliceStack:
     """Decode a series onto the grids the models need and feed every ``streaming`` run the
     decoded chunks as they come (in decoding order: ``SliceStack.order`` maps them to the
-    head-to-feet order the stack has). Raises :class:`ai_node.preprocess.InputError` when
-    the series cannot be decoded."""
+    head-to-feet order the stack has); ``decoded``: files decoded already (on these grids).
+    Raises :class:`ai_node.preprocess.InputError` when the series cannot be decoded."""
 
     def on_chunk(frames: list[Any]) -> None:
         m1 = np.asarray([f.monochrome1 for f in frames], dtype=bool)
@@ -282,6 +283,7 @@ def decode_and_run(
         on_chunk=on_chunk if streaming else None,
         chunk=batch_size,
         extra_sizes=extra_sizes,
+        decoded=decoded,
     )
 
 

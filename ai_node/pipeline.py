@@ -55,7 +55,8 @@ from ai_node.analysis import (
 from ai_node.card import ModelCard
 from ai_node.models import LoadedModel
 from ai_node.monitoring import input_statistics, last_received, observe
-from ai_node.preprocess import InputError, SliceStack, load_datasets
+from ai_node.prefetch import DecodedCache, Entry, Plan, Prefetcher, usable
+from ai_node.preprocess import InputError, SliceStack, load_datasets, on_grids
 from ai_node.registry import ModelRegistry, ModelSet
 from ai_node.results import ResultStore
 from ai_node.routing import Assignment, assign, describe_series, route
@@ -101,6 +102,7 @@ class _Task:
     scored: np.ndarray | None = None  # which stack slices ``outputs`` are
     error: str | None = None
     decode_s: float = 0.0
+    prefetched: int = 0  # files decoded while the study arrived
 
     @property
     def card(self) -> ModelCard:
@@ -133,6 +135,16 @@ class AnalysisPipeline:
         self.batch_size = int(s.inference_batch_size)
         self.default_threshold = float(s.finding_threshold)
         self.device_uid = generate_uid(entropy_srcs=["radnode-device", s.ae_title])
+        self.prefetched = DecodedCache(int(s.prefetch_max_mb) * 2**20, float(s.prefetch_ttl_s))
+        self.follower: Prefetcher | None = None
+        if s.prefetch_max_mb > 0:
+            self.follower = Prefetcher(
+                node.index,
+                node.store.path_of,
+                self.prefetched,
+                self.prefetch_plan,
+                poll_s=float(s.prefetch_poll_s),
+            )
 
     def __call__(self, job: Job) -> None:
         self.process(job)
@@ -171,6 +183,18 @@ class AnalysisPipeline:
             "analysis pipeline warmed up",
             extra={"seconds": round(time.perf_counter() - started, 2)},
         )
+
+    def prefetch_plan(self) -> Plan | None:
+        """What to decode of a study while it arrives: the SOP classes of the active models
+        and the grid sizes of those loaded (None before any is: the first study waits for
+        its job)."""
+        cards = self.models.active_cards()
+        loaded = self.models.loaded()
+        sizes = [loaded[c.name].size for c in cards if c.name in loaded]
+        if not sizes:
+            return None
+        classes = frozenset(uid for c in cards for uid in c.applicability.sop_classes)
+        return Plan(classes, tuple(dict.fromkeys(sizes)))
 
     # -- helpers ---------------------------------------------------------------------
 
@@ -255,6 +279,13 @@ class AnalysisPipeline:
             raise
 
     def _process(self, job: Job, started: float) -> dict[str, Any]:
+        taken = self.prefetched.take(job.study_uid)
+        try:
+            return self._analyse(job, started, taken)
+        finally:
+            self.prefetched.release(job.study_uid)
+
+    def _analyse(self, job: Job, started: float, taken: dict[str, Entry]) -> dict[str, Any]:
         instances = self.node.index.instances_of_study(job.study_uid)
         active = self.models.active_cards()
         routed = route([c for c in active if c.reports], instances, self._open_header)
@@ -266,7 +297,7 @@ class AnalysisPipeline:
         for task in dict.fromkeys([*deciders.values(), *tasks]):
             groups.setdefault(tuple(str(p) for p in task.assignment.paths), []).append(task)
         for group in groups.values():
-            self._run_group(group)
+            self._run_group(group, taken, instances)
         verdicts = {name: self._verdict(task) for name, task in deciders.items()}
         outcome: dict[str, Any] = {}
         for task in tasks:
@@ -328,8 +359,11 @@ class AnalysisPipeline:
             out[name] = _Task(result)
         return out
 
-    def _run_group(self, group: list[_Task]) -> None:
-        """Decode the files of one assignment once and run every model of the group."""
+    def _run_group(
+        self, group: list[_Task], taken: dict[str, Entry], instances: Sequence[dict[str, Any]]
+    ) -> None:
+        """Decode the files of one assignment once (those decoded while the study arrived
+        and unchanged since are taken as they are) and run every model of the group."""
         for task in group:
             try:
                 task.model = self.models.get(task.card.name)
@@ -349,6 +383,13 @@ class AnalysisPipeline:
         sizes = list(dict.fromkeys(t.model.size for t in ready if t.model is not None))
         first = group[0].assignment
         decode_started = time.perf_counter()
+        wanted = {str(p) for p in first.paths}
+        ready = usable(taken, [r for r in instances if str(r["path"]) in wanted])
+        decoded = {}
+        for relative, files in ready.items():
+            on_sizes = on_grids(files, sizes[0], sizes[1:])
+            if on_sizes is not None:
+                decoded[self.node.store.path_of(relative)] = on_sizes
         try:
             stack = decode_and_run(
                 [self.node.store.path_of(str(p)) for p in first.paths],
@@ -357,6 +398,7 @@ class AnalysisPipeline:
                 extra_sizes=sizes[1:],
                 batch_size=self.batch_size,
                 compressed=first.compressed,
+                decoded=decoded,
             )
         except InputError as exc:
             for task in ready:
@@ -374,6 +416,7 @@ class AnalysisPipeline:
         for task in ready:
             assert task.run is not None
             task.stack, task.decode_s = stack, decode_s
+            task.prefetched = len(decoded)
             outputs = task.run.finish()
             if outputs is None:
                 task.fail(task.run.error or "inference failed")
@@ -525,6 +568,7 @@ class AnalysisPipeline:
             "series_uid": task.assignment.series_uids[0],
             "series_uids": list(task.assignment.series_uids),
             "slices": len(stack),
+            "prefetched_instances": task.prefetched,
             "skipped_instances": stack.skipped[:20],
             "region": analysis.region,
             "region_probabilities": analysis.region_probabilities,

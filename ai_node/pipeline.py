@@ -384,9 +384,9 @@ class AnalysisPipeline:
         first = group[0].assignment
         decode_started = time.perf_counter()
         wanted = {str(p) for p in first.paths}
-        ready = usable(taken, [r for r in instances if str(r["path"]) in wanted])
+        reusable = usable(taken, [r for r in instances if str(r["path"]) in wanted])
         decoded = {}
-        for relative, files in ready.items():
+        for relative, files in reusable.items():
             on_sizes = on_grids(files, sizes[0], sizes[1:])
             if on_sizes is not None:
                 decoded[self.node.store.path_of(relative)] = on_sizes

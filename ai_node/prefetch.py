@@ -111,6 +111,12 @@ class DecodedCache:
         with self._lock:
             return list(self._studies)
 
+    def files(self, study_uid: str) -> int:
+        """How many of the study's files are cached."""
+        with self._lock:
+            study = self._studies.get(study_uid)
+            return len(study.entries) if study is not None else 0
+
     def has(self, study_uid: str, fp: Fingerprint) -> bool:
         with self._lock:
             study = self._studies.get(study_uid)
@@ -208,9 +214,9 @@ class Prefetcher:
     """Follows the index and decodes the studies still arriving (module docstring).
 
     ``plan()`` says what to decode (None: nothing, e.g. before the models are loaded);
-    ``path_of`` maps a store-relative path to the file. ``wake`` (given to :meth:`start`)
-    is called when a study it followed stops arriving (its job is queued), so the worker
-    claims it at once instead of at its next poll.
+    ``path_of`` maps a store-relative path to the file. ``wake`` (or the one given to
+    :meth:`start`) is called when a study it followed stops arriving (its job is queued),
+    so the worker claims it at once instead of at its next poll.
     """
 
     def __init__(
@@ -220,6 +226,7 @@ class Prefetcher:
         cache: DecodedCache,
         plan: Callable[[], Plan | None],
         poll_s: float = 0.05,
+        wake: Callable[[], None] | None = None,
     ) -> None:
         self.index = index
         self.path_of = path_of
@@ -230,7 +237,7 @@ class Prefetcher:
         self._arriving: set[str] = set()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._wake: Callable[[], None] | None = None
+        self._wake = wake
 
     def arriving(self) -> list[tuple[str, int]]:
         """(study UID, received_seq) of every study with instances no job covers yet that
@@ -305,7 +312,8 @@ class Prefetcher:
             self._stop.wait(self.poll_s)
 
     def start(self, wake: Callable[[], None] | None = None) -> None:
-        self._wake = wake
+        if wake is not None:
+            self._wake = wake
         self._stop.clear()
         self._thread = threading.Thread(target=self.run, name="radnode-prefetch", daemon=True)
         self._thread.start()

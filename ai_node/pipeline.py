@@ -526,16 +526,22 @@ class AnalysisPipeline:
             refs = [stack.refs[i] for i in analysis.evidence_slices]
         else:
             refs = [stack.refs[len(stack) // 2]]
-        # The image library lists the slices the SR references plus the series' first and
-        # last slice (its extent): TID 1600 needs the referenced images; listing all 300
-        # would cost seconds of SR building for nothing a viewer shows.
+        # Every evaluated slice is evidence (the SR's evidence sequence lists them all);
+        # the image library describes the slices the content references (TID 1600).
         marked = [analysis.location.ref] if analysis.location is not None else []
-        library = [stack.refs[0], *refs, *marked, stack.refs[-1]]
-        uids = list(dict.fromkeys(r.sop_instance_uid for r in library))
-        headers = [stack.headers[u] for u in uids if u in stack.headers]
+        evaluated = list(dict.fromkeys(r.sop_instance_uid for r in stack.refs))
+        shown = list(dict.fromkeys(r.sop_instance_uid for r in [*refs, *marked]))
+        headers = [stack.headers[u] for u in evaluated if u in stack.headers]
+        library = [stack.headers[u] for u in shown if u in stack.headers]
         try:
             sr = build_sr(
-                headers, analysis, refs, self._context(model, decider), job.study_uid, job.version
+                headers,
+                analysis,
+                refs,
+                self._context(model, decider),
+                job.study_uid,
+                job.version,
+                library=library,
             )
         except ValueError as exc:
             task.fail(f"{card.key}: its SR cannot be built: {exc}")

@@ -281,16 +281,23 @@ def build_sr(
     ctx: ReportContext,
     study_uid: str,
     version: int,
+    library: Sequence[Dataset] | None = None,
 ) -> Comprehensive3DSR:
     """The SR for one analysed study version.
 
-    ``evidence`` are the headers of the evaluated series' images (they populate the
-    image library and the evidence sequence); ``evidence_refs`` the slices that drove
-    the score (source images of the measurement group).
+    ``evidence`` are the headers of the evaluated images: every one is listed in the
+    Current Requested Procedure Evidence Sequence (PS3.3 C.17.2.3), the first gives the
+    patient and study modules. ``library``: the images of the TID 1600 image library (by
+    default every evidence image; the pipeline passes those the content references).
+    ``evidence_refs`` are the slices that drove the score (source images of the
+    measurement group).
     """
     if not evidence:
         raise ValueError("evidence: at least one source image is required")
-    images = [_evidence_copy(ds) for ds in evidence]
+    shown = [_evidence_copy(ds) for ds in (evidence if library is None else library)]
+    by_uid = {str(ds.SOPInstanceUID): ds for ds in shown}
+    first = by_uid.get(str(evidence[0].SOPInstanceUID)) or _evidence_copy(evidence[0])
+    images = [first, *(by_uid.get(str(ds.SOPInstanceUID), ds) for ds in evidence[1:])]
     model_version = model_version_key(analysis)
     series_uid, sop_uid = sr_uids(study_uid, version, model_version)
 
@@ -363,13 +370,13 @@ def build_sr(
     if analysis.location is not None:
         roi = _located_group(analysis.location, tracking, ctx, algorithm, measurements)
     else:
-        roi = _evaluated_image_group(evidence_refs[0], images, tracking)
+        roi = _evaluated_image_group(evidence_refs[0], [*shown, *images], tracking)
     report = MeasurementReport(
         observation_context=ObservationContext(observer_device_context=observer),
         procedure_reported=ctx.procedure,
         imaging_measurements=[roi, group],
         title=codes.DCM.ImagingMeasurementReport,
-        referenced_images=[image for image in images if _library_ready(image)] or None,
+        referenced_images=[image for image in shown if _library_ready(image)] or None,
     )
     description = (
         f"AI {finding_name} score {analysis.score:.2f}"

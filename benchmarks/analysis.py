@@ -46,6 +46,19 @@ def _study(work_dir: Path, slices: int, size: int, seed: int) -> tuple[str, list
     return str(info["study_instance_uid"]), sorted(folder.glob("IM*.dcm"))
 
 
+def environment(load: tuple[float, float, float] | None = None) -> str:
+    """The machine and the settings a figure was taken with, in one line."""
+    from radnode_core.settings import Settings
+
+    s = Settings()
+    one, five, _ = load or os.getloadavg()
+    return (
+        f"{os.cpu_count()} CPU cores, load average {one:.1f} (1 min) / {five:.1f} (5 min) "
+        f"at start, Python {sys.version.split()[0]}, worker poll {s.worker_poll_s:g} s, "
+        f"prefetch {s.prefetch_max_mb} MiB (poll {s.prefetch_poll_s:g} s)"
+    )
+
+
 def _warm_files(files: list[Path]) -> None:
     for f in files:
         f.read_bytes()
@@ -206,7 +219,7 @@ def sr_benchmark(slices: int, size: int, rounds: int, work_dir: Path) -> str:
     lines = [
         f"One SR listing all {slices} slices as evidence (Current Requested Procedure Evidence "
         f"Sequence), its image library the slices its content references; median of {rounds} "
-        f"rounds; {os.cpu_count()} CPU cores; store with fsync.",
+        f"rounds; store with fsync. Environment: {environment()}.",
         "",
         "| slices referenced by the content | build (ms) | encode (ms) | store (ms) "
         "| total (ms) | CPU (ms) | bytes |",
@@ -259,6 +272,7 @@ def e2e_benchmark(slices: int, size: int, runs: int, work_dir: Path) -> str:
     if storescu is None:
         raise RuntimeError("storescu (dcmtk) is not installed")
     studies = [_study(work_dir, slices, size, seed=100 + i) for i in range(runs)]
+    load_at_start = os.getloadavg()
     data = Path(tempfile.mkdtemp(prefix="radnode-e2e-"))
     dicom_port, http_port = free_port(), free_port()
     log = (data.parent / f"{data.name}.log").open("wb")
@@ -306,20 +320,23 @@ def e2e_benchmark(slices: int, size: int, runs: int, work_dir: Path) -> str:
         shutil.rmtree(data, ignore_errors=True)
     lines = [
         f"{slices} slices of {size}x{size} per study, one storescu association each, "
-        f"`radnode serve` defaults (completion on association release, worker poll 0.25 s).",
+        f"`radnode serve` defaults (completion on association release).",
+        "",
+        f"Environment: {environment(load_at_start)}.",
         "",
         "| study | send (s) | last C-STORE response -> result `done` (s) | status "
-        "| decode / inference / SR (s) |",
-        "|---|---:|---:|---|---|",
+        "| decode / inference / SR (s) | slices decoded while arriving |",
+        "|---|---:|---:|---|---|---:|",
     ]
     for i, send_s, wait_s, body in results:
         t = body.get("timings", {})
         note = (
             "first (server just started: its model warm-up overlaps the send)" if i == 0 else "warm"
         )
+        prefetched = body.get("details", {}).get("prefetched_instances", "-")
         lines.append(
             f"| {i + 1} {note} | {send_s:.2f} | {wait_s:.2f} | {body.get('status')} | "
-            f"{t.get('decode_s')} / {t.get('inference_s')} / {t.get('sr_s')} |"
+            f"{t.get('decode_s')} / {t.get('inference_s')} / {t.get('sr_s')} | {prefetched} |"
         )
     warm = [r[2] for r in results[1:]] or [results[0][2]]
     lines += ["", f"Median time to result, warm: {np.median(warm):.2f} s."]

@@ -55,7 +55,7 @@ from ai_node.analysis import (
 from ai_node.card import ModelCard
 from ai_node.models import LoadedModel
 from ai_node.monitoring import input_statistics, last_received, observe
-from ai_node.prefetch import DecodedCache, Entry, Plan, Prefetcher, usable
+from ai_node.prefetch import DecodedCache, Entry, Plan, Prefetcher, known_outputs, usable
 from ai_node.preprocess import InputError, SliceStack, load_datasets, on_grids
 from ai_node.registry import ModelRegistry, ModelSet
 from ai_node.results import ResultStore
@@ -103,6 +103,7 @@ class _Task:
     error: str | None = None
     decode_s: float = 0.0
     prefetched: int = 0  # files decoded while the study arrived
+    scored_ahead: int = 0  # slices the model scored while the study arrived
 
     @property
     def card(self) -> ModelCard:
@@ -190,11 +191,17 @@ class AnalysisPipeline:
         its job)."""
         cards = self.models.active_cards()
         loaded = self.models.loaded()
-        sizes = [loaded[c.name].size for c in cards if c.name in loaded]
-        if not sizes:
+        models = [loaded[c.name] for c in cards if c.name in loaded]
+        if not models:
             return None
         classes = frozenset(uid for c in cards for uid in c.applicability.sop_classes)
-        return Plan(classes, tuple(dict.fromkeys(sizes)))
+        streaming = tuple(
+            m
+            for m in models
+            if m.version == self.models.registry.active_version(m.name)
+            and (m.card.aggregation is None or not m.card.aggregation.sample)
+        )
+        return Plan(classes, tuple(dict.fromkeys(m.size for m in models)), streaming)
 
     # -- helpers ---------------------------------------------------------------------
 
@@ -386,10 +393,11 @@ class AnalysisPipeline:
         wanted = {str(p) for p in first.paths}
         reusable = usable(taken, [r for r in instances if str(r["path"]) in wanted])
         decoded = {}
-        for relative, files in reusable.items():
-            on_sizes = on_grids(files, sizes[0], sizes[1:])
+        for relative, entry in reusable.items():
+            on_sizes = on_grids(entry.decoded, sizes[0], sizes[1:])
             if on_sizes is not None:
                 decoded[self.node.store.path_of(relative)] = on_sizes
+        known = known_outputs(reusable.values())
         try:
             stack = decode_and_run(
                 [self.node.store.path_of(str(p)) for p in first.paths],
@@ -399,6 +407,7 @@ class AnalysisPipeline:
                 batch_size=self.batch_size,
                 compressed=first.compressed,
                 decoded=decoded,
+                known=known,
             )
         except InputError as exc:
             for task in ready:
@@ -417,6 +426,8 @@ class AnalysisPipeline:
             assert task.run is not None
             task.stack, task.decode_s = stack, decode_s
             task.prefetched = len(decoded)
+            if task in streaming and task.model is not None:
+                task.scored_ahead = len(known.get(task.model.key, {}))
             outputs = task.run.finish()
             if outputs is None:
                 task.fail(task.run.error or "inference failed")
@@ -575,6 +586,7 @@ class AnalysisPipeline:
             "series_uids": list(task.assignment.series_uids),
             "slices": len(stack),
             "prefetched_instances": task.prefetched,
+            "prefetched_scored_slices": task.scored_ahead,
             "skipped_instances": stack.skipped[:20],
             "region": analysis.region,
             "region_probabilities": analysis.region_probabilities,

@@ -27,14 +27,16 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from sqlalchemy import select
 
-from ai_node.preprocess import MAX_SLICES, DecodedFile, decode_file
+from ai_node.models import LoadedModel
+from ai_node.preprocess import MAX_SLICES, DecodedFile, SliceRef, card_input, decode_file
 from radnode_core.index import Index, studies
 
 logger = logging.getLogger(__name__)
@@ -54,19 +56,24 @@ def fingerprint(row: Mapping[str, Any]) -> Fingerprint:
 
 @dataclass(frozen=True)
 class Plan:
-    """What to decode ahead: instances of these SOP classes, onto these grid sizes."""
+    """What to do ahead: decode instances of these SOP classes onto these grid sizes, and
+    score them with ``models`` (those that score every slice; each only on the SOP classes
+    its card takes)."""
 
     sop_classes: frozenset[str]
     sizes: tuple[int, ...]
+    models: tuple[LoadedModel, ...] = ()
 
 
 @dataclass
 class Entry:
-    """One stored file decoded ahead of its job."""
+    """One stored file decoded ahead of its job, and the outputs (one row per frame) of
+    the models that scored it already, by model key (name and version)."""
 
     fingerprint: Fingerprint
     decoded: DecodedFile
     nbytes: int
+    outputs: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def _nbytes(decoded: DecodedFile) -> int:
@@ -156,6 +163,19 @@ class DecodedCache:
             self._studies.move_to_end(study_uid)
             return True
 
+    def attach(self, study_uid: str, fp: Fingerprint, key: str, outputs: np.ndarray) -> bool:
+        """Record a model's outputs for a cached file (False when the file left the
+        cache or was replaced meanwhile)."""
+        with self._lock:
+            study = self._studies.get(study_uid)
+            entry = study.entries.get(fp[0]) if study is not None else None
+            if study is None or entry is None or entry.fingerprint != fp:
+                return False
+            entry.outputs[key] = outputs
+            study.nbytes += outputs.nbytes
+            self._nbytes += outputs.nbytes
+            return True
+
     def take(self, study_uid: str) -> dict[str, Entry]:
         """Every entry of the study, removed from the cache; nothing more is put for it
         until :meth:`release`."""
@@ -181,9 +201,10 @@ class DecodedCache:
         return len(stale)
 
     def _drop(self, study: _Study, entry: Entry) -> None:
-        study.nbytes -= entry.nbytes
+        nbytes = entry.nbytes + sum(o.nbytes for o in entry.outputs.values())
+        study.nbytes -= nbytes
         study.frames -= len(entry.decoded[0])
-        self._nbytes -= entry.nbytes
+        self._nbytes -= nbytes
 
     def _evict(self, study_uid: str) -> None:
         study = self._studies.pop(study_uid, None)
@@ -197,16 +218,54 @@ class DecodedCache:
             del self._studies[study_uid]
 
 
-def usable(
-    entries: Mapping[str, Entry], rows: Iterable[Mapping[str, Any]]
-) -> dict[str, DecodedFile]:
+def usable(entries: Mapping[str, Entry], rows: Iterable[Mapping[str, Any]]) -> dict[str, Entry]:
     """The taken entries a job may use, by store-relative path: those whose index row
     (``rows``, the job's instances) still has their fingerprint."""
-    out: dict[str, DecodedFile] = {}
+    out: dict[str, Entry] = {}
     for row in rows:
         entry = entries.get(str(row["path"]))
         if entry is not None and entry.fingerprint == fingerprint(row):
-            out[str(row["path"])] = entry.decoded
+            out[str(row["path"])] = entry
+    return out
+
+
+def known_outputs(entries: Iterable[Entry]) -> dict[str, dict[SliceRef, np.ndarray]]:
+    """Per model key, the output row of every frame the model scored ahead."""
+    out: dict[str, dict[SliceRef, np.ndarray]] = {}
+    for entry in entries:
+        frames = entry.decoded[0]
+        for key, rows in entry.outputs.items():
+            if rows.shape[0] == len(frames):
+                known = out.setdefault(key, {})
+                for frame, row in zip(frames, rows, strict=True):
+                    known[frame.ref] = row
+    return out
+
+
+def score_ahead(
+    model: LoadedModel, files: Sequence[tuple[str, DecodedFile]], batch_size: int = 64
+) -> dict[str, np.ndarray]:
+    """A model's outputs for decoded files (those of a SOP class its card takes), by path,
+    computed as a job computes them (:func:`ai_node.preprocess.card_input`)."""
+    classes = set(model.card.applicability.sop_classes)
+    picked = [
+        (path, frames)
+        for path, (frames, _) in files
+        if frames and frames[0].ref.sop_class_uid in classes
+    ]
+    if not picked:
+        return {}
+    size = model.size
+    every = [f for _, frames in picked for f in frames]
+    grids = np.stack([f.grid if f.grid.shape[-1] == size else f.extra[size] for f in every])
+    m1 = np.asarray([f.monochrome1 for f in every], dtype=bool)
+    outputs = model.predict_batched(
+        card_input(grids, model.card.input, m1 if m1.any() else None), batch_size
+    )
+    out, start = {}, 0
+    for path, frames in picked:
+        out[path] = outputs[start : start + len(frames)]
+        start += len(frames)
     return out
 
 
@@ -227,6 +286,7 @@ class Prefetcher:
         plan: Callable[[], Plan | None],
         poll_s: float = 0.05,
         wake: Callable[[], None] | None = None,
+        score_batch: int = 32,
     ) -> None:
         self.index = index
         self.path_of = path_of
@@ -235,6 +295,8 @@ class Prefetcher:
         self.poll_s = poll_s
         self._seen: dict[str, int] = {}
         self._arriving: set[str] = set()
+        self._unscored: dict[str, dict[str, tuple[Fingerprint, DecodedFile]]] = {}
+        self.score_batch = score_batch
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._wake = wake
@@ -260,6 +322,7 @@ class Prefetcher:
         finished = self._arriving - current
         self._arriving = current
         self._seen = {uid: seq for uid, seq in self._seen.items() if uid in current}
+        self._unscored = {uid: f for uid, f in self._unscored.items() if uid in current}
         if finished and self._wake is not None:
             self._wake()
         todo = [(uid, seq) for uid, seq in arriving if self._seen.get(uid) != seq]
@@ -279,10 +342,12 @@ class Prefetcher:
         return decoded
 
     def _follow(self, study_uid: str, plan: Plan) -> tuple[int, bool]:
-        """Decode the study's instances not in the cache; (files decoded, whether every
-        instance was looked at)."""
+        """Decode the study's instances not in the cache, and score them once
+        ``score_batch`` wait; (files decoded, whether every instance was looked at)."""
         rows = self.index.instances_of_study(study_uid)
         decoded = 0
+        complete = True
+        unscored = self._unscored.setdefault(study_uid, {})
         for row in rows:
             if str(row["sop_class_uid"]) not in plan.sop_classes:
                 continue
@@ -290,7 +355,8 @@ class Prefetcher:
             if self.cache.has(study_uid, fp):
                 continue
             if self._stop.is_set() or self.cache.is_taken(study_uid):
-                return decoded, False
+                complete = False
+                break
             try:
                 result = decode_file(self.path_of(fp[0]), plan.sizes[0], plan.sizes[1:])
             except Exception as exc:  # noqa: BLE001 - the job decodes it again and reports it
@@ -300,8 +366,28 @@ class Prefetcher:
                 continue
             decoded += 1
             if not self.cache.put(study_uid, fp, result):
-                return decoded, not self.cache.is_taken(study_uid)
-        return decoded, True
+                complete = not self.cache.is_taken(study_uid)
+                break
+            unscored[fp[0]] = (fp, result)
+            if len(unscored) >= self.score_batch:
+                self._score(study_uid, plan)
+                unscored = self._unscored.setdefault(study_uid, {})
+        return decoded, complete
+
+    def _score(self, study_uid: str, plan: Plan) -> None:
+        """Run ``plan.models`` on the study's files decoded since the last run."""
+        unscored = self._unscored.pop(study_uid, {})
+        if not unscored or not plan.models or self.cache.is_taken(study_uid):
+            return
+        files = [(path, result) for path, (_, result) in unscored.items()]
+        for model in plan.models:
+            try:
+                outputs = score_ahead(model, files, self.score_batch)
+            except Exception as exc:  # noqa: BLE001 - the job scores them and reports it
+                logger.debug("slices not scored ahead", extra={"error": str(exc)})
+                continue
+            for path, rows in outputs.items():
+                self.cache.attach(study_uid, unscored[path][0], model.key, rows)
 
     def run(self) -> None:
         while not self._stop.is_set():

@@ -78,10 +78,10 @@ def full_result(make_node: Any, models: ModelSet, files: list[Path], uid: str) -
 
 def assert_same_result(got: dict, want: dict) -> None:
     assert got["status"] == want["status"] == "done"
-    assert got["score"] == pytest.approx(want["score"], abs=1e-6)
+    assert got["score"] == pytest.approx(want["score"], abs=1e-5)
     assert got["label"] == want["label"]
     g, w = got["details"], want["details"]
-    np.testing.assert_allclose(g["slice_scores"], w["slice_scores"], atol=1e-6)
+    np.testing.assert_allclose(g["slice_scores"], w["slice_scores"], atol=2e-4)
     assert g["driving_sop_instance_uid"] == w["driving_sop_instance_uid"]
     assert g["evidence_sop_instance_uids"] == w["evidence_sop_instance_uids"]
     assert g["slices"] == w["slices"]
@@ -94,6 +94,7 @@ def test_incremental_result_equals_full_result(make_node, shipped_models, study_
     node = make_node("incremental")
     pipeline = loaded_pipeline(node, shipped_models)
     assert pipeline.follower is not None
+    pipeline.follower.score_batch = 16
     ingest_files(node, files[:15])
     assert pipeline.follower.poll_once() == 15
     ingest_files(node, files[15:32])
@@ -106,6 +107,7 @@ def test_incremental_result_equals_full_result(make_node, shipped_models, study_
 
     got = result_row(node, uid)
     assert got["details"]["prefetched_instances"] == 32
+    assert got["details"]["prefetched_scored_slices"] == 32  # scored in batches of 16
     assert_same_result(got, want)
     assert pipeline.prefetched.study_uids() == []
     assert pipeline.prefetched.nbytes == 0

@@ -1,8 +1,11 @@
 """The analysis of one study version, as the worker runs it: the stages in one place.
 
+    while the study arrives (:mod:`ai_node.prefetch`): decode each new instance, and score
+        batches of them with the models that score every slice
     route (each active model's card against the study's series)
-        -> per series: decode once (every grid size its models need), models score chunks
-           while it decodes -> sampled models and verdicts -> body part rules
+        -> per series: decode once what was not decoded ahead, or changed since (every
+           grid size its models need), models score chunks while it decodes (taking the
+           outputs computed ahead) -> sampled models and verdicts -> body part rules
         -> per model: aggregate -> SR (highdicom; source "ai", not analysed again)
            -> its results row
 

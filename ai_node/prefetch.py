@@ -1,4 +1,4 @@
-"""Decoding a study while it arrives, so its job has only the tail left to decode.
+"""Decoding and scoring a study while it arrives, so its job has only the tail left.
 
 A :class:`Prefetcher` follows the shared index (the same database the receiving
 processes write, so it works in ``radnode serve`` and beside separate ``radnode scp``
@@ -6,6 +6,11 @@ processes alike): every ``poll_s`` it reads the studies that are still arriving 
 instances no job covers yet, the last one received within ``ttl_s``), and decodes each
 of their new instances of a SOP class an active model takes onto the grids the active
 models need, with the same function a job uses (:func:`ai_node.preprocess.decode_file`).
+
+Every ``score_batch`` files decoded, the models that score every slice (not a sample of
+them, which depends on the final count) score the new ones as a job would
+(:func:`score_ahead`); their outputs are kept with the files, by model name and version,
+so a model activated meanwhile scores the study again in its job.
 
 What it decodes goes into a :class:`DecodedCache`: per study, per stored file, the
 frames and header, with the fingerprint of the index row it was decoded from (path,
@@ -19,6 +24,10 @@ studies touched least recently; when the one study it belongs to fills the budge
 it is not cached (a sender that never finishes its study cannot make the cache grow).
 A study untouched for ``ttl_s`` is dropped, and a study's entries leave the cache when
 its job takes them.
+
+The cache lives in the worker's process: several workers on one index each follow every
+arriving study, and the one that claims its job uses what it decoded (``prefetch_max_mb``
+0 turns following off, e.g. on all but one of many small workers).
 """
 
 from __future__ import annotations

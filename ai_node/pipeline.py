@@ -63,7 +63,7 @@ from ai_node.preprocess import InputError, SliceStack, load_datasets, on_grids
 from ai_node.registry import ModelRegistry, ModelSet
 from ai_node.results import ResultStore
 from ai_node.routing import Assignment, assign, describe_series, route
-from ai_node.sr import build_sr, context_for, model_version_key
+from ai_node.sr import build_sr, context_for, evidence_of_stack, model_version_key
 from ai_node.synth import StudySpec, generate_study
 from radnode_core import __version__
 from radnode_core.index import utcnow
@@ -540,13 +540,7 @@ class AnalysisPipeline:
             refs = [stack.refs[i] for i in analysis.evidence_slices]
         else:
             refs = [stack.refs[len(stack) // 2]]
-        # Every evaluated slice is evidence (the SR's evidence sequence lists them all);
-        # the image library describes the slices the content references (TID 1600).
-        marked = [analysis.location.ref] if analysis.location is not None else []
-        evaluated = list(dict.fromkeys(r.sop_instance_uid for r in stack.refs))
-        shown = list(dict.fromkeys(r.sop_instance_uid for r in [*refs, *marked]))
-        headers = [stack.headers[u] for u in evaluated if u in stack.headers]
-        library = [stack.headers[u] for u in shown if u in stack.headers]
+        headers, library = evidence_of_stack(stack, refs, analysis.location)
         try:
             sr = build_sr(
                 headers,

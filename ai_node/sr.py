@@ -75,7 +75,7 @@ from ai_node.analysis import StudyAnalysis
 from ai_node.card import ModelCard
 from ai_node.labels import REGION_CODES
 from ai_node.localise import Location
-from ai_node.preprocess import SliceRef
+from ai_node.preprocess import SliceRef, SliceStack
 
 SR_SERIES_NUMBER = 9901
 """Series Number of the node's AI result series (high, so viewers list it last)."""
@@ -200,6 +200,24 @@ _LIBRARY_DESCRIPTORS = (
     "SliceThickness",
 )
 """What highdicom's TID 1604 entry descriptors read from a cross-sectional image."""
+
+
+def evidence_of_stack(
+    stack: SliceStack, refs: Sequence[SliceRef], location: Location | None = None
+) -> tuple[list[Dataset], list[Dataset]]:
+    """(evidence, library) headers of the SR of a result on ``stack``: every evaluated
+    image is evidence (the evidence sequence lists them all, PS3.3 C.17.2.3); the image
+    library (TID 1600, optional in TID 1500) describes the image the TID 1410 group draws
+    on, the located finding's or else the first of ``refs``. Each library entry costs
+    about 200 data elements that highdicom copies and parses again, so the library is
+    kept to that one image."""
+    evaluated = dict.fromkeys(r.sop_instance_uid for r in stack.refs)
+    drawn = location.ref if location is not None else (refs[0] if refs else None)
+    evidence = [stack.headers[u] for u in evaluated if u in stack.headers]
+    library = []
+    if drawn is not None and drawn.sop_instance_uid in stack.headers:
+        library.append(stack.headers[drawn.sop_instance_uid])
+    return evidence, library
 
 
 def _library_ready(ds: Dataset) -> bool:

@@ -15,7 +15,15 @@ import pydicom
 import pytest
 
 from ai_node.pipeline import AnalysisPipeline
-from ai_node.prefetch import HEADER_BYTES, DecodedCache, Plan, Prefetcher, fingerprint
+from ai_node.prefetch import (
+    HEADER_BYTES,
+    DecodedCache,
+    Entry,
+    Plan,
+    Prefetcher,
+    fingerprint,
+    known_outputs,
+)
 from ai_node.preprocess import SliceRef, _Frame
 from ai_node.registry import ModelSet
 from ai_node.results import ResultStore
@@ -303,3 +311,12 @@ def test_follower_wakes_the_worker_when_a_study_is_queued(make_node, study_files
     node.queue.enqueue_if_due(uid, "released")
     follower.poll_once()
     assert woken == [True]
+
+
+def test_outputs_scored_ahead_are_kept_per_model_version() -> None:
+    frames, header = decoded(n_frames=2)
+    entry = Entry(fp(0), (frames, header), ONE, {"finding:1.0.0": np.ones((2, 1), np.float32)})
+    stale = Entry(fp(1), decoded(), ONE, {"finding:1.0.0": np.ones((3, 1), np.float32)})
+    known = known_outputs([entry, stale])
+    assert set(known) == {"finding:1.0.0"}
+    assert set(known["finding:1.0.0"]) == {f.ref for f in frames}  # row count must match

@@ -325,7 +325,7 @@ def e2e_benchmark(slices: int, size: int, runs: int, work_dir: Path) -> str:
         f"Environment: {environment(load_at_start)}.",
         "",
         "| study | send (s) | last C-STORE response -> result `done` (s) | status "
-        "| decode / inference / SR (s) | slices decoded while arriving |",
+        "| job: decode / inference / SR / total (s) | slices decoded while arriving |",
         "|---|---:|---:|---|---|---:|",
     ]
     for i, send_s, wait_s, body in results:
@@ -336,7 +336,8 @@ def e2e_benchmark(slices: int, size: int, runs: int, work_dir: Path) -> str:
         prefetched = body.get("details", {}).get("prefetched_instances", "-")
         lines.append(
             f"| {i + 1} {note} | {send_s:.2f} | {wait_s:.2f} | {body.get('status')} | "
-            f"{t.get('decode_s')} / {t.get('inference_s')} / {t.get('sr_s')} | {prefetched} |"
+            f"{t.get('decode_s')} / {t.get('inference_s')} / {t.get('sr_s')} / "
+            f"{t.get('total_s')} | {prefetched} |"
         )
     warm = [r[2] for r in results[1:]] or [results[0][2]]
     lines += ["", f"Median time to result, warm: {np.median(warm):.2f} s."]

@@ -357,12 +357,13 @@ def build_sr(
             QualitativeEvaluation(ctx.finding, codes.SCT.Present if present else codes.SCT.Absent),
             *region_evals,
         ]
+        # The group's TID 4019 identifies the algorithm; the measurement does not repeat
+        # it (optional in TID 300, and a seventh of the content highdicom copies).
         measurements = [
             Measurement(
                 name=PROBABILITY,
                 value=round(float(analysis.score), 6),
                 unit=codes.UCUM.NoUnits,
-                algorithm_id=algorithm,
             )
         ]
     else:

@@ -144,7 +144,7 @@ class AnalysisPipeline:
         if s.prefetch_max_mb > 0:
             self.follower = Prefetcher(
                 node.index,
-                node.store.path_of,
+                lambda relative: node.store.path_of(relative),
                 self.prefetched,
                 self.prefetch_plan,
                 poll_s=float(s.prefetch_poll_s),

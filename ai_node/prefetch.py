@@ -46,12 +46,15 @@ from sqlalchemy import select
 
 from ai_node.models import LoadedModel
 from ai_node.preprocess import MAX_SLICES, DecodedFile, SliceRef, card_input, decode_file
-from radnode_core.index import Index, studies
+from radnode_core.index import Index, instances, studies
 
 logger = logging.getLogger(__name__)
 
 Fingerprint = tuple[str, int, float]
 """An instance's index row as far as its decoded pixels go: (path, size, received_at)."""
+
+CURSOR_SLACK_S = 2.0
+"""How far before the newest instance seen a study's next look at the index starts."""
 
 HEADER_BYTES = 32 * 1024
 """What one cached header is counted as (a pydicom Dataset without its pixels)."""
@@ -304,6 +307,7 @@ class Prefetcher:
         self.poll_s = poll_s
         self._seen: dict[str, int] = {}
         self._arriving: set[str] = set()
+        self._cursor: dict[str, float] = {}
         self._unscored: dict[str, dict[str, tuple[Fingerprint, DecodedFile]]] = {}
         self.score_batch = score_batch
         self._stop = threading.Event()
@@ -323,6 +327,24 @@ class Prefetcher:
             ).all()
         return [(str(r[0]), int(r[1])) for r in rows]
 
+    def newly_indexed(self, study_uid: str) -> list[dict[str, Any]]:
+        """The study's instances received since the last look, less ``CURSOR_SLACK_S``
+        (an index transaction commits a moment after its time received), oldest first.
+        A row this misses is decoded by the job."""
+        since = self._cursor.get(study_uid, float("-inf")) - CURSOR_SLACK_S
+        with self.index.engine.connect() as conn:
+            rows = conn.execute(
+                select(
+                    instances.c.path,
+                    instances.c.size,
+                    instances.c.received_at,
+                    instances.c.sop_class_uid,
+                )
+                .where(instances.c.study_uid == study_uid, instances.c.received_at > since)
+                .order_by(instances.c.received_at)
+            ).all()
+        return [dict(r._mapping) for r in rows]
+
     def poll_once(self) -> int:
         """One look at the index; returns the files decoded."""
         self.cache.expire()
@@ -331,6 +353,7 @@ class Prefetcher:
         finished = self._arriving - current
         self._arriving = current
         self._seen = {uid: seq for uid, seq in self._seen.items() if uid in current}
+        self._cursor = {uid: t for uid, t in self._cursor.items() if uid in current}
         self._unscored = {uid: f for uid, f in self._unscored.items() if uid in current}
         if finished and self._wake is not None:
             self._wake()
@@ -353,15 +376,17 @@ class Prefetcher:
     def _follow(self, study_uid: str, plan: Plan) -> tuple[int, bool]:
         """Decode the study's instances not in the cache, and score them once
         ``score_batch`` wait; (files decoded, whether every instance was looked at)."""
-        rows = self.index.instances_of_study(study_uid)
+        rows = self.newly_indexed(study_uid)
         decoded = 0
         complete = True
         unscored = self._unscored.setdefault(study_uid, {})
         for row in rows:
             if str(row["sop_class_uid"]) not in plan.sop_classes:
+                self._cursor[study_uid] = float(row["received_at"])
                 continue
             fp = fingerprint(row)
             if self.cache.has(study_uid, fp):
+                self._cursor[study_uid] = fp[2]
                 continue
             if self._stop.is_set() or self.cache.is_taken(study_uid):
                 complete = False
@@ -372,11 +397,13 @@ class Prefetcher:
                 logger.debug(
                     "instance not prefetched", extra={"study_uid": study_uid, "error": str(exc)}
                 )
+                self._cursor[study_uid] = fp[2]
                 continue
             decoded += 1
             if not self.cache.put(study_uid, fp, result):
                 complete = not self.cache.is_taken(study_uid)
                 break
+            self._cursor[study_uid] = fp[2]
             unscored[fp[0]] = (fp, result)
             if len(unscored) >= self.score_batch:
                 self._score(study_uid, plan)

@@ -24,7 +24,7 @@ import concurrent.futures
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -34,7 +34,7 @@ import numpy as np
 from ai_node.card import DEFAULT_THRESHOLD, ModelCard
 from ai_node.localise import LocalisationError, Location, locate
 from ai_node.models import LoadedModel, ModelTimeout
-from ai_node.preprocess import SliceStack, card_input, load_series
+from ai_node.preprocess import DecodedFile, SliceRef, SliceStack, card_input, load_series
 
 logger = logging.getLogger(__name__)
 
@@ -229,6 +229,11 @@ class ModelRun:
         """Score these slices (N, S, S) on the model's thread, after the ones before."""
         self._futures.append(self._pool.submit(self._score, grids, monochrome1))
 
+    def submit_known(self, outputs: np.ndarray) -> None:
+        """Take the outputs (N, units) of slices scored already (while the study arrived,
+        :mod:`ai_node.prefetch`), in their place among the ones submitted."""
+        self._futures.append(self._pool.submit(self._outputs.append, outputs))
+
     def finish(self) -> np.ndarray | None:
         """The outputs (N, units) of every slice submitted, in order; None when the model
         failed or ran out of time (:attr:`error` says which). Waits at most the rest of the
@@ -262,18 +267,36 @@ def decode_and_run(
     extra_sizes: Sequence[int] = (),
     batch_size: int = 64,
     compressed: bool = True,
+    decoded: Mapping[Path, DecodedFile] | None = None,
+    known: Mapping[str, Mapping[SliceRef, np.ndarray]] | None = None,
 ) -> SliceStack:
     """Decode a series onto the grids the models need and feed every ``streaming`` run the
     decoded chunks as they come (in decoding order: ``SliceStack.order`` maps them to the
-    head-to-feet order the stack has). Raises :class:`ai_node.preprocess.InputError` when
-    the series cannot be decoded."""
+    head-to-feet order the stack has); ``decoded``: files decoded already (on these grids);
+    ``known``: per model key, the outputs of slices it scored already, taken instead of
+    scoring them again. Raises :class:`ai_node.preprocess.InputError` when the series
+    cannot be decoded."""
+
+    def submit(run: ModelRun, frames: list[Any]) -> None:
+        s = run.model.size
+        grids = np.stack([f.grid if s == size else f.extra[s] for f in frames])
+        m1 = np.asarray([f.monochrome1 for f in frames], dtype=bool)
+        run.submit(grids, m1 if m1.any() else None)
 
     def on_chunk(frames: list[Any]) -> None:
-        m1 = np.asarray([f.monochrome1 for f in frames], dtype=bool)
         for run in streaming:
-            s = run.model.size
-            grids = np.stack([f.grid if s == size else f.extra[s] for f in frames])
-            run.submit(grids, m1 if m1.any() else None)
+            done = (known or {}).get(run.model.key, {})
+            start = 0
+            while start < len(frames):
+                have = frames[start].ref in done
+                end = start + 1
+                while end < len(frames) and (frames[end].ref in done) == have:
+                    end += 1
+                if have:
+                    run.submit_known(np.stack([done[f.ref] for f in frames[start:end]]))
+                else:
+                    submit(run, frames[start:end])
+                start = end
 
     return load_series(
         paths,
@@ -282,6 +305,7 @@ def decode_and_run(
         on_chunk=on_chunk if streaming else None,
         chunk=batch_size,
         extra_sizes=extra_sizes,
+        decoded=decoded,
     )
 
 

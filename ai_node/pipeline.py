@@ -1,8 +1,11 @@
 """The analysis of one study version, as the worker runs it: the stages in one place.
 
+    while the study arrives (:mod:`ai_node.prefetch`): decode each new instance, and score
+        batches of them with the models that score every slice
     route (each active model's card against the study's series)
-        -> per series: decode once (every grid size its models need), models score chunks
-           while it decodes -> sampled models and verdicts -> body part rules
+        -> per series: decode once what was not decoded ahead, or changed since (every
+           grid size its models need), models score chunks while it decodes (taking the
+           outputs computed ahead) -> sampled models and verdicts -> body part rules
         -> per model: aggregate -> SR (highdicom; source "ai", not analysed again)
            -> its results row
 
@@ -55,11 +58,12 @@ from ai_node.analysis import (
 from ai_node.card import ModelCard
 from ai_node.models import LoadedModel
 from ai_node.monitoring import input_statistics, last_received, observe
-from ai_node.preprocess import InputError, SliceStack, load_datasets
+from ai_node.prefetch import DecodedCache, Entry, Plan, Prefetcher, known_outputs, usable
+from ai_node.preprocess import InputError, SliceStack, load_datasets, on_grids
 from ai_node.registry import ModelRegistry, ModelSet
 from ai_node.results import ResultStore
 from ai_node.routing import Assignment, assign, describe_series, route
-from ai_node.sr import build_sr, context_for, model_version_key
+from ai_node.sr import build_sr, context_for, evidence_of_stack, model_version_key
 from ai_node.synth import StudySpec, generate_study
 from radnode_core import __version__
 from radnode_core.index import utcnow
@@ -101,6 +105,8 @@ class _Task:
     scored: np.ndarray | None = None  # which stack slices ``outputs`` are
     error: str | None = None
     decode_s: float = 0.0
+    prefetched: int = 0  # files decoded while the study arrived
+    scored_ahead: int = 0  # slices the model scored while the study arrived
 
     @property
     def card(self) -> ModelCard:
@@ -133,6 +139,16 @@ class AnalysisPipeline:
         self.batch_size = int(s.inference_batch_size)
         self.default_threshold = float(s.finding_threshold)
         self.device_uid = generate_uid(entropy_srcs=["radnode-device", s.ae_title])
+        self.prefetched = DecodedCache(int(s.prefetch_max_mb) * 2**20, float(s.prefetch_ttl_s))
+        self.follower: Prefetcher | None = None
+        if s.prefetch_max_mb > 0:
+            self.follower = Prefetcher(
+                node.index,
+                lambda relative: node.store.path_of(relative),
+                self.prefetched,
+                self.prefetch_plan,
+                poll_s=float(s.prefetch_poll_s),
+            )
 
     def __call__(self, job: Job) -> None:
         self.process(job)
@@ -171,6 +187,24 @@ class AnalysisPipeline:
             "analysis pipeline warmed up",
             extra={"seconds": round(time.perf_counter() - started, 2)},
         )
+
+    def prefetch_plan(self) -> Plan | None:
+        """What to decode of a study while it arrives: the SOP classes of the active models
+        and the grid sizes of those loaded (None before any is: the first study waits for
+        its job)."""
+        cards = self.models.active_cards()
+        loaded = self.models.loaded()
+        models = [loaded[c.name] for c in cards if c.name in loaded]
+        if not models:
+            return None
+        classes = frozenset(uid for c in cards for uid in c.applicability.sop_classes)
+        streaming = tuple(
+            m
+            for m in models
+            if m.version == self.models.registry.active_version(m.name)
+            and (m.card.aggregation is None or not m.card.aggregation.sample)
+        )
+        return Plan(classes, tuple(dict.fromkeys(m.size for m in models)), streaming)
 
     # -- helpers ---------------------------------------------------------------------
 
@@ -255,6 +289,13 @@ class AnalysisPipeline:
             raise
 
     def _process(self, job: Job, started: float) -> dict[str, Any]:
+        taken = self.prefetched.take(job.study_uid)
+        try:
+            return self._analyse(job, started, taken)
+        finally:
+            self.prefetched.release(job.study_uid)
+
+    def _analyse(self, job: Job, started: float, taken: dict[str, Entry]) -> dict[str, Any]:
         instances = self.node.index.instances_of_study(job.study_uid)
         active = self.models.active_cards()
         routed = route([c for c in active if c.reports], instances, self._open_header)
@@ -266,7 +307,7 @@ class AnalysisPipeline:
         for task in dict.fromkeys([*deciders.values(), *tasks]):
             groups.setdefault(tuple(str(p) for p in task.assignment.paths), []).append(task)
         for group in groups.values():
-            self._run_group(group)
+            self._run_group(group, taken, instances)
         verdicts = {name: self._verdict(task) for name, task in deciders.items()}
         outcome: dict[str, Any] = {}
         for task in tasks:
@@ -328,8 +369,11 @@ class AnalysisPipeline:
             out[name] = _Task(result)
         return out
 
-    def _run_group(self, group: list[_Task]) -> None:
-        """Decode the files of one assignment once and run every model of the group."""
+    def _run_group(
+        self, group: list[_Task], taken: dict[str, Entry], instances: Sequence[dict[str, Any]]
+    ) -> None:
+        """Decode the files of one assignment once (those decoded while the study arrived
+        and unchanged since are taken as they are) and run every model of the group."""
         for task in group:
             try:
                 task.model = self.models.get(task.card.name)
@@ -349,6 +393,14 @@ class AnalysisPipeline:
         sizes = list(dict.fromkeys(t.model.size for t in ready if t.model is not None))
         first = group[0].assignment
         decode_started = time.perf_counter()
+        wanted = {str(p) for p in first.paths}
+        reusable = usable(taken, [r for r in instances if str(r["path"]) in wanted])
+        decoded = {}
+        for relative, entry in reusable.items():
+            on_sizes = on_grids(entry.decoded, sizes[0], sizes[1:])
+            if on_sizes is not None:
+                decoded[self.node.store.path_of(relative)] = on_sizes
+        known = known_outputs(reusable.values())
         try:
             stack = decode_and_run(
                 [self.node.store.path_of(str(p)) for p in first.paths],
@@ -357,6 +409,8 @@ class AnalysisPipeline:
                 extra_sizes=sizes[1:],
                 batch_size=self.batch_size,
                 compressed=first.compressed,
+                decoded=decoded,
+                known=known,
             )
         except InputError as exc:
             for task in ready:
@@ -374,6 +428,9 @@ class AnalysisPipeline:
         for task in ready:
             assert task.run is not None
             task.stack, task.decode_s = stack, decode_s
+            task.prefetched = len(decoded)
+            if task in streaming and task.model is not None:
+                task.scored_ahead = len(known.get(task.model.key, {}))
             outputs = task.run.finish()
             if outputs is None:
                 task.fail(task.run.error or "inference failed")
@@ -483,16 +540,16 @@ class AnalysisPipeline:
             refs = [stack.refs[i] for i in analysis.evidence_slices]
         else:
             refs = [stack.refs[len(stack) // 2]]
-        # The image library lists the slices the SR references plus the series' first and
-        # last slice (its extent): TID 1600 needs the referenced images; listing all 300
-        # would cost seconds of SR building for nothing a viewer shows.
-        marked = [analysis.location.ref] if analysis.location is not None else []
-        library = [stack.refs[0], *refs, *marked, stack.refs[-1]]
-        uids = list(dict.fromkeys(r.sop_instance_uid for r in library))
-        headers = [stack.headers[u] for u in uids if u in stack.headers]
+        headers, library = evidence_of_stack(stack, refs, analysis.location)
         try:
             sr = build_sr(
-                headers, analysis, refs, self._context(model, decider), job.study_uid, job.version
+                headers,
+                analysis,
+                refs,
+                self._context(model, decider),
+                job.study_uid,
+                job.version,
+                library=library,
             )
         except ValueError as exc:
             task.fail(f"{card.key}: its SR cannot be built: {exc}")
@@ -525,6 +582,8 @@ class AnalysisPipeline:
             "series_uid": task.assignment.series_uids[0],
             "series_uids": list(task.assignment.series_uids),
             "slices": len(stack),
+            "prefetched_instances": task.prefetched,
+            "prefetched_scored_slices": task.scored_ahead,
             "skipped_instances": stack.skipped[:20],
             "region": analysis.region,
             "region_probabilities": analysis.region_probabilities,

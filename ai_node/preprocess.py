@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -368,14 +368,33 @@ def frames_of_dataset(
     return out
 
 
-def _decode_file(
-    path: Path, size: int, extra_sizes: Sequence[int] = ()
-) -> tuple[list[_Frame], Dataset]:
+DecodedFile = tuple[list[_Frame], Dataset]
+"""One file's frames on the model grids and its header (pixel data dropped)."""
+
+
+def decode_file(path: Path, size: int, extra_sizes: Sequence[int] = ()) -> DecodedFile:
     """The frames of one file and its header (pixel data dropped, for the SR's evidence)."""
     ds = pydicom.dcmread(path)
     frames = frames_of_dataset(ds, size, extra_sizes)
     del ds.PixelData
     return frames, ds
+
+
+def on_grids(
+    decoded: DecodedFile, size: int, extra_sizes: Sequence[int] = ()
+) -> DecodedFile | None:
+    """A decoded file's frames with ``size`` as their grid and ``extra_sizes`` beside it
+    (the same arrays, not copies), or None when a frame lacks one of those sizes."""
+    frames, header = decoded
+    wanted = [size, *(s for s in dict.fromkeys(extra_sizes) if s != size)]
+    out = []
+    for frame in frames:
+        grids = {int(frame.grid.shape[-1]): frame.grid, **frame.extra}
+        if any(s not in grids for s in wanted):
+            return None
+        extra = {s: grids[s] for s in wanted[1:]}
+        out.append(_Frame(grids[size], frame.key, frame.ref, extra, frame.monochrome1))
+    return out, header
 
 
 def stack_frames(frames: Iterable[_Frame], skipped: list[str] | None = None) -> SliceStack:
@@ -412,6 +431,7 @@ def load_series(
     on_chunk: Callable[[list[_Frame]], None] | None = None,
     chunk: int = 64,
     extra_sizes: Sequence[int] = (),
+    decoded: Mapping[Path, DecodedFile] | None = None,
 ) -> SliceStack:
     """Decode a series' files onto the model grid, in HU.
 
@@ -425,6 +445,9 @@ def load_series(
     decoding order (``SliceStack.order`` maps them to the final head-to-feet order):
     the pipeline runs inference on them while the next files decode. ``extra_sizes``:
     grids to decode besides ``size`` (models of other input sizes on the same series).
+    ``decoded``: files already decoded onto those grids (:mod:`ai_node.prefetch` decodes a
+    study while it arrives); they take their place in the order and only the others are
+    decoded here, so the stack is the one a decode of every file makes.
     """
     if not paths:
         raise InputError("the series has no instances")
@@ -434,15 +457,17 @@ def load_series(
     skipped: list[str] = []
     headers: dict[str, Dataset] = {}
 
-    def decode(path: Path) -> tuple[list[_Frame], Dataset] | str:
+    ready = decoded or {}
+
+    def decode(path: Path) -> DecodedFile | str:
         try:
-            return _decode_file(path, size, extra_sizes)
+            return decode_file(path, size, extra_sizes)
         except Exception as exc:  # noqa: BLE001 - a corrupt file is reported, not fatal
             return f"{path.name}: {type(exc).__name__}: {exc}"[:300]
 
     pending: list[_Frame] = []
 
-    def collect(result: tuple[list[_Frame], Dataset] | str, last: bool) -> None:
+    def collect(result: DecodedFile | str, last: bool) -> None:
         if isinstance(result, str):
             skipped.append(result)
         else:
@@ -453,14 +478,16 @@ def load_series(
             on_chunk(list(pending))
             pending.clear()
 
-    if workers == 1 or len(paths) == 1:
+    missing = [p for p in paths if p not in ready]
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        if workers == 1 or len(missing) <= 1:
+            results: Iterator[DecodedFile | str] = (decode(p) for p in missing)
+        else:
+            chunksize = max(1, len(missing) // (4 * workers))
+            results = pool.map(decode, missing, chunksize=chunksize)
         for i, path in enumerate(paths):
-            collect(decode(path), i == len(paths) - 1)
-    else:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            chunksize = max(1, len(paths) // (4 * workers))
-            for i, result in enumerate(pool.map(decode, paths, chunksize=chunksize)):
-                collect(result, i == len(paths) - 1)
+            done = ready.get(path)
+            collect(done if done is not None else next(results), i == len(paths) - 1)
     if len(frames) > MAX_SLICES:
         raise InputError(f"series has {len(frames)} frames, more than {MAX_SLICES}")
     if skipped and len(skipped) > max_bad_fraction * len(paths):

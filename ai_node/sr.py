@@ -75,7 +75,7 @@ from ai_node.analysis import StudyAnalysis
 from ai_node.card import ModelCard
 from ai_node.labels import REGION_CODES
 from ai_node.localise import Location
-from ai_node.preprocess import SliceRef
+from ai_node.preprocess import SliceRef, SliceStack
 
 SR_SERIES_NUMBER = 9901
 """Series Number of the node's AI result series (high, so viewers list it last)."""
@@ -202,6 +202,24 @@ _LIBRARY_DESCRIPTORS = (
 """What highdicom's TID 1604 entry descriptors read from a cross-sectional image."""
 
 
+def evidence_of_stack(
+    stack: SliceStack, refs: Sequence[SliceRef], location: Location | None = None
+) -> tuple[list[Dataset], list[Dataset]]:
+    """(evidence, library) headers of the SR of a result on ``stack``: every evaluated
+    image is evidence (the evidence sequence lists them all, PS3.3 C.17.2.3); the image
+    library (TID 1600, optional in TID 1500) describes the image the TID 1410 group draws
+    on, the located finding's or else the first of ``refs``. Each library entry costs
+    about 200 data elements that highdicom copies and parses again, so the library is
+    kept to that one image."""
+    evaluated = dict.fromkeys(r.sop_instance_uid for r in stack.refs)
+    drawn = location.ref if location is not None else (refs[0] if refs else None)
+    evidence = [stack.headers[u] for u in evaluated if u in stack.headers]
+    library = []
+    if drawn is not None and drawn.sop_instance_uid in stack.headers:
+        library.append(stack.headers[drawn.sop_instance_uid])
+    return evidence, library
+
+
 def _library_ready(ds: Dataset) -> bool:
     """Whether an image can be an image library entry (a multi-frame image keeps these in
     functional groups, and a single-frame one may lack them: such images stay evidence)."""
@@ -281,16 +299,23 @@ def build_sr(
     ctx: ReportContext,
     study_uid: str,
     version: int,
+    library: Sequence[Dataset] | None = None,
 ) -> Comprehensive3DSR:
     """The SR for one analysed study version.
 
-    ``evidence`` are the headers of the evaluated series' images (they populate the
-    image library and the evidence sequence); ``evidence_refs`` the slices that drove
-    the score (source images of the measurement group).
+    ``evidence`` are the headers of the evaluated images: every one is listed in the
+    Current Requested Procedure Evidence Sequence (PS3.3 C.17.2.3), the first gives the
+    patient and study modules. ``library``: the images of the TID 1600 image library (by
+    default every evidence image; the pipeline passes those the content references).
+    ``evidence_refs`` are the slices that drove the score (source images of the
+    measurement group).
     """
     if not evidence:
         raise ValueError("evidence: at least one source image is required")
-    images = [_evidence_copy(ds) for ds in evidence]
+    shown = [_evidence_copy(ds) for ds in (evidence if library is None else library)]
+    by_uid = {str(ds.SOPInstanceUID): ds for ds in shown}
+    first = by_uid.get(str(evidence[0].SOPInstanceUID)) or _evidence_copy(evidence[0])
+    images = [first, *(by_uid.get(str(ds.SOPInstanceUID), ds) for ds in evidence[1:])]
     model_version = model_version_key(analysis)
     series_uid, sop_uid = sr_uids(study_uid, version, model_version)
 
@@ -332,12 +357,13 @@ def build_sr(
             QualitativeEvaluation(ctx.finding, codes.SCT.Present if present else codes.SCT.Absent),
             *region_evals,
         ]
+        # The group's TID 4019 identifies the algorithm; the measurement does not repeat
+        # it (optional in TID 300, and a seventh of the content highdicom copies).
         measurements = [
             Measurement(
                 name=PROBABILITY,
                 value=round(float(analysis.score), 6),
                 unit=codes.UCUM.NoUnits,
-                algorithm_id=algorithm,
             )
         ]
     else:
@@ -363,13 +389,13 @@ def build_sr(
     if analysis.location is not None:
         roi = _located_group(analysis.location, tracking, ctx, algorithm, measurements)
     else:
-        roi = _evaluated_image_group(evidence_refs[0], images, tracking)
+        roi = _evaluated_image_group(evidence_refs[0], [*shown, *images], tracking)
     report = MeasurementReport(
         observation_context=ObservationContext(observer_device_context=observer),
         procedure_reported=ctx.procedure,
         imaging_measurements=[roi, group],
         title=codes.DCM.ImagingMeasurementReport,
-        referenced_images=[image for image in images if _library_ready(image)] or None,
+        referenced_images=[image for image in shown if _library_ready(image)] or None,
     )
     description = (
         f"AI {finding_name} score {analysis.score:.2f}"

@@ -13,6 +13,7 @@ import os
 import socket
 import threading
 from collections.abc import Callable
+from typing import Protocol
 
 from radnode_core.jobs import Job, JobQueue
 from radnode_core.metrics import Metrics
@@ -20,6 +21,16 @@ from radnode_core.metrics import Metrics
 logger = logging.getLogger(__name__)
 
 Processor = Callable[[Job], None]
+
+
+class Follower(Protocol):
+    """Work a processor does beside its jobs while the worker runs (the analysis pipeline
+    decodes studies while they arrive, :mod:`ai_node.prefetch`); it calls ``wake`` when a
+    job is probably waiting, so the worker looks at once instead of at its next poll."""
+
+    def start(self, wake: Callable[[], None]) -> None: ...
+
+    def stop(self) -> None: ...
 
 
 class Worker:
@@ -39,6 +50,7 @@ class Worker:
         self.retry_delay_s = retry_delay_s
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
 
     def run_once(self) -> bool:
@@ -65,11 +77,14 @@ class Worker:
         return True
 
     def run(self) -> None:
-        """Process jobs until stopped; sleeps only when the queue is empty.
+        """Process jobs until stopped; sleeps only when the queue is empty (at most
+        ``poll_s``, less when woken: :meth:`wake`).
 
         A processor with a ``warm_up()`` (the analysis pipeline: models, traced
         functions) gets it called first, in this thread, so the first study is as
-        fast as the next; a failed warm-up is logged and the jobs still run.
+        fast as the next; a failed warm-up is logged and the jobs still run. A processor
+        with a ``follower`` (:class:`Follower`) has it started then, and stopped with the
+        loop.
         """
         warm_up = getattr(self.processor, "warm_up", None)
         if callable(warm_up):
@@ -77,14 +92,26 @@ class Worker:
                 warm_up()
             except Exception:
                 logger.exception("processor warm-up failed; continuing without it")
-        while not self._stop.is_set():
-            try:
-                busy = self.run_once()
-            except Exception:  # database unavailable: keep trying
-                logger.exception("worker loop error")
-                busy = False
-            if not busy:
-                self._stop.wait(self.poll_s)
+        follower: Follower | None = getattr(self.processor, "follower", None)
+        if follower is not None:
+            follower.start(self.wake)
+        try:
+            while not self._stop.is_set():
+                self._wake.clear()
+                try:
+                    busy = self.run_once()
+                except Exception:  # database unavailable: keep trying
+                    logger.exception("worker loop error")
+                    busy = False
+                if not busy:
+                    self._wake.wait(self.poll_s)
+        finally:
+            if follower is not None:
+                follower.stop()
+
+    def wake(self) -> None:
+        """Look for a job now rather than at the next poll."""
+        self._wake.set()
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self.run, name="radnode-worker", daemon=True)
@@ -92,5 +119,6 @@ class Worker:
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=30)

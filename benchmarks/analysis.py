@@ -1,8 +1,10 @@
-"""The AI node's speed, as Markdown tables: ``python -m benchmarks.analysis inference|e2e``.
+"""The AI node's speed, as Markdown tables: ``python -m benchmarks.analysis inference|sr|e2e``.
 
 inference: one 300-slice 512x512 synthetic chest CT from disk through decode,
 preprocessing and both models, batched (the worker's path) against per-slice
 ``model.predict`` in the same run.
+
+sr: build, encode and store one result SR that lists a 300-slice study as its evidence.
 
 e2e: dcmtk ``storescu`` sends a study to a fresh ``radnode serve``; the clock runs
 from storescu's exit (the last C-STORE response and the release) until
@@ -42,6 +44,19 @@ def _study(work_dir: Path, slices: int, size: int, seed: int) -> tuple[str, list
         write_study(spec, folder)
     info = json.loads(truth.read_text())
     return str(info["study_instance_uid"]), sorted(folder.glob("IM*.dcm"))
+
+
+def environment(load: tuple[float, float, float] | None = None) -> str:
+    """The machine and the settings a figure was taken with, in one line."""
+    from radnode_core.settings import Settings
+
+    s = Settings()
+    one, five, _ = load or os.getloadavg()
+    return (
+        f"{os.cpu_count()} CPU cores, load average {one:.1f} (1 min) / {five:.1f} (5 min) "
+        f"at start, Python {sys.version.split()[0]}, worker poll {s.worker_poll_s:g} s, "
+        f"prefetch {s.prefetch_max_mb} MiB (poll {s.prefetch_poll_s:g} s)"
+    )
 
 
 def _warm_files(files: list[Path]) -> None:
@@ -132,6 +147,92 @@ def inference_benchmark(
     return "\n".join(lines)
 
 
+def sr_benchmark(slices: int, size: int, rounds: int, work_dir: Path) -> str:
+    """Milliseconds to build (highdicom), encode and store (fsync on) one result SR that
+    lists every slice of a ``slices``-slice study as evidence, as the worker writes it."""
+    import pydicom
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    from ai_node.analysis import StudyAnalysis
+    from ai_node.pipeline import encode
+    from ai_node.preprocess import SliceRef, SliceStack
+    from ai_node.sr import ReportContext, build_sr, evidence_of_stack
+    from radnode.assembly import build_node
+    from radnode_core.settings import Settings
+
+    uid, files = _study(work_dir, slices, size, seed=100)
+    headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
+    refs = [SliceRef(str(h.SOPClassUID), str(h.SOPInstanceUID)) for h in headers]
+    stack = SliceStack(
+        hu=np.zeros((slices, 1, 1), np.float32),
+        positions=np.arange(slices, dtype=np.float64),
+        refs=refs,
+        headers={r.sop_instance_uid: h for r, h in zip(refs, headers, strict=True)},
+    )
+    ctx = ReportContext(
+        node_name="RADNODE",
+        device_uid="2.25.1",
+        software_version="radnode bench",
+        finding_model="radnode-finding",
+        finding_version="1.0.0",
+        region_model="radnode-region",
+        region_version="1.0.0",
+        threshold=0.5,
+    )
+    data = Path(tempfile.mkdtemp(prefix="radnode-sr-"))
+    node = build_node(Settings(data_dir=data / "data", fsync=True))
+    rows = []
+    try:
+        for n_refs in (1, 5):
+            picked = list(range(slices // 2, slices // 2 + n_refs))
+            timings: list[tuple[float, float, float, float]] = []
+            for i in range(rounds + 1):
+                analysis = StudyAnalysis(
+                    "chest",
+                    {"chest": 0.99},
+                    in_scope=True,
+                    score=0.9,
+                    driving_slice=picked[0],
+                    slice_scores=[0.1] * slices,
+                    evidence_slices=picked,
+                    model_versions={"finding": f"1.0.{n_refs}.{i}", "region": "1.0.0"},
+                    label="lesion",
+                )
+                c0, t0 = time.process_time(), time.perf_counter()
+                shown = [refs[j] for j in picked]
+                evidence, library = evidence_of_stack(stack, shown)
+                sr = build_sr(evidence, analysis, shown, ctx, uid, 1, library=library)
+                t1 = time.perf_counter()
+                body = encode(sr)
+                t2 = time.perf_counter()
+                node.ingestor.ingest(body, ExplicitVRLittleEndian, source="ai", analyze=False)
+                t3 = time.perf_counter()
+                if i:  # the first round warms the code paths
+                    timings.append((t1 - t0, t2 - t1, t3 - t2, time.process_time() - c0))
+            build_s, encode_s, store_s, cpu_s = (
+                statistics.median(t[k] for t in timings) for k in range(4)
+            )
+            rows.append((n_refs, build_s, encode_s, store_s, cpu_s, len(body)))
+    finally:
+        node.close()
+        shutil.rmtree(data, ignore_errors=True)
+    lines = [
+        f"One SR listing all {slices} slices as evidence (Current Requested Procedure Evidence "
+        f"Sequence), its image library the slice it draws on; median of {rounds} "
+        f"rounds; store with fsync. Environment: {environment()}.",
+        "",
+        "| slices referenced by the content | build (ms) | encode (ms) | store (ms) "
+        "| total (ms) | CPU (ms) | bytes |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for n_refs, b, e, st, cpu, n in rows:
+        lines.append(
+            f"| {n_refs} | {1000 * b:.0f} | {1000 * e:.0f} | {1000 * st:.0f} "
+            f"| {1000 * (b + e + st):.0f} | {1000 * cpu:.0f} | {n} |"
+        )
+    return "\n".join(lines)
+
+
 def start_serve(
     data_dir: Path,
     dicom_port: int,
@@ -171,6 +272,7 @@ def e2e_benchmark(slices: int, size: int, runs: int, work_dir: Path) -> str:
     if storescu is None:
         raise RuntimeError("storescu (dcmtk) is not installed")
     studies = [_study(work_dir, slices, size, seed=100 + i) for i in range(runs)]
+    load_at_start = os.getloadavg()
     data = Path(tempfile.mkdtemp(prefix="radnode-e2e-"))
     dicom_port, http_port = free_port(), free_port()
     log = (data.parent / f"{data.name}.log").open("wb")
@@ -218,20 +320,24 @@ def e2e_benchmark(slices: int, size: int, runs: int, work_dir: Path) -> str:
         shutil.rmtree(data, ignore_errors=True)
     lines = [
         f"{slices} slices of {size}x{size} per study, one storescu association each, "
-        f"`radnode serve` defaults (completion on association release, worker poll 0.25 s).",
+        f"`radnode serve` defaults (completion on association release).",
+        "",
+        f"Environment: {environment(load_at_start)}.",
         "",
         "| study | send (s) | last C-STORE response -> result `done` (s) | status "
-        "| decode / inference / SR (s) |",
-        "|---|---:|---:|---|---|",
+        "| job: decode / inference / SR / total (s) | slices decoded while arriving |",
+        "|---|---:|---:|---|---|---:|",
     ]
     for i, send_s, wait_s, body in results:
         t = body.get("timings", {})
         note = (
             "first (server just started: its model warm-up overlaps the send)" if i == 0 else "warm"
         )
+        prefetched = body.get("details", {}).get("prefetched_instances", "-")
         lines.append(
             f"| {i + 1} {note} | {send_s:.2f} | {wait_s:.2f} | {body.get('status')} | "
-            f"{t.get('decode_s')} / {t.get('inference_s')} / {t.get('sr_s')} |"
+            f"{t.get('decode_s')} / {t.get('inference_s')} / {t.get('sr_s')} / "
+            f"{t.get('total_s')} | {prefetched} |"
         )
     warm = [r[2] for r in results[1:]] or [results[0][2]]
     lines += ["", f"Median time to result, warm: {np.median(warm):.2f} s."]
@@ -242,15 +348,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.analysis", description=__doc__)
     sub = parser.add_subparsers(dest="kind", required=True)
     inf = sub.add_parser("inference", help="slices/s: decode, preprocess, both models")
-    inf.add_argument(
-        "--models-dir", type=Path, help="model registry (default: the shipped models)"
-    )
+    inf.add_argument("--models-dir", type=Path, help="model registry (default: the shipped models)")
     inf.add_argument("--slices", type=int, default=300)
     inf.add_argument("--size", type=int, default=512)
     inf.add_argument(
         "--predict-slices", type=int, default=30, help="slices timed through per-slice predict"
     )
     inf.add_argument("--work-dir", type=Path, default=Path("bench-work"))
+    sr = sub.add_parser("sr", help="ms to build, encode and store a result SR")
+    sr.add_argument("--slices", type=int, default=300)
+    sr.add_argument("--size", type=int, default=512)
+    sr.add_argument("--rounds", type=int, default=9)
+    sr.add_argument("--work-dir", type=Path, default=Path("bench-work"))
     e2e = sub.add_parser("e2e", help="storescu -> radnode serve -> SR queryable")
     e2e.add_argument("--slices", type=int, default=300)
     e2e.add_argument("--size", type=int, default=512)
@@ -271,6 +380,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.slices, args.size, args.predict_slices, args.work_dir, registry
             )
         )
+    elif args.kind == "sr":
+        print(sr_benchmark(args.slices, args.size, args.rounds, args.work_dir))
     elif args.via == "orthanc":
         from benchmarks.pacs import orthanc_e2e_benchmark  # it imports this module
 

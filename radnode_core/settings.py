@@ -254,6 +254,21 @@ class Settings(BaseSettings):
     job_max_attempts: int = Field(
         3, ge=1, description="Attempts before a job is marked failed (with its error)."
     )
+    prefetch_max_mb: int = Field(
+        256,
+        ge=0,
+        description="Memory (MiB) the worker may hold of studies decoded while they arrive, "
+        "so a completed study has only its tail left to decode; 0 turns prefetching off.",
+    )
+    prefetch_ttl_s: float = Field(
+        300.0,
+        gt=0,
+        description="A study decoded ahead that gets no new instance for this long is dropped "
+        "from memory (its job decodes it again).",
+    )
+    prefetch_poll_s: float = Field(
+        0.05, gt=0, description="Seconds between the worker's looks for newly stored instances."
+    )
 
     # HTTP edge: DICOMweb, authentication, CORS (dicomweb/)
     auth_enabled: bool = Field(

@@ -26,23 +26,32 @@ and collects a C-STORE's dataset in memory before the handler sees it. Here:
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
+import queue
+import select
+import socket
+import ssl
 import struct
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
+from pynetdicom import events as evt
+from pynetdicom._globals import MODE_ACCEPTOR
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.pdu_primitives import P_DATA
-from pynetdicom.transport import RequestHandler
+from pynetdicom.presentation import PresentationContext
+from pynetdicom.transport import AssociationSocket, RequestHandler
 
 from radnode_core.store import file_meta_bytes
 
@@ -310,12 +319,197 @@ class BoundedDUL(DULServiceProvider):
         self.socket.close()  # queues Evt17: the state machine ends the association
 
     def run_reactor(self) -> None:
+        """pynetdicom's DUL loop, but an idle loop waits until the socket is readable or
+        another thread hands the DUL a primitive (:meth:`send_pdu`, :meth:`stop_dul`),
+        instead of sleeping ``_run_loop_delay`` and looking again. Each event the state
+        machine handles wakes the association's reactor (:class:`WakingAssociation`)."""
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._idle_timer.start()
+        assert self.socket is not None
+        assoc = self.assoc
+        notify = getattr(assoc, "wake", None)
+        idle = False
         try:
-            super().run_reactor()
+            while True:
+                if not assoc._dul_ready.is_set():
+                    assoc._dul_ready.set()
+                    idle = True
+                if idle:
+                    self._wait()
+                if self._kill_thread:
+                    break
+                if self.artim_timer.expired:
+                    self.event_queue.put("Evt18")
+                if self._process_recv_primitive():
+                    pass
+                elif self._is_transport_event():
+                    self._idle_timer.restart()
+                try:
+                    event = self.event_queue.get(block=False)
+                except queue.Empty:
+                    idle = True
+                    continue
+                self.state_machine.do_action(event)
+                idle = False
+                if notify is not None:
+                    notify()
+        except Exception as exc:
+            logger.error("unexpected error in the DUL reactor: association aborted")
+            logger.exception(exc)
+            abort = A_ABORT_RQ()
+            abort.source = 0x02
+            abort.reason_diagnostic = 0x00
+            try:
+                self.socket.send(abort.encode())
+            except OSError:
+                pass
+            assoc.is_aborted = True
+            assoc.is_established = False
+            assoc._kill = True
+            self._kill_thread = True
         finally:
-            dimse = self.assoc.dimse
+            self._wake_w.close()
+            self._wake_r.close()
+            if notify is not None:
+                notify()
+            dimse = assoc.dimse
             if isinstance(dimse, SpoolingDIMSE):
                 dimse.discard_all()
+
+    def _wait(self) -> None:
+        """Until the socket has data (or closed), a wake-up came, or ``WAIT_S`` passed (the
+        ARTIM timer is checked that often). TLS data already decrypted needs no wait."""
+        sock = self.socket.socket if self.socket is not None else None
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+            return
+        waits: list[Any] = [self._wake_r]
+        if sock is not None and sock.fileno() >= 0:
+            waits.append(sock)
+        if not (self.to_provider_queue.empty() and self.event_queue.empty()):
+            return
+        try:
+            ready, _, _ = select.select(waits, [], [], WAIT_S)
+        except (OSError, ValueError):  # the socket was closed: the loop sees it
+            return
+        if self._wake_r in ready:
+            try:
+                while self._wake_r.recv(4096):
+                    pass
+            except OSError:  # drained (BlockingIOError)
+                pass
+
+    def wake(self) -> None:
+        """Make an idle reactor loop look again (from any thread)."""
+        wake_w = getattr(self, "_wake_w", None)
+        if wake_w is None:
+            return
+        try:
+            wake_w.send(b"\0")
+        except OSError:  # closed (the reactor ended), or already full of wake-ups
+            pass
+
+    def send_pdu(self, primitive: Any) -> None:
+        super().send_pdu(primitive)
+        self.wake()
+
+    def kill_dul(self) -> None:
+        super().kill_dul()
+        self.wake()
+
+    def stop_dul(self) -> bool:
+        """As pynetdicom's: end the reactor if the state machine is idle (Sta1)."""
+        if self.state_machine.current_state != "Sta1":
+            return False
+        self._kill_thread = True
+        self.wake()
+        while self.is_alive():
+            time.sleep(0.001)
+        return True
+
+
+WAIT_S = 0.05
+"""Longest an idle reactor (DUL or association) waits before it looks again without a
+wake-up: the resolution of the ARTIM and network timeouts."""
+
+
+class WakingAssociation(Association):
+    """pynetdicom's acceptor :class:`Association` whose reactor waits to be woken (by the DUL
+    thread, after each event it handles) instead of sleeping 1 ms between looks at the
+    DIMSE queue: a C-STORE is served as soon as its last fragment is in."""
+
+    def __init__(self, ae: Any, mode: str) -> None:
+        super().__init__(ae, mode)
+        self._wake = threading.Event()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def kill(self) -> None:
+        self._kill = True
+        self._wake.set()
+        super().kill()
+
+    def _run_reactor(self) -> None:
+        """pynetdicom's acceptor loop (``Association._run_reactor``) with the wait above:
+        serve a complete DIMSE message, answer an A-RELEASE-RQ, end on an abort, on the
+        DUL's end or on the network timeout."""
+        self._is_paused = False
+        idle = False
+        while not self._kill:
+            if idle:
+                self._wake.wait(WAIT_S)
+            self._wake.clear()
+            self._is_paused = True
+            self._reactor_checkpoint.wait()
+            self._is_paused = False
+
+            context_id, msg = self.dimse.get_msg(block=False)
+            idle = msg is None
+            if msg:
+                self._serve_request(msg, cast(int, context_id))
+
+            if self.is_established and self.acse.is_release_requested():
+                self.acse.send_release(is_response=True)
+                logger.info("association released")
+                self.is_released = True
+                self.is_established = False
+                evt.trigger(self, evt.EVT_RELEASED, {})
+                self.kill()
+                return
+
+            if self.acse.is_aborted():
+                self.dul.receive_pdu(wait=False)  # EVT_ACSE_RECV for its subscribers
+                self.is_aborted = True
+                self.is_established = False
+                evt.trigger(self, evt.EVT_ABORTED, {})
+                self.kill()
+                return
+
+            if not self.dul.is_alive():
+                self.kill()
+                return
+
+            if self.dul.idle_timer_expired():
+                logger.error("network timeout reached")
+                if self.network_timeout_response == "A-RELEASE":
+                    self._is_paused = True
+                    self._reactor_checkpoint.wait()
+                    self.release()
+                    self._is_paused = False
+                else:
+                    self.abort()
+                self.kill()
+                return
+
+
+def _copy_context(context: PresentationContext) -> PresentationContext:
+    """A presentation context's own copy: its transfer syntax list is the only mutable part
+    (UIDs are immutable strings)."""
+    clone = copy.copy(context)
+    clone._transfer_syntax = list(context._transfer_syntax)
+    return clone
 
 
 class SpoolingRequestHandler(RequestHandler):
@@ -323,16 +517,38 @@ class SpoolingRequestHandler(RequestHandler):
     where the server has ``spool`` settings, a :class:`SpoolingDIMSE`."""
 
     def _create_association(self) -> Association:
-        assoc = super()._create_association()
+        """As pynetdicom's, with a :class:`WakingAssociation`, a :class:`BoundedDUL`, a
+        :class:`SpoolingDIMSE` where the server has ``spool`` settings, and the server's
+        presentation contexts copied one by one instead of with ``deepcopy`` (about
+        0.1 s for the 170 storage contexts, at every association)."""
+        server: Any = self.server
+        assoc = WakingAssociation(self.ae, MODE_ACCEPTOR)
+        assoc._server = server
+        assoc.name = f"AcceptorThread@{time.strftime('%Y%m%d%H%M%S')}"
         dul = BoundedDUL(assoc)
-        dul.socket = assoc.dul.socket
-        dul.event_queue = assoc.dul.event_queue  # holds the socket's connection event (Evt5)
-        dul.on_refused = getattr(self.server, "on_pdu_refused", None)
+        dul.on_refused = getattr(server, "on_pdu_refused", None)
         assoc.dul = dul
-        settings: Any = getattr(self.server, "spool", None)
+        assoc.set_socket(AssociationSocket(assoc, client_socket=self.request))
+        settings: Any = getattr(server, "spool", None)
         if isinstance(settings, SpoolSettings):
             assoc.dimse = SpoolingDIMSE(assoc, settings)
         # The timers live in the DUL: set them again on the new one.
         assoc.acse_timeout = assoc.acse_timeout
         assoc.network_timeout = assoc.network_timeout
+
+        acceptor = assoc.acceptor
+        acceptor.maximum_length = self.ae.maximum_pdu_size
+        acceptor.ae_title = server.ae_title
+        acceptor.address_info = self.local
+        acceptor.implementation_class_uid = self.ae.implementation_class_uid
+        acceptor.implementation_version_name = self.ae.implementation_version_name
+        acceptor.supported_contexts = [_copy_context(cx) for cx in server.contexts]
+        assoc.requestor.address_info = self.remote
+
+        for event, handlers in server._handlers.items():
+            if event.is_intervention and handlers:
+                assoc.bind(event, *handlers)
+            elif isinstance(event, evt.NotificationEvent):
+                for handler in handlers:
+                    assoc.bind(event, handler[0], handler[1])
         return assoc

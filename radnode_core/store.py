@@ -247,6 +247,51 @@ class InstanceStore:
             _fsync_dir(final.parent)
         return size
 
+    def _kept_duplicate(
+        self, final: Path, record_fields: dict[str, Any]
+    ) -> tuple[StoreResult | None, dict[str, Any] | None]:
+        """The stored row of this SOP Instance UID, if its file exists, and, under
+        ``keep_first``, the result that ends the store there (counted, nothing written).
+        A new instance costs no index lookup: its file cannot exist yet."""
+        sop_uid = record_fields["sop_instance_uid"]
+        existing = self.index.find_instance(sop_uid) if final.exists() else None
+        if existing is None or self.duplicate_policy != "keep_first":
+            return None, existing
+        self.index.count_duplicates(sop_uid)
+        rec = InstanceRecord(
+            path=existing["path"], size=existing["size"], received_at=time.time(), **record_fields
+        )
+        return StoreResult(rec, duplicate=True), existing
+
+    def _index(
+        self,
+        final: Path,
+        relative: str,
+        size: int,
+        record_fields: dict[str, Any],
+        existing: dict[str, Any] | None,
+    ) -> StoreResult:
+        """Index the instance just made durable at ``final``; if that fails, remove the file
+        (never acknowledged, so nothing may be left behind)."""
+        rec = InstanceRecord(path=relative, size=size, received_at=time.time(), **record_fields)
+        if existing is not None:
+            self.index.replace_instance(rec)
+            return StoreResult(rec, duplicate=True)
+        try:
+            added = self.index.add_instance(rec)
+        except BaseException:
+            self._discard(final)
+            raise
+        return StoreResult(rec, duplicate=not added)
+
+    def _final_path(self, record_fields: dict[str, Any]) -> tuple[str, Path]:
+        relative = self.relative_path(
+            record_fields["study_uid"],
+            record_fields["series_uid"],
+            record_fields["sop_instance_uid"],
+        )
+        return relative, self.path_of(relative)
+
     def store(
         self,
         dataset_bytes: bytes | memoryview,
@@ -261,37 +306,13 @@ class InstanceStore:
         :class:`~radnode_core.index.InstanceConflict` when the SOP Instance UID is stored
         under other study or series UIDs; nothing is then left behind.
         """
-        study_uid = record_fields["study_uid"]
-        series_uid = record_fields["series_uid"]
-        sop_uid = record_fields["sop_instance_uid"]
-        relative = self.relative_path(study_uid, series_uid, sop_uid)
-        final = self.path_of(relative)
-
-        # The common case, a new instance, costs no index lookup: its file cannot exist yet.
-        existing = self.index.find_instance(sop_uid) if final.exists() else None
-        if existing is not None and self.duplicate_policy == "keep_first":
-            self.index.count_duplicates(sop_uid)
-            rec = InstanceRecord(
-                path=existing["path"],
-                size=existing["size"],
-                received_at=time.time(),
-                **record_fields,
-            )
-            return StoreResult(rec, duplicate=True)
-
+        relative, final = self._final_path(record_fields)
+        kept, existing = self._kept_duplicate(final, record_fields)
+        if kept is not None:
+            return kept
         self._check_free_space(len(meta) + len(dataset_bytes))
         size = self._write_atomic(final, [meta, dataset_bytes])
-        rec = InstanceRecord(path=relative, size=size, received_at=time.time(), **record_fields)
-        if existing is not None:
-            self.index.replace_instance(rec)
-            return StoreResult(rec, duplicate=True)
-        try:
-            added = self.index.add_instance(rec)
-        except BaseException:
-            # Not indexed, so never acknowledged: leave nothing behind.
-            self._discard(final)
-            raise
-        return StoreResult(rec, duplicate=not added)
+        return self._index(final, relative, size, record_fields, existing)
 
     def store_file(
         self, path: Path, offset: int, meta: bytes, record_fields: dict[str, Any]
@@ -301,24 +322,10 @@ class InstanceStore:
         fsynced and renamed into place, the same durability as :meth:`store` with no
         second write; otherwise ``meta`` and the dataset are written to a new file. The
         caller removes ``path`` if it is still there afterwards."""
-        relative = self.relative_path(
-            record_fields["study_uid"],
-            record_fields["series_uid"],
-            record_fields["sop_instance_uid"],
-        )
-        final = self.path_of(relative)
-        sop_uid = record_fields["sop_instance_uid"]
-        existing = self.index.find_instance(sop_uid) if final.exists() else None
-        if existing is not None and self.duplicate_policy == "keep_first":
-            self.index.count_duplicates(sop_uid)
-            rec = InstanceRecord(
-                path=existing["path"],
-                size=existing["size"],
-                received_at=time.time(),
-                **record_fields,
-            )
-            return StoreResult(rec, duplicate=True)
-
+        relative, final = self._final_path(record_fields)
+        kept, existing = self._kept_duplicate(final, record_fields)
+        if kept is not None:
+            return kept
         with open(path, "rb") as f:
             head = f.read(offset) if offset == len(meta) else b""
             size = os.fstat(f.fileno()).st_size - offset + len(meta)
@@ -338,16 +345,7 @@ class InstanceStore:
             self._rename_into(path, final)
             if self.fsync:
                 _fsync_dir(final.parent)
-        rec = InstanceRecord(path=relative, size=size, received_at=time.time(), **record_fields)
-        if existing is not None:
-            self.index.replace_instance(rec)
-            return StoreResult(rec, duplicate=True)
-        try:
-            added = self.index.add_instance(rec)
-        except BaseException:
-            self._discard(final)
-            raise
-        return StoreResult(rec, duplicate=not added)
+        return self._index(final, relative, size, record_fields, existing)
 
     # -- reading -----------------------------------------------------------------
 

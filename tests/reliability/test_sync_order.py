@@ -110,9 +110,22 @@ def _attach(pid: int, out: Path) -> subprocess.Popen[str]:
     """strace every thread of ``pid`` (and threads it starts) into ``out``."""
     assert STRACE is not None
     tracer = subprocess.Popen(
-        [STRACE, "-f", "-y", "-x", "-s", "16", "-e", f"trace={TRACED}", "-o", str(out),
-         "-p", str(pid)],
-        stderr=subprocess.PIPE, text=True,
+        [
+            STRACE,
+            "-f",
+            "-y",
+            "-x",
+            "-s",
+            "16",
+            "-e",
+            f"trace={TRACED}",
+            "-o",
+            str(out),
+            "-p",
+            str(pid),
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
     )
     assert tracer.stderr is not None
     deadline = time.monotonic() + 30
@@ -166,12 +179,16 @@ def test_every_sync_happens_before_the_c_store_response(tmp_path, chest_study):
 
     def fsyncs_of(path: Path) -> list[Call]:
         return [
-            c for c in calls
-            if c.name in ("fsync", "fdatasync") and c.fd_path == str(path) and c.start < response.start
+            c
+            for c in calls
+            if c.name in ("fsync", "fdatasync")
+            and c.fd_path == str(path)
+            and c.start < response.start
         ]
 
     renames = [
-        c for c in calls
+        c
+        for c in calls
         if c.name.startswith("rename") and len(c.strings) == 2 and c.strings[1] == str(final)
     ]
     rename = done_before_response("rename of the spool file into the store", renames)
@@ -193,8 +210,13 @@ def test_every_sync_happens_before_the_c_store_response(tmp_path, chest_study):
     # A WAL frame header (24 bytes) whose second word, the database size after the commit,
     # is not zero marks a commit frame (sqlite.org/fileformat2.html#walformat).
     commits = [
-        c for c in calls
-        if c.name == "pwrite64" and c.fd_path == wal and c.start > dir_sync.end
-        and c.count == 24 and c.strings and c.strings[0][4:8] != "\x00" * 4
+        c
+        for c in calls
+        if c.name == "pwrite64"
+        and c.fd_path == wal
+        and c.start > dir_sync.end
+        and c.count == 24
+        and c.strings
+        and c.strings[0][4:8] != "\x00" * 4
     ]
     done_before_response("index commit frame written to the WAL", commits, returns=24)

@@ -44,9 +44,16 @@ from typing import Any, cast
 
 from pynetdicom import events as evt
 from pynetdicom._globals import MODE_ACCEPTOR
+from pynetdicom._handlers import (
+    standard_dimse_recv_handler,
+    standard_dimse_sent_handler,
+    standard_pdu_recv_handler,
+    standard_pdu_sent_handler,
+)
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_messages import C_STORE_RQ
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.pdu_primitives import P_DATA
@@ -151,6 +158,55 @@ def _pdata(context_id: int, data: bytes | memoryview) -> P_DATA:
     return primitive
 
 
+_IMPLICIT_ELEMENT = struct.Struct("<HHI")
+_C_STORE_RSP = 0x8001
+_NO_DATA_SET = 0x0101
+
+
+def _command_element(element: int, value: bytes) -> bytes:
+    return _IMPLICIT_ELEMENT.pack(0x0000, element, len(value)) + value
+
+
+def _command_uid(uid: object) -> bytes:
+    value = str(uid).encode("ascii")
+    return value + b"\x00" if len(value) % 2 else value
+
+
+def store_response_command(primitive: C_STORE) -> bytes | None:
+    """The Command Set of a C-STORE-RSP that carries only what every response carries
+    (PS3.7 9.3.1.2: class and instance, message ID responded to, status), implicit VR
+    little endian (PS3.7 6.3.1) and byte for byte what pynetdicom encodes; None for any
+    other message, which pynetdicom then encodes itself."""
+    status = getattr(primitive, "Status", None)
+    responded_to = primitive.MessageIDBeingRespondedTo
+    if (
+        not isinstance(status, int)
+        or responded_to is None
+        or primitive.ErrorComment is not None
+        or primitive.OffendingElement is not None
+        or primitive.MoveOriginatorApplicationEntityTitle is not None
+        or primitive.MoveOriginatorMessageID is not None
+        or primitive.DataSet is not None
+    ):
+        return None
+    try:
+        elements = []
+        if primitive.AffectedSOPClassUID:
+            elements.append(_command_element(0x0002, _command_uid(primitive.AffectedSOPClassUID)))
+        elements.append(_command_element(0x0100, _C_STORE_RSP.to_bytes(2, "little")))
+        elements.append(_command_element(0x0120, responded_to.to_bytes(2, "little")))
+        elements.append(_command_element(0x0800, _NO_DATA_SET.to_bytes(2, "little")))
+        elements.append(_command_element(0x0900, status.to_bytes(2, "little")))
+        if primitive.AffectedSOPInstanceUID:
+            elements.append(
+                _command_element(0x1000, _command_uid(primitive.AffectedSOPInstanceUID))
+            )
+    except (OverflowError, UnicodeEncodeError):
+        return None
+    body = b"".join(elements)
+    return _command_element(0x0000, len(body).to_bytes(4, "little")) + body
+
+
 class SpoolingDIMSE(DIMSEServiceProvider):
     """pynetdicom's DIMSE provider with C-STORE-RQ datasets written to a :class:`Spool`."""
 
@@ -205,6 +261,20 @@ class SpoolingDIMSE(DIMSEServiceProvider):
         message._data_set_path = spool.path
         # An empty last fragment completes pynetdicom's message (its DataSet stays empty).
         super().receive_primitive(_pdata(context_id, b"\x02"))
+
+    def send_msg(self, primitive: Any, context_id: int) -> None:
+        """A plain C-STORE-RSP is encoded by :func:`store_response_command` and sent as one
+        PDV (PS3.8 E.2: last fragment of a command); pynetdicom builds and encodes a pydicom
+        Dataset for it, about half a millisecond a response. Anything else, or anyone
+        listening for EVT_DIMSE_SENT, goes through pynetdicom."""
+        command = None
+        if isinstance(primitive, C_STORE) and not self.assoc.get_handlers(evt.EVT_DIMSE_SENT):
+            command = store_response_command(primitive)
+        limit = self.maximum_pdu_size
+        if command is None or (limit and len(command) + 6 > limit):
+            super().send_msg(primitive, context_id)
+            return
+        self.dul.send_pdu(_pdata(context_id, b"\x03" + command))
 
     def claim(self, path: Path | None) -> Spool | None:
         """The handler takes the finished spool at ``path`` (None: not, or no longer, here)."""
@@ -518,9 +588,10 @@ class SpoolingRequestHandler(RequestHandler):
 
     def _create_association(self) -> Association:
         """As pynetdicom's, with a :class:`WakingAssociation`, a :class:`BoundedDUL`, a
-        :class:`SpoolingDIMSE` where the server has ``spool`` settings, and the server's
+        :class:`SpoolingDIMSE` where the server has ``spool`` settings, the server's
         presentation contexts copied one by one instead of with ``deepcopy`` (about
-        0.1 s for the 170 storage contexts, at every association)."""
+        0.1 s for the 170 storage contexts, at every association), and pynetdicom's
+        logging handlers left out while nothing would be logged."""
         server: Any = self.server
         assoc = WakingAssociation(self.ae, MODE_ACCEPTOR)
         assoc._server = server
@@ -551,4 +622,18 @@ class SpoolingRequestHandler(RequestHandler):
             elif isinstance(event, evt.NotificationEvent):
                 for handler in handlers:
                     assoc.bind(event, handler[0], handler[1])
+        if not logging.getLogger("pynetdicom").isEnabledFor(logging.INFO):
+            for event, handler in _PYNETDICOM_LOG_HANDLERS:
+                assoc.unbind(event, handler)
         return assoc
+
+
+_PYNETDICOM_LOG_HANDLERS: tuple[tuple[evt.NotificationEvent, Callable[..., Any]], ...] = (
+    (evt.EVT_DIMSE_RECV, standard_dimse_recv_handler),
+    (evt.EVT_DIMSE_SENT, standard_dimse_sent_handler),
+    (evt.EVT_PDU_RECV, standard_pdu_recv_handler),
+    (evt.EVT_PDU_SENT, standard_pdu_sent_handler),
+)
+"""pynetdicom's own logging handlers, bound to every association: they format each PDU
+and DIMSE message (a C-STORE's a dozen lines) before the logger drops them. Unbound
+while pynetdicom's logger is quieter than INFO (radnode keeps it at WARNING)."""

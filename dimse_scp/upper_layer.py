@@ -541,10 +541,11 @@ class WakingAssociation(Association):
                 self._serve_request(msg, cast(int, context_id))
 
             if self.is_established and self.acse.is_release_requested():
-                self.acse.send_release(is_response=True)
-                logger.info("association released")
+                # Released before the A-RELEASE-RP goes: the DUL thread sends it at once,
+                # and the peer's close (EVT_CONN_CLOSE) must find the association released.
                 self.is_released = True
                 self.is_established = False
+                self.acse.send_release(is_response=True)
                 evt.trigger(self, evt.EVT_RELEASED, {})
                 self.kill()
                 return

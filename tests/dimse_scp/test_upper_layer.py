@@ -43,7 +43,7 @@ def test_a_plain_c_store_response_is_what_pynetdicom_encodes(status, instance):
 
 def test_a_response_with_more_is_left_to_pynetdicom():
     rsp = _response(0xA700, "1.2.3")
-    rsp.ErrorComment = "out of resources"
+    rsp.ErrorComment = "out of resources"  # type: ignore[assignment]
     assert store_response_command(rsp) is None
     request = C_STORE()
     request.MessageID = 1

@@ -11,7 +11,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filereader import _read_file_meta_info
 from pydicom.filewriter import write_file_meta_info
-from pydicom.uid import Comprehensive3DSRStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, Comprehensive3DSRStorage, ExplicitVRLittleEndian, generate_uid
 
 from radnode_core import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from radnode_core.index import Index, record_fields_from_dataset
@@ -181,16 +181,16 @@ def test_an_orphaned_sr_does_not_make_its_study_due_again(tmp_path, chest_study)
 
 def _pydicom_file_meta(sop_class: str, sop_instance: str, syntax: str, aet: str | None) -> bytes:
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = sop_instance
-    meta.TransferSyntaxUID = syntax
-    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+    meta.MediaStorageSOPClassUID = UID(sop_class)
+    meta.MediaStorageSOPInstanceUID = UID(sop_instance)
+    meta.TransferSyntaxUID = UID(syntax)
+    meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
     meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
     if aet:
         meta.SourceApplicationEntityTitle = aet
     buf = BytesIO()
     buf.write(ZERO_PREAMBLE + b"DICM")
-    write_file_meta_info(buf, meta, enforce_standard=True)
+    write_file_meta_info(buf, meta, enforce_standard=True)  # type: ignore[arg-type]
     return buf.getvalue()
 
 

@@ -63,6 +63,7 @@ from pynetdicom.transport import AssociationSocket, RequestHandler
 from radnode_core.store import file_meta_bytes
 
 logger = logging.getLogger(__name__)
+_DUL_LOG = logging.getLogger("pynetdicom.dul")
 
 MAX_ASSOCIATE_PDU = 256 * 1024
 """Longest A-ASSOCIATE-RQ read (it comes before any maximum is negotiated): room for 128
@@ -425,9 +426,11 @@ class BoundedDUL(DULServiceProvider):
                 idle = False
                 if notify is not None:
                     notify()
-        except Exception as exc:
-            logger.error("unexpected error in the DUL reactor: association aborted")
-            logger.exception(exc)
+        except Exception as exc:  # noqa: BLE001 - the association is aborted, as pynetdicom does
+            # Logged as pynetdicom's own reactor logs it (a state machine error on a bent
+            # request, such as Evt7 in Sta13, is pynetdicom's).
+            _DUL_LOG.error("Exception in DUL.run(), aborting association")
+            _DUL_LOG.exception(exc)
             abort = A_ABORT_RQ()
             abort.source = 0x02
             abort.reason_diagnostic = 0x00

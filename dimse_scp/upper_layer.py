@@ -21,7 +21,15 @@ and collects a C-STORE's dataset in memory before the handler sees it. Here:
   :meth:`SpoolingDIMSE.claim`. Spools never claimed (the association ended first) are
   removed when the connection's DUL thread ends.
 
-:class:`SpoolingRequestHandler` gives each accepted connection these two providers.
+* Neither thread of an association polls. pynetdicom's DUL thread sleeps 1 ms whenever it
+  finds no PDU and its association thread 1 ms before each look at the DIMSE queue, so a
+  C-STORE waits on up to three sleeps. :class:`BoundedDUL` waits in ``select`` on the
+  socket and a wake-up socket pair, :class:`WakingAssociation` on an event the DUL sets
+  after each event it handles.
+* A plain C-STORE-RSP is encoded by :func:`store_response_command` rather than through a
+  pydicom Dataset.
+
+:class:`SpoolingRequestHandler` gives each accepted connection these providers.
 """
 
 from __future__ import annotations

@@ -462,11 +462,12 @@ class BoundedDUL(DULServiceProvider):
     def _wait(self) -> None:
         """Until the socket has data (or closed), a wake-up came, or ``WAIT_S`` passed (the
         ARTIM timer is checked that often). TLS data already decrypted needs no wait."""
-        sock = self.socket.socket if self.socket is not None else None
+        transport = self.socket
+        sock = transport.socket if transport is not None and transport._is_connected else None
         if isinstance(sock, ssl.SSLSocket) and sock.pending():
             return
         waits: list[Any] = [self._wake_r]
-        if sock is not None and sock.fileno() >= 0:
+        if sock is not None and sock.fileno() >= 0:  # a closed socket is not waited on
             waits.append(sock)
         if not (self.to_provider_queue.empty() and self.event_queue.empty()):
             return

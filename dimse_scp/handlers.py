@@ -93,9 +93,9 @@ class StorageHandlers:
         ]
 
     def on_accepted(self, event: events.Event) -> None:
-        # pynetdicom's DUL thread sleeps this long whenever a loop found no PDU (default
-        # 1 ms); each C-STORE waits on it once, so a shorter poll is most of a 300-slice
-        # study's protocol overhead. (A documented knob of the DUL, not a public setting.)
+        # pynetdicom's own DUL thread sleeps this long whenever a loop found no PDU
+        # (default 1 ms). The SCP's upper layer (dimse_scp.upper_layer.BoundedDUL) waits on
+        # the socket instead and ignores it; this serves associations made without it.
         # Only once the association is accepted: a connection that sends nothing would
         # otherwise spin at this rate until the ARTIM timer ends it.
         event.assoc.dul._run_loop_delay = self.poll_interval_s

@@ -21,32 +21,57 @@ and collects a C-STORE's dataset in memory before the handler sees it. Here:
   :meth:`SpoolingDIMSE.claim`. Spools never claimed (the association ended first) are
   removed when the connection's DUL thread ends.
 
-:class:`SpoolingRequestHandler` gives each accepted connection these two providers.
+* Neither thread of an association polls. pynetdicom's DUL thread sleeps 1 ms whenever it
+  finds no PDU and its association thread 1 ms before each look at the DIMSE queue, so a
+  C-STORE waits on up to three sleeps. :class:`BoundedDUL` waits in ``select`` on the
+  socket and a wake-up socket pair, :class:`WakingAssociation` on an event the DUL sets
+  after each event it handles.
+* A plain C-STORE-RSP is encoded by :func:`store_response_command` rather than through a
+  pydicom Dataset.
+
+:class:`SpoolingRequestHandler` gives each accepted connection these providers.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
+import queue
+import select
+import socket
+import ssl
 import struct
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
+from pynetdicom import events as evt
+from pynetdicom._globals import MODE_ACCEPTOR
+from pynetdicom._handlers import (
+    standard_dimse_recv_handler,
+    standard_dimse_sent_handler,
+    standard_pdu_recv_handler,
+    standard_pdu_sent_handler,
+)
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_messages import C_STORE_RQ
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.pdu_primitives import P_DATA
-from pynetdicom.transport import RequestHandler
+from pynetdicom.presentation import PresentationContext
+from pynetdicom.transport import AssociationSocket, RequestHandler
 
 from radnode_core.store import file_meta_bytes
 
 logger = logging.getLogger(__name__)
+_DUL_LOG = logging.getLogger("pynetdicom.dul")
 
 MAX_ASSOCIATE_PDU = 256 * 1024
 """Longest A-ASSOCIATE-RQ read (it comes before any maximum is negotiated): room for 128
@@ -142,6 +167,55 @@ def _pdata(context_id: int, data: bytes | memoryview) -> P_DATA:
     return primitive
 
 
+_IMPLICIT_ELEMENT = struct.Struct("<HHI")
+_C_STORE_RSP = 0x8001
+_NO_DATA_SET = 0x0101
+
+
+def _command_element(element: int, value: bytes) -> bytes:
+    return _IMPLICIT_ELEMENT.pack(0x0000, element, len(value)) + value
+
+
+def _command_uid(uid: object) -> bytes:
+    value = str(uid).encode("ascii")
+    return value + b"\x00" if len(value) % 2 else value
+
+
+def store_response_command(primitive: C_STORE) -> bytes | None:
+    """The Command Set of a C-STORE-RSP that carries only what every response carries
+    (PS3.7 9.3.1.2: class and instance, message ID responded to, status), implicit VR
+    little endian (PS3.7 6.3.1) and byte for byte what pynetdicom encodes; None for any
+    other message, which pynetdicom then encodes itself."""
+    status = getattr(primitive, "Status", None)
+    responded_to = primitive.MessageIDBeingRespondedTo
+    if (
+        not isinstance(status, int)
+        or responded_to is None
+        or primitive.ErrorComment is not None
+        or primitive.OffendingElement is not None
+        or primitive.MoveOriginatorApplicationEntityTitle is not None
+        or primitive.MoveOriginatorMessageID is not None
+        or primitive.DataSet is not None
+    ):
+        return None
+    try:
+        elements = []
+        if primitive.AffectedSOPClassUID:
+            elements.append(_command_element(0x0002, _command_uid(primitive.AffectedSOPClassUID)))
+        elements.append(_command_element(0x0100, _C_STORE_RSP.to_bytes(2, "little")))
+        elements.append(_command_element(0x0120, responded_to.to_bytes(2, "little")))
+        elements.append(_command_element(0x0800, _NO_DATA_SET.to_bytes(2, "little")))
+        elements.append(_command_element(0x0900, status.to_bytes(2, "little")))
+        if primitive.AffectedSOPInstanceUID:
+            elements.append(
+                _command_element(0x1000, _command_uid(primitive.AffectedSOPInstanceUID))
+            )
+    except (OverflowError, UnicodeEncodeError):
+        return None
+    body = b"".join(elements)
+    return _command_element(0x0000, len(body).to_bytes(4, "little")) + body
+
+
 class SpoolingDIMSE(DIMSEServiceProvider):
     """pynetdicom's DIMSE provider with C-STORE-RQ datasets written to a :class:`Spool`."""
 
@@ -196,6 +270,20 @@ class SpoolingDIMSE(DIMSEServiceProvider):
         message._data_set_path = spool.path
         # An empty last fragment completes pynetdicom's message (its DataSet stays empty).
         super().receive_primitive(_pdata(context_id, b"\x02"))
+
+    def send_msg(self, primitive: Any, context_id: int) -> None:
+        """A plain C-STORE-RSP is encoded by :func:`store_response_command` and sent as one
+        PDV (PS3.8 E.2: last fragment of a command); pynetdicom builds and encodes a pydicom
+        Dataset for it, about half a millisecond a response. Anything else, or anyone
+        listening for EVT_DIMSE_SENT, goes through pynetdicom."""
+        command = None
+        if isinstance(primitive, C_STORE) and not self.assoc.get_handlers(evt.EVT_DIMSE_SENT):
+            command = store_response_command(primitive)
+        limit = self.maximum_pdu_size
+        if command is None or (limit and len(command) + 6 > limit):
+            super().send_msg(primitive, context_id)
+            return
+        self.dul.send_pdu(_pdata(context_id, b"\x03" + command))
 
     def claim(self, path: Path | None) -> Spool | None:
         """The handler takes the finished spool at ``path`` (None: not, or no longer, here)."""
@@ -310,12 +398,201 @@ class BoundedDUL(DULServiceProvider):
         self.socket.close()  # queues Evt17: the state machine ends the association
 
     def run_reactor(self) -> None:
+        """pynetdicom's DUL loop, but an idle loop waits until the socket is readable or
+        another thread hands the DUL a primitive (:meth:`send_pdu`, :meth:`stop_dul`),
+        instead of sleeping ``_run_loop_delay`` and looking again. Each event the state
+        machine handles wakes the association's reactor (:class:`WakingAssociation`)."""
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._idle_timer.start()
+        assert self.socket is not None
+        assoc = self.assoc
+        notify = getattr(assoc, "wake", None)
+        idle = False
         try:
-            super().run_reactor()
+            while True:
+                if not assoc._dul_ready.is_set():
+                    assoc._dul_ready.set()
+                    idle = True
+                if idle:
+                    self._wait()
+                if self._kill_thread:
+                    break
+                if self.artim_timer.expired:
+                    self.event_queue.put("Evt18")
+                if self._process_recv_primitive():
+                    pass
+                elif self._is_transport_event():
+                    self._idle_timer.restart()
+                try:
+                    event = self.event_queue.get(block=False)
+                except queue.Empty:
+                    idle = True
+                    continue
+                self.state_machine.do_action(event)
+                idle = False
+                if notify is not None:
+                    notify()
+        except Exception as exc:  # noqa: BLE001 - the association is aborted, as pynetdicom does
+            # Logged as pynetdicom's own reactor logs it (a state machine error on a bent
+            # request, such as Evt7 in Sta13, is pynetdicom's).
+            _DUL_LOG.error("Exception in DUL.run(), aborting association")
+            _DUL_LOG.exception(exc)
+            abort = A_ABORT_RQ()
+            abort.source = 0x02
+            abort.reason_diagnostic = 0x00
+            try:
+                self.socket.send(abort.encode())
+            except OSError:
+                pass
+            assoc.is_aborted = True
+            assoc.is_established = False
+            assoc._kill = True
+            self._kill_thread = True
         finally:
-            dimse = self.assoc.dimse
+            self._wake_w.close()
+            self._wake_r.close()
+            if notify is not None:
+                notify()
+            dimse = assoc.dimse
             if isinstance(dimse, SpoolingDIMSE):
                 dimse.discard_all()
+
+    def _wait(self) -> None:
+        """Until the socket has data (or closed), a wake-up came, or ``WAIT_S`` passed (the
+        ARTIM timer is checked that often). TLS data already decrypted needs no wait."""
+        transport = self.socket
+        sock = transport.socket if transport is not None and transport._is_connected else None
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+            return
+        waits: list[Any] = [self._wake_r]
+        if sock is not None and sock.fileno() >= 0:  # a closed socket is not waited on
+            waits.append(sock)
+        if not (self.to_provider_queue.empty() and self.event_queue.empty()):
+            return
+        try:
+            ready, _, _ = select.select(waits, [], [], WAIT_S)
+        except (OSError, ValueError):  # the socket was closed: the loop sees it
+            return
+        if self._wake_r in ready:
+            try:
+                while self._wake_r.recv(4096):
+                    pass
+            except OSError:  # drained (BlockingIOError)
+                pass
+
+    def wake(self) -> None:
+        """Make an idle reactor loop look again (from any thread)."""
+        wake_w = getattr(self, "_wake_w", None)
+        if wake_w is None:
+            return
+        try:
+            wake_w.send(b"\0")
+        except OSError:  # closed (the reactor ended), or already full of wake-ups
+            pass
+
+    def send_pdu(self, primitive: Any) -> None:
+        super().send_pdu(primitive)
+        self.wake()
+
+    def kill_dul(self) -> None:
+        super().kill_dul()
+        self.wake()
+
+    def stop_dul(self) -> bool:
+        """As pynetdicom's: end the reactor if the state machine is idle (Sta1)."""
+        if self.state_machine.current_state != "Sta1":
+            return False
+        self._kill_thread = True
+        self.wake()
+        while self.is_alive():
+            time.sleep(0.001)
+        return True
+
+
+WAIT_S = 0.05
+"""Longest an idle reactor (DUL or association) waits before it looks again without a
+wake-up: the resolution of the ARTIM and network timeouts."""
+
+
+class WakingAssociation(Association):
+    """pynetdicom's acceptor :class:`Association` whose reactor waits to be woken (by the DUL
+    thread, after each event it handles) instead of sleeping 1 ms between looks at the
+    DIMSE queue: a C-STORE is served as soon as its last fragment is in."""
+
+    def __init__(self, ae: Any, mode: str) -> None:
+        super().__init__(ae, mode)
+        self._wake = threading.Event()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def kill(self) -> None:
+        self._kill = True
+        self._wake.set()
+        super().kill()
+
+    def _run_reactor(self) -> None:
+        """pynetdicom's acceptor loop (``Association._run_reactor``) with the wait above:
+        serve a complete DIMSE message, answer an A-RELEASE-RQ, end on an abort, on the
+        DUL's end or on the network timeout."""
+        self._is_paused = False
+        idle = False
+        while not self._kill:
+            if idle:
+                self._wake.wait(WAIT_S)
+            self._wake.clear()
+            self._is_paused = True
+            self._reactor_checkpoint.wait()
+            self._is_paused = False
+
+            context_id, msg = self.dimse.get_msg(block=False)
+            idle = msg is None
+            if msg:
+                self._serve_request(msg, cast(int, context_id))
+
+            if self.is_established and self.acse.is_release_requested():
+                # Released before the A-RELEASE-RP goes: the DUL thread sends it at once,
+                # and the peer's close (EVT_CONN_CLOSE) must find the association released.
+                self.is_released = True
+                self.is_established = False
+                self.acse.send_release(is_response=True)
+                evt.trigger(self, evt.EVT_RELEASED, {})
+                self.kill()
+                return
+
+            if self.acse.is_aborted():
+                self.dul.receive_pdu(wait=False)  # EVT_ACSE_RECV for its subscribers
+                self.is_aborted = True
+                self.is_established = False
+                evt.trigger(self, evt.EVT_ABORTED, {})
+                self.kill()
+                return
+
+            if not self.dul.is_alive():
+                self.kill()
+                return
+
+            if self.dul.idle_timer_expired():
+                logger.error("network timeout reached")
+                if self.network_timeout_response == "A-RELEASE":
+                    self._is_paused = True
+                    self._reactor_checkpoint.wait()
+                    self.release()
+                    self._is_paused = False
+                else:
+                    self.abort()
+                self.kill()
+                return
+
+
+def _copy_context(context: PresentationContext) -> PresentationContext:
+    """A presentation context's own copy: its transfer syntax list is the only mutable part
+    (UIDs are immutable strings)."""
+    clone = copy.copy(context)
+    clone._transfer_syntax = list(context._transfer_syntax)
+    return clone
 
 
 class SpoolingRequestHandler(RequestHandler):
@@ -323,16 +600,53 @@ class SpoolingRequestHandler(RequestHandler):
     where the server has ``spool`` settings, a :class:`SpoolingDIMSE`."""
 
     def _create_association(self) -> Association:
-        assoc = super()._create_association()
+        """As pynetdicom's, with a :class:`WakingAssociation`, a :class:`BoundedDUL`, a
+        :class:`SpoolingDIMSE` where the server has ``spool`` settings, the server's
+        presentation contexts copied one by one instead of with ``deepcopy`` (about
+        0.1 s for the 170 storage contexts, at every association), and pynetdicom's
+        logging handlers left out while nothing would be logged."""
+        server: Any = self.server
+        assoc = WakingAssociation(self.ae, MODE_ACCEPTOR)
+        assoc._server = server
+        assoc.name = f"AcceptorThread@{time.strftime('%Y%m%d%H%M%S')}"
         dul = BoundedDUL(assoc)
-        dul.socket = assoc.dul.socket
-        dul.event_queue = assoc.dul.event_queue  # holds the socket's connection event (Evt5)
-        dul.on_refused = getattr(self.server, "on_pdu_refused", None)
+        dul.on_refused = getattr(server, "on_pdu_refused", None)
         assoc.dul = dul
-        settings: Any = getattr(self.server, "spool", None)
+        assoc.set_socket(AssociationSocket(assoc, client_socket=self.request))
+        settings: Any = getattr(server, "spool", None)
         if isinstance(settings, SpoolSettings):
             assoc.dimse = SpoolingDIMSE(assoc, settings)
         # The timers live in the DUL: set them again on the new one.
         assoc.acse_timeout = assoc.acse_timeout
         assoc.network_timeout = assoc.network_timeout
+
+        acceptor = assoc.acceptor
+        acceptor.maximum_length = self.ae.maximum_pdu_size
+        acceptor.ae_title = server.ae_title
+        acceptor.address_info = self.local
+        acceptor.implementation_class_uid = self.ae.implementation_class_uid
+        acceptor.implementation_version_name = self.ae.implementation_version_name
+        acceptor.supported_contexts = [_copy_context(cx) for cx in server.contexts]
+        assoc.requestor.address_info = self.remote
+
+        for event, handlers in server._handlers.items():
+            if event.is_intervention and handlers:
+                assoc.bind(event, *handlers)
+            elif isinstance(event, evt.NotificationEvent):
+                for handler in handlers:
+                    assoc.bind(event, handler[0], handler[1])
+        if not logging.getLogger("pynetdicom").isEnabledFor(logging.INFO):
+            for event, handler in _PYNETDICOM_LOG_HANDLERS:
+                assoc.unbind(event, handler)
         return assoc
+
+
+_PYNETDICOM_LOG_HANDLERS: tuple[tuple[evt.NotificationEvent, Callable[..., Any]], ...] = (
+    (evt.EVT_DIMSE_RECV, standard_dimse_recv_handler),
+    (evt.EVT_DIMSE_SENT, standard_dimse_sent_handler),
+    (evt.EVT_PDU_RECV, standard_pdu_recv_handler),
+    (evt.EVT_PDU_SENT, standard_pdu_sent_handler),
+)
+"""pynetdicom's own logging handlers, bound to every association: they format each PDU
+and DIMSE message (a C-STORE's a dozen lines) before the logger drops them. Unbound
+while pynetdicom's logger is quieter than INFO (radnode keeps it at WARNING)."""

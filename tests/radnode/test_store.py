@@ -10,10 +10,17 @@ import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filereader import _read_file_meta_info
-from pydicom.uid import Comprehensive3DSRStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import UID, Comprehensive3DSRStorage, ExplicitVRLittleEndian, generate_uid
 
+from radnode_core import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from radnode_core.index import Index, record_fields_from_dataset
-from radnode_core.store import CLEAN_SHUTDOWN_MARKER, InstanceStore, file_meta_bytes
+from radnode_core.store import (
+    CLEAN_SHUTDOWN_MARKER,
+    ZERO_PREAMBLE,
+    InstanceStore,
+    file_meta_bytes,
+)
 from radnode_core.uids import InvalidUID, check_uid
 
 
@@ -170,3 +177,53 @@ def test_an_orphaned_sr_does_not_make_its_study_due_again(tmp_path, chest_study)
     assert index.find_instance(sr.SOPInstanceUID) is not None
     assert _received_seq(index, study_uid) == seq
     index.close()
+
+
+def _pydicom_file_meta(sop_class: str, sop_instance: str, syntax: str, aet: str | None) -> bytes:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = UID(sop_class)
+    meta.MediaStorageSOPInstanceUID = UID(sop_instance)
+    meta.TransferSyntaxUID = UID(syntax)
+    meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+    if aet:
+        meta.SourceApplicationEntityTitle = aet
+    buf = BytesIO()
+    buf.write(ZERO_PREAMBLE + b"DICM")
+    write_file_meta_info(buf, meta, enforce_standard=True)  # type: ignore[arg-type]
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("sop_class", "sop_instance", "syntax", "aet"),
+    [
+        ("1.2.840.10008.5.1.4.1.1.2", "1.2.3.4", ExplicitVRLittleEndian, "CT1"),
+        ("1.2.840.10008.5.1.4.1.1.2", "1.2.3.45", "1.2.840.10008.1.2", "MODALITY"),
+        (Comprehensive3DSRStorage, "1." + "2" * 62, "1.2.840.10008.1.2.4.50", None),
+        ("1.2", "1.23", ExplicitVRLittleEndian, "ABCDEFGHIJKLMNOP"),
+    ],
+)
+def test_file_meta_is_what_pydicom_writes(sop_class, sop_instance, syntax, aet):
+    """The File Meta Information group is encoded by hand (it is built twice per C-STORE);
+    it must be byte for byte pydicom's, and read back as written."""
+    encoded = file_meta_bytes(sop_class, sop_instance, syntax, aet)
+    assert encoded == _pydicom_file_meta(sop_class, sop_instance, syntax, aet)
+    f = BytesIO(encoded)
+    f.seek(132)
+    meta = _read_file_meta_info(f)
+    assert (meta.MediaStorageSOPInstanceUID, meta.TransferSyntaxUID) == (sop_instance, syntax)
+    assert f.tell() == len(encoded)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("1.2", "1." + "2" * 64, ExplicitVRLittleEndian, None),
+        ("1.2", "1.2.é", ExplicitVRLittleEndian, None),
+        ("1.2", "1.2", ExplicitVRLittleEndian, "A\\B"),
+        ("1.2", "1.2", ExplicitVRLittleEndian, "SEVENTEEN_LETTERS"),
+    ],
+)
+def test_file_meta_refuses_values_the_group_cannot_hold(args):
+    with pytest.raises(ValueError):
+        file_meta_bytes(*args)

@@ -178,6 +178,7 @@ def test_a_burst_from_one_address_beyond_the_cap_is_served_in_turn(
         "scp",
         RADNODE_ALLOWED_CALLING_AETS='["MODALITY"]',
         RADNODE_MAX_ASSOCIATIONS="64",
+        RADNODE_MAX_ASSOCIATIONS_PER_AET="64",
         RADNODE_MAX_NEGOTIATING_PER_PEER="2",
         RADNODE_MAX_WAITING_PER_PEER="30",
     )

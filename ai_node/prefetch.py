@@ -50,6 +50,11 @@ from radnode_core.index import Index, instances, studies
 
 logger = logging.getLogger(__name__)
 
+IDLE_POLL_S = 0.25
+"""Seconds between looks while no study is arriving (an idle node's index is read four
+times a second, not every ``poll_s``); the first instances of a new study wait at most
+this long to be noticed, which the decoding catches up while the rest arrive."""
+
 Fingerprint = tuple[str, int, float]
 """An instance's index row as far as its decoded pixels go: (path, size, received_at)."""
 
@@ -431,7 +436,7 @@ class Prefetcher:
                 self.poll_once()
             except Exception:  # the follower must outlive a database hiccup
                 logger.exception("prefetch poll failed; retrying")
-            self._stop.wait(self.poll_s)
+            self._stop.wait(self.poll_s if self._arriving else max(self.poll_s, IDLE_POLL_S))
 
     def start(self, wake: Callable[[], None] | None = None) -> None:
         if wake is not None:

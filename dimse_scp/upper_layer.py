@@ -34,6 +34,7 @@ and collects a C-STORE's dataset in memory before the handler sees it. Here:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import os
@@ -45,11 +46,12 @@ import struct
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
+from pynetdicom import _config
 from pynetdicom import events as evt
 from pynetdicom._globals import MODE_ACCEPTOR
 from pynetdicom._handlers import (
@@ -66,6 +68,8 @@ from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.presentation import PresentationContext
+from pynetdicom.service_class import StorageServiceClass
+from pynetdicom.sop_class import uid_to_service_class  # type: ignore[attr-defined]
 from pynetdicom.transport import AssociationSocket, RequestHandler
 
 from radnode_core.store import file_meta_bytes
@@ -227,22 +231,26 @@ class SpoolingDIMSE(DIMSEServiceProvider):
         self._lock = threading.Lock()
 
     def receive_primitive(self, primitive: P_DATA) -> None:
-        """In the DUL thread: each PDV on its own; a C-STORE-RQ's dataset fragments go to
-        its spool, everything else to pynetdicom (PS3.8 E.2, message control header)."""
+        """In the DUL thread: each PDV on its own (:meth:`receive_pdv`)."""
         for context_id, data in primitive.presentation_data_value_list:
-            control = data[0]
-            spool = self._spool
-            if spool is not None and not control & 1:
-                spool.write(memoryview(data)[1:])
-                if control & 2:
-                    self._finish(spool, context_id)
-                continue
-            super().receive_primitive(_pdata(context_id, data))
-            message = self.message
-            if control & 3 == 3 and isinstance(message, C_STORE_RQ):
-                if spool is not None:  # a command before the last fragment: start anew
-                    spool.discard()
-                self._spool = Spool(self.spool_settings, self._head(message, context_id))
+            self.receive_pdv(context_id, data)
+
+    def receive_pdv(self, context_id: int, data: bytes | memoryview) -> None:
+        """One presentation data value (PS3.8 E.2, message control header first): a
+        C-STORE-RQ's dataset fragments go to its spool, everything else to pynetdicom."""
+        control = data[0]
+        spool = self._spool
+        if spool is not None and not control & 1:
+            spool.write(memoryview(data)[1:])
+            if control & 2:
+                self._finish(spool, context_id)
+            return
+        super().receive_primitive(_pdata(context_id, bytes(data)))
+        message = self.message
+        if control & 3 == 3 and isinstance(message, C_STORE_RQ):
+            if spool is not None:  # a command before the last fragment: start anew
+                spool.discard()
+            self._spool = Spool(self.spool_settings, self._head(message, context_id))
 
     def _head(self, message: C_STORE_RQ, context_id: int) -> bytes:
         """The File Meta Information the instance will have if its dataset matches the
@@ -261,15 +269,61 @@ class SpoolingDIMSE(DIMSEServiceProvider):
             return b""
 
     def _finish(self, spool: Spool, context_id: int) -> None:
-        """The dataset's last fragment: hand the message on with the spool's path."""
+        """The dataset's last fragment: serve the request here or hand it on, with the
+        spool's path."""
         self._spool = None
         spool.finish()
         with self._lock:
             self._finished[spool.path] = spool
         message = cast(C_STORE_RQ, self.message)
         message._data_set_path = spool.path
+        assoc = self.assoc
+        if isinstance(assoc, WakingAssociation) and self._storage_context(message, context_id):
+            with assoc.serving_here() as free:
+                if free:
+                    self._serve_store(context_id)
+                    return
         # An empty last fragment completes pynetdicom's message (its DataSet stays empty).
         super().receive_primitive(_pdata(context_id, b"\x02"))
+
+    def _storage_context(self, message: C_STORE_RQ, context_id: int) -> PresentationContext | None:
+        """The accepted context of a C-STORE-RQ that pynetdicom would give its Storage
+        service class (``Association._serve_request``); None for anything else."""
+        assoc = self.assoc
+        if not assoc.is_established or assoc._sent_release:
+            return None
+        context = assoc._accepted_cx.get(context_id)
+        class_uid = message.command_set.get("AffectedSOPClassUID")
+        if context is None or not class_uid:
+            return None
+        class_uid = assoc.acceptor.accepted_common_extended.get(class_uid, (class_uid,))[0]
+        if _config.UNRESTRICTED_STORAGE_SERVICE:
+            return context
+        return context if uid_to_service_class(class_uid) is StorageServiceClass else None
+
+    def _serve_store(self, context_id: int) -> None:
+        """Complete the C-STORE-RQ and serve it in this (the DUL) thread with pynetdicom's
+        own Storage service class, as the association thread would: the handler stores
+        the instance and the response goes out without two hand-overs between threads."""
+        assoc = self.assoc
+        message = cast(C_STORE_RQ, self.message)
+        message.decode_msg(_pdata(context_id, b"\x02"), assoc)
+        self.message = None
+        evt.trigger(assoc, evt.EVT_DIMSE_RECV, {"message": message})
+        try:
+            request = cast(C_STORE, message.message_to_primitive())
+        except Exception:  # noqa: BLE001 - as pynetdicom: an invalid message ends the association
+            logger.warning(
+                "invalid DIMSE message received", extra={"peer": assoc.requestor.address}
+            )
+            self.dul.event_queue.put("Evt19")
+            return
+        self.cancel_req = {}
+        try:
+            StorageServiceClass(assoc).SCP(request, assoc._accepted_cx[context_id])
+        except Exception:  # noqa: BLE001 - pynetdicom aborts the association on the same
+            logger.exception("C-STORE service failed: association aborted")
+            assoc._abort_nonblocking()
 
     def send_msg(self, primitive: Any, context_id: int) -> None:
         """A plain C-STORE-RSP is encoded by :func:`store_response_command` and sent as one
@@ -283,7 +337,10 @@ class SpoolingDIMSE(DIMSEServiceProvider):
         if command is None or (limit and len(command) + 6 > limit):
             super().send_msg(primitive, context_id)
             return
-        self.dul.send_pdu(_pdata(context_id, b"\x03" + command))
+        dul = self.dul
+        if isinstance(dul, BoundedDUL) and dul.send_now(context_id, b"\x03" + command):
+            return
+        dul.send_pdu(_pdata(context_id, b"\x03" + command))
 
     def claim(self, path: Path | None) -> Spool | None:
         """The handler takes the finished spool at ``path`` (None: not, or no longer, here)."""
@@ -305,6 +362,8 @@ class SpoolingDIMSE(DIMSEServiceProvider):
 
 
 _HEADER = struct.Struct(">BBL")
+_ITEM_LENGTH = struct.Struct(">L")
+_ITEM_HEADER = struct.Struct(">LB")
 
 
 class BoundedDUL(DULServiceProvider):
@@ -345,6 +404,8 @@ class BoundedDUL(DULServiceProvider):
         if buffer is None:
             self.event_queue.put("Evt17")
             return
+        if pdu_type == _P_DATA_TF and self._receive_pdata(buffer):
+            return
         try:
             pdu, event = self._decode_pdu(buffer)
         except Exception as exc:  # noqa: BLE001 - untrusted bytes: the peer's error, not ours
@@ -356,6 +417,56 @@ class BoundedDUL(DULServiceProvider):
             return
         self.event_queue.put(event)
         self._recv_pdu.put(pdu)
+
+    def _receive_pdata(self, buffer: bytearray) -> bool:
+        """A P-DATA-TF in Sta6, its PDVs (PS3.8 9.3.5.1) handed to the spooling DIMSE
+        provider straight from the receive buffer, as pynetdicom's DT-2 would hand them
+        over after decoding the PDU into objects and a state machine event: True if done
+        so. False (pynetdicom decodes it) for a PDU whose items do not add up, in any other
+        state, or while anyone listens for the received bytes or PDU."""
+        dimse = self.assoc.dimse
+        if (
+            not isinstance(dimse, SpoolingDIMSE)
+            or self.state_machine.current_state != "Sta6"
+            or self.assoc.get_handlers(evt.EVT_DATA_RECV)
+            or self.assoc.get_handlers(evt.EVT_PDU_RECV)
+        ):
+            return False
+        view = memoryview(buffer)
+        items: list[tuple[int, memoryview]] = []
+        pos, end = 6, len(buffer)
+        while pos < end:
+            if end - pos < 6:
+                return False
+            (item_length,) = _ITEM_LENGTH.unpack_from(buffer, pos)
+            if item_length < 2 or pos + 4 + item_length > end:
+                return False
+            items.append((buffer[pos + 4], view[pos + 5 : pos + 4 + item_length]))
+            pos += 4 + item_length
+        if not items:
+            return False
+        for context_id, data in items:
+            dimse.receive_pdv(context_id, data)
+        wake = getattr(self.assoc, "wake", None)
+        if wake is not None and not dimse.msg_queue.empty():  # a message for its thread
+            wake()
+        return True
+
+    def send_now(self, context_id: int, value: bytes) -> bool:
+        """From the DUL thread itself, in Sta6 with nothing queued to send: one PDV sent
+        at once as a P-DATA-TF, the bytes pynetdicom's DT-1 sends, without a round through
+        its queue and state machine. False (nothing sent) otherwise."""
+        if (
+            threading.current_thread() is not self
+            or self.state_machine.current_state != "Sta6"
+            or not self.to_provider_queue.empty()
+            or self.assoc.get_handlers(evt.EVT_PDU_SENT)
+            or self.socket is None
+        ):
+            return False
+        item = _ITEM_HEADER.pack(len(value) + 1, context_id) + value
+        self.socket.send(_HEADER.pack(_P_DATA_TF, 0, len(item)) + item)
+        return True
 
     def _read_body(self, header: bytes | bytearray, length: int) -> bytearray | None:
         """The whole PDU in one buffer of its exact length; None if the connection ends."""
@@ -524,6 +635,23 @@ class WakingAssociation(Association):
     def __init__(self, ae: Any, mode: str) -> None:
         super().__init__(ae, mode)
         self._wake = threading.Event()
+        self._serve_lock = threading.Lock()
+        self._serving = False
+
+    @contextlib.contextmanager
+    def serving_here(self) -> Iterator[bool]:
+        """For the DUL thread: True while this association's own thread is idle (serving
+        nothing and nothing queued for it), which then leaves the next message to the
+        caller; False if the request must be queued behind the ones before it."""
+        with self._serve_lock:
+            free = not self._serving and self.dimse.msg_queue.empty()
+            if free:
+                self._serving = True
+        try:
+            yield free
+        finally:
+            if free:
+                self._serving = False
 
     def wake(self) -> None:
         self._wake.set()
@@ -547,10 +675,16 @@ class WakingAssociation(Association):
             self._reactor_checkpoint.wait()
             self._is_paused = False
 
-            context_id, msg = self.dimse.get_msg(block=False)
+            with self._serve_lock:
+                context_id, msg = self.dimse.get_msg(block=False)
+                if msg is not None:
+                    self._serving = True
             idle = msg is None
             if msg:
-                self._serve_request(msg, cast(int, context_id))
+                try:
+                    self._serve_request(msg, cast(int, context_id))
+                finally:
+                    self._serving = False
 
             if self.is_established and self.acse.is_release_requested():
                 # Released before the A-RELEASE-RP goes: the DUL thread sends it at once,

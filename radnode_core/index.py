@@ -23,6 +23,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydicom import Dataset
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import RawDataElement
+from pydicom.values import convert_value
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -208,8 +211,26 @@ class InstanceRecord:
     analyze: bool = True
 
 
+def _value(ds: Dataset, keyword: str) -> Any:
+    """``ds.get(keyword)``, but a value still as read from the file is converted with
+    pydicom's own value converter (:func:`pydicom.values.convert_value`) and left raw in
+    the dataset: a third of the cost of pydicom's element conversion, which runs its
+    hooks and validation and builds a DataElement. Any element that is not plainly of the
+    dictionary VR goes through ``ds.get``."""
+    tag, vr = _INDEXED_TAGS[keyword]
+    elem = ds._dict.get(tag)
+    if elem is None:
+        return None
+    if type(elem) is RawDataElement and elem.VR in (None, vr) and elem.value is not None:
+        try:
+            return convert_value(vr, elem, ds._character_set)
+        except Exception:  # noqa: BLE001 - pydicom's own conversion decides, below
+            pass
+    return ds.get(keyword)
+
+
 def _text(ds: Dataset, keyword: str, limit: int) -> str | None:
-    value = ds.get(keyword)
+    value = _value(ds, keyword)
     if value is None or value == "":
         return None
     return str(value)[:limit]
@@ -226,7 +247,7 @@ def _int(ds: Dataset, keyword: str) -> int | None:
     as received; the index, whose columns are 32-bit, records it as unknown.
     """
     try:
-        value = ds.get(keyword)
+        value = _value(ds, keyword)
         number = int(value) if value not in (None, "") else None
     except (TypeError, ValueError, OverflowError):
         return None
@@ -249,6 +270,22 @@ def _request_attributes(ds: Dataset) -> dict[str, str | None]:
     }
 
 
+_INDEXED_KEYWORDS = (
+    "SOPInstanceUID SOPClassUID StudyInstanceUID SeriesInstanceUID InstanceNumber PatientID "
+    "PatientName PatientBirthDate PatientSex StudyDate StudyTime AccessionNumber StudyID "
+    "StudyDescription ReferringPhysicianName Modality SeriesNumber SeriesDescription "
+    "BodyPartExamined SeriesDate SeriesTime PerformedProcedureStepStartDate "
+    "PerformedProcedureStepStartTime ScheduledProcedureStepID RequestedProcedureID Rows "
+    "Columns BitsAllocated NumberOfFrames"
+).split()
+_INDEXED_TAGS: dict[str, tuple[int, str]] = {
+    keyword: (tag, dictionary_VR(tag))
+    for keyword in _INDEXED_KEYWORDS
+    if (tag := tag_for_keyword(keyword)) is not None
+}
+"""Tag and dictionary VR of every attribute the index reads."""
+
+
 def record_fields_from_dataset(
     ds: Dataset, transfer_syntax_uid: str, calling_aet: str | None
 ) -> dict[str, Any]:
@@ -258,10 +295,10 @@ def record_fields_from_dataset(
     or malformed.
     """
     return {
-        "sop_instance_uid": check_uid(ds.get("SOPInstanceUID"), "SOP Instance UID"),
-        "sop_class_uid": check_uid(ds.get("SOPClassUID"), "SOP Class UID"),
-        "study_uid": check_uid(ds.get("StudyInstanceUID"), "Study Instance UID"),
-        "series_uid": check_uid(ds.get("SeriesInstanceUID"), "Series Instance UID"),
+        "sop_instance_uid": check_uid(_value(ds, "SOPInstanceUID"), "SOP Instance UID"),
+        "sop_class_uid": check_uid(_value(ds, "SOPClassUID"), "SOP Class UID"),
+        "study_uid": check_uid(_value(ds, "StudyInstanceUID"), "Study Instance UID"),
+        "series_uid": check_uid(_value(ds, "SeriesInstanceUID"), "Series Instance UID"),
         "transfer_syntax_uid": str(transfer_syntax_uid),
         "calling_aet": calling_aet,
         "instance_number": _int(ds, "InstanceNumber"),

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 from pydicom.uid import UID
 from pynetdicom import AE, AllStoragePresentationContexts, _config
@@ -67,6 +68,11 @@ def build_ae(settings: Settings, query_retrieve: bool = False) -> AE:
     return ae
 
 
+SYNC_AHEAD_THREADS = 4
+"""Spool files fsynced at once, across the process's associations (each waits on its own
+C-STORE's, so more help only where more associations store at the same moment)."""
+
+
 class DicomServer:
     """The running SCP (one thread per association): a plain DICOM port, a DICOM TLS port
     (PS3.15 B.9), or both, serving the same AE and handlers: storage, and Query/Retrieve
@@ -97,6 +103,7 @@ class DicomServer:
         )
         self._server: GuardedAssociationServer | None = None
         self._tls_server: TlsAssociationServer | None = None
+        self._sync_ahead: ThreadPoolExecutor | None = None
 
     @property
     def port(self) -> int:
@@ -169,7 +176,12 @@ class DicomServer:
     def _spool_settings(self) -> SpoolSettings:
         """C-STORE datasets are spooled where the store keeps its temp files, so a valid
         one is renamed into place, never copied."""
-        return SpoolSettings(self.handlers.ingestor.store.tmp_dir, self.settings.max_instance_bytes)
+        store = self.handlers.ingestor.store
+        if store.fsync and self._sync_ahead is None:
+            self._sync_ahead = ThreadPoolExecutor(
+                max_workers=SYNC_AHEAD_THREADS, thread_name_prefix="radnode-sync"
+            )
+        return SpoolSettings(store.tmp_dir, self.settings.max_instance_bytes, self._sync_ahead)
 
     def _serve(self, server: GuardedAssociationServer, name: str) -> None:
         """Accept connections on a thread of its own, as pynetdicom's non-blocking start."""
@@ -182,3 +194,6 @@ class DicomServer:
                 server.shutdown()
         self._server = self._tls_server = None
         self.guard.stop()
+        if self._sync_ahead is not None:
+            self._sync_ahead.shutdown(wait=True)  # every begun fsync finishes
+            self._sync_ahead = None

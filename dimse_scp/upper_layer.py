@@ -47,6 +47,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -94,10 +95,13 @@ Refused = Callable[[str, int, int], None]
 
 @dataclass
 class SpoolSettings:
-    """Where C-STORE datasets are spooled and how many dataset bytes one may have."""
+    """Where C-STORE datasets are spooled and how many dataset bytes one may have;
+    ``sync_ahead``: the threads that fsync each complete spool file while its dataset is
+    checked (None: the store syncs it, or nothing does)."""
 
     directory: Path
     max_bytes: int | None = None
+    sync_ahead: Executor | None = None
 
 
 class Spool:
@@ -111,6 +115,8 @@ class Spool:
         self.size = 0  # dataset bytes received, written or not
         self.too_large = False
         self.error: OSError | None = None
+        self.sync_ahead = settings.sync_ahead
+        self._synced: Future[None] | None = None
         self._fd: int | None = None
         try:
             try:
@@ -146,10 +152,26 @@ class Spool:
         self.discard()
 
     def finish(self) -> None:
-        """The last fragment is in: close the file (it stays until claimed and stored)."""
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        """The last fragment is in: close the file (it stays until claimed and stored),
+        after an fsync on a ``sync_ahead`` thread if the settings have one."""
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        if self.sync_ahead is not None and self.complete:
+            try:
+                self._synced = self.sync_ahead.submit(_sync_and_close, fd)
+                return
+            except RuntimeError:  # the executor is shut down: the store syncs it
+                pass
+        os.close(fd)
+
+    def wait_synced(self) -> bool:
+        """Wait for the fsync begun at :meth:`finish`: True once the file is durable,
+        False if none was begun. Raises the fsync's OSError."""
+        if self._synced is None:
+            return False
+        self._synced.result()
+        return True
 
     @property
     def complete(self) -> bool:
@@ -163,6 +185,13 @@ class Spool:
             self.path.unlink(missing_ok=True)
         except OSError:
             logger.warning("cannot remove spool file", extra={"path": str(self.path)})
+
+
+def _sync_and_close(fd: int) -> None:
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _pdata(context_id: int, data: bytes | memoryview) -> P_DATA:
@@ -228,6 +257,7 @@ class SpoolingDIMSE(DIMSEServiceProvider):
         self.spool_settings = settings
         self._spool: Spool | None = None  # the dataset being received
         self._finished: dict[Path, Spool] = {}  # complete, not yet claimed by the handler
+        self._storage_classes: dict[str, bool] = {}  # SOP Class UID: served as storage
         self._lock = threading.Lock()
 
     def receive_primitive(self, primitive: P_DATA) -> None:
@@ -296,10 +326,14 @@ class SpoolingDIMSE(DIMSEServiceProvider):
         class_uid = message.command_set.get("AffectedSOPClassUID")
         if context is None or not class_uid:
             return None
-        class_uid = assoc.acceptor.accepted_common_extended.get(class_uid, (class_uid,))[0]
         if _config.UNRESTRICTED_STORAGE_SERVICE:
             return context
-        return context if uid_to_service_class(class_uid) is StorageServiceClass else None
+        storage = self._storage_classes.get(class_uid)
+        if storage is None:
+            service_uid = assoc.acceptor.accepted_common_extended.get(class_uid, (class_uid,))[0]
+            storage = uid_to_service_class(service_uid) is StorageServiceClass
+            self._storage_classes[class_uid] = storage
+        return context if storage else None
 
     def _serve_store(self, context_id: int) -> None:
         """Complete the C-STORE-RQ and serve it in this (the DUL) thread with pynetdicom's

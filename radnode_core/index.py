@@ -25,6 +25,7 @@ from typing import Any
 from pydicom import Dataset
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import RawDataElement
+from pydicom.tag import BaseTag
 from pydicom.values import convert_value
 from sqlalchemy import (
     BigInteger,
@@ -278,8 +279,8 @@ _INDEXED_KEYWORDS = (
     "PerformedProcedureStepStartTime ScheduledProcedureStepID RequestedProcedureID Rows "
     "Columns BitsAllocated NumberOfFrames"
 ).split()
-_INDEXED_TAGS: dict[str, tuple[int, str]] = {
-    keyword: (tag, dictionary_VR(tag))
+_INDEXED_TAGS: dict[str, tuple[BaseTag, str]] = {
+    keyword: (BaseTag(tag), dictionary_VR(tag))
     for keyword in _INDEXED_KEYWORDS
     if (tag := tag_for_keyword(keyword)) is not None
 }

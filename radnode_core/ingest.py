@@ -518,11 +518,13 @@ class Ingestor:
         expected_sop_class_uid: str | None = None,
         expected_sop_instance_uid: str | None = None,
         calling_aet: str | None = None,
+        synced: Callable[[], bool] | None = None,
     ) -> IngestResult:
         """:meth:`ingest` for a spooled dataset: ``path`` holds it from ``offset`` on, after
         a File Meta Information group the store keeps if it is the one the instance
         needs (the file is then fsynced and renamed into place, not written again). The
-        caller removes ``path`` if it is still there afterwards."""
+        caller removes ``path`` if it is still there afterwards. ``synced``: see
+        :meth:`InstanceStore.store_file`."""
         started = time.perf_counter()
         try:
             fields = self.validate_file(
@@ -535,7 +537,7 @@ class Ingestor:
             )
             fields["analyze"] = True
             meta = self._meta(fields, transfer_syntax_uid, calling_aet)
-            result = self._store(lambda: self.store.store_file(path, offset, meta, fields))
+            result = self._store(lambda: self.store.store_file(path, offset, meta, fields, synced))
         except IngestError as exc:
             self.refused(exc, source, calling_aet)
             raise

@@ -23,6 +23,7 @@ import socket
 import struct
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -315,13 +316,20 @@ class InstanceStore:
         return self._index(final, relative, size, record_fields, existing)
 
     def store_file(
-        self, path: Path, offset: int, meta: bytes, record_fields: dict[str, Any]
+        self,
+        path: Path,
+        offset: int,
+        meta: bytes,
+        record_fields: dict[str, Any],
+        synced: Callable[[], bool] | None = None,
     ) -> StoreResult:
         """:meth:`store` for a dataset already in a file of the temp folder, from ``offset``
         on (a spooled C-STORE). If the file starts with ``meta`` it becomes the instance:
         fsynced and renamed into place, the same durability as :meth:`store` with no
         second write; otherwise ``meta`` and the dataset are written to a new file. The
-        caller removes ``path`` if it is still there afterwards."""
+        caller removes ``path`` if it is still there afterwards. ``synced``: waits for an
+        fsync of ``path`` begun elsewhere (True once it is done; it raises that fsync's
+        error), which then stands for the store's own."""
         relative, final = self._final_path(record_fields)
         kept, existing = self._kept_duplicate(final, record_fields)
         if kept is not None:
@@ -332,7 +340,7 @@ class InstanceStore:
             # A renamed spool file takes no more room than it already does.
             self._check_free_space(0 if head == meta else size)
             if head == meta:
-                if self.fsync:
+                if self.fsync and not (synced is not None and synced()):
                     os.fsync(f.fileno())
             else:
                 with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:

@@ -9,10 +9,12 @@ import socket
 import sqlite3
 from collections.abc import Iterator
 from io import BytesIO
+from typing import cast
 
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom.dimse_messages import C_STORE_RSP
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import decode
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.pdu_primitives import P_DATA
@@ -108,17 +110,19 @@ def test_a_store_is_answered_with_what_pynetdicom_sends(scp: RadnodeProcess, lay
     pdu = P_DATA_TF()
     pdu.decode(answer)
     (item,) = pdu.presentation_data_value_items
-    context_id, value = item.presentation_context_id, item.presentation_data_value
+    context_id, value = item.presentation_context_id, cast(bytes, item.presentation_data_value)
     assert context_id == 1 and value[0] == 0x03  # the last fragment of a command
     response = C_STORE_RSP()
     response.command_set = decode(BytesIO(value[1:]), True, True)
-    rsp = response.message_to_primitive()
+    rsp = cast(C_STORE, response.message_to_primitive())
     assert rsp.Status == 0x0000
     assert rsp.MessageIDBeingRespondedTo == 1
     assert rsp.AffectedSOPInstanceUID == uid
     # Byte for byte what pynetdicom's DT-1 sends for the same response.
+    rsp_command = store_response_command(rsp)
+    assert rsp_command is not None
     expected = P_DATA()
-    expected.presentation_data_value_list.append([1, b"\x03" + store_response_command(rsp)])
+    expected.presentation_data_value_list.append((1, b"\x03" + rsp_command))
     assert answer == P_DATA_TF(expected).encode()
     assert _indexed(scp, uid)
 

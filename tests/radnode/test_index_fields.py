@@ -5,6 +5,8 @@ declared with another VR."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from pydicom import Dataset, config
 from pydicom.dataelem import DataElement, RawDataElement
@@ -53,7 +55,7 @@ def _encoded(ds: Dataset, ts: str) -> bytes:
     return buf.getvalue()
 
 
-CASES = {
+CASES: dict[str, tuple[str | list[str] | None, dict[str, Any]]] = {
     "ascii": (None, {"PatientName": "Doe^John", "PatientID": "ID 1", "StudyDate": "20240102"}),
     "utf-8": (
         "ISO_IR 192",

@@ -28,6 +28,15 @@ and collects a C-STORE's dataset in memory before the handler sees it. Here:
   after each event it handles.
 * A plain C-STORE-RSP is encoded by :func:`store_response_command` rather than through a
   pydicom Dataset.
+* In the established state, a P-DATA-TF's PDVs go from the receive buffer straight to the
+  spooling provider (:meth:`BoundedDUL._receive_pdata`), without pynetdicom's PDU objects
+  and state machine event for each. A C-STORE-RQ whose last fragment is in is served
+  right there in the DUL thread, by pynetdicom's own Storage service class, when the
+  association's thread is idle (:meth:`WakingAssociation.serving_here`); its response
+  goes out on the socket at once (:meth:`BoundedDUL.send_now`). Anything else, or anyone
+  listening for pynetdicom's PDU events, takes pynetdicom's way.
+* The spool file of a complete dataset is fsynced on a ``sync_ahead`` thread while the
+  handler checks the dataset; the store waits for that fsync instead of issuing its own.
 
 :class:`SpoolingRequestHandler` gives each accepted connection these providers.
 """

@@ -224,7 +224,8 @@ def _value(ds: Dataset, keyword: str) -> Any:
         return None
     if type(elem) is RawDataElement and elem.VR in (None, vr) and elem.value is not None:
         try:
-            return convert_value(vr, elem, ds._character_set)
+            encodings = ds._character_set if vr in _CHARACTER_SET_VRS else None
+            return convert_value(vr, elem, encodings)
         except Exception:  # noqa: BLE001 - pydicom's own conversion decides, below
             pass
     return ds.get(keyword)
@@ -285,6 +286,8 @@ _INDEXED_TAGS: dict[str, tuple[BaseTag, str]] = {
     if (tag := tag_for_keyword(keyword)) is not None
 }
 """Tag and dictionary VR of every attribute the index reads."""
+_CHARACTER_SET_VRS = frozenset({"PN", "SH", "LO", "ST", "LT", "UC", "UT"})
+"""VRs whose values the Specific Character Set applies to (PS3.5 6.1.2.3)."""
 
 
 def record_fields_from_dataset(

@@ -73,6 +73,18 @@ SYNC_AHEAD_THREADS = 4
 C-STORE's, so more help only where more associations store at the same moment)."""
 
 
+def _started_pool(threads: int, name: str) -> ThreadPoolExecutor:
+    """A thread pool whose threads are all running before it is returned (the executor
+    starts them one per submission otherwise): the process's thread count stays the same
+    from then on, whatever the load."""
+    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=name)
+    started = threading.Barrier(threads + 1)
+    for _ in range(threads):
+        pool.submit(started.wait)
+    started.wait()
+    return pool
+
+
 class DicomServer:
     """The running SCP (one thread per association): a plain DICOM port, a DICOM TLS port
     (PS3.15 B.9), or both, serving the same AE and handlers: storage, and Query/Retrieve
@@ -178,9 +190,7 @@ class DicomServer:
         one is renamed into place, never copied."""
         store = self.handlers.ingestor.store
         if store.fsync and self._sync_ahead is None:
-            self._sync_ahead = ThreadPoolExecutor(
-                max_workers=SYNC_AHEAD_THREADS, thread_name_prefix="radnode-sync"
-            )
+            self._sync_ahead = _started_pool(SYNC_AHEAD_THREADS, "radnode-sync")
         return SpoolSettings(store.tmp_dir, self.settings.max_instance_bytes, self._sync_ahead)
 
     def _serve(self, server: GuardedAssociationServer, name: str) -> None:

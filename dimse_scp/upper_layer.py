@@ -367,6 +367,9 @@ class SpoolingDIMSE(DIMSEServiceProvider):
         except Exception:  # noqa: BLE001 - pynetdicom aborts the association on the same
             logger.exception("C-STORE service failed: association aborted")
             assoc._abort_nonblocking()
+        finally:
+            # The peer waits for the response: the time spent storing is not its silence.
+            self.dul._idle_timer.restart()
 
     def send_msg(self, primitive: Any, context_id: int) -> None:
         """A plain C-STORE-RSP is encoded by :func:`store_response_command` and sent as one
@@ -751,7 +754,7 @@ class WakingAssociation(Association):
                 self.kill()
                 return
 
-            if self.dul.idle_timer_expired():
+            if self.dul.idle_timer_expired() and not self._serving:
                 logger.error("network timeout reached")
                 if self.network_timeout_response == "A-RELEASE":
                     self._is_paused = True

@@ -329,7 +329,7 @@ def build_sr(
     shown = [_evidence_copy(ds) for ds in (evidence if library is None else library)]
     by_uid = {str(ds.SOPInstanceUID): ds for ds in shown}
     first = by_uid.get(str(evidence[0].SOPInstanceUID)) or _evidence_copy(evidence[0])
-    images = [first, *(by_uid.get(str(ds.SOPInstanceUID), ds) for ds in evidence[1:])]
+    images = [first, *evidence[1:]]  # highdicom reads the UIDs of all but the first
     model_version = model_version_key(analysis)
     series_uid, sop_uid = sr_uids(study_uid, version, model_version)
 

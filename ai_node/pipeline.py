@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 
 from ai_node.analysis import (
     ModelRun,
@@ -556,9 +556,7 @@ class AnalysisPipeline:
             return self._failed(job, task, started)
         score = round(float(analysis.score), 6) if analysis.score is not None else None
         modality = _modality(stack)
-        stored = self.node.ingestor.ingest(
-            encode(sr), ExplicitVRLittleEndian, source="ai", analyze=False
-        )
+        stored = self.node.ingestor.ingest_built(encode(sr), source="ai", analyze=False)
         made_by = sorted(analysis.model_versions.items())
         models = tuple(f"{name}/{version}" for name, version in made_by)
         summary = ResultSummary(analysis.label, score, models, modality)

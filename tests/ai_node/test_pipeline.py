@@ -229,7 +229,7 @@ def test_unexpected_errors_are_retried_then_parked_with_the_error(
     def broken(*_a, **_k):
         raise OSError("disk on fire")
 
-    monkeypatch.setattr(node.ingestor, "ingest", broken)
+    monkeypatch.setattr(node.ingestor, "ingest_built", broken)
     worker = run_all(node, pipeline)
     [job] = node.queue.jobs_for(study.study_instance_uid)
     assert job["state"] == "failed" and job["attempts"] == node.queue.max_attempts

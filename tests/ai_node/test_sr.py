@@ -10,8 +10,10 @@ import pydicom
 import pytest
 from pydicom.sr.codedict import codes
 
+from ai_node import sr as sr_module
 from ai_node.analysis import StudyAnalysis
 from ai_node.localise import Location
+from ai_node.pipeline import encode
 from ai_node.preprocess import SliceRef
 from ai_node.sr import PROBABILITY, build_sr, sr_uids
 from tests.support.analysis import REPORT_CONTEXT as CTX
@@ -158,3 +160,45 @@ def test_an_unlocated_result_outlines_the_image_it_names(headers, tmp_path, in_s
     assert _source_uid(region) == headers[3].SOPInstanceUID
     [study_group] = hd.sr.MeasurementReport.from_sequence([back]).get_image_measurement_groups()
     assert _tracking_uid(study_group) == _tracking_uid(roi)
+
+
+_TIMES = ("InstanceCreationDate", "InstanceCreationTime", "ContentDate", "ContentTime")
+
+
+def _bytes_at_a_fixed_time(sr: pydicom.Dataset) -> bytes:
+    for keyword in _TIMES:
+        setattr(sr, keyword, "20260101" if keyword.endswith("Date") else "120000")
+    for item in sr.ContributingEquipmentSequence:
+        if "ContributionDateTime" in item:
+            item.ContributionDateTime = "20260101120000"
+    return encode(sr)
+
+
+@pytest.mark.parametrize("result", ["located", "positive", "negative", "out_of_scope"])
+def test_the_uncopied_content_gives_the_sr_highdicom_copying_it_gives(
+    headers, monkeypatch, result
+) -> None:
+    """build_sr hands highdicom its content tree without the defensive copy; the SR is byte
+    for byte the one the copying constructor makes (the times it stamps aside)."""
+    ref = SliceRef(str(headers[2].SOPClassUID), str(headers[2].SOPInstanceUID))
+    versions = {"finding": "1.0.0", "region": "1.0.0"}
+    location = Location(2, ref, 40.5, 22.25, 64, 64, "max_activation", "conv2d_5")
+    analysis = {
+        "located": StudyAnalysis(
+            "chest", {"chest": 0.99}, True, 0.87, 2, [], [2], versions, location=location
+        ),
+        "positive": StudyAnalysis("chest", {"chest": 0.99}, True, 0.87, 2, [], [2], versions),
+        "negative": StudyAnalysis("chest", {"chest": 0.99}, True, 0.1, 2, [], [2], versions),
+        "out_of_scope": StudyAnalysis("head", {"head": 0.98}, False, model_versions=versions),
+    }[result]
+    study_uid = str(headers[0].StudyInstanceUID)
+    library = [headers[2]]
+
+    def build() -> bytes:
+        sr = build_sr(headers, analysis, [ref], CTX, study_uid, 6, library=library)
+        assert sr.content[0].ContentSequence == sr.ContentSequence
+        return _bytes_at_a_fixed_time(sr)
+
+    uncopied = build()
+    monkeypatch.delattr(sr_module._OwnedContent, "__deepcopy__")
+    assert build() == uncopied

@@ -280,3 +280,51 @@ def test_a_spooled_deflated_dataset_is_checked(ingestor, ct):
     deflated = compressor.compress(encode(ct)) + compressor.flush()
     path, offset = _spool(ingestor, deflated)
     assert ingestor.ingest_file(path, offset, DEFLATED, source="dimse").status == 0
+
+
+def _stored(ingestor: Ingestor, sop_instance_uid: str) -> tuple[dict, bytes]:
+    row = ingestor.store.index.find_instance(sop_instance_uid)
+    assert row is not None
+    data = ingestor.store.path_of(row["path"]).read_bytes()
+    return {k: v for k, v in row.items() if k not in ("id", "received_at")}, data
+
+
+def test_a_built_dataset_is_stored_and_indexed_as_ingest_would(tmp_path, ct):
+    """ingest_built leaves pydicom's reading of nested sequences lazy: the file, the index
+    row and the answer are those ingest makes of the same bytes."""
+    ct.PatientName, ct.StudyDescription = "Doe^Jane", "Thorax  "
+    raw = encode(ct)
+    stored = []
+    for n, built in enumerate((False, True)):
+        index = Index(f"sqlite:///{tmp_path / f'{n}.sqlite3'}")
+        ingestor = Ingestor(InstanceStore(tmp_path / str(n), index), Metrics())
+        if built:
+            result = ingestor.ingest_built(raw, source="ai", analyze=False)
+        else:
+            result = ingestor.ingest(raw, EXPLICIT, source="ai", analyze=False)
+        stored.append((result, *_stored(ingestor, str(ct.SOPInstanceUID))))
+        index.close()
+    assert stored[0] == stored[1]
+
+
+def test_a_built_dataset_is_refused_as_ingest_would_refuse_it(ingestor, ct):
+    raw = encode(ct)
+    no_uid = copy.deepcopy(ct)
+    del no_uid.SeriesInstanceUID
+    short = copy.deepcopy(ct)
+    short.PixelData = ct.PixelData[:1000]
+    cases = (
+        (raw[:-10], CANNOT_UNDERSTAND),
+        (encode(short), CANNOT_UNDERSTAND),
+        (encode(no_uid), DATASET_DOES_NOT_MATCH_SOP_CLASS),
+    )
+    for body, status in cases:
+        with pytest.raises(IngestError) as err:
+            ingestor.ingest_built(body, source="ai")
+        assert err.value.status == status
+    limited = Ingestor(ingestor.store, Metrics(), max_instance_bytes=1000)
+    with pytest.raises(IngestError) as err:
+        limited.ingest_built(raw, source="ai")
+    assert err.value.status == OUT_OF_RESOURCES
+    assert list(ingestor.store.studies_dir.rglob("*.dcm")) == []
+    assert ingestor.ingest_built(raw, source="ai").status == 0

@@ -43,11 +43,8 @@ def small_filesystem(tmp_path: Path) -> Iterator[Path]:
     """A real 12 MiB tmpfs: writes fail with ENOSPC when it is full."""
     mount_point = tmp_path / "small"
     mount_point.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(mount_point)],
-        capture_output=True,
-        text=True,
-    )
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(mount_point)],
+                          capture_output=True, text=True)
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
     yield mount_point

@@ -32,20 +32,8 @@ def test_help_lists_every_role():
 
 
 def test_synth_study_cli_writes_a_readable_series(tmp_path):
-    result = _run(
-        "synth",
-        "study",
-        "--out",
-        str(tmp_path / "s"),
-        "--region",
-        "head",
-        "--slices",
-        "4",
-        "--seed",
-        "3",
-        "--size",
-        "64",
-    )
+    result = _run("synth", "study", "--out", str(tmp_path / "s"), "--region", "head",
+                  "--slices", "4", "--seed", "3", "--size", "64")
     assert result.returncode == 0, result.stderr
     files = sorted((tmp_path / "s").glob("*.dcm"))
     assert len(files) == 4
@@ -64,10 +52,7 @@ def test_serve_answers_echo_send_health_and_metrics(tmp_path, chest_study):
         assert echo.returncode == 0 and "0x0000" in echo.stdout
         dcmtk_echo = subprocess.run(
             [require_tool("echoscu"), "-aec", "RADNODE", "127.0.0.1", str(node.dicom_port)],
-            capture_output=True,
-            text=True,
-            env=dcmtk_env(),
-            timeout=30,
+            capture_output=True, text=True, env=dcmtk_env(), timeout=30,
         )
         assert dcmtk_echo.returncode == 0
 
@@ -108,8 +93,5 @@ def test_invalid_settings_are_a_clear_error(tmp_path):
 def test_module_entry_point_matches_console_script():
     script = REPO / ".venv" / "bin" / "radnode"
     exe = str(script) if script.exists() else sys.executable
-    assert subprocess.run(
-        [exe, "--version"] if script.exists() else [*RADNODE, "--version"],
-        capture_output=True,
-        text=True,
-    ).stdout.startswith("radnode ")
+    assert subprocess.run([exe, "--version"] if script.exists() else [*RADNODE, "--version"],
+                          capture_output=True, text=True).stdout.startswith("radnode ")

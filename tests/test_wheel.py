@@ -20,36 +20,17 @@ import pytest
 from tests.support.processes import free_port, stop_process, wait_port
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = {
-    "radnode",
-    "radnode_core",
-    "dimse_scp",
-    "dicomweb",
-    "ai_node",
-    "pacs_link",
-    "viewer_plugin",
-}
+PACKAGES = {"radnode", "radnode_core", "dimse_scp", "dicomweb", "ai_node", "pacs_link",
+            "viewer_plugin"}
 
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("dist")
     subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--quiet",
-            "--no-deps",
-            "--no-build-isolation",
-            "--wheel-dir",
-            str(out),
-            str(REPO),
-        ],
-        check=True,
-        cwd=out,
-        timeout=300,
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+         "--wheel-dir", str(out), str(REPO)],
+        check=True, cwd=out, timeout=300,
     )
     [built] = out.glob("radnode-*.whl")
     return built
@@ -65,15 +46,11 @@ def venv(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     python = root / "bin" / "python"
     subprocess.run(
         [str(python), "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", str(wheel)],
-        check=True,
-        cwd=root,
-        timeout=300,
+        check=True, cwd=root, timeout=300,
     )
     site = subprocess.run(
         [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        check=True,
-        capture_output=True,
-        text=True,
+        check=True, capture_output=True, text=True,
     ).stdout.strip()
     (Path(site) / "radnode_test_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     return root
@@ -89,7 +66,8 @@ def test_the_wheel_holds_the_product_and_no_harness(wheel: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/")[0] for n in names if not n.startswith("radnode-")}
     assert tops == PACKAGES
-    assert any(n.startswith("ai_node/models/finding/") and n.endswith("model.keras") for n in names)
+    assert any(n.startswith("ai_node/models/finding/") and n.endswith("model.keras")
+               for n in names)
     assert any(n.startswith("radnode_core/migrations/versions/") for n in names)
     assert any(n.startswith("viewer_plugin/review/static/") for n in names)
     for name in names:
@@ -101,69 +79,32 @@ def test_the_wheel_holds_the_product_and_no_harness(wheel: Path) -> None:
 def test_installed_wheel_serves_a_study_to_its_sr(venv: Path, tmp_path: Path) -> None:
     radnode = venv / "bin" / "radnode"
     where = subprocess.run(
-        [
-            str(venv / "bin" / "python"),
-            "-c",
-            "import radnode, radnode_core, ai_node; print(radnode.__file__, ai_node.__file__)",
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=_clean_env(),
+        [str(venv / "bin" / "python"), "-c",
+         "import radnode, radnode_core, ai_node; print(radnode.__file__, ai_node.__file__)"],
+        check=True, capture_output=True, text=True, cwd=tmp_path, env=_clean_env(),
     ).stdout
     assert str(REPO) not in where and str(venv) in where
 
     study_dir = tmp_path / "study"
     subprocess.run(
-        [
-            str(radnode),
-            "synth",
-            "study",
-            "--out",
-            str(study_dir),
-            "--slices",
-            "8",
-            "--size",
-            "128",
-            "--nodules",
-            "1",
-            "--seed",
-            "3",
-        ],
-        check=True,
-        cwd=tmp_path,
-        env=_clean_env(),
-        timeout=120,
+        [str(radnode), "synth", "study", "--out", str(study_dir), "--slices", "8",
+         "--size", "128", "--nodules", "1", "--seed", "3"],
+        check=True, cwd=tmp_path, env=_clean_env(), timeout=120,
     )
     study_uid = json.loads((study_dir / "truth.json").read_text())["study_instance_uid"]
     dicom_port, http_port = free_port(), free_port()
     log = (tmp_path / "serve.log").open("wb")
     proc = subprocess.Popen(
-        [
-            str(radnode),
-            "serve",
-            "--data-dir",
-            str(tmp_path / "data"),
-            "--dicom-port",
-            str(dicom_port),
-            "--http-port",
-            str(http_port),
-        ],
-        cwd=tmp_path,
-        env=_clean_env(),
-        stdout=log,
-        stderr=subprocess.STDOUT,
+        [str(radnode), "serve", "--data-dir", str(tmp_path / "data"),
+         "--dicom-port", str(dicom_port), "--http-port", str(http_port)],
+        cwd=tmp_path, env=_clean_env(), stdout=log, stderr=subprocess.STDOUT,
     )
     try:
         wait_port(dicom_port, proc)
         wait_port(http_port, proc)
         subprocess.run(
             [str(radnode), "send", "--port", str(dicom_port), str(study_dir)],
-            check=True,
-            cwd=tmp_path,
-            env=_clean_env(),
-            timeout=120,
+            check=True, cwd=tmp_path, env=_clean_env(), timeout=120,
         )
         url = f"http://127.0.0.1:{http_port}/api/studies/{study_uid}/result"
         deadline = time.monotonic() + 180
@@ -176,10 +117,8 @@ def test_installed_wheel_serves_a_study_to_its_sr(venv: Path, tmp_path: Path) ->
             time.sleep(0.5)
         assert result["status"] == "done", result
         sr_uid = result["sr_sop_instance_uid"]
-        qido = (
-            f"http://127.0.0.1:{http_port}/dicom-web/studies/{study_uid}/instances"
-            f"?SOPInstanceUID={sr_uid}"
-        )
+        qido = (f"http://127.0.0.1:{http_port}/dicom-web/studies/{study_uid}/instances"
+                f"?SOPInstanceUID={sr_uid}")
         with urllib.request.urlopen(qido, timeout=10) as response:
             [found] = json.load(response)
         assert found["00080016"]["Value"] == ["1.2.840.10008.5.1.4.1.1.88.34"]

@@ -17,13 +17,11 @@ FINAL = ("done", "out_of_scope", "failed")
 
 
 def _result_in(
-    statuses: tuple[str, ...],
-    result: Callable[[], dict[str, Any] | None],
+    statuses: tuple[str, ...], result: Callable[[], dict[str, Any] | None],
     proc: subprocess.Popen[bytes] | None = None,
 ) -> Callable[[], dict[str, Any] | None]:
     """A check for wait_for: the result once its status is one of ``statuses``; it gives up
     if the worker process ``proc`` has exited."""
-
     def check() -> dict[str, Any] | None:
         assert proc is None or proc.poll() is None, f"the worker exited with {proc.returncode}"
         body = result() or {}
@@ -50,13 +48,9 @@ def test_serve_analyses_a_sent_study_and_serves_the_result(tmp_path) -> None:
         sent = storescu(node.dicom_port, files)
         assert sent.returncode == 0, sent.stderr
         url = f"http://127.0.0.1:{node.http_port}/api/studies/{study.study_instance_uid}/result"
-        body = wait_for(
-            _result_in(FINAL, lambda: httpx.get(url, timeout=10).json()),
-            timeout=120,
-            what="the study's result",
-            interval=0.2,
-            detail=lambda: node.log()[-3000:],
-        )
+        body = wait_for(_result_in(FINAL, lambda: httpx.get(url, timeout=10).json()),
+                        timeout=120, what="the study's result", interval=0.2,
+                        detail=lambda: node.log()[-3000:])
         assert body["status"] == "done", (body, node.log()[-3000:])
         assert 0 <= body["score"] <= 1 and body["sr_sop_instance_uid"]
         worklist = httpx.get(f"http://127.0.0.1:{node.http_port}/api/results", timeout=10).json()
@@ -96,9 +90,7 @@ def test_radnode_worker_processes_queued_studies_and_stops_cleanly(tmp_path) -> 
     try:
         result = wait_for(
             _result_in(FINAL, lambda: ResultStore(node.index).study_result(uid), proc),
-            timeout=120,
-            what="the study's result",
-            interval=0.2,
+            timeout=120, what="the study's result", interval=0.2,
         )
         assert result.get("status") == "out_of_scope", result
     finally:
@@ -133,24 +125,16 @@ def test_worker_killed_mid_job_the_job_completes_once_after_restart(tmp_path) ->
 
     first = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_for(
-            _result_in(("running",), lambda: store.study_result(uid), first),
-            timeout=120,
-            what="the job to run",
-            interval=0.005,
-        )
+        wait_for(_result_in(("running",), lambda: store.study_result(uid), first),
+                 timeout=120, what="the job to run", interval=0.005)
     finally:
         first.kill()  # SIGKILL mid-job
         first.wait()
     assert node.queue.jobs_for(uid)[0]["state"] == "running"
     second = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        result = wait_for(
-            _result_in(("done", "failed"), lambda: store.study_result(uid), second),
-            timeout=120,
-            what="the job to finish",
-            interval=0.1,
-        )
+        result = wait_for(_result_in(("done", "failed"), lambda: store.study_result(uid), second),
+                          timeout=120, what="the job to finish", interval=0.1)
     finally:
         second.send_signal(signal.SIGTERM)
         second.wait(timeout=60)

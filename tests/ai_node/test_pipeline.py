@@ -152,10 +152,7 @@ def _write_variant(spec: StudySpec, out: Path, change) -> list[Path]:
 
 def test_bad_inputs_end_in_a_result_and_the_worker_keeps_going(node, pipeline, tmp_path) -> None:
     small: dict[str, Any] = {
-        "rows": 128,
-        "columns": 128,
-        "pixel_spacing_mm": 2.8,
-        "region": "chest",
+        "rows": 128, "columns": 128, "pixel_spacing_mm": 2.8, "region": "chest"
     }
     studies = {}
 

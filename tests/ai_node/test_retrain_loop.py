@@ -61,13 +61,8 @@ def _wait_results(
             return results
         return None
 
-    return wait_for(
-        final,
-        timeout=timeout,
-        what=f"the results of {len(uids)} studies",
-        interval=0.5,
-        detail=lambda: node.log()[-3000:],
-    )
+    return wait_for(final, timeout=timeout, what=f"the results of {len(uids)} studies",
+                    interval=0.5, detail=lambda: node.log()[-3000:])
 
 
 def _algorithm_versions(sr: pydicom.Dataset) -> list[str]:
@@ -214,8 +209,7 @@ def test_labels_to_promoted_model_to_next_sr(
         assert "finding retrain-a promoted" in first.stdout
         # the studies released for training are in the audit trail as an Export (110106)
         exports = [
-            m
-            for m in _audit_messages(data / "audit")
+            m for m in _audit_messages(data / "audit")
             if m.find("EventIdentification/EventID[@csd-code='110106']") is not None
         ]
         assert exports, "no Export audit message for the retraining export"

@@ -144,15 +144,8 @@ def test_retrain_a_radiograph_model_from_its_own_labels(tmp_path: Path) -> None:
             )
         )
     ct, ct_files = write_study(
-        StudySpec(
-            region="chest",
-            slices=8,
-            nodules=1,
-            seed=8300,
-            rows=128,
-            columns=128,
-            pixel_spacing_mm=2.8,
-        ),
+        StudySpec(region="chest", slices=8, nodules=1, seed=8300, rows=128, columns=128,
+                  pixel_spacing_mm=2.8),
         tmp_path / "in" / "ct",
     )
     data = tmp_path / "data"
@@ -188,9 +181,8 @@ def test_retrain_a_radiograph_model_from_its_own_labels(tmp_path: Path) -> None:
             _judge(url, uid, MODEL, results[uid][MODEL], "opacity" if positive else "no opacity")
             other = results[uid].get("chest-xray-opacity")
             if other is not None and other["status"] == "done":
-                _judge(
-                    url, uid, "chest-xray-opacity", other, "no opacity" if positive else "opacity"
-                )
+                _judge(url, uid, "chest-xray-opacity", other,
+                       "no opacity" if positive else "opacity")
         finding = results[ct.study_instance_uid]["finding"]
         assert finding["status"] == "done", results[ct.study_instance_uid]
         _judge(url, ct.study_instance_uid, "finding", finding, "lesion")
@@ -234,9 +226,9 @@ def test_retrain_a_radiograph_model_from_its_own_labels(tmp_path: Path) -> None:
         registry.load(MODEL, "r1")  # loads in safe mode, its sha256 checked
 
         # the run is recorded for cxr-small, with its decision
-        [record] = httpx.get(f"{url}/api/retraining/runs", headers=_auth(ADMIN), timeout=10).json()[
-            "items"
-        ]
+        [record] = httpx.get(
+            f"{url}/api/retraining/runs", headers=_auth(ADMIN), timeout=10
+        ).json()["items"]
         assert record["model_name"] == MODEL and record["decision"] == "promoted"
         assert record["candidate_version"] == "r1" and record["status"] == "succeeded"
 
@@ -310,9 +302,7 @@ def test_a_package_that_needed_trust_code_is_not_retrained(tmp_path: Path) -> No
         },
     )
     import_package(
-        registry,
-        write_package(tmp_path / "lam", lambda_model(), card),
-        trust_code=True,
+        registry, write_package(tmp_path / "lam", lambda_model(), card), trust_code=True,
         activate=True,
     )
     with pytest.raises(RetrainError, match="imported with --trust-code"):

@@ -112,13 +112,8 @@ def test_train_on_a_labelled_dicom_folder_saves_a_finding_version(tmp_path) -> N
     )
     registry = ModelRegistry(tmp_path / "models")
     run = train_and_save(
-        registry,
-        "real-1",
-        synthetic=False,
-        dicom_dir=src,
-        labels_csv=tmp_path / "labels.csv",
-        finding_epochs=1,
-        verbose=0,
+        registry, "real-1", synthetic=False, dicom_dir=src, labels_csv=tmp_path / "labels.csv",
+        finding_epochs=1, verbose=0,
     )
     assert set(run.paths) == {"finding"} and run.metrics is None
     card = registry.card("finding", "real-1")

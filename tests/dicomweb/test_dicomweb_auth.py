@@ -122,12 +122,8 @@ def test_no_patient_names_in_access_log(secured: RadnodeProcess) -> None:
     url = f"http://127.0.0.1:{secured.http_port}/dicom-web/studies?PatientName=Secret^Person"
     assert httpx.get(url, headers={"Authorization": "Bearer t-view"}).status_code == 200
     # The line is written once the response is out: wait for it (bounded), then look.
-    log = wait_for(
-        lambda: _log_with(secured, "PatientName"),
-        timeout=20,
-        what="the access log line",
-        interval=0.05,
-    )
+    log = wait_for(lambda: _log_with(secured, "PatientName"), timeout=20,
+                   what="the access log line", interval=0.05)
     assert "PatientName" in log  # the parameter's name is logged
     assert "Secret" not in log
     assert "t-view" not in log  # nor any token
@@ -135,18 +131,8 @@ def test_no_patient_names_in_access_log(secured: RadnodeProcess) -> None:
 
 @pytest.mark.parametrize("role", ["api", "serve"])
 def test_open_non_loopback_bind_refused(tmp_path: Path, role: str) -> None:
-    command = [
-        *RADNODE,
-        role,
-        "--data-dir",
-        str(tmp_path / "data"),
-        "--host",
-        "0.0.0.0",
-        "--http-port",
-        str(free_port()),
-        "--dicom-port",
-        str(free_port()),
-    ]
+    command = [*RADNODE, role, "--data-dir", str(tmp_path / "data"), "--host", "0.0.0.0",
+               "--http-port", str(free_port()), "--dicom-port", str(free_port())]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "without authentication" in result.stderr
@@ -154,21 +140,9 @@ def test_open_non_loopback_bind_refused(tmp_path: Path, role: str) -> None:
 
 
 def test_auth_without_tokens_refused(tmp_path: Path) -> None:
-    command = [
-        *RADNODE,
-        "api",
-        "--data-dir",
-        str(tmp_path / "data"),
-        "--http-port",
-        str(free_port()),
-    ]
-    result = subprocess.run(
-        command,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "RADNODE_AUTH_ENABLED": "true"},
-    )
+    command = [*RADNODE, "api", "--data-dir", str(tmp_path / "data"),
+               "--http-port", str(free_port())]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "RADNODE_AUTH_ENABLED": "true"})
     assert result.returncode == 2
     assert "api_tokens" in result.stderr

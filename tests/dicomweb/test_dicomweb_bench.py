@@ -13,28 +13,10 @@ from tests.support.radnode_process import REPO
 def test_bench_dicomweb_small(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.qido_wado",
-            "--studies",
-            "30",
-            "--slices",
-            "3",
-            "--queries",
-            "3",
-            "--rounds",
-            "1",
-            "--work-dir",
-            str(tmp_path / "work"),
-            "--json",
-            str(out),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+        [sys.executable, "-m", "benchmarks.qido_wado", "--studies", "30", "--slices", "3",
+         "--queries", "3", "--rounds", "1", "--work-dir", str(tmp_path / "work"),
+         "--json", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=300, check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "| QIDO /studies?PatientID=<id> median ms |" in result.stdout

@@ -33,7 +33,9 @@ def test_replaced_instance_is_read_again(
         second = copy.deepcopy(first)
         second.ImageComments = "other version"
         client.store_instances([second])
-        assert client.retrieve_instance_metadata(*uids)["00204000"]["Value"] == ["other version"]
+        assert client.retrieve_instance_metadata(*uids)["00204000"]["Value"] == [
+            "other version"
+        ]
         found = client.search_for_instances(
             search_filters={"SOPInstanceUID": uids[2], "includefield": "ImageComments"}
         )

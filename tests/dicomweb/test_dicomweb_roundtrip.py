@@ -48,8 +48,7 @@ def test_search_three_levels(stored: tuple[DICOMwebClient, list[Path]]) -> None:
     assert client.search_for_studies(search_filters={"PatientName": name.lower()[:4] + "*"})
     assert client.search_for_studies(
         search_filters={
-            "StudyDate": f"{first.StudyDate}-{first.StudyDate}",
-            "ModalitiesInStudy": "CT",
+            "StudyDate": f"{first.StudyDate}-{first.StudyDate}", "ModalitiesInStudy": "CT"
         }
     )
     assert client.search_for_studies(search_filters={"StudyDate": "19000101-19000102"}) == []
@@ -137,11 +136,8 @@ def test_rendered_and_thumbnail(stored: tuple[DICOMwebClient, list[Path]]) -> No
     png = httpx.get(f"{instance}/rendered?window=-600,1500", headers={"Accept": "image/png"})
     assert png.status_code == 200 and png.content[:8] == b"\x89PNG\r\n\x1a\n"
     assert httpx.get(f"{instance}/frames/1/rendered").status_code == 200
-    for url in (
-        f"{base}/thumbnail",
-        f"{instance}/thumbnail",
-        f"{client.base_url}/studies/{first.StudyInstanceUID}/thumbnail",
-    ):
+    for url in (f"{base}/thumbnail", f"{instance}/thumbnail",
+                f"{client.base_url}/studies/{first.StudyInstanceUID}/thumbnail"):
         thumb = httpx.get(url, headers={"Accept": "image/png"})
         assert thumb.status_code == 200 and thumb.content[:4] == b"\x89PNG"
     assert httpx.get(f"{instance}/rendered?window=abc").status_code == 400

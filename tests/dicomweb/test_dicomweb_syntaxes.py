@@ -70,7 +70,7 @@ def test_compressed_frames(api: RadnodeProcess, stored: dict[str, Dataset]) -> N
         headers={"Accept": 'multipart/related; type="application/octet-stream"'},
     )
     assert decoded.status_code == 200
-    ((kind, body),) = parts(decoded)
+    (kind, body), = parts(decoded)
     assert kind == "application/octet-stream"
     assert body == ds.pixel_array[2].tobytes()
 
@@ -99,7 +99,7 @@ def test_implicit_to_explicit(api: RadnodeProcess, stored: dict[str, Dataset]) -
         },
     )
     assert response.status_code == 200
-    ((kind, body),) = parts(response)
+    (kind, body), = parts(response)
     assert kind == "application/dicom"
     from io import BytesIO
 

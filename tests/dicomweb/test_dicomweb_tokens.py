@@ -154,11 +154,9 @@ def test_unusable_key_refused(tmp_path: Path) -> None:
     bad.write_text("not a key")
     result = subprocess.run(
         [*RADNODE, "api", "--data-dir", str(tmp_path / "d"), "--http-port", str(free_port())],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "RADNODE_AUTH_ENABLED": "true", "RADNODE_JWT_PUBLIC_KEY_FILE": str(bad)},
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+        env={**os.environ, "RADNODE_AUTH_ENABLED": "true",
+             "RADNODE_JWT_PUBLIC_KEY_FILE": str(bad)},
     )
     assert result.returncode == 2 and "jwt_public_key_file" in result.stderr
 

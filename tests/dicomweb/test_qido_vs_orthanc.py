@@ -88,9 +88,8 @@ def _queries(v: VariedStudies) -> list[tuple[str, str | None, str | None, dict[s
     ]
 
 
-def _uids(
-    base: str, level: str, study: str | None, series: str | None, filters: dict[str, str]
-) -> set[str]:
+def _uids(base: str, level: str, study: str | None, series: str | None,
+          filters: dict[str, str]) -> set[str]:
     # Orthanc 1.10 does not percent-decode query values ("P00%2A" matches nothing), so
     # the query string goes out raw (httpx keeps * ^ and \ as they are); we decode both.
     path = {"study": "/studies", "series": "/series", "instance": "/instances"}[level]

@@ -135,11 +135,8 @@ def small_filesystem(tmp_path: Path):
     """A real 12 MiB tmpfs: writes fail with ENOSPC when it is full."""
     mount_point = tmp_path / "small"
     mount_point.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(mount_point)],
-        capture_output=True,
-        text=True,
-    )
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(mount_point)],
+                          capture_output=True, text=True)
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
     yield mount_point
@@ -164,12 +161,8 @@ def test_disk_full_answers_out_of_resources_without_partial_files(
         for path in stored:  # every stored file is complete
             assert dcmread(path).pixel_array.shape == (512, 512)
         # Still serving: an echo works.
-        echo = subprocess.run(
-            ["echoscu", "-aec", "RADNODE", "127.0.0.1", str(node.dicom_port)],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+        echo = subprocess.run(["echoscu", "-aec", "RADNODE", "127.0.0.1", str(node.dicom_port)],
+                              capture_output=True, text=True, timeout=30)
         assert echo.returncode == 0, echo.stderr
     finally:
         node.stop()

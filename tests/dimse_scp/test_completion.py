@@ -31,21 +31,16 @@ def test_quiet_period_completes_a_study_while_the_association_stays_open(tmp_pat
                 assert assoc.send_c_store(path).Status == 0
             assert _jobs(node.data_dir) == []
             started = time.monotonic()
-            wait_for(
-                lambda: _jobs(node.data_dir), timeout=5, what="the quiet-period job", interval=0.05
-            )
+            wait_for(lambda: _jobs(node.data_dir), timeout=5, what="the quiet-period job",
+                     interval=0.05)
             waited = time.monotonic() - started
             assert _jobs(node.data_dir) == [(5, "quiet")]
             assert 0.9 <= waited < 3.0
             # More instances for the study on the same association: a new version at release.
             for path in files[5:8]:
                 assert assoc.send_c_store(path).Status == 0
-        wait_for(
-            lambda: len(_jobs(node.data_dir)) >= 2,
-            timeout=5,
-            what="the release's job",
-            interval=0.05,
-        )
+        wait_for(lambda: len(_jobs(node.data_dir)) >= 2, timeout=5, what="the release's job",
+                 interval=0.05)
         assert _jobs(node.data_dir) == [(5, "quiet"), (8, "released")]
     finally:
         _config.STORE_SEND_CHUNKED_DATASET = previous
@@ -62,9 +57,8 @@ def test_aborted_association_leaves_completion_to_the_quiet_period(tmp_path, che
             for path in files[:3]:
                 assert assoc.send_c_store(path).Status == 0
             assoc.abort()
-        wait_for(
-            lambda: _jobs(node.data_dir), timeout=5, what="the quiet-period job", interval=0.05
-        )
+        wait_for(lambda: _jobs(node.data_dir), timeout=5, what="the quiet-period job",
+                 interval=0.05)
         assert _jobs(node.data_dir) == [(3, "quiet")]
     finally:
         _config.STORE_SEND_CHUNKED_DATASET = previous

@@ -44,20 +44,9 @@ def bit_preserving_storescp(tmp_path):
     out.mkdir()
     port = free_port()
     proc = subprocess.Popen(
-        [
-            require_tool("storescp"),
-            "+B",
-            "+xa",
-            "-pm",
-            "-od",
-            str(out),
-            "-aet",
-            "STORESCP",
-            str(port),
-        ],
-        env=dcmtk_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        [require_tool("storescp"), "+B", "+xa", "-pm", "-od", str(out), "-aet", "STORESCP",
+         str(port)],
+        env=dcmtk_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     wait_port(port, proc)
     yield port, out

@@ -616,7 +616,9 @@ def test_a_c_find_with_more_matches_than_the_limit_is_refused(tmp_path: Path) ->
     """30 studies, ``cfind_max_results`` 20: a query matching all 30 gets 0xA700 and no
     match; one matching 10 gets all 10; the association goes on."""
     _many_studies(tmp_path / "data", 30)
-    scp = RadnodeProcess(tmp_path / "data", "scp", env={"RADNODE_CFIND_MAX_RESULTS": "20"}).start()
+    scp = RadnodeProcess(
+        tmp_path / "data", "scp", env={"RADNODE_CFIND_MAX_RESULTS": "20"}
+    ).start()
     try:
         ae = AE(ae_title="WORKSTATION")
         ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind, ExplicitVRLittleEndian)

@@ -51,9 +51,7 @@ def test_storescu_study_is_stored_byte_identical_indexed_and_queued_once(
     # The association's release completes the study at once: one job, no quiet-period wait.
     jobs = wait_for(
         lambda: db.execute("select study_uid, version, state, reason from jobs").fetchall(),
-        timeout=5,
-        what="the release's job",
-        interval=0.05,
+        timeout=5, what="the release's job", interval=0.05,
     )
     assert jobs == [(study.study_instance_uid, 100, "queued", "released")]
     # ... and the quiet-period sweeper does not add a second one: let more than the quiet
@@ -73,7 +71,8 @@ def test_resending_the_study_keeps_the_first_copy_and_makes_no_new_job(
     assert after == first
     db = _index(radnode_scp.data_dir)
     assert db.execute("select sum(duplicates) from instances").fetchone()[0] == 10
-    wait_for(lambda: _job_count(db) >= 1, timeout=5, what="the first release's job", interval=0.05)
+    wait_for(lambda: _job_count(db) >= 1, timeout=5, what="the first release's job",
+             interval=0.05)
     time.sleep(0.5)  # a second job would come with the second release: give it time to show
     assert _job_count(db) == 1
 
@@ -83,7 +82,8 @@ def test_instances_arriving_later_make_a_new_job_version(radnode_scp: RadnodePro
     assert storescu(radnode_scp.dicom_port, files[:60]).returncode == 0
     assert storescu(radnode_scp.dicom_port, files[60:]).returncode == 0
     db = _index(radnode_scp.data_dir)
-    wait_for(lambda: _job_count(db) >= 2, timeout=5, what="the second release's job", interval=0.05)
+    wait_for(lambda: _job_count(db) >= 2, timeout=5, what="the second release's job",
+             interval=0.05)
     assert db.execute("select version, reason from jobs order by id").fetchall() == [
         (60, "released"),
         (100, "released"),

@@ -52,11 +52,8 @@ EXPOSED = {"scp", "api", "ohif"}
 MONITORING_NAMESPACE = "cattle-monitoring-system"
 METRICS_PORT = 9102
 KFP_COMMAND = [
-    "radnode",
-    "pipeline",
-    "upload",
-    "--kfp-host",
-    "http://ml-pipeline.kubeflow.svc.cluster.local:8888",
+    "radnode", "pipeline", "upload",
+    "--kfp-host", "http://ml-pipeline.kubeflow.svc.cluster.local:8888",
     "--schedule",
 ]
 
@@ -65,9 +62,8 @@ def kustomize(path: Path) -> list[dict[str, Any]]:
     kubectl = shutil.which("kubectl")
     if kubectl is None:
         pytest.fail("kubectl is not installed (it builds the overlays: kubectl kustomize)")
-    result = subprocess.run(
-        [kubectl, "kustomize", str(path)], capture_output=True, text=True, timeout=120, check=False
-    )
+    result = subprocess.run([kubectl, "kustomize", str(path)], capture_output=True, text=True,
+                            timeout=120, check=False)
     assert result.returncode == 0, result.stderr
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
@@ -99,12 +95,8 @@ def containers(objects: list[dict[str, Any]]) -> Iterator[Container]:
 
 def container_of(objects: list[dict[str, Any]], workload: str) -> dict[str, Any]:
     """The workload's one (main) container."""
-    (found,) = [
-        c
-        for obj, pod in pod_specs(objects)
-        if obj["metadata"]["name"] == workload
-        for c in pod["containers"]
-    ]
+    (found,) = [c for obj, pod in pod_specs(objects) if obj["metadata"]["name"] == workload
+                for c in pod["containers"]]
     return found
 
 
@@ -115,11 +107,8 @@ def pipeline_platform() -> dict[str, Any]:
 
 
 def configmap(objects: list[dict[str, Any]], prefix: str) -> dict[str, str]:
-    (found,) = [
-        o
-        for o in objects
-        if o["kind"] == "ConfigMap" and o["metadata"]["name"].rsplit("-", 1)[0] == prefix
-    ]
+    (found,) = [o for o in objects if o["kind"] == "ConfigMap"
+                and o["metadata"]["name"].rsplit("-", 1)[0] == prefix]
     return dict(found["data"])
 
 
@@ -127,11 +116,8 @@ def container_env(objects: list[dict[str, Any]], c: dict[str, Any]) -> dict[str,
     """The environment a container starts with ($(VAR) expanded as the kubelet does)."""
     env: dict[str, str] = {}
     for source in c.get("envFrom", []):
-        (cm,) = [
-            o
-            for o in objects
-            if o["kind"] == "ConfigMap" and o["metadata"]["name"] == source["configMapRef"]["name"]
-        ]
+        (cm,) = [o for o in objects if o["kind"] == "ConfigMap"
+                 and o["metadata"]["name"] == source["configMapRef"]["name"]]
         env.update(cm["data"])
     for e in c.get("env", []):
         if "valueFrom" in e:
@@ -155,17 +141,8 @@ def test_every_overlay_builds_into_the_radnode_namespace(built) -> None:
             if obj["kind"] != "Namespace":
                 assert obj["metadata"].get("namespace") == NAMESPACE, (name, obj["metadata"])
         kinds = {o["kind"] for o in objects}
-        assert {
-            "Deployment",
-            "StatefulSet",
-            "Service",
-            "Ingress",
-            "HorizontalPodAutoscaler",
-            "PersistentVolumeClaim",
-            "NetworkPolicy",
-            "ConfigMap",
-            "Job",
-        } <= kinds, name
+        assert {"Deployment", "StatefulSet", "Service", "Ingress", "HorizontalPodAutoscaler",
+                "PersistentVolumeClaim", "NetworkPolicy", "ConfigMap", "Job"} <= kinds, name
 
 
 def test_every_object_validates_against_the_kubernetes_schemas(built) -> None:
@@ -244,12 +221,8 @@ def test_the_ingress_sends_the_api_paths_to_the_api_and_the_rest_to_ohif(built, 
     for name, objects in built.items():
         (rule,) = named(objects, "Ingress")["radnode"]["spec"]["rules"]
         backends = {p["path"]: p["backend"]["service"]["name"] for p in rule["http"]["paths"]}
-        assert backends == {
-            "/dicom-web": "radnode-api",
-            "/api": "radnode-api",
-            "/ui": "radnode-api",
-            "/": "radnode-ohif",
-        }, name
+        assert backends == {"/dicom-web": "radnode-api", "/api": "radnode-api",
+                            "/ui": "radnode-api", "/": "radnode-ohif"}, name
         for path, service in backends.items():
             if service == "radnode-api":  # the app really serves something under it
                 assert any(p == path or p.startswith(path + "/") for p in served), path
@@ -323,11 +296,8 @@ def literal_secrets(objects: list[dict[str, Any]]) -> list[str]:
         if obj["kind"] == "Secret":
             problems.append(f"Secret/{obj['metadata']['name']} is committed")
         if obj["kind"] == "ConfigMap":
-            problems += [
-                f"ConfigMap {obj['metadata']['name']}: {k}"
-                for k in obj.get("data", {})
-                if SECRET_KEY.search(k)
-            ]
+            problems += [f"ConfigMap {obj['metadata']['name']}: {k}"
+                         for k in obj.get("data", {}) if SECRET_KEY.search(k)]
     for where, c, _pod in containers(objects):
         from_secret: set[str] = set()
         for e in c.get("env", []):
@@ -353,11 +323,8 @@ def literal_secrets(objects: list[dict[str, Any]]) -> list[str]:
                     if "REGISTERED_USERS" in name:
                         values += [str(v) for v in item.values()]
                     values += [str(v) for k, v in item.items() if SECRET_KEY.search(str(k))]
-            problems += [
-                f"{where}: {name} holds a literal secret"
-                for v in values
-                if not _from_secrets(v, from_secret)
-            ]
+            problems += [f"{where}: {name} holds a literal secret" for v in values
+                         if not _from_secrets(v, from_secret)]
     return problems
 
 
@@ -366,24 +333,14 @@ def test_no_literal_secret_is_committed(built) -> None:
         assert literal_secrets(objects) == [], name
 
 
-@pytest.mark.parametrize(
-    "env",
-    [
-        [{"name": "POSTGRES_PASSWORD", "value": "hunter2"}],
-        [
-            {
-                "name": "RADNODE_DATABASE_URL",
-                "value": "postgresql+psycopg://radnode:hunter2@db/radnode",
-            }
-        ],
-        [{"name": "RADNODE_PACS_PEERS", "value": '[{"name": "o", "password": "hunter2"}]'}],
-        [{"name": "ORTHANC__REGISTERED_USERS", "value": '{"radnode": "hunter2"}'}],
-        [
-            {"name": "X", "value": "plain"},  # a reference to a variable that is no Secret
-            {"name": "RADNODE_DATABASE_URL", "value": "postgresql://u:$(X)@db/radnode"},
-        ],
-    ],
-)
+@pytest.mark.parametrize("env", [
+    [{"name": "POSTGRES_PASSWORD", "value": "hunter2"}],
+    [{"name": "RADNODE_DATABASE_URL", "value": "postgresql+psycopg://radnode:hunter2@db/radnode"}],
+    [{"name": "RADNODE_PACS_PEERS", "value": '[{"name": "o", "password": "hunter2"}]'}],
+    [{"name": "ORTHANC__REGISTERED_USERS", "value": '{"radnode": "hunter2"}'}],
+    [{"name": "X", "value": "plain"},  # a reference to a variable that is no Secret
+     {"name": "RADNODE_DATABASE_URL", "value": "postgresql://u:$(X)@db/radnode"}],
+])
 def test_the_literal_secret_check_reports(env) -> None:
     pod = {"containers": [{"name": "c", "env": env}]}
     deployment = {"kind": "Deployment", "metadata": {"name": "d"}}
@@ -395,23 +352,15 @@ def test_secrets_the_admin_creates_are_documented(built) -> None:
     referenced: set[str] = set()
     for objects in built.values():
         for _where, c, _pod in containers(objects):
-            referenced |= {
-                e["valueFrom"]["secretKeyRef"]["name"]
-                for e in c.get("env", [])
-                if "secretKeyRef" in e.get("valueFrom", {})
-            }
+            referenced |= {e["valueFrom"]["secretKeyRef"]["name"]
+                           for e in c.get("env", []) if "secretKeyRef" in e.get("valueFrom", {})}
         for ingress in named(objects, "Ingress").values():
             referenced |= {t["secretName"] for t in ingress["spec"]["tls"]}
     executors = pipeline_platform()
     referenced |= {e["secretName"] for x in executors.values() for e in x.get("secretAsEnv", [])}
     readme = (K8S / "README.md").read_text()
-    assert referenced == {
-        "radnode-postgres",
-        "radnode-orthanc",
-        "radnode-api-tokens",
-        "radnode-tls",
-        "radnode-retraining",
-    }
+    assert referenced == {"radnode-postgres", "radnode-orthanc", "radnode-api-tokens",
+                          "radnode-tls", "radnode-retraining"}
     for secret in referenced:
         assert re.search(rf"create secret (generic|tls) {secret}\b", readme), secret
 
@@ -421,8 +370,7 @@ def _only_prometheus_scrapes(rule: dict[str, Any]) -> bool:
     sources = rule.get("from") or [{}]
     return all(
         s.get("namespaceSelector", {}).get("matchLabels")
-        == {"kubernetes.io/metadata.name": MONITORING_NAMESPACE}
-        and set(s) == {"namespaceSelector"}
+        == {"kubernetes.io/metadata.name": MONITORING_NAMESPACE} and set(s) == {"namespaceSelector"}
         for s in sources
     ) and [p.get("port") for p in rule.get("ports", [])] == [METRICS_PORT]
 
@@ -430,13 +378,8 @@ def _only_prometheus_scrapes(rule: dict[str, Any]) -> bool:
 def test_network_policies_expose_only_the_scp_and_the_ingress(built) -> None:
     for name, objects in built.items():
         policies = named(objects, "NetworkPolicy")
-        deny = [
-            p
-            for p in policies.values()
-            if p["spec"]["podSelector"] == {}
-            and p["spec"]["policyTypes"] == ["Ingress"]
-            and not p["spec"].get("ingress")
-        ]
+        deny = [p for p in policies.values() if p["spec"]["podSelector"] == {}
+                and p["spec"]["policyTypes"] == ["Ingress"] and not p["spec"].get("ingress")]
         assert deny, f"{name}: no default-deny ingress policy"
         selected: set[str] = set()
         for policy in policies.values():
@@ -445,8 +388,7 @@ def test_network_policies_expose_only_the_scp_and_the_ingress(built) -> None:
             for rule in policy["spec"].get("ingress", []):
                 sources = rule.get("from")
                 outside = sources is None or any(
-                    "namespaceSelector" in s or "ipBlock" in s for s in sources
-                )
+                    "namespaceSelector" in s or "ipBlock" in s for s in sources)
                 if outside and _only_prometheus_scrapes(rule):
                     continue
                 if outside:
@@ -460,8 +402,7 @@ def test_network_policies_expose_only_the_scp_and_the_ingress(built) -> None:
         for obj, pod in pod_specs(objects):
             if any(c.get("ports") for c in pod["containers"]):
                 component = obj["spec"]["template"]["metadata"]["labels"].get(
-                    "app.kubernetes.io/component"
-                )
+                    "app.kubernetes.io/component")
                 assert component in selected, (name, obj["metadata"]["name"], "no policy")
 
 
@@ -474,11 +415,8 @@ def project_version() -> str:
 
 def dockerfile_targets() -> dict[str, str]:
     """Image name -> Dockerfile stage, from the build commands in the Dockerfile's header."""
-    stages = [
-        args.split()[-1]
-        for kw, args in dockerfile_instructions(DOCKERFILE.read_text())
-        if kw == "FROM" and " AS " in args.upper()
-    ]
+    stages = [args.split()[-1] for kw, args in dockerfile_instructions(DOCKERFILE.read_text())
+              if kw == "FROM" and " AS " in args.upper()]
     targets: dict[str, str] = {}
     for line in DOCKERFILE.read_text().splitlines():
         match = re.match(r"#\s+docker build (?:--target (\S+) )?-t (\S+) \.", line)
@@ -491,9 +429,8 @@ def dockerfile_targets() -> dict[str, str]:
 def test_the_images_are_the_ones_the_dockerfile_builds(built) -> None:
     targets = dockerfile_targets()
     compose = yaml.safe_load(COMPOSE.read_text())["services"]
-    compose_images = {
-        str(s.get("image", "")).split(":")[0]: str(s.get("image", "")) for s in compose.values()
-    }
+    compose_images = {str(s.get("image", "")).split(":")[0]: str(s.get("image", ""))
+                      for s in compose.values()}
     ours = set()
     for name, objects in built.items():
         for where, c, _pod in containers(objects):
@@ -578,7 +515,8 @@ def test_python_module_commands_run_with_the_manifests_settings(
 
 
 def test_radnode_settings_names_and_ports_match(built, monkeypatch) -> None:
-    compose_env = env_mapping(yaml.safe_load(COMPOSE.read_text())["x-radnode"]["environment"])
+    compose_env = env_mapping(
+        yaml.safe_load(COMPOSE.read_text())["x-radnode"]["environment"])
     for name, objects in built.items():
         config = configmap(objects, "radnode-config")
         assert all(k.startswith("RADNODE_") for k in config), name
@@ -600,11 +538,8 @@ def test_radnode_settings_names_and_ports_match(built, monkeypatch) -> None:
             ports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
             role = c["command"][1]
             metrics = {"metrics": settings.metrics_port}
-            expected = {
-                "scp": {"dicom": settings.dicom_port, **metrics},
-                "api": {"http": settings.http_port},
-                "worker": metrics,
-            }[role]
+            expected = {"scp": {"dicom": settings.dicom_port, **metrics},
+                        "api": {"http": settings.http_port}, "worker": metrics}[role]
             if role != "api":  # scraped on the port the process serves its metrics on
                 annotations = deployment["spec"]["template"]["metadata"]["annotations"]
                 assert annotations["prometheus.io/port"] == str(settings.metrics_port) != "0"
@@ -612,12 +547,8 @@ def test_radnode_settings_names_and_ports_match(built, monkeypatch) -> None:
         services = named(objects, "Service")
         for service in services.values():
             selector = service["spec"]["selector"]
-            pods = [
-                o
-                for o in objects
-                if o["kind"] in WORKLOADS
-                and selector.items() <= o["spec"]["template"]["metadata"]["labels"].items()
-            ]
+            pods = [o for o in objects if o["kind"] in WORKLOADS and selector.items()
+                    <= o["spec"]["template"]["metadata"]["labels"].items()]
             assert len(pods) == 1, service["metadata"]["name"]
             (c,) = pods[0]["spec"]["template"]["spec"]["containers"]
             names = {p["name"] for p in c["ports"]}
@@ -659,17 +590,14 @@ def test_the_pipeline_runs_with_the_clusters_secret_volume_and_network(built) ->
     from_secret = {e["envVar"]: e["secretKey"] for e in secret["keyToEnv"]}
     assert set(from_secret) == {"RADNODE_RETRAINING_SALT", "RADNODE_RETRAINING_API_TOKEN"}
     assert secret["optional"] is False
-    pod_labels = {
-        "pipelines.kubeflow.org/v2_component": "true",  # KFP v2 on every pod
-        **export["podMetadata"]["labels"],
-    }
+    pod_labels = {"pipelines.kubeflow.org/v2_component": "true",  # KFP v2 on every pod
+                  **export["podMetadata"]["labels"]}
     assert dict([EXPORT_POD_LABEL]).items() <= pod_labels.items()
     default_models = retrain_pipeline.component_spec.inputs["models_dir"].default
     for step in ("train", "evaluate", "promote"):
         (mount,) = executors[f"exec-{step}-op"]["pvcMount"]
-        assert (
-            mount["mountPath"] == DATA_MOUNT and "secretAsEnv" not in executors[f"exec-{step}-op"]
-        )
+        assert mount["mountPath"] == DATA_MOUNT and "secretAsEnv" not in executors[
+            f"exec-{step}-op"]
         assert Path(default_models).is_relative_to(mount["mountPath"])
     for name, objects in built.items():
         claims = named(objects, "PersistentVolumeClaim")
@@ -679,20 +607,13 @@ def test_the_pipeline_runs_with_the_clusters_secret_volume_and_network(built) ->
         assert config["RADNODE_MODELS_DIR"] == default_models
         assert Path(config["RADNODE_DATA_DIR"]) == Path(DATA_MOUNT)
         worker = container_of(objects, "radnode-worker")
-        refs = {
-            e["name"]: e["valueFrom"]["secretKeyRef"]
-            for e in worker["env"]
-            if "secretKeyRef" in e.get("valueFrom", {})
-        }
+        refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in worker["env"]
+                if "secretKeyRef" in e.get("valueFrom", {})}
         for env, key in from_secret.items():
             assert refs[env] == {"name": secret["secretName"], "key": key, "optional": True}
         api_rule = named(objects, "NetworkPolicy")["radnode-api-http"]["spec"]["ingress"]
-        sources = [
-            src["podSelector"]
-            for rule in api_rule
-            for src in rule["from"]
-            if "podSelector" in src and "namespaceSelector" not in src
-        ]
+        sources = [src["podSelector"] for rule in api_rule for src in rule["from"]
+                   if "podSelector" in src and "namespaceSelector" not in src]
         assert any(_matches(sel, pod_labels) for sel in sources), name
         other_step = {"pipelines.kubeflow.org/v2_component": "true"}
         assert not any(_matches(sel, other_step) for sel in sources), name

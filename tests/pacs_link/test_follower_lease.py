@@ -27,11 +27,7 @@ from tests.support.tools import storescu
 from tests.support.wait import wait_for
 
 SPEC: dict[str, Any] = {
-    "region": "chest",
-    "slices": 12,
-    "rows": 128,
-    "columns": 128,
-    "pixel_spacing_mm": 2.8,
+    "region": "chest", "slices": 12, "rows": 128, "columns": 128, "pixel_spacing_mm": 2.8
 }
 FOLLOWING = "took the PACS changes follower lease"
 
@@ -105,11 +101,8 @@ def test_two_workers_fetch_each_pacs_study_once_and_hand_over(tmp_path: Path) ->
 
             sent = storescu(orthanc.dicom_port, first_files, called="ORTHANC")
             assert sent.returncode == 0, sent.stderr
-            wait_for(
-                lambda: _study_rows(index, first.study_instance_uid)[3] == 1,
-                what="first result",
-                timeout=180,
-            )
+            wait_for(lambda: _study_rows(index, first.study_instance_uid)[3] == 1,
+                     what="first result", timeout=180)
             assert _study_rows(index, first.study_instance_uid) == (len(first_files), 0, 1, 1)
             leader, other = sorted(workers, key=lambda w: FOLLOWING not in w.log())
             assert FOLLOWING in leader.log() and FOLLOWING not in other.log()
@@ -119,11 +112,8 @@ def test_two_workers_fetch_each_pacs_study_once_and_hand_over(tmp_path: Path) ->
             wait_for(lambda: FOLLOWING in other.log(), what="hand-over", timeout=60)
             sent = storescu(orthanc.dicom_port, second_files, called="ORTHANC")
             assert sent.returncode == 0, sent.stderr
-            wait_for(
-                lambda: _study_rows(index, second.study_instance_uid)[3] == 1,
-                what="second result",
-                timeout=180,
-            )
+            wait_for(lambda: _study_rows(index, second.study_instance_uid)[3] == 1,
+                     what="second result", timeout=180)
             assert _study_rows(index, second.study_instance_uid) == (len(second_files), 0, 1, 1)
         finally:
             index.close()

@@ -20,11 +20,7 @@ from tests.support.tools import storescu
 from tests.support.wait import wait_for
 
 SPEC: dict[str, Any] = {
-    "region": "chest",
-    "slices": 20,
-    "rows": 256,
-    "columns": 256,
-    "pixel_spacing_mm": 1.4,
+    "region": "chest", "slices": 20, "rows": 256, "columns": 256, "pixel_spacing_mm": 1.4
 }
 
 

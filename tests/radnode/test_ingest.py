@@ -30,10 +30,7 @@ from radnode_core.store import InstanceStore, file_meta_bytes
 from tests.support.dicom_bytes import pydicom_test_file
 
 EXPLICIT, IMPLICIT, BIG, DEFLATED = (
-    "1.2.840.10008.1.2.1",
-    "1.2.840.10008.1.2",
-    "1.2.840.10008.1.2.2",
-    "1.2.840.10008.1.2.1.99",
+    "1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"
 )
 
 
@@ -156,7 +153,7 @@ def _dataset_part(path: str) -> tuple[bytes, str]:
     fp = BytesIO(data)
     read_preamble(fp, False)
     meta = _read_file_meta_info(fp)
-    return data[fp.tell() :], str(meta.TransferSyntaxUID)
+    return data[fp.tell():], str(meta.TransferSyntaxUID)
 
 
 @pytest.mark.parametrize("name", ["reportsi.dcm", "UN_sequence.dcm"])

@@ -147,10 +147,7 @@ def test_a_database_a_newer_radnode_migrated_is_refused(tmp_path: Path) -> None:
     for command in (["api", "--http-port", str(free_port())], ["db", "current"]):
         result = subprocess.run(
             [*RADNODE, *command, "--data-dir", str(data)],
-            capture_output=True,
-            text=True,
-            cwd=REPO,
-            timeout=180,
+            capture_output=True, text=True, cwd=REPO, timeout=180,
         )
         assert result.returncode == 2, (command, result.stderr)
         assert "Traceback" not in result.stderr
@@ -219,9 +216,7 @@ def test_processes_starting_together_on_an_empty_database_migrate_it_once(
             processes.append(
                 subprocess.Popen(
                     [*RADNODE, *command, "--data-dir", str(data), *options],
-                    stdout=log.open("wb"),
-                    stderr=subprocess.STDOUT,
-                    cwd=REPO,
+                    stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=REPO,
                 )
             )
         try:

@@ -29,7 +29,7 @@ def _split(path: Path) -> tuple[bytes, str]:
     f = BytesIO(raw)
     f.seek(132)
     meta = _read_file_meta_info(f)
-    return raw[f.tell() :], str(meta.TransferSyntaxUID)
+    return raw[f.tell():], str(meta.TransferSyntaxUID)
 
 
 @pytest.fixture
@@ -167,7 +167,9 @@ def test_an_orphaned_sr_does_not_make_its_study_due_again(tmp_path, chest_study)
     sr.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     sr.file_meta.MediaStorageSOPClassUID = sr.SOPClassUID
     sr.file_meta.MediaStorageSOPInstanceUID = sr.SOPInstanceUID
-    orphan = store.path_of(store.relative_path(study_uid, sr.SeriesInstanceUID, sr.SOPInstanceUID))
+    orphan = store.path_of(
+        store.relative_path(study_uid, sr.SeriesInstanceUID, sr.SOPInstanceUID)
+    )
     orphan.parent.mkdir(parents=True, exist_ok=True)
     sr.save_as(orphan, enforce_file_format=True)
 

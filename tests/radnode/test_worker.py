@@ -14,18 +14,10 @@ def test_worker_processes_each_job_once_and_retries_failures(tmp_path):
     index = Index(f"sqlite:///{tmp_path / 'i.sqlite3'}")
     queue = JobQueue(index, max_attempts=2)
     for s in ("1.1", "2.2", "3.3"):
-        index.add_instance(
-            InstanceRecord(
-                sop_instance_uid=f"{s}.1",
-                sop_class_uid="1.2",
-                series_uid=f"{s}.0",
-                study_uid=s,
-                transfer_syntax_uid="1.2.840.10008.1.2.1",
-                path=f"studies/{s}.dcm",
-                size=1,
-                received_at=time.time(),
-            )
-        )
+        index.add_instance(InstanceRecord(
+            sop_instance_uid=f"{s}.1", sop_class_uid="1.2", series_uid=f"{s}.0", study_uid=s,
+            transfer_syntax_uid="1.2.840.10008.1.2.1", path=f"studies/{s}.dcm", size=1,
+            received_at=time.time()))
         queue.enqueue_if_due(s, "released")
     seen: list[str] = []
 

@@ -33,9 +33,8 @@ def study(chest_study, tmp_path_factory) -> tuple[SyntheticStudy, list[Path]]:
     """Short: the session's 100-slice chest CT. Full: a 300-instance study."""
     if not FULL:
         return chest_study
-    spec = StudySpec(
-        region="chest", slices=300, nodules=1, seed=77, rows=256, columns=256, pixel_spacing_mm=1.4
-    )
+    spec = StudySpec(region="chest", slices=300, nodules=1, seed=77, rows=256, columns=256,
+                     pixel_spacing_mm=1.4)
     return write_study(spec, tmp_path_factory.mktemp("study300"))
 
 
@@ -52,31 +51,14 @@ def test_sigkill_mid_study_loses_nothing_acknowledged(tmp_path, study, round_):
     # A long quiet period while sending: the study must not complete before the kill.
     node = RadnodeProcess(tmp_path / "data", role, "--quiet-period", "30").start()
     sender = subprocess.Popen(
-        [
-            require_tool("storescu"),
-            "-v",
-            "--no-halt",
-            "-aet",
-            "MODALITY",
-            "-aec",
-            "RADNODE",
-            "127.0.0.1",
-            str(node.dicom_port),
-            *map(str, files),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=dcmtk_env(),
+        [require_tool("storescu"), "-v", "--no-halt", "-aet", "MODALITY", "-aec", "RADNODE",
+         "127.0.0.1", str(node.dicom_port), *map(str, files)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dcmtk_env(),
     )
     studies_dir = node.data_dir / "studies"
     target = rng.randint(len(files) // 20, len(files) * 8 // 10)
-    wait_for(
-        lambda: sum(1 for _ in studies_dir.rglob("*.dcm")) >= target,
-        timeout=120,
-        what=f"{target} files on disk",
-        interval=0.005,
-    )
+    wait_for(lambda: sum(1 for _ in studies_dir.rglob("*.dcm")) >= target, timeout=120,
+             what=f"{target} files on disk", interval=0.005)
     time.sleep(rng.random() * 0.02)  # a random moment between two files, not right after one
     node.kill()  # SIGKILL
     output, _ = sender.communicate(timeout=120)
@@ -103,12 +85,10 @@ def test_sigkill_mid_study_loses_nothing_acknowledged(tmp_path, study, round_):
         assert (job_uid, version) == (uid, on_disk)
         if role == "serve":
             wait_for(lambda: jobs()[0][2] == "done", timeout=240, what="the job to run")
-            srs = db.execute(
-                "select count(*) from instances where sop_class_uid = ?", (SR_CLASS,)
-            ).fetchone()[0]
-            results = db.execute(
-                "select count(*) from results where study_uid = ?", (uid,)
-            ).fetchone()[0]
+            srs = db.execute("select count(*) from instances where sop_class_uid = ?",
+                             (SR_CLASS,)).fetchone()[0]
+            results = db.execute("select count(*) from results where study_uid = ?",
+                                 (uid,)).fetchone()[0]
             assert (srs, results) == (1, 1)
         time.sleep(1.0)  # two quiet periods: time enough for a second job, which must not come
         assert len(jobs()) == 1, jobs()
@@ -118,14 +98,7 @@ def test_sigkill_mid_study_loses_nothing_acknowledged(tmp_path, study, round_):
         assert resent.returncode == 0, resent.stderr[-2000:]
         extra = 1 if role == "serve" else 0
         assert assert_store_consistent(node.data_dir) == len(files) + extra
-        record(
-            "crash",
-            round=round_,
-            role=role,
-            instances=len(files),
-            acknowledged=len(acked),
-            on_disk_after_restart=on_disk,
-            recovered_unacknowledged=on_disk - len(acked),
-        )
+        record("crash", round=round_, role=role, instances=len(files), acknowledged=len(acked),
+               on_disk_after_restart=on_disk, recovered_unacknowledged=on_disk - len(acked))
     finally:
         restarted.stop()

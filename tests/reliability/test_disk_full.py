@@ -38,18 +38,12 @@ def _leave_free(mount: Path, filler: Path, wanted: int) -> int:
 
 def _stow(base: str, part: bytes) -> httpx.Response:
     boundary = secrets.token_hex(16)
-    body = (
-        f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
-        + part
-        + f"\r\n--{boundary}--\r\n".encode()
-    )
+    body = (f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + part
+            + f"\r\n--{boundary}--\r\n".encode())
     return httpx.post(
-        f"{base}/dicom-web/studies",
-        content=body,
-        timeout=60,
-        headers={
-            "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'
-        },
+        f"{base}/dicom-web/studies", content=body, timeout=60,
+        headers={"Content-Type":
+                 f'multipart/related; type="application/dicom"; boundary={boundary}'},
     )
 
 
@@ -111,20 +105,12 @@ def test_disk_full_refuses_on_both_edges_and_recovers_without_restart(
         assert (scp.proc.pid, api.proc.pid) == pids  # type: ignore[union-attr]
         assert scp.proc.poll() is None and api.proc.poll() is None  # type: ignore[union-attr]
         on_disk = data_dir / "studies" / _study.study_instance_uid / _study.series_instance_uid
-        assert dataset_bytes(on_disk / f"{dcmread(files[45]).SOPInstanceUID}.dcm") == dataset_bytes(
-            files[45]
-        )
-        record(
-            "disk_full",
-            filesystem_mib=12,
-            c_store_sent=40,
-            c_store_acknowledged=len(acked),
-            c_store_refused_a700=refused_dimse,
-            stow_free_bytes_store_fails=free_a,
-            stow_free_bytes_spool_fails=free_b,
-            stow_status_when_spool_fails=503,
-            stored_after_freeing=3,
-        )
+        assert dataset_bytes(on_disk / f"{dcmread(files[45]).SOPInstanceUID}.dcm") == \
+            dataset_bytes(files[45])
+        record("disk_full", filesystem_mib=12, c_store_sent=40, c_store_acknowledged=len(acked),
+               c_store_refused_a700=refused_dimse, stow_free_bytes_store_fails=free_a,
+               stow_free_bytes_spool_fails=free_b, stow_status_when_spool_fails=503,
+               stored_after_freeing=3)
     finally:
         scp.stop()
         api.stop()

@@ -32,12 +32,8 @@ FAST_RETRY = {"RADNODE_OUTBOX_BACKOFF_S": "0.2", "RADNODE_OUTBOX_BACKOFF_MAX_S":
 
 
 def _small_study(seed: int, out: Path, slices: int = 12) -> tuple[SyntheticStudy, list[Path]]:
-    return write_study(
-        StudySpec(
-            region="chest", slices=slices, seed=seed, rows=128, columns=128, pixel_spacing_mm=2.8
-        ),
-        out,
-    )
+    return write_study(StudySpec(region="chest", slices=slices, seed=seed, rows=128, columns=128,
+                                 pixel_spacing_mm=2.8), out)
 
 
 def _result(base: str, uid: str) -> dict:
@@ -61,44 +57,27 @@ def test_pacs_down_while_results_are_produced_then_back(tmp_path):
     try:
         first, files = studies[0]
         assert storescu(node.dicom_port, files).returncode == 0
-        wait_for(
-            lambda: sr_instances(orthanc, first.study_instance_uid),
-            timeout=180,
-            what="first SR in Orthanc",
-        )
+        wait_for(lambda: sr_instances(orthanc, first.study_instance_uid), timeout=180,
+                 what="first SR in Orthanc")
         orthanc.stop()
         for _study, files in studies[1:]:
             assert storescu(node.dicom_port, files).returncode == 0
         for study, _ in studies[1:]:
-            wait_for(
-                partial(_analysed, base, study.study_instance_uid),
-                timeout=180,
-                what="analysis while the PACS is down",
-            )
+            wait_for(partial(_analysed, base, study.study_instance_uid), timeout=180,
+                     what="analysis while the PACS is down")
         outbox = httpx.get(f"{base}/api/outbox", timeout=10).json()
         pending = outbox["counts"]["orthanc"].get("pending", 0)
         assert pending >= later, outbox["counts"]  # the SRs (and originals) wait
         orthanc.start()
         total = sum(len(f) + 1 for _, f in studies)
-        wait_for(
-            lambda: (
-                httpx.get(f"{base}/api/outbox", timeout=10).json()["counts"]["orthanc"]
-                == {"delivered": total}
-            ),
-            timeout=180,
-            what="everything delivered",
-        )
+        wait_for(lambda: httpx.get(f"{base}/api/outbox", timeout=10).json()["counts"]["orthanc"]
+                 == {"delivered": total}, timeout=180, what="everything delivered")
         for study, files in studies:
             assert len(sr_instances(orthanc, study.study_instance_uid)) == 1
             assert instance_count(orthanc, study.study_instance_uid) == len(files) + 1
         assert node.proc is not None and node.proc.poll() is None
-        record(
-            "fault_pacs_down",
-            studies_while_down=later,
-            outbox_pending_peak=pending,
-            delivered=total,
-            srs_per_study=1,
-        )
+        record("fault_pacs_down", studies_while_down=later, outbox_pending_peak=pending,
+               delivered=total, srs_per_study=1)
     finally:
         node.stop()
         orthanc.stop()
@@ -108,22 +87,13 @@ def test_database_restart_while_storing_and_analysing(tmp_path):
     from radnode_core.index import Index
     from tests.support.postgres import PostgresServer
 
-    studies = [
-        _small_study(400 + i, tmp_path / f"in{i}", slices=scale(80, 150))
-        for i in range(scale(2, 4))
-    ]
+    studies = [_small_study(400 + i, tmp_path / f"in{i}", slices=scale(80, 150))
+               for i in range(scale(2, 4))]
     with PostgresServer() as pg:
         # A job whose worker lost the database mid-job is claimed again when its lease
         # expires (default 300 s): a short lease keeps the test short.
-        node = RadnodeProcess(
-            tmp_path / "data",
-            "serve",
-            "--database-url",
-            pg.url,
-            "--quiet-period",
-            "1",
-            env={"RADNODE_JOB_LEASE_S": "10"},
-        ).start()
+        node = RadnodeProcess(tmp_path / "data", "serve", "--database-url", pg.url,
+                              "--quiet-period", "1", env={"RADNODE_JOB_LEASE_S": "10"}).start()
         base = f"http://127.0.0.1:{node.http_port}"
         index = Index(pg.url)
         try:
@@ -133,32 +103,14 @@ def test_database_restart_while_storing_and_analysing(tmp_path):
             assert storescu(node.dicom_port, first_files).returncode == 0
             senders = [
                 subprocess.Popen(
-                    [
-                        require_tool("storescu"),
-                        "-v",
-                        "--no-halt",
-                        "-aet",
-                        "MODALITY",
-                        "-aec",
-                        "RADNODE",
-                        "127.0.0.1",
-                        str(node.dicom_port),
-                        *map(str, files),
-                    ],
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.STDOUT,
-                    text=True,
-                    env=dcmtk_env(),
-                )
+                    [require_tool("storescu"), "-v", "--no-halt", "-aet", "MODALITY",
+                     "-aec", "RADNODE", "127.0.0.1", str(node.dicom_port), *map(str, files)],
+                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dcmtk_env())
                 for _study, files in studies[1:]
             ]
             studies_dir = node.data_dir / "studies"
-            wait_for(
-                lambda: len(files_on_disk(node.data_dir)) >= len(first_files) + 10,
-                timeout=60,
-                what="the next studies to arrive",
-                interval=0.01,
-            )
+            wait_for(lambda: len(files_on_disk(node.data_dir)) >= len(first_files) + 10,
+                     timeout=60, what="the next studies to arrive", interval=0.01)
             began = time.monotonic()
             pg.restart()
             outage = time.monotonic() - began
@@ -174,32 +126,23 @@ def test_database_restart_while_storing_and_analysing(tmp_path):
                 assert dataset_bytes(node.data_dir / rel) == dataset_bytes(src)
             assert temp_files(node.data_dir) == []
             assert sorted(indexed - _sr_paths(index)) == sorted(
-                p for p in files_on_disk(node.data_dir) if p not in _sr_paths(index)
-            )
+                p for p in files_on_disk(node.data_dir) if p not in _sr_paths(index))
             assert studies_dir.is_dir()
 
             # The modality retries what was refused; every study gets its result.
             for _study, files in studies[1:]:
                 assert storescu(node.dicom_port, files).returncode == 0
             for study, files in studies:
-                body = wait_for(
-                    partial(_analysed, base, study.study_instance_uid),
-                    timeout=300,
-                    what="a result after the restart",
-                )
+                body = wait_for(partial(_analysed, base, study.study_instance_uid),
+                                timeout=300, what="a result after the restart")
                 assert body["sr_sop_instance_uid"]
                 rows = index.instances_of_study(study.study_instance_uid)
                 assert len([r for r in rows if r["sop_class_uid"] != SR_CLASS]) == len(files)
             log = node.log()
-            record(
-                "fault_database_restart",
-                studies=len(studies),
-                instances=sum(len(f) for _, f in studies),
-                outage_s=round(outage, 2),
-                acknowledged_during=len(acked),
-                refused_a700_during=refused,
-                index_errors_logged=log.count("index cannot record the instance"),
-            )
+            record("fault_database_restart", studies=len(studies),
+                   instances=sum(len(f) for _, f in studies), outage_s=round(outage, 2),
+                   acknowledged_during=len(acked), refused_a700_during=refused,
+                   index_errors_logged=log.count("index cannot record the instance"))
         finally:
             index.close()
             node.stop()
@@ -217,41 +160,24 @@ def _sr_paths(index) -> set[str]:
     from radnode_core.index import instances
 
     with index.engine.connect() as conn:
-        return set(
-            conn.execute(
-                select(instances.c.path).where(instances.c.sop_class_uid == SR_CLASS)
-            ).scalars()
-        )
+        return set(conn.execute(select(instances.c.path).where(
+            instances.c.sop_class_uid == SR_CLASS)).scalars())
 
 
 def test_worker_killed_mid_job_is_rerun_once(tmp_path):
     import sqlite3
 
-    study, files = write_study(
-        StudySpec(
-            region="chest",
-            slices=60,
-            nodules=1,
-            seed=500,
-            rows=256,
-            columns=256,
-            pixel_spacing_mm=1.4,
-        ),
-        tmp_path / "in",
-    )
+    study, files = write_study(StudySpec(region="chest", slices=60, nodules=1, seed=500,
+                                         rows=256, columns=256, pixel_spacing_mm=1.4),
+                               tmp_path / "in")
     uid = study.study_instance_uid
     env = {**os.environ, "RADNODE_JOB_LEASE_S": "4", "RADNODE_WORKER_POLL_S": "0.05"}
     scp = RadnodeProcess(tmp_path / "data", "scp").start()
     log = (tmp_path / "worker.log").open("ab")
 
     def worker() -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
-            [*RADNODE, "worker", "--data-dir", str(scp.data_dir)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=REPO,
-        )
+        return subprocess.Popen([*RADNODE, "worker", "--data-dir", str(scp.data_dir)],
+                                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
 
     first = worker()
     second = None
@@ -260,19 +186,15 @@ def test_worker_killed_mid_job_is_rerun_once(tmp_path):
         db = sqlite3.connect(scp.data_dir / "index.sqlite3")
 
         def job() -> tuple | None:
-            return db.execute(
-                "select state, attempts from jobs where study_uid = ?", (uid,)
-            ).fetchone()
+            return db.execute("select state, attempts from jobs where study_uid = ?",
+                              (uid,)).fetchone()
 
         def results() -> list[tuple]:
-            return db.execute("select status from results where study_uid = ?", (uid,)).fetchall()
+            return db.execute("select status from results where study_uid = ?",
+                              (uid,)).fetchall()
 
-        wait_for(
-            lambda: results() == [("running",)],
-            timeout=240,
-            interval=0.01,
-            what="the worker to start the job",
-        )
+        wait_for(lambda: results() == [("running",)], timeout=240, interval=0.01,
+                 what="the worker to start the job")
         first.send_signal(signal.SIGKILL)
         first.wait()
         assert job() == ("running", 1) and results() == [("running",)], "job ended before kill"
@@ -281,22 +203,14 @@ def test_worker_killed_mid_job_is_rerun_once(tmp_path):
         wait_for(lambda: job() == ("done", 2), timeout=240, what="the job to be re-run")
         rerun_after = time.monotonic() - killed_at
         assert results() == [("done",)]
-        srs = db.execute(
-            "select count(*) from instances where study_uid = ? and sop_class_uid = ?",
-            (uid, SR_CLASS),
-        ).fetchone()[0]
+        srs = db.execute("select count(*) from instances where study_uid = ? and "
+                         "sop_class_uid = ?", (uid, SR_CLASS)).fetchone()[0]
         assert srs == 1
         assert db.execute("select count(*) from jobs").fetchone()[0] == 1
         time.sleep(1.0)  # and it stays done: no third attempt within a second
         assert job() == ("done", 2)
-        record(
-            "fault_worker_killed",
-            lease_s=4,
-            attempts=2,
-            results=1,
-            srs=1,
-            rerun_done_after_s=round(rerun_after, 1),
-        )
+        record("fault_worker_killed", lease_s=4, attempts=2, results=1, srs=1,
+               rerun_done_after_s=round(rerun_after, 1))
     finally:
         for proc in (first, second):
             if proc is not None:

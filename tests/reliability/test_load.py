@@ -44,9 +44,8 @@ ENV = {"RADNODE_MAX_ASSOCIATIONS": "64", "RADNODE_ACSE_TIMEOUT_S": "3"}
 @pytest.fixture(scope="module")
 def template() -> Dataset:
     """A small CT slice (64 x 64) whose SOP Instance UID each send replaces."""
-    _study, datasets = generate_study(
-        StudySpec(region="chest", slices=1, seed=5, rows=64, columns=64, pixel_spacing_mm=5.6)
-    )
+    _study, datasets = generate_study(StudySpec(region="chest", slices=1, seed=5, rows=64,
+                                                columns=64, pixel_spacing_mm=5.6))
     return next(iter(datasets))
 
 
@@ -139,18 +138,14 @@ def test_concurrent_associations_send_without_a_failure(node: RadnodeProcess, te
     stored = assert_store_consistent(node.data_dir)
     assert stored == len(latencies) > 0
     figures = {
-        "associations": CONCURRENT,
-        "seconds": round(elapsed, 1),
-        "stores": len(latencies),
-        "failures": len(failures),
-        "per_second": round(len(latencies) / elapsed, 1),
+        "associations": CONCURRENT, "seconds": round(elapsed, 1), "stores": len(latencies),
+        "failures": len(failures), "per_second": round(len(latencies) / elapsed, 1),
         "p50_ms": round(percentile(latencies, 50) * 1000, 1),
         "p99_ms": round(percentile(latencies, 99) * 1000, 1),
         "max_ms": round(max(latencies) * 1000, 1),
         "set_up_p50_ms": round(percentile(set_up, 50) * 1000, 1),
         "set_up_max_ms": round(max(set_up) * 1000, 1),
-        "server_cpu_s": round(server_cpu, 1),
-        "client_cpu_s": round(client_cpu, 1),
+        "server_cpu_s": round(server_cpu, 1), "client_cpu_s": round(client_cpu, 1),
     }
     record("load_concurrent", **figures)
     print(figures)
@@ -196,26 +191,17 @@ def test_memory_and_fds_steady_over_many_associations(node: RadnodeProcess, temp
     rss_after, fds_after = rss_kib(pid), fd_count(pid)
     assert failures == [], failures[:20]
     growth = (rss_after - rss_before) / rss_before
-    record(
-        "load_many_associations",
-        associations=ASSOCIATIONS,
-        warm_up=ASSOCIATIONS_WARM_UP,
-        seconds=round(elapsed, 1),
-        rss_before_kib=rss_before,
-        rss_after_kib=rss_after,
-        rss_growth=round(growth, 4),
-        fds_before=fds_before,
-        fds_after=fds_after,
-    )
+    record("load_many_associations", associations=ASSOCIATIONS,
+           warm_up=ASSOCIATIONS_WARM_UP, seconds=round(elapsed, 1),
+           rss_before_kib=rss_before, rss_after_kib=rss_after, rss_growth=round(growth, 4),
+           fds_before=fds_before, fds_after=fds_after)
     # Bounded, not per association: the index's connection pool may open one more SQLite
     # connection under load (3 fds each: database, WAL, shared memory) and keeps it; a
     # leak of even one fd per 20 associations would exceed this.
     assert fds_after <= fds_before + 9, (fds_before, fds_after)
     assert growth < 0.10, (rss_before, rss_after)
-    assert (
-        assert_store_consistent(node.data_dir)
-        == ASSOCIATIONS_WARM_UP // 4 * 4 + ASSOCIATIONS // 4 * 4
-    )
+    assert assert_store_consistent(node.data_dir) == ASSOCIATIONS_WARM_UP // 4 * 4 + \
+        ASSOCIATIONS // 4 * 4
 
 
 def test_bare_tcp_connects_that_send_nothing_do_not_leak(node: RadnodeProcess, template):
@@ -246,11 +232,8 @@ def test_bare_tcp_connects_that_send_nothing_do_not_leak(node: RadnodeProcess, t
         s.settimeout(30)
         assert s.recv(1) == b""
         s.close()
-    wait_for(
-        lambda: _threads(pid) <= threads_before and fd_count(pid) <= fds_before + 2,
-        timeout=60,
-        what="connections to be closed",
-    )
+    wait_for(lambda: _threads(pid) <= threads_before and fd_count(pid) <= fds_before + 2,
+             timeout=60, what="connections to be closed")
     fds_after = fd_count(pid)
     elapsed = time.monotonic() - began
     # ... and the server still answers.
@@ -261,13 +244,7 @@ def test_bare_tcp_connects_that_send_nothing_do_not_leak(node: RadnodeProcess, t
     ds.SOPInstanceUID = f"2.25.{uuid.uuid4().int}"
     assert assoc.send_c_store(ds).Status == 0
     assoc.release()
-    record(
-        "load_bare_connects",
-        connects=BARE_CONNECTS,
-        seconds=round(elapsed, 1),
-        fds_before=fds_before,
-        fds_peak=peak_fds,
-        fds_after=fds_after,
-    )
+    record("load_bare_connects", connects=BARE_CONNECTS, seconds=round(elapsed, 1),
+           fds_before=fds_before, fds_peak=peak_fds, fds_after=fds_after)
     assert fds_after <= fds_before + 2
     assert node.proc is not None and node.proc.poll() is None

@@ -79,9 +79,8 @@ def send_by_c_store(port: int, ms: list[Mutant], scratch: Path) -> list[tuple[in
     return out
 
 
-def send_by_stow(
-    base: str, ms: list[Mutant], meta_mutation_every: int = 7
-) -> list[tuple[int, dict, float, bytes]]:
+def send_by_stow(base: str, ms: list[Mutant], meta_mutation_every: int = 7
+                 ) -> list[tuple[int, dict, float, bytes]]:
     """(HTTP status, response body, seconds, part sent) of one STOW-RS request per mutant.
 
     Every ``meta_mutation_every``-th part also has a byte of its File Meta Information
@@ -95,18 +94,13 @@ def send_by_stow(
                 at = 132 + (m.number * 7919) % 150
                 part[at] ^= 1 << (m.number % 8)
             boundary = secrets.token_hex(16)
-            body = (
-                f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
-                + bytes(part)
-                + f"\r\n--{boundary}--\r\n".encode()
-            )
+            body = (f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+                    + bytes(part) + f"\r\n--{boundary}--\r\n".encode())
             started = time.monotonic()
             r = client.post(
-                "/dicom-web/studies",
-                content=body,
-                headers={
-                    "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'
-                },
+                "/dicom-web/studies", content=body,
+                headers={"Content-Type":
+                         f'multipart/related; type="application/dicom"; boundary={boundary}'},
             )
             seconds = time.monotonic() - started
             try:
@@ -174,18 +168,10 @@ def test_mutated_instances_by_c_store(tmp_path, samples, chest_study):
         log = node.log()
         assert "unexpected error" not in log and "Traceback" not in log, log[-3000:]
         growth = (rss_after - rss_before) / rss_before
-        record(
-            "malformed_c_store",
-            mutants=len(ms),
-            stored=stored,
-            refused=len(ms) - stored,
-            warm_up=WARM_UP,
-            rss_before_kib=rss_before,
-            rss_after_kib=rss_after,
-            rss_growth=round(growth, 4),
-            slowest_s=round(max(s for _, s in results), 3),
-            outcomes=dict(sorted(outcome.items())),
-        )
+        record("malformed_c_store", mutants=len(ms), stored=stored, refused=len(ms) - stored,
+               warm_up=WARM_UP, rss_before_kib=rss_before, rss_after_kib=rss_after,
+               rss_growth=round(growth, 4), slowest_s=round(max(s for _, s in results), 3),
+               outcomes=dict(sorted(outcome.items())))
         assert growth < 0.10, (rss_before, rss_after)
     finally:
         node.stop()
@@ -203,15 +189,8 @@ def _as_mutant(path: Path) -> Mutant:
     from tests.support.dicom_bytes import dataset_bytes
 
     ds = dcmread(path, stop_before_pixels=True)
-    return Mutant(
-        -1,
-        "valid",
-        path.name,
-        str(ds.SOPClassUID),
-        str(ds.SOPInstanceUID),
-        str(ds.file_meta.TransferSyntaxUID),
-        dataset_bytes(path),
-    )
+    return Mutant(-1, "valid", path.name, str(ds.SOPClassUID), str(ds.SOPInstanceUID),
+                  str(ds.file_meta.TransferSyntaxUID), dataset_bytes(path))
 
 
 def test_mutated_instances_by_stow_rs(tmp_path, samples, chest_study):
@@ -272,18 +251,10 @@ def test_mutated_instances_by_stow_rs(tmp_path, samples, chest_study):
         log = node.log()
         assert "Traceback" not in log, log[-3000:]
         growth = (rss_after - rss_before) / rss_before
-        record(
-            "malformed_stow_rs",
-            mutants=len(ms),
-            stored=stored,
-            refused=len(ms) - stored,
-            warm_up=WARM_UP,
-            rss_before_kib=rss_before,
-            rss_after_kib=rss_after,
-            rss_growth=round(growth, 4),
-            slowest_s=round(max(r[2] for r in results), 3),
-            outcomes=dict(sorted(outcome.items())),
-        )
+        record("malformed_stow_rs", mutants=len(ms), stored=stored, refused=len(ms) - stored,
+               warm_up=WARM_UP, rss_before_kib=rss_before, rss_after_kib=rss_after,
+               rss_growth=round(growth, 4), slowest_s=round(max(r[2] for r in results), 3),
+               outcomes=dict(sorted(outcome.items())))
         assert growth < 0.10, (rss_before, rss_after)
     finally:
         node.stop()

@@ -16,29 +16,10 @@ from tests.support.radnode_process import REPO
 def test_bench_scale_reports_every_round_and_leaves_no_database(tmp_path) -> None:
     with PostgresServer() as pg:
         result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "benchmarks.scale",
-                "--database-url",
-                pg.url,
-                "--workers",
-                "1",
-                "2",
-                "--studies",
-                "2",
-                "--slices",
-                "8",
-                "--size",
-                "64",
-                "--work-dir",
-                str(tmp_path),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=600,
-            cwd=REPO,
-            check=False,
+            [sys.executable, "-m", "benchmarks.scale", "--database-url", pg.url,
+             "--workers", "1", "2", "--studies", "2", "--slices", "8", "--size", "64",
+             "--work-dir", str(tmp_path)],
+            capture_output=True, text=True, timeout=600, cwd=REPO, check=False,
         )
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
         rows = [line for line in result.stdout.splitlines() if line.startswith("| ")]
@@ -55,17 +36,8 @@ def test_bench_scale_reports_every_round_and_leaves_no_database(tmp_path) -> Non
 
 def test_bench_scale_refuses_a_database_that_is_not_postgresql(tmp_path) -> None:
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.scale",
-            "--database-url",
-            f"sqlite:///{tmp_path / 'x.db'}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=REPO,
-        check=False,
+        [sys.executable, "-m", "benchmarks.scale",
+         "--database-url", f"sqlite:///{tmp_path / 'x.db'}"],
+        capture_output=True, text=True, timeout=120, cwd=REPO, check=False,
     )
     assert result.returncode == 2 and "PostgreSQL" in result.stderr

@@ -46,15 +46,8 @@ def pg() -> Iterator[PostgresServer]:
 def _studies(root: Path) -> dict[str, list[Path]]:
     out: dict[str, list[Path]] = {}
     for i in range(STUDIES):
-        spec = StudySpec(
-            region="chest",
-            slices=16 + (i % 3) * 4,
-            nodules=i % 2,
-            seed=100 + i,
-            rows=128,
-            columns=128,
-            pixel_spacing_mm=2.8,
-        )
+        spec = StudySpec(region="chest", slices=16 + (i % 3) * 4, nodules=i % 2, seed=100 + i,
+                         rows=128, columns=128, pixel_spacing_mm=2.8)
         study, paths = write_study(spec, root / f"s{i:02d}")
         out[study.study_instance_uid] = paths
     return out
@@ -64,9 +57,9 @@ def _held_by(index: Index, pid: int) -> int | None:
     """The id of a job the worker process ``pid`` holds right now, if any."""
     with index.engine.connect() as conn:
         return conn.execute(
-            select(jobs.c.id)
-            .where(jobs.c.state == "running", jobs.c.lease_owner.like(f"%:{pid}:%"))
-            .limit(1)
+            select(jobs.c.id).where(
+                jobs.c.state == "running", jobs.c.lease_owner.like(f"%:{pid}:%")
+            ).limit(1)
         ).scalar()
 
 
@@ -120,9 +113,8 @@ def test_two_receivers_three_workers_one_killed_every_study_once(tmp_path, pg):
                 os.kill(victim_pid, signal.SIGCONT)
             return held
 
-        killed_job = wait_for(
-            frozen_holding_a_job, timeout=180, interval=0.02, what="the victim worker to hold a job"
-        )
+        killed_job = wait_for(frozen_holding_a_job, timeout=180, interval=0.02,
+                              what="the victim worker to hold a job")
         victim.kill()
 
         for t in senders:
@@ -136,9 +128,9 @@ def test_two_receivers_three_workers_one_killed_every_study_once(tmp_path, pg):
             open_jobs = queue.depth()
             with index.engine.connect() as conn:
                 finished = conn.execute(
-                    select(func.count())
-                    .select_from(results)
-                    .where(results.c.status.in_(("done", "out_of_scope")))
+                    select(func.count()).select_from(results).where(
+                        results.c.status.in_(("done", "out_of_scope"))
+                    )
                 ).scalar_one()
             return (open_jobs, finished) if open_jobs == 0 and finished >= STUDIES else None
 
@@ -162,23 +154,16 @@ def test_two_receivers_three_workers_one_killed_every_study_once(tmp_path, pg):
         for row in instance_rows:
             by_study.setdefault(row["study_uid"], []).append(row)
         for res in result_rows:
-            srs = [
-                r["sop_instance_uid"]
-                for r in by_study[res["study_uid"]]
-                if r["sop_class_uid"].startswith(SR_CLASS_PREFIX)
-            ]
+            srs = [r["sop_instance_uid"] for r in by_study[res["study_uid"]]
+                   if r["sop_class_uid"].startswith(SR_CLASS_PREFIX)]
             assert srs == [res["sr_sop_instance_uid"]]
 
         # No instance lost: index and files equal exactly what was sent (plus the SRs).
         for uid, files in sent.items():
-            images = {
-                r["sop_instance_uid"]
-                for r in by_study[uid]
-                if not r["sop_class_uid"].startswith(SR_CLASS_PREFIX)
-            }
-            assert images == {
-                str(dcmread(p, specific_tags=["SOPInstanceUID"]).SOPInstanceUID) for p in files
-            }
+            images = {r["sop_instance_uid"] for r in by_study[uid]
+                      if not r["sop_class_uid"].startswith(SR_CLASS_PREFIX)}
+            assert images == {str(dcmread(p, specific_tags=["SOPInstanceUID"]).SOPInstanceUID)
+                              for p in files}
         on_disk = list((data / "studies").rglob("*.dcm"))
         assert len(on_disk) == len(instance_rows) == sum(map(len, sent.values())) + STUDIES
         indexed_paths = {r["path"] for r in instance_rows}

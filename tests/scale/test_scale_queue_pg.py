@@ -38,18 +38,11 @@ def _fresh_database(pg: PostgresServer, name: str) -> str:
 
 def _add(index: Index, study: str, n: int) -> None:
     for i in range(n):
-        index.add_instance(
-            InstanceRecord(
-                sop_instance_uid=f"{study}.{i}",
-                sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
-                series_uid=f"{study}.0",
-                study_uid=study,
-                transfer_syntax_uid="1.2.840.10008.1.2.1",
-                path=f"studies/{study}/{i}.dcm",
-                size=10,
-                received_at=time.time(),
-            )
-        )
+        index.add_instance(InstanceRecord(
+            sop_instance_uid=f"{study}.{i}", sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+            series_uid=f"{study}.0", study_uid=study, transfer_syntax_uid="1.2.840.10008.1.2.1",
+            path=f"studies/{study}/{i}.dcm", size=10, received_at=time.time(),
+        ))
 
 
 def _in_threads(count: int, target, *args) -> list[BaseException]:
@@ -176,14 +169,8 @@ def test_the_worker_probe_passes_on_a_live_index_and_says_why_it_fails(pg, tmp_p
 
     def probe(**env: str) -> subprocess.CompletedProcess[str]:
         clean = {k: v for k, v in os.environ.items() if not k.startswith("RADNODE_")}
-        return subprocess.run(
-            [sys.executable, "-m", "radnode.probe"],
-            cwd=REPO,
-            text=True,
-            capture_output=True,
-            env={**clean, **env},
-            timeout=60,
-        )
+        return subprocess.run([sys.executable, "-m", "radnode.probe"], cwd=REPO, text=True,
+                              capture_output=True, env={**clean, **env}, timeout=60)
 
     data = tmp_path / "data"
     assert probe(RADNODE_DATABASE_URL=pg.url, RADNODE_DATA_DIR=str(data)).returncode == 0
@@ -203,14 +190,9 @@ def test_a_resend_is_a_duplicate_on_postgresql(pg: PostgresServer) -> None:
     index = Index(_fresh_database(pg, "resend"))
     try:
         record = InstanceRecord(
-            sop_instance_uid="1.2.3.1",
-            sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
-            series_uid="1.2.3.0",
-            study_uid="1.2.3",
-            transfer_syntax_uid="1.2.840.10008.1.2.1",
-            path="studies/1.2.3/1.2.3.0/1.2.3.1.dcm",
-            size=10,
-            received_at=time.time(),
+            sop_instance_uid="1.2.3.1", sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+            series_uid="1.2.3.0", study_uid="1.2.3", transfer_syntax_uid="1.2.840.10008.1.2.1",
+            path="studies/1.2.3/1.2.3.0/1.2.3.1.dcm", size=10, received_at=time.time(),
         )
         assert index.add_instance(record) is True
         assert index.add_instance(record) is False

@@ -292,7 +292,8 @@ def test_audit_messages_reach_rsyslog_over_tls(tmp_path: Path) -> None:
             lines = out.read_text(encoding="utf-8").splitlines() if out.exists() else []
             return lines if len(lines) >= 3 else None
 
-        lines = wait_for(three_lines, timeout=30, what="3 messages in rsyslog's file", interval=0.2)
+        lines = wait_for(three_lines, timeout=30, what="3 messages in rsyslog's file",
+                         interval=0.2)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -337,6 +338,5 @@ def test_control_characters_in_names_keep_each_message_valid_xml_on_one_line() -
     obj = root.find("ParticipantObjectIdentification")
     assert obj is not None and obj.attrib["ParticipantObjectID"] == "ID\ufffd\ufffd1"
     assert obj.findtext("ParticipantObjectName") == name.replace("\x1b", "\ufffd").replace(
-        "\r", "\ufffd"
-    ).replace("\n", "\ufffd").replace("\x01", "\ufffd")
+        "\r", "\ufffd").replace("\n", "\ufffd").replace("\x01", "\ufffd")
     assert child(root, "ActiveParticipant").attrib["UserID"] == "CT\ufffdROOM"

@@ -264,10 +264,7 @@ def test_radnode_echo_and_send_over_tls(tmp_path: Path, pki: Pki, small_study) -
         assert no_cert.returncode != 0
         # A CA and certificate without --tls still mean TLS (never the clear by omission).
         implied = subprocess.run(
-            [*RADNODE, "echo", *peer, *tls[1:]],
-            capture_output=True,
-            text=True,
-            cwd=REPO,
+            [*RADNODE, "echo", *peer, *tls[1:]], capture_output=True, text=True, cwd=REPO,
             timeout=60,
         )
         assert implied.returncode == 0 and "status 0x0000" in implied.stdout, implied.stderr

@@ -27,12 +27,11 @@ def dataset_bytes(path: Path) -> bytes:
     f = BytesIO(raw)
     f.seek(132)
     _read_file_meta_info(f)
-    return raw[f.tell() :]
+    return raw[f.tell():]
 
 
-def part10(
-    body: bytes, sop_class: str, sop_instance: str, ts: str = ExplicitVRLittleEndian
-) -> bytes:
+def part10(body: bytes, sop_class: str, sop_instance: str,
+           ts: str = ExplicitVRLittleEndian) -> bytes:
     """A Part 10 file: preamble, file meta (not checked against the standard), ``body``."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = UID(sop_class)

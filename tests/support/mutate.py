@@ -54,29 +54,8 @@ LONG_VRS = frozenset(
     {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 )
 SHORT_VRS = frozenset(
-    {
-        b"AE",
-        b"AS",
-        b"AT",
-        b"CS",
-        b"DA",
-        b"DS",
-        b"DT",
-        b"FD",
-        b"FL",
-        b"IS",
-        b"LO",
-        b"LT",
-        b"PN",
-        b"SH",
-        b"SL",
-        b"SS",
-        b"ST",
-        b"TM",
-        b"UI",
-        b"UL",
-        b"US",
-    }
+    {b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO", b"LT",
+     b"PN", b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US"}
 )
 UNDEFINED = 0xFFFFFFFF
 ITEM, ITEM_END, SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
@@ -127,13 +106,14 @@ def load_samples(synthetic_slices: int = 4) -> list[Sample]:
         ds = dcmread(pydicom_test_file(name))
         ts = str(ds.file_meta.TransferSyntaxUID)
         samples.append(Sample(name, str(ds.SOPClassUID), ts, encode(ds, ts)))
-    spec = StudySpec(
-        region="chest", slices=synthetic_slices, seed=90, rows=64, columns=64, pixel_spacing_mm=5.6
-    )
+    spec = StudySpec(region="chest", slices=synthetic_slices, seed=90, rows=64, columns=64,
+                     pixel_spacing_mm=5.6)
     _study, datasets = generate_study(spec)
     for i, synthetic in enumerate(datasets):
         ts = UNCOMPRESSED[i % 3]
-        samples.append(Sample(f"synth-{i}", str(synthetic.SOPClassUID), ts, encode(synthetic, ts)))
+        samples.append(
+            Sample(f"synth-{i}", str(synthetic.SOPClassUID), ts, encode(synthetic, ts))
+        )
     return samples
 
 
@@ -365,29 +345,20 @@ def _wrong_length(rng: random.Random, raw: bytes, sample: Sample) -> bytes:
     limit = (1 << (8 * elem.length_size)) - 1
     delta = rng.choice((-4, -2, -1, 1, 2, 3, 4, 100, -100))
     new = min(max(0, (elem.length if elem.length != UNDEFINED else 0) + delta), limit - 1)
-    return (
-        raw[: elem.length_at]
-        + _pack(new, elem.length_size, little)
-        + raw[elem.length_at + elem.length_size :]
-    )
+    return raw[: elem.length_at] + _pack(new, elem.length_size, little) + raw[
+        elem.length_at + elem.length_size :]
 
 
 def _huge_length(rng: random.Random, raw: bytes, sample: Sample) -> bytes:
     elems = top_level(raw, sample.transfer_syntax)
     elem = rng.choice([e for e in elems if e.length_size == 4] or elems)
     little = UID(sample.transfer_syntax).is_little_endian
-    new = (
-        rng.choice((0xFFFFFFFE, 0xFFFFFFF0, 0x7FFFFFFF, 0x80000000, 0x10000000))
-        if elem.length_size == 4
-        else 0xFFFF
-    )
+    new = rng.choice((0xFFFFFFFE, 0xFFFFFFF0, 0x7FFFFFFF, 0x80000000, 0x10000000)) \
+        if elem.length_size == 4 else 0xFFFF
     if rng.random() < 0.3:
         new = UNDEFINED if elem.length_size == 4 else 0xFFFF
-    return (
-        raw[: elem.length_at]
-        + _pack(new, elem.length_size, little)
-        + raw[elem.length_at + elem.length_size :]
-    )
+    return raw[: elem.length_at] + _pack(new, elem.length_size, little) + raw[
+        elem.length_at + elem.length_size :]
 
 
 _BAD_VRS = (b"??", b"\0\0", b"ob", b"XX", b"SQ", b"UN", b"OB", b"US", b"UT", b"  ", b"\xff\xff")
@@ -516,9 +487,8 @@ def mutants(samples: list[Sample], count: int, seed: int) -> list[Mutant]:
         data = MUTATORS[kind](random.Random(rng.getrandbits(64)), raw, source)
         announced = ts
         if kind == "wrong_syntax":
-            announced = rng.choice(
-                [s for s in (*UNCOMPRESSED, DeflatedExplicitVRLittleEndian) if s != ts]
-            )
+            announced = rng.choice([s for s in (*UNCOMPRESSED, DeflatedExplicitVRLittleEndian)
+                                    if s != ts])
         out.append(Mutant(n, kind, sample.name, sample.sop_class_uid, uid, announced, data))
     return out
 

@@ -50,18 +50,15 @@ class PostgresServer:
         if os.geteuid() == 0:
             shutil.chown(self.root, "postgres")
         subprocess.run(
-            _as_postgres(
-                ["initdb", "-D", str(self.data), "-U", "radnode", "--auth=trust", "-E", "UTF8"]
-            ),
-            check=True,
-            capture_output=True,
+            _as_postgres(["initdb", "-D", str(self.data), "-U", "radnode", "--auth=trust",
+                          "-E", "UTF8"]),
+            check=True, capture_output=True,
         )
         self._pg_ctl("start")
         import psycopg
 
-        with psycopg.connect(
-            f"host=127.0.0.1 port={self.port} user=radnode dbname=postgres", autocommit=True
-        ) as conn:
+        with psycopg.connect(f"host=127.0.0.1 port={self.port} user=radnode dbname=postgres",
+                             autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{self.database}"')
         return self
 
@@ -77,11 +74,8 @@ class PostgresServer:
     def stop(self) -> None:
         if self.root is None:
             return
-        subprocess.run(
-            _as_postgres(["pg_ctl", "-D", str(self.data), "-m", "fast", "stop"]),
-            check=False,
-            capture_output=True,
-        )
+        subprocess.run(_as_postgres(["pg_ctl", "-D", str(self.data), "-m", "fast", "stop"]),
+                       check=False, capture_output=True)
         shutil.rmtree(self.root, ignore_errors=True)
         self.root = None
 
@@ -93,10 +87,6 @@ class PostgresServer:
     def __enter__(self) -> PostgresServer:
         return self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         self.stop()

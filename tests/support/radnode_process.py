@@ -20,9 +20,8 @@ RADNODE = [sys.executable, "-m", "radnode.cli"]
 class RadnodeProcess:
     """A `radnode <role>` subprocess on free ports with its own data dir."""
 
-    def __init__(
-        self, data_dir: Path, role: str = "scp", *extra: str, env: dict[str, str] | None = None
-    ) -> None:
+    def __init__(self, data_dir: Path, role: str = "scp", *extra: str,
+                 env: dict[str, str] | None = None) -> None:
         self.data_dir = data_dir
         self.role = role
         self.extra = list(extra)
@@ -37,23 +36,10 @@ class RadnodeProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [
-                    *RADNODE,
-                    self.role,
-                    "--data-dir",
-                    str(self.data_dir),
-                    "--dicom-port",
-                    str(self.dicom_port),
-                    "--http-port",
-                    str(self.http_port),
-                    "--aet",
-                    self.aet,
-                    *self.extra,
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=self.env,
-                cwd=REPO,
+                [*RADNODE, self.role, "--data-dir", str(self.data_dir),
+                 "--dicom-port", str(self.dicom_port), "--http-port", str(self.http_port),
+                 "--aet", self.aet, *self.extra],
+                stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=REPO,
             )
         wait_port(self.http_port if self.role == "api" else self.dicom_port, self.proc)
         if self.role == "serve":
@@ -93,10 +79,7 @@ class WorkerProcess(RadnodeProcess):
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 [*RADNODE, "worker", "--data-dir", str(self.data_dir), *self.extra],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=self.env,
-                cwd=REPO,
+                stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=REPO,
             )
         return self
 

@@ -35,12 +35,8 @@ def record(part: str, **figures: Any) -> None:
         return
     path = Path(target)
     path.parent.mkdir(parents=True, exist_ok=True)
-    line = {
-        "part": part,
-        "mode": MODE,
-        "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        **figures,
-    }
+    line = {"part": part, "mode": MODE, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            **figures}
     with path.open("a") as f:
         f.write(json.dumps(line) + "\n")
 
@@ -80,9 +76,8 @@ def acknowledged(storescu_output: str) -> list[Path]:
 
 
 def files_on_disk(data_dir: Path) -> list[str]:
-    return sorted(
-        p.relative_to(data_dir).as_posix() for p in (data_dir / "studies").rglob("*") if p.is_file()
-    )
+    return sorted(p.relative_to(data_dir).as_posix() for p in (data_dir / "studies").rglob("*")
+                  if p.is_file())
 
 
 def temp_files(data_dir: Path) -> list[Path]:
@@ -96,9 +91,8 @@ def indexed_paths(data_dir: Path) -> list[str]:
 
 def indexed_path_of(data_dir: Path, sop_instance_uid: str) -> str | None:
     with sqlite3.connect(data_dir / "index.sqlite3") as db:
-        row = db.execute(
-            "select path from instances where sop_instance_uid = ?", (sop_instance_uid,)
-        ).fetchone()
+        row = db.execute("select path from instances where sop_instance_uid = ?",
+                         (sop_instance_uid,)).fetchone()
     return row[0] if row else None
 
 

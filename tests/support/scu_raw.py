@@ -14,9 +14,8 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 
 @contextmanager
-def association(
-    port: int, contexts: list[tuple[str, str]], aet: str = "TESTSCU", called: str = "RADNODE"
-) -> Iterator[Association]:
+def association(port: int, contexts: list[tuple[str, str]], aet: str = "TESTSCU",
+                called: str = "RADNODE") -> Iterator[Association]:
     ae = AE(ae_title=aet)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
     for sop_class, ts in contexts:
@@ -30,9 +29,8 @@ def association(
             assoc.release()
 
 
-def send_raw_files(
-    port: int, files: list[Path], contexts: list[tuple[str, str]], **kw: str
-) -> list[int]:
+def send_raw_files(port: int, files: list[Path], contexts: list[tuple[str, str]],
+                   **kw: str) -> list[int]:
     """C-STORE each Part 10 file's dataset bytes exactly as they are in the file."""
     previous = _config.STORE_SEND_CHUNKED_DATASET
     _config.STORE_SEND_CHUNKED_DATASET = True

@@ -34,21 +34,12 @@ def dcmtk_env() -> dict[str, str]:
     return {**os.environ, "TCP_NODELAY": "1"}
 
 
-def storescu(
-    port: int,
-    files: list[Path] | list[str],
-    *args: str,
-    aet: str = "MODALITY",
-    called: str = "RADNODE",
-    timeout: float = 300,
-) -> subprocess.CompletedProcess[str]:
+def storescu(port: int, files: list[Path] | list[str], *args: str, aet: str = "MODALITY",
+             called: str = "RADNODE", timeout: float = 300) -> subprocess.CompletedProcess[str]:
     exe = require_tool("storescu")
     return subprocess.run(
         [exe, *args, "-aet", aet, "-aec", called, "127.0.0.1", str(port), *map(str, files)],
-        capture_output=True,
-        text=True,
-        env=dcmtk_env(),
-        timeout=timeout,
+        capture_output=True, text=True, env=dcmtk_env(), timeout=timeout,
     )
 
 

@@ -10,13 +10,8 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-def wait_for(
-    check: Callable[[], T | None],
-    timeout: float = 120,
-    what: str = "condition",
-    interval: float = 0.1,
-    detail: Callable[[], str] | None = None,
-) -> T:
+def wait_for(check: Callable[[], T | None], timeout: float = 120, what: str = "condition",
+             interval: float = 0.1, detail: Callable[[], str] | None = None) -> T:
     """Poll ``check`` until it returns something truthy, and return that.
 
     After ``timeout`` seconds, AssertionError naming ``what``, the last value (if it says

@@ -196,10 +196,8 @@ def test_the_dashboard_shows_the_space_deletions_reclaimed(tmp_path) -> None:
                 _sign_in(driver, base, ADMIN)
                 box = wait(
                     driver,
-                    lambda d: (
-                        d.find_element(By.ID, "storage").is_displayed()
-                        and d.find_element(By.ID, "storage")
-                    ),
+                    lambda d: d.find_element(By.ID, "storage").is_displayed()
+                    and d.find_element(By.ID, "storage"),
                 )
                 assert "1 studies deleted" in box.find_element(By.ID, "storage-summary").text
                 reclaimed = box.find_element(By.CSS_SELECTOR, "svg.chart")

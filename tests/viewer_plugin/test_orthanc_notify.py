@@ -71,12 +71,8 @@ def receiver():
 
 
 def wait_posts(n: int) -> list:
-    return wait_for(
-        lambda: Receiver.posts if len(Receiver.posts) >= n else None,
-        timeout=20,
-        what=f"{n} POST(s) to radnode",
-        interval=0.02,
-    )
+    return wait_for(lambda: Receiver.posts if len(Receiver.posts) >= n else None, timeout=20,
+                    what=f"{n} POST(s) to radnode", interval=0.02)
 
 
 def test_stable_study_is_posted_once_other_changes_ignored(receiver) -> None:

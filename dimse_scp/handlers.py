@@ -12,7 +12,6 @@ import socket
 import threading
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, cast
 
 from pydicom import Dataset
@@ -219,7 +218,7 @@ class StorageHandlers:
     def _claim(self, event: events.Event, path: object, calling_aet: str) -> Spool:
         """The spooled dataset of this C-STORE, or the refusal made while it arrived."""
         dimse = event.assoc.dimse
-        spool = dimse.claim(Path(str(path))) if isinstance(dimse, SpoolingDIMSE) else None
+        spool = dimse.claim(str(path)) if isinstance(dimse, SpoolingDIMSE) else None
         refusal: IngestError | None = None
         if spool is None:
             refusal = IngestError(OUT_OF_RESOURCES, "write_failed", "spooled dataset gone")

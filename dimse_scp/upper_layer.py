@@ -265,7 +265,7 @@ class SpoolingDIMSE(DIMSEServiceProvider):
         super().__init__(assoc)
         self.spool_settings = settings
         self._spool: Spool | None = None  # the dataset being received
-        self._finished: dict[Path, Spool] = {}  # complete, not yet claimed by the handler
+        self._finished: dict[str, Spool] = {}  # complete, not yet claimed by the handler
         self._storage_classes: dict[str, bool] = {}  # SOP Class UID: served as storage
         self._lock = threading.Lock()
 
@@ -313,7 +313,7 @@ class SpoolingDIMSE(DIMSEServiceProvider):
         self._spool = None
         spool.finish()
         with self._lock:
-            self._finished[spool.path] = spool
+            self._finished[str(spool.path)] = spool
         message = cast(C_STORE_RQ, self.message)
         message._data_set_path = spool.path
         assoc = self.assoc
@@ -388,12 +388,12 @@ class SpoolingDIMSE(DIMSEServiceProvider):
             return
         dul.send_pdu(_pdata(context_id, b"\x03" + command))
 
-    def claim(self, path: Path | None) -> Spool | None:
+    def claim(self, path: str | Path | None) -> Spool | None:
         """The handler takes the finished spool at ``path`` (None: not, or no longer, here)."""
         if path is None:
             return None
         with self._lock:
-            return self._finished.pop(Path(path), None)
+            return self._finished.pop(str(path), None)
 
     def discard_all(self) -> None:
         """The connection is over: remove the dataset in progress and unclaimed spools."""

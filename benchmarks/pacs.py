@@ -124,7 +124,7 @@ def orthanc_e2e_benchmark(slices: int, size: int, runs: int, work_dir: Path) -> 
     proc = start_serve(tmp / "data", dicom_port, http_port, log, env)
     session = client.session(orthanc.peer())
     rows: list[tuple[str, int, float, float]] = []
-    legs: list[tuple[int, list[float]]] = []
+    legs: list[tuple[int, list[float], dict[str, Any]]] = []
     try:
         wait_port(dicom_port, proc)
         wait_port(http_port, proc)
@@ -163,7 +163,12 @@ def orthanc_e2e_benchmark(slices: int, size: int, runs: int, work_dir: Path) -> 
                     time.sleep(0.05)
                 rows.append((path, i + 1, send_s, time.perf_counter() - t1))
                 if called == "ORTHANC":
-                    legs.append((i + 1, _legs(tmp / "data", uid, len(files), sent_at, time.time())))
+                    found_at = time.time()
+                    result = session.get(
+                        f"http://127.0.0.1:{http_port}/api/studies/{uid}/result", timeout=10
+                    ).json()
+                    leg = _legs(tmp / "data", uid, len(files), sent_at, found_at)
+                    legs.append((i + 1, leg, result.get("timings") or {}))
     finally:
         stop_process(proc)
         log.close()
@@ -186,10 +191,16 @@ def orthanc_e2e_benchmark(slices: int, size: int, runs: int, work_dir: Path) -> 
         "Path 2, where the time after the last C-STORE response went (from radnode's index):",
         "",
         "| round | last instance stored in radnode | study queued | analysed | SR delivered "
-        "(STOW-RS answered) | found by QIDO |",
-        "|---:|---:|---:|---:|---:|---:|",
+        "(STOW-RS answered) | found by QIDO | job: decode / inference / SR / total (s) |",
+        "|---:|---:|---:|---:|---:|---:|---|",
     ]
-    lines += [f"| {r} | " + " | ".join(f"{x:+.2f}" for x in leg) + " |" for r, leg in legs]
+    lines += [
+        f"| {r} | "
+        + " | ".join(f"{x:+.2f}" for x in leg)
+        + f" | {t.get('decode_s')} / {t.get('inference_s')} / {t.get('sr_s')} / "
+        f"{t.get('total_s')} |"
+        for r, leg, t in legs
+    ]
     lines.append("")
     for name in sorted({r[0] for r in rows}, reverse=True):
         waits = [r[3] for r in rows if r[0] == name]

@@ -3,6 +3,7 @@ the PACS's changes feed to fetch and analyse the studies it receives."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from pacs_link.changes import ChangesFollower
@@ -13,15 +14,18 @@ from radnode_core.node import Node
 class PacsServices:
     """The outbox sender and one changes follower per followed peer (``serve``, ``worker``);
     nothing when the node has no PACS peer. Results this process queues for delivery wake
-    its sender at once, rather than at its next poll."""
+    its sender at once, rather than at its next poll; a study a follower queues calls
+    ``on_queued`` (the process's worker's ``wake``)."""
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: Node, on_queued: Callable[[], None] | None = None) -> None:
         peers = node.settings.pacs_peers
         self.services: list[OutboxSender | ChangesFollower] = []
         if peers:
             sender = OutboxSender(node)
             self.services.append(sender)
-            self.services += [ChangesFollower(node, p) for p in peers if p.follow_changes]
+            self.services += [
+                ChangesFollower(node, p, on_queued) for p in peers if p.follow_changes
+            ]
             queue = node.deliver
             if queue is not None:
 

@@ -4,15 +4,23 @@ study is queued for analysis once it is complete.
 
 Fetching (:mod:`pacs_link.fetch`): each NewInstance is fetched as it appears in
 the feed (with ``prefetch``, the default), a few at a time, each Part 10 file
-streamed to disk. A StableStudy fetches whatever of the study the node still
-lacks the same way, and fails (to be retried) if any of it cannot be fetched.
+streamed to disk. The SOP Instance UIDs of a batch of the feed come in one
+``/tools/bulk-content`` request, so each instance then costs the PACS one request,
+its file. The feed is read ahead of the fetches (up to a batch of ids waits for a
+fetch thread), so the follower sees an instance within a poll of the PACS storing
+it even while its fetches lag behind. A StableStudy fetches whatever of the study
+the node still lacks the same way, and fails (to be retried) if any of it cannot
+be fetched.
 
 Completion: whichever comes first of the PACS's StableStudy (Orthanc's
 ``StableAge`` after its last instance) and the follower's own quiet period
 (``quiet_s`` of the peer, shorter than a usual StableAge): no new instance of the
 study in the feed for that long, the feed read to its end and no fetch
-outstanding. A study completed early that gets more instances later is queued
-again for them, as a new version.
+outstanding. The period runs from the read of the feed that listed the study's
+last instance, not from its fetch: a fetch that lags behind the PACS overlaps it
+instead of adding to it, and the feed was still read to its end ``quiet_s`` later
+with nothing new for the study. A study completed early that gets more instances
+later is queued again for them, as a new version.
 
 The last sequence number processed is kept in the index (``pacs_state``) and
 advanced only after a change is handled, so a restarted follower resumes where
@@ -37,6 +45,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
@@ -75,9 +84,16 @@ class LeaseLost(RuntimeError):
 
 
 class ChangesFollower:
-    def __init__(self, node: Node, peer: PacsPeer) -> None:
+    """Follows one peer's feed. ``on_queued`` is called after it queues a study's job
+    (the composition root passes the process's worker's ``wake``, so the job is claimed
+    at once rather than at the worker's next poll)."""
+
+    def __init__(
+        self, node: Node, peer: PacsPeer, on_queued: Callable[[], None] | None = None
+    ) -> None:
         self.node = node
         self.peer = peer
+        self.on_queued = on_queued
         self.poll_s = float(node.settings.changes_poll_s)
         self.backoff_max_s = float(node.settings.outbox_backoff_max_s)
         self.status = client.PeerStatus(node.index)
@@ -88,7 +104,9 @@ class ChangesFollower:
         self.lease = Lease(node.index, peer.name, LEASE_KEY, max(LEASE_MIN_S, 10 * self.poll_s))
         self.leading = False
         self._lock = threading.Lock()
-        self._arrived: dict[str, float] = {}  # study UID -> when its last instance was stored
+        self._arrived: dict[str, float] = {}  # study UID -> when the feed listed its last one
+        self._listed: dict[str, float] = {}  # Orthanc id -> when the feed listed it
+        self._read_to_end_at = 0.0  # when the last read that reached the feed's end began
         self._failed: set[str] = set()  # Orthanc ids of instances whose fetch failed
         self._caught_up = False
 
@@ -102,13 +120,19 @@ class ChangesFollower:
     def fetcher(self) -> InstanceFetcher:
         if self._fetcher is None:
             self._fetcher = InstanceFetcher(
-                self.node, self.peer, self.peer.fetch_workers, on_stored=self._stored
+                self.node,
+                self.peer,
+                self.peer.fetch_workers,
+                on_stored=self._stored,
+                queued=CHANGES_BATCH,
             )
         return self._fetcher
 
-    def _stored(self, study_uid: str) -> None:
+    def _stored(self, orthanc_id: str, study_uid: str) -> None:
         with self._lock:
-            self._arrived[study_uid] = time.monotonic()
+            listed = self._listed.pop(orthanc_id, None)
+            at = time.monotonic() if listed is None else listed
+            self._arrived[study_uid] = max(at, self._arrived.get(study_uid, at))
 
     def last_seq(self) -> int:
         seq = get_state(self.node.index, self.peer.name, SEQ_KEY)
@@ -125,13 +149,18 @@ class ChangesFollower:
         """Handle the changes after the persisted sequence number, then queue the studies
         that have gone quiet; returns how many changes."""
         since = self.last_seq()
+        read_at = time.monotonic()
         changes, last, done = self.orthanc.get_changes(since=since, limit=CHANGES_BATCH)
+        listed_at = time.monotonic()
+        new = [str(c.resource_id) for c in changes if str(c.change_type) == NEW_INSTANCE]
+        sop_uids = self.sop_uids(new) if new and self.peer.prefetch else {}
         seq = since
         for change in changes:
             if not self.leading:
                 raise LeaseLost(self.peer.name)
             if str(change.change_type) == NEW_INSTANCE and self.peer.prefetch:
-                self.prefetch_instance(change.resource_id)
+                orthanc_id = str(change.resource_id)
+                self.prefetch_instance(orthanc_id, sop_uids.get(orthanc_id), listed_at)
             elif str(change.change_type) == STABLE_STUDY:
                 self.handle_stable_study(change.resource_id)
                 set_state(self.node.index, self.peer.name, SEQ_KEY, int(change.sequence_id))
@@ -140,6 +169,8 @@ class ChangesFollower:
         if seq > since:
             set_state(self.node.index, self.peer.name, SEQ_KEY, seq)
         self._caught_up = bool(done) or not changes
+        if self._caught_up:
+            self._read_to_end_at = read_at
         self.complete_quiet_studies()
         self.status.record(self.peer, None)
         return len(changes)
@@ -151,10 +182,43 @@ class ChangesFollower:
             waiting = bool(self._arrived)
         return waiting or (self._fetcher is not None and self._fetcher.pending > 0)
 
-    def prefetch_instance(self, orthanc_id: str) -> Future[str | None]:
+    def sop_uids(self, orthanc_ids: list[str]) -> dict[str, str]:
+        """SOP Instance UID of each instance the PACS still holds, in one request
+        (``/tools/bulk-content``, Orthanc 1.9.4 on); empty where the PACS cannot answer
+        it, and each fetch then asks for its instance's tags itself."""
+        try:
+            found = self.orthanc.post(
+                "tools/bulk-content",
+                json={"Resources": orthanc_ids, "Level": "Instance", "Metadata": False},
+            ).json()
+        except (orthanc_errors.OrthancApiException, ValueError) as exc:
+            logger.info(
+                "no bulk instance listing from the PACS; instances are looked up one by one",
+                extra={"peer": self.peer.name, "error": str(exc)},
+            )
+            return {}
+        uids = {}
+        for item in found if isinstance(found, list) else []:
+            sop_uid = (item.get("MainDicomTags") or {}).get("SOPInstanceUID")
+            if item.get("ID") and sop_uid:
+                uids[str(item["ID"])] = str(sop_uid)
+        return uids
+
+    def prefetch_instance(
+        self, orthanc_id: str, sop_uid: str | None = None, listed_at: float | None = None
+    ) -> Future[str | None]:
         """Fetch one instance as soon as the PACS has it, in the background (a failure is
-        remembered: the study then waits for its StableStudy, which fetches what is missing)."""
-        return self.fetcher.submit(orthanc_id, on_failed=self._prefetch_failed)
+        remembered: the study then waits for its StableStudy, which fetches what is missing).
+        ``listed_at``: when the feed listed it, the start of its study's quiet period."""
+        with self._lock:
+            self._listed[orthanc_id] = time.monotonic() if listed_at is None else listed_at
+        future = self.fetcher.submit(orthanc_id, on_failed=self._prefetch_failed, sop_uid=sop_uid)
+        future.add_done_callback(lambda _: self._forget(orthanc_id))
+        return future
+
+    def _forget(self, orthanc_id: str) -> None:
+        with self._lock:
+            self._listed.pop(orthanc_id, None)
 
     def _prefetch_failed(self, orthanc_id: str, error: BaseException) -> None:
         logger.warning(
@@ -165,12 +229,13 @@ class ChangesFollower:
             self._failed.add(orthanc_id)
 
     def complete_quiet_studies(self, now: float | None = None) -> list[int]:
-        """Queue each fetched study with no new instance for the peer's ``quiet_s``, once
-        the feed is read to its end and no fetch is outstanding (an outstanding one may be
-        of that study). Not while a prefetch has failed: StableStudy then fetches the rest."""
+        """Queue each fetched study the feed listed no new instance of for the peer's
+        ``quiet_s`` up to its last read to the end (``now`` in place of that read's time),
+        once no fetch is outstanding (an outstanding one may be of that study). Not while
+        a prefetch has failed: StableStudy then fetches the rest."""
         if not self._caught_up or (self._fetcher is not None and self._fetcher.pending):
             return []
-        now = time.monotonic() if now is None else now
+        now = self._read_to_end_at if now is None else now
         with self._lock:
             if self._failed:
                 return []
@@ -182,6 +247,7 @@ class ChangesFollower:
             job_id = self.node.queue.enqueue_if_due(study_uid, "pacs")
             if job_id is not None:
                 jobs.append(job_id)
+                self._queued()
                 self.node.metrics.pacs_studies_fetched.labels(peer=self.peer.name).inc()
                 logger.info(
                     "study from PACS complete (quiet)",
@@ -209,6 +275,8 @@ class ChangesFollower:
         # Prefetched instances are already here: queue whatever no job covers yet (nothing
         # when the change is only the arrival of the node's own SR).
         job_id = self.node.queue.enqueue_if_due(study_uid, "pacs")
+        if job_id is not None:
+            self._queued()
         if job_id is None and not fetched:
             return None
         self.node.metrics.pacs_studies_fetched.labels(peer=self.peer.name).inc()
@@ -224,6 +292,10 @@ class ChangesFollower:
         )
         return job_id
 
+    def _queued(self) -> None:
+        if self.on_queued is not None:
+            self.on_queued()
+
     def fetch_study(self, orthanc_id: str) -> int:
         """Fetch every instance of the study the node does not hold yet; returns how many
         were stored. Waits for the prefetches still running first (they may be of it)."""
@@ -235,7 +307,7 @@ class ChangesFollower:
             sop_uid = (item.get("MainDicomTags") or {}).get("SOPInstanceUID")
             if not sop_uid or self.node.index.find_instance(str(sop_uid)) is not None:
                 continue
-            futures.append(fetcher.submit(item["ID"]))
+            futures.append(fetcher.submit(item["ID"], sop_uid=str(sop_uid)))
         count, failed = 0, []
         for future in futures:
             try:

@@ -5,8 +5,13 @@ Each instance is read from Orthanc's REST API as the Part 10 file it stored
 folder, which the durable ingest path then validates, fsyncs and indexes
 (:meth:`radnode_core.ingest.Ingestor.ingest_file`). Nothing holds an instance in
 memory, a download stops as soon as it passes ``max_instance_bytes``, and at most
-``workers`` downloads run while at most as many more wait: a hostile or huge
-study costs bounded memory and a bounded number of threads and sockets.
+``workers`` downloads run while at most ``queued`` more wait (an id each): a
+hostile or huge study costs bounded memory and a bounded number of threads and
+sockets.
+
+A caller that already knows an instance's SOP Instance UID (from a listing or
+``/tools/bulk-content``) passes it, and the instance costs one request (its
+file) instead of two.
 
 A download that fails (connection, timeout, HTTP 5xx) is tried again with a
 growing delay; one that still fails raises :class:`FetchFailed` from its future,
@@ -80,8 +85,10 @@ def _retryable(exc: BaseException) -> bool:
 class InstanceFetcher:
     """Fetches Orthanc instances by id into the node's store, ``workers`` at a time.
 
-    ``on_stored(study_uid)`` is called from a fetch thread after each instance is
-    durable and indexed (the follower times its quiet period with it).
+    ``on_stored(orthanc_id, study_uid)`` is called from a fetch thread after each
+    instance is durable and indexed, before its future completes (the follower times
+    its quiet period with it). ``queued`` fetches may wait beside the running ones
+    (default: as many as ``workers``).
     """
 
     def __init__(
@@ -89,7 +96,8 @@ class InstanceFetcher:
         node: Node,
         peer: PacsPeer,
         workers: int,
-        on_stored: Callable[[str], None] | None = None,
+        on_stored: Callable[[str, str], None] | None = None,
+        queued: int | None = None,
     ) -> None:
         self.node = node
         self.peer = peer
@@ -97,7 +105,7 @@ class InstanceFetcher:
         self.max_bytes = node.settings.max_instance_bytes
         self.on_stored = on_stored
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix=f"radnode-fetch-{peer.name}")
-        self._slots = threading.BoundedSemaphore(2 * workers)
+        self._slots = threading.BoundedSemaphore(workers + (workers if queued is None else queued))
         self._local = threading.local()
         self._lock = threading.Lock()
         self._pending = 0
@@ -109,17 +117,21 @@ class InstanceFetcher:
             return self._pending
 
     def submit(
-        self, orthanc_id: str, on_failed: Callable[[str, BaseException], None] | None = None
+        self,
+        orthanc_id: str,
+        on_failed: Callable[[str, BaseException], None] | None = None,
+        sop_uid: str | None = None,
     ) -> Future[str | None]:
-        """Queue one instance; blocks while ``2 * workers`` fetches are already queued or
-        running. The future gives the study UID when it was stored, None when not.
+        """Queue one instance; blocks while ``workers + queued`` fetches are already queued
+        or running. The future gives the study UID when it was stored, None when not.
         ``on_failed(orthanc_id, error)`` runs for a fetch that failed or was cancelled,
-        before the fetch stops counting as pending."""
+        before the fetch stops counting as pending. ``sop_uid``, when known, spares the
+        request for the instance's tags."""
         self._slots.acquire()
         with self._lock:
             self._pending += 1
         try:
-            future = self._pool.submit(self.fetch, orthanc_id)
+            future = self._pool.submit(self.fetch, orthanc_id, sop_uid)
         except BaseException:
             self._release()
             raise
@@ -165,12 +177,12 @@ class InstanceFetcher:
             s.headers["Accept-Encoding"] = "identity"
         return s
 
-    def fetch(self, orthanc_id: str) -> str | None:
+    def fetch(self, orthanc_id: str, sop_uid: str | None = None) -> str | None:
         """Store one instance unless the node holds it; retries what may pass later."""
         delay = FIRST_RETRY_S
         for attempt in range(1, ATTEMPTS + 1):
             try:
-                return self._fetch_once(orthanc_id)
+                return self._fetch_once(orthanc_id, sop_uid)
             except Refused as exc:
                 logger.warning(
                     "instance from PACS refused",
@@ -189,15 +201,16 @@ class InstanceFetcher:
                 delay *= 2
         return None
 
-    def _fetch_once(self, orthanc_id: str) -> str | None:
+    def _fetch_once(self, orthanc_id: str, sop_uid: str | None) -> str | None:
         session = self._session()
-        response = session.get(f"{self.base}/instances/{orthanc_id}", timeout=(10, 60))
-        if response.status_code == 404:
-            return None
-        response.raise_for_status()
-        sop_uid = (response.json().get("MainDicomTags") or {}).get("SOPInstanceUID")
-        if not sop_uid:
-            return None
+        if sop_uid is None:
+            response = session.get(f"{self.base}/instances/{orthanc_id}", timeout=(10, 60))
+            if response.status_code == 404:
+                return None
+            response.raise_for_status()
+            sop_uid = (response.json().get("MainDicomTags") or {}).get("SOPInstanceUID")
+            if not sop_uid:
+                return None
         if self.node.index.find_instance(str(sop_uid)) is not None:
             return None  # the node's own SR, an original it forwarded, or fetched already
         tmp = self.node.store.tmp_dir / f"pacs-{uuid.uuid4().hex}.part"
@@ -209,7 +222,7 @@ class InstanceFetcher:
                     return None
                 file_response.raise_for_status()
                 head = self._download(file_response, tmp)
-            return self._ingest(tmp, head)
+            return self._ingest(orthanc_id, tmp, head)
         finally:
             tmp.unlink(missing_ok=True)
 
@@ -232,7 +245,7 @@ class InstanceFetcher:
                 out.write(chunk)
         return bytes(head)
 
-    def _ingest(self, tmp: Path, head: bytes) -> str | None:
+    def _ingest(self, orthanc_id: str, tmp: Path, head: bytes) -> str | None:
         try:
             offset, ts, sop_class = part10_header(head)
         except ValueError as exc:
@@ -252,5 +265,5 @@ class InstanceFetcher:
         if result.duplicate:
             return None
         if self.on_stored is not None:
-            self.on_stored(result.study_uid)
+            self.on_stored(orthanc_id, result.study_uid)
         return result.study_uid

@@ -411,9 +411,7 @@ def cmd_pipeline_upload(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         package = args.package or compile_pipeline(Path(tmp) / "retrain-pipeline.yaml")
         try:
-            ids = upload(
-                _settings_with(args), args.kfp_host, package, args.schedule, args.model
-            )
+            ids = upload(_settings_with(args), args.kfp_host, package, args.schedule, args.model)
         except ValueError as exc:
             print(f"radnode pipeline upload: {exc}", file=sys.stderr)
             return 2

@@ -130,7 +130,7 @@ class Background:
 
     def __init__(self, node: Node) -> None:
         self.worker = make_worker(node)
-        self.pacs = PacsServices(node)
+        self.pacs = PacsServices(node, on_queued=self.worker.wake)
         self.trigger = retrain_trigger.LabelTrigger.for_node(node)
         self.retention = node.retention if node.settings.retention_enabled else None
 

@@ -15,6 +15,7 @@ pays for loading TensorFlow and the models; later ones show the steady state.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -155,9 +156,10 @@ def sr_benchmark(slices: int, size: int, rounds: int, work_dir: Path) -> str:
     from ai_node.analysis import StudyAnalysis
     from ai_node.pipeline import encode
     from ai_node.preprocess import SliceRef, SliceStack
-    from ai_node.sr import ReportContext, build_sr, evidence_of_stack
+    from ai_node.sr import build_sr, evidence_of_stack
     from radnode.assembly import build_node
     from radnode_core.settings import Settings
+    from tests.support.analysis import REPORT_CONTEXT
 
     uid, files = _study(work_dir, slices, size, seed=100)
     headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
@@ -168,16 +170,7 @@ def sr_benchmark(slices: int, size: int, rounds: int, work_dir: Path) -> str:
         refs=refs,
         headers={r.sop_instance_uid: h for r, h in zip(refs, headers, strict=True)},
     )
-    ctx = ReportContext(
-        node_name="RADNODE",
-        device_uid="2.25.1",
-        software_version="radnode bench",
-        finding_model="radnode-finding",
-        finding_version="1.0.0",
-        region_model="radnode-region",
-        region_version="1.0.0",
-        threshold=0.5,
-    )
+    ctx = dataclasses.replace(REPORT_CONTEXT, device_uid="2.25.1", software_version="radnode bench")
     data = Path(tempfile.mkdtemp(prefix="radnode-sr-"))
     node = build_node(Settings(data_dir=data / "data", fsync=True))
     rows = []

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,10 +16,11 @@ PEERS = ("radnode", "storescp", "orthanc")
 SLICES = 5
 
 
-def test_ingest_benchmark_stores_every_instance_in_every_peer(tmp_path: Path) -> None:
-    for tool in ("storescu", "storescp", "Orthanc"):
-        if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
-            pytest.fail(f"{tool} is not installed: run `make system-deps` (make test does)")
+def _run_ingest(
+    tmp_path: Path, *args: str, timeout_s: float
+) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    """``benchmarks/ingest.py`` on a study of ``SLICES`` slices, one round, with ``args``:
+    its output, and its report (``--json``); fails the test if it did not succeed."""
     out = tmp_path / "ingest.json"
     result = subprocess.run(
         [
@@ -28,8 +30,7 @@ def test_ingest_benchmark_stores_every_instance_in_every_peer(tmp_path: Path) ->
             str(SLICES),
             "--rounds",
             "1",
-            "--peers",
-            ",".join(PEERS),
+            *args,
             "--work-dir",
             str(tmp_path / "work"),
             "--json",
@@ -38,12 +39,18 @@ def test_ingest_benchmark_stores_every_instance_in_every_peer(tmp_path: Path) ->
         check=False,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout_s,
         cwd=REPO,
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    return result, json.loads(out.read_text())
 
-    report = json.loads(out.read_text())
+
+def test_ingest_benchmark_stores_every_instance_in_every_peer(tmp_path: Path) -> None:
+    for tool in ("storescu", "storescp", "Orthanc"):
+        if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
+            pytest.fail(f"{tool} is not installed: run `make system-deps` (make test does)")
+    result, report = _run_ingest(tmp_path, "--peers", ",".join(PEERS), timeout_s=120)
     assert report["slices"] == SLICES
     assert set(report["peers"]) == set(PEERS)
     for peer, summary in report["peers"].items():
@@ -60,35 +67,16 @@ def test_ingest_benchmark_stores_every_instance_in_every_peer(tmp_path: Path) ->
 def test_ingest_benchmark_several_associations_at_once(tmp_path: Path) -> None:
     """Two modalities at once into two radnode receiver processes and storescp: every
     instance of both studies stored, and each receiver's CPU time and environment given."""
-    out = tmp_path / "ingest.json"
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "benchmarks" / "ingest.py"),
-            "--slices",
-            str(SLICES),
-            "--rounds",
-            "1",
-            "--associations",
-            "2",
-            "--scp-processes",
-            "2",
-            "--peers",
-            "radnode-multi,storescp",
-            "--work-dir",
-            str(tmp_path / "work"),
-            "--json",
-            str(out),
-        ],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        cwd=REPO,
+    result, report = _run_ingest(
+        tmp_path,
+        "--associations",
+        "2",
+        "--scp-processes",
+        "2",
+        "--peers",
+        "radnode-multi,storescp",
+        timeout_s=180,
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-
-    report = json.loads(out.read_text())
     assert (report["associations"], report["instances"]) == (2, 2 * SLICES)
     for run in report["runs"]:
         assert all(count == 2 * SLICES for count in run["stored"].values()), run

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
 import highdicom as hd
 import pydicom
 import pytest
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
 from pydicom.sr.codedict import codes
 
 from ai_node import sr as sr_module
@@ -202,3 +205,41 @@ def test_the_uncopied_content_gives_the_sr_highdicom_copying_it_gives(
     uncopied = build()
     monkeypatch.delattr(sr_module._OwnedContent, "__deepcopy__")
     assert build() == uncopied
+
+
+def _plain_encode(ds: pydicom.Dataset) -> bytes:
+    """pydicom's writer on its own (ambiguous-VR correction included)."""
+    buf = DicomBytesIO()
+    buf.is_little_endian, buf.is_implicit_VR = True, False
+    write_dataset(buf, ds)
+    return buf.getvalue()
+
+
+def test_an_sr_encodes_as_pydicom_writes_it(headers) -> None:
+    """encode declares the SR's datasets already explicit VR little endian, so pydicom
+    skips its ambiguous-VR pass: the bytes are the ones pydicom writes with it."""
+    ref = SliceRef(str(headers[2].SOPClassUID), str(headers[2].SOPInstanceUID))
+    analysis = StudyAnalysis(
+        "chest", {"chest": 0.99}, True, 0.87, 2, [], [2], {"finding": "1.0.0", "region": "1.0.0"}
+    )
+    sr = build_sr(headers, analysis, [ref], CTX, str(headers[0].StudyInstanceUID), 6)
+    sr.SpecificCharacterSet = "ISO_IR 192"
+    sr.PatientName = "Müller^Jürgen"
+    expected = _plain_encode(copy.deepcopy(sr))
+    assert encode(sr) == expected
+    assert sr.original_encoding == (False, True)
+
+
+def test_a_dataset_with_an_ambiguous_vr_is_still_corrected() -> None:
+    """An element whose VR depends on another (US or SS on Pixel Representation) leaves
+    the dataset undeclared, and pydicom writes it as SS."""
+    ds = pydicom.Dataset()
+    ds.PixelRepresentation = 1
+    item = pydicom.Dataset()
+    item.add_new(0x00280106, "US or SS", -5)  # Smallest Image Pixel Value
+    item.PixelRepresentation = 1
+    ds.add_new(0x00081140, "SQ", [item])  # Referenced Image Sequence, as a carrier
+    encoded = encode(ds)
+    assert encoded == _plain_encode(copy.deepcopy(ds))
+    assert b"\x28\x00\x06\x01SS" in encoded
+    assert ds.original_encoding == (None, None)

@@ -406,11 +406,15 @@ class Ingestor:
         expected_sop_class_uid: str | None = None,
         expected_sop_instance_uid: str | None = None,
         calling_aet: str | None = None,
+        parse_sequences: bool = True,
     ) -> dict[str, Any]:
-        """Decode and check an instance; returns the index fields or raises IngestError."""
+        """Decode and check an instance; returns the index fields or raises IngestError.
+        ``parse_sequences``: see :func:`decode_complete`."""
         if self.max_instance_bytes is not None and len(raw) > self.max_instance_bytes:
             raise self.too_large()
-        ds = decode_complete(raw, transfer_syntax_uid, self.max_instance_bytes)
+        ds = decode_complete(
+            raw, transfer_syntax_uid, self.max_instance_bytes, parse_sequences=parse_sequences
+        )
         return self._fields(
             ds,
             transfer_syntax_uid,
@@ -435,7 +439,7 @@ class Ingestor:
         size = path.stat().st_size - offset
         if self.max_instance_bytes is not None and size > self.max_instance_bytes:
             raise self.too_large()
-        expected = {
+        expected: dict[str, Any] = {
             "expected_sop_class_uid": expected_sop_class_uid,
             "expected_sop_instance_uid": expected_sop_instance_uid,
             "calling_aet": calling_aet,
@@ -491,6 +495,7 @@ class Ingestor:
         calling_aet: str | None = None,
         analyze: bool = True,
         log_refused: bool = True,
+        parse_sequences: bool = True,
     ) -> IngestResult:
         """Validate, write, fsync and index one instance. Raises IngestError when refused.
 
@@ -507,6 +512,7 @@ class Ingestor:
                 expected_sop_class_uid=expected_sop_class_uid,
                 expected_sop_instance_uid=expected_sop_instance_uid,
                 calling_aet=calling_aet,
+                parse_sequences=parse_sequences,
             )
             fields["analyze"] = analyze
             meta = self._meta(fields, transfer_syntax_uid, calling_aet)
@@ -528,26 +534,9 @@ class Ingestor:
         formed at every level, it finds nothing more, and for a 300-slice study's SR it
         was most of the time the store took.
         """
-        started = time.perf_counter()
-        try:
-            if self.max_instance_bytes is not None and len(raw) > self.max_instance_bytes:
-                raise self.too_large()
-            ds = decode_complete(raw, ExplicitVRLittleEndian, parse_sequences=False)
-            fields = self._fields(
-                ds,
-                ExplicitVRLittleEndian,
-                None,
-                expected_sop_class_uid=None,
-                expected_sop_instance_uid=None,
-                calling_aet=None,
-            )
-            fields["analyze"] = analyze
-            meta = self._meta(fields, ExplicitVRLittleEndian, None)
-            result = self._store(lambda: self.store.store(raw, meta, fields))
-        except IngestError as exc:
-            self.refused(exc, source, None)
-            raise
-        return self._stored(fields, result, source, started)
+        return self.ingest(
+            raw, ExplicitVRLittleEndian, source=source, analyze=analyze, parse_sequences=False
+        )
 
     def ingest_file(
         self,

@@ -17,7 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -385,6 +385,70 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
 
 
+class _KnownInstance(Exception):
+    """Rolls back a new instance's transaction that found its SOP Instance UID indexed."""
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A statement compiled once for the engine's dialect and executed on a DBAPI cursor.
+
+    Indexing a received instance is four statements in one transaction, on every C-STORE;
+    SQLAlchemy's work around each execute (execution context, result, events) took two
+    thirds of that commit's time. The SQL is still SQLAlchemy's, for every dialect.
+    """
+
+    sql: str
+    order: tuple[str, ...] | None  # parameter names for a positional paramstyle, else None
+    fixed: dict[str, Any]  # values the statement binds itself (the 1 of ``n + 1``)
+
+    @classmethod
+    def compile(cls, statement: Any, dialect: Any, keys: Iterable[str] | None = None) -> _Prepared:
+        compiled = statement.compile(
+            dialect=dialect, column_keys=list(keys) if keys is not None else None
+        )
+        fixed = {
+            name: bind.value
+            for name, bind in compiled.binds.items()
+            if not bind.required and bind.value is not None
+        }
+        order = tuple(compiled.positiontup) if compiled.positiontup is not None else None
+        return cls(compiled.string, order, fixed)
+
+    def execute(self, cursor: Any, params: dict[str, Any]) -> None:
+        values = {**self.fixed, **params} if self.fixed else params
+        if self.order is None:
+            cursor.execute(self.sql, values)
+        else:
+            cursor.execute(self.sql, [values[name] for name in self.order])
+
+
+_STUDY_ROW_KEYS = (
+    *_STUDY_ATTRIBUTES,
+    "study_uid",
+    "num_instances",
+    "received_seq",
+    "queued_seq",
+    "first_received_at",
+    "last_received_at",
+)
+_SERIES_ROW_KEYS = (*_SERIES_ATTRIBUTES, "series_uid", "study_uid")
+_INSTANCE_ROW_KEYS = (
+    "sop_instance_uid",
+    "series_uid",
+    "study_uid",
+    "sop_class_uid",
+    "transfer_syntax_uid",
+    "instance_number",
+    "path",
+    "size",
+    "calling_aet",
+    "received_at",
+    "duplicates",
+    *_IMAGE_ATTRIBUTES,
+)
+
+
 class Index:
     """Database access for the store, the completion tracker and the job queue."""
 
@@ -407,6 +471,26 @@ class Index:
     def transaction(self) -> Iterator[Connection]:
         with self.engine.begin() as conn:
             yield conn
+
+    @contextmanager
+    def _dbapi_transaction(self) -> Iterator[Any]:
+        """A cursor in one transaction on a pooled DBAPI connection (for :class:`_Prepared`);
+        SQLite's begins IMMEDIATE, as :meth:`transaction`'s do."""
+        conn = self.engine.raw_connection()
+        try:
+            cursor = conn.cursor()
+            try:
+                if self.is_sqlite:
+                    cursor.execute("BEGIN IMMEDIATE")
+                yield cursor
+                conn.commit()
+            except BaseException:
+                conn.rollback()
+                raise
+            finally:
+                cursor.close()
+        finally:
+            conn.close()
 
     def _insert_ignore(self, table: Table, key: str) -> Any:
         """INSERT ... ON CONFLICT (key) DO NOTHING, built once; values come at execute time."""
@@ -444,6 +528,16 @@ class Index:
         self._find_instance = select(instances).where(
             instances.c.sop_instance_uid == bindparam("b_sop_instance_uid")
         )
+        dialect = self.engine.dialect
+        self._index_new = (
+            _Prepared.compile(self._insert_study, dialect, _STUDY_ROW_KEYS),
+            _Prepared.compile(self._insert_series, dialect, _SERIES_ROW_KEYS),
+            _Prepared.compile(self._insert_instance, dialect, _INSTANCE_ROW_KEYS),
+        )
+        self._count_new = {
+            True: _Prepared.compile(self._bump_study, dialect),
+            False: _Prepared.compile(self._count_derived, dialect),
+        }
 
     # -- instances -----------------------------------------------------------------
 
@@ -462,6 +556,48 @@ class Index:
         :class:`InstanceConflict`, and the transaction (with any study or series row it
         made for the newcomer) is rolled back.
         """
+        rows = self._rows(rec)
+        try:
+            with self._dbapi_transaction() as cursor:
+                for statement, row in zip(self._index_new, rows, strict=True):
+                    statement.execute(cursor, row)
+                if cursor.fetchone() is None:  # no RETURNING row: the UID is indexed
+                    raise _KnownInstance
+                self._count_new[rec.analyze].execute(
+                    cursor, {"b_study_uid": rec.study_uid, "b_received_at": rec.received_at}
+                )
+                return True
+        except _KnownInstance:
+            return self._add_known(rec, rows)
+
+    def _add_known(self, rec: InstanceRecord, rows: tuple[dict[str, Any], ...]) -> bool:
+        """:meth:`add_instance` for a SOP Instance UID the index already has (the new
+        instance's transaction found it and was rolled back): a duplicate, or a conflict."""
+        with self.transaction() as conn:
+            for statement, row in zip(
+                (self._insert_study, self._insert_series, self._insert_instance), rows, strict=True
+            ):
+                result = conn.execute(statement, row)
+            if result.first() is not None:  # removed in between: new after all
+                conn.execute(
+                    self._bump_study if rec.analyze else self._count_derived,
+                    {"b_study_uid": rec.study_uid, "b_received_at": rec.received_at},
+                )
+                return True
+            indexed = conn.execute(
+                self._find_instance, {"b_sop_instance_uid": rec.sop_instance_uid}
+            ).first()
+            if indexed is not None and (indexed.study_uid, indexed.series_uid) != (
+                rec.study_uid,
+                rec.series_uid,
+            ):
+                raise InstanceConflict(rec.sop_instance_uid)
+            conn.execute(self._count_duplicate, {"b_sop_instance_uid": rec.sop_instance_uid})
+            return False
+
+    @staticmethod
+    def _rows(rec: InstanceRecord) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        """The study, series and instance rows of ``rec`` (keys: ``_*_ROW_KEYS``)."""
         study_row: dict[str, Any] = dict.fromkeys(_STUDY_ATTRIBUTES)
         study_row.update(rec.study or {})
         study_row.update(
@@ -490,25 +626,7 @@ class Index:
             **dict.fromkeys(_IMAGE_ATTRIBUTES),
             **(rec.image or {}),
         }
-        with self.transaction() as conn:
-            conn.execute(self._insert_study, study_row)
-            conn.execute(self._insert_series, series_row)
-            if conn.execute(self._insert_instance, instance_row).first() is None:
-                indexed = conn.execute(
-                    self._find_instance, {"b_sop_instance_uid": rec.sop_instance_uid}
-                ).first()
-                if indexed is not None and (indexed.study_uid, indexed.series_uid) != (
-                    rec.study_uid,
-                    rec.series_uid,
-                ):
-                    raise InstanceConflict(rec.sop_instance_uid)
-                conn.execute(self._count_duplicate, {"b_sop_instance_uid": rec.sop_instance_uid})
-                return False
-            conn.execute(
-                self._bump_study if rec.analyze else self._count_derived,
-                {"b_study_uid": rec.study_uid, "b_received_at": rec.received_at},
-            )
-            return True
+        return study_row, series_row, instance_row
 
     def replace_instance(self, rec: InstanceRecord) -> None:
         """Record that a stored instance's bytes were replaced (duplicate policy replace)."""

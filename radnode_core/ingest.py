@@ -24,16 +24,23 @@ import os
 import struct
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, MutableSequence
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 from pydicom import Dataset
+from pydicom.charset import convert_encodings, default_encoding
 from pydicom.datadict import dictionary_VR
-from pydicom.dataelem import RawDataElement
+from pydicom.dataelem import (
+    DataElement,
+    RawDataElement,
+    convert_raw_data_element,
+    empty_value_for_VR,
+)
 from pydicom.filereader import read_dataset
+from pydicom.tag import BaseTag
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from radnode_core.index import InstanceConflict, record_fields_from_dataset
@@ -56,6 +63,7 @@ _LONG_VRS = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())
 _SHORT_VRS = frozenset(b"AE AS AT CS DA DS DT FD FL IS LO LT PN SH SL SS ST TM UI UL US".split())
 _ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 _PIXEL_DATA = 0x7FE00010
+_PIXEL_STOP = 0x7FE00008  # Float Pixel Data, the first of the three Pixel Data elements
 _DATASET, _ITEMS, _FRAGMENTS = 0, 1, 2
 
 
@@ -112,7 +120,54 @@ def _implicit_is_sequence(tag: int, length: int) -> bool:
     return vr == "SQ" or (length == _UNDEFINED_LENGTH and vr in (None, "UN"))
 
 
-def check_structure(raw: bytes | memoryview, ts: UID) -> None:
+class TopLevel:
+    """What :func:`check_structure` collects of a dataset's top level on its walk: the
+    elements before (7FE0,0008) as the :class:`RawDataElement` pydicom's reader yields
+    (``complete`` is False if the reader would make one of them otherwise: it parses an
+    undefined-length sequence at once and leaves a value over ``_DEFER_BYTES`` in the
+    file), and the length of Pixel Data (None: absent, or of undefined length)."""
+
+    def __init__(self, ts: UID) -> None:
+        self.implicit = ts.is_implicit_VR
+        self.little = ts.is_little_endian
+        self.elements: dict[BaseTag, RawDataElement] = {}
+        self.complete = True
+        self.pixel_length: int | None = None
+        self._stopped = False
+
+    def add(self, tag: int, vr: bytes | None, length: int, value: bytes | memoryview) -> None:
+        if tag >= _PIXEL_STOP:  # where pydicom's reading stops (_before_pixel_data)
+            if not self._stopped and tag == _PIXEL_DATA and length != _UNDEFINED_LENGTH:
+                self.pixel_length = length
+            self._stopped = True
+            return
+        if length == _UNDEFINED_LENGTH or length > _DEFER_BYTES:
+            self.complete = False
+            return
+        name = vr.decode("ascii") if vr is not None else None
+        key = BaseTag(tag)
+        self.elements[key] = RawDataElement(
+            key,
+            name,
+            length,
+            bytes(value) if length else cast(bytes | None, empty_value_for_VR(name, raw=True)),
+            0,
+            self.implicit,
+            self.little,
+        )
+
+    def dataset(self) -> Dataset:
+        """The elements as the Dataset pydicom's ``read_dataset`` makes of them."""
+        ds = Dataset(cast("dict[BaseTag, RawDataElement | DataElement]", self.elements))
+        charset = self.elements.get(BaseTag(0x00080005))
+        encoding: str | MutableSequence[str] = default_encoding
+        if charset is not None:
+            encoding = convert_encodings(convert_raw_data_element(charset).value)
+        ds.set_original_encoding(self.implicit, self.little, encoding)
+        return ds
+
+
+def check_structure(raw: bytes | memoryview, ts: UID, top: TopLevel | None = None) -> None:
     """Walk the encoded dataset and refuse anything that is not well formed (PS3.5 7.1-7.5).
 
     pydicom reads leniently (it even switches explicit/implicit VR when a dataset
@@ -120,7 +175,8 @@ def check_structure(raw: bytes | memoryview, ts: UID) -> None:
     parse under the negotiated syntax. Checked, at every nesting level: tags ascending
     and unique, known VRs, every value, item and sequence inside its parent, delimiters
     only where they belong, undefined lengths only on sequences and encapsulated Pixel
-    Data, no trailing bytes. Iterative: any nesting depth costs no stack.
+    Data, no trailing bytes. Iterative: any nesting depth costs no stack. ``top``
+    collects the top level's elements on the way (see :class:`TopLevel`).
     """
     order = "<" if ts.is_little_endian else ">"
     header = struct.Struct(order + "HHI")  # tag and a 4-byte length (implicit VR, items)
@@ -168,6 +224,7 @@ def check_structure(raw: bytes | memoryview, ts: UID) -> None:
             raise _malformed("elements not in ascending tag order")
         frame[1] = tag
         if implicit:
+            vr = None
             sequence = _implicit_is_sequence(tag, length)
             pos += 8
         else:
@@ -185,6 +242,11 @@ def check_structure(raw: bytes | memoryview, ts: UID) -> None:
             sequence = vr == b"SQ" or (vr == b"UN" and length == _UNDEFINED_LENGTH)
             # PS3.5 6.2.2: an undefined-length UN holds implicit VR little endian items.
             implicit = implicit or vr == b"UN"
+        if top is not None and len(stack) == 1:
+            if length == _UNDEFINED_LENGTH:
+                top.add(tag, vr, length, b"")
+            elif pos + length <= limit:
+                top.add(tag, vr, length, raw[pos : pos + length])
         if length == _UNDEFINED_LENGTH:
             if sequence:
                 stack.append([None, -1, _ITEMS, implicit])
@@ -310,6 +372,31 @@ _DEFER_BYTES = 1024 * 1024
 """Values larger than this are left in the spooled file (read only if asked for)."""
 
 
+def _read_file_dataset(fp: BinaryIO, offset: int, ts: UID) -> tuple[Dataset, int | None]:
+    """pydicom's reading of the elements before Pixel Data, values over 1 MiB left in the
+    file, and the Pixel Data's length."""
+    fp.seek(offset)
+    try:
+        ds = read_dataset(
+            fp,
+            is_implicit_VR=ts.is_implicit_VR,
+            is_little_endian=ts.is_little_endian,
+            stop_when=_before_pixel_data,
+            defer_size=_DEFER_BYTES,
+        )
+        pixel_length = _pixel_data_header(fp, ts)
+    except Exception as exc:
+        raise IngestError(
+            CANNOT_UNDERSTAND, "undecodable", f"cannot decode dataset: {type(exc).__name__}"
+        ) from exc
+    if not len(ds):
+        raise IngestError(CANNOT_UNDERSTAND, "empty", "empty dataset")
+    _truncated_values(ds)
+    # A deferred value is read from the file when asked for.
+    ds.filename, ds.fileobj_type, ds.timestamp, ds.buffer = fp.name, open, None, None
+    return ds, pixel_length
+
+
 def decode_complete_file(
     path: Path, offset: int, transfer_syntax_uid: str
 ) -> tuple[Dataset, int | None]:
@@ -326,31 +413,19 @@ def decode_complete_file(
         size = os.fstat(fp.fileno()).st_size
         if size <= offset:
             raise IngestError(CANNOT_UNDERSTAND, "empty", "empty dataset")
-        fp.seek(offset)
-        try:
-            ds = read_dataset(
-                fp,
-                is_implicit_VR=ts.is_implicit_VR,
-                is_little_endian=ts.is_little_endian,
-                stop_when=_before_pixel_data,
-                defer_size=_DEFER_BYTES,
-            )
-            pixel_length = _pixel_data_header(fp, ts)
-        except Exception as exc:
-            raise IngestError(
-                CANNOT_UNDERSTAND, "undecodable", f"cannot decode dataset: {type(exc).__name__}"
-            ) from exc
-        if not len(ds):
-            raise IngestError(CANNOT_UNDERSTAND, "empty", "empty dataset")
-        # A deferred value is read from the file when asked for.
-        ds.filename, ds.fileobj_type, ds.timestamp = str(path), open, None
-        _truncated_values(ds)
         with mmap.mmap(fp.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
             view = memoryview(mapped)[offset:]
+            top = TopLevel(ts)
             try:
-                check_structure(view, ts)
+                check_structure(view, ts, top)
             finally:
                 view.release()
+        if not top.complete:  # pydicom reads it, as pydicom's reader would
+            ds, pixel_length = _read_file_dataset(fp, offset, ts)
+        elif not top.elements:
+            raise IngestError(CANNOT_UNDERSTAND, "empty", "empty dataset")
+        else:
+            ds, pixel_length = top.dataset(), top.pixel_length
     try:
         _parse_sequences(ds)
     except Exception as exc:

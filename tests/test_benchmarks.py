@@ -86,3 +86,36 @@ def test_ingest_benchmark_several_associations_at_once(tmp_path: Path) -> None:
     assert report["peers"]["storescp"]["environment"] == "TCP_NODELAY=1"
     assert "| radnode-multi " in result.stdout
     assert "CPU ms/instance" in result.stdout
+
+
+def test_ingest_steps_benchmark_times_each_way_of_each_step(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.ingest_steps",
+            "--slices",
+            str(SLICES),
+            "--rounds",
+            "1",
+            "--work-dir",
+            str(tmp_path / "work"),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line.split("|")[1:-1] for line in result.stdout.splitlines() if line.startswith("| ")]
+    timed = {(row[0].strip(), row[1].strip()): row[2:] for row in rows[1:]}
+    assert set(timed) == {
+        ("decode", "pydicom reader + walk"),
+        ("decode", "walk collecting"),
+        ("index", "SQLAlchemy Core"),
+        ("index", "DBAPI, compiled once"),
+    }
+    for values in timed.values():
+        assert float(values[0]) > 0 and float(values[1]) >= 0
+    assert f"{SLICES} slices" in result.stdout

@@ -485,7 +485,10 @@ class Index:
                 yield cursor
                 conn.commit()
             except BaseException:
-                conn.rollback()
+                try:
+                    conn.rollback()
+                except Exception:  # noqa: BLE001 - a lost connection: dropped, the error stands
+                    conn.invalidate()
                 raise
             finally:
                 cursor.close()

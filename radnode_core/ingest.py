@@ -110,6 +110,10 @@ def dictionary_vr_or_none(tag: int) -> str | None:
         return None
 
 
+def _truncated(tag: int) -> IngestError:
+    return IngestError(CANNOT_UNDERSTAND, "truncated", f"truncated value of {BaseTag(tag)}")
+
+
 def _malformed(detail: str) -> IngestError:
     return IngestError(CANNOT_UNDERSTAND, "malformed", f"malformed dataset: {detail}")
 
@@ -255,6 +259,8 @@ def check_structure(raw: bytes | memoryview, ts: UID, top: TopLevel | None = Non
             else:
                 raise _malformed("undefined length on a value that is not a sequence")
         elif pos + length > limit:
+            if len(stack) == 1:  # past the end of the bytes: what pydicom reads comes short
+                raise _truncated(tag)
             raise _malformed("value overruns its item or the dataset")
         elif sequence:
             stack.append([pos + length, -1, _ITEMS, implicit])
@@ -338,7 +344,7 @@ def _truncated_values(ds: Dataset) -> None:
             and elem.value is not None
             and len(elem.value) != elem.length
         ):
-            raise IngestError(CANNOT_UNDERSTAND, "truncated", f"truncated value of {elem.tag}")
+            raise _truncated(elem.tag)
 
 
 def _before_pixel_data(tag: int, vr: str | None, length: int) -> bool:
@@ -370,6 +376,14 @@ def _pixel_data_header(fp: BinaryIO, ts: UID) -> int | None:
 
 _DEFER_BYTES = 1024 * 1024
 """Values larger than this are left in the spooled file (read only if asked for)."""
+
+
+def _reader_switches_vr(raw: bytes | memoryview, ts: UID) -> bool:
+    """Whether pydicom's reader would read the dataset in the other VR encoding than ``ts``'s:
+    it looks at the first element's bytes 4-5, two capital letters being a VR
+    (``pydicom.filereader._is_implicit_vr``). The dataset is then read as the reader reads
+    it, so that a receiver stores only what pydicom makes sense of."""
+    return len(raw) >= 6 and (0x40 < raw[4] < 0x5B and 0x40 < raw[5] < 0x5B) == ts.is_implicit_VR
 
 
 def _read_file_dataset(fp: BinaryIO, offset: int, ts: UID) -> tuple[Dataset, int | None]:
@@ -418,14 +432,21 @@ def decode_complete_file(
             top = TopLevel(ts)
             try:
                 check_structure(view, ts, top)
+                switches = _reader_switches_vr(view, ts)
             finally:
                 view.release()
-        if not top.complete:  # pydicom reads it, as pydicom's reader would
+        if not top.complete or switches:
             ds, pixel_length = _read_file_dataset(fp, offset, ts)
         elif not top.elements:
             raise IngestError(CANNOT_UNDERSTAND, "empty", "empty dataset")
         else:
-            ds, pixel_length = top.dataset(), top.pixel_length
+            try:
+                ds = top.dataset()
+            except Exception as exc:  # its Specific Character Set does not convert
+                raise IngestError(
+                    CANNOT_UNDERSTAND, "undecodable", f"bad element: {type(exc).__name__}"
+                ) from exc
+            pixel_length = top.pixel_length
     try:
         _parse_sequences(ds)
     except Exception as exc:

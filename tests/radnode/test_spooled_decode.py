@@ -4,6 +4,7 @@ gives, for every one of pydicom's test files and for hand-made corner cases."""
 
 from __future__ import annotations
 
+import struct
 from io import BytesIO
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from radnode_core.ingest import (
     TopLevel,
     _read_file_dataset,
     check_structure,
+    decode_complete,
     decode_complete_file,
 )
 
@@ -205,3 +207,74 @@ def test_corner_cases_read_as_pydicom_reads_them(tmp_path: Path, ts: str, case: 
         theirs, ts, "MOD"
     )
     assert dcmread(BytesIO(body), force=True) is not None
+
+
+def _explicit_element(tag: int, vr: bytes, value: bytes) -> bytes:
+    return struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr, len(value)) + value
+
+
+_UIDS = _explicit_element(0x00080016, b"UI", b"1.2.840.10008.5.1.4.1.1.7\x00") + _explicit_element(
+    0x00080018, b"UI", b"1.2.3.4.5\x00"
+)
+
+
+@pytest.mark.parametrize(
+    "charset",
+    [
+        _explicit_element(0x00080005, b"US", b"\x01\x00"),
+        _explicit_element(0x00080005, b"AT", b"\x08\x00\x05\x00"),
+        _explicit_element(0x00080005, b"CS", b"ISO_IR\x00100 "),
+    ],
+    ids=["US", "AT", "NUL"],
+)
+def test_a_specific_character_set_that_does_not_convert_cannot_be_understood(
+    tmp_path: Path, charset: bytes
+) -> None:
+    """Refused as the reader's failure was: 0xC000, not an error the handler would answer
+    with a transient 0xA700."""
+    spool = tmp_path / "c.spool"
+    spool.write_bytes(charset + _UIDS)
+    with pytest.raises(IngestError) as ours:
+        decode_complete_file(spool, 0, ExplicitVRLittleEndian)
+    assert ours.value.status == 0xC000
+    with pytest.raises(IngestError) as theirs:
+        _pydicom(spool, 0, ExplicitVRLittleEndian)
+    assert theirs.value.status == 0xC000
+
+
+@pytest.mark.parametrize("ts", [ImplicitVRLittleEndian, ExplicitVRLittleEndian])
+@pytest.mark.parametrize("cut", ["a value before Pixel Data", "Pixel Data"])
+def test_a_cut_dataset_is_truncated_whichever_way_it_is_decoded(
+    tmp_path: Path, ts: str, cut: str
+) -> None:
+    body = encoded(_ct(), ts)
+    end = body.index(b"M\xc3\xbcller") + 4 if cut.startswith("a value") else len(body) - 3
+    spool = tmp_path / "c.spool"
+    spool.write_bytes(body[:end])
+    with pytest.raises(IngestError) as spooled:
+        decode_complete_file(spool, 0, ts)
+    with pytest.raises(IngestError) as in_memory:
+        decode_complete(body[:end], ts)
+    assert (spooled.value.status, spooled.value.reason) == (0xC000, "truncated")
+    assert (in_memory.value.status, in_memory.value.reason) == (0xC000, "truncated")
+
+
+def test_implicit_vr_that_the_reader_takes_for_explicit_is_read_as_the_reader_reads_it(
+    tmp_path: Path,
+) -> None:
+    """A first value 0x4141 bytes long reads as the VR "AA": pydicom's reader switches to
+    explicit VR, and a dataset the reader misreads must not be stored as if it read well."""
+    first = struct.pack("<HHI", 0x0008, 0x0001, 0x4141) + b"A" * 0x4141
+    rest = encoded(_ct(), ImplicitVRLittleEndian)
+    spool = tmp_path / "c.spool"
+    spool.write_bytes(first + rest)
+    try:
+        theirs, their_pixels = _pydicom(spool, 0, ImplicitVRLittleEndian)
+    except IngestError as exc:
+        with pytest.raises(IngestError) as refused:
+            decode_complete_file(spool, 0, ImplicitVRLittleEndian)
+        assert refused.value.status == exc.status
+        return
+    ours, our_pixels = decode_complete_file(spool, 0, ImplicitVRLittleEndian)
+    _same(ours, theirs)
+    assert our_pixels == their_pixels

@@ -163,3 +163,58 @@ def test_a_store_on_a_context_the_node_did_not_accept_is_not_stored(
     assert answer[:1] == b"\x07", answer
     assert not _indexed(scp, uid)
     assert _echo(scp).returncode == 0
+
+
+def _status(answer: bytes) -> int:
+    """The Status of the C-STORE-RSP in ``answer``, which must be a P-DATA-TF PDU."""
+    assert answer[:1] == b"\x04", (
+        f"PDU type {answer[:1].hex()}, not P-DATA-TF: the association ended"
+    )
+    pdu = P_DATA_TF()
+    pdu.decode(answer)
+    (item,) = pdu.presentation_data_value_items
+    response = C_STORE_RSP()
+    response.command_set = decode(
+        BytesIO(cast(bytes, item.presentation_data_value)[1:]), True, True
+    )
+    status = cast(C_STORE, response.message_to_primitive()).Status
+    assert status is not None
+    return status
+
+
+def test_a_store_that_outlasts_the_network_timeout_does_not_end_the_association(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """The peer is silent while it waits for the response: time spent storing is not its
+    silence. Another writer holds the index's write lock for longer than the node's
+    network timeout, so the commit (and the response) waits; the association must then
+    go on, answer a second store and release normally."""
+    node = start(
+        tmp_path_factory.mktemp("slow-store"),
+        "scp",
+        RADNODE_ALLOWED_CALLING_AETS='["MODALITY"]',
+        RADNODE_NETWORK_TIMEOUT_S="1",
+    )
+    try:
+        first, first_data = _dataset()
+        second, second_data = _dataset()
+        with _association(node) as sock:
+            writer = sqlite3.connect(node.data_dir / "index.sqlite3", isolation_level=None)
+            try:
+                writer.execute("BEGIN IMMEDIATE")  # a real second writer, holding the lock
+                sock.sendall(_p_data(0x03, _store_command(first)) + _p_data(0x02, first_data))
+                sock.settimeout(2.5)
+                with pytest.raises(TimeoutError):  # the store waits on the lock: no answer
+                    sock.recv(1)
+            finally:
+                writer.execute("ROLLBACK")
+                writer.close()
+            sock.settimeout(10)
+            assert _status(_read_pdu(sock)) == 0x0000
+            sock.sendall(_p_data(0x03, _store_command(second)) + _p_data(0x02, second_data))
+            assert _status(_read_pdu(sock)) == 0x0000
+            sock.sendall(b"\x05\x00\x00\x00\x00\x04\x00\x00\x00\x00")  # A-RELEASE-RQ
+            assert _read_pdu(sock)[:1] == b"\x06"  # A-RELEASE-RP
+        assert _indexed(node, first) and _indexed(node, second)
+    finally:
+        node.stop()

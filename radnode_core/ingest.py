@@ -110,6 +110,15 @@ def dictionary_vr_or_none(tag: int) -> str | None:
         return None
 
 
+def _undecodable(exc: Exception, what: str = "cannot decode dataset") -> IngestError:
+    """pydicom could not read the dataset (or an element of it): 0xC000."""
+    return IngestError(CANNOT_UNDERSTAND, "undecodable", f"{what}: {type(exc).__name__}")
+
+
+def _empty() -> IngestError:
+    return IngestError(CANNOT_UNDERSTAND, "empty", "empty dataset")
+
+
 def _truncated(tag: int) -> IngestError:
     return IngestError(CANNOT_UNDERSTAND, "truncated", f"truncated value of {BaseTag(tag)}")
 
@@ -315,12 +324,8 @@ def decode_complete(
     except IngestError:
         raise
     except Exception as exc:
-        raise IngestError(
-            CANNOT_UNDERSTAND, "undecodable", f"cannot decode dataset: {type(exc).__name__}"
-        ) from exc
-    if not len(ds):
-        raise IngestError(CANNOT_UNDERSTAND, "empty", "empty dataset")
-    _truncated_values(ds)
+        raise _undecodable(exc) from exc
+    _whole(ds)
     # Where the dataset ends is check_structure's to say: pydicom hands an undefined-length
     # sequence back parsed, without the offsets a check here would need.
     check_structure(raw, ts)
@@ -329,10 +334,16 @@ def decode_complete(
     try:
         _parse_sequences(ds)
     except Exception as exc:
-        raise IngestError(
-            CANNOT_UNDERSTAND, "undecodable", f"bad element: {type(exc).__name__}"
-        ) from exc
+        raise _undecodable(exc, "bad element") from exc
     return ds
+
+
+def _whole(ds: Dataset) -> None:
+    """What pydicom's lenient reader returned is refused if it is empty or a value came
+    short of its declared length."""
+    if not len(ds):
+        raise _empty()
+    _truncated_values(ds)
 
 
 def _truncated_values(ds: Dataset) -> None:
@@ -400,12 +411,8 @@ def _read_file_dataset(fp: BinaryIO, offset: int, ts: UID) -> tuple[Dataset, int
         )
         pixel_length = _pixel_data_header(fp, ts)
     except Exception as exc:
-        raise IngestError(
-            CANNOT_UNDERSTAND, "undecodable", f"cannot decode dataset: {type(exc).__name__}"
-        ) from exc
-    if not len(ds):
-        raise IngestError(CANNOT_UNDERSTAND, "empty", "empty dataset")
-    _truncated_values(ds)
+        raise _undecodable(exc) from exc
+    _whole(ds)
     # A deferred value is read from the file when asked for.
     ds.filename, ds.fileobj_type, ds.timestamp, ds.buffer = fp.name, open, None, None
     return ds, pixel_length
@@ -426,7 +433,7 @@ def decode_complete_file(
     with open(path, "rb") as fp:
         size = os.fstat(fp.fileno()).st_size
         if size <= offset:
-            raise IngestError(CANNOT_UNDERSTAND, "empty", "empty dataset")
+            raise _empty()
         with mmap.mmap(fp.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
             view = memoryview(mapped)[offset:]
             top = TopLevel(ts)
@@ -438,21 +445,17 @@ def decode_complete_file(
         if not top.complete or switches:
             ds, pixel_length = _read_file_dataset(fp, offset, ts)
         elif not top.elements:
-            raise IngestError(CANNOT_UNDERSTAND, "empty", "empty dataset")
+            raise _empty()
         else:
             try:
                 ds = top.dataset()
             except Exception as exc:  # its Specific Character Set does not convert
-                raise IngestError(
-                    CANNOT_UNDERSTAND, "undecodable", f"bad element: {type(exc).__name__}"
-                ) from exc
+                raise _undecodable(exc, "bad element") from exc
             pixel_length = top.pixel_length
     try:
         _parse_sequences(ds)
     except Exception as exc:
-        raise IngestError(
-            CANNOT_UNDERSTAND, "undecodable", f"bad element: {type(exc).__name__}"
-        ) from exc
+        raise _undecodable(exc, "bad element") from exc
     return ds, pixel_length
 
 
@@ -562,9 +565,7 @@ class Ingestor:
         except InvalidUID as exc:
             raise IngestError(DATASET_DOES_NOT_MATCH_SOP_CLASS, "bad_uid", str(exc)) from exc
         except Exception as exc:  # a value that does not convert (pydicom raises many types)
-            raise IngestError(
-                CANNOT_UNDERSTAND, "undecodable", f"bad element value: {type(exc).__name__}"
-            ) from exc
+            raise _undecodable(exc, "bad element value") from exc
         if expected_sop_class_uid and fields["sop_class_uid"] != expected_sop_class_uid:
             raise IngestError(
                 DATASET_DOES_NOT_MATCH_SOP_CLASS,

@@ -16,15 +16,28 @@ PEERS = ("radnode", "storescp", "orthanc")
 SLICES = 5
 
 
+def _run(argv: list[str], timeout_s: float) -> subprocess.CompletedProcess[str]:
+    """A benchmark script from the repository root; fails the test if it did not succeed."""
+    result = subprocess.run(
+        [sys.executable, *argv],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        cwd=REPO,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
 def _run_ingest(
     tmp_path: Path, *args: str, timeout_s: float
 ) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
     """``benchmarks/ingest.py`` on a study of ``SLICES`` slices, one round, with ``args``:
-    its output, and its report (``--json``); fails the test if it did not succeed."""
+    its output, and its report (``--json``)."""
     out = tmp_path / "ingest.json"
-    result = subprocess.run(
+    result = _run(
         [
-            sys.executable,
             str(REPO / "benchmarks" / "ingest.py"),
             "--slices",
             str(SLICES),
@@ -36,13 +49,8 @@ def _run_ingest(
             "--json",
             str(out),
         ],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-        cwd=REPO,
+        timeout_s,
     )
-    assert result.returncode == 0, result.stderr[-3000:]
     return result, json.loads(out.read_text())
 
 
@@ -89,9 +97,8 @@ def test_ingest_benchmark_several_associations_at_once(tmp_path: Path) -> None:
 
 
 def test_ingest_steps_benchmark_times_each_way_of_each_step(tmp_path: Path) -> None:
-    result = subprocess.run(
+    result = _run(
         [
-            sys.executable,
             "-m",
             "benchmarks.ingest_steps",
             "--slices",
@@ -101,13 +108,8 @@ def test_ingest_steps_benchmark_times_each_way_of_each_step(tmp_path: Path) -> N
             "--work-dir",
             str(tmp_path / "work"),
         ],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=REPO,
+        300,
     )
-    assert result.returncode == 0, result.stderr[-3000:]
     rows = [line.split("|")[1:-1] for line in result.stdout.splitlines() if line.startswith("| ")]
     timed = {(row[0].strip(), row[1].strip()): row[2:] for row in rows[1:]}
     assert set(timed) == {

@@ -423,30 +423,17 @@ class _Prepared:
             cursor.execute(self.sql, [values[name] for name in self.order])
 
 
-_STUDY_ROW_KEYS = (
-    *_STUDY_ATTRIBUTES,
-    "study_uid",
-    "num_instances",
-    "received_seq",
-    "queued_seq",
-    "first_received_at",
-    "last_received_at",
+_SAMPLE_RECORD = InstanceRecord(
+    sop_instance_uid="",
+    sop_class_uid="",
+    series_uid="",
+    study_uid="",
+    transfer_syntax_uid="",
+    path="",
+    size=0,
+    received_at=0.0,
 )
-_SERIES_ROW_KEYS = (*_SERIES_ATTRIBUTES, "series_uid", "study_uid")
-_INSTANCE_ROW_KEYS = (
-    "sop_instance_uid",
-    "series_uid",
-    "study_uid",
-    "sop_class_uid",
-    "transfer_syntax_uid",
-    "instance_number",
-    "path",
-    "size",
-    "calling_aet",
-    "received_at",
-    "duplicates",
-    *_IMAGE_ATTRIBUTES,
-)
+"""Any record: what :meth:`Index._rows` makes of it has every row's columns."""
 
 
 class Index:
@@ -532,10 +519,14 @@ class Index:
             instances.c.sop_instance_uid == bindparam("b_sop_instance_uid")
         )
         dialect = self.engine.dialect
-        self._index_new = (
-            _Prepared.compile(self._insert_study, dialect, _STUDY_ROW_KEYS),
-            _Prepared.compile(self._insert_series, dialect, _SERIES_ROW_KEYS),
-            _Prepared.compile(self._insert_instance, dialect, _INSTANCE_ROW_KEYS),
+        # The rows' columns are those :meth:`_rows` makes, the same for every instance.
+        self._index_new = tuple(
+            _Prepared.compile(statement, dialect, row)
+            for statement, row in zip(
+                (self._insert_study, self._insert_series, self._insert_instance),
+                self._rows(_SAMPLE_RECORD),
+                strict=True,
+            )
         )
         self._count_new = {
             True: _Prepared.compile(self._bump_study, dialect),
@@ -600,7 +591,7 @@ class Index:
 
     @staticmethod
     def _rows(rec: InstanceRecord) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-        """The study, series and instance rows of ``rec`` (keys: ``_*_ROW_KEYS``)."""
+        """The study, series and instance rows of ``rec``."""
         study_row: dict[str, Any] = dict.fromkeys(_STUDY_ATTRIBUTES)
         study_row.update(rec.study or {})
         study_row.update(

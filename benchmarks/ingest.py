@@ -242,19 +242,18 @@ def tree_cpu_seconds(pid: int) -> float:
     return total
 
 
-def listening_sockets(port: int) -> int:
-    """TCP sockets listening on ``port`` (/proc/net/tcp and tcp6; state 0A)."""
-    count = 0
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
-                count += 1
-    return count
+def echo(port: int, aet: str) -> bool:
+    """Whether dcmtk's echoscu gets a C-ECHO answered on ``port`` within 30 s."""
+    try:
+        done = subprocess.run(
+            [require("echoscu"), "-to", "30", "-aec", aet, "127.0.0.1", str(port)],
+            capture_output=True,
+            env=dcmtk_env(),
+            timeout=60,
+        )
+    except subprocess.TimeoutExpired:
+        return False
+    return done.returncode == 0
 
 
 # -- receivers -------------------------------------------------------------------------
@@ -334,7 +333,7 @@ class RadnodeReceiver(Receiver):
         self.processes = processes
         self._auto: int | None = None
 
-    def expected_listeners(self) -> int:
+    def resolved_processes(self) -> int:
         """How many receiver processes ``processes`` makes, as the radnode under test
         resolves ``auto``."""
         if self.processes != "auto":
@@ -356,16 +355,17 @@ class RadnodeReceiver(Receiver):
         return self._auto
 
     def wait_ready(self) -> None:
-        """Every receiver process listens (the port opens with the first of them)."""
+        """The port answers a C-ECHO. With several receiver processes, the parent listens
+        at once but hands connections over only once every receiver serves."""
         assert self.proc is not None
-        listeners = self.expected_listeners()
-        wait_until(lambda: listening_sockets(self.port) >= listeners, self.proc, self.name)
+        super().wait_ready()
+        wait_until(lambda: echo(self.port, self.aet), self.proc, self.name)
 
     def environment(self) -> str:
         # radnode sets TCP_NODELAY on its sockets itself, whatever the environment.
         return (
             f"{super().environment()} (radnode sets TCP_NODELAY itself), "
-            f"scp_processes={self.processes} ({self.expected_listeners()}), fsync on, SQLite WAL"
+            f"scp_processes={self.processes} ({self.resolved_processes()}), fsync on, SQLite WAL"
         )
 
     def command(self) -> list[str]:

@@ -28,8 +28,8 @@ count ``max_associations`` over associations admitted after their AE checks
 (:mod:`dimse_scp.handlers`), so connections still negotiating never count.
 :class:`GuardedAssociationServer` is pynetdicom's threaded server with the guard attached:
 ``process_request`` (in the accept thread: start, hold or refuse) and three event handlers.
-With ``reuse_port`` it binds with ``SO_REUSEPORT``, so several receiver processes listen
-on one port and Linux spreads the incoming connections over them.
+With a ``channel`` it listens on no port of its own: a dispatcher process accepts and hands
+it connections (:mod:`dimse_scp.handoff`), so several receiver processes serve one port.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.transport import ThreadedAssociationServer
 
+from dimse_scp.handoff import ChannelClosed, ReceiverLoad, receive_connection
 from dimse_scp.upper_layer import Refused, SpoolingRequestHandler, SpoolSettings
 from radnode_core.metrics import Metrics
 from radnode_core.throttle import Throttle
@@ -65,18 +66,13 @@ def lift_association_limit(ae: AE) -> None:
     ae.maximum_associations = sys.maxsize
 
 
-def reuse_port_option() -> int:
-    """``SO_REUSEPORT``, where its Linux meaning holds: every socket bound with it to one
-    address gets a share of the incoming connections (Linux 3.9+). BSD and macOS accept the
-    option without spreading a TCP port's connections over its sockets, and Windows has no
-    such option: there, several processes cannot share one DICOM port."""
-    option = getattr(socket, "SO_REUSEPORT", None)
-    if not sys.platform.startswith("linux") or option is None:
-        raise OSError(
-            f"several receiver processes on one port need Linux's SO_REUSEPORT; this is "
-            f"{sys.platform}: run one process (scp_processes = 1)"
-        )
-    return int(option)
+def _on_event(count: Callable[[Any], None]) -> Callable[[evt.Event], None]:
+    return lambda event: count(event.assoc)
+
+
+def _running(assoc: Any) -> bool:
+    """Whether an association's thread has not yet ended (it counts as load till then)."""
+    return assoc.ident is None or assoc.is_alive()
 
 
 def peer_of(client_address: Any) -> str:
@@ -331,7 +327,9 @@ def _close(sock: socket.socket) -> None:
 class GuardedAssociationServer(ThreadedAssociationServer):
     """pynetdicom's threaded association server with a :class:`NegotiationGuard`, each
     connection's PDUs bounded and its C-STORE datasets spooled to ``spool``
-    (:mod:`dimse_scp.upper_layer`); with ``reuse_port`` bound with ``SO_REUSEPORT``."""
+    (:mod:`dimse_scp.upper_layer`). With a ``channel`` (a receiver's end,
+    :mod:`dimse_scp.handoff`) it takes its connections from the channel instead of a port
+    of its own, and reports its load back; ``address`` is then the dispatcher's port."""
 
     request_queue_size = 128
     """The listen backlog. socketserver's default of 5 drops the SYNs of a burst of
@@ -343,29 +341,60 @@ class GuardedAssociationServer(ThreadedAssociationServer):
         guard: NegotiationGuard | None = None,
         spool: SpoolSettings | None = None,
         on_pdu_refused: Refused | None = None,
-        reuse_port: bool = False,
+        channel: socket.socket | None = None,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("request_handler", SpoolingRequestHandler)
         # Read by server_bind, which the base class calls from its constructor.
-        self.reuse_port = reuse_port
+        self.channel = channel
+        self.load = ReceiverLoad(channel, _running) if channel is not None else None
         super().__init__(*args, **kwargs)
         self.guard = guard
         self.spool = spool
         self.on_pdu_refused = on_pdu_refused
+        if self.load is not None:
+            self.bind(evt.EVT_CONN_OPEN, _on_event(self.load.opened))
+            self.bind(evt.EVT_CONN_CLOSE, _on_event(self.load.closed))
         if guard is not None:
             self.bind(evt.EVT_CONN_OPEN, guard.on_conn_open)
             self.bind(evt.EVT_REQUESTED, guard.on_requested)
             self.bind(evt.EVT_ESTABLISHED, guard.on_established)
 
     def server_bind(self) -> None:
-        """pynetdicom's bind (SO_REUSEADDR, the network timeout), after ``SO_REUSEPORT``
-        when asked for: pynetdicom binds itself and skips socketserver's
-        ``allow_reuse_port``."""
-        if self.reuse_port:
+        """pynetdicom's bind (SO_REUSEADDR, the network timeout); with a channel, the
+        channel stands in for the listening socket (``serve_forever`` waits on it)."""
+        if self.channel is None:
+            super().server_bind()
+            return
+        assert self.socket is not None
+        self.socket.close()
+        self.socket = self.channel
+
+    def server_activate(self) -> None:
+        if self.channel is None:
+            super().server_activate()
+
+    def accept(self) -> tuple[socket.socket, Any]:
+        """The next connection: accepted on the port, or taken off the channel."""
+        if self.channel is None:
             assert self.socket is not None
-            self.socket.setsockopt(socket.SOL_SOCKET, reuse_port_option(), 1)
-        super().server_bind()
+            return self.socket.accept()
+        assert self.load is not None
+        try:
+            conn, address = receive_connection(self.channel)
+        except ChannelClosed:
+            # The dispatcher stopped; the process stops too. serve_forever keeps finding
+            # the channel readable until then, so do not spin on it.
+            time.sleep(0.2)
+            raise
+        self.load.taken()
+        return conn, address
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        conn, address = self.accept()
+        if self.ssl_context:
+            conn = self.ssl_context.wrap_socket(conn, server_side=True)
+        return conn, address
 
     def process_request(
         self,

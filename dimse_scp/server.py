@@ -14,6 +14,7 @@ SOP class besides the SCP role, so a C-GET's requestor can take the Storage SCP 
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -90,8 +91,10 @@ class DicomServer:
     (PS3.15 B.9), or both, serving the same AE and handlers: storage, and Query/Retrieve
     when ``query_retrieve`` handlers are given.
 
-    With ``reuse_port`` both ports are bound with ``SO_REUSEPORT`` (Linux), so that
-    several receiver processes serve one port (``scp_processes``)."""
+    With ``channels`` (a receiver's ends, one per port: ``dicom``, ``tls``) it listens
+    on neither port itself: a dispatcher process accepts on them and hands it connections
+    (:mod:`dimse_scp.handoff`), so that several receiver processes serve one port
+    (``scp_processes``)."""
 
     def __init__(
         self,
@@ -99,10 +102,10 @@ class DicomServer:
         handlers: StorageHandlers,
         query_retrieve: QueryRetrieveHandlers | None = None,
         *,
-        reuse_port: bool = False,
+        channels: dict[str, socket.socket] | None = None,
     ) -> None:
         self.settings = settings
-        self.reuse_port = reuse_port
+        self.channels = channels or {}
         self.handlers = handlers
         self.query_retrieve = query_retrieve
         self.ae = build_ae(settings, query_retrieve is not None)
@@ -143,13 +146,14 @@ class DicomServer:
                 guard=self.guard,
                 spool=self._spool_settings(),
                 on_pdu_refused=self.handlers.pdu_refused,
-                reuse_port=self.reuse_port,
+                channel=self.channels.get("dicom"),
             )
             assert isinstance(server, GuardedAssociationServer)
             self._serve(server, "radnode-dicom")
             self._server = server
             logger.info(
-                "DICOM SCP listening", extra={"aet": s.ae_title, "host": s.host, "port": self.port}
+                self._listening("DICOM SCP"),
+                extra={"aet": s.ae_title, "host": s.host, "port": self.port},
             )
         if s.dicom_tls_port is not None:
             self._start_tls(handlers)
@@ -168,7 +172,7 @@ class DicomServer:
             guard=self.guard,
             spool=self._spool_settings(),
             on_pdu_refused=self.handlers.pdu_refused,
-            reuse_port=self.reuse_port,
+            channel=self.channels.get("tls"),
         )
         assert isinstance(server, TlsAssociationServer)
         server.handshake_timeout_s = s.tls_handshake_timeout_s
@@ -176,7 +180,7 @@ class DicomServer:
         self._serve(server, "radnode-dicom-tls")
         self._tls_server = server
         logger.info(
-            "DICOM TLS SCP listening",
+            self._listening("DICOM TLS SCP"),
             extra={
                 "aet": s.ae_title,
                 "host": s.host,
@@ -184,6 +188,11 @@ class DicomServer:
                 "client_cert": "required" if s.tls_require_client_cert else "optional",
             },
         )
+
+    def _listening(self, what: str) -> str:
+        if self.channels:
+            return f"{what} serving the connections its dispatcher hands over"
+        return f"{what} listening"
 
     def _spool_settings(self) -> SpoolSettings:
         """C-STORE datasets are spooled where the store keeps its temp files, so a valid

@@ -29,8 +29,8 @@ class TlsAssociationServer(GuardedAssociationServer):
     on_handshake_failed: HandshakeFailed | None = None
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
-        assert self.socket is not None and self.ssl_context is not None
-        raw, address = self.socket.accept()
+        assert self.ssl_context is not None
+        raw, address = self.accept()
         wrapped = self.ssl_context.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
         return wrapped, address
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 from collections.abc import Callable
 from functools import partial
 
@@ -58,10 +59,17 @@ class Scp:
     """The DICOM SCP (storage, and Query/Retrieve unless turned off) and its
     study-completion tracker.
 
-    One of several receiver processes on one port (:mod:`radnode.scp_pool`) binds with
-    ``reuse_port`` and leaves the quiet-period sweep (``sweep``) to their parent."""
+    One of several receiver processes on one port (:mod:`radnode.scp_pool`) takes its
+    connections from its parent through ``channels`` and leaves the quiet-period sweep
+    (``sweep``) to the parent."""
 
-    def __init__(self, node: Node, *, sweep: bool = True, reuse_port: bool = False) -> None:
+    def __init__(
+        self,
+        node: Node,
+        *,
+        sweep: bool = True,
+        channels: dict[str, socket.socket] | None = None,
+    ) -> None:
         s = node.settings
         self.sweep = sweep
         self.tracker = CompletionTracker(node.queue, s.quiet_period_s, node.metrics)
@@ -94,7 +102,7 @@ class Scp:
                 poll_interval_s=s.dimse_poll_interval_s,
                 max_find_results=s.cfind_max_results,
             )
-        self.server = DicomServer(s, handlers, query_retrieve, reuse_port=reuse_port)
+        self.server = DicomServer(s, handlers, query_retrieve, channels=channels)
 
     def start(self) -> None:
         self.server.start()

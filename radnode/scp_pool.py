@@ -3,14 +3,13 @@
 One Python process receives on one core at a time (the GIL), however many associations it
 serves. With ``scp_processes`` above 1, the process that runs ``radnode scp`` or ``radnode
 serve`` starts that many receiver processes instead of an SCP of its own. Each builds its
-own node over the same store and index and binds the DICOM port, and the DICOM TLS port
-when one is set, with ``SO_REUSEPORT``: Linux hands each incoming connection to one of them.
-The parent:
+own node over the same store and index. The parent:
 
-* runs the store's start-up recovery once, before any receiver starts, and reserves the
-  ports (bound, never listening: it takes no connection), so port 0 resolves to one port
-  for all of them, a port another program holds fails at start, and the port stays
-  radnode's while a receiver restarts;
+* runs the store's start-up recovery once, before any receiver starts;
+* listens on the DICOM port, and the DICOM TLS port when one is set, and hands each
+  connection it accepts to the receiver serving the fewest (:mod:`dimse_scp.handoff`), so
+  four modalities on four receivers get one each. The ports stay open while a receiver
+  restarts: its share goes to the others;
 * runs the one quiet-period sweeper; each receiver queues the studies of the associations
   it released. :meth:`radnode_core.jobs.JobQueue.enqueue_if_due` is one transaction in the
   shared index, so two processes completing one study queue one job;
@@ -19,13 +18,12 @@ The parent:
   gone, unacknowledged instances with them; every acknowledged one was already durable
   and indexed. The store is then not marked cleanly shut down, so the next start
   reconciles it (files renamed into place whose commit the crash interrupted);
-* passes SIGTERM (or SIGINT) on: each receiver closes its ports, lets the associations it
-  is serving finish (up to ``DRAIN_S``) and stops, and the parent waits for all of them
+* passes SIGTERM (or SIGINT) on: it closes the ports, each receiver lets the associations
+  it is serving finish (up to ``DRAIN_S``) and stops, and the parent waits for all of them
   before it marks a clean shutdown. A receiver whose parent is gone stops by itself.
 
 What each process counts for itself: ``max_associations``, ``max_associations_per_aet``
-and ``max_negotiating_per_peer`` hold per receiver (the kernel picks the receiver by a hash
-of the connection, not by load, so a shared limit split evenly would refuse early).
+and ``max_negotiating_per_peer`` hold per receiver.
 Receiver ``k`` (1..N) serves its own Prometheus registry on ``metrics_port + k`` when
 ``metrics_port`` is set; the parent's registry (index gauges, restarts) stays on
 ``metrics_port`` and, in ``serve``, on the HTTP app's /metrics. Audit messages go to the
@@ -48,7 +46,7 @@ from multiprocessing.synchronize import Event
 from pathlib import Path
 
 from dimse_scp.completion import CompletionTracker
-from dimse_scp.negotiation import reuse_port_option
+from dimse_scp.handoff import LISTEN_BACKLOG, Dispatcher, can_hand_off, channel_pair
 from radnode.assembly import Scp, build_node
 from radnode_core.logs import configure_logging
 from radnode_core.node import Node
@@ -68,8 +66,8 @@ _MAX_BACKOFF_S = 30.0
 
 
 class ScpPoolError(RuntimeError):
-    """The receivers cannot run: no SO_REUSEPORT here, a port taken, a receiver that fails
-    while starting."""
+    """The receivers cannot run: no descriptor passing here, a port taken, a receiver that
+    fails while starting."""
 
 
 def available_cpus() -> int:
@@ -109,15 +107,14 @@ def child_settings(settings: Settings, **update: object) -> Settings:
     return Settings.model_construct(**values)
 
 
-def reserve_port(host: str, port: int) -> socket.socket:
-    """A socket bound to ``(host, port)`` with SO_REUSEPORT and not listening: the receivers
-    can bind beside it, nobody else can, and it takes no connection."""
+def listen(host: str, port: int) -> socket.socket:
+    """A socket listening on ``(host, port)``, as pynetdicom's server binds (SO_REUSEADDR)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, reuse_port_option(), 1)
         sock.bind((host, port))
+        sock.listen(LISTEN_BACKLOG)
     except OSError:
         sock.close()
         raise
@@ -141,6 +138,11 @@ class ScpPool:
     def __init__(self, node: Node, processes: int) -> None:
         if processes < 2:
             raise ValueError("an ScpPool runs at least 2 receiver processes")
+        if not can_hand_off():
+            raise ScpPoolError(
+                "several receiver processes need a system that passes sockets between "
+                "processes (Unix): run one process (scp_processes = 1)"
+            )
         self.node = node
         self.processes = processes
         self.settings = node.settings
@@ -149,7 +151,7 @@ class ScpPool:
         self.crashed = False
         self._spawn_context = multiprocessing.get_context("spawn")
         self._receivers: dict[int, _Receiver] = {}
-        self._reserved: list[socket.socket] = []
+        self._dispatcher: Dispatcher | None = None
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._watcher: threading.Thread | None = None
@@ -172,8 +174,13 @@ class ScpPool:
 
     # -- start -----------------------------------------------------------------------
 
+    @property
+    def loads(self) -> dict[int, int]:
+        """The connections each receiver serves or has yet to take, by slot."""
+        return self._dispatcher.loads() if self._dispatcher is not None else {}
+
     def start(self) -> None:
-        self._reserve()
+        self._listen()
         try:
             with self._lock:
                 for slot in range(1, self.processes + 1):
@@ -182,6 +189,8 @@ class ScpPool:
         except BaseException:
             self.stop()
             raise
+        assert self._dispatcher is not None
+        self._dispatcher.start()
         self.tracker.start()
         self._watcher = threading.Thread(
             target=self._watch, name="radnode-scp-supervisor", daemon=True
@@ -199,33 +208,42 @@ class ScpPool:
             },
         )
 
-    def _reserve(self) -> None:
+    def _listen(self) -> None:
+        """Open the ports (port 0 resolves to one port for every receiver)."""
         s = self.node.settings
+        listeners: dict[str, socket.socket] = {}
         update: dict[str, object] = {}
         try:
             if s.dicom_plain:
-                sock = reserve_port(s.host, s.dicom_port)
-                self._reserved.append(sock)
-                update["dicom_port"] = sock.getsockname()[1]
+                listeners["dicom"] = listen(s.host, s.dicom_port)
+                update["dicom_port"] = listeners["dicom"].getsockname()[1]
             if s.dicom_tls_port is not None:
-                sock = reserve_port(s.host, s.dicom_tls_port)
-                self._reserved.append(sock)
-                update["dicom_tls_port"] = sock.getsockname()[1]
+                listeners["tls"] = listen(s.host, s.dicom_tls_port)
+                update["dicom_tls_port"] = listeners["tls"].getsockname()[1]
         except OSError as exc:
-            self._release_ports()
-            raise ScpPoolError(f"cannot bind the DICOM port(s) on {s.host}: {exc}") from exc
+            for sock in listeners.values():
+                sock.close()
+            raise ScpPoolError(f"cannot listen on the DICOM port(s) on {s.host}: {exc}") from exc
         self.settings = child_settings(s, **update)
+        self._dispatcher = Dispatcher(listeners)
 
     def _spawn(self, slot: int) -> None:
-        """Start the receiver of ``slot`` (lock held)."""
+        """Start the receiver of ``slot`` with channels of its own (lock held)."""
+        assert self._dispatcher is not None
         ready = self._spawn_context.Event()
+        pairs = {name: channel_pair() for name in self._dispatcher.listeners}
         process = self._spawn_context.Process(
             target=run_receiver,
-            args=(self.settings, slot, ready),
+            args=(self.settings, slot, ready, {name: pair[1] for name, pair in pairs.items()}),
             name=f"radnode-scp-{slot}",
             daemon=True,
         )
-        process.start()
+        try:
+            process.start()
+        finally:
+            for _mine, theirs in pairs.values():
+                theirs.close()
+        self._dispatcher.add(slot, {name: pair[0] for name, pair in pairs.items()}, ready.is_set)
         previous = self._receivers.get(slot)
         quick = 0
         if previous is not None and time.monotonic() - previous.started < _QUICK_FAILURE_S:
@@ -283,8 +301,11 @@ class ScpPool:
     # -- stop ------------------------------------------------------------------------
 
     def stop(self) -> None:
-        """SIGTERM every receiver and wait for it (kill it after ``STOP_TIMEOUT_S``)."""
+        """Close the ports, SIGTERM every receiver and wait for it (kill it after
+        ``STOP_TIMEOUT_S``)."""
         self._stopping.set()
+        if self._dispatcher is not None:
+            self._dispatcher.stop()
         if self._watcher is not None:
             self._watcher.join(timeout=STOP_TIMEOUT_S)
         with self._lock:
@@ -306,16 +327,15 @@ class ScpPool:
             if r.process.exitcode != 0:
                 self.crashed = True
         self.tracker.stop()
-        self._release_ports()
-
-    def _release_ports(self) -> None:
-        for sock in self._reserved:
-            sock.close()
-        self._reserved.clear()
+        if self._dispatcher is not None:
+            self._dispatcher.close()
 
 
-def run_receiver(settings: Settings, slot: int, ready: Event) -> None:
-    """One receiver process: the SCP on the shared port(s) until SIGTERM or its parent ends.
+def run_receiver(
+    settings: Settings, slot: int, ready: Event, channels: dict[str, socket.socket]
+) -> None:
+    """One receiver process: the SCP serving the connections its parent hands over through
+    ``channels`` (one per port), until SIGTERM or its parent ends.
 
     It never runs the store's recovery (its siblings are writing) and never marks a clean
     shutdown (the parent does, once all have stopped). SIGINT is left to the parent, which
@@ -327,7 +347,7 @@ def run_receiver(settings: Settings, slot: int, ready: Event) -> None:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     parent = os.getppid()
     node = build_node(settings)
-    scp = Scp(node, sweep=False, reuse_port=True)
+    scp = Scp(node, sweep=False, channels=channels)
     stop_metrics = None
     try:
         scp.start()

@@ -199,9 +199,10 @@ class Settings(BaseSettings):
     )
     scp_processes: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
         1,
-        description="Receiver processes of `radnode scp` and `radnode serve`, all on the "
-        "DICOM port(s) (SO_REUSEPORT: Linux only) over the same store and index; auto: one "
-        "per CPU this process may use (its affinity, capped by a cgroup v2 CPU limit). "
+        description="Receiver processes of `radnode scp` and `radnode serve` over the same "
+        "store and index; the process you start listens on the DICOM port(s) and hands each "
+        "connection to the receiver serving the fewest (Unix only). auto: one per CPU this "
+        "process may use (its affinity, capped by a cgroup v2 CPU limit). "
         "max_associations, max_associations_per_aet and "
         "max_negotiating_per_peer hold per process. See docs/deployment.md.",
     )

@@ -1,5 +1,6 @@
-"""Several receiver processes on one DICOM port (``scp_processes``, SO_REUSEPORT): real
-``radnode scp`` processes, dcmtk peers, the shared SQLite index."""
+"""Several receiver processes on one DICOM port (``scp_processes``; the parent accepts and
+hands each connection to the least busy receiver): real ``radnode scp`` processes, dcmtk and
+pynetdicom peers, the shared SQLite index."""
 
 from __future__ import annotations
 
@@ -15,10 +16,13 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from pynetdicom import AE
+from pynetdicom.association import Association
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from ai_node.synth import StudySpec, write_study
-from dimse_scp.negotiation import reuse_port_option
-from radnode.scp_pool import available_cpus, process_count
+from radnode.assembly import build_node
+from radnode.scp_pool import ScpPool, ScpPoolError, available_cpus, process_count
 from radnode_core.settings import Settings
 from radnode_core.store import CLEAN_SHUTDOWN_MARKER
 from tests.support.processes import free_port
@@ -27,7 +31,7 @@ from tests.support.security import Pki, make_pki
 from tests.support.tools import dcmtk_env, require_tool, storescu
 from tests.support.wait import wait_for
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO_REUSEPORT")
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
 PROCESSES = 2
 STUDIES = 8
@@ -273,6 +277,71 @@ def test_a_receiver_stops_when_its_parent_is_killed(tmp_path: Path) -> None:
     )
 
 
+def holder(client_port: int, port: int, pids: set[int]) -> int | None:
+    """Which of ``pids`` holds the server end of the TCP connection from ``client_port`` to
+    ``port`` on this host (/proc/net/tcp names its socket, /proc/<pid>/fd who holds it)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            local, remote, inode = fields[1], fields[2], fields[9]
+            if int(local.rsplit(":", 1)[1], 16) == port and (
+                int(remote.rsplit(":", 1)[1], 16) == client_port
+            ):
+                inodes.add(f"socket:[{inode}]")
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                if os.readlink(fd) in inodes:
+                    return pid
+            except OSError:
+                continue
+    return None
+
+
+def test_each_association_goes_to_the_least_busy_receiver(pool: RadnodeProcess) -> None:
+    assert pool.proc is not None
+    pids = receivers(pool.proc.pid)
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(Verification)
+    held: list[tuple[Association, int, int]] = []
+
+    def associate() -> int:
+        assoc = ae.associate("127.0.0.1", pool.dicom_port, ae_title="RADNODE")
+        assert assoc.is_established
+        assert assoc.dul.socket is not None and assoc.dul.socket.socket is not None
+        client_port = assoc.dul.socket.socket.getsockname()[1]
+        pid = wait_for(
+            lambda: holder(client_port, pool.dicom_port, pids), timeout=10, what="its receiver"
+        )
+        held.append((assoc, pid, client_port))
+        return pid
+
+    try:
+        first, second = associate(), associate()
+        assert first != second  # an idle receiver before a busy one
+        third = associate()
+        # Release the association of the receiver that did not get the third: it then
+        # serves none, the other two. The next two must both go to it.
+        idle = second if third == first else first
+        assoc, _pid, client_port = next(h for h in held if h[1] == idle)
+        assoc.release()
+        wait_for(
+            lambda: holder(client_port, pool.dicom_port, {idle}) is None,
+            timeout=10,
+            what="the released connection to close",
+        )
+        time.sleep(0.5)  # the receiver reports its load right after it closes the connection
+        assert [associate(), associate()] == [idle, idle]
+        # Four associations on two receivers: two each.
+        serving = [pid for assoc, pid, _port in held if assoc.is_established]
+        assert sorted(serving.count(pid) for pid in pids) == [2, 2]
+    finally:
+        for assoc, _pid, _port in held:
+            if assoc.is_established:
+                assoc.release()
+
+
 def test_tls_port_and_allow_list_in_every_receiver(
     tmp_path: Path, studies: list[tuple[str, list[Path]]]
 ) -> None:
@@ -288,9 +357,9 @@ def test_tls_port_and_allow_list_in_every_receiver(
     node = start_pool(tmp_path / "data", "--allow", "MODALITY", env=env)
     try:
         tls = ["+tls", str(pki.client_key), str(pki.client_cert), "+cf", str(pki.ca)]
-        # Whichever receiver the kernel picks answers alike (in 12 tries each is picked,
-        # but for odds of 1 in 2**11).
-        for _ in range(12):
+        # One connection at a time, the receivers take turns (a tie goes to the one handed
+        # a connection longest ago), so each answers each kind of request.
+        for _ in range(2):
             assert echo(tls_port, *tls).returncode == 0
             assert echo(node.dicom_port).returncode == 0
             assert echo(node.dicom_port, aet="INTRUDER").returncode != 0
@@ -298,7 +367,8 @@ def test_tls_port_and_allow_list_in_every_receiver(
         _uid, files = studies[0]
         assert storescu(tls_port, files, *tls).returncode == 0
         log = node.log()
-        assert log.count("DICOM TLS SCP listening") == PROCESSES
+        served = "DICOM TLS SCP serving the connections its dispatcher hands over"
+        assert log.count(served) == PROCESSES
     finally:
         assert node.stop() == 0
 
@@ -313,10 +383,16 @@ def test_scp_processes_setting(monkeypatch: pytest.MonkeyPatch) -> None:
         Settings()
 
 
-def test_other_systems_are_refused_clearly(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sys, "platform", "darwin")
-    with pytest.raises(OSError, match="Linux's SO_REUSEPORT"):
-        reuse_port_option()
+def test_systems_that_cannot_pass_sockets_are_refused_clearly(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delattr(socket, "send_fds")
+    node = build_node(Settings(data_dir=tmp_path))
+    try:
+        with pytest.raises(ScpPoolError, match=r"passes sockets between processes .*= 1"):
+            ScpPool(node, 2)
+    finally:
+        node.close()
 
 
 def metric(text: str, name: str) -> float:

@@ -654,7 +654,8 @@ def machine_info() -> dict[str, str]:
         "nproc": str(os.cpu_count() or "?"),
         "cpu": cpu,
         "kernel": platform.release(),
-        "python": platform.python_version(),
+        # The interpreter's installation: a distribution's build (/usr) or another.
+        "python": f"{platform.python_version()} ({sys.base_prefix})",
     }
 
 

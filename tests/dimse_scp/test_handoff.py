@@ -152,6 +152,8 @@ def test_the_dispatcher_thread_accepts_a_burst_and_stops(port: Port) -> None:
     port.dispatcher.start()
     for _ in range(10):
         port.connect()
+    # Handed over, none taken yet: five each.
+    wait_for(lambda: port.dispatcher.loads() == {1: 5, 2: 5}, timeout=10, what="ten handed over")
     taken = dict.fromkeys(port.receivers, 0)
 
     def drain(slot: int) -> None:
@@ -164,7 +166,6 @@ def test_the_dispatcher_thread_accepts_a_burst_and_stops(port: Port) -> None:
         thread.start()
     for thread in threads:
         thread.join(timeout=30)
-    # Nothing served yet, so the ten were spread evenly.
     assert taken == {1: 5, 2: 5}
     wait_for(lambda: port.dispatcher.loads() == {1: 0, 2: 0}, timeout=10, what="the reports")
     port.dispatcher.stop()

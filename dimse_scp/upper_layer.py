@@ -120,6 +120,7 @@ class Spool:
     def __init__(self, settings: SpoolSettings, head: bytes) -> None:
         self.path = settings.directory / f"{uuid.uuid4().hex}.spool"
         self.max_bytes = settings.max_bytes
+        self.head = head
         self.data_offset = len(head)
         self.size = 0  # dataset bytes received, written or not
         self.too_large = False

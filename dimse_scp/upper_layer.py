@@ -573,14 +573,17 @@ class BoundedDUL(DULServiceProvider):
                 if not assoc._dul_ready.is_set():
                     assoc._dul_ready.set()
                     idle = True
-                if idle:
-                    self._wait()
+                readable = self._wait() if idle else False
                 if self._kill_thread:
                     break
                 if self.artim_timer.expired:
                     self.event_queue.put("Evt18")
                 if self._process_recv_primitive():
                     pass
+                elif readable and self.socket is not None and self.socket._is_connected:
+                    # What _is_transport_event does once its own select finds data.
+                    self._read_pdu_data()
+                    self._idle_timer.restart()
                 elif self._is_transport_event():
                     self._idle_timer.restart()
                 try:
@@ -617,28 +620,34 @@ class BoundedDUL(DULServiceProvider):
             if isinstance(dimse, SpoolingDIMSE):
                 dimse.discard_all()
 
-    def _wait(self) -> None:
+    def _wait(self) -> bool:
         """Until the socket has data (or closed), a wake-up came, or ``WAIT_S`` passed (the
-        ARTIM timer is checked that often). TLS data already decrypted needs no wait."""
+        ARTIM timer is checked that often). TLS data already decrypted needs no wait.
+
+        True if the wait saw the socket readable (data, or its close): the loop then reads
+        the PDU without pynetdicom's own look at the socket (``_is_transport_event``
+        selects on it again, with no timeout, before it reads), one system call less per
+        PDU. False leaves that look to pynetdicom."""
         transport = self.socket
         sock = transport.socket if transport is not None and transport._is_connected else None
         if isinstance(sock, ssl.SSLSocket) and sock.pending():
-            return
+            return False
         waits: list[Any] = [self._wake_r]
         if sock is not None and sock.fileno() >= 0:  # a closed socket is not waited on
             waits.append(sock)
         if not (self.to_provider_queue.empty() and self.event_queue.empty()):
-            return
+            return False
         try:
             ready, _, _ = select.select(waits, [], [], WAIT_S)
         except (OSError, ValueError):  # the socket was closed: the loop sees it
-            return
+            return False
         if self._wake_r in ready:
             try:
                 while self._wake_r.recv(4096):
                     pass
             except OSError:  # drained (BlockingIOError)
                 pass
+        return sock is not None and sock in ready
 
     def wake(self) -> None:
         """Make an idle reactor loop look again (from any thread)."""

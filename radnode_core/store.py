@@ -192,16 +192,17 @@ class InstanceStore:
             _fsync_dir(directory.parent)
 
     def _rename_into(self, tmp: Path, final: Path) -> None:
-        """Rename ``tmp`` to ``final``, making its folders; a folder another thread's failed
-        store removed in between (:meth:`_discard`) is made again."""
-        for attempt in range(3):
-            self._ensure_dir(final.parent)
+        """Rename ``tmp`` to ``final``, making its folders where the rename finds one
+        missing (a new study or series, or a folder another thread's failed store removed,
+        :meth:`_discard`): a series folder that is there costs no look before the rename."""
+        for attempt in range(4):
             try:
                 os.replace(tmp, final)
                 return
             except FileNotFoundError:
-                if attempt == 2 or not tmp.exists():
+                if attempt == 3 or not tmp.exists():
                     raise
+            self._ensure_dir(final.parent)
 
     def _discard(self, final: Path) -> None:
         """Remove a file that was not indexed, and its series and study folders if that

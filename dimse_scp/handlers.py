@@ -198,6 +198,7 @@ class StorageHandlers:
                     expected_sop_instance_uid=sop_instance_uid,
                     calling_aet=calling_aet,
                     synced=spool.wait_synced,
+                    written=(spool.head, spool.data_offset + spool.size),
                 )
         except IngestError as exc:
             self._count_refused(id(event.assoc))

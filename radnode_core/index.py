@@ -212,12 +212,13 @@ class InstanceRecord:
     analyze: bool = True
 
 
-def _value(ds: Dataset, keyword: str) -> Any:
-    """``ds.get(keyword)``, but a value still as read from the file is converted with
-    pydicom's own value converter (:func:`pydicom.values.convert_value`) and left raw in
-    the dataset: a third of the cost of pydicom's element conversion, which runs its
-    hooks and validation and builds a DataElement. Any element that is not plainly of the
-    dictionary VR goes through ``ds.get``."""
+def dataset_value(ds: Dataset, keyword: str) -> Any:
+    """``ds.get(keyword)`` for an attribute the index or the ingest checks read, but a
+    value still as read from the file is converted with pydicom's own value converter
+    (:func:`pydicom.values.convert_value`) and left raw in the dataset: a third of the
+    cost of pydicom's element conversion, which runs its hooks and validation and builds
+    a DataElement. Any element that is not plainly of the dictionary VR goes through
+    ``ds.get``."""
     tag, vr = _INDEXED_TAGS[keyword]
     elem = ds._dict.get(tag)
     if elem is None:
@@ -232,7 +233,7 @@ def _value(ds: Dataset, keyword: str) -> Any:
 
 
 def _text(ds: Dataset, keyword: str, limit: int) -> str | None:
-    value = _value(ds, keyword)
+    value = dataset_value(ds, keyword)
     if value is None or value == "":
         return None
     return str(value)[:limit]
@@ -249,7 +250,7 @@ def _int(ds: Dataset, keyword: str) -> int | None:
     as received; the index, whose columns are 32-bit, records it as unknown.
     """
     try:
-        value = _value(ds, keyword)
+        value = dataset_value(ds, keyword)
         number = int(value) if value not in (None, "") else None
     except (TypeError, ValueError, OverflowError):
         return None
@@ -282,10 +283,11 @@ _INDEXED_KEYWORDS = (
 ).split()
 _INDEXED_TAGS: dict[str, tuple[BaseTag, str]] = {
     keyword: (BaseTag(tag), dictionary_VR(tag))
-    for keyword in _INDEXED_KEYWORDS
+    for keyword in (*_INDEXED_KEYWORDS, "SamplesPerPixel")
     if (tag := tag_for_keyword(keyword)) is not None
 }
-"""Tag and dictionary VR of every attribute the index reads."""
+"""Tag and dictionary VR of every attribute the index reads, and of Samples per Pixel
+(the ingest's Pixel Data length check reads it with the image's size)."""
 _CHARACTER_SET_VRS = frozenset({"PN", "SH", "LO", "ST", "LT", "UC", "UT"})
 """VRs whose values the Specific Character Set applies to (PS3.5 6.1.2.3)."""
 
@@ -299,10 +301,10 @@ def record_fields_from_dataset(
     or malformed.
     """
     return {
-        "sop_instance_uid": check_uid(_value(ds, "SOPInstanceUID"), "SOP Instance UID"),
-        "sop_class_uid": check_uid(_value(ds, "SOPClassUID"), "SOP Class UID"),
-        "study_uid": check_uid(_value(ds, "StudyInstanceUID"), "Study Instance UID"),
-        "series_uid": check_uid(_value(ds, "SeriesInstanceUID"), "Series Instance UID"),
+        "sop_instance_uid": check_uid(dataset_value(ds, "SOPInstanceUID"), "SOP Instance UID"),
+        "sop_class_uid": check_uid(dataset_value(ds, "SOPClassUID"), "SOP Class UID"),
+        "study_uid": check_uid(dataset_value(ds, "StudyInstanceUID"), "Study Instance UID"),
+        "series_uid": check_uid(dataset_value(ds, "SeriesInstanceUID"), "Series Instance UID"),
         "transfer_syntax_uid": str(transfer_syntax_uid),
         "calling_aet": calling_aet,
         "instance_number": _int(ds, "InstanceNumber"),

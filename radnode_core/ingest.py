@@ -43,7 +43,7 @@ from pydicom.filereader import read_dataset
 from pydicom.tag import BaseTag
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
-from radnode_core.index import InstanceConflict, record_fields_from_dataset
+from radnode_core.index import InstanceConflict, dataset_value, record_fields_from_dataset
 from radnode_core.metrics import Metrics
 from radnode_core.store import InstanceStore, StoreResult, file_meta_bytes
 from radnode_core.uids import InvalidUID
@@ -427,31 +427,44 @@ def decode_complete_file(
     values over 1 MiB in the file. Returns the dataset and the length of its Pixel Data
     (None: none, or of undefined length). Not for deflated syntaxes (their bytes must be
     inflated first)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return _decode_open_file(fd, os.fstat(fd).st_size, path, offset, transfer_syntax_uid)
+    finally:
+        os.close(fd)
+
+
+def _decode_open_file(
+    fd: int, size: int, path: Path, offset: int, transfer_syntax_uid: str
+) -> tuple[Dataset, int | None]:
+    """:func:`decode_complete_file` on ``fd``, the file at ``path`` opened for reading,
+    ``size`` bytes long. The walk maps the file through the descriptor; a Python file
+    object (a buffered reader: three more system calls to open, and a read per element)
+    is opened only where pydicom's reader has to run."""
     ts = UID(transfer_syntax_uid)
     if not ts.is_transfer_syntax:
         raise IngestError(CANNOT_UNDERSTAND, "transfer_syntax", "unknown transfer syntax")
-    with open(path, "rb") as fp:
-        size = os.fstat(fp.fileno()).st_size
-        if size <= offset:
-            raise _empty()
-        with mmap.mmap(fp.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-            view = memoryview(mapped)[offset:]
-            top = TopLevel(ts)
-            try:
-                check_structure(view, ts, top)
-                switches = _reader_switches_vr(view, ts)
-            finally:
-                view.release()
-        if not top.complete or switches:
+    if size <= offset:
+        raise _empty()
+    with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as mapped:
+        view = memoryview(mapped)[offset:]
+        top = TopLevel(ts)
+        try:
+            check_structure(view, ts, top)
+            switches = _reader_switches_vr(view, ts)
+        finally:
+            view.release()
+    if not top.complete or switches:
+        with open(path, "rb") as fp:
             ds, pixel_length = _read_file_dataset(fp, offset, ts)
-        elif not top.elements:
-            raise _empty()
-        else:
-            try:
-                ds = top.dataset()
-            except Exception as exc:  # its Specific Character Set does not convert
-                raise _undecodable(exc, "bad element") from exc
-            pixel_length = top.pixel_length
+    elif not top.elements:
+        raise _empty()
+    else:
+        try:
+            ds = top.dataset()
+        except Exception as exc:  # its Specific Character Set does not convert
+            raise _undecodable(exc, "bad element") from exc
+        pixel_length = top.pixel_length
     try:
         _parse_sequences(ds)
     except Exception as exc:
@@ -468,9 +481,16 @@ def _check_native_pixel_length(ds: Dataset, ts: UID, actual: int | None = None) 
         if "PixelData" not in ds:
             return
         actual = len(ds.PixelData)
+    # The values as pydicom converts them (an absent one is None: int() refuses it),
+    # without a DataElement built for each.
     try:
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
-        bits = int(ds.BitsAllocated) * int(ds.Rows) * int(ds.Columns) * int(ds.SamplesPerPixel)
+        frames = int(dataset_value(ds, "NumberOfFrames") or 1)
+        bits = (
+            int(dataset_value(ds, "BitsAllocated"))
+            * int(dataset_value(ds, "Rows"))
+            * int(dataset_value(ds, "Columns"))
+            * int(dataset_value(ds, "SamplesPerPixel"))
+        )
     except (AttributeError, TypeError, ValueError) as exc:
         raise IngestError(
             DATASET_DOES_NOT_MATCH_SOP_CLASS, "image_pixel", "Image Pixel module incomplete"
@@ -534,20 +554,25 @@ class Ingestor:
         calling_aet: str | None = None,
     ) -> dict[str, Any]:
         """:meth:`validate` for a dataset that starts at ``offset`` of a file (a spooled
-        C-STORE); its bulk data is never read into memory (a deflated dataset is)."""
-        size = path.stat().st_size - offset
-        if self.max_instance_bytes is not None and size > self.max_instance_bytes:
-            raise self.too_large()
-        expected: dict[str, Any] = {
-            "expected_sop_class_uid": expected_sop_class_uid,
-            "expected_sop_instance_uid": expected_sop_instance_uid,
-            "calling_aet": calling_aet,
-        }
-        if transfer_syntax_uid in DEFLATED_DATASET_SYNTAXES:
-            with open(path, "rb") as f:
-                f.seek(offset)
-                return self.validate(f.read(), transfer_syntax_uid, **expected)
-        ds, pixel_length = decode_complete_file(path, offset, transfer_syntax_uid)
+        C-STORE); its bulk data is never read into memory (a deflated dataset is). The
+        file is opened once, for its size and the walk."""
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            size = os.fstat(fd).st_size
+            if self.max_instance_bytes is not None and size - offset > self.max_instance_bytes:
+                raise self.too_large()
+            expected: dict[str, Any] = {
+                "expected_sop_class_uid": expected_sop_class_uid,
+                "expected_sop_instance_uid": expected_sop_instance_uid,
+                "calling_aet": calling_aet,
+            }
+            if transfer_syntax_uid in DEFLATED_DATASET_SYNTAXES:
+                with open(path, "rb") as f:
+                    f.seek(offset)
+                    return self.validate(f.read(), transfer_syntax_uid, **expected)
+            ds, pixel_length = _decode_open_file(fd, size, path, offset, transfer_syntax_uid)
+        finally:
+            os.close(fd)
         return self._fields(ds, transfer_syntax_uid, pixel_length, **expected)
 
     def _fields(
@@ -646,12 +671,13 @@ class Ingestor:
         expected_sop_instance_uid: str | None = None,
         calling_aet: str | None = None,
         synced: Callable[[], bool] | None = None,
+        written: tuple[bytes, int] | None = None,
     ) -> IngestResult:
         """:meth:`ingest` for a spooled dataset: ``path`` holds it from ``offset`` on, after
         a File Meta Information group the store keeps if it is the one the instance
         needs (the file is then fsynced and renamed into place, not written again). The
-        caller removes ``path`` if it is still there afterwards. ``synced``: see
-        :meth:`InstanceStore.store_file`."""
+        caller removes ``path`` if it is still there afterwards. ``synced``, ``written``:
+        see :meth:`InstanceStore.store_file`."""
         started = time.perf_counter()
         try:
             fields = self.validate_file(
@@ -664,7 +690,9 @@ class Ingestor:
             )
             fields["analyze"] = True
             meta = self._meta(fields, transfer_syntax_uid, calling_aet)
-            result = self._store(lambda: self.store.store_file(path, offset, meta, fields, synced))
+            result = self._store(
+                lambda: self.store.store_file(path, offset, meta, fields, synced, written=written)
+            )
         except IngestError as exc:
             self.refused(exc, source, calling_aet)
             raise

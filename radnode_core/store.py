@@ -192,16 +192,17 @@ class InstanceStore:
             _fsync_dir(directory.parent)
 
     def _rename_into(self, tmp: Path, final: Path) -> None:
-        """Rename ``tmp`` to ``final``, making its folders; a folder another thread's failed
-        store removed in between (:meth:`_discard`) is made again."""
-        for attempt in range(3):
-            self._ensure_dir(final.parent)
+        """Rename ``tmp`` to ``final``, making its folders where the rename finds one
+        missing (a new study or series, or a folder another thread's failed store removed,
+        :meth:`_discard`): a series folder that is there costs no look before the rename."""
+        for attempt in range(4):
             try:
                 os.replace(tmp, final)
                 return
             except FileNotFoundError:
-                if attempt == 2 or not tmp.exists():
+                if attempt == 3 or not tmp.exists():
                     raise
+            self._ensure_dir(final.parent)
 
     def _discard(self, final: Path) -> None:
         """Remove a file that was not indexed, and its series and study folders if that
@@ -322,6 +323,8 @@ class InstanceStore:
         meta: bytes,
         record_fields: dict[str, Any],
         synced: Callable[[], bool] | None = None,
+        *,
+        written: tuple[bytes, int] | None = None,
     ) -> StoreResult:
         """:meth:`store` for a dataset already in a file of the temp folder, from ``offset``
         on (a spooled C-STORE). If the file starts with ``meta`` it becomes the instance:
@@ -329,11 +332,24 @@ class InstanceStore:
         second write; otherwise ``meta`` and the dataset are written to a new file. The
         caller removes ``path`` if it is still there afterwards. ``synced``: waits for an
         fsync of ``path`` begun elsewhere (True once it is done; it raises that fsync's
-        error), which then stands for the store's own."""
+        error), which then stands for the store's own. ``written``: the file's first
+        ``offset`` bytes and its size, where the caller wrote the file itself and knows
+        them (a spool): a file that starts with ``meta`` and is synced is then renamed
+        without being opened again."""
         relative, final = self._final_path(record_fields)
         kept, existing = self._kept_duplicate(final, record_fields)
         if kept is not None:
             return kept
+        if written is not None and written[0] == meta and len(meta) == offset:
+            size = written[1] - offset + len(meta)
+            self._check_free_space(0)
+            if self.fsync and not (synced is not None and synced()):
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            return self._rename_and_index(path, final, relative, size, record_fields, existing)
         with open(path, "rb") as f:
             head = f.read(offset) if offset == len(meta) else b""
             size = os.fstat(f.fileno()).st_size - offset + len(meta)
@@ -350,9 +366,23 @@ class InstanceStore:
                     finally:
                         view.release()
         if head == meta:
-            self._rename_into(path, final)
-            if self.fsync:
-                _fsync_dir(final.parent)
+            return self._rename_and_index(path, final, relative, size, record_fields, existing)
+        return self._index(final, relative, size, record_fields, existing)
+
+    def _rename_and_index(
+        self,
+        path: Path,
+        final: Path,
+        relative: str,
+        size: int,
+        record_fields: dict[str, Any],
+        existing: dict[str, Any] | None,
+    ) -> StoreResult:
+        """A synced file of the temp folder that is the instance: renamed into place, its
+        folder synced, then indexed."""
+        self._rename_into(path, final)
+        if self.fsync:
+            _fsync_dir(final.parent)
         return self._index(final, relative, size, record_fields, existing)
 
     # -- reading -----------------------------------------------------------------

@@ -5,8 +5,11 @@ decodes it, and aborts) while the node keeps serving."""
 
 from __future__ import annotations
 
+import shutil
+import signal
 import socket
 import sqlite3
+import subprocess
 from collections.abc import Iterator
 from io import BytesIO
 from typing import cast
@@ -218,3 +221,45 @@ def test_a_store_that_outlasts_the_network_timeout_does_not_end_the_association(
         assert _indexed(node, first) and _indexed(node, second)
     finally:
         node.stop()
+
+
+STRACE = shutil.which("strace")
+
+
+@pytest.mark.skipif(STRACE is None, reason="strace is not installed")
+def test_each_pdu_is_read_after_one_wait_on_the_socket(tmp_path, chest_study) -> None:
+    """The receiver's connection thread waits for a PDU in one ``select`` and reads it: it
+    does not look at the socket a second time (pynetdicom's own look, a ``select`` with no
+    timeout) before reading what the wait found. Traced with strace on a running
+    `radnode scp` while storescu sends three slices: the waits that returned ready number
+    the PDUs read (their 6-byte headers), give or take the wake-ups from other threads."""
+    from tests.reliability.test_sync_order import parse
+    from tests.support.tools import storescu
+
+    assert STRACE is not None
+    _study, files = chest_study
+    node = RadnodeProcess(tmp_path / "data", "scp").start()
+    out = tmp_path / "trace.txt"
+    try:
+        tracer = subprocess.Popen(
+            [STRACE, "-f", "-x", "-s", "8", "-e", "trace=select,pselect6,poll,recvfrom"]
+            + ["-o", str(out), "-p", str(node.proc.pid)],  # type: ignore[union-attr]
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert tracer.stderr is not None
+        while "attached" not in tracer.stderr.readline():
+            assert tracer.poll() is None, "strace could not attach to the receiver"
+        try:
+            sent = storescu(node.dicom_port, files[:3], timeout=60)
+            assert sent.returncode == 0, sent.stderr[-2000:]
+        finally:
+            tracer.send_signal(signal.SIGINT)
+            tracer.wait(timeout=30)
+    finally:
+        node.stop()
+    calls = parse(out.read_text())
+    headers = [c for c in calls if c.name == "recvfrom" and c.result == 6]
+    ready = [c for c in calls if c.name in ("select", "pselect6") and (c.result or 0) > 0]
+    assert len(headers) >= 3 * 4, "each slice comes in several PDUs"
+    assert len(ready) <= len(headers) + 6, (len(ready), len(headers))

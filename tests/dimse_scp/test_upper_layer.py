@@ -1,17 +1,19 @@
-"""The SCP's upper layer in pieces: what it encodes itself must be what pynetdicom
-encodes, and each association gets contexts of its own."""
+"""The SCP's upper layer in pieces: what it encodes or decodes itself must be what pynetdicom
+encodes or decodes, and each association gets contexts of its own."""
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import pytest
-from pynetdicom.dimse_messages import C_STORE_RSP
+from pynetdicom.dimse_messages import C_STORE_RQ, C_STORE_RSP, DIMSEMessage
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode
+from pynetdicom.pdu_primitives import P_DATA
 
 from dimse_scp.server import build_ae
-from dimse_scp.upper_layer import _copy_context, store_response_command
+from dimse_scp.upper_layer import _copy_context, store_request, store_response_command
 from radnode_core.settings import Settings
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -61,3 +63,92 @@ def test_each_association_gets_its_own_contexts(tmp_path: Path):
     copy.transfer_syntax.clear()
     copy.context_id = 3
     assert original.transfer_syntax and original.context_id is None
+
+
+_IMPLICIT = struct.Struct("<HHI")
+
+
+def _element(element: int, value: bytes) -> bytes:
+    return _IMPLICIT.pack(0x0000, element, len(value)) + value
+
+
+def _received_request(*elements: tuple[int, bytes]) -> C_STORE_RQ:
+    """A C-STORE-RQ command set (implicit VR little endian) with ``elements`` besides its
+    Command Field and Data Set Type, decoded by pynetdicom as the SCP receives it."""
+    body = b"".join(
+        _element(tag, value)
+        for tag, value in sorted(
+            [(0x0100, b"\x01\x00"), (0x0800, b"\x00\x00"), *elements], key=lambda e: e[0]
+        )
+    )
+    command = _element(0x0000, len(body).to_bytes(4, "little")) + body
+    message = DIMSEMessage()
+    for control, data in ((b"\x03", command), (b"\x02", b"")):
+        primitive = P_DATA()
+        primitive.presentation_data_value_list.append((1, control + data))
+        message.decode_msg(primitive)
+    assert isinstance(message, C_STORE_RQ)
+    return message
+
+
+_PARAMETERS = (
+    "MessageID",
+    "AffectedSOPClassUID",
+    "AffectedSOPInstanceUID",
+    "Priority",
+    "MoveOriginatorApplicationEntityTitle",
+    "MoveOriginatorMessageID",
+    "_context_id",
+    "_dataset_path",
+)
+
+
+@pytest.mark.parametrize(
+    "elements",
+    [
+        [
+            (0x0002, CT.encode() + b"\0"),
+            (0x0110, b"\x07\x00"),
+            (0x0700, b"\x00\x00"),
+            (0x1000, LONG_UID.encode()),
+        ],
+        [
+            (0x0002, CT.encode() + b"\0"),
+            (0x0110, b"\xff\xff"),
+            (0x0700, b"\x02\x00"),
+            (0x1000, b"1.2.34"),
+            (0x1030, b" MOVE_SCU   "),
+            (0x1031, b"\x09\x00"),
+        ],
+        [(0x0002, b"1.2.3 "), (0x0110, b"\x01\x00"), (0x0700, b"\x01\x00")],
+        [(0x0002, CT.encode() + b"\0"), (0x0110, b"\x01\x00"), (0x0700, b"\x00\x00")],
+    ],
+)
+@pytest.mark.parametrize("read", [(), ("AffectedSOPClassUID", "AffectedSOPInstanceUID")])
+def test_a_store_request_is_the_primitive_pynetdicom_makes(elements, read):
+    """Whether or not the SCP read some elements before (it reads the UIDs as the dataset
+    arrives, which converts them)."""
+    message = _received_request(*elements)
+    for keyword in read:
+        getattr(message.command_set, keyword, None)
+    ours = store_request(message)
+    theirs = _received_request(*elements).message_to_primitive()
+    assert ours is not None
+    assert ours.DataSet is not None and theirs.DataSet is not None
+    assert ours.DataSet.getvalue() == theirs.DataSet.getvalue()
+    for name in _PARAMETERS:
+        assert getattr(ours, name) == getattr(theirs, name), name
+        assert type(getattr(ours, name)) is type(getattr(theirs, name)), name
+
+
+@pytest.mark.parametrize(
+    "elements",
+    [
+        [(0x0002, CT.encode() + b"\0"), (0x0110, b"\x07\x00"), (0x1030, b"A\\B")],  # two AEs
+        [(0x0002, CT.encode() + b"\0"), (0x0110, b"\x07\x00\x00\x00")],  # US of 4 bytes
+        [(0x0002, CT.encode() + b"\0"), (0x0110, b"\x07\x00"), (0x0900, b"\x00\x00")],  # Status
+        [(0x0002, CT.encode() + b"\0"), (0x0110, b"\x07\x00"), (0x1000, b"")],  # empty value
+    ],
+)
+def test_a_store_request_out_of_the_ordinary_is_left_to_pynetdicom(elements):
+    assert store_request(_received_request(*elements)) is None

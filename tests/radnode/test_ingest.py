@@ -106,6 +106,64 @@ def test_pixel_data_shorter_than_the_image_is_refused(ingestor, ct):
     assert err.value.status == CANNOT_UNDERSTAND
 
 
+def _spooled(tmp_path: Path, raw: bytes) -> Path:
+    path = tmp_path / "in.spool"
+    path.write_bytes(b"\0" * 8 + raw)
+    return path
+
+
+@pytest.mark.parametrize("spooled", [False, True])
+@pytest.mark.parametrize(
+    ("keyword", "value"),
+    [
+        ("Rows", None),
+        ("SamplesPerPixel", None),
+        ("BitsAllocated", None),
+        ("Columns", [512, 512]),  # two values: not a size
+    ],
+)
+def test_pixel_data_of_an_image_without_its_size_is_refused(
+    ingestor, ct, tmp_path, spooled, keyword, value
+):
+    """The Pixel Data length check reads the image's size from the raw elements: an absent
+    or multi-valued one is refused as an incomplete Image Pixel module, read from memory
+    or from a spooled file."""
+    if value is None:
+        delattr(ct, keyword)
+    else:
+        setattr(ct, keyword, value)
+    raw = encode(ct)
+    with pytest.raises(IngestError) as err:
+        if spooled:
+            ingestor.validate_file(_spooled(tmp_path, raw), 8, EXPLICIT)
+        else:
+            ingestor.validate(raw, EXPLICIT)
+    assert (err.value.status, err.value.reason) == (DATASET_DOES_NOT_MATCH_SOP_CLASS, "image_pixel")
+
+
+@pytest.mark.parametrize("spooled", [False, True])
+@pytest.mark.parametrize(("implicit", "ts"), [(False, EXPLICIT), (True, IMPLICIT)])
+def test_pixel_data_length_counts_frames_and_samples(ingestor, ct, tmp_path, spooled, implicit, ts):
+    """Two frames of three samples need six times a plain slice's Pixel Data: one slice's
+    worth is refused as short, six slices' worth accepted, in either VR encoding."""
+    plain = ct.PixelData
+    ct.NumberOfFrames = "2"
+    ct.SamplesPerPixel = 3
+    ct.PixelData = plain * 6
+    ct["PixelData"].VR = "OW"
+    raw = encode(ct, implicit)
+    validate = (
+        (lambda data: ingestor.validate_file(_spooled(tmp_path, data), 8, ts))
+        if spooled
+        else (lambda data: ingestor.validate(data, ts))
+    )
+    assert validate(raw)["image"]["number_of_frames"] == 2
+    ct.PixelData = plain
+    with pytest.raises(IngestError) as err:
+        validate(encode(ct, implicit))
+    assert (err.value.status, err.value.reason) == (CANNOT_UNDERSTAND, "truncated")
+
+
 @pytest.mark.parametrize(
     "keyword", ["SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID"]
 )

@@ -227,3 +227,45 @@ def test_file_meta_is_what_pydicom_writes(sop_class, sop_instance, syntax, aet):
 def test_file_meta_refuses_values_the_group_cannot_hold(args):
     with pytest.raises(ValueError):
         file_meta_bytes(*args)
+
+
+def _spool_file(store: InstanceStore, path: Path, head: bytes) -> tuple[Path, bytes, dict]:
+    """``path``'s dataset as a spooled C-STORE holds it: ``head``, then the dataset."""
+    body, ts = _split(path)
+    ds = dcmread(path, stop_before_pixels=True)
+    fields = record_fields_from_dataset(ds, ts, "MOD")
+    spool = store.tmp_dir / "in.spool"
+    spool.write_bytes(head + body)
+    return spool, body, fields
+
+
+def test_store_file_renames_a_spool_whose_written_head_is_the_meta(store, chest_study):
+    """Told what the spool starts with and its size, the store renames the spool itself into
+    place (the same file, not a copy) and indexes the size it was told."""
+    _study, files = chest_study
+    _body, ts = _split(files[0])
+    ds = dcmread(files[0], stop_before_pixels=True)
+    meta = file_meta_bytes(str(ds.SOPClassUID), str(ds.SOPInstanceUID), ts, "MOD")
+    spool, body, fields = _spool_file(store, files[0], meta)
+    inode = spool.stat().st_ino
+    result = store.store_file(spool, len(meta), meta, fields, written=(meta, len(meta) + len(body)))
+    final = store.path_of(result.record.path)
+    assert not spool.exists() and final.stat().st_ino == inode
+    assert final.read_bytes() == meta + body
+    assert result.record.size == len(meta) + len(body) == final.stat().st_size
+    assert store.index.find_instance(fields["sop_instance_uid"])["size"] == len(meta) + len(body)
+
+
+def test_store_file_writes_anew_when_the_written_head_differs(store, chest_study):
+    """A spool whose head is not the instance's File Meta Information (another source AE
+    title) is written anew behind the right one; the spool stays for its owner to remove."""
+    _study, files = chest_study
+    _body, ts = _split(files[1])
+    ds = dcmread(files[1], stop_before_pixels=True)
+    head = file_meta_bytes(str(ds.SOPClassUID), str(ds.SOPInstanceUID), ts, "OTHER")
+    meta = file_meta_bytes(str(ds.SOPClassUID), str(ds.SOPInstanceUID), ts, "MOD")
+    spool, body, fields = _spool_file(store, files[1], head)
+    result = store.store_file(spool, len(head), meta, fields, written=(head, len(head) + len(body)))
+    final = store.path_of(result.record.path)
+    assert spool.exists() and final.read_bytes() == meta + body
+    assert result.record.size == len(meta) + len(body)

@@ -491,7 +491,7 @@ def _check_native_pixel_length(ds: Dataset, ts: UID, actual: int | None = None) 
             * int(dataset_value(ds, "Columns"))
             * int(dataset_value(ds, "SamplesPerPixel"))
         )
-    except (AttributeError, TypeError, ValueError) as exc:
+    except Exception as exc:  # absent, or a value pydicom cannot convert (a short US)
         raise IngestError(
             DATASET_DOES_NOT_MATCH_SOP_CLASS, "image_pixel", "Image Pixel module incomplete"
         ) from exc

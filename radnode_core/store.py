@@ -68,6 +68,10 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+_DURABLE_FOLDERS = 10_000
+"""Series folders a store remembers as durable (forgotten all at once beyond that)."""
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -154,6 +158,7 @@ class InstanceStore:
         self.studies_dir.mkdir(parents=True, exist_ok=True)
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         self._free_checked_at = 0.0
+        self._durable_folders: set[Path] = set()
 
     # -- paths -------------------------------------------------------------------
 
@@ -187,7 +192,7 @@ class InstanceStore:
         try:
             directory.mkdir()
         except FileExistsError:
-            return  # another thread made it (and made it durable)
+            return  # another thread made it; the first file placed in it syncs its parents
         if self.fsync:
             _fsync_dir(directory.parent)
 
@@ -202,7 +207,32 @@ class InstanceStore:
             except FileNotFoundError:
                 if attempt == 3 or not tmp.exists():
                     raise
-            self._ensure_dir(final.parent)
+            try:
+                self._ensure_dir(final.parent)
+            except FileNotFoundError:
+                continue  # another thread's _discard removed the study folder meanwhile
+
+    def _place(self, tmp: Path, final: Path) -> None:
+        """Rename a synced temp file to ``final`` and make its name durable: its folder
+        synced, and, the first time this store places a file in a series folder, the study
+        folder and the studies folder too (another thread or process may have made them
+        and not yet synced, or never synced, their parents). If a sync fails, the file is
+        removed again: nothing that is refused stays in place."""
+        self._rename_into(tmp, final)
+        if not self.fsync:
+            return
+        series = final.parent
+        try:
+            _fsync_dir(series)
+            if series not in self._durable_folders:
+                _fsync_dir(series.parent)
+                _fsync_dir(self.studies_dir)
+                if len(self._durable_folders) >= _DURABLE_FOLDERS:
+                    self._durable_folders.clear()
+                self._durable_folders.add(series)
+        except BaseException:
+            self._discard(final)
+            raise
 
     def _discard(self, final: Path) -> None:
         """Remove a file that was not indexed, and its series and study folders if that
@@ -241,12 +271,10 @@ class InstanceStore:
                     os.fsync(fd)
             finally:
                 os.close(fd)
-            self._rename_into(tmp, final)
+            self._place(tmp, final)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        if self.fsync:
-            _fsync_dir(final.parent)
         return size
 
     def _kept_duplicate(
@@ -380,9 +408,7 @@ class InstanceStore:
     ) -> StoreResult:
         """A synced file of the temp folder that is the instance: renamed into place, its
         folder synced, then indexed."""
-        self._rename_into(path, final)
-        if self.fsync:
-            _fsync_dir(final.parent)
+        self._place(path, final)
         return self._index(final, relative, size, record_fields, existing)
 
     # -- reading -----------------------------------------------------------------

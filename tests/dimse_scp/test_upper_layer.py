@@ -133,7 +133,7 @@ def test_a_store_request_is_the_primitive_pynetdicom_makes(elements, read):
         getattr(message.command_set, keyword, None)
     ours = store_request(message)
     theirs = _received_request(*elements).message_to_primitive()
-    assert ours is not None
+    assert ours is not None and isinstance(theirs, C_STORE)
     assert ours.DataSet is not None and theirs.DataSet is not None
     assert ours.DataSet.getvalue() == theirs.DataSet.getvalue()
     for name in _PARAMETERS:

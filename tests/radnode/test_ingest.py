@@ -383,3 +383,19 @@ def test_a_built_dataset_is_refused_as_ingest_would_refuse_it(ingestor, ct):
     assert err.value.status == OUT_OF_RESOURCES
     assert list(ingestor.store.studies_dir.rglob("*.dcm")) == []
     assert ingestor.ingest_built(raw, source="ai").status == 0
+
+
+@pytest.mark.parametrize("spooled", [False, True])
+def test_an_image_size_pydicom_cannot_convert_is_refused(ingestor, ct, tmp_path, spooled):
+    """A Samples per Pixel of three bytes (US holds two) is refused as an incomplete Image
+    Pixel module, not answered as an internal error."""
+    raw = encode(ct)
+    element = b"\x28\x00\x02\x00US\x02\x00\x01\x00"
+    assert raw.count(element) == 1
+    raw = raw.replace(element, b"\x28\x00\x02\x00US\x03\x00\x01\x00\x00")
+    with pytest.raises(IngestError) as err:
+        if spooled:
+            ingestor.validate_file(_spooled(tmp_path, raw), 8, EXPLICIT)
+        else:
+            ingestor.validate(raw, EXPLICIT)
+    assert (err.value.status, err.value.reason) == (DATASET_DOES_NOT_MATCH_SOP_CLASS, "image_pixel")

@@ -14,6 +14,7 @@ from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import UID, Comprehensive3DSRStorage, ExplicitVRLittleEndian, generate_uid
 
 from radnode_core import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from radnode_core import store as store_module
 from radnode_core.index import Index, record_fields_from_dataset
 from radnode_core.store import (
     CLEAN_SHUTDOWN_MARKER,
@@ -269,3 +270,53 @@ def test_store_file_writes_anew_when_the_written_head_differs(store, chest_study
     final = store.path_of(result.record.path)
     assert spool.exists() and final.read_bytes() == meta + body
     assert result.record.size == len(meta) + len(body)
+
+
+def _recording_folder_syncs(
+    monkeypatch: pytest.MonkeyPatch, fail: Path | None = None
+) -> list[Path]:
+    """The folders the store fsyncs, in order (each still really fsynced); ``fail``: the
+    folder whose fsync fails with EIO, as a failing disk's would."""
+    synced: list[Path] = []
+    real = store_module._fsync_dir
+
+    def fsync_dir(path: Path) -> None:
+        if fail is not None and Path(path) == fail:
+            raise OSError(5, "Input/output error")
+        real(path)
+        synced.append(Path(path))
+
+    monkeypatch.setattr(store_module, "_fsync_dir", fsync_dir)
+    return synced
+
+
+def test_the_first_file_in_a_series_folder_made_elsewhere_syncs_its_parents(
+    store, chest_study, monkeypatch
+):
+    """Another process (or a crashed run) made the study and series folders and may never
+    have synced their entries: the first instance placed in the series syncs the study
+    folder and the studies folder as well as the series; the next ones the series only."""
+    _study, files = chest_study
+    ds = dcmread(files[0], stop_before_pixels=True)
+    series = store.studies_dir / ds.StudyInstanceUID / ds.SeriesInstanceUID
+    series.mkdir(parents=True)  # no fsync, as a process killed after its mkdir leaves it
+    synced = _recording_folder_syncs(monkeypatch)
+    _store_file(store, files[0])
+    assert synced == [series, series.parent, store.studies_dir]
+    synced.clear()
+    _store_file(store, files[1])
+    assert synced == [series]
+
+
+def test_a_file_whose_folder_sync_fails_is_removed_and_not_indexed(
+    store, chest_study, monkeypatch
+):
+    _study, files = chest_study
+    ds = dcmread(files[0], stop_before_pixels=True)
+    series = store.studies_dir / ds.StudyInstanceUID / ds.SeriesInstanceUID
+    _recording_folder_syncs(monkeypatch, fail=series)
+    with pytest.raises(OSError, match="Input/output error"):
+        _store_file(store, files[0])
+    assert not list(store.studies_dir.rglob("*.dcm"))
+    assert not any(store.tmp_dir.iterdir())
+    assert store.index.counts()["instances"] == 0

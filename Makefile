@@ -2,8 +2,8 @@
 # The interpreter .venv is made from: the distribution's Python 3.11 where it has one with
 # venv (Debian and Ubuntu build theirs with profile-guided and link-time optimisation, as
 # python.org's builds and the python:3.11 images are; pyenv and other source builds are
-# not unless asked, and receive DICOM about a fifth slower: docs/benchmarks.md), else
-# python3. `make install PYTHON=...` picks another.
+# not unless asked, and spend about a fifth more CPU on the same work, see
+# docs/benchmarks.md), else python3. `make install PYTHON=...` picks another.
 SYSTEM_PYTHON := /usr/bin/python3.11
 PYTHON ?= $(shell $(SYSTEM_PYTHON) -c "import ensurepip, venv" >/dev/null 2>&1 \
 	&& echo $(SYSTEM_PYTHON) || echo python3)

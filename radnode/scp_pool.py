@@ -174,11 +174,6 @@ class ScpPool:
 
     # -- start -----------------------------------------------------------------------
 
-    @property
-    def loads(self) -> dict[int, int]:
-        """The connections each receiver serves or has yet to take, by slot."""
-        return self._dispatcher.loads() if self._dispatcher is not None else {}
-
     def start(self) -> None:
         self._listen()
         try:

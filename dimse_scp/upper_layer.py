@@ -36,7 +36,8 @@ and collects a C-STORE's dataset in memory before the handler sees it. Here:
   goes out on the socket at once (:meth:`BoundedDUL.send_now`). Anything else, or anyone
   listening for pynetdicom's PDU events, takes pynetdicom's way.
 * The spool file of a complete dataset is fsynced on a ``sync_ahead`` thread while the
-  handler checks the dataset; the store waits for that fsync instead of issuing its own.
+  handler checks the dataset (the DUL thread lets that thread begin first); the store
+  waits for that fsync instead of issuing its own.
 
 :class:`SpoolingRequestHandler` gives each accepted connection these providers.
 """
@@ -98,6 +99,8 @@ _P_DATA_TF = 0x04
 _ASSOCIATE = (0x01, 0x02, 0x03)
 _INVALID_PDU_PARAMETER_VALUE = 0x06
 _READ_CHUNK = 1024 * 1024
+_SYNC_START_WAIT_S = 0.05
+"""How long the DUL thread lets a ``sync_ahead`` thread take to begin a spool's fsync."""
 
 Refused = Callable[[str, int, int], None]
 """Called with (peer address, PDU type, declared length) when a PDU is refused."""
@@ -169,11 +172,17 @@ class Spool:
         if fd is None:
             return
         if self.sync_ahead is not None and self.complete:
+            started = threading.Event()
             try:
-                self._synced = self.sync_ahead.submit(_sync_and_close, fd)
-                return
+                self._synced = self.sync_ahead.submit(_sync_and_close, fd, started)
             except RuntimeError:  # the executor is shut down: the store syncs it
                 pass
+            else:
+                # The sync thread needs the interpreter lock to begin, and this thread
+                # would hold it through the dataset's checks: without this wait the fsync
+                # starts only when the store waits for it.
+                started.wait(_SYNC_START_WAIT_S)
+                return
         os.close(fd)
 
     def wait_synced(self) -> bool:
@@ -198,7 +207,9 @@ class Spool:
             logger.warning("cannot remove spool file", extra={"path": str(self.path)})
 
 
-def _sync_and_close(fd: int) -> None:
+def _sync_and_close(fd: int, started: threading.Event | None = None) -> None:
+    if started is not None:
+        started.set()
     try:
         os.fsync(fd)
     finally:

@@ -3,7 +3,10 @@ encodes or decodes, and each association gets contexts of its own."""
 
 from __future__ import annotations
 
+import os
 import struct
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -12,8 +15,15 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode
 from pynetdicom.pdu_primitives import P_DATA
 
-from dimse_scp.server import build_ae
-from dimse_scp.upper_layer import _copy_context, store_request, store_response_command
+from dimse_scp import upper_layer
+from dimse_scp.server import _started_pool, build_ae
+from dimse_scp.upper_layer import (
+    Spool,
+    SpoolSettings,
+    _copy_context,
+    store_request,
+    store_response_command,
+)
 from radnode_core.settings import Settings
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -152,3 +162,43 @@ def test_a_store_request_is_the_primitive_pynetdicom_makes(elements, read):
 )
 def test_a_store_request_out_of_the_ordinary_is_left_to_pynetdicom(elements):
     assert store_request(_received_request(*elements)) is None
+
+
+def test_a_finished_spool_is_being_synced_when_finish_returns(tmp_path: Path, monkeypatch):
+    """The sync thread has begun the spool's fsync by the time :meth:`Spool.finish` returns,
+    while the calling thread goes on checking the dataset (it holds the interpreter lock
+    throughout, so a sync thread that still had to take the lock would start only when
+    the store waits for it)."""
+    began: list[int] = []
+    release = threading.Event()
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        began.append(fd)
+        release.wait(5)
+        real_fsync(fd)
+
+    monkeypatch.setattr(upper_layer.os, "fsync", fsync)
+    with _started_pool(2, "test-sync") as pool:  # as the server's: its threads wait idle
+        spool = Spool(SpoolSettings(tmp_path, sync_ahead=pool), b"head")
+        spool.write(memoryview(b"dataset bytes"))
+        spool.finish()
+        assert began  # read at once, no sleep: the fsync is under way
+        release.set()
+        assert spool.wait_synced()
+    assert spool.path.read_bytes() == b"headdataset bytes"
+
+
+def test_a_spool_whose_sync_thread_is_busy_does_not_wait_for_it(tmp_path: Path, monkeypatch):
+    """Every sync thread busy: :meth:`Spool.finish` waits a bounded time for its fsync to
+    begin, and the fsync still runs once a thread is free."""
+    release = threading.Event()
+    monkeypatch.setattr(upper_layer, "_SYNC_START_WAIT_S", 0.01)
+    with _started_pool(1, "test-sync") as pool:
+        pool.submit(release.wait, 5)  # the only sync thread is taken
+        spool = Spool(SpoolSettings(tmp_path, sync_ahead=pool), b"head")
+        started = time.monotonic()
+        spool.finish()
+        assert time.monotonic() - started < 1.0
+        release.set()
+        assert spool.wait_synced()

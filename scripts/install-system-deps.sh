@@ -5,10 +5,11 @@
 #   SRs radnode writes), docker-compose (parses docker-compose.yml without an engine),
 #   chromium + chromium-driver (the viewer's browser tests, driven by Selenium), postgresql
 #   (initdb/pg_ctl: tests/pgserver.py starts a throw-away server for the scale-out tests),
-#   rsyslog + rsyslog-gnutls (the syslog-over-TLS peer of the audit trail tests).
+#   rsyslog + rsyslog-gnutls (the syslog-over-TLS peer of the audit trail tests), prometheus
+#   (promtool: checks and unit-tests the alerting rules of k8s/monitoring/).
 set -euo pipefail
 packages=(dcmtk orthanc orthanc-dicomweb orthanc-python dicom3tools docker-compose chromium chromium-driver
-          postgresql rsyslog rsyslog-gnutls)
+          postgresql rsyslog rsyslog-gnutls prometheus)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -12,6 +12,7 @@ import sqlite3
 import subprocess
 from collections.abc import Iterator
 from io import BytesIO
+from pathlib import Path
 from typing import cast
 
 import pytest
@@ -27,6 +28,7 @@ from tests.security.test_dimse_memory import _answer, _echo, _p_data, _store_com
 from tests.security.test_hostile_dimse import _associate_rq
 from tests.support.hostile import instance, part10, start
 from tests.support.radnode_process import RadnodeProcess
+from tests.support.wait import wait_for
 
 
 @pytest.fixture(scope="module")
@@ -263,3 +265,43 @@ def test_each_pdu_is_read_after_one_wait_on_the_socket(tmp_path, chest_study) ->
     ready = [c for c in calls if c.name in ("select", "pselect6") and (c.result or 0) > 0]
     assert len(headers) >= 3 * 4, "each slice comes in several PDUs"
     assert len(ready) <= len(headers) + 6, (len(ready), len(headers))
+
+
+def _spool_files(node: RadnodeProcess) -> list[Path]:
+    return sorted((node.data_dir / "tmp").glob("*/*.spool"))
+
+
+def test_the_next_spool_file_is_made_ahead_and_removed_with_the_association(
+    scp: RadnodeProcess,
+) -> None:
+    """After a response, the association's next spool file is already made (empty); the
+    next request's dataset goes into that very file, which becomes the instance; the
+    association's end, released or aborted, removes the one left over."""
+    assert _spool_files(scp) == []
+    first, dataset = _dataset()
+    with _association(scp) as sock:
+        sock.sendall(_p_data(0x03, _store_command(first)) + _p_data(0x02, dataset))
+        assert _status(_read_pdu(sock)) == 0x0000
+        # Made just after the response went out.
+        (ready,) = wait_for(lambda: _spool_files(scp) or None, timeout=10, what="a spool file")
+        assert ready.stat().st_size == 0
+        inode = ready.stat().st_ino
+        second, dataset = _dataset()
+        sock.sendall(_p_data(0x03, _store_command(second)) + _p_data(0x02, dataset))
+        assert _status(_read_pdu(sock)) == 0x0000
+        (stored,) = (scp.data_dir / "studies").rglob(f"{second}.dcm")
+        assert stored.stat().st_ino == inode
+        wait_for(lambda: len(_spool_files(scp)) == 1, timeout=10, what="the next spool file")
+        sock.sendall(b"\x05\x00\x00\x00\x00\x04\x00\x00\x00\x00")  # A-RELEASE-RQ
+        assert _read_pdu(sock)[:1] == b"\x06"
+    wait_for(lambda: _spool_files(scp) == [], timeout=10, what="the spare spool file removed")
+    assert _indexed(scp, first) and _indexed(scp, second)
+
+    third, dataset = _dataset()
+    with _association(scp) as sock:
+        sock.sendall(_p_data(0x03, _store_command(third)) + _p_data(0x02, dataset))
+        assert _status(_read_pdu(sock)) == 0x0000
+        wait_for(lambda: len(_spool_files(scp)) == 1, timeout=10, what="the next spool file")
+        sock.sendall(b"\x07\x00\x00\x00\x00\x04\x00\x00\x00\x00")  # A-ABORT
+    wait_for(lambda: _spool_files(scp) == [], timeout=10, what="the spare spool file removed")
+    assert _indexed(scp, third)

@@ -97,6 +97,7 @@ MAX_OTHER_PDU = 1024
 
 _P_DATA_TF = 0x04
 _ASSOCIATE = (0x01, 0x02, 0x03)
+_RELEASE_OR_ABORT = (0x05, 0x07)
 _INVALID_PDU_PARAMETER_VALUE = 0x06
 _READ_CHUNK = 1024 * 1024
 _SYNC_START_WAIT_S = 0.05
@@ -513,6 +514,11 @@ class SpoolingDIMSE(DIMSEServiceProvider):
             self._spool = None
         for spool in spools:
             spool.discard()
+        self.drop_ready()
+
+    def drop_ready(self) -> None:
+        """No request is to come (the connection ends, or the peer asked to release or
+        abort): remove the spool file made ahead, and make no other."""
         self._closed = True
         ready, self._ready = self._ready, None
         if ready is not None:
@@ -556,6 +562,9 @@ class BoundedDUL(DULServiceProvider):
             logger.error("unknown PDU type received", extra={"pdu_type": pdu_type})
             self.event_queue.put("Evt19")
             return
+        if pdu_type in _RELEASE_OR_ABORT and isinstance(self.assoc.dimse, SpoolingDIMSE):
+            # Before the A-RELEASE-RP goes out: the peer finds no spool file left.
+            self.assoc.dimse.drop_ready()
         limit = self.limit(pdu_type)
         if limit is not None and length > limit:
             self._refuse(pdu_type, length, limit)

@@ -37,7 +37,8 @@ and collects a C-STORE's dataset in memory before the handler sees it. Here:
   listening for pynetdicom's PDU events, takes pynetdicom's way.
 * The spool file of a complete dataset is fsynced on a ``sync_ahead`` thread while the
   handler checks the dataset (the DUL thread lets that thread begin first); the store
-  waits for that fsync instead of issuing its own.
+  waits for that fsync instead of issuing its own. The next request's spool file is made
+  once a response is out, while the peer reads it.
 
 :class:`SpoolingRequestHandler` gives each accepted connection these providers.
 """

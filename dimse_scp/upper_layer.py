@@ -202,8 +202,12 @@ class Spool:
         return not self.too_large and self.error is None
 
     def discard(self) -> None:
-        """Close and remove the file (nothing happens if it was renamed into the store)."""
-        self.finish()
+        """Close and remove the file (nothing happens if it was renamed into the store). A
+        file still open is closed without its fsync: it is removed anyway."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
         try:
             self.path.unlink(missing_ok=True)
         except OSError:
@@ -513,9 +517,11 @@ class SpoolingDIMSE(DIMSEServiceProvider):
         if self._spool is not None:
             spools.append(self._spool)
             self._spool = None
-        for spool in spools:
-            spool.discard()
-        self.drop_ready()
+        try:
+            for spool in spools:
+                spool.discard()
+        finally:
+            self.drop_ready()
 
     def drop_ready(self) -> None:
         """No request is to come (the connection ends, or the peer asked to release or
@@ -523,9 +529,10 @@ class SpoolingDIMSE(DIMSEServiceProvider):
         self._closed = True
         ready, self._ready = self._ready, None
         if ready is not None:
-            os.close(ready[1])
             with contextlib.suppress(OSError):
                 ready[0].unlink()
+            with contextlib.suppress(OSError):
+                os.close(ready[1])
 
 
 _HEADER = struct.Struct(">BBL")

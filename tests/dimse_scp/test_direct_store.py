@@ -278,7 +278,8 @@ def test_the_next_spool_file_is_made_ahead_and_removed_with_the_association(
     next request's dataset goes into that very file, which becomes the instance. A
     release request removes the one left over before the A-RELEASE-RP goes out; an
     abort removes it too."""
-    assert _spool_files(scp) == []
+    # An earlier test's association may still be ending.
+    wait_for(lambda: _spool_files(scp) == [], timeout=10, what="no spool file")
     first, dataset = _dataset()
     with _association(scp) as sock:
         sock.sendall(_p_data(0x03, _store_command(first)) + _p_data(0x02, dataset))

@@ -179,6 +179,8 @@ def test_a_finished_spool_is_being_synced_when_finish_returns(tmp_path: Path, mo
         real_fsync(fd)
 
     monkeypatch.setattr(upper_layer.os, "fsync", fsync)
+    # However long a loaded machine takes to wake the thread: finish waits for it.
+    monkeypatch.setattr(upper_layer, "_SYNC_START_WAIT_S", 5.0)
     with _started_pool(2, "test-sync") as pool:  # as the server's: its threads wait idle
         spool = Spool(SpoolSettings(tmp_path, sync_ahead=pool), b"head")
         spool.write(memoryview(b"dataset bytes"))
@@ -202,3 +204,16 @@ def test_a_spool_whose_sync_thread_is_busy_does_not_wait_for_it(tmp_path: Path, 
         assert time.monotonic() - started < 1.0
         release.set()
         assert spool.wait_synced()
+
+
+def test_a_spool_discarded_before_its_last_fragment_is_not_synced(tmp_path: Path, monkeypatch):
+    """A dataset cut short (a new command before its last fragment, the connection's end)
+    is removed without an fsync: none goes to the sync threads, and no wait for one."""
+    synced: list[int] = []
+    monkeypatch.setattr(upper_layer.os, "fsync", synced.append)
+    with _started_pool(1, "test-sync") as pool:
+        spool = Spool(SpoolSettings(tmp_path, sync_ahead=pool), b"head")
+        spool.write(memoryview(b"first fragment"))
+        spool.discard()
+    assert synced == []
+    assert not spool.path.exists()

@@ -112,6 +112,17 @@ def _spooled(tmp_path: Path, raw: bytes) -> Path:
     return path
 
 
+def _refusal(ingestor: Ingestor, raw: bytes, spool_dir: Path | None) -> IngestError:
+    """The refusal of ``raw`` (explicit VR little endian), validated in memory, or spooled
+    in ``spool_dir`` after an 8-byte head."""
+    with pytest.raises(IngestError) as err:
+        if spool_dir is not None:
+            ingestor.validate_file(_spooled(spool_dir, raw), 8, EXPLICIT)
+        else:
+            ingestor.validate(raw, EXPLICIT)
+    return err.value
+
+
 @pytest.mark.parametrize("spooled", [False, True])
 @pytest.mark.parametrize(
     ("keyword", "value"),
@@ -133,12 +144,8 @@ def test_pixel_data_of_an_image_without_its_size_is_refused(
     else:
         setattr(ct, keyword, value)
     raw = encode(ct)
-    with pytest.raises(IngestError) as err:
-        if spooled:
-            ingestor.validate_file(_spooled(tmp_path, raw), 8, EXPLICIT)
-        else:
-            ingestor.validate(raw, EXPLICIT)
-    assert (err.value.status, err.value.reason) == (DATASET_DOES_NOT_MATCH_SOP_CLASS, "image_pixel")
+    err = _refusal(ingestor, raw, tmp_path if spooled else None)
+    assert (err.status, err.reason) == (DATASET_DOES_NOT_MATCH_SOP_CLASS, "image_pixel")
 
 
 @pytest.mark.parametrize("spooled", [False, True])
@@ -393,9 +400,5 @@ def test_an_image_size_pydicom_cannot_convert_is_refused(ingestor, ct, tmp_path,
     element = b"\x28\x00\x02\x00US\x02\x00\x01\x00"
     assert raw.count(element) == 1
     raw = raw.replace(element, b"\x28\x00\x02\x00US\x03\x00\x01\x00\x00")
-    with pytest.raises(IngestError) as err:
-        if spooled:
-            ingestor.validate_file(_spooled(tmp_path, raw), 8, EXPLICIT)
-        else:
-            ingestor.validate(raw, EXPLICIT)
-    assert (err.value.status, err.value.reason) == (DATASET_DOES_NOT_MATCH_SOP_CLASS, "image_pixel")
+    err = _refusal(ingestor, raw, tmp_path if spooled else None)
+    assert (err.status, err.reason) == (DATASET_DOES_NOT_MATCH_SOP_CLASS, "image_pixel")
